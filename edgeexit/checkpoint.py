@@ -1,0 +1,104 @@
+"""Checkpoints that rebuild their model from the file alone.
+
+A checkpoint stores the :class:`~edgeexit.models.ModelConfig`, the weights, the class names, the
+input specification (shape, sampling rate, units, channels) and how the model was trained. It is
+loaded with ``torch.load(weights_only=True)``: plain tensors and Python literals only, so opening a
+checkpoint from elsewhere cannot execute code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+
+from edgeexit.errors import CheckpointError, ConfigError
+from edgeexit.fileio import atomic_write
+from edgeexit.models import ModelConfig, MultiExitNet, create_model
+
+CHECKPOINT_FORMAT = "edgeexit.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint.
+
+    Attributes:
+        model: the rebuilt model, in eval mode.
+        classes: class names, label order.
+        input_spec: ``shape`` ``[C, L]``, ``fs``, ``units``, ``channels``, ``signal_channels``,
+            ``window`` and ``r_offset`` (where the R peak sits), ``rr_context``.
+        meta: everything else stored (training config, data description, metrics summary).
+    """
+
+    model: MultiExitNet
+    classes: tuple[str, ...]
+    input_spec: dict
+    meta: dict
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: MultiExitNet,
+    *,
+    classes: tuple[str, ...],
+    input_spec: dict,
+    meta: dict | None = None,
+) -> Path:
+    """Write ``model`` and everything needed to rebuild it to ``path`` (atomically).
+
+    Raises:
+        ConfigError: the model has no :class:`ModelConfig` (a user-built model that the registry
+            cannot rebuild; save its ``state_dict`` yourself).
+    """
+    if model.config is None:
+        raise ConfigError("only registered models can be checkpointed (model.config is None)")
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "classes": list(classes),
+        "input_spec": dict(input_spec),
+        "meta": dict(meta or {}),
+    }
+    path = Path(path)
+    atomic_write(path, lambda f: torch.save(payload, f))
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Rebuild the model stored at ``path``.
+
+    Raises:
+        CheckpointError: missing file, not an edgeexit checkpoint, or a newer format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path} as a checkpoint: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an edgeexit checkpoint (written by `edgeexit train`)")
+    if payload.get("version", 0) > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {payload['version']}; this edgeexit reads up to "
+            f"{CHECKPOINT_VERSION}: upgrade edgeexit"
+        )
+    model = create_model(ModelConfig.from_dict(payload["model_config"]))
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the stored model config: {e}") from e
+    model.eval()
+    return Checkpoint(
+        model=model,
+        classes=tuple(payload["classes"]),
+        input_spec=dict(payload["input_spec"]),
+        meta=dict(payload["meta"]),
+    )

@@ -1,0 +1,153 @@
+"""Data: the built-in synthetic ECG, the MIT-BIH (WFDB) loader, npz/csv files, and splits.
+
+:func:`load_source` turns one data *source* string into a :class:`BeatDataset`:
+
+=======================  =====================================================================
+``synthetic``            the built-in seeded generator (:mod:`edgeexit.data.synthetic`)
+a directory              WFDB records, MIT-BIH style (:mod:`edgeexit.data.mitbih`)
+``FILE.npz``             arrays written by :meth:`BeatDataset.save_npz` (or any ``x``/``y`` npz)
+``FILE.csv``             one single-channel beat per row, label first
+=======================  =====================================================================
+
+:func:`load_train_test` adds the test set that belongs to a source: a fresh synthetic seed, the
+MIT-BIH DS2 records (de Chazal inter-patient split), or a test file of the user's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from edgeexit.data.dataset import (
+    AAMI_CLASSES,
+    BeatDataset,
+    load_csv,
+    load_npz,
+    stratified_split,
+)
+from edgeexit.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC = "synthetic"
+TEST_SEED_OFFSET = 1000  # the synthetic test set uses other simulated patients than training
+SPLITS = ("inter-patient", "random")
+
+__all__ = [
+    "AAMI_CLASSES",
+    "BeatDataset",
+    "DataSpec",
+    "load_csv",
+    "load_npz",
+    "load_source",
+    "load_train_test",
+    "stratified_split",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Where training data comes from and how it is cut.
+
+    Attributes:
+        source: ``synthetic``, a WFDB directory, or an ``.npz``/``.csv`` file.
+        test_source: a separate test set (file or directory), or None for the source's default.
+        split: for WFDB directories: ``inter-patient`` (DS1 train / DS2 test, the default) or
+            ``random`` (beat-level; leaks patients, inflates accuracy).
+        n_beats: synthetic only: beats to generate for training (the test set gets a third).
+        seed: seed of the synthetic generator and of random splits.
+        window: samples per beat window.
+        rr_context: append RR-interval context channels (synthetic and WFDB sources).
+        test_fraction: held-out fraction when a file source has no test set of its own.
+    """
+
+    source: str = SYNTHETIC
+    test_source: str | None = None
+    split: str = "inter-patient"
+    n_beats: int = 6000
+    seed: int = 0
+    window: int = 256
+    rr_context: bool = True
+    test_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ConfigError(f"unknown split {self.split!r}; choose one of {', '.join(SPLITS)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+Progress = Callable[[int, int], None] | None
+
+
+def _synthetic(spec: DataSpec, n_beats: int, seed: int) -> BeatDataset:
+    from edgeexit.data.synthetic import SyntheticECGConfig, generate_synthetic
+
+    cfg = SyntheticECGConfig(
+        n_beats=n_beats, seed=seed, window=spec.window, rr_context=spec.rr_context
+    )
+    return generate_synthetic(cfg)
+
+
+def load_source(source: str, spec: DataSpec | None = None, progress: Progress = None) -> BeatDataset:
+    """Load every beat of one source (a WFDB directory loads all non-paced records)."""
+    spec = spec or DataSpec(source=source)
+    if source == SYNTHETIC:
+        return _synthetic(spec, spec.n_beats, spec.seed)
+    path = Path(source)
+    if path.is_dir():
+        from edgeexit.data.mitbih import load_mitbih
+
+        return load_mitbih(path, window=spec.window, rr_context=spec.rr_context, progress=progress)
+    if not path.exists():
+        raise DataError(
+            f"data source not found: {source} (give 'synthetic', a WFDB directory, or a .npz/.csv file)"
+        )
+    if path.suffix == ".npz":
+        return load_npz(path)
+    if path.suffix == ".csv":
+        return load_csv(path)
+    raise DataError(f"unsupported data file {source}: use .npz or .csv (or a WFDB directory)")
+
+
+def load_train_test(spec: DataSpec, progress: Progress = None) -> tuple[BeatDataset, BeatDataset]:
+    """The training set and the test set of ``spec`` (the test set never feeds training decisions).
+
+    - synthetic: training beats from ``seed``; test beats (a third as many) from other simulated
+      patients (``seed + 1000``).
+    - WFDB directory: :func:`edgeexit.data.mitbih.load_mitbih_split` with ``spec.split``.
+    - file: the file's beats; the test set is ``test_source`` if given, otherwise a held-out
+      ``test_fraction`` (whole records when the file knows them).
+    """
+    if spec.source == SYNTHETIC and spec.test_source is None:
+        train = _synthetic(spec, spec.n_beats, spec.seed)
+        test = _synthetic(spec, max(spec.n_beats // 3, 100), spec.seed + TEST_SEED_OFFSET)
+        return train, test
+    path = Path(spec.source)
+    if path.is_dir() and spec.test_source is None:
+        from edgeexit.data.mitbih import load_mitbih_split
+
+        return load_mitbih_split(
+            path,
+            spec.split,
+            window=spec.window,
+            rr_context=spec.rr_context,
+            seed=spec.seed,
+            progress=progress,
+        )
+    data = load_source(spec.source, spec, progress)
+    if spec.test_source is not None:
+        test = load_source(spec.test_source, spec, progress)
+        if test.input_shape != data.input_shape or test.classes != data.classes:
+            raise DataError(
+                f"test set {spec.test_source} has shape {test.input_shape} and classes "
+                f"{list(test.classes)}, but training data has {data.input_shape} and "
+                f"{list(data.classes)}"
+            )
+        return data, test
+    keep, held = stratified_split(data.y, spec.test_fraction, spec.seed, data.groups)
+    log.info("no test set given: holding out %d of %d beats of %s", held.size, len(data), spec.source)
+    return data.subset(keep), data.subset(held)

@@ -1,0 +1,1 @@
+"""Robustness: training methods for multi-exit models, attacks, and evaluation."""

@@ -1,0 +1,20 @@
+"""Training methods for multi-exit models (one file per method); they register on import."""
+
+from edgeexit.robust.methods import standard as _standard  # noqa: F401  (registers "standard")
+from edgeexit.robust.methods.base import (
+    Batch,
+    TrainingMethod,
+    check_method_name,
+    create_method,
+    list_methods,
+    register_method,
+)
+
+__all__ = [
+    "Batch",
+    "TrainingMethod",
+    "check_method_name",
+    "create_method",
+    "list_methods",
+    "register_method",
+]

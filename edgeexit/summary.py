@@ -1,0 +1,58 @@
+"""Summaries of checkpoints and model families, for `edgeexit info`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeexit.errors import ConfigError
+
+DEFAULT_INPUT_SHAPE = (6, 256)  # one ECG lead + 5 RR context channels, 256 samples
+DEFAULT_NUM_CLASSES = 5
+
+
+def describe_models() -> dict[str, str]:
+    """Registered model families and their descriptions."""
+    from edgeexit.models import list_models
+
+    return list_models()
+
+
+def describe_target(target: str) -> dict:
+    """Architecture, per-exit cost and (for checkpoints) classes and test metrics of ``target``.
+
+    Args:
+        target: a checkpoint path, or a registered model family name.
+
+    Raises:
+        ConfigError: ``target`` is neither an existing file nor a known family.
+        CheckpointError: the file is not a readable edgeexit checkpoint.
+    """
+    from edgeexit.checkpoint import load_checkpoint
+    from edgeexit.models import ModelConfig, create_model, list_models, profile_model
+
+    if Path(target).is_file():
+        ckpt = load_checkpoint(target)
+        model, classes, spec = ckpt.model, list(ckpt.classes), ckpt.input_spec
+        test = ckpt.meta.get("final_test")
+    elif target in list_models():
+        c, length = DEFAULT_INPUT_SHAPE
+        model = create_model(ModelConfig(target, in_channels=c, num_classes=DEFAULT_NUM_CLASSES,
+                                         input_length=length))
+        classes, test = None, None
+        spec = {"shape": [c, length], "channels": ["ecg", "+5 RR context"]}
+    else:
+        raise ConfigError(
+            f"{target!r} is neither a checkpoint file nor a model family; "
+            f"known families: {', '.join(list_models())}"
+        )
+    costs = profile_model(model, tuple(spec["shape"]))
+    return {
+        "name": target,
+        "model": model.config.to_dict(),
+        "classes": classes,
+        "input_spec": spec,
+        "params": sum(p.numel() for p in model.parameters()),
+        "exits": [c.to_dict() for c in costs],
+        "test": test,
+        "architecture": str(model),
+    }

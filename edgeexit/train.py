@@ -1,0 +1,428 @@
+"""Training of multi-exit models: data in, best checkpoint and per-exit metrics out.
+
+The loop is shared by every training method (:mod:`edgeexit.robust.methods`): a validation split
+held out from the training data (whole records when the data knows them), cosine-decayed AdamW,
+best-checkpoint keeping with early stopping on the validation macro-F1 of the final exit, and
+per-exit evaluation on a test set that never influences training.
+
+Distributed: launched under ``torchrun`` (``WORLD_SIZE > 1``) the loop trains with PyTorch's
+DistributedDataParallel over the gloo backend (CPU); rank 0 evaluates, logs and writes.
+
+Example:
+    >>> result = train(train_set, TrainConfig(model="resnet1d", epochs=10), test=test_set,
+    ...                out_dir=Path("runs/ecg"))
+    >>> result.metrics["exits"][-1]["test"]["accuracy"]
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeexit.checkpoint import save_checkpoint
+from edgeexit.data import BeatDataset, DataSpec, load_train_test, stratified_split
+from edgeexit.errors import ConfigError, DataError
+from edgeexit.fileio import atomic_write
+from edgeexit.metrics import classification_report
+from edgeexit.models import ModelConfig, MultiExitNet, check_model_name, create_model, profile_model
+from edgeexit.robust.methods import Batch, check_method_name, create_method
+
+log = logging.getLogger(__name__)
+
+CLASS_WEIGHTINGS = ("none", "sqrt", "balanced")
+VAL_SPLITS = ("auto", "record", "beat")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train.
+
+    Attributes:
+        model: registered model family (``edgeexit info --models`` lists them).
+        width: channel-width multiplier of the family.
+        method: registered training method (``standard``; adversarial ones plug in here).
+        epochs: maximum number of epochs.
+        batch_size: samples per optimiser step (over all processes when distributed).
+        lr: peak learning rate of AdamW (cosine-decayed to zero over ``epochs``).
+        weight_decay: AdamW weight decay.
+        val_fraction: fraction of the training data held out for validation.
+        val_split: ``record`` holds out whole records (no patient on both sides), ``beat`` a
+            stratified beat sample, ``auto`` = ``record`` when the data has at least 5 records.
+        class_weighting: cross-entropy class weights: ``none``, ``sqrt`` (inverse square root of
+            the class frequency) or ``balanced`` (inverse frequency); capped by
+            ``max_class_weight`` relative to the most frequent class.
+        max_class_weight: cap on any class weight (rare classes would otherwise dominate).
+        exit_weights: loss weight of every exit; None = SDN-style ``(k+1)/K`` ramp.
+        patience: stop after this many epochs without a better validation score (0 = never).
+        augment: random amplitude scaling and baseline offset of the signal channels.
+        seed: seeds weights, shuffling, splits and augmentation.
+        threads: torch intra-op threads (None = torch's default).
+    """
+
+    model: str = "resnet1d"
+    width: float = 1.0
+    method: str = "standard"
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.15
+    val_split: str = "auto"
+    class_weighting: str = "sqrt"
+    max_class_weight: float = 10.0
+    exit_weights: tuple[float, ...] | None = None
+    patience: int = 4
+    augment: bool = True
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        check_model_name(self.model)
+        check_method_name(self.method)
+        if self.class_weighting not in CLASS_WEIGHTINGS:
+            raise ConfigError(
+                f"unknown class weighting {self.class_weighting!r}; "
+                f"choose one of {', '.join(CLASS_WEIGHTINGS)}"
+            )
+        if self.val_split not in VAL_SPLITS:
+            raise ConfigError(f"unknown val split {self.val_split!r}; choose {', '.join(VAL_SPLITS)}")
+        if self.epochs < 1 or self.batch_size < 2 or not self.lr > 0:
+            raise ConfigError("epochs must be >= 1, batch size >= 2 and the learning rate > 0")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val fraction must lie in (0, 1), got {self.val_fraction}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["exit_weights"] = None if self.exit_weights is None else list(self.exit_weights)
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What training produced.
+
+    Attributes:
+        model: the best model (eval mode).
+        metrics: the JSON-ready report (also written to ``metrics.json``).
+        checkpoint: path of the written checkpoint, or None when no ``out_dir`` was given.
+    """
+
+    model: MultiExitNet
+    metrics: dict
+    checkpoint: Path | None
+
+
+def class_weights(y: np.ndarray, num_classes: int, mode: str, cap: float) -> np.ndarray | None:
+    """Cross-entropy weights per class (``mode`` in :data:`CLASS_WEIGHTINGS`), or None."""
+    if mode == "none":
+        return None
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    power = 0.5 if mode == "sqrt" else 1.0
+    w = np.where(counts > 0, (counts.max() / np.maximum(counts, 1.0)) ** power, 1.0)
+    return np.minimum(w, cap).astype(np.float32)
+
+
+def default_exit_weights(num_exits: int) -> tuple[float, ...]:
+    """SDN-style ramp: exit k weighs ``(k+1)/K``, so the final exit weighs most."""
+    return tuple((k + 1) / num_exits for k in range(num_exits))
+
+
+@torch.no_grad()
+def predict_exits(model: MultiExitNet, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Logits of every exit for ``x [N, C, L]``: float32 ``[num_exits, N, num_classes]``."""
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [
+            torch.stack(model(torch.from_numpy(x[i : i + batch_size]))).numpy()
+            for i in range(0, len(x), batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    return np.concatenate(chunks, axis=1)
+
+
+def evaluate_exits(model: MultiExitNet, data: BeatDataset, batch_size: int = 512) -> list[dict]:
+    """:func:`edgeexit.metrics.classification_report` of every exit on ``data``."""
+    logits = predict_exits(model, data.x, batch_size)
+    return [classification_report(data.y, z.argmax(axis=1), data.classes) for z in logits]
+
+
+def _score(report: dict) -> float:
+    return report.get("macro_f1_nsvf", report["macro_f1"])
+
+
+def _augment(x: torch.Tensor, signal_channels: int, gen: torch.Generator) -> torch.Tensor:
+    """Random gain (0.8-1.2) and baseline offset (+-0.2 mV) of the signal channels."""
+    n, s = x.shape[0], signal_channels
+    gain = 0.8 + 0.4 * torch.rand(n, 1, 1, generator=gen)
+    offset = 0.4 * torch.rand(n, 1, 1, generator=gen) - 0.2
+    return torch.cat([x[:, :s] * gain + offset, x[:, s:]], dim=1)
+
+
+def _split_validation(data: BeatDataset, config: TrainConfig) -> tuple[BeatDataset, BeatDataset]:
+    n_records = 0 if data.groups is None else int(np.unique(data.groups).size)
+    by_record = config.val_split == "record" or (config.val_split == "auto" and n_records >= 5)
+    if by_record and data.groups is None:
+        raise DataError("val split 'record' needs record ids (groups) in the data; use 'beat'")
+    groups = data.groups if by_record else None
+    keep, held = stratified_split(data.y, config.val_fraction, config.seed, groups)
+    log.info(
+        "validation: %d beats held out by %s, %d left for training",
+        held.size,
+        "record" if by_record else "beat",
+        keep.size,
+    )
+    return data.subset(keep), data.subset(held)
+
+
+class _Distributed:
+    """Rank/world size under torchrun; initialises the gloo process group when needed."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.owns_group = False
+        if self.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("gloo")
+            self.owns_group = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.owns_group:
+            torch.distributed.destroy_process_group()
+
+
+def train(
+    data: BeatDataset,
+    config: TrainConfig = TrainConfig(),
+    *,
+    test: BeatDataset | None = None,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+    data_spec: DataSpec | None = None,
+) -> TrainResult:
+    """Train a multi-exit model on ``data`` and evaluate every exit.
+
+    Args:
+        data: training beats; a validation part is held out of them (``config.val_*``).
+        config: the :class:`TrainConfig`.
+        test: test beats, evaluated once with the best model (never used for any decision).
+        out_dir: where to write ``model.pt`` and ``metrics.json`` (atomically); None = nowhere.
+        progress: draw a progress bar over the batches of every epoch (on stderr, rank 0).
+        data_spec: how the data was loaded, recorded in the checkpoint and the metrics.
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    dist = _Distributed()
+    try:
+        return _train(data, config, test, out_dir, progress, data_spec, dist)
+    finally:
+        dist.close()
+
+
+def _train(data, config, test, out_dir, progress, data_spec, dist) -> TrainResult:
+    t_start = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    train_set, val_set = _split_validation(data, config)
+    c, length = data.input_shape
+    model = create_model(
+        ModelConfig(
+            config.model,
+            in_channels=c,
+            num_classes=len(data.classes),
+            input_length=length,
+            signal_channels=data.signal_channels,
+            width=config.width,
+        )
+    )
+    model.fit_input_norm(torch.from_numpy(train_set.x))
+    exit_w = config.exit_weights or default_exit_weights(model.num_exits)
+    if len(exit_w) != model.num_exits:
+        raise ConfigError(f"{len(exit_w)} exit weights given for {model.num_exits} exits")
+    cw = class_weights(train_set.y, len(data.classes), config.class_weighting, config.max_class_weight)
+    method = create_method(
+        config.method,
+        torch.tensor(exit_w, dtype=torch.float32),
+        None if cw is None else torch.from_numpy(cw),
+    )
+    costs = profile_model(model, data.input_shape)
+
+    net: nn.Module = model
+    if dist.world > 1:
+        net = nn.parallel.DistributedDataParallel(model)
+    dataset = torch.utils.data.TensorDataset(
+        torch.from_numpy(train_set.x),
+        torch.from_numpy(train_set.y),
+        torch.arange(len(train_set)),
+    )
+    per_rank_batch = max(2, config.batch_size // dist.world)
+    sampler = None
+    gen = torch.Generator().manual_seed(config.seed)
+    if dist.world > 1:
+        sampler = torch.utils.data.DistributedSampler(
+            dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=config.seed
+        )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=per_rank_batch,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=len(dataset) > per_rank_batch,  # BatchNorm cannot train on a batch of one
+        generator=gen,
+    )
+    aug_gen = torch.Generator().manual_seed(config.seed + 1 + dist.rank)
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = config.epochs * max(len(loader), 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    )
+
+    best_score, best_epoch, best_state = -1.0, -1, None
+    history = []
+    for epoch in range(config.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        net.train()
+        losses = []
+        batches = loader
+        if progress and dist.main:
+            from tqdm import tqdm
+
+            batches = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
+        for x, y, idx in batches:
+            if config.augment:
+                x = _augment(x, data.signal_channels, aug_gen)
+            loss = method.loss(net, Batch(x=x, y=y, index=idx))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            if progress and dist.main:
+                batches.set_postfix(loss=f"{losses[-1]:.3f}")
+        method.on_epoch_end(epoch)
+        if dist.world > 1:  # BatchNorm statistics drift apart per rank: take rank 0's, so that
+            for buf in model.buffers():  # every rank scores the same model and stops together
+                torch.distributed.broadcast(buf, src=0)
+        val_reports = evaluate_exits(model, val_set)
+        score = _score(val_reports[-1])
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(np.mean(losses)) if losses else float("nan"),
+                "val_accuracy": [r["accuracy"] for r in val_reports],
+                "val_score": score,
+            }
+        )
+        log.info(
+            "epoch %d/%d  loss %.4f  val acc per exit %s  val macro-F1 (final) %.3f",
+            epoch + 1,
+            config.epochs,
+            history[-1]["loss"],
+            " ".join(f"{a:.3f}" for a in history[-1]["val_accuracy"]),
+            score,
+        )
+        if score > best_score:
+            best_score, best_epoch = score, epoch + 1
+            best_state = copy.deepcopy(model.state_dict())
+        elif config.patience and epoch + 1 - best_epoch >= config.patience:
+            log.info("early stop: no better validation score for %d epochs", config.patience)
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+
+    val_reports = evaluate_exits(model, val_set)
+    test_reports = evaluate_exits(model, test) if test is not None else [None] * model.num_exits
+    exits = []
+    for cost, v, t in zip(costs, val_reports, test_reports):
+        entry = {**cost.to_dict(), "val": v}
+        if t is not None:
+            entry["test"] = t
+        exits.append(entry)
+    metrics = {
+        "model": model.config.to_dict(),
+        "train_config": config.to_dict(),
+        "data": {
+            "spec": None if data_spec is None else data_spec.to_dict(),
+            "train": train_set.describe(),
+            "val": val_set.describe(),
+            "test": None if test is None else test.describe(),
+        },
+        "class_weights": None if cw is None else [float(w) for w in cw],
+        "exit_weights": list(exit_w),
+        "params": sum(p.numel() for p in model.parameters()),
+        "history": history,
+        "best_epoch": best_epoch,
+        "processes": dist.world,
+        "elapsed_s": round(time.perf_counter() - t_start, 1),
+        "exits": exits,
+    }
+    ckpt_path = None
+    if out_dir is not None and dist.main:
+        out = Path(out_dir)
+        input_spec = {
+            "shape": list(data.input_shape),
+            "fs": data.fs,
+            "units": data.units,
+            "channels": list(data.channels),
+            "signal_channels": data.signal_channels,
+            "window": length,
+            "rr_context": len(data.channels) > data.signal_channels,
+        }
+        ckpt_path = save_checkpoint(
+            out / "model.pt",
+            model,
+            classes=data.classes,
+            input_spec=input_spec,
+            meta={
+                **{k: metrics[k] for k in ("train_config", "data", "best_epoch", "exit_weights")},
+                "final_test": None if test is None else exits[-1]["test"],
+            },
+        )
+        metrics["checkpoint"] = str(ckpt_path)
+        text = json.dumps(metrics, indent=2).encode()
+        atomic_write(out / "metrics.json", lambda f: f.write(text))
+        log.info("wrote %s and %s", ckpt_path, out / "metrics.json")
+    dist.barrier()
+    return TrainResult(model=model, metrics=metrics, checkpoint=ckpt_path)
+
+
+def run_training(
+    spec: DataSpec,
+    config: TrainConfig,
+    out_dir: str | os.PathLike | None,
+    progress: bool = False,
+) -> TrainResult:
+    """Load the data of ``spec`` (train and test) and :func:`train` on it: what `edgeexit train` runs."""
+    t0 = time.perf_counter()
+    train_set, test_set = load_train_test(spec)
+    log.info(
+        "data: %d training beats %s, %d test beats %s (%.1f s)",
+        len(train_set),
+        train_set.class_counts(),
+        len(test_set),
+        test_set.class_counts(),
+        time.perf_counter() - t0,
+    )
+    return train(train_set, config, test=test_set, out_dir=out_dir, progress=progress, data_spec=spec)
