@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from edgeexit.runtime.preprocess import (
+    LOCAL_RR_BEATS,
+    RR_FEATURES,
+    beat_windows,
+    default_r_offset,
+    rr_features,
+)
+
+
+def test_rr_features_of_a_premature_beat():
+    fs = 360.0
+    peaks = np.array([0, 360, 720, 1000, 1440, 1800])  # beat 3 comes early (0.78 s), then a pause
+    f = rr_features(peaks, fs)
+    assert f.shape == (6, len(RR_FEATURES))
+    pre, post, local, pre_ratio, post_ratio = f.T
+    assert pre[3] == pytest.approx(280 / 360) and post[3] == pytest.approx(440 / 360)
+    assert local[3] == pytest.approx(1.0)  # median of 1, 1, 1, 0.78
+    assert pre_ratio[3] < 0.8 and post_ratio[3] > 1.2
+    assert pre[0] == pytest.approx(1.0) and post[-1] == pytest.approx(1.0)  # edges mirror
+
+
+def test_rr_local_window_is_causal():
+    peaks = np.cumsum(np.r_[0, np.full(40, 300), np.full(40, 200)])
+    f = rr_features(peaks, 300.0)
+    # the local rhythm follows the new rate only after half the window has the new interval
+    assert f[40, 2] == pytest.approx(1.0)
+    assert f[41 + LOCAL_RR_BEATS, 2] == pytest.approx(200 / 300)
+
+
+@pytest.mark.parametrize("bad", [np.array([5]), np.array([10, 10, 20])])
+def test_rr_features_refuses_bad_peaks(bad):
+    with pytest.raises(ValueError):
+        rr_features(bad, 360.0)
+
+
+def test_beat_windows_cut_around_r_and_drop_edges():
+    fs, window = 360.0, 64
+    sig = np.arange(1000, dtype=np.float32)
+    peaks = np.array([10, 200, 400, 600, 990])
+    x, kept = beat_windows(sig, peaks, fs, window=window, rr_context=True)
+    assert kept.tolist() == [1, 2, 3]
+    assert x.shape == (3, 1 + len(RR_FEATURES), window) and x.dtype == np.float32
+    off = default_r_offset(window)
+    assert x[0, 0, off] == 200.0  # the R peak sits at the offset
+    # RR context uses the dropped neighbours too: beat 1 is 190 samples after beat 0
+    assert x[0, 1, 0] == pytest.approx(190 / fs)
+    assert np.all(x[:, 1:, :] == x[:, 1:, :1])  # context is constant over the window
+
+
+def test_beat_windows_multichannel_and_no_context():
+    sig = np.random.default_rng(0).normal(size=(2, 500)).astype(np.float32)
+    x, kept = beat_windows(sig, np.array([100, 250, 400]), 250.0, window=32)
+    assert x.shape == (3, 2, 32)
+    np.testing.assert_array_equal(x[1], sig[:, 250 - 12 : 250 + 20])

@@ -1,0 +1,31 @@
+"""The CLI and the runtime must import without torch or onnx (the device installs neither)."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("module", ["edgeexit", "edgeexit.cli", "edgeexit.runtime",
+                                    "edgeexit.runtime.preprocess", "edgeexit.data",
+                                    "edgeexit.metrics"])
+def test_module_imports_without_torch(module):
+    code = (
+        f"import sys, {module}\n"
+        "heavy = sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'tensorflow') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"{module} imported {out.stdout.strip()}"
+
+
+def test_cli_help_runs_without_torch():
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from edgeexit.cli import main\n"
+        "r = CliRunner().invoke(main, ['--help'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,104 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_separable
+
+from edgeexit.checkpoint import load_checkpoint, save_checkpoint
+from edgeexit.errors import CheckpointError, ConfigError
+from edgeexit.models import ModelConfig, create_model
+from edgeexit.train import (
+    TrainConfig,
+    class_weights,
+    default_exit_weights,
+    predict_exits,
+    train,
+)
+
+FAST = dict(model="test_resnet1d", epochs=4, batch_size=32, threads=1, patience=0)
+
+
+def test_training_learns_and_writes_a_checkpoint(separable, tmp_path):
+    result = train(separable, TrainConfig(**FAST), test=separable.subset(np.arange(100)),
+                   out_dir=tmp_path)
+    m = result.metrics
+    assert m["exits"][-1]["test"]["accuracy"] > 0.9
+    assert len(m["exits"]) == 4 and len(m["history"]) == 4
+    macs = [e["cumulative_macs"] for e in m["exits"]]
+    assert macs == sorted(macs)
+    for e in m["exits"]:
+        assert set(e["test"]["per_class"]["N"]) == {"sensitivity", "precision", "f1", "support"}
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["exits"][-1]["test"]["accuracy"] == m["exits"][-1]["test"]["accuracy"]
+    ckpt = load_checkpoint(tmp_path / "model.pt")
+    assert ckpt.classes == separable.classes and ckpt.input_spec["shape"] == [6, 256]
+    np.testing.assert_allclose(
+        predict_exits(ckpt.model, separable.x[:50]), predict_exits(result.model, separable.x[:50]),
+        atol=1e-6,
+    )
+
+
+def test_training_is_deterministic_under_a_seed(separable):
+    a = train(separable, TrainConfig(**{**FAST, "epochs": 2})).model.state_dict()
+    b = train(separable, TrainConfig(**{**FAST, "epochs": 2})).model.state_dict()
+    c = train(separable, TrainConfig(**{**FAST, "epochs": 2, "seed": 1})).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+def test_validation_is_held_out_by_record(separable):
+    m = train(separable, TrainConfig(**{**FAST, "epochs": 1})).metrics
+    assert m["data"]["train"]["records"] + m["data"]["val"]["records"] == 10
+    assert m["data"]["train"]["beats"] + m["data"]["val"]["beats"] == len(separable)
+
+
+def test_early_stopping_keeps_the_best_epoch(separable):
+    m = train(separable, TrainConfig(**{**FAST, "epochs": 30, "patience": 1, "lr": 0.05})).metrics
+    scores = [h["val_score"] for h in m["history"]]
+    assert len(scores) < 30
+    assert m["best_epoch"] == int(np.argmax(scores)) + 1
+
+
+def test_mobilenet_family_trains(separable):
+    m = train(separable, TrainConfig(**{**FAST, "model": "test_mobilenet1d", "epochs": 6})).metrics
+    assert m["exits"][-1]["val"]["accuracy"] > 0.6
+
+
+def test_class_weights_modes():
+    y = np.array([0] * 100 + [1] * 25 + [2] * 1)
+    assert class_weights(y, 4, "none", 10.0) is None
+    np.testing.assert_allclose(class_weights(y, 4, "sqrt", 10.0), [1.0, 2.0, 10.0, 1.0])
+    np.testing.assert_allclose(class_weights(y, 4, "balanced", 50.0), [1.0, 4.0, 50.0, 1.0])
+    assert default_exit_weights(4) == (0.25, 0.5, 0.75, 1.0)
+
+
+def test_bad_training_config():
+    with pytest.raises(ConfigError, match="known models"):
+        TrainConfig(model="nope")
+    with pytest.raises(ConfigError, match="unknown training method"):
+        TrainConfig(method="nope")
+    with pytest.raises(ConfigError):
+        TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="exit weights"):
+        train(make_separable(n=100), TrainConfig(**{**FAST, "exit_weights": (1.0,)}))
+
+
+def test_checkpoint_refusals(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="not an edgeexit checkpoint"):
+        load_checkpoint(other)
+    model = create_model(ModelConfig("test_resnet1d", 6, 5))
+    path = save_checkpoint(tmp_path / "m.pt", model, classes=("a",) * 5, input_spec={"shape": [6, 256]})
+    payload = torch.load(path, weights_only=True)
+    payload["version"] = 999
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="upgrade"):
+        load_checkpoint(path)
