@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     sens = {c: round(float(s), 4) for c, s in zip(train.classes, res["sensitivity"])}
     if args.json:
         print(json.dumps({
-            "accuracy": res["accuracy"], "sensitivity": sens, "confusion": res["confusion"].tolist(),
+            "accuracy": res["accuracy"], "sensitivity": sens,
+            "confusion": res["confusion"].tolist(),
             "rr_context": args.rr_context, "n_beats": args.n_beats, "seed": args.seed,
             "test_seed": test_seed, "epochs": args.epochs, "generation_s": gen_s,
         }))
