@@ -147,7 +147,7 @@ def info(target, list_all, as_json):
     """Show a checkpoint's (or a model family's) architecture, exits, parameters and MACs.
 
     TARGET is a checkpoint written by `edgeexit train`, or a model family name (profiled for
-    6 x 256 inputs: one ECG lead plus RR context).
+    one ECG lead plus the RR context channels, 256 samples).
     """
     from edgeexit.summary import describe_models, describe_target
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeexit.errors import ConfigError
+from edgeexit.runtime.preprocess import RR_FEATURES
 
-DEFAULT_INPUT_SHAPE = (6, 256)  # one ECG lead + 5 RR context channels, 256 samples
+DEFAULT_INPUT_SHAPE = (1 + len(RR_FEATURES), 256)  # one ECG lead + RR context, 256 samples
 DEFAULT_NUM_CLASSES = 5
 
 
@@ -39,7 +40,7 @@ def describe_target(target: str) -> dict:
         model = create_model(ModelConfig(target, in_channels=c, num_classes=DEFAULT_NUM_CLASSES,
                                          input_length=length))
         classes, test = None, None
-        spec = {"shape": [c, length], "channels": ["ecg", "+5 RR context"]}
+        spec = {"shape": [c, length], "channels": ["ecg", *RR_FEATURES]}
     else:
         raise ConfigError(
             f"{target!r} is neither a checkpoint file nor a model family; "

@@ -163,11 +163,22 @@ def _score(report: dict) -> float:
 
 
 def _augment(x: torch.Tensor, signal_channels: int, gen: torch.Generator) -> torch.Tensor:
-    """Random gain (0.8-1.2) and baseline offset (+-0.2 mV) of the signal channels."""
-    n, s = x.shape[0], signal_channels
-    gain = 0.8 + 0.4 * torch.rand(n, 1, 1, generator=gen)
-    offset = 0.4 * torch.rand(n, 1, 1, generator=gen) - 0.2
-    return torch.cat([x[:, :s] * gain + offset, x[:, s:]], dim=1)
+    """Patient- and sensor-like variation of the signal channels (context channels untouched).
+
+    Gain 0.6-1.5 (electrode placement, body habitus), a baseline offset and linear drift up to
+    +-0.3 mV (wander), Gaussian noise up to 0.05 mV rms (muscle, electronics), and a shift of the
+    beat by up to +-6 samples (R-peak detection jitter on the device).
+    """
+    n, s, length = x.shape[0], signal_channels, x.shape[-1]
+    sig = x[:, :s]
+    gain = 0.6 + 0.9 * torch.rand(n, 1, 1, generator=gen)
+    ramp = torch.linspace(-1.0, 1.0, length).view(1, 1, length)
+    offset = 0.6 * torch.rand(n, 1, 1, generator=gen) - 0.3
+    drift = (0.6 * torch.rand(n, 1, 1, generator=gen) - 0.3) * ramp
+    noise = 0.05 * torch.rand(n, 1, 1, generator=gen) * torch.randn(sig.shape, generator=gen)
+    shift = int(torch.randint(-6, 7, (1,), generator=gen))
+    sig = torch.roll(sig, shifts=shift, dims=-1) * gain + offset + drift + noise
+    return torch.cat([sig, x[:, s:]], dim=1)
 
 
 def _split_validation(data: BeatDataset, config: TrainConfig) -> tuple[BeatDataset, BeatDataset]:

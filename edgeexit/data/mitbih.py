@@ -13,7 +13,7 @@ Splits:
 Example:
     >>> train, test = load_mitbih_split("../shared/data/mitdb")
     >>> train.source, train.input_shape
-    ('mitdb:DS1 (22 records)', (6, 256))
+    ('mitdb:DS1 (22 records)', (8, 256))
 
 The database is not part of edgeexit. Anything derived from it must credit Moody & Mark (2001),
 Goldberger et al. (2000), DOI 10.13026/C2F305 (ODC-By 1.0).

@@ -32,7 +32,7 @@ trained on one seed and tested on another lands in the 90s, not at 100% (see
 
 Example:
     >>> data = generate_synthetic(SyntheticECGConfig(n_beats=600, seed=3))
-    >>> data.x.shape  # (600, 6, 256): ECG + 5 RR channels
+    >>> data.x.shape  # (600, 8, 256): ECG + 7 RR channels
 """
 
 from __future__ import annotations

@@ -35,13 +35,13 @@ def build_resnet1d(config: ModelConfig, base: int = 16, blocks_per_stage: int = 
         blocks += [BasicBlock1d(chans[k], chans[k]) for _ in range(blocks_per_stage - 1)]  # same shape
         stages.append(nn.Sequential(*blocks))
     heads = [
-        ExitHead(c, config.num_classes, hidden=c if k < 3 else None, pool=max(1, 2 ** (2 - k)))
+        ExitHead(c, config.num_classes, hidden=c // 2 if k < 3 else None, pool=max(1, 2 ** (2 - k)))
         for k, c in enumerate(chans)
     ]
     return MultiExitNet(stages, heads, config)
 
 
-@register_model("resnet1d", "1-D ResNet, 4 stages/exits, ~0.4M params: the accurate default")
+@register_model("resnet1d", "1-D ResNet, 4 stages/exits: the accurate default")
 def resnet1d(config: ModelConfig) -> MultiExitNet:
     return build_resnet1d(config)
 

@@ -13,7 +13,12 @@ RR intervals in seconds and their ratios to the local rhythm:
 ``local_rr``       median of the last :data:`LOCAL_RR_BEATS` RR intervals up to this beat
 ``pre_rr_ratio``   ``pre_rr / local_rr``  (< 1 for a premature beat)
 ``post_rr_ratio``  ``post_rr / local_rr`` (> 1 for a compensatory pause)
+``avg_rr``         mean of the last :data:`LONG_RR_BEATS` RR intervals (minutes of rhythm)
+``pre_rr_avg_ratio`` ``pre_rr / avg_rr``
 =================  ====================================================================
+
+The long average matters where premature beats outnumber normal ones (MIT-BIH record 232: the
+local median then follows the premature rhythm, while the long mean still includes the pauses).
 
 Example:
     >>> x = beat_windows(ecg_mv, r_peaks, fs=360.0, window=256, rr_context=True)
@@ -24,11 +29,22 @@ from __future__ import annotations
 
 import numpy as np
 
-RR_FEATURES: tuple[str, ...] = ("pre_rr", "post_rr", "local_rr", "pre_rr_ratio", "post_rr_ratio")
+RR_FEATURES: tuple[str, ...] = (
+    "pre_rr",
+    "post_rr",
+    "local_rr",
+    "pre_rr_ratio",
+    "post_rr_ratio",
+    "avg_rr",
+    "pre_rr_avg_ratio",
+)
 """Names of the RR context channels, in channel order after the signal channels."""
 
 LOCAL_RR_BEATS = 16
 """How many past RR intervals the local rhythm (``local_rr``) is the median of."""
+
+LONG_RR_BEATS = 256
+"""How many past RR intervals the long-term rhythm (``avg_rr``) is the mean of."""
 
 
 def default_r_offset(window: int) -> int:
@@ -61,7 +77,11 @@ def rr_features(r_peaks: np.ndarray, fs: float) -> np.ndarray:
     local = np.empty_like(pre)
     for i in range(pre.size):  # causal: only intervals that ended at or before this beat
         local[i] = np.median(pre[max(0, i - LOCAL_RR_BEATS + 1) : i + 1])
-    feats = np.stack([pre, post, local, pre / local, post / local], axis=1)
+    csum = np.concatenate([[0.0], np.cumsum(pre)])  # causal running mean over LONG_RR_BEATS
+    idx = np.arange(pre.size)
+    lo = np.maximum(0, idx - LONG_RR_BEATS + 1)
+    avg = (csum[idx + 1] - csum[lo]) / (idx + 1 - lo)
+    feats = np.stack([pre, post, local, pre / local, post / local, avg, pre / avg], axis=1)
     return feats.astype(np.float32)
 
 

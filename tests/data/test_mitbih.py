@@ -261,7 +261,7 @@ class TestMITBIH:
     def test_lead_mlii_picked_by_name_in_114(self):
         data = load_mitbih(MITDB, ["114"])
         assert data.channels == ("MLII",) + RR_FEATURES
-        assert data.x.shape[1:] == (6, 256)
+        assert data.x.shape[1:] == (1 + len(RR_FEATURES), 256)
         rec = wfdb.rdrecord(str(MITDB / "114"))
         assert rec.sig_name == ["V5", "MLII"]  # swapped: MLII is the second lead
         peaks = wfdb.rdann(str(MITDB / "114"), "atr")
@@ -282,7 +282,7 @@ class TestMITBIH:
     def test_windows_and_rr_context(self):
         # 100 is sinus rhythm, 119 has ventricular bigeminy; 201 would not do: it has pauses > 3 s
         data = load_mitbih(MITDB, ["100", "119"])
-        assert data.x.shape == (len(data), 6, 256) and data.x.dtype == np.float32
+        assert data.x.shape == (len(data), 1 + len(RR_FEATURES), 256) and data.x.dtype == np.float32
         assert data.fs == 360.0 and data.units == "mV"
         assert data.source == "mitdb:100,119 (2 records)"
         assert sorted(set(data.groups)) == ["100", "119"]

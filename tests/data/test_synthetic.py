@@ -104,7 +104,7 @@ def test_fewer_beats_than_records():
 @pytest.mark.parametrize(("fs", "window"), [(250.0, 128), (360.0, 512), (500.0, 100)])
 def test_other_rates_and_windows(fs, window):
     data = generate_synthetic(SyntheticECGConfig(n_beats=120, fs=fs, window=window, seed=1))
-    assert data.x.shape == (120, 6, window) and data.fs == fs
+    assert data.x.shape == (120, 1 + len(RR_FEATURES), window) and data.fs == fs
     assert np.isfinite(data.x).all()
 
 

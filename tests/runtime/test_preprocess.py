@@ -3,6 +3,7 @@ import pytest
 
 from edgeexit.runtime.preprocess import (
     LOCAL_RR_BEATS,
+    LONG_RR_BEATS,
     RR_FEATURES,
     beat_windows,
     default_r_offset,
@@ -15,11 +16,13 @@ def test_rr_features_of_a_premature_beat():
     peaks = np.array([0, 360, 720, 1000, 1440, 1800])  # beat 3 comes early (0.78 s), then a pause
     f = rr_features(peaks, fs)
     assert f.shape == (6, len(RR_FEATURES))
-    pre, post, local, pre_ratio, post_ratio = f.T
+    pre, post, local, pre_ratio, post_ratio, avg, avg_ratio = f.T
     assert pre[3] == pytest.approx(280 / 360) and post[3] == pytest.approx(440 / 360)
     assert local[3] == pytest.approx(1.0)  # median of 1, 1, 1, 0.78
     assert pre_ratio[3] < 0.8 and post_ratio[3] > 1.2
     assert pre[0] == pytest.approx(1.0) and post[-1] == pytest.approx(1.0)  # edges mirror
+    assert avg[3] == pytest.approx((3 * 360 + 280) / 4 / 360)  # running mean of intervals so far
+    assert avg_ratio[3] == pytest.approx(pre[3] / avg[3])
 
 
 def test_rr_local_window_is_causal():
@@ -55,3 +58,10 @@ def test_beat_windows_multichannel_and_no_context():
     x, kept = beat_windows(sig, np.array([100, 250, 400]), 250.0, window=32)
     assert x.shape == (3, 2, 32)
     np.testing.assert_array_equal(x[1], sig[:, 250 - 12 : 250 + 20])
+
+
+def test_rr_long_average_window():
+    peaks = np.cumsum(np.r_[0, np.full(LONG_RR_BEATS, 100), np.full(LONG_RR_BEATS, 50)])
+    f = rr_features(peaks, 100.0)
+    assert f[LONG_RR_BEATS, 5] == pytest.approx(1.0)
+    assert f[2 * LONG_RR_BEATS, 5] == pytest.approx(0.5)  # the old rhythm has left the window
