@@ -94,6 +94,8 @@ def main(verbose: bool, quiet: bool) -> None:
 @click.option("--lr", default=3e-3, show_default=True, help="Peak learning rate (cosine decay).")
 @click.option("--class-weighting", type=click.Choice(["none", "sqrt", "balanced"]), default="sqrt",
               show_default=True, help="Cross-entropy class weights for imbalanced classes.")
+@click.option("--max-class-weight", default=3.0, show_default=True,
+              help="Cap on any class weight (strong weights wreck the normal class).")
 @click.option("--val-split", type=click.Choice(["auto", "record", "beat"]), default="auto",
               show_default=True, help="Hold out whole records or random beats for validation.")
 @click.option("--val-fraction", default=0.15, show_default=True)
@@ -107,7 +109,8 @@ def main(verbose: bool, quiet: bool) -> None:
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full metrics as JSON.")
 def train(source, test_data, split, n_beats, window, rr_context, model, width, method, epochs,
-          batch_size, lr, class_weighting, val_split, val_fraction, patience, augment, seed,
+          batch_size, lr, class_weighting, max_class_weight, val_split, val_fraction, patience,
+          augment, seed,
           threads, out_dir, progress, as_json):
     """Train a multi-exit model and report every exit on the test set.
 
@@ -122,6 +125,7 @@ def train(source, test_data, split, n_beats, window, rr_context, model, width, m
                     seed=seed, window=window, rr_context=rr_context)
     config = TrainConfig(model=model, width=width, method=method, epochs=epochs,
                          batch_size=batch_size, lr=lr, class_weighting=class_weighting,
+                         max_class_weight=max_class_weight,
                          val_split=val_split, val_fraction=val_fraction, patience=patience,
                          augment=augment, seed=seed, threads=threads)
     result = run_training(spec, config, out_dir, progress=progress and sys.stderr.isatty())

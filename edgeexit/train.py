@@ -79,7 +79,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     val_split: str = "auto"
     class_weighting: str = "sqrt"
-    max_class_weight: float = 10.0
+    max_class_weight: float = 3.0
     exit_weights: tuple[float, ...] | None = None
     patience: int = 4
     augment: bool = True

@@ -69,6 +69,7 @@ def test_class_weights_modes():
     y = np.array([0] * 100 + [1] * 25 + [2] * 1)
     assert class_weights(y, 4, "none", 10.0) is None
     np.testing.assert_allclose(class_weights(y, 4, "sqrt", 10.0), [1.0, 2.0, 10.0, 1.0])
+    np.testing.assert_allclose(class_weights(y, 4, "sqrt", 3.0), [1.0, 2.0, 3.0, 1.0])
     np.testing.assert_allclose(class_weights(y, 4, "balanced", 50.0), [1.0, 4.0, 50.0, 1.0])
     assert default_exit_weights(4) == (0.25, 0.5, 0.75, 1.0)
 

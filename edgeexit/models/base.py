@@ -86,19 +86,16 @@ class InputNorm(nn.Module):
         ``[N, C, L] -> [N, C, L]``
     """
 
-    def __init__(self, channels: int, signal_channels: int = 1, scale_signal: bool = False) -> None:
+    def __init__(self, channels: int, signal_channels: int = 1) -> None:
         super().__init__()
         self.channels = channels
         self.signal_channels = signal_channels
-        self.scale_signal = scale_signal
         self.register_buffer("mean", torch.zeros(1, channels, 1))
         self.register_buffer("inv_std", torch.ones(1, channels, 1))
 
     def _centre(self, x: torch.Tensor) -> torch.Tensor:
         s = self.signal_channels
         sig = x[:, :s] - x[:, :s].mean(dim=-1, keepdim=True)  # [N, s, L]
-        if self.scale_signal:  # gain differs between patients and electrodes: divide it out
-            sig = sig / (sig.pow(2).mean(dim=-1, keepdim=True).sqrt() + 0.01)
         return torch.cat([sig, x[:, s:]], dim=1) if s < self.channels else sig
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
