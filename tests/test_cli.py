@@ -111,3 +111,24 @@ def test_error_bad_file_type(tmp_path):
     path = tmp_path / "beats.txt"
     path.write_text("hello")
     _one_line_error(run("data", "inspect", str(path)), ".npz or .csv")
+
+
+def test_data_generate_writes_a_loadable_npz(tmp_path):
+    out = tmp_path / "syn.npz"
+    r = run("data", "generate", "--out", str(out), "--n-beats", "300", "--seed", "3", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["beats"] == 300 and d["written"] == str(out)
+    r = run("data", "inspect", str(out), "--json")
+    assert json.loads(r.output)["class_counts"] == d["class_counts"]
+    bad = run("data", "generate", "--out", str(tmp_path / "syn.txt"))
+    assert bad.exit_code == 2 and "must end in .npz" in bad.output
+    assert not (tmp_path / "syn.txt").exists()
+
+
+def test_train_on_builtin_synthetic_data(tmp_path):
+    r = run("train", "--out", str(tmp_path / "syn"), "--n-beats", "500", "--json", *FAST)
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output)
+    assert m["data"]["test"]["source"].startswith("synthetic(seed=1000")
+    assert m["data"]["train"]["input_shape"][0] == 8  # ECG + 7 RR context channels
