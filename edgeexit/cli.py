@@ -35,13 +35,13 @@ def _pct(v: float) -> str:
 
 
 def _format_exits(exits: list[dict], split: str) -> str:
-    """A per-exit table: cost, accuracy, macro-F1 and per-class sensitivity on ``split``."""
+    """A per-exit table: cost, accuracy, macro-F1, per-class sensitivity/precision on ``split``."""
     first = exits[0][split]
     classes = list(first["per_class"])
+    nsvf = "macro_f1_nsvf" in first
     head = f"{'exit':>4} {'MACs':>10} {'params':>8} {'acc%':>6} {'mF1':>6}"
-    if "macro_f1_nsvf" in first:
-        head += f" {'mF1nsvf':>7}"
-    head += "  sensitivity% " + " ".join(f"{c:>5}" for c in classes)
+    head += f" {'mF1nsvf':>7}" if nsvf else ""
+    head += "  " + " ".join(f"{c + ' sen/pre%':>13}" for c in classes)
     lines = [head]
     params = 0
     for e in exits:
@@ -49,12 +49,13 @@ def _format_exits(exits: list[dict], split: str) -> str:
         params += e["stage_params"] + e["head_params"]
         line = f"{e['index']:>4} {e['cumulative_macs']:>10,} {params:>8,} {_pct(r['accuracy']):>6}"
         line += f" {r['macro_f1']:6.3f}"
-        if "macro_f1_nsvf" in r:
-            line += f" {r['macro_f1_nsvf']:7.3f}"
-        line += "               " + " ".join(
-            f"{_pct(r['per_class'][c]['sensitivity']):>5}" for c in classes
+        line += f" {r['macro_f1_nsvf']:7.3f}" if nsvf else ""
+        line += "  " + " ".join(
+            f"{_pct(r['per_class'][c]['sensitivity']).strip():>6}/"
+            f"{_pct(r['per_class'][c]['precision']).strip():<6}"
+            for c in classes
         )
-        lines.append(line)
+        lines.append(line.rstrip())
     return "\n".join(lines)
 
 
