@@ -427,7 +427,21 @@ def run_training(
 ) -> TrainResult:
     """Load the data of ``spec`` (train and test) and :func:`train` on it: what `edgeexit train` runs."""
     t0 = time.perf_counter()
-    train_set, test_set = load_train_test(spec)
+    bar = None
+
+    def record_progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc="reading records", unit="record", leave=False)
+        bar.update(done - bar.n)
+
+    try:
+        train_set, test_set = load_train_test(spec, progress=record_progress if progress else None)
+    finally:
+        if bar is not None:
+            bar.close()
     log.info(
         "data: %d training beats %s, %d test beats %s (%.1f s)",
         len(train_set),
