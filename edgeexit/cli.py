@@ -24,6 +24,17 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except EdgeExitError as e:
             raise click.ClickException(str(e)) from None
+        except ModuleNotFoundError as e:
+            if e.name not in _HOST_MODULES:
+                raise
+            raise click.ClickException(
+                f"this command needs {e.name}, part of the host install (the device install has "
+                "only the runtime): pip install -c constraints.txt 'edgeexit[host]'"
+            ) from None
+
+
+# Packages of the [host] extra: a device with only [runtime] installed lacks them.
+_HOST_MODULES = {"torch", "wfdb", "tqdm", "onnx", "onnxscript", "torch_pruning", "litert_torch"}
 
 
 def _echo_json(obj) -> None:

@@ -29,3 +29,20 @@ def test_cli_help_runs_without_torch():
         "assert 'torch' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_host_commands_say_what_to_install_when_torch_is_missing(tmp_path):
+    # simulate a device install: torch cannot be imported
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "from click.testing import CliRunner\n"
+        "from edgeexit.cli import main\n"
+        "r = CliRunner().invoke(main, ['info', 'resnet1d'])\n"
+        "print(r.exit_code)\n"
+        "print(r.output)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code_line, message = out.stdout.split("\n", 1)
+    assert code_line == "1"
+    assert "edgeexit[host]" in message and "Traceback" not in message
