@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeexit.config import dataclass_from_dict
 from edgeexit.data.dataset import AAMI_CLASSES, BeatDataset
 from edgeexit.errors import ConfigError
 from edgeexit.runtime.preprocess import RR_FEATURES, beat_windows, default_r_offset
@@ -172,18 +173,8 @@ class SyntheticECGConfig:
         Raises:
             ConfigError: on keys that are not fields, or on invalid values.
         """
-        if not isinstance(d, dict):
-            raise ConfigError(
-                f"a synthetic data config must be a table/dict, got {type(d).__name__}"
-            )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown synthetic data option(s) {', '.join(map(repr, unknown))}; "
-                f"known options: {', '.join(sorted(known))}"
-            )
-        return cls(**d)  # __post_init__ turns a list of fractions into a tuple
+        # __post_init__ turns a list of fractions into a tuple
+        return dataclass_from_dict(cls, d, "synthetic data option(s)")
 
 
 def generate_synthetic(config: SyntheticECGConfig = SyntheticECGConfig()) -> BeatDataset:

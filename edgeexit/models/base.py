@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from edgeexit.config import dataclass_from_dict
 from edgeexit.errors import ConfigError
 
 
@@ -68,11 +69,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         """Rebuild from :meth:`to_dict` output; unknown keys raise :class:`ConfigError`."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "model config keys")
 
 
 class InputNorm(nn.Module):
