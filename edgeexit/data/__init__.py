@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 from edgeexit.data.dataset import (
@@ -27,13 +26,13 @@ from edgeexit.data.dataset import (
     load_npz,
     stratified_split,
 )
+from edgeexit.data.mitbih import SPLITS, Progress, load_mitbih, load_mitbih_split
 from edgeexit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
 TEST_SEED_OFFSET = 1000  # the synthetic test set uses other simulated patients than training
-SPLITS = ("inter-patient", "random")
 
 __all__ = [
     "AAMI_CLASSES",
@@ -80,9 +79,6 @@ class DataSpec:
         return dataclasses.asdict(self)
 
 
-Progress = Callable[[int, int], None] | None
-
-
 def _synthetic(spec: DataSpec, n_beats: int, seed: int) -> BeatDataset:
     from edgeexit.data.synthetic import SyntheticECGConfig, generate_synthetic
 
@@ -99,8 +95,6 @@ def load_source(source: str, spec: DataSpec | None = None, progress: Progress = 
         return _synthetic(spec, spec.n_beats, spec.seed)
     path = Path(source)
     if path.is_dir():
-        from edgeexit.data.mitbih import load_mitbih
-
         return load_mitbih(path, window=spec.window, rr_context=spec.rr_context, progress=progress)
     if not path.exists():
         raise DataError(
@@ -128,8 +122,6 @@ def load_train_test(spec: DataSpec, progress: Progress = None) -> tuple[BeatData
         return train, test
     path = Path(spec.source)
     if path.is_dir() and spec.test_source is None:
-        from edgeexit.data.mitbih import load_mitbih_split
-
         return load_mitbih_split(
             path,
             spec.split,
