@@ -140,6 +140,15 @@ def _filter_same(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return np.convolve(xp, kernel, mode="valid")
 
 
+def _neighbourhood(centres: np.ndarray, half: int, size: int) -> np.ndarray:
+    """Indices ``centre - half .. centre + half`` of every centre, clipped to ``0..size-1``.
+
+    Shape:
+        ``[B] -> [B, 2 * half + 1]``
+    """
+    return np.clip(centres[:, None] + np.arange(-half, half + 1)[None, :], 0, size - 1)
+
+
 def _candidates(mwi: np.ndarray, half: int) -> np.ndarray:
     """Indices of the local maxima of ``mwi`` that are the largest within ``+-half`` samples."""
     inner = np.flatnonzero((mwi[1:-1] > mwi[:-2]) & (mwi[1:-1] >= mwi[2:])) + 1
@@ -147,7 +156,7 @@ def _candidates(mwi: np.ndarray, half: int) -> np.ndarray:
         return inner.astype(np.int64)
     # the integrated signal is smooth (a few local maxima per beat), so gathering a window per
     # local maximum is cheaper than a moving maximum over every sample
-    idx = np.clip(inner[:, None] + np.arange(-half, half + 1)[None, :], 0, mwi.size - 1)
+    idx = _neighbourhood(inner, half, mwi.size)
     return inner[mwi[inner] >= mwi[idx].max(axis=1)].astype(np.int64)
 
 
@@ -162,10 +171,9 @@ def _refine(x: np.ndarray, centres: np.ndarray, fs: float) -> np.ndarray:
         return centres
     half = max(1, int(round(REFINE_S * fs)))
     bhalf = max(half, int(round(BASELINE_S * fs)))
-    last = x.size - 1
-    b_idx = np.clip(centres[:, None] + np.arange(-bhalf, bhalf + 1)[None, :], 0, last)
+    b_idx = _neighbourhood(centres, bhalf, x.size)
     base = np.median(x[b_idx], axis=1)  # [B] mV, robust to the QRS and T within the window
-    r_idx = np.clip(centres[:, None] + np.arange(-half, half + 1)[None, :], 0, last)
+    r_idx = _neighbourhood(centres, half, x.size)
     dev = np.abs(x[r_idx] - base[:, None])  # [B, 2 half + 1]
     return r_idx[np.arange(centres.size), np.argmax(dev, axis=1)]
 
@@ -205,7 +213,7 @@ def detect_r_peaks(signal: np.ndarray, fs: float, *, refractory_s: float = 0.2) 
     heights = np.sqrt(mwi[cand])
     # QRS slope near each candidate, for the T-wave test (a T wave has a gentler slope)
     shalf = max(1, int(round(REFINE_S * fs)))
-    s_idx = np.clip(cand[:, None] + np.arange(-shalf, shalf + 1)[None, :], 0, x.size - 1)
+    s_idx = _neighbourhood(cand, shalf, x.size)
     slopes = slope[s_idx].max(axis=1)
 
     # learning phase (Pan & Tompkins: two seconds): the signal level is the typical largest lump
