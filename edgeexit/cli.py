@@ -15,6 +15,9 @@ import click
 from edgeexit import __version__
 from edgeexit.errors import EdgeExitError
 
+# Packages of the [host] extra: a device with only [runtime] installed lacks them.
+_HOST_MODULES = {"torch", "wfdb", "tqdm", "onnx", "onnxscript", "torch_pruning", "litert_torch"}
+
 
 class _Group(click.Group):
     """Turns every :class:`EdgeExitError` into a one-line ``Error: ...`` and exit status 1."""
@@ -31,10 +34,6 @@ class _Group(click.Group):
                 f"this command needs {e.name}, part of the host install (the device install has "
                 "only the runtime): pip install -c constraints.txt 'edgeexit[host]'"
             ) from None
-
-
-# Packages of the [host] extra: a device with only [runtime] installed lacks them.
-_HOST_MODULES = {"torch", "wfdb", "tqdm", "onnx", "onnxscript", "torch_pruning", "litert_torch"}
 
 
 def _echo_json(obj) -> None:

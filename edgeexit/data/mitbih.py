@@ -396,7 +396,7 @@ def load_mitbih(
 
     Returns:
         A :class:`BeatDataset` with classes :data:`AAMI_CLASSES` (always all five), ``x`` of shape
-        ``[N, 1 (+5), window]`` in mV, and the record name of every beat in ``groups``.
+        ``[N, 1 (+ len(RR_FEATURES)), window]`` in mV, and the record name of every beat in ``groups``.
 
     Raises:
         DataError: the directory or a record (or one of its files) is missing, a record lacks an

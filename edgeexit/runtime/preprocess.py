@@ -7,15 +7,15 @@ Supraventricular (S) beats differ from normal ones mostly in *timing* (they come
 single-beat window cannot see. The RR context adds, for every beat, constant channels holding its
 RR intervals in seconds and their ratios to the local rhythm:
 
-=================  ====================================================================
-``pre_rr``         seconds since the previous R peak
-``post_rr``        seconds to the next R peak (one beat of latency on a device)
-``local_rr``       median of the last :data:`LOCAL_RR_BEATS` RR intervals up to this beat
-``pre_rr_ratio``   ``pre_rr / local_rr``  (< 1 for a premature beat)
-``post_rr_ratio``  ``post_rr / local_rr`` (> 1 for a compensatory pause)
-``avg_rr``         mean of the last :data:`LONG_RR_BEATS` RR intervals (minutes of rhythm)
-``pre_rr_avg_ratio`` ``pre_rr / avg_rr``
-=================  ====================================================================
+====================  =======================================================================
+``pre_rr``            seconds since the previous R peak
+``post_rr``           seconds to the next R peak (one beat of latency on a device)
+``local_rr``          median of the last :data:`LOCAL_RR_BEATS` RR intervals up to this beat
+``pre_rr_ratio``      ``pre_rr / local_rr``  (< 1 for a premature beat)
+``post_rr_ratio``     ``post_rr / local_rr`` (> 1 for a compensatory pause)
+``avg_rr``            mean of the last :data:`LONG_RR_BEATS` RR intervals (minutes of rhythm)
+``pre_rr_avg_ratio``  ``pre_rr / avg_rr``
+====================  =======================================================================
 
 The long average matters where premature beats outnumber normal ones (MIT-BIH record 232: the
 local median then follows the premature rhythm, while the long mean still includes the pauses).
