@@ -24,6 +24,8 @@ from edgeexit.data.mitbih import (
     load_mitbih,
     load_mitbih_split,
 )
+from conftest import MITDB
+
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.runtime.preprocess import RR_FEATURES, default_r_offset
 
@@ -32,7 +34,6 @@ wfdb = pytest.importorskip("wfdb")
 # wfdb 4.3.1 itself calls a pandas API that pandas deprecates; nothing of ours.
 pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword:Warning")
 
-MITDB = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mitdb"
 needs_mitdb = [
     pytest.mark.mitdb,
     pytest.mark.skipif(not (MITDB / "100.hea").is_file(), reason=f"MIT-BIH not found at {MITDB}"),

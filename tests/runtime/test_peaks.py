@@ -9,19 +9,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import MITDB, REPO
+
+from edgeexit.data.mitbih import AAMI_MAP
 from edgeexit.runtime.peaks import MIN_SECONDS, detect_r_peaks, windows_from_signal
 from edgeexit.runtime.preprocess import RR_FEATURES, default_r_offset, rr_features
 
-REPO = Path(__file__).resolve().parents[2]
-MITDB = REPO.parent / "shared" / "data" / "mitdb"
-
-BEAT_SYMBOLS = frozenset("NLRejAaJSVEF/fQ")
-"""MIT-BIH annotation symbols that are beats (AAMI EC57); the others are not."""
 
 
 def _bump(width: float, amplitude: float, fs: float) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +203,7 @@ def test_mitdb_first_five_minutes(record):
     fs = float(rec.fs)
     x = rec.p_signal[:, rec.sig_name.index("MLII")]
     ann = wfdb.rdann(str(MITDB / record), "atr", sampto=x.size)
-    beats = np.asarray([s for s, sym in zip(ann.sample, ann.symbol) if sym in BEAT_SYMBOLS])
+    beats = np.asarray([s for s, sym in zip(ann.sample, ann.symbol) if sym in AAMI_MAP])
     det = detect_r_peaks(x, fs)
     tp, fn, fp, off = _match(det, beats, tol=int(round(0.150 * fs)))  # AAMI EC57: 150 ms
     se, ppv = tp / (tp + fn), tp / (tp + fp)
