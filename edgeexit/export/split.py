@@ -1,0 +1,154 @@
+"""Split a :class:`MultiExitNet` into per-exit segments, the unit that export and the device run.
+
+Segment k takes ``feat_{k-1}`` (segment 0 takes ``input``, the raw window in physical units) and
+returns ``(feat_k, logits_k)``; the last segment returns ``logits_k`` only. Chaining the segments
+computes exactly what ``model(x)`` computes, one exit at a time, so the device can stop after any
+segment. :class:`Monolithic` is the whole model as one graph (input -> final logits, no early exit
+heads), exported beside the segments for side-by-side benchmarks.
+
+Example:
+    >>> segments = split_model(model)
+    >>> specs = segment_specs(model, (8, 256))
+    >>> feat, logits0 = segments[0](x)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from edgeexit.errors import ConfigError
+from edgeexit.models.base import MultiExitNet
+
+INPUT_NAME = "input"
+
+
+def feat_name(k: int) -> str:
+    """Name of the tensor that stage ``k`` produces (crosses the boundary to segment ``k + 1``)."""
+    return f"feat_{k}"
+
+
+def logits_name(k: int) -> str:
+    """Name of the logits tensor of exit ``k``."""
+    return f"logits_{k}"
+
+
+class Segment(nn.Module):
+    """Stage k followed by exit k: ``feat_{k-1} -> (feat_k, logits_k)``, or ``logits_k`` if last."""
+
+    def __init__(self, stage: nn.Module, head: nn.Module, last: bool) -> None:
+        super().__init__()
+        self.stage = stage
+        self.head = head
+        self.last = last
+
+    def forward(self, x: torch.Tensor):
+        h = self.stage(x)
+        logits = self.head(h)
+        return logits if self.last else (h, logits)
+
+
+class Monolithic(nn.Module):
+    """The whole model as one graph: input -> logits of the final exit (no early-exit heads)."""
+
+    def __init__(self, model: MultiExitNet) -> None:
+        super().__init__()
+        self.stages = model.stages
+        self.head = model.exits[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        return self.head(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentSpec:
+    """The interface of one segment. Shapes are per sample (the batch dimension is left out).
+
+    Attributes:
+        index: segment (and exit) index k.
+        input_name / input_shape: ``input`` or ``feat_{k-1}`` and its ``[C, L]``.
+        output_names / output_shapes: ``[feat_k, logits_k]`` (``[logits_k]`` for the last segment).
+        macs / params: multiply-accumulates per sample and parameters of stage k plus exit k.
+    """
+
+    index: int
+    input_name: str
+    input_shape: tuple[int, ...]
+    output_names: tuple[str, ...]
+    output_shapes: tuple[tuple[int, ...], ...]
+    macs: int
+    params: int
+
+    def to_dict(self) -> dict:
+        return {
+            "index": self.index,
+            "input_name": self.input_name,
+            "input_shape": list(self.input_shape),
+            "output_names": list(self.output_names),
+            "output_shapes": [list(s) for s in self.output_shapes],
+            "macs": self.macs,
+            "params": self.params,
+        }
+
+
+def _check(model: nn.Module) -> MultiExitNet:
+    if not isinstance(model, MultiExitNet):
+        raise ConfigError(
+            f"only a MultiExitNet can be split into exits, got {type(model).__name__}; build one "
+            "from your stages and heads with edgeexit.models.MultiExitNet(stages, exits)"
+        )
+    return model
+
+
+def split_model(model: MultiExitNet) -> list[Segment]:
+    """One :class:`Segment` per exit, sharing the model's modules (no copies); in eval mode."""
+    model = _check(model).eval()
+    n = model.num_exits
+    return [Segment(s, h, last=k == n - 1).eval() for k, (s, h) in enumerate(zip(model.stages, model.exits))]
+
+
+def segment_inputs(model: MultiExitNet, x: torch.Tensor) -> list[torch.Tensor]:
+    """The tensor that reaches each segment for inputs ``x``: ``[x, feat_0, ..., feat_{n-2}]``.
+
+    This is what each segment must be calibrated on for int8: the features that really reach it.
+    """
+    with torch.no_grad():
+        feats = _check(model).eval().features(x)
+    return [x, *feats[:-1]]
+
+
+def segment_specs(model: MultiExitNet, input_shape: tuple[int, ...]) -> list[SegmentSpec]:
+    """Names, per-sample shapes, MACs and parameters of every segment, for the bundle manifest."""
+    from edgeexit.models.profile import profile_model
+
+    model = _check(model).eval()
+    costs = profile_model(model, tuple(input_shape))
+    specs = []
+    h = torch.zeros(1, *input_shape)
+    in_name = INPUT_NAME
+    with torch.no_grad():
+        for k, (seg, cost) in enumerate(zip(split_model(model), costs)):
+            in_shape = tuple(int(d) for d in h.shape[1:])
+            out = seg(h)
+            if seg.last:
+                names, tensors = (logits_name(k),), (out,)
+            else:
+                names, tensors = (feat_name(k), logits_name(k)), out
+                h = out[0]
+            specs.append(
+                SegmentSpec(
+                    index=k,
+                    input_name=in_name,
+                    input_shape=in_shape,
+                    output_names=names,
+                    output_shapes=tuple(tuple(int(d) for d in t.shape[1:]) for t in tensors),
+                    macs=cost.stage_macs + cost.head_macs,
+                    params=cost.stage_params + cost.head_params,
+                )
+            )
+            in_name = feat_name(k)
+    return specs
