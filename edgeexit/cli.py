@@ -80,7 +80,10 @@ def main(verbose: bool, quiet: bool) -> None:
     sets and checkpoints. Logs go to stderr; results to stdout (human text, or JSON with --json).
     """
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # our own messages at the chosen level; the converters' (onnxscript, torch) chatter only when -v
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("edgeexit").setLevel(level)
 
 
 # ---------------------------------------------------------------------------------------- train
@@ -252,6 +255,304 @@ def data_generate(out_path, source, n_beats, seed, window, rr_context, as_json):
     else:
         counts = " ".join(f"{k}={v}" for k, v in d["class_counts"].items())
         click.echo(f"wrote {d['beats']} beats {d['input_shape']} to {out_path}: {counts}")
+
+
+# -------------------------------------------------------------------------------------- targets
+@main.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def targets(name, as_json):
+    """List the device presets, or show one (NAME: a target id or a .toml file).
+
+    Presets are data files, targets/<id>.toml (EDGEEXIT_TARGETS points elsewhere).
+    """
+    from edgeexit.targets import list_targets, load_target
+
+    found = [load_target(name)] if name else list_targets()
+    if as_json:
+        _echo_json([t.to_dict() for t in found] if not name else found[0].to_dict())
+        return
+    if name:
+        click.echo(json.dumps(found[0].to_dict(), indent=2))
+        return
+    click.echo(f"{'id':12} {'cpu':28} {'cores':>5} {'dotprod':>7} {'format':>7} {'precision':>9} {'threads':>7}")
+    for t in found:
+        click.echo(f"{t.id:12} {t.cpu.model[:28]:28} {t.cpu.cores:>5} {str(t.cpu.dotprod).lower():>7} "
+                   f"{t.runtime.format:>7} {t.runtime.precision:>9} {t.runtime.threads:>7}")
+
+
+# --------------------------------------------------------------------------------------- export
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--target", default="rpi4", show_default=True,
+              help="Device preset id (`edgeexit targets`) or a preset .toml file.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Bundle directory to write (DIR.tar.gz is written beside it).")
+@click.option("--formats", default="onnx,tflite", show_default=True,
+              help="Comma-separated file formats: onnx, tflite.")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default=None,
+              help="Precision of the segment files (default: the target's).")
+@click.option("--policy", type=click.Choice(["max_prob", "entropy", "ensemble"]), default="max_prob",
+              show_default=True, help="Exit policy whose thresholds are calibrated.")
+@click.option("--margin", default=0.5, show_default=True,
+              help="Allowed validation accuracy loss versus the final exit, in points.")
+@click.option("--data", "source", default=None,
+              help="Data to calibrate on (default: the data recorded in the checkpoint; its "
+                   "validation part sets the thresholds, its training part the int8 scales).")
+@click.option("--calibration-samples", default=512, show_default=True,
+              help="Training beats for int8 calibration.")
+@click.option("--golden-samples", default=32, show_default=True,
+              help="Validation beats stored in golden.npz for `edgeexit verify`.")
+@click.option("--monolithic/--no-monolithic", default=True, show_default=True,
+              help="Also write the whole model as one graph (needed by `edgeexit bench`).")
+@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+def export(checkpoint, target, out_dir, formats, precision, policy, margin, source,
+           calibration_samples, golden_samples, monolithic, as_json):
+    """Export a checkpoint as a device bundle: per-exit segments, checked, thresholds calibrated.
+
+    Writes OUT (manifest.json, segment_K.onnx/.tflite, monolithic.*, golden.npz) and OUT.tar.gz.
+    A failed export leaves nothing behind; an existing bundle at OUT is replaced only when the
+    new one is complete.
+    """
+    from edgeexit.export.bundle import ExportConfig, export_bundle
+
+    config = ExportConfig(
+        target=target,
+        formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+        precision=precision,
+        policy=policy,
+        margin=margin,
+        calibration_samples=calibration_samples,
+        golden_samples=golden_samples,
+        monolithic=monolithic,
+    )
+    result = export_bundle(checkpoint, out_dir, config, data=source,
+                           progress=(lambda s: click.echo(f"... {s}", err=True)))
+    r = result.report
+    if as_json:
+        _echo_json(r)
+        return
+    cal = r["policy"]["calibration"]
+    click.echo(f"bundle {r['bundle']} ({r['archive']}) for {r['target']}: {r['precision']}, "
+               f"{', '.join(r['formats'])}")
+    for fmt, par in r["parity"].items():
+        errs = " ".join(f"{e['max_abs_err']:.2g}" for e in par["exits"])
+        agree = " ".join(f"{100 * e['top1_agreement']:.1f}" for e in par["exits"])
+        click.echo(f"  {fmt:7} vs PyTorch on {par['samples']} beats: max |logit err| {errs}; "
+                   f"top-1 agreement % {agree}")
+    click.echo(f"  {r['policy']['name']} thresholds {cal['thresholds']} on {cal['samples']} "
+               f"validation beats: accuracy {_pct(cal['accuracy']).strip()}% (final exit "
+               f"{_pct(cal['final_accuracy']).strip()}%), exits "
+               + " ".join(f"{100 * f:.0f}%" for f in cal["exit_fractions"])
+               + f", {100 * cal['cost_ratio']:.0f}% of the all-exits MACs")
+
+
+def _policy_args(policy, thresholds, exit_index):
+    t = None
+    if thresholds:
+        try:
+            t = [float(v) for v in thresholds.split(",")]
+        except ValueError:
+            raise click.BadParameter("thresholds are comma-separated numbers", param_hint="--thresholds")
+    return {"policy": policy, "thresholds": t, "exit_index": exit_index}
+
+
+_backend_option = click.option(
+    "--backend", type=click.Choice(["auto", "onnxruntime", "litert"]), default="auto",
+    show_default=True, help="Inference engine (auto: the target's preferred format if installed).")
+_threads_option = click.option("--threads", type=int, default=None,
+                               help="Threads (default: the target's, capped at the CPUs here).")
+_policy_options = [
+    click.option("--policy", type=click.Choice(["max_prob", "entropy", "ensemble", "fixed"]),
+                 default=None, help="Exit policy (default: the bundle's calibrated one)."),
+    click.option("--thresholds", default=None, help="Override thresholds, e.g. 0.9,0.9,0.95."),
+    click.option("--exit", "exit_index", type=int, default=None, help="The exit of --policy fixed."),
+]
+
+
+def _with_policy_options(f):
+    for opt in reversed(_policy_options):
+        f = opt(f)
+    return f
+
+
+# ------------------------------------------------------------------------------------------ run
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--input", "input_path", required=True,
+              help="Windows to classify: .npy ([N,C,L] or [C,L]), .npz (x or inputs), .csv "
+                   "(one window per line, C*L values), or - for CSV lines on stdin.")
+@_backend_option
+@_threads_option
+@_with_policy_options
+@click.option("--batch", is_flag=True,
+              help="Classify all windows as one batch (each segment runs only on undecided ones).")
+def run(bundle, input_path, backend, threads, policy, thresholds, exit_index, batch):
+    """Classify windows with a bundle; print one JSON line per window.
+
+    Each line: label, exit taken, class probabilities, and the microseconds of every segment
+    that ran (with --batch: the batch's per-segment totals are printed last, to stderr).
+    """
+    from edgeexit.runtime.engine import Engine
+    from edgeexit.runtime.io import read_windows
+
+    engine = Engine.from_bundle(bundle, backend=backend, threads=threads,
+                                **_policy_args(policy, thresholds, exit_index))
+    x = read_windows(input_path, engine.input_shape)
+    if batch:
+        r = engine.predict_batch(x)
+        for i in range(len(x)):
+            click.echo(json.dumps({"index": i, "label": engine.classes[int(r.labels[i])],
+                                   "label_index": int(r.labels[i]), "exit": int(r.exit_index[i]),
+                                   "probs": [round(float(p), 6) for p in r.probs[i]]}))
+        click.echo(json.dumps({"segment_us": [round(t / 1e3, 1) for t in r.segment_ns],
+                               "segment_samples": list(r.segment_samples)}), err=True)
+        return
+    for i in range(len(x)):
+        click.echo(json.dumps({"index": i, **engine.predict(x[i]).to_dict()}))
+
+
+# --------------------------------------------------------------------------------------- verify
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--backend", type=click.Choice(["all", "auto", "onnxruntime", "litert"]), default="all",
+              show_default=True, help="all: every installed backend for the bundle's formats.")
+@_threads_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(bundle, backend, threads, as_json):
+    """Check a bundle's hashes and replay golden.npz; exit status 3 on any mismatch.
+
+    Proves, on the device, that the files compute what the PyTorch model computed at export.
+    """
+    from edgeexit.errors import ExitStatus
+    from edgeexit.runtime.verify import verify_bundle
+
+    report = verify_bundle(bundle, backend=backend, threads=threads)
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        for c in report.checks:
+            detail = {k: v for k, v in c.items() if k not in ("check", "ok")}
+            click.echo(f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']:24} "
+                       + " ".join(f"{k}={v}" for k, v in detail.items()))
+        click.echo(f"{bundle}: {'verified' if report.ok else 'MISMATCH'}")
+    if not report.ok:
+        sys.exit(ExitStatus.MISMATCH)
+
+
+# ---------------------------------------------------------------------------------------- bench
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--data", "source", default=None,
+              help="Labelled windows: 'synthetic', a WFDB directory, .npz/.csv data set, or .npy "
+                   "(no labels). Default: the test side of the data recorded in the bundle.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
+              help="Side of a synthetic/WFDB source to use (WFDB: DS2 / DS1).")
+@click.option("--limit", type=int, default=None,
+              help="Benchmark a seeded random sample of this many windows (default: all).")
+@click.option("--warmup", default=50, show_default=True, help="Untimed runs of every path first.")
+@_backend_option
+@_threads_option
+@_with_policy_options
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def bench(bundle, source, split, limit, warmup, backend, threads, policy, thresholds, exit_index,
+          progress, as_json):
+    """Accuracy, per-segment latency (p50/p95/p99), exit histogram, and early-exit savings.
+
+    Batch 1. For every window the exit policy, the all-exits segmented path and the monolithic
+    model run back to back, so their ratios are measured side by side in one run.
+    """
+    from edgeexit.runtime.engine import Engine
+    from edgeexit.runtime.profile import bench_engine
+
+    engine = Engine.from_bundle(bundle, backend=backend, threads=threads, load_monolithic=True,
+                                **_policy_args(policy, thresholds, exit_index))
+    x, y, described = _bench_data(engine, source, split, limit)
+    bar = None
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(x), desc="bench", unit="beat", leave=False)
+
+    def tick(done, total):
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    try:
+        report = bench_engine(engine, x, y, warmup=warmup, progress=tick).to_dict()
+    finally:
+        if bar is not None:
+            bar.close()
+    report["data"] = described
+    if as_json:
+        _echo_json(report)
+        return
+    _print_bench(report)
+
+
+def _bench_data(engine, source, split, limit):
+    import dataclasses
+    import os
+
+    import numpy as np
+
+    from edgeexit.errors import DataError
+
+    if source is not None and source.endswith(".npy"):
+        from edgeexit.runtime.io import read_windows
+
+        x, y, desc = read_windows(source, engine.input_shape), None, {"source": source}
+    else:
+        from edgeexit.config import dataclass_from_dict
+        from edgeexit.data import DataSpec, load_source, load_split
+
+        recorded = engine.manifest.provenance.get("data")
+        if source is None:
+            if recorded is None:
+                raise DataError("the bundle records no data; give --data")
+            ds = load_split(dataclass_from_dict(DataSpec, recorded, "data spec keys"), split)
+        elif source == "synthetic" or os.path.isdir(source):
+            base = dataclass_from_dict(DataSpec, recorded, "data spec keys") if recorded else DataSpec()
+            ds = load_split(dataclasses.replace(base, source=source, test_source=None), split)
+        else:
+            ds = load_source(source)
+        if tuple(ds.classes) != tuple(engine.classes):
+            raise DataError(f"data classes {list(ds.classes)} differ from the bundle's {list(engine.classes)}")
+        x, y = ds.x.astype(np.float32), ds.y
+        whole_file = source is not None and source.endswith((".npz", ".csv"))
+        desc = {"source": ds.source, "split": None if whole_file else split, "beats": len(ds)}
+    if limit is not None and limit < len(x):
+        idx = np.sort(np.random.default_rng(0).choice(len(x), size=limit, replace=False))
+        x, y = x[idx], None if y is None else y[idx]
+        desc["limit"] = limit
+    return np.ascontiguousarray(x), y, desc
+
+
+def _print_bench(r):
+    lat = r["latency_us"]
+    click.echo(f"{r['samples']} windows, backend {r['backend']}, {r['threads']} thread(s), "
+               f"{r['precision']}, policy {r['policy']}")
+    if "accuracy" in r:
+        a = r["accuracy"]
+        click.echo(f"accuracy: policy {_pct(a['policy']).strip()}%, final exit "
+                   f"{_pct(a['final_exit']).strip()}% (loss {a['policy_loss_points']} points), "
+                   f"monolithic {_pct(a['monolithic']).strip()}%, exits "
+                   + " ".join(f"{100 * v:.1f}" for v in a["exits"]))
+    click.echo(f"{'latency us':16} {'mean':>9} {'p50':>9} {'p95':>9} {'p99':>9}")
+    rows = [(f"segment {k}", s) for k, s in enumerate(lat["segments"])]
+    rows += [("policy", lat["policy"]), ("all exits", lat["all_exits"]), ("monolithic", lat["monolithic"])]
+    for name, s in rows:
+        click.echo(f"{name:16} {s['mean']:>9.1f} {s['p50']:>9.1f} {s['p95']:>9.1f} {s['p99']:>9.1f}")
+    click.echo("exits taken: " + " ".join(f"{k}:{n} ({100 * f:.1f}%)" for k, (n, f)
+                                          in enumerate(zip(r["exit_histogram"], r["exit_fractions"]))))
+    ra = r["ratios"]
+    click.echo(f"ratios (mean latency): all exits / monolithic {ra['all_exits_vs_monolithic']:.3f}, "
+               f"policy / monolithic {ra['policy_vs_monolithic']:.3f}")
+    if "energy_estimate_mj" in r:
+        e = r["energy_estimate_mj"]["above_idle"]
+        click.echo(f"energy above idle (estimate, target power model) mJ: policy {e['policy']:.4f}, "
+                   f"all exits {e['all_exits']:.4f}, monolithic {e['monolithic']:.4f}")
 
 
 if __name__ == "__main__":

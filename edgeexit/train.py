@@ -181,7 +181,12 @@ def _augment(x: torch.Tensor, signal_channels: int, gen: torch.Generator) -> tor
     return torch.cat([sig, x[:, s:]], dim=1)
 
 
-def _split_validation(data: BeatDataset, config: TrainConfig) -> tuple[BeatDataset, BeatDataset]:
+def split_validation(data: BeatDataset, config: TrainConfig) -> tuple[BeatDataset, BeatDataset]:
+    """The (training, validation) split that :func:`train` makes of ``data`` under ``config``.
+
+    Deterministic under ``config.seed``: export calls it again to calibrate exit thresholds on the
+    very beats the model was validated on (never on test data).
+    """
     n_records = 0 if data.groups is None else int(np.unique(data.groups).size)
     by_record = config.val_split == "record" or (config.val_split == "auto" and n_records >= 5)
     if by_record and data.groups is None:
@@ -255,7 +260,7 @@ def _train(data, config, test, out_dir, progress, data_spec, dist) -> TrainResul
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    train_set, val_set = _split_validation(data, config)
+    train_set, val_set = split_validation(data, config)
     c, length = data.input_shape
     model = create_model(
         ModelConfig(

@@ -26,7 +26,7 @@ from edgeexit.data.dataset import (
     load_npz,
     stratified_split,
 )
-from edgeexit.data.mitbih import SPLITS, Progress, load_mitbih, load_mitbih_split
+from edgeexit.data.mitbih import DS1, DS2, SPLITS, Progress, load_mitbih, load_mitbih_split
 from edgeexit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ __all__ = [
     "load_csv",
     "load_npz",
     "load_source",
+    "load_split",
     "load_train_test",
     "stratified_split",
 ]
@@ -105,6 +106,24 @@ def load_source(source: str, spec: DataSpec | None = None, progress: Progress = 
     if path.suffix == ".csv":
         return load_csv(path)
     raise DataError(f"unsupported data file {source}: use .npz or .csv (or a WFDB directory)")
+
+
+def load_split(spec: DataSpec, which: str, progress: Progress = None) -> BeatDataset:
+    """One side (``train`` or ``test``) of :func:`load_train_test`, reading only that side's records
+    where the source allows it (synthetic data, the MIT-BIH inter-patient split)."""
+    if which not in ("train", "test"):
+        raise DataError(f"unknown split side {which!r}; choose train or test")
+    train = which == "train"
+    if spec.source == SYNTHETIC and spec.test_source is None:
+        if train:
+            return _synthetic(spec, spec.n_beats, spec.seed)
+        return _synthetic(spec, max(spec.n_beats // 3, 100), spec.seed + TEST_SEED_OFFSET)
+    path = Path(spec.source)
+    if path.is_dir() and spec.test_source is None and spec.split == "inter-patient":
+        return load_mitbih(
+            path, DS1 if train else DS2, window=spec.window, rr_context=spec.rr_context, progress=progress
+        )
+    return load_train_test(spec, progress)[0 if train else 1]
 
 
 def load_train_test(spec: DataSpec, progress: Progress = None) -> tuple[BeatDataset, BeatDataset]:

@@ -1,0 +1,560 @@
+"""``edgeexit export``: checkpoint -> a self-contained, hash-checked bundle for one target.
+
+Steps (each logged; ``progress`` sees them):
+
+1. load the checkpoint and the data it was trained on (its recorded data spec); rebuild the very
+   validation split training used (:func:`edgeexit.train.split_validation`);
+2. split the model into per-exit segments (:mod:`edgeexit.export.split`) and write each segment,
+   and the whole model as one reference graph, in every requested format (ONNX, TFLite);
+   int8 files are calibrated segment by segment on training beats, each segment on the features
+   its int8 predecessor really produces; every file keeps float inputs/outputs, so segments chain
+   although their quantization scales differ ("float boundaries");
+3. check every file against PyTorch (:mod:`edgeexit.export.validate`);
+4. calibrate the exit thresholds on the validation beats with the deployed files
+   (:mod:`edgeexit.calibrate`), never on test data;
+5. write ``golden.npz`` and ``manifest.json`` (:mod:`edgeexit.runtime.manifest`), then move the
+   finished directory into place and pack ``DIR.tar.gz`` beside it.
+
+Everything is built in a temporary directory next to the output; a failure leaves no half-written
+bundle, and an existing bundle is replaced only once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeexit.calibrate import calibrate_thresholds
+from edgeexit.checkpoint import load_checkpoint
+from edgeexit.config import dataclass_from_dict
+from edgeexit.data import BeatDataset, DataSpec, load_split
+from edgeexit.errors import ConfigError, DataError
+from edgeexit.export.errors import ExportError
+from edgeexit.export.split import INPUT_NAME, Monolithic, SegmentSpec, segment_specs, split_model
+from edgeexit.models.base import MultiExitNet
+from edgeexit.runtime.backends import backend_for_format, get_backend
+from edgeexit.runtime.engine import Engine
+from edgeexit.runtime.manifest import (
+    FILE_FORMATS,
+    GOLDEN,
+    MANIFEST,
+    PRECISIONS,
+    Artifact,
+    Manifest,
+    PolicySpec,
+    SegmentEntry,
+    read_manifest,
+    sha256_file,
+)
+from edgeexit.runtime.policy import POLICIES, make_policy, softmax
+from edgeexit.targets import load_target
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None] | None
+MONOLITHIC = "monolithic"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """Options of :func:`export_bundle`.
+
+    Attributes:
+        target: target id (``targets/<id>.toml``) or a path to a preset file.
+        formats: file formats to write; None = both ``onnx`` and ``tflite``.
+        precision: ``fp32`` or ``int8``; None = the target's preferred precision.
+        policy: exit policy to calibrate (``max_prob``, ``entropy``, ``ensemble``).
+        margin: allowed validation accuracy loss of the policy versus the final exit, in points.
+        calibration_samples: training beats used to calibrate int8 quantization.
+        golden_samples: validation beats stored in ``golden.npz`` for ``edgeexit verify``.
+        max_val_samples: cap on validation beats for threshold calibration (stratified sample).
+        int8_min_agreement: export fails if an int8 exit agrees with PyTorch's top-1 on fewer
+            than this fraction of validation beats.
+        monolithic: also write the whole model as one graph (for benchmarks).
+        opset: ONNX opset.
+        seed: seeds the sampling of calibration and golden beats.
+    """
+
+    target: str = "rpi4"
+    formats: tuple[str, ...] | None = None
+    precision: str | None = None
+    policy: str = "max_prob"
+    margin: float = 0.5
+    calibration_samples: int = 512
+    golden_samples: int = 32
+    max_val_samples: int = 20000
+    int8_min_agreement: float = 0.97
+    monolithic: bool = True
+    opset: int = 18
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.formats is not None:
+            bad = [f for f in self.formats if f not in FILE_FORMATS]
+            if bad or not self.formats:
+                raise ConfigError(f"unknown format(s) {bad}; choose from {', '.join(FILE_FORMATS)}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose fp32 or int8")
+        if self.policy not in POLICIES or self.policy == "fixed":
+            raise ConfigError(f"export calibrates max_prob, entropy or ensemble, got {self.policy!r}")
+        if not 0 <= self.margin < 100:
+            raise ConfigError(f"margin must lie in [0, 100) accuracy points, got {self.margin}")
+        if self.calibration_samples < 1 or self.golden_samples < 1:
+            raise ConfigError("calibration and golden samples must be >= 1")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["formats"] = None if self.formats is None else list(self.formats)
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """The written bundle: directory, archive, manifest and the export report."""
+
+    path: Path
+    archive: Path
+    manifest: Manifest
+    report: dict
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+def _training_data(ckpt, spec: str | DataSpec | None) -> tuple[DataSpec, BeatDataset, BeatDataset]:
+    """(spec, training part, validation part) as training split them."""
+    from edgeexit.train import TrainConfig, split_validation
+
+    meta = ckpt.meta or {}
+    if isinstance(spec, str):
+        spec = DataSpec(
+            source=spec,
+            window=int(ckpt.input_spec.get("window", ckpt.input_spec["shape"][-1])),
+            rr_context=bool(ckpt.input_spec.get("rr_context", True)),
+        )
+    if spec is None:
+        recorded = (meta.get("data") or {}).get("spec")
+        if recorded is None:
+            raise DataError(
+                "the checkpoint does not record its training data; give it with --data "
+                "(thresholds are calibrated on validation beats of that data)"
+            )
+        spec = dataclass_from_dict(DataSpec, recorded, "data spec keys")
+    data = load_split(spec, "train")
+    if tuple(data.input_shape) != tuple(ckpt.input_spec["shape"]):
+        raise DataError(
+            f"data {spec.source} has windows {list(data.input_shape)} but the model takes "
+            f"{ckpt.input_spec['shape']}; give the data the model was trained on"
+        )
+    tc = dict(meta.get("train_config") or {})
+    if tc.get("exit_weights") is not None:
+        tc["exit_weights"] = tuple(tc["exit_weights"])
+    config = dataclass_from_dict(TrainConfig, tc, "train config keys") if tc else TrainConfig()
+    train_part, val_part = split_validation(data, config)
+    return spec, train_part, val_part
+
+
+def _sample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(n, size=min(k, n), replace=False))
+
+
+def _stratified_sample(y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``k`` indices, every class in proportion but at least one each where present."""
+    if k >= len(y):
+        return np.arange(len(y))
+    picks = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        take = max(1, int(round(k * len(idx) / len(y))))
+        picks.append(rng.choice(idx, size=min(take, len(idx)), replace=False))
+    return np.sort(np.concatenate(picks))
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+def _export_file(module, example, path: Path, fmt: str, spec_names, precision, calib, opset) -> None:
+    if fmt == "onnx":
+        from edgeexit.export.onnx import export_onnx, quantize_onnx_int8
+
+        in_name, out_names = spec_names
+        if precision == "fp32":
+            export_onnx(module, example, path, input_name=in_name, output_names=out_names, opset=opset)
+        else:
+            fp32 = path.with_name(path.stem + ".fp32.onnx")
+            export_onnx(module, example, fp32, input_name=in_name, output_names=out_names, opset=opset)
+            quantize_onnx_int8(fp32, calib, path)
+            fp32.unlink()
+    else:
+        from edgeexit.export.tflite import export_tflite
+
+        export_tflite(
+            module,
+            example,
+            path,
+            int8=precision == "int8",
+            calibration=None if calib is None else torch.from_numpy(calib),
+        )
+
+
+def _run_session(sess, x: np.ndarray, batch: int = 256) -> list[np.ndarray]:
+    outs: list[list[np.ndarray]] = []
+    for i in range(0, len(x), batch):
+        outs.append(sess.run(np.ascontiguousarray(x[i : i + batch])))
+    return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
+
+
+def _write_chain(
+    model: MultiExitNet,
+    specs: list[SegmentSpec],
+    root: Path,
+    fmt: str,
+    precision: str,
+    calib_x: np.ndarray,
+    opset: int,
+    progress: Progress,
+) -> list[Artifact]:
+    """Write every segment of one format; int8 segment k is calibrated on what int8 k-1 outputs."""
+    segments = split_model(model)
+    backend = backend_for_format(fmt)
+    h = calib_x
+    artifacts = []
+    for seg, spec in zip(segments, specs):
+        if progress:
+            progress(f"segment {spec.index} -> {fmt} {precision}")
+        path = root / f"segment_{spec.index}.{fmt}"
+        example = torch.from_numpy(np.ascontiguousarray(h[:1]))
+        _export_file(seg, example, path, fmt, (spec.input_name, list(spec.output_names)), precision,
+                     h if precision == "int8" else None, opset)
+        artifacts.append(Artifact(path.name, fmt, precision, sha256_file(path)))
+        if not seg.last:
+            if precision == "int8":
+                h = _run_session(backend.load(path, 1), h)[0]  # the features the device will see
+            else:
+                with torch.no_grad():
+                    h = seg(torch.from_numpy(h))[0].numpy()
+    return artifacts
+
+
+def _write_monolithic(model, root, fmt, precision, calib_x, opset) -> Artifact:
+    path = root / f"{MONOLITHIC}.{fmt}"
+    example = torch.from_numpy(np.ascontiguousarray(calib_x[:1]))
+    _export_file(Monolithic(model).eval(), example, path, fmt, (INPUT_NAME, ["logits"]), precision,
+                 calib_x if precision == "int8" else None, opset)
+    return Artifact(path.name, fmt, precision, sha256_file(path))
+
+
+# -- checks --------------------------------------------------------------------------------------
+
+
+def _parity(
+    engine: Engine, model: MultiExitNet, x: np.ndarray, precision: str, min_agreement: float
+) -> dict:
+    """Max abs error and top-1 agreement of every exit of the files versus PyTorch on ``x``."""
+    logits, _ = _chunked_run_all(engine, x)
+    with torch.no_grad():
+        ref = [z.numpy() for z in model(torch.from_numpy(x))]
+    report = []
+    for k, (a, b) in enumerate(zip(logits, ref)):
+        err = float(np.abs(a - b).max())
+        scale = float(np.abs(b).max())
+        agree = float((a.argmax(-1) == b.argmax(-1)).mean())
+        report.append({"exit": k, "max_abs_err": err, "ref_scale": scale, "top1_agreement": agree})
+        if precision == "fp32" and err > 1e-3 * (1.0 + scale):
+            raise ExportError(
+                f"{engine.backend} exit {k}: max abs logit error {err:.3g} versus PyTorch exceeds the "
+                f"fp32 tolerance {1e-3 * (1 + scale):.3g}; the converted file does not compute what "
+                "the model computes (report this with the model family)"
+            )
+        if precision == "int8" and agree < min_agreement:
+            raise ExportError(
+                f"{engine.backend} int8 exit {k} agrees with PyTorch's top-1 on only {100 * agree:.1f}% "
+                f"of {len(x)} validation beats (< {100 * min_agreement:.0f}%); export fp32, or give "
+                "more --calibration-samples"
+            )
+    return {"samples": int(len(x)), "exits": report}
+
+
+def _chunked_run_all(engine: Engine, x: np.ndarray, batch: int = 512):
+    parts, times = [], None
+    for i in range(0, len(x), batch):
+        logits, t = engine.run_all(np.ascontiguousarray(x[i : i + batch]))
+        parts.append(logits)
+        times = t if times is None else [a + b for a, b in zip(times, t)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))], times
+
+
+# -- the bundle ----------------------------------------------------------------------------------
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("edgeexit", "torch", "onnx", "onnxruntime", "litert-torch", "ai-edge-litert"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _check_out(out: Path) -> None:
+    if out.exists():
+        if not out.is_dir() or not (out / MANIFEST).is_file():
+            raise ConfigError(
+                f"{out} exists and is not an edgeexit bundle; refusing to replace it (choose another --out)"
+            )
+        read_manifest(out)  # raises if the manifest is not ours
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` to ``out``, replacing an old bundle only after the new one is whole."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _archive(out: Path) -> Path:
+    archive = out.with_name(out.name + ".tar.gz")
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{archive.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with tarfile.open(tmp, "w:gz") as tar:
+            tar.add(out, arcname=out.name)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, archive)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return archive
+
+
+def export_bundle(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    config: ExportConfig = ExportConfig(),
+    data: str | DataSpec | None = None,
+    progress: Progress = None,
+) -> ExportResult:
+    """Export ``checkpoint`` as a bundle directory ``out`` (and ``out.tar.gz``) for ``config.target``.
+
+    Args:
+        checkpoint: a checkpoint written by ``edgeexit train``.
+        out: the bundle directory to write (an existing bundle there is replaced atomically; any
+            other existing path is refused).
+        config: see :class:`ExportConfig`.
+        data: the data to calibrate on (a source string or a :class:`DataSpec`); None = the data
+            recorded in the checkpoint.
+        progress: called with a short description before each step.
+
+    Raises:
+        CheckpointError, DataError, ConfigError: bad inputs (nothing is written).
+        ExportError: a conversion failed or a file does not match PyTorch (nothing is written).
+    """
+    out = Path(out)
+    target = load_target(config.target)
+    _check_out(out)
+    ckpt = load_checkpoint(checkpoint)
+    model = ckpt.model.eval()
+    formats = config.formats or FILE_FORMATS
+    precision = config.precision or target.runtime.precision
+    step = progress or (lambda s: None)
+
+    step("loading data")
+    spec, train_part, val_part = _training_data(ckpt, data)
+    rng = np.random.default_rng(config.seed)
+    calib_idx = _sample(len(train_part), config.calibration_samples, rng)
+    calib_x = np.ascontiguousarray(train_part.x[calib_idx], dtype=np.float32)
+    val_idx = _stratified_sample(val_part.y, config.max_val_samples, rng)
+    val_x = np.ascontiguousarray(val_part.x[val_idx], dtype=np.float32)
+    val_y = val_part.y[val_idx]
+    golden_idx = _stratified_sample(val_y, config.golden_samples, rng)
+    golden_x = val_x[golden_idx]
+
+    input_shape = tuple(int(v) for v in ckpt.input_spec["shape"])
+    specs = segment_specs(model, input_shape)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        files: dict[str, list[Artifact]] = {}
+        mono: dict[str, Artifact] = {}
+        for fmt in formats:
+            files[fmt] = _write_chain(model, specs, tmp, fmt, precision, calib_x, config.opset, progress)
+            if config.monolithic:
+                step(f"monolithic -> {fmt} {precision}")
+                mono[fmt] = _write_monolithic(model, tmp, fmt, precision, calib_x, config.opset)
+
+        segments = tuple(
+            SegmentEntry(
+                index=s.index,
+                input_name=s.input_name,
+                input_shape=s.input_shape,
+                output_names=s.output_names,
+                output_shapes=s.output_shapes,
+                macs=s.macs,
+                params=s.params,
+                artifacts=tuple(files[f][s.index] for f in formats),
+            )
+            for s in specs
+        )
+        monolithic = None
+        if mono:
+            monolithic = SegmentEntry(
+                index=0,
+                input_name=INPUT_NAME,
+                input_shape=input_shape,
+                output_names=("logits",),
+                output_shapes=((len(ckpt.classes),),),
+                macs=_mono_macs(model, input_shape),
+                params=sum(p.numel() for p in Monolithic(model).parameters()),
+                artifacts=tuple(mono[f] for f in formats),
+            )
+        input_info = {
+            "name": INPUT_NAME,
+            "shape": list(input_shape),
+            "dtype": "float32",
+            **{k: v for k, v in ckpt.input_spec.items() if k != "shape"},
+        }
+        draft = Manifest(
+            model={
+                "name": model.config.family if model.config else type(model).__name__,
+                "config": model.config.to_dict() if model.config else None,
+                "params": sum(p.numel() for p in model.parameters()),
+                "num_exits": model.num_exits,
+            },
+            classes=tuple(ckpt.classes),
+            input=input_info,
+            target=target.to_dict(),
+            policy=PolicySpec(name="ensemble"),  # placeholder while checking: runs every exit
+            precision=precision,
+            segments=segments,
+            monolithic=monolithic,
+            golden={},
+            provenance={},
+        )
+
+        parity, golden_tol, val_probs = {}, {}, None
+        with torch.no_grad():
+            golden_ref = [z.numpy() for z in model(torch.from_numpy(golden_x))]
+        preferred = target.runtime.format if target.runtime.format in formats else formats[0]
+        for fmt in formats:
+            step(f"checking {fmt} against PyTorch")
+            be = backend_for_format(fmt)
+            engine = _engine(draft, tmp, be.name)
+            parity[fmt] = _parity(engine, model, val_x[: min(len(val_x), 1024)], precision,
+                                  config.int8_min_agreement)
+            got, _ = engine.run_all(golden_x)
+            err = max(float(np.abs(a - b).max()) for a, b in zip(got, golden_ref))
+            scale = max(float(np.abs(b).max()) for b in golden_ref)
+            golden_tol[fmt] = float(2.0 * err + 1e-4 * (1.0 + scale))
+            if fmt == preferred:
+                step(f"calibrating {config.policy} thresholds on {len(val_x)} validation beats")
+                logits, _ = _chunked_run_all(engine, val_x)
+                val_probs = [softmax(z) for z in logits]
+        if config.monolithic:
+            for fmt in formats:
+                be = backend_for_format(fmt)
+                sess = be.load(tmp / mono[fmt].file, 1)
+                got = _run_session(sess, golden_x)[0]
+                err = float(np.abs(got - golden_ref[-1]).max())
+                parity[fmt]["monolithic_max_abs_err"] = err
+                if precision == "fp32" and err > 1e-3 * (1.0 + float(np.abs(golden_ref[-1]).max())):
+                    raise ExportError(f"{fmt} monolithic graph differs from PyTorch by {err:.3g}")
+
+        costs = [float(s.macs) for s in specs]
+        calib = calibrate_thresholds(val_probs, val_y, costs, config.policy, config.margin)
+        policy = PolicySpec(
+            name=config.policy,
+            thresholds=tuple(round(t, 6) for t in calib.thresholds),
+            calibration={
+                **calib.to_dict(),
+                "data": spec.source,
+                "split": "validation (training's held-out part; never test)",
+                "format": preferred,
+                "cost": "MACs per inference (stages and exit heads run)",
+            },
+        )
+        make_policy(policy.name, model.num_exits, policy.thresholds)  # validates
+
+        step("writing golden.npz and manifest")
+        golden_arrays = {"inputs": golden_x, "labels": val_y[golden_idx].astype(np.int64)}
+        golden_arrays.update({f"logits_{k}": z.astype(np.float32) for k, z in enumerate(golden_ref)})
+        with open(tmp / GOLDEN, "wb") as f:
+            np.savez(f, **golden_arrays)
+        manifest = dataclasses.replace(
+            draft,
+            policy=policy,
+            golden={
+                "file": GOLDEN,
+                "sha256": sha256_file(tmp / GOLDEN),
+                "samples": int(len(golden_x)),
+                "tolerance": golden_tol,
+                "tolerance_rule": "2 x the max abs logit error measured at export + 1e-4 x (1 + logit scale)",
+            },
+            provenance={
+                "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "checkpoint": str(checkpoint),
+                "checkpoint_sha256": sha256_file(checkpoint),
+                "data": spec.to_dict(),
+                "quantization": None
+                if precision == "fp32"
+                else {"samples": int(len(calib_x)), "from": "training beats (not validation, not test)",
+                      "boundaries": "float: each int8 file quantizes its input and dequantizes its outputs"},
+                "validation_samples": int(len(val_x)),
+                "parity": parity,
+                "export_config": config.to_dict(),
+                "versions": _versions(),
+            },
+        )
+        (tmp / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+        os.chmod(tmp, 0o755)
+        _install(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    archive = _archive(out)
+    report = {
+        "bundle": str(out),
+        "archive": str(archive),
+        "target": target.id,
+        "precision": precision,
+        "formats": list(formats),
+        "policy": policy.to_dict(),
+        "parity": parity,
+    }
+    log.info("wrote bundle %s (%s)", out, archive)
+    return ExportResult(out, archive, manifest, report)
+
+
+def _mono_macs(model: MultiExitNet, input_shape) -> int:
+    from edgeexit.models.profile import profile_model
+
+    costs = profile_model(model, input_shape)
+    return sum(c.stage_macs for c in costs) + costs[-1].head_macs
+
+
+def _engine(manifest: Manifest, root: Path, backend: str) -> Engine:
+    b = get_backend(backend)
+    sessions = [b.load(root / s.artifact(b.file_format).file, 1) for s in manifest.segments]
+    return Engine(manifest, sessions, make_policy("ensemble", manifest.num_exits), backend, 1)

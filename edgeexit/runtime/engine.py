@@ -1,0 +1,294 @@
+"""The device engine: run the exits of a bundle one after another and stop when one is confident.
+
+Example:
+    >>> engine = Engine.from_bundle("bundle/")            # backend and threads from the target
+    >>> r = engine.predict(window)                         # window [C, L] float32, in mV
+    >>> r.label, r.exit_index, r.segment_ns
+    >>> batch = engine.predict_batch(windows)              # [N, C, L]: each segment runs only on
+    ...                                                    # the samples still undecided
+
+Uses numpy and one inference backend (onnxruntime or LiteRT); never torch or onnx.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgeexit.errors import EdgeExitError
+from edgeexit.runtime.backends import Session, backend_for_format, get_backend
+from edgeexit.runtime.backends.base import BACKENDS, BackendError
+from edgeexit.runtime.manifest import BundleError, Manifest, SegmentEntry, load_manifest
+from edgeexit.runtime.policy import Policy, make_policy
+
+log = logging.getLogger(__name__)
+
+
+class InputError(EdgeExitError):
+    """An input window has the wrong shape or dtype, or holds NaN/Inf."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitResult:
+    """The answer for one input window.
+
+    Attributes:
+        label: index of the predicted class; ``class_name`` its name.
+        probs: answer distribution over the classes (softmax of the exit, or the ensemble mean).
+        exit_index: the exit that answered.
+        segment_ns: wall time of every segment that ran, in nanoseconds.
+    """
+
+    label: int
+    class_name: str
+    probs: np.ndarray
+    exit_index: int
+    segment_ns: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.class_name,
+            "label_index": self.label,
+            "exit": self.exit_index,
+            "probs": [round(float(p), 6) for p in self.probs],
+            "segment_us": [round(ns / 1e3, 1) for ns in self.segment_ns],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchResult:
+    """Answers for a batch: ``labels``/``exit_index`` [N], ``probs`` [N, K]; per segment the total
+    wall time ``segment_ns`` and the number of samples it ran on ``segment_samples``."""
+
+    labels: np.ndarray
+    probs: np.ndarray
+    exit_index: np.ndarray
+    segment_ns: tuple[int, ...]
+    segment_samples: tuple[int, ...]
+
+
+def _pick_backend(manifest: Manifest, backend: str) -> str:
+    formats = manifest.formats
+    if not formats:
+        raise BundleError("no file format is present for every segment; re-export the bundle")
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise BackendError(f"unknown backend {backend!r}; choose auto or one of: {', '.join(BACKENDS)}")
+        fmt = get_backend(backend).file_format
+        if fmt not in formats:
+            raise BundleError(
+                f"backend {backend} runs {fmt} files but this bundle holds {', '.join(formats)}; "
+                f"re-export with --formats {fmt} or pick another backend"
+            )
+        return backend
+    preferred = manifest.target.get("runtime", {}).get("format")
+    order = sorted(formats, key=lambda f: f != preferred)
+    for fmt in order:
+        b = backend_for_format(fmt)
+        if b.available():
+            return b.name
+    raise BackendError(
+        f"no installed backend runs this bundle's files ({', '.join(formats)}): install onnxruntime "
+        "or ai-edge-litert (pip install 'edgeexit[runtime]')"
+    )
+
+
+def default_threads(manifest: Manifest) -> int:
+    """The target's thread count, capped at the CPUs this process may use."""
+    want = int(manifest.target.get("runtime", {}).get("threads", 1) or 1)
+    try:
+        have = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        have = os.cpu_count() or 1
+    return max(1, min(want, have))
+
+
+class Engine:
+    """Runs a bundle's segments in order with an exit policy (see the module docstring)."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        sessions: list[Session],
+        policy: Policy,
+        backend: str,
+        threads: int,
+        monolithic: Session | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.sessions = sessions
+        self.policy = policy
+        self.backend = backend
+        self.threads = threads
+        self.monolithic = monolithic
+        self.classes = manifest.classes
+        self.input_shape = manifest.input_shape
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | os.PathLike,
+        backend: str = "auto",
+        threads: int | None = None,
+        policy: str | Policy | None = None,
+        thresholds=None,
+        exit_index: int | None = None,
+        check_hashes: bool = True,
+        load_monolithic: bool = False,
+    ) -> Engine:
+        """Load a bundle directory.
+
+        Args:
+            path: the bundle directory (written by ``edgeexit export``).
+            backend: ``auto`` (the target's preferred format if installed), ``onnxruntime`` or ``litert``.
+            threads: intra-op threads; None = the target preset's, capped at the available CPUs.
+            policy: a policy name or object; None = the bundle's calibrated policy.
+            thresholds / exit_index: override the bundle's thresholds / the fixed exit.
+            check_hashes: refuse files whose sha256 differs from the manifest (default on).
+            load_monolithic: also load the whole-model reference graph (for benchmarks).
+        """
+        root = Path(path)
+        manifest = load_manifest(root, check_hashes=check_hashes)
+        name = _pick_backend(manifest, backend)
+        be = get_backend(name)
+        if not be.available():
+            raise BackendError(
+                f"backend {name} is not installed here: pip install "
+                f"{'onnxruntime' if name == 'onnxruntime' else 'ai-edge-litert'}"
+            )
+        threads = default_threads(manifest) if threads is None else int(threads)
+        if threads < 1:
+            raise EdgeExitError(f"threads must be >= 1, got {threads}")
+        sessions = [be.load(root / seg.artifact(be.file_format).file, threads) for seg in manifest.segments]
+        for seg, sess in zip(manifest.segments, sessions):
+            _check_session(seg, sess, root / seg.artifact(be.file_format).file)
+        mono = None
+        if load_monolithic:
+            entry = manifest.monolithic
+            art = None if entry is None else entry.artifact(be.file_format)
+            if art is None:
+                raise BundleError(f"the bundle holds no {be.file_format} monolithic reference graph")
+            mono = be.load(root / art.file, threads)
+        if isinstance(policy, Policy):
+            pol = policy
+        else:
+            spec = manifest.policy
+            name_ = policy or spec.name
+            same = name_ == spec.name
+            pol = make_policy(
+                name_,
+                manifest.num_exits,
+                thresholds if thresholds is not None else (spec.thresholds if same else None),
+                exit_index if exit_index is not None else (spec.exit_index if same else None),
+            )
+        log.info(
+            "loaded %s: %d segments, backend %s, %d thread(s), policy %s",
+            root, manifest.num_exits, name, threads, pol.describe(),
+        )
+        return cls(manifest, sessions, pol, name, threads, mono)
+
+    # -- input checks ---------------------------------------------------------------------------
+
+    def check_input(self, x: np.ndarray, batch: bool) -> np.ndarray:
+        """Return ``x`` as a C-contiguous float32 batch, or raise :class:`InputError`."""
+        if not isinstance(x, np.ndarray):
+            raise InputError(f"input must be a numpy array, got {type(x).__name__}")
+        if x.dtype != np.float32:
+            raise InputError(
+                f"input dtype is {x.dtype}, the bundle takes float32 (convert with x.astype(np.float32))"
+            )
+        want = self.input_shape
+        if batch:
+            if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
+                raise InputError(f"batch input must be [N, {', '.join(map(str, want))}], got {list(x.shape)}")
+            if x.shape[0] == 0:
+                raise InputError("batch input is empty")
+        elif tuple(x.shape) != want:
+            raise InputError(
+                f"input must be one window of shape {list(want)} "
+                f"({self.manifest.input.get('units', '')}), got {list(x.shape)}"
+            )
+        if not np.isfinite(x).all():
+            bad = int((~np.isfinite(x)).sum())
+            raise InputError(f"input holds {bad} NaN/Inf value(s); clean or drop those windows")
+        return np.ascontiguousarray(x if batch else x[None])
+
+    # -- inference ------------------------------------------------------------------------------
+
+    def predict(self, x: np.ndarray) -> ExitResult:
+        """Classify one window ``x`` (shape = the bundle's input shape), stopping at the first
+        confident exit."""
+        h = self.check_input(x, batch=False)
+        logits: list[np.ndarray] = []
+        times: list[int] = []
+        for k, sess in enumerate(self.sessions):
+            t0 = time.perf_counter_ns()
+            out = sess.run(h)
+            times.append(time.perf_counter_ns() - t0)
+            logits.append(out[-1])
+            done, probs = self.policy.decide(k, logits)
+            if done[0]:
+                label = int(probs[0].argmax())
+                return ExitResult(label, self.classes[label], probs[0], k, tuple(times))
+            h = out[0]
+        raise AssertionError("the last exit always decides")  # pragma: no cover
+
+    def predict_batch(self, x: np.ndarray) -> BatchResult:
+        """Classify ``x [N, ...]``; segment k runs only on the samples no earlier exit decided."""
+        h = self.check_input(x, batch=True)
+        n = h.shape[0]
+        labels = np.zeros(n, np.int64)
+        exits = np.zeros(n, np.int64)
+        probs_out = np.zeros((n, len(self.classes)), np.float32)
+        alive = np.arange(n)
+        logits: list[np.ndarray] = []
+        times, counts = [], []
+        for k, sess in enumerate(self.sessions):
+            t0 = time.perf_counter_ns()
+            out = sess.run(h)
+            times.append(time.perf_counter_ns() - t0)
+            counts.append(len(alive))
+            logits.append(out[-1])
+            done, probs = self.policy.decide(k, logits)
+            idx = alive[done]
+            probs_out[idx] = probs[done]
+            labels[idx] = probs[done].argmax(axis=-1)
+            exits[idx] = k
+            if done.all():
+                break
+            keep = ~done
+            alive = alive[keep]
+            h = np.ascontiguousarray(out[0][keep])
+            logits = [z[keep] for z in logits]
+        return BatchResult(labels, probs_out, exits, tuple(times), tuple(counts))
+
+    def run_all(self, x: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
+        """Logits of every exit for the batch ``x [N, ...]`` (no early exit) and per-segment ns."""
+        h = self.check_input(x, batch=True)
+        logits, times = [], []
+        for sess in self.sessions:
+            t0 = time.perf_counter_ns()
+            out = sess.run(h)
+            times.append(time.perf_counter_ns() - t0)
+            logits.append(out[-1])
+            h = out[0]
+        return logits, times
+
+    def run_monolithic(self, x: np.ndarray) -> np.ndarray:
+        """Final logits from the whole-model reference graph (load with ``load_monolithic=True``)."""
+        if self.monolithic is None:
+            raise EdgeExitError("the monolithic reference graph is not loaded (load_monolithic=True)")
+        return self.monolithic.run(self.check_input(x, batch=True))[0]
+
+
+def _check_session(seg: SegmentEntry, sess: Session, path: Path) -> None:
+    n_out = len(getattr(sess, "output_names", seg.output_names))
+    if n_out != len(seg.output_names):
+        raise BundleError(
+            f"{path} has {n_out} outputs but the manifest lists {list(seg.output_names)}; re-export the bundle"
+        )

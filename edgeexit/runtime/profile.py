@@ -1,0 +1,162 @@
+"""``edgeexit bench``: accuracy, per-segment latency and early-exit savings, measured side by side.
+
+For every input window (batch 1, as on a device that classifies beats as they arrive) three paths
+run back to back, in a rotating order so that neither gains from running second:
+
+- ``policy``: :meth:`Engine.predict` with the bundle's exit policy (real early termination);
+- ``all_exits``: every segment runs (the segmented path with no early exit);
+- ``monolithic``: the whole model as one graph (the reference a user would deploy without exits).
+
+Latencies are wall-clock (``time.perf_counter_ns``) after ``warmup`` untimed runs of each path.
+Ratios of means compare the paths measured in the same run on the same samples. Energy is an
+estimate from the target's power model (idle watts + active watts per core x threads x latency),
+never a measurement, and is labelled so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from edgeexit.errors import EdgeExitError
+from edgeexit.runtime.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+def _stats_us(ns: np.ndarray) -> dict:
+    us = np.asarray(ns, np.float64) / 1e3
+    return {
+        "mean": round(float(us.mean()), 2),
+        "p50": round(float(np.percentile(us, 50)), 2),
+        "p95": round(float(np.percentile(us, 95)), 2),
+        "p99": round(float(np.percentile(us, 99)), 2),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchReport:
+    """Everything ``edgeexit bench`` prints (``to_dict`` is the JSON form)."""
+
+    data: dict
+
+    def to_dict(self) -> dict:
+        return self.data
+
+
+def bench_engine(
+    engine: Engine,
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    warmup: int = 50,
+    progress: Callable[[int, int], None] | None = None,
+) -> BenchReport:
+    """Benchmark ``engine`` (loaded with ``load_monolithic=True``) on windows ``x [N, ...]``.
+
+    Args:
+        engine: the bundle's engine, with its policy and the monolithic reference graph.
+        x: input windows, float32; ``y``: their labels (class indices) for accuracy, or None.
+        warmup: untimed runs of every path before timing.
+        progress: called with ``(done, total)`` now and then.
+    """
+    if engine.monolithic is None:
+        raise EdgeExitError("bench needs the bundle's monolithic graph (re-export without --no-monolithic)")
+    x = engine.check_input(np.asarray(x), batch=True)
+    n, m = len(x), engine.manifest.num_exits
+    for i in range(warmup):
+        xi = x[i % n]
+        engine.predict(xi)
+        engine.run_all(xi[None])
+        engine.run_monolithic(xi[None])
+
+    t_policy = np.zeros(n, np.int64)
+    t_all = np.zeros(n, np.int64)
+    t_mono = np.zeros(n, np.int64)
+    seg_ns = np.zeros((n, m), np.int64)
+    exits = np.zeros(n, np.int64)
+    pred_policy = np.zeros(n, np.int64)
+    pred_exit = np.zeros((n, m), np.int64)
+    pred_mono = np.zeros(n, np.int64)
+    clock = time.perf_counter_ns
+    for i in range(n):
+        xi = x[i]
+        xb = xi[None]
+        for j in range(3):
+            which = (i + j) % 3
+            if which == 0:
+                t0 = clock()
+                r = engine.predict(xi)
+                t_policy[i] = clock() - t0
+                exits[i], pred_policy[i] = r.exit_index, r.label
+            elif which == 1:
+                t0 = clock()
+                logits, seg = engine.run_all(xb)
+                t_all[i] = clock() - t0
+                seg_ns[i] = seg
+                pred_exit[i] = [int(z[0].argmax()) for z in logits]
+            else:
+                t0 = clock()
+                z = engine.run_monolithic(xb)
+                t_mono[i] = clock() - t0
+                pred_mono[i] = int(z[0].argmax())
+        if progress and (i % 200 == 199 or i == n - 1):
+            progress(i + 1, n)
+
+    mono_mean = float(t_mono.mean())
+    hist = np.bincount(exits, minlength=m)
+    macs = [s.macs for s in engine.manifest.segments]
+    cum_macs = np.cumsum(macs)
+    report: dict = {
+        "samples": n,
+        "backend": engine.backend,
+        "threads": engine.threads,
+        "precision": engine.manifest.precision,
+        "policy": engine.policy.describe(),
+        "warmup": warmup,
+        "latency_us": {
+            "policy": _stats_us(t_policy),
+            "all_exits": _stats_us(t_all),
+            "monolithic": _stats_us(t_mono),
+            "segments": [_stats_us(seg_ns[:, k]) for k in range(m)],
+        },
+        "ratios": {
+            "all_exits_vs_monolithic": round(float(t_all.mean()) / mono_mean, 4),
+            "policy_vs_monolithic": round(float(t_policy.mean()) / mono_mean, 4),
+            "policy_vs_all_exits": round(float(t_policy.mean()) / float(t_all.mean()), 4),
+            "all_exits_vs_monolithic_p50": round(float(np.median(t_all)) / float(np.median(t_mono)), 4),
+        },
+        "exit_histogram": [int(v) for v in hist],
+        "exit_fractions": [round(float(v) / n, 6) for v in hist],
+        "expected_macs": int(round(float(cum_macs[exits].mean()))),
+        "all_exits_macs": int(cum_macs[-1]),
+        "monolithic_macs": int(engine.manifest.monolithic.macs) if engine.manifest.monolithic else None,
+    }
+    power = engine.manifest.target.get("power") or {}
+    if "active_w_per_core" in power:
+        active = float(power["active_w_per_core"]) * engine.threads
+        idle = float(power.get("idle_w", 0.0))
+        report["energy_estimate_mj"] = {
+            "kind": "estimate from the target's power model, not a measurement",
+            "source": power.get("source"),
+            "above_idle": {k: round(active * float(t.mean()) * 1e-6, 6)
+                           for k, t in (("policy", t_policy), ("all_exits", t_all), ("monolithic", t_mono))},
+            "gross": {k: round((active + idle) * float(t.mean()) * 1e-6, 6)
+                      for k, t in (("policy", t_policy), ("all_exits", t_all), ("monolithic", t_mono))},
+        }
+    if y is not None:
+        y = np.asarray(y)
+        acc = {
+            "policy": float((pred_policy == y).mean()),
+            "final_exit": float((pred_exit[:, -1] == y).mean()),
+            "monolithic": float((pred_mono == y).mean()),
+            "exits": [float((pred_exit[:, k] == y).mean()) for k in range(m)],
+        }
+        acc["policy_loss_points"] = round(100 * (acc["final_exit"] - acc["policy"]), 3)
+        report["accuracy"] = {k: (round(v, 6) if isinstance(v, float) else [round(a, 6) for a in v])
+                              if k != "policy_loss_points" else v for k, v in acc.items()}
+    log.info("bench: %s", report["ratios"])
+    return BenchReport(report)

@@ -1,0 +1,108 @@
+"""``edgeexit verify``: prove on the device that a bundle computes what the PyTorch model computed.
+
+Checks, in order: the manifest (schema version, segment chain), the sha256 of every file, then for
+every file format (or the one asked for) a replay of ``golden.npz`` through the chained segments:
+each exit's logits must lie within the manifest's tolerance of PyTorch's, and the monolithic
+reference graph's final logits too. Runs with numpy and the backends only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgeexit.errors import EdgeExitError
+from edgeexit.runtime.backends import get_backend
+from edgeexit.runtime.backends.base import BACKENDS
+from edgeexit.runtime.engine import Engine
+from edgeexit.runtime.manifest import GOLDEN, check_chain, read_manifest, verify_hashes
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyReport:
+    """``ok`` is True only if every check passed; ``checks`` lists each with its details."""
+
+    bundle: str
+    ok: bool
+    checks: tuple[dict, ...]
+
+    def to_dict(self) -> dict:
+        return {"bundle": self.bundle, "ok": self.ok, "checks": list(self.checks)}
+
+
+def _golden(root: Path) -> dict[str, np.ndarray]:
+    with np.load(root / GOLDEN, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def verify_bundle(path: str | os.PathLike, backend: str = "all", threads: int | None = None) -> VerifyReport:
+    """Verify bundle ``path``; ``backend`` = ``all`` (every installed backend for the bundle's
+    formats), ``auto`` or a backend name. Never raises for a mismatch: the report says it."""
+    root = Path(path)
+    checks: list[dict] = []
+
+    def check(name: str, ok: bool, **detail) -> bool:
+        checks.append({"check": name, "ok": bool(ok), **detail})
+        (log.info if ok else log.error)("%s: %s %s", name, "ok" if ok else "FAILED", detail or "")
+        return ok
+
+    try:
+        manifest = read_manifest(root)
+        check_chain(manifest)
+    except EdgeExitError as e:
+        check("manifest", False, error=str(e))
+        return VerifyReport(str(root), False, tuple(checks))
+    check("manifest", True, schema_version=manifest.schema_version, segments=manifest.num_exits)
+    try:
+        verify_hashes(root, manifest)
+    except EdgeExitError as e:
+        check("sha256", False, error=str(e))
+        return VerifyReport(str(root), False, tuple(checks))
+    check("sha256", True, files=len(manifest.artifacts()))
+
+    golden = _golden(root)
+    x = golden["inputs"].astype(np.float32)
+    ref = [golden[f"logits_{k}"] for k in range(manifest.num_exits)]
+    if backend == "all":
+        names = []
+        for fmt in manifest.formats:
+            name = next(n for n in BACKENDS if get_backend(n).file_format == fmt)
+            if get_backend(name).available():
+                names.append(name)
+            else:
+                check(f"golden[{name}]", True, skipped=f"{name} is not installed here")
+        if not names:
+            check("golden", False, error="no installed backend runs this bundle's formats")
+    else:
+        names = [backend]
+    for name in names:
+        try:
+            engine = Engine.from_bundle(root, backend=name, threads=threads, check_hashes=False,
+                                        load_monolithic=manifest.monolithic is not None)
+        except EdgeExitError as e:
+            check(f"golden[{name}]", False, error=str(e))
+            continue
+        fmt = get_backend(engine.backend).file_format
+        tol = float(manifest.golden["tolerance"][fmt])
+        logits, _ = engine.run_all(x)
+        errs = [float(np.abs(a - b).max()) for a, b in zip(logits, ref)]
+        agree = [float((a.argmax(-1) == b.argmax(-1)).mean()) for a, b in zip(logits, ref)]
+        check(
+            f"golden[{engine.backend}]",
+            max(errs) <= tol,
+            samples=int(len(x)),
+            max_abs_err=[round(e, 7) for e in errs],
+            tolerance=tol,
+            top1_agreement=agree,
+        )
+        if engine.monolithic is not None:
+            err = float(np.abs(engine.run_monolithic(x) - ref[-1]).max())
+            check(f"monolithic[{engine.backend}]", err <= tol, max_abs_err=round(err, 7), tolerance=tol)
+    ok = all(c["ok"] for c in checks) and bool(names)
+    return VerifyReport(str(root), ok, tuple(checks))
