@@ -39,3 +39,30 @@ def separable_npz(tmp_path) -> str:
     path = tmp_path / "beats.npz"
     make_separable().save_npz(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny 4-exit model trained for two epochs on separable beats (the data spec is recorded)."""
+    from edgeexit.data import DataSpec
+    from edgeexit.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("tiny")
+    npz = root / "beats.npz"
+    make_separable(n=800, seed=3).save_npz(npz)
+    spec = DataSpec(source=str(npz))
+    data = make_separable(n=800, seed=3)
+    config = TrainConfig(model="test_resnet1d", epochs=2, batch_size=32, threads=1, seed=0)
+    result = train(data, config, out_dir=root / "run", data_spec=spec)
+    return result.checkpoint
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tiny_checkpoint, tmp_path_factory) -> Path:
+    """An fp32 bundle of the tiny model with ONNX and TFLite files (read-only: copy to alter it)."""
+    from edgeexit.export.bundle import ExportConfig, export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    export_bundle(tiny_checkpoint, out, ExportConfig(target="x86_64", precision="fp32",
+                                                     golden_samples=16, calibration_samples=64))
+    return out

@@ -17,12 +17,13 @@ def run(*args):
 def test_help_lists_the_verbs():
     r = run("--help")
     assert r.exit_code == 0
-    for verb in ("train", "info", "data"):
+    for verb in ("train", "info", "data", "targets", "export", "run", "verify", "bench"):
         assert verb in r.output
 
 
 @pytest.mark.parametrize("cmd", [["train"], ["info"], ["data"], ["data", "inspect"],
-                                 ["data", "generate"]])
+                                 ["data", "generate"], ["targets"], ["export"], ["run"],
+                                 ["verify"], ["bench"]])
 def test_every_command_has_help(cmd):
     r = run(*cmd, "--help")
     assert r.exit_code == 0 and "Usage:" in r.output and len(r.output.splitlines()) > 3

@@ -107,7 +107,7 @@ class ExportConfig:
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose fp32 or int8")
         if self.policy not in POLICIES or self.policy == "fixed":
-            raise ConfigError(f"export calibrates max_prob, entropy or ensemble, got {self.policy!r}")
+            raise ConfigError(f"export calibrates the policy max_prob, entropy or ensemble, got {self.policy!r}")
         if not 0 <= self.margin < 100:
             raise ConfigError(f"margin must lie in [0, 100) accuracy points, got {self.margin}")
         if self.calibration_samples < 1 or self.golden_samples < 1:

@@ -97,12 +97,12 @@ def verify_bundle(path: str | os.PathLike, backend: str = "all", threads: int | 
             f"golden[{engine.backend}]",
             max(errs) <= tol,
             samples=int(len(x)),
-            max_abs_err=[round(e, 7) for e in errs],
+            max_abs_err=[float(f"{e:.3g}") for e in errs],
             tolerance=tol,
             top1_agreement=agree,
         )
         if engine.monolithic is not None:
             err = float(np.abs(engine.run_monolithic(x) - ref[-1]).max())
-            check(f"monolithic[{engine.backend}]", err <= tol, max_abs_err=round(err, 7), tolerance=tol)
+            check(f"monolithic[{engine.backend}]", err <= tol, max_abs_err=float(f"{err:.3g}"), tolerance=tol)
     ok = all(c["ok"] for c in checks) and bool(names)
     return VerifyReport(str(root), ok, tuple(checks))

@@ -1,0 +1,196 @@
+"""The device engine: backends agree with PyTorch, policies stop where they should, batches skip
+decided samples, and bad bundles or inputs are refused with a clear message."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from edgeexit.checkpoint import load_checkpoint
+from edgeexit.runtime.engine import Engine, InputError
+from edgeexit.runtime.manifest import BundleError, load_manifest
+from edgeexit.errors import ConfigError
+from edgeexit.runtime.policy import softmax
+
+BACKENDS = ["onnxruntime", "litert"]
+
+
+@pytest.fixture(scope="module")
+def golden(bundle_dir):
+    with np.load(bundle_dir / "golden.npz") as z:
+        return z["inputs"], [z[f"logits_{k}"] for k in range(4)]
+
+
+@pytest.fixture
+def bundle_copy(bundle_dir, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(bundle_dir, out)
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_exit_matches_pytorch(bundle_dir, golden, backend):
+    x, ref = golden
+    engine = Engine.from_bundle(bundle_dir, backend=backend, threads=1, load_monolithic=True)
+    logits, times = engine.run_all(x)
+    assert len(times) == 4 and all(t > 0 for t in times)
+    for a, b in zip(logits, ref):
+        np.testing.assert_allclose(a, b, atol=1e-4 * (1 + np.abs(b).max()))
+    np.testing.assert_allclose(engine.run_monolithic(x), ref[-1], atol=1e-4 * (1 + np.abs(ref[-1]).max()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_single_and_batch_predictions_agree(bundle_dir, golden, backend):
+    x, ref = golden
+    engine = Engine.from_bundle(bundle_dir, backend=backend, threads=1)
+    t = engine.policy.thresholds
+    singles = [engine.predict(xi) for xi in x]
+    batch = engine.predict_batch(x)
+    assert [r.exit_index for r in singles] == batch.exit_index.tolist()
+    assert [r.label for r in singles] == batch.labels.tolist()
+    np.testing.assert_allclose(np.stack([r.probs for r in singles]), batch.probs, atol=1e-5)
+    for r, k in zip(singles, batch.exit_index):
+        assert len(r.segment_ns) == k + 1 and r.class_name == engine.classes[r.label]
+    # the exit taken is the first whose max probability reaches its threshold (from golden logits)
+    p = [softmax(z) for z in ref]
+    for i, r in enumerate(singles):
+        first = next((k for k in range(3) if p[k][i].max() >= t[k]), 3)
+        assert r.exit_index == first
+    # segment k ran only on the samples that no earlier exit decided
+    ran = [int((batch.exit_index >= k).sum()) for k in range(4)]
+    assert list(batch.segment_samples) == ran[: len(batch.segment_samples)]
+
+
+def test_policies(bundle_dir, golden):
+    x, ref = golden
+    for k in range(4):
+        e = Engine.from_bundle(bundle_dir, backend="onnxruntime", policy="fixed", exit_index=k)
+        b = e.predict_batch(x)
+        assert (b.exit_index == k).all()
+        assert (b.labels == ref[k].argmax(-1)).all()
+        assert b.segment_samples == (len(x),) * (k + 1)
+    ens = Engine.from_bundle(bundle_dir, backend="onnxruntime", policy="ensemble").predict_batch(x)
+    assert (ens.exit_index == 3).all()  # no thresholds: every exit runs and is averaged
+    np.testing.assert_allclose(ens.probs, np.mean([softmax(z) for z in ref], axis=0), atol=1e-4)
+    zero = Engine.from_bundle(bundle_dir, backend="onnxruntime", thresholds=[0, 0, 0]).predict_batch(x)
+    assert (zero.exit_index == 0).all() and zero.segment_samples == (len(x),)
+    never = Engine.from_bundle(bundle_dir, backend="onnxruntime", policy="entropy",
+                               thresholds=[-1, -1, -1]).predict_batch(x)
+    assert (never.exit_index == 3).all()
+    with pytest.raises(ConfigError, match="3 thresholds"):
+        Engine.from_bundle(bundle_dir, backend="onnxruntime", thresholds=[0.5])
+    with pytest.raises(ConfigError, match="unknown exit policy"):
+        Engine.from_bundle(bundle_dir, backend="onnxruntime", policy="coinflip")
+
+
+def test_threads_default_from_target_capped_at_cpus(bundle_dir):
+    import os
+
+    e = Engine.from_bundle(bundle_dir, backend="onnxruntime")
+    want = load_manifest(bundle_dir).target["runtime"]["threads"]
+    assert e.threads == min(want, len(os.sched_getaffinity(0)))
+
+
+def test_rejects_bad_inputs(bundle_dir, golden):
+    x, _ = golden
+    e = Engine.from_bundle(bundle_dir, backend="onnxruntime")
+    with pytest.raises(InputError, match=r"shape \[6, 256\]"):
+        e.predict(x[0, :, :100])
+    with pytest.raises(InputError, match="float32"):
+        e.predict(x[0].astype(np.float64))
+    bad = x[0].copy()
+    bad[0, 5] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        e.predict(bad)
+    with pytest.raises(InputError, match="batch input"):
+        e.predict_batch(x[0])
+    with pytest.raises(InputError, match="empty"):
+        e.predict_batch(x[:0])
+
+
+def test_refuses_a_tampered_file(bundle_copy):
+    path = bundle_copy / "segment_1.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="segment_1.onnx does not match its sha256"):
+        Engine.from_bundle(bundle_copy, backend="onnxruntime")
+
+
+def test_refuses_a_missing_file(bundle_copy):
+    (bundle_copy / "segment_2.tflite").unlink()
+    with pytest.raises(BundleError, match="segment_2.tflite is listed .* but missing"):
+        Engine.from_bundle(bundle_copy)
+
+
+def _edit_manifest(root, edit):
+    path = root / "manifest.json"
+    d = json.loads(path.read_text())
+    edit(d)
+    path.write_text(json.dumps(d))
+
+
+def test_refuses_an_unknown_schema_version(bundle_copy):
+    _edit_manifest(bundle_copy, lambda d: d.update(schema_version=99))
+    with pytest.raises(BundleError, match="schema version 99"):
+        Engine.from_bundle(bundle_copy)
+
+
+def test_refuses_segments_that_do_not_chain(bundle_copy):
+    def edit(d):
+        d["segments"][2]["input_shape"] = [7, 7]
+
+    _edit_manifest(bundle_copy, edit)
+    with pytest.raises(BundleError, match="do not chain: segment 1 returns feat_1"):
+        Engine.from_bundle(bundle_copy)
+
+
+def test_refuses_a_directory_that_is_not_a_bundle(tmp_path):
+    with pytest.raises(BundleError, match="manifest.json not found"):
+        Engine.from_bundle(tmp_path)
+
+
+def test_refuses_a_backend_whose_format_is_missing(bundle_copy):
+    def edit(d):
+        for s in d["segments"]:
+            s["artifacts"] = [a for a in s["artifacts"] if a["format"] == "onnx"]
+
+    _edit_manifest(bundle_copy, edit)
+    with pytest.raises(BundleError, match="re-export with --formats tflite"):
+        Engine.from_bundle(bundle_copy, backend="litert")
+
+
+def test_engine_predictions_match_the_pytorch_model(bundle_dir, tiny_checkpoint, golden):
+    """What the device answers is what PyTorch answers at the exit the device stopped at."""
+    x, _ = golden
+    model = load_checkpoint(tiny_checkpoint).model
+    with torch.no_grad():
+        ref = [z.numpy() for z in model(torch.from_numpy(x))]
+    b = Engine.from_bundle(bundle_dir, backend="litert").predict_batch(x)
+    for i, k in enumerate(b.exit_index):
+        assert b.labels[i] == ref[k][i].argmax()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_runtime_runs_without_torch_or_onnx(bundle_dir, backend):
+    code = (
+        "import sys, numpy as np\n"
+        "sys.modules['torch'] = None; sys.modules['onnx'] = None\n"
+        "from edgeexit.runtime.engine import Engine\n"
+        "from edgeexit.runtime.verify import verify_bundle\n"
+        "from edgeexit.runtime.profile import bench_engine\n"
+        f"e = Engine.from_bundle(sys.argv[1], backend='{backend}', load_monolithic=True)\n"
+        "x = np.load(sys.argv[1] + '/golden.npz')['inputs']\n"
+        "r = e.predict(x[0]); b = e.predict_batch(x)\n"
+        "assert verify_bundle(sys.argv[1], backend=e.backend).ok\n"
+        "bench_engine(e, x[:4], warmup=1)\n"
+        "heavy = [m for m in ('torch', 'onnx', 'tensorflow') if sys.modules.get(m) is not None]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(bundle_dir)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == ""

@@ -1,0 +1,74 @@
+"""Threshold calibration: accuracy within the margin of the final exit, at the lowest cost."""
+
+import numpy as np
+import pytest
+
+from edgeexit.calibrate import calibrate_thresholds
+from edgeexit.errors import ConfigError
+from edgeexit.runtime.policy import make_policy
+
+
+def _probs(rng, y, acc, conf):
+    """Softmax-like rows: right with probability ``acc``; confident (max ~conf) when right."""
+    n, k = len(y), 5
+    pred = np.where(rng.random(n) < acc, y, (y + 1) % k)
+    p = np.full((n, k), 0.0)
+    right = pred == y
+    top = np.where(right, conf + 0.1 * rng.random(n), 0.35 + 0.1 * rng.random(n))
+    p[np.arange(n), pred] = top
+    rest = (1 - top) / (k - 1)
+    for j in range(k):
+        p[:, j] = np.where(np.arange(k)[j] == pred, p[:, j], rest)
+    return p
+
+
+@pytest.mark.parametrize("policy", ["max_prob", "entropy", "ensemble"])
+def test_thresholds_keep_accuracy_and_save_cost(policy):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 4000)
+    probs = [_probs(rng, y, a, c) for a, c in [(0.8, 0.8), (0.9, 0.8), (0.95, 0.85), (0.97, 0.85)]]
+    cal = calibrate_thresholds(probs, y, [1.0, 1.0, 2.0, 4.0], policy, margin=1.0)
+    assert cal.accuracy >= cal.final_accuracy - 0.01
+    assert cal.expected_cost < 0.8 * cal.full_cost  # confident early exits are taken
+    assert abs(sum(cal.exit_fractions) - 1.0) < 1e-9
+    # the stored thresholds, applied by the runtime policy, reproduce the calibrated accuracy
+    # (up to samples whose score ties a threshold and is recomputed from logits in float)
+    pol = make_policy(policy, 4, cal.thresholds)
+    logits = [np.log(p) for p in probs]
+    done_at = np.full(len(y), -1)
+    answer = np.zeros(len(y), int)
+    for k in range(4):
+        done, pk = pol.decide(k, logits)
+        new = done & (done_at < 0)
+        done_at[new] = k
+        answer[new] = pk[new].argmax(-1)
+    assert abs((answer == y).mean() - cal.accuracy) <= 0.001
+
+
+def test_margin_zero_never_loses_accuracy():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 5, 2000)
+    probs = [_probs(rng, y, a, 0.8) for a in (0.7, 0.99)]
+    cal = calibrate_thresholds(probs, y, [1.0, 3.0], "max_prob", margin=0.0)
+    assert cal.accuracy >= cal.final_accuracy
+
+
+def test_useless_early_exit_is_never_taken():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 5, 2000)
+    bad = np.full((2000, 5), 0.2) + 0.0
+    bad[np.arange(2000), (y + 1) % 5] = 0.9  # confidently wrong
+    good = _probs(rng, y, 1.0, 0.9)
+    cal = calibrate_thresholds([bad, good], y, [1.0, 1.0], "max_prob", margin=0.5)
+    assert cal.exit_fractions[0] <= 0.005 and cal.accuracy >= 0.995
+
+
+def test_bad_arguments():
+    y = np.zeros(3, int)
+    p = np.full((3, 2), 0.5)
+    with pytest.raises(ConfigError):
+        calibrate_thresholds([p], y, [1.0], "max_prob")
+    with pytest.raises(ConfigError):
+        calibrate_thresholds([p, p], y, [1.0], "max_prob")
+    with pytest.raises(ConfigError):
+        calibrate_thresholds([p, p], y, [1.0, 1.0], "fixed")
