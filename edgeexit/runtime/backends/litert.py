@@ -1,0 +1,261 @@
+"""The LiteRT backend: runs ``.tflite`` segments with ``ai_edge_litert`` (or ``tflite_runtime``).
+
+The interpreter package is imported only inside the methods, so this module imports with numpy
+alone (never torch, onnx or tensorflow). ``ai_edge_litert`` is preferred; the older
+``tflite_runtime`` wheel (same ``Interpreter`` API) is the fallback.
+
+Files are converted at batch 1 (:func:`edgeexit.export.tflite.export_tflite`). A batch of N
+resizes the input to ``[N, ...]`` and re-allocates the tensors once, when N changes; the current
+size is cached, so a stream of batch-1 calls never resizes. Where a file cannot be resized (an op
+with the batch-1 shape baked in: every file litert-torch 0.10 writes has such reshapes, and its
+dynamic-batch conversion fails), the first larger batch finds out, and from then on the session
+runs larger batches one sample at a time (batch 1 is the device's case anyway).
+
+Output order: :meth:`LiteRTSession.run` returns the outputs in the order of the subgraph's output
+list, which the converter writes in the order the PyTorch module returns them (``[feat_k,
+logits_k]``); ``output_names`` are the signature names of those tensors, in that order. (The
+signature's own name list is sorted alphabetically by the runtime, so it is not used for order.)
+The exporter checks this order against PyTorch for every file it writes.
+
+Example:
+    >>> session = LiteRTBackend().load("segment_0.tflite", threads=1)
+    >>> feat, logits = session.run(x)  # x: float32 [N, 8, 256]
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgeexit.runtime.backends.base import BackendError
+
+log = logging.getLogger(__name__)
+
+_INSTALL_HINT = "pip install ai-edge-litert"
+_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
+_F32 = np.dtype(np.float32)
+
+
+def _import_interpreter():
+    """The ``Interpreter`` class of the first LiteRT package that imports, and its module name."""
+    errors = []
+    for name in _MODULES:
+        try:
+            return importlib.import_module(name).Interpreter, name
+        except ImportError as exc:
+            errors.append(f"{name}: {exc}")
+    raise BackendError(
+        f"the litert backend needs a LiteRT interpreter ({'; '.join(errors)}); {_INSTALL_HINT}"
+    )
+
+
+def _tensor_name(name) -> str:
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+class LiteRTSession:
+    """One ``.tflite`` file loaded into a LiteRT ``Interpreter``.
+
+    Attributes:
+        path: the file loaded.
+        input_name: name of the single signature input.
+        input_shape: the input's dimensions after the batch dimension.
+        output_names: signature names of the outputs, in the order :meth:`run` returns them.
+    """
+
+    def __init__(self, interpreter, path: Path) -> None:
+        self.path = path
+        self._it = interpreter
+        inputs = interpreter.get_input_details()
+        if len(inputs) != 1:
+            raise BackendError(
+                f"{path} has {len(inputs)} inputs; an edgeexit segment has exactly one"
+            )
+        inp = inputs[0]
+        outputs = interpreter.get_output_details()
+        for d in (inp, *outputs):
+            if np.dtype(d["dtype"]) != np.float32:
+                raise BackendError(
+                    f"{path.name}: tensor {_tensor_name(d['name'])!r} is {np.dtype(d['dtype'])}, "
+                    "not float32; edgeexit files have float32 inputs and outputs (int8 files "
+                    "quantize inside), export it again with edgeexit.export.tflite"
+                )
+        self._in = int(inp["index"])
+        self._out = [int(d["index"]) for d in outputs]
+        names = {}
+        # {signature: {"inputs": {name: tensor index}, "outputs": {...}}}: what the interpreter's
+        # own SignatureRunner reads (ai_edge_litert and tflite_runtime alike)
+        full = getattr(interpreter, "_get_full_signature_list", None)
+        sigs = full() if full is not None else {}
+        if len(sigs) == 1:
+            sig = next(iter(sigs.values()))
+            names = {int(i): n for n, i in {**sig["inputs"], **sig["outputs"]}.items()}
+        self.input_name: str = names.get(self._in, _tensor_name(inp["name"]))
+        self.output_names: tuple[str, ...] = tuple(
+            names.get(i, _tensor_name(d["name"])) for i, d in zip(self._out, outputs)
+        )
+        shape = [int(d) for d in inp["shape"]]
+        self._rank = len(shape)
+        self.input_shape: tuple[int, ...] = tuple(shape[1:])
+        self._base_batch = shape[0]  # the batch the file was converted at
+        self._batch = shape[0]  # the batch the tensors are allocated for now ...
+        self._alloc_shape = tuple(shape)  # ... and the input shape that goes with it
+        self._resizable = True
+        # bound once: run() is on the latency path
+        self._set = interpreter.set_tensor
+        self._get = interpreter.get_tensor
+        self._invoke = interpreter.invoke
+
+    def _bad_input(self, x: object) -> BackendError:
+        want = ", ".join(["N", *(str(d) for d in self.input_shape)])
+        got = (
+            f"{x.dtype} array of shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+        )
+        return BackendError(
+            f"{self.path.name}: input {self.input_name!r} must be a float32 array [{want}], "
+            f"got {got}"
+        )
+
+    def _resize(self, n: int) -> bool:
+        """Allocate the tensors for batch ``n``; False (back at the base batch) if impossible."""
+        it = self._it
+        try:
+            it.resize_tensor_input(self._in, [n, *self.input_shape], strict=False)
+            it.allocate_tensors()
+            ok = all(len(d["shape"]) and int(d["shape"][0]) == n for d in it.get_output_details())
+        except Exception as exc:  # RuntimeError / ValueError from the interpreter's Prepare
+            log.debug("%s cannot be resized to batch %d (%s)", self.path.name, n, exc)
+            ok = False
+        if ok:
+            self._batch, self._alloc_shape = n, (n, *self.input_shape)
+            return True
+        try:
+            it.resize_tensor_input(self._in, [self._base_batch, *self.input_shape], strict=False)
+            it.allocate_tensors()
+        except Exception as exc:
+            raise BackendError(
+                f"LiteRT failed to restore {self.path.name} to its batch: {exc}"
+            ) from exc
+        self._batch, self._alloc_shape = self._base_batch, (self._base_batch, *self.input_shape)
+        return False
+
+    def _invoke_one(self, x: np.ndarray) -> list[np.ndarray]:
+        self._set(self._in, x)
+        self._invoke()
+        return [self._get(i) for i in self._out]  # get_tensor copies
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        """Outputs for the batch ``x`` ``[N, ...]`` (float32), in ``output_names`` order.
+
+        Args:
+            x: float32 input batch; made C-contiguous if it is not.
+
+        Returns:
+            One float32 array per output, each with leading dimension N (copies: they stay
+            valid after the next call).
+
+        Raises:
+            BackendError: ``x`` has the wrong type, dtype, rank or shape, or the engine failed.
+        """
+        # the latency path: a C-contiguous float32 batch of the size the tensors are allocated for
+        if (
+            type(x) is np.ndarray
+            and x.dtype is _F32
+            and x.shape == self._alloc_shape
+            and x.flags.c_contiguous
+        ):
+            try:
+                self._set(self._in, x)
+                self._invoke()
+                return [self._get(i) for i in self._out]
+            except Exception as exc:  # RuntimeError / ValueError from the interpreter
+                raise BackendError(f"LiteRT failed to run {self.path.name}: {exc}") from exc
+        return self._run_general(x)
+
+    def _run_general(self, x: np.ndarray) -> list[np.ndarray]:
+        """:meth:`run` for any valid input: checks it, resizes or loops over the batch."""
+        if (
+            not isinstance(x, np.ndarray)
+            or x.dtype != np.float32
+            or x.ndim != self._rank
+            or x.shape[1:] != self.input_shape
+            or x.shape[0] < 1
+        ):
+            raise self._bad_input(x)
+        x = np.ascontiguousarray(x)
+        n = x.shape[0]
+        try:
+            if n == self._batch:
+                return self._invoke_one(x)
+            if self._resizable and self._resize(n):
+                return self._invoke_one(x)
+            if self._resizable:
+                self._resizable = False
+                log.debug(
+                    "%s cannot change its batch size (shapes fixed at conversion): running "
+                    "batches of %d one sample at a time", self.path.name, n,
+                )
+            b = self._base_batch
+            if n % b:
+                raise BackendError(
+                    f"{self.path.name} runs only batches that are multiples of {b}, got {n}"
+                )
+            parts = [self._invoke_one(x[i : i + b]) for i in range(0, n, b)]
+            return [np.concatenate([p[j] for p in parts]) for j in range(len(self._out))]
+        except BackendError:
+            raise
+        except Exception as exc:  # RuntimeError / ValueError from the interpreter
+            raise BackendError(f"LiteRT failed to run {self.path.name}: {exc}") from exc
+
+
+class LiteRTBackend:
+    """Runs ``.tflite`` files with the LiteRT ``Interpreter`` (XNNPACK CPU kernels)."""
+
+    name = "litert"
+    file_format = "tflite"
+
+    def available(self) -> bool:
+        """True if ``ai_edge_litert`` or ``tflite_runtime`` can be imported here."""
+        try:
+            _import_interpreter()
+        except BackendError:
+            return False
+        return True
+
+    def load(self, path: str | os.PathLike, threads: int | None = None) -> LiteRTSession:
+        """Load the TFLite file ``path`` and allocate its tensors (for batch 1).
+
+        Args:
+            path: a ``.tflite`` file with one float32 input and float32 outputs.
+            threads: CPU threads of the interpreter (None: LiteRT's default).
+
+        Returns:
+            The loaded session.
+
+        Raises:
+            BackendError: no LiteRT interpreter is installed, ``threads`` is invalid, or the file
+                is missing or is not a model LiteRT can load.
+        """
+        interpreter_cls, module = _import_interpreter()
+        path = Path(path)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise BackendError(f"threads must be a positive integer or None, got {threads!r}")
+        if not path.is_file():
+            raise BackendError(f"no TFLite model file at {path}")
+        try:
+            kwargs = {} if threads is None else {"num_threads": threads}
+            interpreter = interpreter_cls(model_path=str(path), **kwargs)
+            interpreter.allocate_tensors()
+        except Exception as exc:  # ValueError / RuntimeError for a bad flatbuffer
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendError(
+                f"LiteRT cannot load {path}: it is not a valid TFLite model it can run ({first}); "
+                "export it again from the model"
+            ) from exc
+        log.debug("loaded %s with %s (threads=%s)", path, module, threads)
+        return LiteRTSession(interpreter, path)
