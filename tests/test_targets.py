@@ -58,7 +58,7 @@ def test_unknown_name_lists_known_ids():
 def test_custom_path_loads(tmp_path, rpi4_text):
     path = tmp_path / "my-board.toml"
     path.write_text(
-        rpi4_text.replace('id = "rpi4"', 'id = "my-board"').replace("threads = 4", "threads = 2")
+        rpi4_text.replace('id = "rpi4"', 'id = "my-board"').replace("\nthreads = 1\n", "\nthreads = 2\n")
     )
     t = load_target(str(path))
     assert t.id == "my-board" and t.runtime.threads == 2
@@ -75,7 +75,7 @@ def test_env_var_overrides_presets_dir(tmp_path, monkeypatch, rpi4_text):
 @pytest.mark.parametrize(
     "old,new,expect",
     [
-        ("threads = 4", "threads = 4\nturbo = true", "unknown key(s) 'turbo' in [runtime]"),
+        ("\nthreads = 1\n", "\nthreads = 1\nturbo = true\n", "unknown key(s) 'turbo' in [runtime]"),
         ('precision = "fp32"', 'precision = "fp16"', "precision 'fp16'"),
         ('backend = "litert"', 'backend = "onnxruntime"', "cannot run 'tflite'"),
         ("cores = 4", "cores = 0", "cpu.cores must be >= 1"),

@@ -197,14 +197,17 @@ def _export_file(module, example, path: Path, fmt: str, spec_names, precision, c
             quantize_onnx_int8(fp32, calib, path)
             fp32.unlink()
     else:
+        from edgeexit.export.split import fold_batchnorm
         from edgeexit.export.tflite import export_tflite
 
         export_tflite(
-            module,
+            fold_batchnorm(module) if precision == "fp32" else module,
             example,
             path,
             int8=precision == "int8",
             calibration=None if calib is None else torch.from_numpy(calib),
+            input_name=spec_names[0],
+            output_names=list(spec_names[1]),
         )
 
 

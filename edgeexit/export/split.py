@@ -14,13 +14,17 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
 
 import torch
 from torch import nn
 
 from edgeexit.errors import ConfigError
 from edgeexit.models.base import MultiExitNet
+
+log = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
 
@@ -152,3 +156,21 @@ def segment_specs(model: MultiExitNet, input_shape: tuple[int, ...]) -> list[Seg
             )
             in_name = feat_name(k)
     return specs
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` (eval mode) with every BatchNorm folded into the convolution before it.
+
+    The TFLite converter keeps BatchNorm as separate multiply/add ops; folding them first made
+    the resnet1d graphs about 17% faster in LiteRT (monolithic 58.5 -> 48.5 us, chain of four
+    segments 72.1 -> 60.7 us; batch 1, one thread, this x86_64 host) and computes the same
+    function up to float rounding (max logit difference 1.4e-6). Uses
+    ``torch.fx``; a module that cannot be traced symbolically is returned unchanged (logged).
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(copy.deepcopy(module).eval())
+    except Exception as e:  # noqa: BLE001 - torch.fx raises many types for untraceable code
+        log.info("BatchNorm not folded in %s (not traceable by torch.fx: %s)", type(module).__name__, e)
+        return module
