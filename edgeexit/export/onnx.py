@@ -28,19 +28,19 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from edgeexit.export.errors import ExportError
+from edgeexit.export.errors import ExportError, describe
+from edgeexit.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -57,34 +57,7 @@ CALIBRATION_BATCH = 32
 """Windows per calibration batch fed to onnxruntime (the graphs have a dynamic batch)."""
 
 
-@contextlib.contextmanager
-def _atomic_target(path: Path, suffix: str = ".onnx") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
 
-    On any exception the temporary file is removed and the exception propagates, so ``path`` is
-    either the complete new file or untouched.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # the usual permissions, not mkstemp's 0600
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _describe(exc: BaseException, limit: int = 300) -> str:
-    """``Type: first line of the message``, shortened: the exporters' messages run to pages."""
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    if len(first) > limit:
-        first = first[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _check_arguments(
@@ -164,7 +137,7 @@ def _check_file(path: Path, input_name: str, names: list[str]) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # onnx raises ValidationError / InferenceError / ...
-        raise ExportError(f"the exported ONNX model fails the checker: {_describe(exc)}") from exc
+        raise ExportError(f"the exported ONNX model fails the checker: {describe(exc)}") from exc
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
     initializers = {t.name for t in graph.initializer}
@@ -229,7 +202,7 @@ def export_onnx(
     was_training = module.training
     module.eval()
     try:
-        with _atomic_target(path) as tmp:
+        with atomic_path(path, ".tmp.onnx") as tmp:
             used = "legacy"
             if dynamo:
                 try:
@@ -238,7 +211,7 @@ def export_onnx(
                 except Exception as exc:  # the exporter raises many types; fall back on any
                     log.warning(
                         "dynamo ONNX export of %s failed (%s); falling back to the legacy "
-                        "TorchScript exporter", type(module).__name__, _describe(exc),
+                        "TorchScript exporter", type(module).__name__, describe(exc),
                     )
                     log.debug("dynamo export error", exc_info=True)
             if used == "legacy":
@@ -246,7 +219,7 @@ def export_onnx(
                     _legacy_export(module, example, tmp, input_name, names, opset)
                 except Exception as exc:
                     raise ExportError(
-                        f"ONNX export of {type(module).__name__} to {path} failed: {_describe(exc)}"
+                        f"ONNX export of {type(module).__name__} to {path} failed: {describe(exc)}"
                     ) from exc
             _check_file(tmp, input_name, names)
     finally:
@@ -282,7 +255,7 @@ def _graph_io(path: Path) -> tuple[str, list[int | None], list[str]]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise ExportError(f"cannot read ONNX model {path}: {_describe(exc)}") from exc
+        raise ExportError(f"cannot read ONNX model {path}: {describe(exc)}") from exc
     initializers = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:
@@ -377,7 +350,7 @@ def quantize_onnx_int8(
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as exc:
         raise ExportError(
-            f"int8 quantization needs onnxruntime's quantization tools ({_describe(exc)}); "
+            f"int8 quantization needs onnxruntime's quantization tools ({describe(exc)}); "
             "pip install onnxruntime"
         ) from exc
     if not fp32_path.is_file():
@@ -405,12 +378,12 @@ def quantize_onnx_int8(
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
         except Exception as exc:  # pre-processing is an optimisation: quantize the original
             log.warning("quant_pre_process failed on %s (%s); quantizing the model as exported",
-                        fp32_path, _describe(exc))
+                        fp32_path, describe(exc))
             prepared = fp32_path
         exclude = _input_ops(prepared) if float_input_ops else []
         if exclude:
             log.debug("kept in float (input ops): %s", ", ".join(exclude))
-        with _atomic_target(out_path) as tmp:
+        with atomic_path(out_path, ".tmp.onnx") as tmp:
             try:
                 quantize_static(
                     str(prepared),
@@ -425,7 +398,7 @@ def quantize_onnx_int8(
                 )
             except Exception as exc:
                 raise ExportError(
-                    f"int8 quantization of {fp32_path} failed: {_describe(exc)}"
+                    f"int8 quantization of {fp32_path} failed: {describe(exc)}"
                 ) from exc
             _drop_unused_domains(tmp)
             got_in, _, got_out = _graph_io(tmp)

@@ -87,17 +87,6 @@ class SegmentSpec:
     macs: int
     params: int
 
-    def to_dict(self) -> dict:
-        return {
-            "index": self.index,
-            "input_name": self.input_name,
-            "input_shape": list(self.input_shape),
-            "output_names": list(self.output_names),
-            "output_shapes": [list(s) for s in self.output_shapes],
-            "macs": self.macs,
-            "params": self.params,
-        }
-
 
 def _check(model: nn.Module) -> MultiExitNet:
     if not isinstance(model, MultiExitNet):

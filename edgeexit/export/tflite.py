@@ -44,7 +44,6 @@ import importlib
 import io
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -53,7 +52,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeexit.export.errors import ExportError
+from edgeexit.export.errors import ExportError, describe
+from edgeexit.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -72,33 +72,7 @@ CALIBRATION_BATCH = 64
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
 
-    On any exception the temporary file is removed and the exception propagates, so ``path`` is
-    either the complete new file or untouched.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.tflite")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # the usual permissions, not mkstemp's 0600
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _describe(exc: BaseException, limit: int = 300) -> str:
-    """``Type: first line of the message``, shortened: the converter's messages run to pages."""
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    first = lines[0] if lines else ""
-    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _import_litert_torch():
@@ -247,7 +221,7 @@ def _capture(named: _Named, calibration: torch.Tensor) -> tuple[torch.fx.GraphMo
         return ep.module(), CALIBRATION_BATCH
     except Exception as exc:  # a batch-dependent op: fall back to the static graph
         log.debug("no dynamic batch for calibration (%s); calibrating one window at a time",
-                  _describe(exc))
+                  describe(exc))
         return torch.export.export(named, (calibration[:1],)).module(), 1
 
 
@@ -480,7 +454,7 @@ def export_tflite(
     except Exception as exc:  # whatever the module raises on a wrong input
         raise ExportError(
             f"{type(module).__name__} fails on the example of shape {tuple(example.shape)} "
-            f"({_describe(exc)}): give an input that reaches this module"
+            f"({describe(exc)}): give an input that reaches this module"
         ) from exc
     if not all(isinstance(t, torch.Tensor) for t in ref):
         raise ExportError(f"{type(module).__name__} must return a tensor or a tuple of tensors")
@@ -515,13 +489,13 @@ def export_tflite(
     except Exception as exc:  # torch.export, PT2E and MLIR errors of many types
         raise ExportError(
             f"litert-torch could not convert {type(module).__name__} to TFLite"
-            f"{' int8' if int8 else ''} ({_describe(exc)})"
+            f"{' int8' if int8 else ''} ({describe(exc)})"
         ) from exc
     log.info(
         "converted %s to %s%s in %.1f s (%d bytes)", type(module).__name__, path.name,
         " (int8)" if int8 else "", time.perf_counter() - start, len(content),
     )
-    with _atomic_target(path) as tmp:
+    with atomic_path(path, ".tmp.tflite") as tmp:
         tmp.write_bytes(content)
         _check_file(tmp, example, ref, input_name, names, int8)
     return path

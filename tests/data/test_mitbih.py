@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MITDB
 
 from edgeexit.data.dataset import AAMI_CLASSES
 from edgeexit.data.mitbih import (
@@ -24,8 +25,6 @@ from edgeexit.data.mitbih import (
     load_mitbih,
     load_mitbih_split,
 )
-from conftest import MITDB
-
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.runtime.preprocess import RR_FEATURES, default_r_offset
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from edgeexit.checkpoint import load_checkpoint
+from edgeexit.errors import ConfigError
 from edgeexit.runtime.engine import Engine, InputError
 from edgeexit.runtime.manifest import BundleError, load_manifest
-from edgeexit.errors import ConfigError
 from edgeexit.runtime.policy import softmax
 
 BACKENDS = ["onnxruntime", "litert"]

@@ -12,13 +12,11 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import MITDB, REPO
 
 from edgeexit.data.mitbih import AAMI_MAP
 from edgeexit.runtime.peaks import MIN_SECONDS, detect_r_peaks, windows_from_signal
 from edgeexit.runtime.preprocess import RR_FEATURES, default_r_offset, rr_features
-
 
 
 def _bump(width: float, amplitude: float, fs: float) -> tuple[np.ndarray, np.ndarray]:
