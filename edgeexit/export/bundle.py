@@ -409,17 +409,7 @@ def export_bundle(
                 mono[fmt] = _write_monolithic(model, tmp, fmt, precision, calib_x, config.opset)
 
         segments = tuple(
-            SegmentEntry(
-                index=s.index,
-                input_name=s.input_name,
-                input_shape=s.input_shape,
-                output_names=s.output_names,
-                output_shapes=s.output_shapes,
-                macs=s.macs,
-                params=s.params,
-                artifacts=tuple(files[f][s.index] for f in formats),
-            )
-            for s in specs
+            dataclasses.replace(s, artifacts=tuple(files[f][s.index] for f in formats)) for s in specs
         )
         monolithic = None
         if mono:

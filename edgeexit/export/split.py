@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 
 import torch
@@ -23,6 +22,7 @@ from torch import nn
 
 from edgeexit.errors import ConfigError
 from edgeexit.models.base import MultiExitNet
+from edgeexit.runtime.manifest import SegmentEntry
 
 log = logging.getLogger(__name__)
 
@@ -68,24 +68,9 @@ class Monolithic(nn.Module):
         return self.head(x)
 
 
-@dataclasses.dataclass(frozen=True)
-class SegmentSpec:
-    """The interface of one segment. Shapes are per sample (the batch dimension is left out).
-
-    Attributes:
-        index: segment (and exit) index k.
-        input_name / input_shape: ``input`` or ``feat_{k-1}`` and its ``[C, L]``.
-        output_names / output_shapes: ``[feat_k, logits_k]`` (``[logits_k]`` for the last segment).
-        macs / params: multiply-accumulates per sample and parameters of stage k plus exit k.
-    """
-
-    index: int
-    input_name: str
-    input_shape: tuple[int, ...]
-    output_names: tuple[str, ...]
-    output_shapes: tuple[tuple[int, ...], ...]
-    macs: int
-    params: int
+# A segment's interface is the manifest's own record of it (names, per-sample shapes, MACs,
+# parameters); export fills in its files (``artifacts``) once they are written.
+SegmentSpec = SegmentEntry
 
 
 def _check(model: nn.Module) -> MultiExitNet:
@@ -141,6 +126,7 @@ def segment_specs(model: MultiExitNet, input_shape: tuple[int, ...]) -> list[Seg
                     output_shapes=tuple(tuple(int(d) for d in t.shape[1:]) for t in tensors),
                     macs=cost.stage_macs + cost.head_macs,
                     params=cost.stage_params + cost.head_params,
+                    artifacts=(),
                 )
             )
             in_name = feat_name(k)
