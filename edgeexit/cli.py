@@ -508,13 +508,13 @@ def _bench_data(engine, source, split, limit):
         from edgeexit.data import DataSpec, load_source, load_split
 
         recorded = engine.manifest.provenance.get("data")
+        spec = dataclass_from_dict(DataSpec, recorded, "data spec keys") if recorded else None
         if source is None:
-            if recorded is None:
+            if spec is None:
                 raise DataError("the bundle records no data; give --data")
-            ds = load_split(dataclass_from_dict(DataSpec, recorded, "data spec keys"), split)
+            ds = load_split(spec, split)
         elif source == "synthetic" or os.path.isdir(source):
-            base = dataclass_from_dict(DataSpec, recorded, "data spec keys") if recorded else DataSpec()
-            ds = load_split(dataclasses.replace(base, source=source, test_source=None), split)
+            ds = load_split(dataclasses.replace(spec or DataSpec(), source=source, test_source=None), split)
         else:
             ds = load_source(source)
         if tuple(ds.classes) != tuple(engine.classes):

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeexit.errors import EdgeExitError
-from edgeexit.runtime.backends import get_backend
-from edgeexit.runtime.backends.base import BACKENDS
+from edgeexit.runtime.backends import backend_for_format, get_backend
 from edgeexit.runtime.engine import Engine
 from edgeexit.runtime.manifest import GOLDEN, check_chain, read_manifest, verify_hashes
 
@@ -72,11 +71,11 @@ def verify_bundle(path: str | os.PathLike, backend: str = "all", threads: int | 
     if backend == "all":
         names = []
         for fmt in manifest.formats:
-            name = next(n for n in BACKENDS if get_backend(n).file_format == fmt)
-            if get_backend(name).available():
-                names.append(name)
+            be = backend_for_format(fmt)
+            if be.available():
+                names.append(be.name)
             else:
-                check(f"golden[{name}]", True, skipped=f"{name} is not installed here")
+                check(f"golden[{be.name}]", True, skipped=f"{be.name} is not installed here")
         if not names:
             check("golden", False, error="no installed backend runs this bundle's formats")
     else:
