@@ -179,6 +179,60 @@ def test_outputs_are_copies_that_survive_the_next_call(two_outputs):
         np.testing.assert_array_equal(a, b)
 
 
+def test_views_are_read_only_and_match_the_copies(two_outputs):
+    sess = LiteRTBackend().load(two_outputs, threads=1)
+    assert sess._fast is not None  # ai_edge_litert has the native handle: the zero-copy path
+    x = _x(1, seed=3)
+    views = sess.run(x, copy=False)
+    np.testing.assert_allclose(views[0], x + BIAS, rtol=1e-6)
+    np.testing.assert_allclose(views[1], x.mean(-1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError):
+        views[0][...] = 0.0  # read-only: a caller cannot corrupt the interpreter's buffers
+    y = _x(1, seed=4)
+    sess.run(y)
+    np.testing.assert_allclose(views[0], y + BIAS, rtol=1e-6)  # views follow the next run
+    del views
+
+
+def test_resizing_drops_and_retakes_the_views(two_outputs):
+    sess = LiteRTBackend().load(two_outputs, threads=1)
+    for m in (1, 4, 1, 3, 1):  # resizes in between; the public API refuses while views exist
+        x = _x(m, seed=10 + m)
+        feat, logits = sess.run(x, copy=False)
+        np.testing.assert_allclose(feat, x + BIAS, rtol=1e-6)
+        np.testing.assert_allclose(logits, x.mean(-1), rtol=1e-5, atol=1e-6)
+        del feat, logits
+    assert sess._fast is not None and sess._alloc_shape == (1, *SHAPE)
+
+
+class _PublicOnly:
+    """An interpreter with the public ``Interpreter`` API only (no native ``_interpreter``)."""
+
+    def __init__(self, it):
+        self._wrapped = it
+
+    def __getattr__(self, name):
+        if name == "_interpreter":
+            raise AttributeError(name)
+        return getattr(self._wrapped, name)
+
+
+def test_an_interpreter_without_the_native_handle_runs_through_the_public_api(two_outputs):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgeexit.runtime.backends.litert import LiteRTSession
+
+    it = Interpreter(model_path=str(two_outputs), num_threads=1)
+    it.allocate_tensors()
+    sess = LiteRTSession(_PublicOnly(it), two_outputs)
+    assert sess._fast is None
+    for m in (1, 3, 1):
+        x = _x(m, seed=20 + m)
+        feat, logits = sess.run(x, copy=False)
+        np.testing.assert_allclose(feat, x + BIAS, rtol=1e-6)
+        np.testing.assert_allclose(logits, x.mean(-1), rtol=1e-5, atol=1e-6)
+
+
 def test_non_contiguous_and_subclass_inputs_are_accepted(two_outputs):
     sess = LiteRTBackend().load(two_outputs, threads=1)
     big = _x(4)

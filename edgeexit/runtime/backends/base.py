@@ -26,8 +26,12 @@ class Session(Protocol):
     input_name: str
     output_names: tuple[str, ...]
 
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
-        """Outputs for the batch ``x`` ``[N, ...]``, in ``output_names`` order."""
+    def run(self, x: np.ndarray, copy: bool = True) -> list[np.ndarray]:
+        """Outputs for the batch ``x`` ``[N, ...]``, in ``output_names`` order.
+
+        ``copy=False`` lets a backend return views of its own output buffers, valid until the
+        session runs again (the engine chains segments this way); True: arrays the caller owns.
+        """
         ...
 
 

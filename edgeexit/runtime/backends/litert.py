@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,39 @@ class LiteRTSession:
         self._set = interpreter.set_tensor
         self._get = interpreter.get_tensor
         self._invoke = interpreter.invoke
+        self._bind()
+
+    # -- zero-copy buffers -------------------------------------------------------------------------
+    #
+    # ``set_tensor``/``get_tensor`` each cost a Python -> C++ call and a copy; at batch 1 they were
+    # the larger part of a segment's fixed cost (``tools/segment_overhead.py``). So the session
+    # keeps numpy views of the input and output buffers (``Interpreter.tensor``, the interpreter's
+    # documented zero-copy access) and runs the wrapped native interpreter's ``Invoke`` directly:
+    # the public ``invoke()`` refuses to run while such views exist, a guard against buffers being
+    # re-allocated under them. Here nothing re-allocates while they exist: :meth:`_unbind` drops
+    # every view (and the bound ``Invoke``, which holds a reference too) before a resize, and
+    # :meth:`_bind` takes new ones after it. An interpreter without that native handle (another
+    # package's API) runs through ``set_tensor``/``invoke``/``get_tensor``.
+
+    def _bind(self) -> None:
+        native = getattr(self._it, "_interpreter", None)
+        invoke = getattr(native, "Invoke", None)
+        if invoke is None:
+            self._fast = None
+            return
+        try:
+            in_view = self._it.tensor(self._in)()
+            out_views = [self._it.tensor(i)() for i in self._out]
+            for v in out_views:
+                v.flags.writeable = False  # handed out by run(copy=False)
+        except Exception as exc:  # an interpreter whose buffers cannot be viewed: the copying path
+            log.debug("%s: no zero-copy buffers (%s)", self.path.name, exc)
+            self._fast = None
+            return
+        self._fast = (in_view, tuple(out_views), invoke)
+
+    def _unbind(self) -> None:
+        self._fast = None
 
     def _bad_input(self, x: object) -> BackendError:
         want = ", ".join(["N", *(str(d) for d in self.input_shape)])
@@ -123,6 +157,7 @@ class LiteRTSession:
     def _resize(self, n: int) -> bool:
         """Allocate the tensors for batch ``n``; False (back at the base batch) if impossible."""
         it = self._it
+        self._unbind()
         try:
             it.resize_tensor_input(self._in, [n, *self.input_shape], strict=False)
             it.allocate_tensors()
@@ -132,6 +167,7 @@ class LiteRTSession:
             ok = False
         if ok:
             self._batch, self._alloc_shape = n, (n, *self.input_shape)
+            self._bind()
             return True
         try:
             it.resize_tensor_input(self._in, [self._base_batch, *self.input_shape], strict=False)
@@ -141,37 +177,41 @@ class LiteRTSession:
                 f"LiteRT failed to restore {self.path.name} to its batch: {exc}"
             ) from exc
         self._batch, self._alloc_shape = self._base_batch, (self._base_batch, *self.input_shape)
+        self._bind()
         return False
 
-    def _invoke_one(self, x: np.ndarray) -> list[np.ndarray]:
-        self._set(self._in, x)
-        self._invoke()
-        return [self._get(i) for i in self._out]  # get_tensor copies
+    def _invoke_one(self, x: np.ndarray, copy: bool = True) -> Sequence[np.ndarray]:
+        fast = self._fast
+        if fast is None:
+            self._set(self._in, x)
+            self._invoke()
+            return [self._get(i) for i in self._out]  # get_tensor copies
+        in_view, out_views, invoke = fast
+        in_view[...] = x
+        invoke()
+        return [v.copy() for v in out_views] if copy else out_views
 
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
+    def run(self, x: np.ndarray, copy: bool = True) -> Sequence[np.ndarray]:
         """Outputs for the batch ``x`` ``[N, ...]`` (float32), in ``output_names`` order.
 
         Args:
             x: float32 input batch; made C-contiguous if it is not.
+            copy: False returns, where the interpreter allows it, read-only views of the
+                output buffers instead of copies: valid only until this session runs or
+                resizes again, and no resize may happen while one is held. The engine
+                uses this to hand a segment's features straight to the next segment.
 
         Returns:
-            One float32 array per output, each with leading dimension N (copies: they stay
-            valid after the next call).
+            One float32 array per output, each with leading dimension N (copies unless
+            ``copy=False``).
 
         Raises:
             BackendError: ``x`` has the wrong type, dtype, rank or shape, or the engine failed.
         """
-        # the latency path: a C-contiguous float32 batch of the size the tensors are allocated for
-        if (
-            type(x) is np.ndarray
-            and x.dtype is _F32
-            and x.shape == self._alloc_shape
-            and x.flags.c_contiguous
-        ):
+        # the latency path: a float32 batch of the size the tensors are allocated for
+        if type(x) is np.ndarray and x.dtype is _F32 and x.shape == self._alloc_shape:
             try:
-                self._set(self._in, x)
-                self._invoke()
-                return [self._get(i) for i in self._out]
+                return self._invoke_one(x, copy)
             except Exception as exc:  # RuntimeError / ValueError from the interpreter
                 raise BackendError(f"LiteRT failed to run {self.path.name}: {exc}") from exc
         return self._run_general(x)

@@ -78,11 +78,12 @@ class OnnxRuntimeSession:
             f"got {got}"
         )
 
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
+    def run(self, x: np.ndarray, copy: bool = True) -> list[np.ndarray]:
         """Outputs for the batch ``x`` ``[N, ...]`` (float32), in ``output_names`` order.
 
         Args:
             x: float32 input batch; made C-contiguous if it is not.
+            copy: part of the backend interface; onnxruntime returns new arrays either way.
 
         Returns:
             One float32 array per output, each with leading dimension N.
