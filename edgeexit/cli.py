@@ -102,6 +102,10 @@ def main(verbose: bool, quiet: bool) -> None:
 @click.option("--model", default="resnet1d", show_default=True,
               help="Model family (`edgeexit info --models` lists them).")
 @click.option("--width", default=1.0, show_default=True, help="Channel-width multiplier.")
+@click.option("--exit-heads", type=click.Choice(["conv", "linear"]), default="conv",
+              show_default=True,
+              help="Early exits: conv (small conv adapter, more accurate) or linear (pooling + "
+                   "linear only: cheapest, the all-exits path costs least).")
 @click.option("--method", default="standard", show_default=True, help="Training method.")
 @click.option("--epochs", default=12, show_default=True, help="Maximum epochs.")
 @click.option("--batch-size", default=128, show_default=True)
@@ -122,7 +126,8 @@ def main(verbose: bool, quiet: bool) -> None:
               help="Directory for model.pt and metrics.json.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full metrics as JSON.")
-def train(source, test_data, split, n_beats, window, rr_context, model, width, method, epochs,
+def train(source, test_data, split, n_beats, window, rr_context, model, width, exit_heads,
+          method, epochs,
           batch_size, lr, class_weighting, max_class_weight, val_split, val_fraction, patience,
           augment, seed,
           threads, out_dir, progress, as_json):
@@ -137,7 +142,8 @@ def train(source, test_data, split, n_beats, window, rr_context, model, width, m
 
     spec = DataSpec(source=source, test_source=test_data, split=split, n_beats=n_beats,
                     seed=seed, window=window, rr_context=rr_context)
-    config = TrainConfig(model=model, width=width, method=method, epochs=epochs,
+    config = TrainConfig(model=model, width=width, exit_heads=exit_heads, method=method,
+                         epochs=epochs,
                          batch_size=batch_size, lr=lr, class_weighting=class_weighting,
                          max_class_weight=max_class_weight,
                          val_split=val_split, val_fraction=val_fraction, patience=patience,

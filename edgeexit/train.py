@@ -50,6 +50,7 @@ class TrainConfig:
     Attributes:
         model: registered model family (``edgeexit info --models`` lists them).
         width: channel-width multiplier of the family.
+        exit_heads: early-exit classifiers, ``conv`` or ``linear`` (``ModelConfig.exit_heads``).
         method: registered training method (``standard``; adversarial ones plug in here).
         epochs: maximum number of epochs.
         batch_size: samples per optimiser step (over all processes when distributed).
@@ -71,6 +72,7 @@ class TrainConfig:
 
     model: str = "resnet1d"
     width: float = 1.0
+    exit_heads: str = "conv"
     method: str = "standard"
     epochs: int = 12
     batch_size: int = 128
@@ -270,6 +272,7 @@ def _train(data, config, test, out_dir, progress, data_spec, dist) -> TrainResul
             input_length=length,
             signal_channels=data.signal_channels,
             width=config.width,
+            exit_heads=config.exit_heads,
         )
     )
     model.fit_input_norm(torch.from_numpy(train_set.x))

@@ -53,6 +53,19 @@ def test_train_prints_a_per_exit_table(separable_npz, tmp_path):
     assert [line.split()[0] for line in lines[header + 1 : header + 5]] == ["0", "1", "2", "3"]
 
 
+def test_train_with_linear_exit_heads(separable_npz, tmp_path):
+    out = tmp_path / "lin"
+    r = run("train", "--data", separable_npz, "--out", str(out), "--exit-heads", "linear",
+            "--json", *FAST)
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output)
+    assert m["model"]["exit_heads"] == "linear"
+    r = run("info", str(out / "model.pt"), "--json")
+    assert json.loads(r.output)["model"]["exit_heads"] == "linear"  # the checkpoint rebuilds it
+    r = run("train", "--data", separable_npz, "--out", str(tmp_path / "x"), "--exit-heads", "mlp")
+    assert r.exit_code != 0 and "mlp" in r.output
+
+
 def test_info_lists_models_and_profiles_a_family():
     r = run("info", "--models")
     assert r.exit_code == 0 and "resnet1d" in r.output and "mobilenet1d" in r.output

@@ -27,6 +27,9 @@ from edgeexit.config import dataclass_from_dict
 from edgeexit.errors import ConfigError
 
 
+EXIT_HEADS = ("conv", "linear")  # see ModelConfig.exit_heads
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a registered model (stored in every checkpoint).
@@ -39,6 +42,10 @@ class ModelConfig:
         signal_channels: leading channels that are signal in physical units (centred per window
             by :class:`InputNorm`); the remaining channels are context (e.g. RR intervals).
         width: channel-width multiplier (1.0 = the family's default size).
+        exit_heads: the early exits' classifiers: ``conv`` (a small convolutional adapter before
+            pooling, SDN-style: more accurate early exits) or ``linear`` (global average pooling
+            and a linear layer only: the cheapest exits, for when the early heads' cost matters
+            more than their accuracy). The final exit is pooling + linear either way.
     """
 
     family: str
@@ -47,6 +54,7 @@ class ModelConfig:
     input_length: int = 256
     signal_channels: int = 1
     width: float = 1.0
+    exit_heads: str = "conv"
 
     def __post_init__(self) -> None:
         if self.in_channels < 1 or self.num_classes < 2 or self.input_length < 16:
@@ -61,6 +69,10 @@ class ModelConfig:
             )
         if not 0.0 < self.width <= 8.0:
             raise ConfigError(f"width multiplier must lie in (0, 8], got {self.width}")
+        if self.exit_heads not in EXIT_HEADS:
+            raise ConfigError(
+                f"exit_heads must be one of {', '.join(EXIT_HEADS)}, got {self.exit_heads!r}"
+            )
 
     def to_dict(self) -> dict:
         """A JSON-ready dict; :meth:`from_dict` inverts it."""

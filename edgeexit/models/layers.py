@@ -85,3 +85,11 @@ class ExitHead(nn.Sequential):
             c = hidden
         layers += [nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(c, num_classes)]
         super().__init__(*layers)
+
+
+def early_exit_head(kind: str, c_in: int, num_classes: int, pool: int) -> ExitHead:
+    """An early exit of kind ``conv`` (adapter to ``c_in // 2`` channels after pooling the time
+    axis ``pool`` times) or ``linear`` (pooling + linear only); see ``ModelConfig.exit_heads``."""
+    if kind == "linear":
+        return ExitHead(c_in, num_classes)
+    return ExitHead(c_in, num_classes, hidden=c_in // 2, pool=pool)

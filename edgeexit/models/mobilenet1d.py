@@ -9,7 +9,13 @@ from __future__ import annotations
 from torch import nn
 
 from edgeexit.models.base import InputNorm, ModelConfig, MultiExitNet
-from edgeexit.models.layers import DepthwiseSeparable1d, ExitHead, conv_bn_act, scaled
+from edgeexit.models.layers import (
+    DepthwiseSeparable1d,
+    ExitHead,
+    conv_bn_act,
+    early_exit_head,
+    scaled,
+)
 from edgeexit.models.registry import register_model
 
 
@@ -37,9 +43,10 @@ def build_mobilenet1d(
         layers += [DepthwiseSeparable1d(chans[k], chans[k]) for _ in range(blocks - 1)]
         stages.append(nn.Sequential(*layers))
     heads = [
-        ExitHead(c, config.num_classes, hidden=c // 2 if k < 2 else None, pool=2 ** (2 - k))
-        for k, c in enumerate(chans)
+        early_exit_head(config.exit_heads, c, config.num_classes, pool=2 ** (2 - k))
+        for k, c in enumerate(chans[:-1])
     ]
+    heads.append(ExitHead(chans[-1], config.num_classes))
     return MultiExitNet(stages, heads, config)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from edgeexit.models.base import InputNorm, ModelConfig, MultiExitNet
-from edgeexit.models.layers import BasicBlock1d, ExitHead, conv_bn_act, scaled
+from edgeexit.models.layers import BasicBlock1d, ExitHead, conv_bn_act, early_exit_head, scaled
 from edgeexit.models.registry import register_model
 
 
@@ -35,9 +35,10 @@ def build_resnet1d(config: ModelConfig, base: int = 16, blocks_per_stage: int = 
         blocks += [BasicBlock1d(chans[k], chans[k]) for _ in range(blocks_per_stage - 1)]  # same shape
         stages.append(nn.Sequential(*blocks))
     heads = [
-        ExitHead(c, config.num_classes, hidden=c // 2 if k < 3 else None, pool=max(1, 2 ** (2 - k)))
-        for k, c in enumerate(chans)
+        early_exit_head(config.exit_heads, c, config.num_classes, pool=max(1, 2 ** (2 - k)))
+        for k, c in enumerate(chans[:-1])
     ]
+    heads.append(ExitHead(chans[-1], config.num_classes))
     return MultiExitNet(stages, heads, config)
 
 

@@ -116,3 +116,26 @@ def test_width_multiplier_scales_parameters():
     small = create_model(ModelConfig("resnet1d", 6, 5, width=0.5))
     big = create_model(ModelConfig("resnet1d", 6, 5, width=1.0))
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in big.parameters()) / 2
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_linear_exit_heads_are_cheaper_and_keep_the_final_exit(name):
+    conv = create_model(_cfg(name))
+    lin = create_model(ModelConfig(name, 6, 5, exit_heads="linear"))
+    c_costs, l_costs = profile_model(conv, (6, 256)), profile_model(lin, (6, 256))
+    for c, ln in zip(c_costs[:-1], l_costs[:-1]):
+        assert ln.stage_macs == c.stage_macs and ln.head_macs < c.head_macs
+        # pooling + linear: C x classes MACs and C x classes + classes parameters
+        assert ln.head_params == ln.feature_shape[0] * 5 + 5
+    assert l_costs[-1].head_macs == c_costs[-1].head_macs  # the final exit is the same
+    out = lin.eval()(torch.randn(2, 6, 256))
+    assert len(out) == conv.num_exits and all(o.shape == (2, 5) for o in out)
+
+
+def test_exit_heads_is_checked_and_old_configs_default_to_conv():
+    with pytest.raises(ConfigError, match="exit_heads must be one of conv, linear"):
+        ModelConfig("resnet1d", 6, 5, exit_heads="mlp")
+    old = {"family": "resnet1d", "in_channels": 6, "num_classes": 5}  # a checkpoint from before
+    assert ModelConfig.from_dict(old).exit_heads == "conv"
+    cfg = ModelConfig("resnet1d", 6, 5, exit_heads="linear")
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
