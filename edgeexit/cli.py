@@ -166,8 +166,10 @@ def train(source, test_data, split, n_beats, window, rr_context, model, width, e
 @main.command()
 @click.argument("target", required=False)
 @click.option("--models", "list_all", is_flag=True, help="List the registered model families.")
+@click.option("--exit-heads", type=click.Choice(["conv", "linear"]), default="conv",
+              show_default=True, help="Early exits to profile a family with (not a checkpoint).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info(target, list_all, as_json):
+def info(target, list_all, exit_heads, as_json):
     """Show a checkpoint's (or a model family's) architecture, exits, parameters and MACs.
 
     TARGET is a checkpoint written by `edgeexit train`, or a model family name (profiled for
@@ -183,7 +185,7 @@ def info(target, list_all, as_json):
             for name, desc in models.items():
                 click.echo(f"{name:18} {desc}")
         return
-    d = describe_target(target)
+    d = describe_target(target, exit_heads)
     if as_json:
         _echo_json(d)
         return

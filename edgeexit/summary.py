@@ -18,11 +18,12 @@ def describe_models() -> dict[str, str]:
     return list_models()
 
 
-def describe_target(target: str) -> dict:
+def describe_target(target: str, exit_heads: str = "conv") -> dict:
     """Architecture, per-exit cost and (for checkpoints) classes and test metrics of ``target``.
 
     Args:
         target: a checkpoint path, or a registered model family name.
+        exit_heads: the early exits a family is profiled with (a checkpoint has its own).
 
     Raises:
         ConfigError: ``target`` is neither an existing file nor a known family.
@@ -38,7 +39,7 @@ def describe_target(target: str) -> dict:
     elif target in list_models():
         c, length = DEFAULT_INPUT_SHAPE
         model = create_model(ModelConfig(target, in_channels=c, num_classes=DEFAULT_NUM_CLASSES,
-                                         input_length=length))
+                                         input_length=length, exit_heads=exit_heads))
         classes, test = None, None
         spec = {"shape": [c, length], "channels": ["ecg", *RR_FEATURES]}
     else:
