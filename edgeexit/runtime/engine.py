@@ -229,7 +229,7 @@ class Engine:
         clock = time.perf_counter_ns
         for k, sess in enumerate(self.sessions):
             t0 = clock()
-            out = sess.run(h, copy=False)  # views: consumed before the session runs again
+            out = sess.run(h, copy=False)  # views: used before this session runs again
             times.append(clock() - t0)
             logits.append(out[-1])
             done, probs = self.policy.decide(k, logits)
@@ -271,15 +271,18 @@ class Engine:
     def run_all(self, x: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
         """Logits of every exit for the batch ``x [N, ...]`` (no early exit) and per-segment ns."""
         h = self.check_input(x, batch=True)
-        logits, times = [], []
+        views, times = [], []
         clock = time.perf_counter_ns
+        t0 = clock()
         for sess in self.sessions:
-            t0 = clock()
             out = sess.run(h, copy=False)  # features go straight into the next segment
-            times.append(clock() - t0)
-            logits.append(out[-1].copy())
+            t1 = clock()  # one clock per segment: its time includes its turn of this loop
+            times.append(t1 - t0)
+            t0 = t1
+            views.append(out[-1])
             h = out[0]
-        return logits, times
+        # every session ran once, so every view is still valid: copy them out for the caller
+        return [z.copy() for z in views], times
 
     def run_monolithic(self, x: np.ndarray) -> np.ndarray:
         """Final logits from the whole-model reference graph (load with ``load_monolithic=True``)."""

@@ -210,10 +210,15 @@ class LiteRTSession:
         """
         # the latency path: a float32 batch of the size the tensors are allocated for
         if type(x) is np.ndarray and x.dtype is _F32 and x.shape == self._alloc_shape:
+            fast = self._fast
             try:
-                return self._invoke_one(x, copy)
+                if fast is None:
+                    return self._invoke_one(x)
+                fast[0][...] = x  # _invoke_one inlined: this runs once per segment per window
+                fast[2]()
             except Exception as exc:  # RuntimeError / ValueError from the interpreter
                 raise BackendError(f"LiteRT failed to run {self.path.name}: {exc}") from exc
+            return [v.copy() for v in fast[1]] if copy else fast[1]
         return self._run_general(x)
 
     def _run_general(self, x: np.ndarray) -> list[np.ndarray]:
