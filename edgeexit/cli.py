@@ -13,6 +13,7 @@ import sys
 import click
 
 from edgeexit import __version__
+from edgeexit.config import EXIT_HEADS
 from edgeexit.errors import EdgeExitError
 
 # Packages of the [host] extra: a device with only [runtime] installed lacks them.
@@ -102,7 +103,7 @@ def main(verbose: bool, quiet: bool) -> None:
 @click.option("--model", default="resnet1d", show_default=True,
               help="Model family (`edgeexit info --models` lists them).")
 @click.option("--width", default=1.0, show_default=True, help="Channel-width multiplier.")
-@click.option("--exit-heads", type=click.Choice(["conv", "linear"]), default="conv",
+@click.option("--exit-heads", type=click.Choice(EXIT_HEADS), default="conv",
               show_default=True,
               help="Early exits: conv (small conv adapter, more accurate) or linear (pooling + "
                    "linear only: cheapest, the all-exits path costs least).")
@@ -166,7 +167,7 @@ def train(source, test_data, split, n_beats, window, rr_context, model, width, e
 @main.command()
 @click.argument("target", required=False)
 @click.option("--models", "list_all", is_flag=True, help="List the registered model families.")
-@click.option("--exit-heads", type=click.Choice(["conv", "linear"]), default="conv",
+@click.option("--exit-heads", type=click.Choice(EXIT_HEADS), default="conv",
               show_default=True, help="Early exits to profile a family with (not a checkpoint).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info(target, list_all, exit_heads, as_json):

@@ -7,6 +7,10 @@ from typing import Any, TypeVar
 
 from edgeexit.errors import ConfigError
 
+# kinds of early exit a model family builds (ModelConfig.exit_heads); here, free of torch, so that
+# the command line offers the same choices without importing the models
+EXIT_HEADS = ("conv", "linear")
+
 T = TypeVar("T")
 
 

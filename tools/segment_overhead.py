@@ -45,7 +45,6 @@ def _native(session):
 def _stage_only_chain(checkpoint: str, tmp: Path, threads: int):
     """Native invokes of the model's stages converted without exit heads."""
     import torch
-    from torch import nn
 
     from edgeexit.checkpoint import load_checkpoint
     from edgeexit.export.split import fold_batchnorm, segment_inputs
@@ -57,8 +56,7 @@ def _stage_only_chain(checkpoint: str, tmp: Path, threads: int):
     invokes = []
     for k, (stage, x) in enumerate(zip(model.stages, inputs)):
         path = tmp / f"stage_{k}.tflite"
-        export_tflite(fold_batchnorm(nn.Sequential(stage)), x, path, input_name="x",
-                      output_names=["feat"])
+        export_tflite(fold_batchnorm(stage), x, path, input_name="x", output_names=["feat"])
         invokes.append(_native(LiteRTBackend().load(path, threads)))
     return invokes
 

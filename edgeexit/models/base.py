@@ -23,11 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from edgeexit.config import dataclass_from_dict
+from edgeexit.config import EXIT_HEADS, dataclass_from_dict
 from edgeexit.errors import ConfigError
-
-
-EXIT_HEADS = ("conv", "linear")  # see ModelConfig.exit_heads
 
 
 @dataclasses.dataclass(frozen=True)
