@@ -7,12 +7,10 @@ side by side in one run (every variant over a block of ``--calls`` windows, vari
 * ``native``: the native ``Invoke`` of each interpreter only: no Python, no copies. The chain's
   excess over the monolithic model here is computation: the early exit heads, the layout
   transposes at the segment boundaries and the interpreter's own fixed cost per call;
+* ``session``: :meth:`LiteRTSession.run` chained as the engine chains it (``copy=False``): adds
+  the Python call, the input copy and the output views per segment;
 * ``engine``: :meth:`Engine.run_all` against :meth:`Engine.run_monolithic`, what
-  ``edgeexit bench`` compares: at batch 1 both run the engine's bound chain (buffer views and
-  native invokes wired once), which adds the input check, the copy of each segment's input into
-  its buffer, the per-segment clock and the copies of the logits;
-* ``session``, for reference: :meth:`LiteRTSession.run` chained with ``copy=False`` (the path of
-  batches and of interpreters without buffer views): adds its per-call checks to the copies;
+  ``edgeexit bench`` compares (adds the input check and the per-segment clock);
 * with ``--checkpoint``: the same model's stages converted without their exit heads (into a
   temporary directory), timed ``native``, which splits the native excess into heads and
   boundaries + per-call cost.
@@ -77,10 +75,10 @@ def measure(bundle: str, checkpoint: str | None, rounds: int, calls: int, thread
     variants = {
         "native_chain": lambda: [f() for f in seg_inv],
         "native_monolithic": mono_inv,
-        "engine_all_exits": lambda: engine.run_all(x),
-        "engine_monolithic": lambda: engine.run_monolithic(x),
         "session_chain": session_chain,
         "session_monolithic": lambda: mono.run(x, copy=False),
+        "engine_all_exits": lambda: engine.run_all(x),
+        "engine_monolithic": lambda: engine.run_monolithic(x),
     }
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint:
@@ -110,18 +108,18 @@ def measure(bundle: str, checkpoint: str | None, rounds: int, calls: int, thread
         "median_us": {k: round(v, 2) for k, v in us.items()},
         "ratios": {
             "native": round(ratio("native_chain", "native_monolithic"), 4),
-            "engine": round(ratio("engine_all_exits", "engine_monolithic"), 4),
             "session": round(ratio("session_chain", "session_monolithic"), 4),
+            "engine": round(ratio("engine_all_exits", "engine_monolithic"), 4),
         },
         # the chain's excess over the monolithic model, in us and as a share of it
         "excess_us": {
             "native (heads + boundaries + per-call)": round(us["native_chain"] - mono_us, 2),
-            "engine (input copies, clocks, logits)": round(
-                (us["engine_all_exits"] - us["native_chain"])
-                - (us["engine_monolithic"] - mono_us), 2),
-            "session layer instead (not on the batch-1 path)": round(
+            "python (session layer)": round(
                 (us["session_chain"] - us["native_chain"])
                 - (us["session_monolithic"] - mono_us), 2),
+            "engine (checks, clocks)": round(
+                (us["engine_all_exits"] - us["session_chain"])
+                - (us["engine_monolithic"] - us["session_monolithic"]), 2),
         },
     }
     if checkpoint:
@@ -149,7 +147,7 @@ def main() -> None:
     print("all-exits / monolithic: " + ", ".join(f"{k} {v:.3f}" for k, v in res["ratios"].items()))
     print("excess of the chain over the monolithic model:")
     for k, v in res["excess_us"].items():
-        print(f"  {k:48s} {v:6.2f} us  ({100 * res['excess_share_of_monolithic'][k]:5.1f}%)")
+        print(f"  {k:36s} {v:6.2f} us  ({100 * res['excess_share_of_monolithic'][k]:5.1f}%)")
 
 
 if __name__ == "__main__":

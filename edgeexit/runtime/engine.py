@@ -282,14 +282,12 @@ class Engine:
         times: list[int] = []
         clock = time.perf_counter_ns
         decide = self.policy.decide
+        src = h
         k = 0
         try:
-            for k, (dst, src, invoke, logit) in enumerate(chain.steps):
+            for k, (dst, invoke, feat, logit) in enumerate(chain.steps):
                 t0 = clock()
-                if src is None:
-                    dst[...] = h
-                else:
-                    dst[:] = src
+                dst[...] = src
                 invoke()
                 times.append(clock() - t0)
                 logits.append(logit)
@@ -297,6 +295,7 @@ class Engine:
                 if done[0]:
                     label = int(probs[0].argmax())
                     return ExitResult(label, self.classes[label], probs[0], k, tuple(times))
+                src = feat
         except Exception as exc:  # RuntimeError / ValueError from the interpreter
             raise chain.error(k, exc) from exc
         raise AssertionError("the last exit always decides")  # pragma: no cover
@@ -352,18 +351,17 @@ class Engine:
     def _run_all_bound(self, h: np.ndarray, chain: _Chain) -> tuple[list[np.ndarray], list[int]]:
         times = []
         clock = time.perf_counter_ns
+        src = h
         k = 0
         try:
             t0 = clock()
-            for k, (dst, src, invoke, _) in enumerate(chain.steps):
-                if src is None:
-                    dst[...] = h
-                else:
-                    dst[:] = src
+            for k, (dst, invoke, feat, _) in enumerate(chain.steps):
+                dst[...] = src
                 invoke()
                 t1 = clock()
                 times.append(t1 - t0)
                 t0 = t1
+                src = feat
         except Exception as exc:  # RuntimeError / ValueError from the interpreter
             raise chain.error(k, exc) from exc
         return [z.copy() for z in chain.logits], times
@@ -379,7 +377,7 @@ class Engine:
         h = self.check_input(x, batch=True)
         chain = self._bound_mono(h.shape)
         if chain is not None:
-            dst, _, invoke, logit = chain.steps[0]
+            dst, invoke, _, logit = chain.steps[0]
             try:
                 dst[...] = h
                 invoke()
@@ -392,11 +390,8 @@ class Engine:
 class _Chain:
     """The sessions' bound buffers, wired for :meth:`Engine._bound_chain`.
 
-    ``steps[k] = (dst, src, invoke, logits view)`` of session k: session 0 copies the window into
-    ``dst`` (its input view; ``src`` is None); session k > 0 copies ``src``, a byte memoryview of
-    session k-1's feature output, into ``dst``, one of its own input (a plain memcpy: a third of
-    the cost of a numpy assignment at these sizes). ``shape`` is the batch shape the buffers hold
-    (the chain runs only inputs of exactly that shape).
+    ``steps[k] = (input view, invoke, feature view or None, logits view)`` of session k; ``shape``
+    is the batch shape the buffers hold (the chain runs only inputs of exactly that shape).
     """
 
     __slots__ = ("backend", "logits", "names", "shape", "steps")
@@ -426,18 +421,10 @@ class _Chain:
             last = k == len(bound) - 1
             if len(buf.outputs) != (1 if last else 2):
                 return None
-            if not last and (buf.outputs[0].shape != bound[k + 1].input.shape
-                             or buf.outputs[0].dtype != bound[k + 1].input.dtype):
+            feat = None if last else buf.outputs[0]
+            if feat is not None and feat.shape != bound[k + 1].input.shape:
                 return None
-            if k == 0:
-                dst, src = buf.input, None
-            else:
-                try:  # C-contiguous buffers, as LiteRT's are; anything else: the session path
-                    dst = memoryview(buf.input).cast("B")
-                    src = memoryview(bound[k - 1].outputs[0]).cast("B")
-                except (TypeError, ValueError):
-                    return None
-            steps.append((dst, src, buf.invoke, buf.outputs[-1]))
+            steps.append((buf.input, buf.invoke, feat, buf.outputs[-1]))
         names = [getattr(sess, "path", Path(f"segment_{k}")).name for k, sess in enumerate(sessions)]
         return cls(shape, tuple(steps), names, backend)
 
