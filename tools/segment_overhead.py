@@ -37,9 +37,9 @@ from edgeexit.runtime.engine import Engine  # noqa: E402
 
 
 def _native(session):
-    if session.buffers() is None:
+    if session._fast is None:
         raise SystemExit("this LiteRT interpreter has no native handle; nothing to take apart")
-    return session.buffers().invoke
+    return session._fast[2]
 
 
 def _stage_only_chain(checkpoint: str, tmp: Path, threads: int):

@@ -128,12 +128,6 @@ class Engine:
         self.monolithic = monolithic
         self.classes = manifest.classes
         self.input_shape = manifest.input_shape
-        self._chain: _Chain | None | bool = False  # False: not built yet; None: not possible
-        self._mono_chain: _Chain | None | bool = False
-        for sess in [*sessions, *([monolithic] if monolithic is not None else [])]:
-            watch = getattr(sess, "on_rebind", None)
-            if watch is not None:
-                watch(self._drop_chains)
 
     @classmethod
     def from_bundle(
@@ -224,44 +218,12 @@ class Engine:
             raise InputError(f"input holds {bad} NaN/Inf value(s); clean or drop those windows")
         return np.ascontiguousarray(x if batch else x[None])
 
-    # -- the bound chain (latency path) ---------------------------------------------------------
-    #
-    # Where every session offers its buffers (LiteRT's zero-copy views, see
-    # ``LiteRTSession.buffers``), a window runs without the per-call layer of ``Session.run``:
-    # segment k copies its input (the window, or segment k-1's feature buffer) into its own input
-    # buffer and invokes; the exit logits are read from the output buffers. The chain is built on
-    # first use and dropped whenever a session re-allocates its buffers (a batch of another
-    # size), then built again. Only the engine holds a chain between calls: a session cannot
-    # re-allocate while views of its buffers are alive, so a call that does not use the chain
-    # must not keep a reference to it either (hence the shape test in here).
-
-    def _drop_chains(self) -> None:
-        self._chain = False
-        self._mono_chain = False
-
-    def _bound_chain(self, shape: tuple[int, ...]) -> _Chain | None:
-        """The bound chain of the segments if it runs batches of ``shape``, else None."""
-        chain = self._chain
-        if chain is False:
-            chain = self._chain = _Chain.build(self.sessions, self.manifest, self.backend)
-        return chain if chain is not None and chain.shape == shape else None
-
-    def _bound_mono(self, shape: tuple[int, ...]) -> _Chain | None:
-        """The monolithic graph bound like :meth:`_bound_chain`, or None."""
-        chain = self._mono_chain
-        if chain is False:
-            chain = self._mono_chain = _Chain.build([self.monolithic], self.manifest, self.backend)
-        return chain if chain is not None and chain.shape == shape else None
-
     # -- inference ------------------------------------------------------------------------------
 
     def predict(self, x: np.ndarray) -> ExitResult:
         """Classify one window ``x`` (shape = the bundle's input shape), stopping at the first
         confident exit."""
         h = self.check_input(x, batch=False)
-        chain = self._bound_chain(h.shape)
-        if chain is not None:
-            return self._predict_bound(h, chain)
         logits: list[np.ndarray] = []
         times: list[int] = []
         clock = time.perf_counter_ns
@@ -275,29 +237,6 @@ class Engine:
                 label = int(probs[0].argmax())
                 return ExitResult(label, self.classes[label], probs[0], k, tuple(times))
             h = out[0]
-        raise AssertionError("the last exit always decides")  # pragma: no cover
-
-    def _predict_bound(self, h: np.ndarray, chain: _Chain) -> ExitResult:
-        logits: list[np.ndarray] = []
-        times: list[int] = []
-        clock = time.perf_counter_ns
-        decide = self.policy.decide
-        src = h
-        k = 0
-        try:
-            for k, (dst, invoke, feat, logit) in enumerate(chain.steps):
-                t0 = clock()
-                dst[...] = src
-                invoke()
-                times.append(clock() - t0)
-                logits.append(logit)
-                done, probs = decide(k, logits)
-                if done[0]:
-                    label = int(probs[0].argmax())
-                    return ExitResult(label, self.classes[label], probs[0], k, tuple(times))
-                src = feat
-        except Exception as exc:  # RuntimeError / ValueError from the interpreter
-            raise chain.error(k, exc) from exc
         raise AssertionError("the last exit always decides")  # pragma: no cover
 
     def predict_batch(self, x: np.ndarray) -> BatchResult:
@@ -332,9 +271,6 @@ class Engine:
     def run_all(self, x: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
         """Logits of every exit for the batch ``x [N, ...]`` (no early exit) and per-segment ns."""
         h = self.check_input(x, batch=True)
-        chain = self._bound_chain(h.shape)
-        if chain is not None:
-            return self._run_all_bound(h, chain)
         views, times = [], []
         clock = time.perf_counter_ns
         t0 = clock()
@@ -348,88 +284,11 @@ class Engine:
         # every session ran once, so every view is still valid: copy them out for the caller
         return [z.copy() for z in views], times
 
-    def _run_all_bound(self, h: np.ndarray, chain: _Chain) -> tuple[list[np.ndarray], list[int]]:
-        times = []
-        clock = time.perf_counter_ns
-        src = h
-        k = 0
-        try:
-            t0 = clock()
-            for k, (dst, invoke, feat, _) in enumerate(chain.steps):
-                dst[...] = src
-                invoke()
-                t1 = clock()
-                times.append(t1 - t0)
-                t0 = t1
-                src = feat
-        except Exception as exc:  # RuntimeError / ValueError from the interpreter
-            raise chain.error(k, exc) from exc
-        return [z.copy() for z in chain.logits], times
-
     def run_monolithic(self, x: np.ndarray) -> np.ndarray:
-        """Final logits from the whole-model reference graph (load with ``load_monolithic=True``).
-
-        Runs the same way as the segments (the bound path where the backend offers it), so that
-        ``edgeexit bench`` compares the two with the same per-call layer.
-        """
+        """Final logits from the whole-model reference graph (load with ``load_monolithic=True``)."""
         if self.monolithic is None:
             raise EdgeExitError("the monolithic reference graph is not loaded (load_monolithic=True)")
-        h = self.check_input(x, batch=True)
-        chain = self._bound_mono(h.shape)
-        if chain is not None:
-            dst, invoke, _, logit = chain.steps[0]
-            try:
-                dst[...] = h
-                invoke()
-            except Exception as exc:  # RuntimeError / ValueError from the interpreter
-                raise chain.error(0, exc) from exc
-            return logit.copy()
-        return self.monolithic.run(h)[0]
-
-
-class _Chain:
-    """The sessions' bound buffers, wired for :meth:`Engine._bound_chain`.
-
-    ``steps[k] = (input view, invoke, feature view or None, logits view)`` of session k; ``shape``
-    is the batch shape the buffers hold (the chain runs only inputs of exactly that shape).
-    """
-
-    __slots__ = ("backend", "logits", "names", "shape", "steps")
-
-    def __init__(self, shape, steps, names, backend) -> None:
-        self.shape = shape
-        self.steps = steps
-        self.logits = tuple(step[3] for step in steps)
-        self.names = names
-        self.backend = backend
-
-    @classmethod
-    def build(cls, sessions: list, manifest: Manifest, backend: str) -> _Chain | None:
-        """The chain, or None if a session has no bound buffers or their shapes do not chain."""
-        bound = []
-        for sess in sessions:
-            get = getattr(sess, "buffers", None)
-            buf = None if get is None else get()
-            if buf is None:
-                return None
-            bound.append(buf)
-        shape = bound[0].input.shape
-        if shape != (shape[0], *manifest.input_shape):
-            return None
-        steps = []
-        for k, buf in enumerate(bound):
-            last = k == len(bound) - 1
-            if len(buf.outputs) != (1 if last else 2):
-                return None
-            feat = None if last else buf.outputs[0]
-            if feat is not None and feat.shape != bound[k + 1].input.shape:
-                return None
-            steps.append((buf.input, buf.invoke, feat, buf.outputs[-1]))
-        names = [getattr(sess, "path", Path(f"segment_{k}")).name for k, sess in enumerate(sessions)]
-        return cls(shape, tuple(steps), names, backend)
-
-    def error(self, k: int, exc: Exception) -> BackendError:
-        return BackendError(f"{self.backend} failed to run {self.names[k]}: {exc}")
+        return self.monolithic.run(self.check_input(x, batch=True))[0]
 
 
 def _check_session(seg: SegmentEntry, sess: Session, path: Path) -> None:

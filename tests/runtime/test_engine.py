@@ -12,7 +12,6 @@ import torch
 
 from edgeexit.checkpoint import load_checkpoint
 from edgeexit.errors import ConfigError
-from edgeexit.runtime.backends.base import BackendError
 from edgeexit.runtime.engine import Engine, InputError
 from edgeexit.runtime.manifest import BundleError, load_manifest
 from edgeexit.runtime.policy import softmax
@@ -174,76 +173,6 @@ def test_engine_predictions_match_the_pytorch_model(bundle_dir, tiny_checkpoint,
     b = Engine.from_bundle(bundle_dir, backend="litert").predict_batch(x)
     for i, k in enumerate(b.exit_index):
         assert b.labels[i] == ref[k][i].argmax()
-
-
-def _session_chain(engine, x):
-    """Every exit's logits through ``Session.run`` alone: the reference for the bound chain."""
-    h, out = x, []
-    for sess in engine.sessions:
-        res = sess.run(h)
-        out.append(res[-1])
-        h = res[0]
-    return out
-
-
-def test_the_bound_chain_answers_what_the_sessions_answer(bundle_dir, golden):
-    """LiteRT batch-1 calls run through the engine's bound chain (buffer views, no per-call
-    layer); it must give bit-identical answers, and survive the sessions re-allocating."""
-    x, ref = golden
-    e = Engine.from_bundle(bundle_dir, backend="litert", threads=1, load_monolithic=True)
-
-    def check_singles():
-        for xi in x[:3]:
-            want = _session_chain(e, xi[None])
-            got, times = e.run_all(xi[None])
-            assert len(times) == 4
-            for a, b in zip(got, want):
-                np.testing.assert_array_equal(a, b)
-            np.testing.assert_array_equal(e.run_monolithic(xi[None]), e.monolithic.run(xi[None])[0])
-            r = e.predict(xi)
-            np.testing.assert_allclose(r.probs, softmax(want[r.exit_index])[0], rtol=1e-6)
-            assert len(r.segment_ns) == r.exit_index + 1
-
-    check_singles()
-    assert e._bound_chain((1, *e.input_shape)) is not None  # the bound path is the one in use
-    e.predict_batch(x)  # every segment re-allocated for the undecided samples: chain dropped
-    logits, _ = e.run_all(x)  # a batch: the session path
-    for a, b in zip(logits, ref):
-        np.testing.assert_allclose(a, b, atol=1e-4 * (1 + np.abs(b).max()))
-    check_singles()  # back to batch 1: the chain is built again on the new buffers
-    assert e._bound_chain((1, *e.input_shape)) is not None
-
-
-class _FailingInvoke:
-    """A LiteRT session whose bound ``invoke`` fails (as a corrupt interpreter would)."""
-
-    def __init__(self, sess):
-        self._sess = sess
-        self.path = sess.path
-
-    def __getattr__(self, name):
-        return getattr(self._sess, name)
-
-    def buffers(self):
-        buf = self._sess.buffers()
-
-        def invoke():
-            raise RuntimeError("Node number 3 (CONV_2D) failed to invoke")
-
-        return buf._replace(invoke=invoke)
-
-
-def test_a_failure_inside_the_bound_chain_names_the_segment(bundle_dir, golden):
-    x, _ = golden
-    e = Engine.from_bundle(bundle_dir, backend="litert", threads=1)
-    sessions = list(e.sessions)
-    sessions[2] = _FailingInvoke(sessions[2])
-    broken = Engine(e.manifest, sessions, e.policy, "litert", 1)
-    with pytest.raises(BackendError, match=r"litert failed to run segment_2\.tflite: Node number 3"):
-        broken.run_all(x[:1])
-    broken.policy = Engine.from_bundle(bundle_dir, backend="litert", policy="fixed").policy
-    with pytest.raises(BackendError, match=r"segment_2\.tflite"):
-        broken.predict(x[0])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

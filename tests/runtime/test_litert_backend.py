@@ -181,7 +181,7 @@ def test_outputs_are_copies_that_survive_the_next_call(two_outputs):
 
 def test_views_are_read_only_and_match_the_copies(two_outputs):
     sess = LiteRTBackend().load(two_outputs, threads=1)
-    assert sess.buffers() is not None  # ai_edge_litert has the native handle: the zero-copy path
+    assert sess._fast is not None  # ai_edge_litert has the native handle: the zero-copy path
     x = _x(1, seed=3)
     views = sess.run(x, copy=False)
     np.testing.assert_allclose(views[0], x + BIAS, rtol=1e-6)
@@ -202,24 +202,7 @@ def test_resizing_drops_and_retakes_the_views(two_outputs):
         np.testing.assert_allclose(feat, x + BIAS, rtol=1e-6)
         np.testing.assert_allclose(logits, x.mean(-1), rtol=1e-5, atol=1e-6)
         del feat, logits
-    assert sess.buffers() is not None and sess._alloc_shape == (1, *SHAPE)
-
-
-def test_buffers_run_the_model_and_rebinds_are_announced(two_outputs):
-    sess = LiteRTBackend().load(two_outputs, threads=1)
-    rebinds = []
-    sess.on_rebind(lambda: rebinds.append(1))
-    buf = sess.buffers()
-    x = _x(1, seed=30)
-    buf.input[...] = x
-    buf.invoke()
-    np.testing.assert_allclose(buf.outputs[0], x + BIAS, rtol=1e-6)
-    np.testing.assert_allclose(buf.outputs[1], x.mean(-1), rtol=1e-5, atol=1e-6)
-    assert rebinds == []
-    del buf  # a holder drops its views when told; here, before the resize
-    sess.run(_x(3))
-    assert rebinds == [1]  # the batch-1 views died with the re-allocation
-    assert sess.buffers().input.shape == (3, *SHAPE)
+    assert sess._fast is not None and sess._alloc_shape == (1, *SHAPE)
 
 
 class _PublicOnly:
@@ -242,7 +225,7 @@ def test_an_interpreter_without_the_native_handle_runs_through_the_public_api(tw
     it = Interpreter(model_path=str(two_outputs), num_threads=1)
     it.allocate_tensors()
     sess = LiteRTSession(_PublicOnly(it), two_outputs)
-    assert sess.buffers() is None
+    assert sess._fast is None
     for m in (1, 3, 1):
         x = _x(m, seed=20 + m)
         feat, logits = sess.run(x, copy=False)

@@ -27,9 +27,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -53,20 +52,6 @@ def _import_interpreter():
     raise BackendError(
         f"the litert backend needs a LiteRT interpreter ({'; '.join(errors)}); {_INSTALL_HINT}"
     )
-
-
-class BoundBuffers(NamedTuple):
-    """A session's zero-copy latency path at its allocated batch (see :meth:`LiteRTSession.buffers`).
-
-    Attributes:
-        input: writable view of the input buffer ``[batch, *input_shape]``.
-        outputs: read-only views of the output buffers, in ``output_names`` order.
-        invoke: runs the model on what ``input`` holds and fills ``outputs`` (no checks, no copies).
-    """
-
-    input: np.ndarray
-    outputs: tuple[np.ndarray, ...]
-    invoke: Callable[[], object]
 
 
 def _tensor_name(name) -> str:
@@ -121,7 +106,6 @@ class LiteRTSession:
         self._batch = shape[0]  # the batch the tensors are allocated for now ...
         self._alloc_shape = tuple(shape)  # ... and the input shape that goes with it
         self._resizable = True
-        self._listeners: list[Callable[[], None]] = []
         # bound once: run() is on the latency path
         self._set = interpreter.set_tensor
         self._get = interpreter.get_tensor
@@ -155,26 +139,10 @@ class LiteRTSession:
             log.debug("%s: no zero-copy buffers (%s)", self.path.name, exc)
             self._fast = None
             return
-        self._fast = BoundBuffers(in_view, tuple(out_views), invoke)
+        self._fast = (in_view, tuple(out_views), invoke)
 
     def _unbind(self) -> None:
         self._fast = None
-        for callback in self._listeners:
-            callback()
-
-    def buffers(self) -> BoundBuffers | None:
-        """The zero-copy path at the allocated batch, or None where this interpreter has none.
-
-        For a caller that runs the session in a tight loop (the engine chains its segments this
-        way): write the batch into ``input``, call ``invoke()``, read ``outputs``. No input check
-        is made. The views are valid until the session resizes (a batch of another size through
-        :meth:`run`); :meth:`on_rebind` tells when that happens.
-        """
-        return self._fast
-
-    def on_rebind(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` whenever the views from :meth:`buffers` stop being valid."""
-        self._listeners.append(callback)
 
     def _bad_input(self, x: object) -> BackendError:
         want = ", ".join(["N", *(str(d) for d in self.input_shape)])
