@@ -37,12 +37,20 @@ def test_thresholds_keep_accuracy_and_save_cost(policy):
     logits = [np.log(p) for p in probs]
     done_at = np.full(len(y), -1)
     answer = np.zeros(len(y), int)
+    carry = None
     for k in range(4):
-        done, pk = pol.decide(k, logits)
+        done, pk, carry = pol.decide(k, logits[k], carry)
         new = done & (done_at < 0)
         done_at[new] = k
         answer[new] = pk[new].argmax(-1)
     assert abs((answer == y).mean() - cal.accuracy) <= 0.001
+    # the batch-1 path (plain floats) takes the same exit with the same answer
+    for i in range(0, len(y), 97):
+        for k in range(4):
+            p = pol.step(k, [float(v) for v in logits[k][i]])
+            if p is not None:
+                break
+        assert k == done_at[i] and int(np.argmax(p)) == answer[i]
 
 
 def test_margin_zero_never_loses_accuracy():

@@ -1,18 +1,32 @@
 """Exit policies: after each segment, decide which samples stop and what they answer.
 
-Each policy is one small class with ``decide(k, logits) -> (done, probs)``: ``logits`` holds the
-logits of exits ``0..k`` for the samples still running (each ``[n, K]``); ``done`` is a boolean
-mask of the samples that stop at exit ``k`` and ``probs`` their answer distribution. The last exit
-always stops every sample.
+Each policy is one small class with two ways to decide:
+
+- ``step(k, z) -> probs | None``, the batch-1 path of :meth:`Engine.predict`: ``z`` is exit k's
+  logits as a list of Python floats; the result is the answer distribution (a list of floats) when
+  the sample stops at exit ``k``, else None. It is plain arithmetic on a handful of floats: at
+  batch 1 a chain of numpy calls on ``[1, K]`` arrays costs as much as a segment's inference
+  (``tools/decision_overhead.py`` measures it). Policies with state (``ensemble``'s running sum)
+  start afresh at ``k == 0``, so one policy object serves one stream of windows at a time.
+- ``decide(k, z, carry) -> (done, probs, carry)``, the batch path of :meth:`Engine.predict_batch`:
+  ``z`` is exit k's logits ``[n, K]`` for the samples still running, ``done`` a boolean mask of those
+  that stop at ``k``, ``probs`` their answer distribution, and ``carry`` the policy's per-sample
+  state (``ensemble``: the running sum of softmaxes; None for the others), which the engine keeps
+  for the samples still running (``carry[keep]``).
+
+Both paths compute in float64 and agree up to rounding; the last exit always stops every sample.
 
 - ``max_prob``: exit when the max softmax probability of exit k is >= t_k.
 - ``entropy``: exit when the entropy (nats) of exit k's softmax is <= t_k.
 - ``ensemble``: early-exit ensemble (Qendro & Mascolo, EMBC 2022): the answer is the average
-  softmax of exits 0..k; exit when its max is >= t_k. With no thresholds it runs every exit.
+  softmax of exits 0..k, kept as a running sum; exit when its max is >= t_k. With no thresholds it
+  runs every exit.
 - ``fixed``: every sample answers at exit ``exit_index``.
 """
 
 from __future__ import annotations
+
+from math import exp, isfinite, log
 
 import numpy as np
 
@@ -22,7 +36,7 @@ POLICIES = ("max_prob", "entropy", "ensemble", "fixed")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, numerically stable, float32 in float32 out."""
+    """Row-wise softmax, numerically stable, in the input's float dtype."""
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
@@ -33,18 +47,30 @@ def entropy(probs: np.ndarray) -> np.ndarray:
     return -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(axis=-1)
 
 
+def softmax_list(z: list[float]) -> list[float]:
+    """Softmax of one row of logits given as Python floats (the batch-1 path)."""
+    m = max(z)
+    e = [exp(v - m) for v in z]
+    inv = 1.0 / sum(e)
+    return [v * inv for v in e]
+
+
 class Policy:
-    """Base class: subclasses implement :meth:`decide`."""
+    """Base class: subclasses implement :meth:`step` and :meth:`decide`."""
 
     name = "base"
 
     def __init__(self, num_exits: int) -> None:
         self.num_exits = num_exits
+        self._last = num_exits - 1
 
     def last(self, k: int) -> bool:
-        return k >= self.num_exits - 1
+        return k >= self._last
 
-    def decide(self, k: int, logits: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def step(self, k: int, z: list[float]) -> list[float] | None:
+        raise NotImplementedError
+
+    def decide(self, k: int, z: np.ndarray, carry=None) -> tuple[np.ndarray, np.ndarray, object]:
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -61,7 +87,7 @@ class _Thresholded(Policy):
                     f"policy {self.name} needs {num_exits - 1} thresholds (one per early exit), "
                     f"got {len(thresholds)}"
                 )
-            if not all(np.isfinite(thresholds)):
+            if not all(isfinite(t) for t in thresholds):
                 raise ConfigError(f"policy {self.name}: thresholds must be finite, got {list(thresholds)}")
         self.thresholds = thresholds
 
@@ -78,12 +104,23 @@ class MaxProb(_Thresholded):
         if thresholds is None:
             raise ConfigError("policy max_prob needs thresholds (calibrated at export, or --thresholds)")
         super().__init__(num_exits, thresholds)
+        # max softmax = 1 / sum(exp(z - max z)), so "max prob >= t" is "that sum <= 1 / t"
+        self._sum_limit = tuple(1.0 / t if t > 0 else float("inf") for t in self.thresholds)
 
-    def decide(self, k, logits):
-        probs = softmax(logits[k])
+    def step(self, k, z):
+        m = max(z)
+        e = [exp(v - m) for v in z]
+        s = sum(e)
+        if k >= self._last or s <= self._sum_limit[k]:
+            inv = 1.0 / s
+            return [v * inv for v in e]
+        return None
+
+    def decide(self, k, z, carry=None):
+        probs = softmax(z.astype(np.float64))
         if self.last(k):
-            return np.ones(len(probs), bool), probs
-        return probs.max(axis=-1) >= self.thresholds[k], probs
+            return np.ones(len(probs), bool), probs, None
+        return probs.max(axis=-1) >= self.thresholds[k], probs, None
 
 
 class Entropy(_Thresholded):
@@ -96,25 +133,63 @@ class Entropy(_Thresholded):
             raise ConfigError("policy entropy needs thresholds (calibrated at export, or --thresholds)")
         super().__init__(num_exits, thresholds)
 
-    def decide(self, k, logits):
-        probs = softmax(logits[k])
+    def step(self, k, z):
+        m = max(z)
+        d = [v - m for v in z]
+        e = [exp(v) for v in d]
+        s = sum(e)
+        inv = 1.0 / s
+        if k >= self._last:
+            return [v * inv for v in e]
+        # H = log s - sum(e_i * d_i) / s  (d_i = z_i - max z): no log of a tiny probability
+        h = log(s) - sum([a * b for a, b in zip(e, d)]) * inv
+        return [v * inv for v in e] if h <= self.thresholds[k] else None
+
+    def decide(self, k, z, carry=None):
+        probs = softmax(z.astype(np.float64))
         if self.last(k):
-            return np.ones(len(probs), bool), probs
-        return entropy(probs) <= self.thresholds[k], probs
+            return np.ones(len(probs), bool), probs, None
+        return entropy(probs) <= self.thresholds[k], probs, None
 
 
 class Ensemble(_Thresholded):
-    """Average softmax of exits 0..k; exit when its max >= t_k (no thresholds: run every exit)."""
+    """Average softmax of exits 0..k; exit when its max >= t_k (no thresholds: run every exit).
+
+    The average is kept as a running sum of the exits' softmaxes (one add per exit), never
+    re-averaged over the list of exits.
+    """
 
     name = "ensemble"
 
-    def decide(self, k, logits):
-        probs = np.mean([softmax(z) for z in logits[: k + 1]], axis=0)
+    def __init__(self, num_exits: int, thresholds) -> None:
+        super().__init__(num_exits, thresholds)
+        # mean max >= t_k  <=>  running-sum max >= t_k * (k + 1)
+        t = self.thresholds
+        self._sum_limit = None if t is None else tuple(v * (k + 1) for k, v in enumerate(t))
+        self._acc: list[float] = []
+
+    def step(self, k, z):
+        m = max(z)
+        e = [exp(v - m) for v in z]
+        inv = 1.0 / sum(e)
+        if k == 0:
+            acc = self._acc = [v * inv for v in e]
+        else:
+            acc = self._acc = [a + v * inv for a, v in zip(self._acc, e)]
+        if k >= self._last or (self._sum_limit is not None and max(acc) >= self._sum_limit[k]):
+            n = 1.0 / (k + 1)
+            return [a * n for a in acc]
+        return None
+
+    def decide(self, k, z, carry=None):
+        p = softmax(z.astype(np.float64))
+        acc = p if k == 0 or carry is None else carry + p
+        probs = acc / (k + 1)
         if self.last(k):
-            return np.ones(len(probs), bool), probs
+            return np.ones(len(probs), bool), probs, acc
         if self.thresholds is None:
-            return np.zeros(len(probs), bool), probs
-        return probs.max(axis=-1) >= self.thresholds[k], probs
+            return np.zeros(len(probs), bool), probs, acc
+        return probs.max(axis=-1) >= self.thresholds[k], probs, acc
 
 
 class Fixed(Policy):
@@ -130,9 +205,12 @@ class Fixed(Policy):
             raise ConfigError(f"fixed exit {exit_index} out of range 0..{num_exits - 1}")
         self.exit_index = int(exit_index)
 
-    def decide(self, k, logits):
-        probs = softmax(logits[k])
-        return np.full(len(probs), k >= self.exit_index, bool), probs
+    def step(self, k, z):
+        return softmax_list(z) if k >= self.exit_index else None
+
+    def decide(self, k, z, carry=None):
+        probs = softmax(z.astype(np.float64))
+        return np.full(len(probs), k >= self.exit_index, bool), probs, None
 
     def describe(self) -> dict:
         return {"name": self.name, "exit_index": self.exit_index}
@@ -154,7 +232,7 @@ def make_policy(
 
 
 def exit_scores(name: str, probs_per_exit: list[np.ndarray]) -> list[np.ndarray]:
-    """Per exit, the score compared with t_k (exit when score >= t_k) and the answer distribution.
+    """Per exit, the score compared with t_k (exit when score >= t_k).
 
     Used by threshold calibration. For ``entropy`` the score is the negative entropy, so that every
     policy reads "exit when score >= threshold" (the stored entropy threshold is ``-t``).

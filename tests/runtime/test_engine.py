@@ -110,6 +110,18 @@ def test_rejects_bad_inputs(bundle_dir, golden):
         e.predict_batch(x[0])
     with pytest.raises(InputError, match="empty"):
         e.predict_batch(x[:0])
+    for v in (np.inf, -np.inf):
+        worse = x[:3].copy()
+        worse[1, 0, 0], worse[2, 1, 7] = v, np.nan
+        with pytest.raises(InputError, match="2 NaN/Inf"):
+            e.predict_batch(worse)
+    # finite values whose squares overflow float32 pass the check (the fast test is x . x)
+    loud = x[0] * np.float32(1e20)
+    assert np.isinf(loud.reshape(-1).dot(loud.reshape(-1)))
+    np.testing.assert_array_equal(e.check_input(loud, batch=False)[0], loud)
+    # a non-contiguous window is checked and copied, not refused
+    strided = np.asfortranarray(x[0])
+    assert e.predict(strided).label == e.predict(x[0]).label
 
 
 def test_refuses_a_tampered_file(bundle_copy):
