@@ -314,9 +314,15 @@ def targets(name, as_json):
               help="Validation beats stored in golden.npz for `edgeexit verify`.")
 @click.option("--monolithic/--no-monolithic", default=True, show_default=True,
               help="Also write the whole model as one graph (needed by `edgeexit bench`).")
+@click.option("--exits", "exits", default=None, metavar="K,K,...",
+              help="Comma-separated model exit indices to deploy, e.g. 0,3 (default: all). Must "
+                   "include the final exit and one early exit; given in any order, they are "
+                   "sorted. The stages between two kept exits run as one segment and the other "
+                   "heads are dropped, so segment j answers the j-th kept exit (thresholds, "
+                   "--exit and `edgeexit run` index segments).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export(checkpoint, target, out_dir, formats, precision, policy, margin, source,
-           calibration_samples, golden_samples, monolithic, as_json):
+           calibration_samples, golden_samples, monolithic, exits, as_json):
     """Export a checkpoint as a device bundle: per-exit segments, checked, thresholds calibrated.
 
     Writes OUT (manifest.json, segment_K.onnx/.tflite, monolithic.*, golden.npz) and OUT.tar.gz.
@@ -334,6 +340,7 @@ def export(checkpoint, target, out_dir, formats, precision, policy, margin, sour
         calibration_samples=calibration_samples,
         golden_samples=golden_samples,
         monolithic=monolithic,
+        exits=_parse_exits(exits),
     )
     result = export_bundle(checkpoint, out_dir, config, data=source,
                            progress=(lambda s: click.echo(f"... {s}", err=True)))
@@ -344,6 +351,8 @@ def export(checkpoint, target, out_dir, formats, precision, policy, margin, sour
     cal = r["policy"]["calibration"]
     click.echo(f"bundle {r['bundle']} ({r['archive']}) for {r['target']}: {r['precision']}, "
                f"{', '.join(r['formats'])}")
+    click.echo(f"  exits deployed {','.join(map(str, r['exits']))} of the model's "
+               f"{r['num_model_exits']} (one segment each)")
     for fmt, par in r["parity"].items():
         errs = " ".join(f"{e['max_abs_err']:.2g}" for e in par["exits"])
         agree = " ".join(f"{100 * e['top1_agreement']:.1f}" for e in par["exits"])
@@ -354,6 +363,23 @@ def export(checkpoint, target, out_dir, formats, precision, policy, margin, sour
                f"{_pct(cal['final_accuracy']).strip()}%), exits "
                + " ".join(f"{100 * f:.0f}%" for f in cal["exit_fractions"])
                + f", {100 * cal['cost_ratio']:.0f}% of the all-exits MACs")
+
+
+def _parse_exits(text):
+    """``--exits 0,2,3`` -> (0, 2, 3); None -> None (all). Range and the final exit are checked
+    against the model by the export."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        vals = tuple(int(p) for p in parts if p)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give comma-separated model exit indices, e.g. 0,3",
+                                 param_hint="--exits") from None
+    if not vals or any(v < 0 for v in vals):
+        raise click.BadParameter(f"{text!r}: give comma-separated model exit indices >= 0, e.g. 0,3",
+                                 param_hint="--exits")
+    return vals
 
 
 def _policy_args(policy, thresholds, exit_index):

@@ -4,7 +4,8 @@ Steps (each logged; ``progress`` sees them):
 
 1. load the checkpoint and the data it was trained on (its recorded data spec); rebuild the very
    validation split training used (:func:`edgeexit.train.split_validation`);
-2. split the model into per-exit segments (:mod:`edgeexit.export.split`) and write each segment,
+2. split the model into per-exit segments (:mod:`edgeexit.export.split`; only the exits in
+   ``ExportConfig.exits``, the stages between two deployed exits merged into one graph) and write each segment,
    and the whole model as one reference graph, in every requested format (ONNX, TFLite);
    int8 files are calibrated segment by segment on training beats, each segment on the features
    its int8 predecessor really produces; every file keeps float inputs/outputs, so segments chain
@@ -41,7 +42,14 @@ from edgeexit.config import dataclass_from_dict
 from edgeexit.data import BeatDataset, DataSpec, load_split
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.export.errors import ExportError
-from edgeexit.export.split import INPUT_NAME, Monolithic, SegmentSpec, segment_specs, split_model
+from edgeexit.export.split import (
+    INPUT_NAME,
+    Monolithic,
+    SegmentSpec,
+    check_exits,
+    segment_specs,
+    split_model,
+)
 from edgeexit.models.base import MultiExitNet
 from edgeexit.runtime.backends import backend_for_format, get_backend
 from edgeexit.runtime.engine import Engine
@@ -82,6 +90,9 @@ class ExportConfig:
         int8_min_agreement: export fails if an int8 exit agrees with PyTorch's top-1 on fewer
             than this fraction of validation beats.
         monolithic: also write the whole model as one graph (for benchmarks).
+        exits: model exit indices to deploy (sorted here; unique; the final exit and at least one
+            early exit); None = every exit. Stages between two deployed exits run as one merged
+            segment; the heads of the other exits are left out.
         opset: ONNX opset.
         seed: seeds the sampling of calibration and golden beats.
     """
@@ -98,6 +109,7 @@ class ExportConfig:
     monolithic: bool = True
     opset: int = 18
     seed: int = 0
+    exits: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.formats is not None:
@@ -112,10 +124,28 @@ class ExportConfig:
             raise ConfigError(f"margin must lie in [0, 100) accuracy points, got {self.margin}")
         if self.calibration_samples < 1 or self.golden_samples < 1:
             raise ConfigError("calibration and golden samples must be >= 1")
+        if self.exits is not None:
+            # range and the final exit are checked against the model in export_bundle
+            if isinstance(self.exits, (str, bytes)) or not hasattr(self.exits, "__iter__"):
+                raise ConfigError(f"exits must be a sequence of model exit indices, got {self.exits!r}")
+            keep = check_exits(self.exits, max(self._int_exits()) + 1)
+            object.__setattr__(self, "exits", keep)
+
+    def _int_exits(self) -> list[int]:
+        try:
+            vals = [int(k) for k in self.exits]
+        except (TypeError, ValueError):
+            raise ConfigError(f"exits must be integers (model exit indices), got {self.exits!r}") from None
+        if not vals:
+            raise ConfigError("exits is empty: give the model exit indices to deploy, or None for all")
+        if min(vals) < 0:
+            raise ConfigError(f"exit indices must be >= 0, got {sorted(vals)}")
+        return vals
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["formats"] = None if self.formats is None else list(self.formats)
+        d["exits"] = None if self.exits is None else list(self.exits)
         return d
 
 
@@ -227,15 +257,20 @@ def _write_chain(
     calib_x: np.ndarray,
     opset: int,
     progress: Progress,
+    exits: tuple[int, ...] | None = None,
 ) -> list[Artifact]:
-    """Write every segment of one format; int8 segment k is calibrated on what int8 k-1 outputs."""
-    segments = split_model(model)
+    """Write every segment of one format; int8 segment k is calibrated on what int8 k-1 outputs.
+
+    ``exits``: the deployed model exits (None = all); segment j is the merged graph of the stages
+    up to exit ``exits[j]`` and that exit's head, as :func:`split_model` builds it."""
+    segments = split_model(model, exits)
     backend = backend_for_format(fmt)
     h = calib_x
     artifacts = []
     for seg, spec in zip(segments, specs):
         if progress:
-            progress(f"segment {spec.index} -> {fmt} {precision}")
+            what = "" if seg.stages == (seg.exit,) else f" (stages {seg.stages[0]}-{seg.stages[-1]}, exit {seg.exit})"
+            progress(f"segment {spec.index}{what} -> {fmt} {precision}")
         path = root / f"segment_{spec.index}.{fmt}"
         example = torch.from_numpy(np.ascontiguousarray(h[:1]))
         _export_file(seg, example, path, fmt, (spec.input_name, list(spec.output_names)), precision,
@@ -262,24 +297,27 @@ def _write_monolithic(model, root, fmt, precision, calib_x, opset) -> Artifact:
 
 
 def _parity(backend: str, logits: list[np.ndarray], ref: list[np.ndarray], precision: str,
-            min_agreement: float) -> dict:
-    """Max abs error and top-1 agreement of every exit of the files (``logits``) versus PyTorch
-    (``ref``) on the same beats; raises :class:`ExportError` beyond the tolerances."""
+            min_agreement: float, exits: tuple[int, ...] | None = None) -> dict:
+    """Max abs error and top-1 agreement of every segment's logits (``logits``) versus PyTorch's
+    logits of the model exit it answers (``ref``, same order; ``exits`` names those model exits)
+    on the same beats; raises :class:`ExportError` beyond the tolerances."""
     report = []
-    for k, (a, b) in enumerate(zip(logits, ref)):
+    exits = tuple(range(len(logits))) if exits is None else exits
+    for j, (k, a, b) in enumerate(zip(exits, logits, ref)):
         err = float(np.abs(a - b).max())
         scale = float(np.abs(b).max())
         agree = float((a.argmax(-1) == b.argmax(-1)).mean())
-        report.append({"exit": k, "max_abs_err": err, "ref_scale": scale, "top1_agreement": agree})
+        report.append({"exit": k, "segment": j, "max_abs_err": err, "ref_scale": scale,
+                       "top1_agreement": agree})
         if precision == "fp32" and err > 1e-3 * (1.0 + scale):
             raise ExportError(
-                f"{backend} exit {k}: max abs logit error {err:.3g} versus PyTorch exceeds the "
+                f"{backend} exit {k} (segment {j}): max abs logit error {err:.3g} versus PyTorch exceeds the "
                 f"fp32 tolerance {1e-3 * (1 + scale):.3g}; the converted file does not compute what "
                 "the model computes (report this with the model family)"
             )
         if precision == "int8" and agree < min_agreement:
             raise ExportError(
-                f"{backend} int8 exit {k} agrees with PyTorch's top-1 on only {100 * agree:.1f}% "
+                f"{backend} int8 exit {k} (segment {j}) agrees with PyTorch's top-1 on only {100 * agree:.1f}% "
                 f"of {len(a)} validation beats (< {100 * min_agreement:.0f}%); export fp32, or give "
                 "more --calibration-samples"
             )
@@ -377,6 +415,7 @@ def export_bundle(
     formats = config.formats or FILE_FORMATS
     precision = config.precision or target.runtime.precision
     step = progress or (lambda s: None)
+    exits = check_exits(config.exits, model.num_exits)  # deployed model exits, sorted
 
     step("loading data")
     spec, train_part, val_part = _training_data(ckpt, data)
@@ -390,14 +429,15 @@ def export_bundle(
     golden_x = val_x[golden_idx]
 
     input_shape = tuple(int(v) for v in ckpt.input_spec["shape"])
-    specs = segment_specs(model, input_shape)
+    specs = segment_specs(model, input_shape, exits)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         files: dict[str, list[Artifact]] = {}
         mono: dict[str, Artifact] = {}
         for fmt in formats:
-            files[fmt] = _write_chain(model, specs, tmp, fmt, precision, calib_x, config.opset, progress)
+            files[fmt] = _write_chain(model, specs, tmp, fmt, precision, calib_x, config.opset, progress,
+                                      exits)
             if config.monolithic:
                 step(f"monolithic -> {fmt} {precision}")
                 mono[fmt] = _write_monolithic(model, tmp, fmt, precision, calib_x, config.opset)
@@ -416,6 +456,7 @@ def export_bundle(
                 macs=_mono_macs(model, input_shape),
                 params=sum(p.numel() for p in Monolithic(model).parameters()),
                 artifacts=tuple(mono[f] for f in formats),
+                exit=model.num_exits - 1,
             )
         input_info = {
             "name": INPUT_NAME,
@@ -443,9 +484,9 @@ def export_bundle(
 
         parity, golden_tol, val_probs = {}, {}, None
         n_parity = min(len(val_x), 1024)
-        with torch.no_grad():
-            golden_ref = [z.numpy() for z in model(torch.from_numpy(golden_x))]
-            parity_ref = [z.numpy() for z in model(torch.from_numpy(val_x[:n_parity]))]
+        with torch.no_grad():  # PyTorch's logits of the model exit each segment answers
+            golden_ref = [z.numpy() for z in _select(model(torch.from_numpy(golden_x)), exits)]
+            parity_ref = [z.numpy() for z in _select(model(torch.from_numpy(val_x[:n_parity])), exits)]
         preferred = target.runtime.format if target.runtime.format in formats else formats[0]
         for fmt in formats:
             step(f"checking {fmt} against PyTorch")
@@ -454,7 +495,7 @@ def export_bundle(
             # the preferred format runs every validation beat once: parity and thresholds share it
             logits = _chunked_run_all(engine, val_x if fmt == preferred else val_x[:n_parity])
             parity[fmt] = _parity(engine.backend, [z[:n_parity] for z in logits], parity_ref,
-                                  precision, config.int8_min_agreement)
+                                  precision, config.int8_min_agreement, exits)
             got, _ = engine.run_all(golden_x)
             err = max(float(np.abs(a - b).max()) for a, b in zip(got, golden_ref))
             scale = max(float(np.abs(b).max()) for b in golden_ref)
@@ -485,11 +526,12 @@ def export_bundle(
                 "cost": "MACs per inference (stages and exit heads run)",
             },
         )
-        make_policy(policy.name, model.num_exits, policy.thresholds)  # validates
+        make_policy(policy.name, len(segments), policy.thresholds)  # validates
 
         step("writing golden.npz and manifest")
         golden_arrays = {"inputs": golden_x, "labels": val_y[golden_idx].astype(np.int64)}
-        golden_arrays.update({f"logits_{k}": z.astype(np.float32) for k, z in enumerate(golden_ref)})
+        # logits_{j}: segment j's reference (PyTorch's logits of model exit exits[j]), what verify replays
+        golden_arrays.update({f"logits_{j}": z.astype(np.float32) for j, z in enumerate(golden_ref)})
         with open(tmp / GOLDEN, "wb") as f:
             np.savez(f, **golden_arrays)
         manifest = dataclasses.replace(
@@ -530,11 +572,18 @@ def export_bundle(
         "target": target.id,
         "precision": precision,
         "formats": list(formats),
+        "exits": list(exits),
+        "num_model_exits": int(model.num_exits),
         "policy": policy.to_dict(),
         "parity": parity,
     }
     log.info("wrote bundle %s (%s)", out, archive)
     return ExportResult(out, archive, manifest, report)
+
+
+def _select(logits: list, exits: tuple[int, ...]) -> list:
+    """The logits of the deployed model exits, in segment order."""
+    return [logits[k] for k in exits]
 
 
 def _mono_macs(model: MultiExitNet, input_shape) -> int:

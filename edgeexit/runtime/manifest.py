@@ -10,7 +10,14 @@ A bundle is a directory::
     golden.npz           ``inputs`` [G, *input_shape] and ``logits_{k}`` [G, K] from PyTorch
 
 Segment k takes ``feat_{k-1}`` (segment 0 takes ``input``) and returns ``feat_k`` and ``logits_k``;
-the last returns ``logits_k`` only. :func:`load_manifest` checks the schema version, every file's
+the last returns ``logits_k`` only.
+
+A bundle may deploy only some of the model's exits (``edgeexit export --exits 0,3``): then each
+segment records the model exit it answers (``exit``; absent in older manifests, where it is the
+segment's index) and tensor names carry that model exit index (segment 1 of exits 0,3 takes
+``feat_0`` and returns ``logits_3``). Everything else is indexed by segment position: the policy's
+thresholds (one per segment but the last), the engine's ``exit_index``, and ``golden.npz``'s
+``logits_{j}`` (PyTorch's logits of the model exit that segment j answers). :func:`load_manifest` checks the schema version, every file's
 hash and that the segment shapes chain, and raises :class:`BundleError` naming the file and the fix.
 This module needs only the standard library and numpy (it never imports export code).
 """
@@ -71,6 +78,11 @@ class SegmentEntry:
     macs: int
     params: int
     artifacts: tuple[Artifact, ...]
+    exit: int | None = None  # the model exit this segment answers; None (old manifests) = index
+
+    def __post_init__(self) -> None:
+        if self.exit is None:
+            object.__setattr__(self, "exit", self.index)
 
     def artifact(self, file_format: str) -> Artifact | None:
         """The file of ``file_format`` (``onnx``/``tflite``), or None when the bundle lacks it."""
@@ -79,6 +91,7 @@ class SegmentEntry:
     def to_dict(self) -> dict:
         return {
             "index": self.index,
+            "exit": self.exit,
             "input_name": self.input_name,
             "input_shape": list(self.input_shape),
             "output_names": list(self.output_names),
@@ -99,6 +112,7 @@ class SegmentEntry:
             macs=int(d["macs"]),
             params=int(d["params"]),
             artifacts=tuple(Artifact(**a) for a in d["artifacts"]),
+            exit=None if d.get("exit") is None else int(d["exit"]),
         )
 
 
@@ -108,7 +122,8 @@ class PolicySpec:
 
     Attributes:
         name: ``max_prob``, ``entropy``, ``ensemble`` or ``fixed``.
-        thresholds: one per early exit (``num_exits - 1`` values; the last exit always answers).
+        thresholds: one per early exit (``num_exits - 1`` values, one per segment but the last,
+            indexed by segment position; the last exit always answers).
             ``max_prob``/``ensemble``: exit when the max probability >= t_k; ``entropy``: exit when
             the entropy (nats) <= t_k.
         exit_index: for ``fixed``: the exit that always answers.
@@ -167,7 +182,14 @@ class Manifest:
 
     @property
     def num_exits(self) -> int:
+        """Deployed exits = segments (what the engine and the policy index)."""
         return len(self.segments)
+
+    @property
+    def exits(self) -> tuple[int, ...]:
+        """The model exit index each segment answers, in chain order (all of them unless the
+        bundle was exported with ``--exits``)."""
+        return tuple(s.exit for s in self.segments)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -244,6 +266,17 @@ def check_chain(manifest: Manifest) -> None:
             f"{list(manifest.input_shape)}; the manifest is inconsistent: re-export the bundle"
         )
     n_classes = len(manifest.classes)
+    exits = manifest.exits
+    if any(e < 0 for e in exits) or any(b <= a for a, b in zip(exits, exits[1:])):
+        raise BundleError(
+            f"the segments answer model exits {list(exits)}, which are not increasing; re-export the bundle"
+        )
+    n_model = manifest.model.get("num_exits") if isinstance(manifest.model, dict) else None
+    if isinstance(n_model, int) and exits[-1] != n_model - 1:
+        raise BundleError(
+            f"the last segment answers model exit {exits[-1]} but the model's final exit is "
+            f"{n_model - 1}; re-export the bundle"
+        )
     for k, seg in enumerate(segs):
         last = k == len(segs) - 1
         if seg.index != k:
