@@ -1,25 +1,45 @@
-"""Exit-threshold calibration: the cheapest thresholds that keep accuracy near the final exit's.
+"""Exit-threshold calibration: the cheapest thresholds whose accuracy loss holds across patients.
 
-Given every exit's answer distribution on held-out *validation* data (never test data), find one
-threshold per early exit so that the policy's accuracy is at least the final exit's accuracy minus
-``margin`` (accuracy points) at the lowest expected cost (mean MACs per inference, counting every
-stage and exit head passed). The search is coordinate descent over candidate thresholds (quantiles
-of each exit's confidence scores), starting from "never exit early", which is always feasible.
+Given every exit's answer distribution on held-out data (never the training records, never the
+test split), find one threshold per early exit at the lowest expected cost (mean MACs, or measured
+microseconds, per inference) such that the policy's accuracy loss against the final exit stays
+within ``margin`` points **with confidence**, not only on the pooled mean:
+
+- with record (patient) ids, a bootstrap over records: the records are resampled with replacement
+  ``bootstrap`` times, and the ``confidence`` quantile of the loss over those resamples must stay
+  within the margin. Thresholds that only hold because most beats come from a few easy records
+  fail this (with few records the bound is close to the worst record's loss, which is the honest
+  answer for few records);
+- without record ids, the normal bound on the mean per-beat loss (beats are then taken as
+  independent, which overstates the confidence when they come from a few patients: give ids).
+
+The search is coordinate descent over candidate thresholds (midpoints between neighbouring
+confidence scores at quantiles of each exit's scores, so that no calibration sample sits exactly on
+a threshold), starting from "never exit early", which is always feasible.
+
+:func:`calibrate_bundle` recalibrates a written bundle on a user's own data from the target
+population (``edgeexit calibrate``); it needs only the runtime (no torch).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 
-from edgeexit.errors import ConfigError
-from edgeexit.runtime.policy import ensemble_probs, exit_scores
+from edgeexit.errors import ConfigError, DataError
+from edgeexit.runtime.policy import ensemble_probs, exit_scores, softmax
 
 log = logging.getLogger(__name__)
 
 NEVER = 2.0  # a score threshold no max-probability or negative entropy reaches
+CALIBRATED_POLICIES = ("max_prob", "entropy", "ensemble")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +47,12 @@ class Calibration:
     """Result of :func:`calibrate_thresholds` (accuracies are fractions, cost in the costs' unit).
 
     ``thresholds`` are in the policy's own terms (max probability, or entropy in nats for
-    ``entropy``); ``exit_fractions`` is the share of validation samples answered at each exit.
+    ``entropy``); ``exit_fractions`` is the share of calibration samples answered at each exit.
+    ``loss_points`` is the pooled accuracy loss versus the final exit (points), ``loss_interval``
+    its two-sided ``confidence`` interval and ``loss_bound`` the upper end that was held within
+    ``margin``; ``bound`` says how it was computed; ``records`` counts the distinct records (0:
+    no record ids); ``worst_record_loss_points`` is the largest loss of any one record;
+    ``feasible`` is False when no thresholds hold the bound (then the bound is the smallest found).
     """
 
     policy: str
@@ -39,24 +64,74 @@ class Calibration:
     full_cost: float
     exit_fractions: tuple[float, ...]
     samples: int
+    loss_points: float = 0.0
+    loss_interval: tuple[float, float] = (0.0, 0.0)
+    loss_bound: float = 0.0
+    confidence: float = 0.9
+    bound: str = ""
+    records: int = 0
+    worst_record_loss_points: float | None = None
+    cost_unit: str = "MACs"
+    feasible: bool = True
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for k in ("accuracy", "final_accuracy", "expected_cost", "full_cost"):
+        for k in ("accuracy", "final_accuracy", "expected_cost", "full_cost", "loss_points", "loss_bound"):
             d[k] = round(float(d[k]), 6)
         d["thresholds"] = [round(float(t), 6) for t in self.thresholds]
         d["exit_fractions"] = [round(float(f), 6) for f in self.exit_fractions]
+        d["loss_interval"] = [round(float(v), 4) for v in self.loss_interval]
+        if self.worst_record_loss_points is not None:
+            d["worst_record_loss_points"] = round(float(self.worst_record_loss_points), 4)
         d["cost_ratio"] = round(self.expected_cost / self.full_cost, 6)
         return d
 
 
-def _evaluate(scores: np.ndarray, correct: np.ndarray, cum_cost: np.ndarray, t: np.ndarray):
-    """Exit taken, accuracy and mean cost for thresholds ``t`` (scores/correct: [N, n_exits])."""
-    n, m = scores.shape
-    hit = np.concatenate([scores[:, :-1] >= t[None, :], np.ones((n, 1), bool)], axis=1)
-    exit_idx = hit.argmax(axis=1)
-    acc = correct[np.arange(n), exit_idx].mean()
-    return exit_idx, float(acc), float(cum_cost[exit_idx].mean())
+class _LossBound:
+    """The accuracy loss (points) of a policy and its confidence interval, fast enough to call for
+    every candidate threshold: per-record sums and a fixed matrix of bootstrap weights."""
+
+    def __init__(self, groups, n: int, confidence: float, bootstrap: int, seed: int) -> None:
+        self.confidence = confidence
+        self.z = NormalDist().inv_cdf(0.5 + confidence / 2)
+        if groups is None:
+            self.codes, self.weights, self.records = None, None, 0
+            self.bound = f"normal bound on the mean per-beat loss ({n} beats, no record ids)"
+            return
+        names, self.codes = np.unique(np.asarray(groups), return_inverse=True)
+        self.records = len(names)
+        self.count = np.bincount(self.codes, minlength=self.records).astype(np.float64)
+        rng = np.random.default_rng(seed)
+        draws = rng.integers(0, self.records, (bootstrap, self.records))
+        self.weights = np.stack([np.bincount(d, minlength=self.records) for d in draws]).astype(np.float64)
+        self.bound = (f"bootstrap over records ({self.records} records, {bootstrap} resamples), "
+                      f"{100 * confidence:g}% interval")
+
+    def __call__(self, d: np.ndarray) -> tuple[float, float, float]:
+        """(pooled loss, interval low, interval high) in points for per-sample losses ``d``."""
+        mean = float(d.mean())
+        if self.codes is None:
+            half = self.z * float(d.std(ddof=1)) / np.sqrt(len(d)) if len(d) > 1 else 1.0
+            return 100 * mean, 100 * (mean - half), 100 * (mean + half)
+        per = np.bincount(self.codes, weights=d, minlength=self.records)
+        boot = (self.weights @ per) / (self.weights @ self.count)
+        lo, hi = np.quantile(boot, [0.5 - self.confidence / 2, 0.5 + self.confidence / 2])
+        return 100 * mean, 100 * float(lo), 100 * float(hi)
+
+    def worst(self, d: np.ndarray) -> float | None:
+        if self.codes is None:
+            return None
+        per = np.bincount(self.codes, weights=d, minlength=self.records)
+        return 100 * float((per / np.maximum(self.count, 1)).max())
+
+
+def _candidates(scores: np.ndarray, n: int) -> np.ndarray:
+    """Up to ``n`` thresholds: midpoints between neighbouring distinct scores at quantiles."""
+    u = np.unique(scores)
+    if len(u) < 2:
+        return np.array([NEVER])
+    pos = np.unique(np.linspace(0, len(u) - 2, min(n, len(u) - 1)).round().astype(int))
+    return np.concatenate([(u[pos] + u[pos + 1]) / 2, [NEVER]])
 
 
 def calibrate_thresholds(
@@ -65,20 +140,33 @@ def calibrate_thresholds(
     costs: list[float],
     policy: str = "max_prob",
     margin: float = 0.5,
+    groups: np.ndarray | None = None,
+    confidence: float = 0.9,
+    bootstrap: int = 200,
     candidates: int = 200,
     passes: int = 4,
+    seed: int = 0,
+    cost_unit: str = "MACs",
 ) -> Calibration:
-    """Thresholds for ``policy`` that keep accuracy within ``margin`` points of the final exit.
+    """Thresholds for ``policy`` whose accuracy loss versus the final exit stays within ``margin``
+    points at the upper end of its ``confidence`` interval (see the module docstring).
 
     Args:
-        probs_per_exit: softmax of every exit on the validation samples, each ``[N, K]``.
+        probs_per_exit: softmax of every exit on the calibration samples, each ``[N, K]``.
         y: true labels ``[N]``.
-        costs: cost of each exit on its own (stage + head, e.g. MACs); a sample leaving at exit k
-            pays ``sum(costs[:k + 1])``.
+        costs: cost of each exit on its own (stage + head: MACs, or measured microseconds); a
+            sample leaving at exit k pays ``sum(costs[:k + 1])``.
         policy: ``max_prob``, ``entropy`` or ``ensemble``.
         margin: allowed accuracy loss versus the final exit, in percentage points.
-        candidates: quantiles of each exit's scores tried as thresholds.
+        groups: record (patient) id of every sample, for the bootstrap over records; None: the
+            normal bound over samples.
+        confidence: two-sided level of the loss interval (its upper end is held within margin;
+            0 holds the pooled loss itself).
+        bootstrap: resamples of the records.
+        candidates: thresholds tried per exit.
         passes: coordinate-descent sweeps over the exits.
+        seed: seeds the bootstrap.
+        cost_unit: what ``costs`` measure (recorded).
     """
     m = len(probs_per_exit)
     if m < 2:
@@ -87,47 +175,203 @@ def calibrate_thresholds(
         raise ConfigError(f"calibration needs one cost per exit ({m}), got {len(costs)}")
     if not 0.0 <= margin < 100.0:
         raise ConfigError(f"accuracy margin must lie in [0, 100) points, got {margin}")
+    if not 0.0 <= confidence < 1.0:
+        raise ConfigError(f"confidence must lie in [0, 1), got {confidence}")
+    if policy not in CALIBRATED_POLICIES:
+        raise ConfigError(f"policy {policy!r} has no thresholds to calibrate; choose "
+                          f"{', '.join(CALIBRATED_POLICIES)}")
     y = np.asarray(y)
-    if len(y) == 0:
-        raise ConfigError("calibration needs validation samples, got none")
+    n = len(y)
+    if n == 0:
+        raise ConfigError("calibration needs samples, got none")
+    if groups is not None and len(groups) != n:
+        raise ConfigError(f"{len(groups)} record ids given for {n} samples")
     answers = ensemble_probs(probs_per_exit) if policy == "ensemble" else probs_per_exit
     scores = np.stack(exit_scores(policy, probs_per_exit), axis=1).astype(np.float64)
-    correct = np.stack([a.argmax(axis=-1) == y for a in answers], axis=1)
+    correct = np.stack([a.argmax(axis=-1) == y for a in answers], axis=1).astype(np.float64)
+    # an ensemble's last answer is the mean of all exits; the reference is the final exit itself
+    final = (probs_per_exit[-1].argmax(axis=-1) == y).astype(np.float64)
     cum_cost = np.cumsum(np.asarray(costs, np.float64))
-    final_acc = float(correct[:, -1].mean())
-    target = final_acc - margin / 100.0 - 1e-12
+    bound = _LossBound(groups, n, confidence, bootstrap, seed)
+    rows = np.arange(n)
 
-    qs = np.linspace(0.0, 1.0, candidates)
-    grids = [np.unique(np.concatenate([np.quantile(scores[:, k], qs), [NEVER]])) for k in range(m - 1)]
+    def evaluate(t):
+        hit = np.concatenate([scores[:, :-1] >= t[None, :], np.ones((n, 1), bool)], axis=1)
+        idx = hit.argmax(axis=1)
+        d = final - correct[rows, idx]
+        return idx, d, float(cum_cost[idx].mean())
+
+    def excess(d):
+        """How far the loss bound lies beyond the margin (0: feasible)."""
+        pooled, lo, hi = bound(d)
+        return max(0.0, (hi if confidence > 0 else pooled) - margin - 1e-9)
+
+    grids = [_candidates(scores[:, k], candidates) for k in range(m - 1)]
     t = np.full(m - 1, NEVER)
-    _, best_acc, best_cost = _evaluate(scores, correct, cum_cost, t)
+    _, d, best_cost = evaluate(t)
+    best_loss, best_excess = float(d.mean()), excess(d)
+    # "never exit early" is feasible unless the policy's own answer at the last exit is worse than
+    # the final exit's (an ensemble of weak exits): then the bound's excess is minimised first
     for _ in range(passes):
         improved = False
         for k in range(m - 1):
             for c in grids[k]:
+                if c == t[k]:
+                    continue
                 trial = t.copy()
                 trial[k] = c
-                _, acc, cost = _evaluate(scores, correct, cum_cost, trial)
-                if acc >= target and (cost < best_cost - 1e-9 or (abs(cost - best_cost) <= 1e-9 and acc > best_acc)):
-                    t, best_acc, best_cost, improved = trial, acc, cost, True
+                _, d, cost = evaluate(trial)
+                loss = float(d.mean())
+                if best_excess > 0:
+                    ex = excess(d)
+                    better = ex < best_excess - 1e-9 or (abs(ex - best_excess) <= 1e-9 and cost < best_cost - 1e-9)
+                else:
+                    better = cost < best_cost - 1e-9 or (abs(cost - best_cost) <= 1e-9 and loss < best_loss)
+                    ex = excess(d) if better else 1.0
+                    better = better and ex == 0
+                if better:
+                    t, best_cost, best_loss, best_excess, improved = trial, cost, loss, ex, True
         if not improved:
             break
-    exit_idx, acc, cost = _evaluate(scores, correct, cum_cost, t)
-    fractions = np.bincount(exit_idx, minlength=m) / len(y)
+    exit_idx, d, cost = evaluate(t)
+    pooled, lo, hi = bound(d)
+    if best_excess > 0:
+        log.warning(
+            "no %s thresholds keep the accuracy loss within %.2f points (best bound %.2f points): "
+            "the policy's answer at the last exit loses to the final exit itself; use max_prob",
+            policy, margin, hi if confidence > 0 else pooled,
+        )
+    fractions = np.bincount(exit_idx, minlength=m) / n
     stored = tuple(float(-v) if policy == "entropy" else float(v) for v in t)
     result = Calibration(
         policy=policy,
         thresholds=stored,
-        accuracy=acc,
-        final_accuracy=final_acc,
+        accuracy=float(correct[rows, exit_idx].mean()),
+        final_accuracy=float(final.mean()),
         margin=margin,
         expected_cost=cost,
         full_cost=float(cum_cost[-1]),
         exit_fractions=tuple(float(f) for f in fractions),
-        samples=int(len(y)),
+        samples=int(n),
+        loss_points=pooled,
+        loss_interval=(lo, hi),
+        loss_bound=hi if confidence > 0 else pooled,
+        confidence=confidence,
+        bound=bound.bound,
+        records=bound.records,
+        worst_record_loss_points=bound.worst(d),
+        cost_unit=cost_unit,
+        feasible=best_excess == 0,
     )
     log.info(
-        "calibrated %s thresholds %s: accuracy %.2f%% (final exit %.2f%%), cost %.1f%% of all exits",
-        policy, [round(v, 4) for v in stored], 100 * acc, 100 * final_acc, 100 * cost / cum_cost[-1],
+        "calibrated %s thresholds %s: accuracy %.2f%% (final exit %.2f%%), loss %.2f points "
+        "(interval %.2f..%.2f, %s), cost %.1f%% of all exits",
+        policy, [round(v, 4) for v in stored], 100 * result.accuracy, 100 * result.final_accuracy,
+        pooled, lo, hi, bound.bound, 100 * cost / cum_cost[-1],
     )
     return result
+
+
+# -- recalibrating a bundle -------------------------------------------------------------------
+
+
+def segment_costs(manifest, bench: dict | None = None) -> tuple[list[float], str]:
+    """Per-segment costs for calibration: measured mean microseconds from a ``bench`` JSON report
+    (``latency_us.segments``) when given, else the manifest's MACs."""
+    if bench is None:
+        return [float(s.macs) for s in manifest.segments], "MACs"
+    try:
+        segs = bench["latency_us"]["segments"]
+        costs = [float(s["mean"]) for s in segs]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"the bench report has no per-segment latencies ({e}); give the JSON of "
+                          "`edgeexit bench --json`") from e
+    if len(costs) != manifest.num_exits:
+        raise ConfigError(f"the bench report has {len(costs)} segments, the bundle "
+                          f"{manifest.num_exits}: bench this bundle")
+    return costs, "us (measured by edgeexit bench)"
+
+
+def calibrate_bundle(
+    bundle: str | os.PathLike,
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray | None = None,
+    policy: str | None = None,
+    margin: float = 0.5,
+    confidence: float = 0.9,
+    source: str = "",
+    backend: str = "auto",
+    bench: dict | None = None,
+    dry_run: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Recalibrate the thresholds of ``bundle`` on labelled windows ``x``/``y`` (e.g. the user's own
+    records from the target population) with the bundle's own files, and write them into its
+    manifest (atomically; ``BUNDLE.tar.gz`` beside it is packed again). Returns the report.
+
+    Args:
+        bundle: the bundle directory.
+        x, y: windows ``[N, *input_shape]`` (float32, mV) and labels (class indices of the bundle).
+        groups: record id per window (for the bootstrap over records), or None.
+        policy: ``max_prob``, ``entropy`` or ``ensemble``; None = the bundle's policy.
+        margin, confidence: see :func:`calibrate_thresholds`.
+        source: where the windows came from (recorded in the manifest).
+        backend: the backend whose files are run (``auto``: the target's preferred format).
+        bench: a ``bench --json`` report: calibrate against its measured per-segment latency.
+        dry_run: compute and report, write nothing.
+        progress: called with ``(done, total)`` windows.
+    """
+    from edgeexit.runtime.engine import Engine
+    from edgeexit.runtime.manifest import MANIFEST, PolicySpec, read_manifest
+
+    root = Path(bundle)
+    engine = Engine.from_bundle(root, backend=backend, threads=1, policy="fixed")
+    manifest = engine.manifest
+    name = policy or manifest.policy.name
+    if name not in CALIBRATED_POLICIES:
+        raise ConfigError(f"policy {name!r} has no thresholds to calibrate; give --policy "
+                          f"{'|'.join(CALIBRATED_POLICIES)}")
+    y = np.asarray(y)
+    if len(x) != len(y):
+        raise DataError(f"{len(x)} windows but {len(y)} labels")
+    if len(y) and (y.min() < 0 or y.max() >= len(manifest.classes)):
+        raise DataError(f"labels must be class indices 0..{len(manifest.classes) - 1} of the bundle's "
+                        f"classes {list(manifest.classes)}")
+    x = engine.check_input(np.asarray(x), batch=True)
+    chunks, step = [], 512
+    for i in range(0, len(x), step):
+        chunks.append(engine.run_all(x[i : i + step])[0])
+        if progress:
+            progress(min(i + step, len(x)), len(x))
+    probs = [softmax(np.concatenate([c[k] for c in chunks]).astype(np.float64))
+             for k in range(manifest.num_exits)]
+    costs, unit = segment_costs(manifest, bench)
+    cal = calibrate_thresholds(probs, y, costs, name, margin, groups=groups, confidence=confidence,
+                               cost_unit=unit)
+    spec = PolicySpec(
+        name=name,
+        thresholds=tuple(round(t, 6) for t in cal.thresholds),
+        calibration={**cal.to_dict(), "data": source, "split": "given to edgeexit calibrate",
+                     "format": "tflite" if engine.backend == "litert" else "onnx",
+                     "previous": manifest.policy.to_dict()},
+    )
+    report = {"bundle": str(root), "backend": engine.backend, "policy": spec.to_dict(),
+              "written": not dry_run}
+    if dry_run:
+        return report
+    text = json.loads((root / MANIFEST).read_text())
+    text["policy"] = spec.to_dict()
+    from edgeexit.fileio import atomic_write
+
+    data = (json.dumps(text, indent=2) + "\n").encode()
+    atomic_write(root / MANIFEST, lambda f: f.write(data))
+    read_manifest(root)  # the written manifest parses
+    archive = root.with_name(root.name + ".tar.gz")
+    if archive.exists():
+        from edgeexit.fileio import pack_directory
+
+        pack_directory(root, archive)
+        report["archive"] = str(archive)
+    log.info("wrote %s thresholds %s into %s", name, list(spec.thresholds), root / MANIFEST)
+    return report

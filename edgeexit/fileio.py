@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,3 +57,20 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def pack_directory(directory: str | os.PathLike, archive: str | os.PathLike) -> Path:
+    """Write ``directory`` as the gzipped tar ``archive`` (one top-level folder, the directory's
+    name), atomically: a failure leaves the old archive (or none), never half of one."""
+    directory, archive = Path(directory), Path(archive)
+    fd, tmp = tempfile.mkstemp(dir=archive.parent, prefix=f".{archive.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with tarfile.open(tmp, "w:gz") as tar:
+            tar.add(directory, arcname=directory.name)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, archive)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return archive

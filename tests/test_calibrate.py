@@ -80,3 +80,50 @@ def test_bad_arguments():
         calibrate_thresholds([p, p], y, [1.0], "max_prob")
     with pytest.raises(ConfigError):
         calibrate_thresholds([p, p], y, [1.0, 1.0], "fixed")
+
+
+def _records_with_one_hard_patient(seed=3, per=300, records=12):
+    """Exit 0 right on every record but one, where it is confidently wrong half the time."""
+    rng = np.random.default_rng(seed)
+    n = per * records
+    y = rng.integers(0, 5, n)
+    groups = np.repeat([f"r{i}" for i in range(records)], per)
+    early = _probs(rng, y, 0.97, 0.9)
+    hard = groups == "r0"
+    wrong = hard & (rng.random(n) < 0.5)
+    early[wrong] = np.roll(early[wrong], 1, axis=1)  # same confidence, wrong class
+    final = _probs(rng, y, 1.0, 0.9)
+    return [early, final], y, groups
+
+
+def test_bound_over_records_is_stricter_than_the_pooled_loss():
+    probs, y, groups = _records_with_one_hard_patient()
+    pooled = calibrate_thresholds(probs, y, [1.0, 3.0], margin=5.0, confidence=0.0)
+    records = calibrate_thresholds(probs, y, [1.0, 3.0], margin=5.0, groups=groups, confidence=0.9)
+    assert pooled.loss_points <= 5.0 and records.loss_bound <= 5.0 + 1e-9
+    # the pooled mean lets exit 0 answer almost everything (r0 is 1/12 of the beats) ...
+    assert pooled.exit_fractions[0] > 0.9
+    # ... the bound over records does not: resamples rich in r0 lose more than the margin
+    assert records.exit_fractions[0] < pooled.exit_fractions[0]
+    assert records.expected_cost > pooled.expected_cost
+    assert records.records == 12 and "bootstrap over records" in records.bound
+    lo, hi = records.loss_interval
+    assert lo <= records.loss_points <= hi
+    assert records.worst_record_loss_points >= records.loss_points
+    d = records.to_dict()
+    assert d["loss_interval"] == [round(lo, 4), round(hi, 4)] and d["confidence"] == 0.9
+
+
+def test_no_sample_sits_on_a_threshold():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 5, 1000)
+    probs = [_probs(rng, y, a, 0.8) for a in (0.85, 0.95, 0.99)]
+    cal = calibrate_thresholds(probs, y, [1.0, 1.0, 1.0], margin=1.0)
+    for p, t in zip(probs, cal.thresholds):
+        assert np.min(np.abs(p.max(axis=-1) - t)) > 0
+    # without record ids the bound is the normal one over beats
+    assert cal.records == 0 and "normal bound" in cal.bound
+    with pytest.raises(ConfigError, match="record ids"):
+        calibrate_thresholds(probs, y, [1.0, 1.0, 1.0], groups=np.zeros(5))
+    with pytest.raises(ConfigError, match="confidence"):
+        calibrate_thresholds(probs, y, [1.0, 1.0, 1.0], confidence=1.0)

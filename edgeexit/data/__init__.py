@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
 TEST_SEED_OFFSET = 1000  # the synthetic test set uses other simulated patients than training
+CALIBRATION_SEED_OFFSET = 2000  # and threshold calibration others again (neither train nor test)
+SIDES = ("train", "test", "calibration")
 
 __all__ = [
     "AAMI_CLASSES",
@@ -110,9 +112,22 @@ def load_source(source: str, spec: DataSpec | None = None, progress: Progress = 
 
 def load_split(spec: DataSpec, which: str, progress: Progress = None) -> BeatDataset:
     """One side (``train`` or ``test``) of :func:`load_train_test`, reading only that side's records
-    where the source allows it (synthetic data, the MIT-BIH inter-patient split)."""
-    if which not in ("train", "test"):
-        raise DataError(f"unknown split side {which!r}; choose train or test")
+    where the source allows it (synthetic data, the MIT-BIH inter-patient split).
+
+    ``calibration`` (synthetic data only): beats of simulated patients that are in neither the
+    training nor the test set (half as many beats as training, ``seed + 2000``), for calibrating
+    exit thresholds on new patients. Other sources have no such side: calibrate on records of the
+    target population that training never saw (``edgeexit calibrate --data``).
+    """
+    if which not in SIDES:
+        raise DataError(f"unknown split side {which!r}; choose {', '.join(SIDES)}")
+    if which == "calibration":
+        if spec.source != SYNTHETIC or spec.test_source is not None:
+            raise DataError(
+                f"{spec.source} has no calibration side of its own: give records from the target "
+                "population that training never saw (a WFDB directory or an .npz/.csv file)"
+            )
+        return _synthetic(spec, max(spec.n_beats // 2, 100), spec.seed + CALIBRATION_SEED_OFFSET)
     train = which == "train"
     if spec.source == SYNTHETIC and spec.test_source is None:
         if train:

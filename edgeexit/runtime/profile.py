@@ -175,3 +175,49 @@ def bench_engine(
                               if k != "policy_loss_points" else v for k, v in acc.items()}
     log.info("bench: %s", report["ratios"])
     return BenchReport(report)
+
+
+def bench_data(engine: Engine, source: str | None = None, split: str = "test",
+               limit: int | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """The windows ``edgeexit bench`` runs: ``(x, y or None, description)``.
+
+    Args:
+        engine: the bundle's engine (its manifest records the data the model was trained on).
+        source: None = the ``split`` side of the data recorded in the bundle; ``synthetic`` or a
+            WFDB directory (that side of it, cut as recorded); an ``.npz``/``.csv`` data set (all
+            of it); an ``.npy`` of windows (no labels).
+        split: ``test`` or ``train`` side of a synthetic/WFDB source.
+        limit: a seeded random sample of this many windows (None: all).
+    """
+    import os
+
+    from edgeexit.errors import DataError
+
+    if source is not None and source.endswith(".npy"):
+        from edgeexit.runtime.io import read_windows
+
+        x, y, desc = read_windows(source, engine.input_shape), None, {"source": source}
+    else:
+        from edgeexit.config import dataclass_from_dict
+        from edgeexit.data import DataSpec, load_source, load_split
+
+        recorded = engine.manifest.provenance.get("data")
+        spec = dataclass_from_dict(DataSpec, recorded, "data spec keys") if recorded else None
+        if source is None:
+            if spec is None:
+                raise DataError("the bundle records no data; give --data")
+            ds = load_split(spec, split)
+        elif source == "synthetic" or os.path.isdir(source):
+            ds = load_split(dataclasses.replace(spec or DataSpec(), source=source, test_source=None), split)
+        else:
+            ds = load_source(source)
+        if tuple(ds.classes) != tuple(engine.classes):
+            raise DataError(f"data classes {list(ds.classes)} differ from the bundle's {list(engine.classes)}")
+        x, y = ds.x.astype(np.float32), ds.y
+        whole_file = source is not None and source.endswith((".npz", ".csv"))
+        desc = {"source": ds.source, "split": None if whole_file else split, "beats": len(ds)}
+    if limit is not None and limit < len(x):
+        idx = np.sort(np.random.default_rng(0).choice(len(x), size=limit, replace=False))
+        x, y = x[idx], None if y is None else y[idx]
+        desc["limit"] = limit
+    return np.ascontiguousarray(x), y, desc

@@ -1,0 +1,274 @@
+"""``edgeexit quickstart``: the main job in one command, on the built-in synthetic ECG.
+
+Stages, each reported to ``on_stage(name, result)`` as it finishes (the CLI prints one short table
+per stage), all written under one output directory:
+
+1. ``train``: a small multi-exit model on simulated patients (``OUT/model.pt``, ``metrics.json``);
+2. ``export``: per-exit segments for the target, checked against PyTorch (``OUT/bundle``, and
+   ``OUT/bundle.tar.gz``);
+3. ``verify``: hashes and the golden replay with every installed backend;
+4. ``calibrate``: exit thresholds recalibrated on simulated patients that neither training nor
+   the test set contains (:func:`edgeexit.data.load_split` ``calibration``), against each
+   segment's latency measured here, with the accuracy loss bounded by a bootstrap over those
+   patients (:func:`edgeexit.calibrate.calibrate_bundle`);
+5. ``bench``: the test patients through the policy, all exits and the monolithic model, side by
+   side (:func:`edgeexit.runtime.profile.bench_engine`, exactly what ``edgeexit bench`` runs);
+6. ``OUT/summary.json`` and ``OUT/summary.md``: every stage's figures, with the machine they were
+   measured on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from edgeexit.errors import ConfigError
+from edgeexit.fileio import atomic_write
+
+log = logging.getLogger(__name__)
+
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+_OURS = {"model.pt", "metrics.json", "bundle", "bundle.tar.gz", SUMMARY_JSON, SUMMARY_MD}
+
+
+@dataclasses.dataclass(frozen=True)
+class QuickstartConfig:
+    """Options of :func:`run_quickstart`.
+
+    Attributes:
+        model: model family (``resnet1d``, ``mobilenet1d``).
+        epochs: maximum training epochs.
+        seed: seeds the data, the weights and every sample drawn.
+        threads: torch threads for training (None: torch's default).
+        target: device preset of the bundle.
+        margin: accuracy loss allowed against the final exit, points.
+        confidence: level of the loss interval whose upper end is held within ``margin``.
+        bench_backend: backend of the latency measurements (``auto``: the target's format).
+        bench_threads: inference threads (None: the target's).
+    """
+
+    model: str = "resnet1d"
+    epochs: int = 12
+    seed: int = 0
+    threads: int | None = None
+    target: str = "rpi4"
+    margin: float = 0.5
+    confidence: float = 0.9
+    bench_backend: str = "auto"
+    bench_threads: int | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def machine_info() -> dict:
+    """The CPU and platform the figures were measured on (results differ across machines)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count()
+    return {"cpu": cpu, "cpus": cpus, "machine": platform.machine(), "python": platform.python_version()}
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a directory; choose another --out")
+    if out.is_dir():
+        foreign = [p.name for p in out.iterdir() if p.name not in _OURS and not p.name.startswith(".")]
+        if foreign:
+            raise ConfigError(
+                f"{out} holds files that quickstart did not write ({', '.join(sorted(foreign)[:5])}); "
+                "choose an empty or new --out (a previous quickstart directory is reused)"
+            )
+
+
+def run_quickstart(
+    out: str | os.PathLike,
+    config: QuickstartConfig = QuickstartConfig(),
+    on_stage: Callable[[str, dict], None] | None = None,
+    progress: bool = False,
+) -> dict:
+    """Run every stage (see the module docstring) into ``out``; returns the summary."""
+    from edgeexit.calibrate import calibrate_bundle
+    from edgeexit.data import DataSpec, load_split
+    from edgeexit.export.bundle import ExportConfig, export_bundle
+    from edgeexit.runtime.engine import Engine
+    from edgeexit.runtime.profile import bench_data, bench_engine
+    from edgeexit.runtime.verify import verify_bundle
+    from edgeexit.train import TrainConfig, run_training
+
+    out = Path(out)
+    _check_out(out)
+    report = on_stage or (lambda name, result: None)
+    spec = DataSpec(seed=config.seed)
+    tconf = TrainConfig(model=config.model, epochs=config.epochs, seed=config.seed,
+                        threads=config.threads)
+    stages: dict[str, dict] = {}
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    def done(name: str, result: dict, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 1)
+        result = {**result, "elapsed_s": timings[name]}
+        stages[name] = result
+        report(name, result)
+
+    t0 = time.perf_counter()
+    trained = run_training(spec, tconf, out, progress=progress)
+    m = trained.metrics
+    done("train", {
+        "model": m["model"]["family"], "params": m["params"], "best_epoch": m["best_epoch"],
+        "train_beats": m["data"]["train"]["beats"], "val_beats": m["data"]["val"]["beats"],
+        "test_beats": m["data"]["test"]["beats"],
+        "exits": [{"index": e["index"], "cumulative_macs": e["cumulative_macs"],
+                   "accuracy": e["test"]["accuracy"], "macro_f1": e["test"]["macro_f1"]}
+                  for e in m["exits"]],
+    }, t0)
+
+    t0 = time.perf_counter()
+    bundle = out / "bundle"
+    exported = export_bundle(trained.checkpoint, bundle,
+                             ExportConfig(target=config.target, margin=config.margin))
+    r = exported.report
+    done("export", {
+        "bundle": str(bundle), "archive": r["archive"], "target": r["target"],
+        "precision": r["precision"], "formats": r["formats"],
+        "parity": {fmt: {"samples": p["samples"],
+                         "max_abs_err": [e["max_abs_err"] for e in p["exits"]],
+                         "top1_agreement": [e["top1_agreement"] for e in p["exits"]]}
+                   for fmt, p in r["parity"].items()},
+        "export_thresholds": r["policy"]["thresholds"],
+    }, t0)
+
+    t0 = time.perf_counter()
+    ver = verify_bundle(bundle)
+    done("verify", {"ok": ver.ok, "checks": [c["check"] for c in ver.checks if c["ok"]],
+                    "failed": [c for c in ver.checks if not c["ok"]]}, t0)
+    if not ver.ok:
+        raise ConfigError(f"the exported bundle {bundle} failed verification: "
+                          f"{[c['check'] for c in ver.checks if not c['ok']]}")
+
+    t0 = time.perf_counter()
+    cal_set = load_split(spec, "calibration")
+    engine = Engine.from_bundle(bundle, backend=config.bench_backend, threads=config.bench_threads,
+                                load_monolithic=True)
+    n_cost = min(len(cal_set), 512)
+    cost_bench = bench_engine(engine, cal_set.x[:n_cost].astype("float32"), warmup=50).to_dict()
+    cal = calibrate_bundle(bundle, cal_set.x.astype("float32"), cal_set.y, cal_set.groups,
+                           margin=config.margin, confidence=config.confidence,
+                           source=cal_set.source, backend=config.bench_backend, bench=cost_bench)
+    c = cal["policy"]["calibration"]
+    done("calibrate", {
+        "data": cal_set.source, "beats": len(cal_set), "records": c["records"],
+        "policy": cal["policy"]["name"], "thresholds": cal["policy"]["thresholds"],
+        "segment_cost_us": [s["mean"] for s in cost_bench["latency_us"]["segments"]],
+        "accuracy": c["accuracy"], "final_accuracy": c["final_accuracy"],
+        "loss_points": c["loss_points"], "loss_interval": c["loss_interval"],
+        "confidence": c["confidence"], "exit_fractions": c["exit_fractions"],
+        "cost_ratio": c["cost_ratio"],
+    }, t0)
+
+    t0 = time.perf_counter()
+    engine = Engine.from_bundle(bundle, backend=config.bench_backend, threads=config.bench_threads,
+                                load_monolithic=True)
+    x, y, described = bench_data(engine, None, "test", None)
+    bench = bench_engine(engine, x, y).to_dict()
+    bench["data"] = described
+    done("bench", bench, t0)
+
+    summary = {
+        "command": "edgeexit quickstart",
+        "config": config.to_dict(),
+        "out": str(out),
+        "machine": machine_info(),
+        "elapsed_s": round(time.perf_counter() - t_all, 1),
+        "stage_seconds": timings,
+        "stages": stages,
+    }
+    text = json.dumps(summary, indent=2).encode()
+    atomic_write(out / SUMMARY_JSON, lambda f: f.write(text))
+    md = summary_markdown(summary).encode()
+    atomic_write(out / SUMMARY_MD, lambda f: f.write(md))
+    log.info("wrote %s and %s", out / SUMMARY_JSON, out / SUMMARY_MD)
+    return summary
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def summary_markdown(s: dict) -> str:
+    """The summary as Markdown: one table per stage."""
+    st = s["stages"]
+    t, e, c, b = st["train"], st["export"], st["calibrate"], st["bench"]
+    mach = s["machine"]
+    lines = [
+        f"# edgeexit quickstart: {t['model']} on synthetic ECG for {e['target']}",
+        "",
+        f"Measured on {mach['cpu']} ({mach['cpus']} CPUs, {mach['machine']}, Python {mach['python']}); "
+        f"{s['elapsed_s']} s in all. Results differ between machines.",
+        "",
+        f"## Train ({t['elapsed_s']} s): {t['params']:,} parameters, best epoch {t['best_epoch']}, "
+        f"{t['train_beats']} training / {t['val_beats']} validation / {t['test_beats']} test beats",
+        "",
+        "| exit | MACs to exit | test accuracy | macro-F1 |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {x['index']} | {x['cumulative_macs']:,} | {_pct(x['accuracy'])} | {x['macro_f1']:.3f} |"
+              for x in t["exits"]]
+    lines += ["", f"## Export ({e['elapsed_s']} s): {e['precision']}, {', '.join(e['formats'])}", "",
+              "| format | max abs logit error per exit | top-1 agreement per exit |", "|---|---|---|"]
+    lines += [f"| {fmt} | {' / '.join(f'{v:.2g}' for v in p['max_abs_err'])} | "
+              f"{' / '.join(_pct(v) for v in p['top1_agreement'])} |" for fmt, p in e["parity"].items()]
+    v = st["verify"]
+    lines += ["", f"## Verify ({v['elapsed_s']} s): {'verified' if v['ok'] else 'MISMATCH'} "
+              f"({', '.join(v['checks'])})", ""]
+    lo, hi = c["loss_interval"]
+    lines += [
+        f"## Calibrate ({c['elapsed_s']} s): {c['policy']} on {c['beats']} beats of {c['records']} "
+        "new simulated patients (neither training nor test)",
+        "",
+        "| thresholds | segment cost (us) | exits taken | accuracy loss (points) | "
+        f"{100 * c['confidence']:g}% interval over patients | expected cost / all exits |",
+        "|---|---|---|---|---|---|",
+        f"| {' / '.join(f'{x:g}' for x in c['thresholds'])} | "
+        f"{' / '.join(f'{x:.1f}' for x in c['segment_cost_us'])} | "
+        f"{' / '.join(_pct(x) for x in c['exit_fractions'])} | {c['loss_points']:.2f} | "
+        f"{lo:.2f} .. {hi:.2f} | {c['cost_ratio']:.2f} |",
+        "",
+    ]
+    a, lat, ra = b.get("accuracy", {}), b["latency_us"], b["ratios"]
+    lines += [
+        f"## Bench ({b['elapsed_s']} s): {b['samples']} test beats (other patients), {b['backend']}, "
+        f"{b['threads']} thread(s), batch 1",
+        "",
+        "| path | mean latency (us) | p95 (us) | accuracy | vs monolithic |",
+        "|---|---|---|---|---|",
+        f"| early-exit policy | {lat['policy']['mean']:.1f} | {lat['policy']['p95']:.1f} | "
+        f"{_pct(a.get('policy', float('nan')))} | {ra['policy_vs_monolithic']:.3f} |",
+        f"| all exits | {lat['all_exits']['mean']:.1f} | {lat['all_exits']['p95']:.1f} | "
+        f"{_pct(a.get('final_exit', float('nan')))} (final exit) | {ra['all_exits_vs_monolithic']:.3f} |",
+        f"| monolithic | {lat['monolithic']['mean']:.1f} | {lat['monolithic']['p95']:.1f} | "
+        f"{_pct(a.get('monolithic', float('nan')))} | 1 |",
+        "",
+        f"Exits taken: {' / '.join(_pct(x) for x in b['exit_fractions'])}; accuracy loss of the policy "
+        f"against the final exit: {a.get('policy_loss_points', float('nan'))} points.",
+        "",
+    ]
+    return "\n".join(lines)

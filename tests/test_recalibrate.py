@@ -1,0 +1,90 @@
+"""`edgeexit calibrate`: a bundle's thresholds recalibrated on new records, written atomically."""
+
+import json
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeexit.calibrate import calibrate_bundle
+from edgeexit.cli import main
+from edgeexit.errors import DataError
+from edgeexit.runtime.engine import Engine
+from edgeexit.runtime.manifest import load_manifest
+from tests.conftest import make_separable
+
+
+@pytest.fixture
+def bundle(bundle_dir, tmp_path):
+    out = tmp_path / "tiny"
+    shutil.copytree(bundle_dir, out)
+    with tarfile.open(tmp_path / "tiny.tar.gz", "w:gz") as tar:
+        tar.add(out, arcname="tiny")
+    return out
+
+
+def test_recalibrates_and_rewrites_the_bundle(bundle):
+    data = make_separable(n=600, seed=11)  # records the model never saw
+    before = load_manifest(bundle).policy
+    r = calibrate_bundle(bundle, data.x, data.y, data.groups, policy="max_prob", margin=1.0,
+                         source="separable(seed=11)", backend="onnxruntime")
+    after = load_manifest(bundle)  # hashes still match: only manifest.json changed
+    assert after.policy.name == "max_prob" and len(after.policy.thresholds) == 3
+    cal = after.policy.calibration
+    assert cal["records"] == 10 and cal["samples"] == 600 and cal["data"] == "separable(seed=11)"
+    assert cal["feasible"] and cal["loss_interval"][1] <= 1.0 + 1e-6
+    assert cal["previous"] == before.to_dict()
+    assert r["written"] and r["archive"].endswith("tiny.tar.gz")
+    with tarfile.open(r["archive"]) as tar:
+        packed = json.load(tar.extractfile("tiny/manifest.json"))
+    assert packed["policy"]["thresholds"] == list(after.policy.thresholds)
+    # the engine uses them, and on the calibration data they reproduce the calibrated accuracy
+    engine = Engine.from_bundle(bundle, backend="onnxruntime")
+    b = engine.predict_batch(data.x)
+    assert abs(float((b.labels == data.y).mean()) - cal["accuracy"]) < 1e-6
+    assert np.allclose(np.bincount(b.exit_index, minlength=4) / 600, cal["exit_fractions"], atol=1e-6)
+
+
+def test_an_ensemble_worse_than_the_final_exit_is_reported(bundle):
+    data = make_separable(n=600, seed=11)
+    r = calibrate_bundle(bundle, data.x, data.y, data.groups, policy="ensemble", margin=0.5,
+                         backend="onnxruntime", dry_run=True)
+    cal = r["policy"]["calibration"]
+    # the tiny model's early exits are weak: averaging them in loses to the final exit
+    assert cal["final_accuracy"] - cal["accuracy"] > 0.005
+    assert not cal["feasible"] and cal["loss_bound"] > 0.5
+
+
+def test_dry_run_and_bad_data(bundle):
+    data = make_separable(n=200, seed=12)
+    text = (bundle / "manifest.json").read_text()
+    r = calibrate_bundle(bundle, data.x, data.y, None, dry_run=True, backend="onnxruntime")
+    assert not r["written"] and (bundle / "manifest.json").read_text() == text
+    assert r["policy"]["calibration"]["records"] == 0  # no record ids: the bound over beats
+    with pytest.raises(DataError, match="class indices"):
+        calibrate_bundle(bundle, data.x, data.y + 5, None, backend="onnxruntime")
+    with pytest.raises(DataError, match="labels"):
+        calibrate_bundle(bundle, data.x, data.y[:-1], None, backend="onnxruntime")
+    assert (bundle / "manifest.json").read_text() == text
+
+
+def test_cli_calibrate(bundle, tmp_path):
+    npz = tmp_path / "new.npz"
+    make_separable(n=400, seed=13).save_npz(npz)
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"latency_us": {"segments": [{"mean": v} for v in (5, 3, 3, 9)]}}))
+    r = CliRunner().invoke(main, ["calibrate", str(bundle), "--data", str(npz), "--bench", str(bench),
+                                  "--margin", "1", "--backend", "onnxruntime", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output[r.output.index("{"):])
+    assert d["policy"]["calibration"]["cost_unit"].startswith("us")
+    assert d["policy"]["calibration"]["full_cost"] == 20.0
+    r = CliRunner().invoke(main, ["calibrate", str(bundle), "--data", str(npz), "--records", "1"])
+    assert r.exit_code == 1 and "WFDB directory only" in r.output
+    bench.write_text("[]")
+    r = CliRunner().invoke(main, ["calibrate", str(bundle), "--data", str(npz), "--bench", str(bench)])
+    assert r.exit_code == 1 and "per-segment latencies" in r.output
+    r = CliRunner().invoke(main, ["calibrate", str(bundle), "--data", "synthetic"])
+    assert r.exit_code == 1  # the tiny bundle takes 6-channel windows; synthetic beats have 8
