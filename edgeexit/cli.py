@@ -305,6 +305,9 @@ def targets(name, as_json):
               show_default=True, help="Exit policy whose thresholds are calibrated.")
 @click.option("--margin", default=0.5, show_default=True,
               help="Allowed validation accuracy loss versus the final exit, in points.")
+@click.option("--confidence", default=0.9, show_default=True,
+              help="The loss's interval at this level (bootstrap over the validation records) "
+                   "must stay within the margin; 0: only the pooled loss.")
 @click.option("--data", "source", default=None,
               help="Data to calibrate on (default: the data recorded in the checkpoint; its "
                    "validation part sets the thresholds, its training part the int8 scales).")
@@ -321,7 +324,7 @@ def targets(name, as_json):
                    "heads are dropped, so segment j answers the j-th kept exit (thresholds, "
                    "--exit and `edgeexit run` index segments).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
-def export(checkpoint, target, out_dir, formats, precision, policy, margin, source,
+def export(checkpoint, target, out_dir, formats, precision, policy, margin, confidence, source,
            calibration_samples, golden_samples, monolithic, exits, as_json):
     """Export a checkpoint as a device bundle: per-exit segments, checked, thresholds calibrated.
 
@@ -337,6 +340,7 @@ def export(checkpoint, target, out_dir, formats, precision, policy, margin, sour
         precision=precision,
         policy=policy,
         margin=margin,
+        confidence=confidence,
         calibration_samples=calibration_samples,
         golden_samples=golden_samples,
         monolithic=monolithic,
@@ -363,6 +367,10 @@ def export(checkpoint, target, out_dir, formats, precision, policy, margin, sour
                f"{_pct(cal['final_accuracy']).strip()}%), exits "
                + " ".join(f"{100 * f:.0f}%" for f in cal["exit_fractions"])
                + f", {100 * cal['cost_ratio']:.0f}% of the all-exits MACs")
+    lo, hi = cal["loss_interval"]
+    click.echo(f"  accuracy loss {cal['loss_points']:.2f} points, {100 * cal['confidence']:g}% "
+               f"interval {lo:.2f}..{hi:.2f} ({cal['bound']})"
+               + ("" if cal.get("feasible", True) else "; NO thresholds keep it within the margin"))
 
 
 def _parse_exits(text):
@@ -499,11 +507,11 @@ def bench(bundle, source, split, limit, warmup, backend, threads, policy, thresh
     model run back to back, so their ratios are measured side by side in one run.
     """
     from edgeexit.runtime.engine import Engine
-    from edgeexit.runtime.profile import bench_engine
+    from edgeexit.runtime.profile import bench_data, bench_engine
 
     engine = Engine.from_bundle(bundle, backend=backend, threads=threads, load_monolithic=True,
                                 **_policy_args(policy, thresholds, exit_index))
-    x, y, described = _bench_data(engine, source, split, limit)
+    x, y, described = bench_data(engine, source, split, limit)
     bar = None
     if progress and sys.stderr.isatty():
         from tqdm import tqdm
@@ -524,44 +532,6 @@ def bench(bundle, source, split, limit, warmup, backend, threads, policy, thresh
         _echo_json(report)
         return
     _print_bench(report)
-
-
-def _bench_data(engine, source, split, limit):
-    import dataclasses
-    import os
-
-    import numpy as np
-
-    from edgeexit.errors import DataError
-
-    if source is not None and source.endswith(".npy"):
-        from edgeexit.runtime.io import read_windows
-
-        x, y, desc = read_windows(source, engine.input_shape), None, {"source": source}
-    else:
-        from edgeexit.config import dataclass_from_dict
-        from edgeexit.data import DataSpec, load_source, load_split
-
-        recorded = engine.manifest.provenance.get("data")
-        spec = dataclass_from_dict(DataSpec, recorded, "data spec keys") if recorded else None
-        if source is None:
-            if spec is None:
-                raise DataError("the bundle records no data; give --data")
-            ds = load_split(spec, split)
-        elif source == "synthetic" or os.path.isdir(source):
-            ds = load_split(dataclasses.replace(spec or DataSpec(), source=source, test_source=None), split)
-        else:
-            ds = load_source(source)
-        if tuple(ds.classes) != tuple(engine.classes):
-            raise DataError(f"data classes {list(ds.classes)} differ from the bundle's {list(engine.classes)}")
-        x, y = ds.x.astype(np.float32), ds.y
-        whole_file = source is not None and source.endswith((".npz", ".csv"))
-        desc = {"source": ds.source, "split": None if whole_file else split, "beats": len(ds)}
-    if limit is not None and limit < len(x):
-        idx = np.sort(np.random.default_rng(0).choice(len(x), size=limit, replace=False))
-        x, y = x[idx], None if y is None else y[idx]
-        desc["limit"] = limit
-    return np.ascontiguousarray(x), y, desc
 
 
 def _print_bench(r):
@@ -588,6 +558,170 @@ def _print_bench(r):
         e = r["energy_estimate_mj"]["above_idle"]
         click.echo(f"energy above idle (estimate, target power model) mJ: policy {e['policy']:.4f}, "
                    f"all exits {e['all_exits']:.4f}, monolithic {e['monolithic']:.4f}")
+
+
+# ------------------------------------------------------------------------------------ calibrate
+def _calibration_data(engine, source, records):
+    import dataclasses
+    import os
+
+    from edgeexit.config import dataclass_from_dict
+    from edgeexit.data import DataSpec, load_source, load_split
+    from edgeexit.errors import DataError
+
+    recorded = engine.manifest.provenance.get("data")
+    spec = dataclass_from_dict(DataSpec, recorded, "data spec keys") if recorded else DataSpec()
+    if source == "synthetic":
+        return load_split(dataclasses.replace(spec, source="synthetic", test_source=None), "calibration")
+    if os.path.isdir(source):
+        from edgeexit.data.mitbih import load_mitbih
+
+        if records is None and recorded and os.path.realpath(recorded.get("source", "")) == os.path.realpath(source):
+            raise DataError(
+                f"{source} is the data this model was trained and tested on: calibrating on all of "
+                "it would use training and test records; give --records with records training "
+                "never saw (e.g. the validation records listed in the bundle's provenance)"
+            )
+        return load_mitbih(source, records, window=spec.window, rr_context=spec.rr_context)
+    if records is not None:
+        raise DataError("--records applies to a WFDB directory only")
+    return load_source(source)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--data", "source", required=True,
+              help="Labelled beats of the target population that training never saw: "
+                   "'synthetic' (new simulated patients), a WFDB directory (with --records), or "
+                   "an .npz/.csv data set (its 'groups' are used as record ids).")
+@click.option("--records", default=None,
+              help="WFDB data: comma-separated record names to calibrate on (default: all).")
+@click.option("--policy", type=click.Choice(["max_prob", "entropy", "ensemble"]), default=None,
+              help="Policy to calibrate (default: the bundle's).")
+@click.option("--margin", default=0.5, show_default=True,
+              help="Allowed accuracy loss versus the final exit, in points.")
+@click.option("--confidence", default=0.9, show_default=True,
+              help="The loss's interval at this level (bootstrap over records) must stay within "
+                   "the margin; 0: only the pooled loss.")
+@click.option("--bench", "bench_file", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="A `bench --json` report (e.g. made on the device): minimise its measured "
+                   "per-segment latency instead of MACs.")
+@_backend_option
+@click.option("--dry-run", is_flag=True, help="Report the thresholds, write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def calibrate(bundle, source, records, policy, margin, confidence, bench_file, backend, dry_run,
+              as_json):
+    """Recalibrate a bundle's exit thresholds on your own labelled data and write them into it.
+
+    Runs the bundle's own files on the beats, chooses the cheapest thresholds whose accuracy
+    loss against the final exit stays within --margin at the upper end of its --confidence
+    interval over records, and rewrites manifest.json (and BUNDLE.tar.gz) atomically.
+    """
+    import numpy as np
+
+    from edgeexit.calibrate import calibrate_bundle
+    from edgeexit.errors import DataError
+    from edgeexit.runtime.engine import Engine
+
+    engine = Engine.from_bundle(bundle, backend=backend, threads=1, policy="fixed")
+    recs = None if records is None else [r.strip() for r in records.split(",") if r.strip()]
+    ds = _calibration_data(engine, source, recs)
+    if tuple(ds.classes) != tuple(engine.classes):
+        raise DataError(f"data classes {list(ds.classes)} differ from the bundle's {list(engine.classes)}")
+    bench = None
+    if bench_file:
+        try:
+            bench = json.loads(open(bench_file, encoding="utf-8").read())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise click.BadParameter(f"not a bench JSON report ({e})", param_hint="--bench")
+    r = calibrate_bundle(bundle, ds.x.astype(np.float32), ds.y, ds.groups, policy=policy,
+                         margin=margin, confidence=confidence, source=ds.source, backend=backend,
+                         bench=bench, dry_run=dry_run)
+    if as_json:
+        _echo_json(r)
+        return
+    c = r["policy"]["calibration"]
+    lo, hi = c["loss_interval"]
+    click.echo(f"{r['policy']['name']} thresholds {r['policy']['thresholds']} on {c['samples']} beats "
+               f"of {c['records'] or 'unknown'} records ({ds.source}), costs in {c['cost_unit']}")
+    click.echo(f"  accuracy {_pct(c['accuracy']).strip()}% (final exit {_pct(c['final_accuracy']).strip()}%), "
+               f"loss {c['loss_points']:.2f} points, {100 * c['confidence']:g}% interval "
+               f"{lo:.2f}..{hi:.2f} ({c['bound']})")
+    click.echo("  exits " + " ".join(f"{100 * f:.1f}%" for f in c["exit_fractions"])
+               + f", expected cost {100 * c['cost_ratio']:.0f}% of all exits")
+    click.echo(f"{'not written (--dry-run)' if dry_run else 'wrote ' + bundle + '/manifest.json'}")
+
+
+# ----------------------------------------------------------------------------------- quickstart
+@main.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for the model, the bundle and the summary (new, or a previous "
+                   "quickstart's).")
+@click.option("--model", default="resnet1d", show_default=True,
+              help="Model family (resnet1d, or mobilenet1d for the smallest devices).")
+@click.option("--epochs", default=12, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="Training threads (default: all cores).")
+@click.option("--target", default="rpi4", show_default=True, help="Device preset of the bundle.")
+@click.option("--margin", default=0.5, show_default=True,
+              help="Allowed accuracy loss of the early-exit policy, in points.")
+@_backend_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (tables on stderr).")
+def quickstart(out_dir, model, epochs, seed, threads, target, margin, backend, as_json):
+    """Train, export, verify, calibrate and benchmark a multi-exit model in one command.
+
+    On the built-in synthetic ECG: trains a small model, exports it for TARGET, verifies the
+    bundle, recalibrates its exit thresholds on new simulated patients against measured segment
+    latency, benchmarks it on the test patients, and writes OUT/summary.json and OUT/summary.md.
+    """
+    from edgeexit.quickstart import QuickstartConfig, run_quickstart
+
+    config = QuickstartConfig(model=model, epochs=epochs, seed=seed, threads=threads, target=target,
+                              margin=margin, bench_backend=backend)
+
+    def show(name, r):
+        echo = (lambda s: click.echo(s, err=True)) if as_json else click.echo
+        if name == "train":
+            echo(f"[train] {r['model']}, {r['params']:,} parameters, best epoch {r['best_epoch']}, "
+                 f"{r['elapsed_s']} s")
+            echo(f"  {'exit':>4} {'MACs':>10} {'test acc%':>9} {'mF1':>6}")
+            for e in r["exits"]:
+                echo(f"  {e['index']:>4} {e['cumulative_macs']:>10,} {_pct(e['accuracy']):>9} "
+                     f"{e['macro_f1']:6.3f}")
+        elif name == "export":
+            echo(f"[export] {r['bundle']} for {r['target']}, {r['precision']}, "
+                 f"{', '.join(r['formats'])}, {r['elapsed_s']} s")
+            for fmt, p in r["parity"].items():
+                echo(f"  {fmt:7} max |logit err| " + " ".join(f"{v:.2g}" for v in p["max_abs_err"]))
+        elif name == "verify":
+            echo(f"[verify] {'verified' if r['ok'] else 'MISMATCH'}: {', '.join(r['checks'])}")
+        elif name == "calibrate":
+            lo, hi = r["loss_interval"]
+            echo(f"[calibrate] {r['policy']} on {r['beats']} beats of {r['records']} new patients, "
+                 f"{r['elapsed_s']} s")
+            echo(f"  thresholds {r['thresholds']}, exits "
+                 + " ".join(f"{100 * f:.1f}%" for f in r["exit_fractions"])
+                 + f", loss {r['loss_points']:.2f} points ({100 * r['confidence']:g}% interval "
+                   f"{lo:.2f}..{hi:.2f})")
+        elif name == "bench":
+            a, lat, ra = r.get("accuracy", {}), r["latency_us"], r["ratios"]
+            echo(f"[bench] {r['samples']} test beats (other patients), {r['backend']}, batch 1, "
+                 f"{r['elapsed_s']} s")
+            echo(f"  {'path':12} {'mean us':>8} {'accuracy':>9} {'/ mono':>7}")
+            echo(f"  {'policy':12} {lat['policy']['mean']:8.1f} {_pct(a['policy']):>9} "
+                 f"{ra['policy_vs_monolithic']:7.3f}")
+            echo(f"  {'all exits':12} {lat['all_exits']['mean']:8.1f} {_pct(a['final_exit']):>9} "
+                 f"{ra['all_exits_vs_monolithic']:7.3f}")
+            echo(f"  {'monolithic':12} {lat['monolithic']['mean']:8.1f} {_pct(a['monolithic']):>9} "
+                 f"{1:7.3f}")
+            echo("  exits taken " + " ".join(f"{100 * f:.1f}%" for f in r["exit_fractions"])
+                 + f"; policy loss {a['policy_loss_points']} points")
+
+    summary = run_quickstart(out_dir, config, on_stage=show, progress=sys.stderr.isatty())
+    if as_json:
+        _echo_json(summary)
+        return
+    click.echo(f"wrote {summary['out']}/summary.json and summary.md ({summary['elapsed_s']} s)")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,8 @@ class ExportConfig:
         precision: ``fp32`` or ``int8``; None = the target's preferred precision.
         policy: exit policy to calibrate (``max_prob``, ``entropy``, ``ensemble``).
         margin: allowed validation accuracy loss of the policy versus the final exit, in points.
+        confidence: the loss's interval at this level (a bootstrap over the validation records)
+            must stay within ``margin`` (:func:`edgeexit.calibrate.calibrate_thresholds`).
         calibration_samples: training beats used to calibrate int8 quantization.
         golden_samples: validation beats stored in ``golden.npz`` for ``edgeexit verify``.
         max_val_samples: cap on validation beats for threshold calibration (stratified sample).
@@ -102,6 +104,7 @@ class ExportConfig:
     precision: str | None = None
     policy: str = "max_prob"
     margin: float = 0.5
+    confidence: float = 0.9
     calibration_samples: int = 512
     golden_samples: int = 32
     max_val_samples: int = 20000
@@ -514,7 +517,9 @@ def export_bundle(
                     raise ExportError(f"{fmt} monolithic graph differs from PyTorch by {err:.3g}")
 
         costs = [float(s.macs) for s in specs]
-        calib = calibrate_thresholds(val_probs, val_y, costs, config.policy, config.margin)
+        val_groups = None if val_part.groups is None else val_part.groups[val_idx]
+        calib = calibrate_thresholds(val_probs, val_y, costs, config.policy, config.margin,
+                                     groups=val_groups, confidence=config.confidence)
         policy = PolicySpec(
             name=config.policy,
             thresholds=tuple(round(t, 6) for t in calib.thresholds),
@@ -522,6 +527,8 @@ def export_bundle(
                 **calib.to_dict(),
                 "data": spec.source,
                 "split": "validation (training's held-out part; never test)",
+                "validation_records": None if val_groups is None
+                else sorted(str(g) for g in np.unique(val_groups)),
                 "format": preferred,
                 "cost": "MACs per inference (stages and exit heads run)",
             },
