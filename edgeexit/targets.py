@@ -1,7 +1,8 @@
 """Device presets ("targets"): what a device's CPU, runtime, Python and power draw look like.
 
-A target is a TOML data file ``targets/<id>.toml`` (the file name is the target id), read with the
-standard library's :mod:`tomllib` into the frozen :class:`Target` dataclass::
+A target is a TOML data file ``targets/<id>.toml`` (the file name is the target id; an installed
+wheel carries a copy of ``targets/`` as ``edgeexit/_targets/``, see :func:`targets_dir`), read with
+the standard library's :mod:`tomllib` into the frozen :class:`Target` dataclass::
 
     id, name, description
     [cpu]      model, arch, cores, isa_features, dotprod
@@ -25,6 +26,7 @@ from typing import Any
 from edgeexit.errors import ConfigError
 
 ENV_VAR = "EDGEEXIT_TARGETS"
+PACKAGED_DIR = "_targets"  # inside the installed package: see setup.py
 ARCHES = ("aarch64", "armv7l", "x86_64")
 PRECISIONS = ("fp32", "int8")
 FORMAT_BACKEND = {
@@ -273,14 +275,25 @@ class Target:
         return cls(**d)
 
 
+def _source_tree_dir() -> Path | None:
+    """``<checkout>/targets`` when edgeexit runs from a source checkout (or an editable install)."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file() and (root / "targets").is_dir():
+        return root / "targets"
+    return None
+
+
 def targets_dir() -> Path:
-    """Where the presets live: ``$EDGEEXIT_TARGETS``, else ``<repo>/targets``."""
+    """Where the presets live.
+
+    ``$EDGEEXIT_TARGETS`` if set; else the checkout's ``targets/`` when edgeexit runs from a source
+    tree (or an editable install); else the copy a wheel ships in ``edgeexit/_targets/`` (setup.py
+    puts it there at build time; ``targets/`` is the only copy kept in git).
+    """
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env).expanduser()
-    import edgeexit
-
-    return Path(edgeexit.__file__).resolve().parents[1] / "targets"
+    return _source_tree_dir() or Path(__file__).resolve().parent / PACKAGED_DIR
 
 
 def _load_file(path: Path) -> Target:
@@ -337,8 +350,14 @@ def load_target(name_or_path: str | os.PathLike) -> Target:
     known = [p.stem for p in _preset_files()]
     where = targets_dir()
     listing = ", ".join(known) if known else f"none ({where} holds no .toml files)"
-    raise ConfigError(
-        f"unknown target {text!r}; known targets: {listing}. To add one, copy a preset to "
-        f"{where}/<id>.toml (the file name is the id) and edit it, or pass the path of a .toml "
-        f"file; ${ENV_VAR} points to another presets directory"
-    )
+    if os.environ.get(ENV_VAR) or _source_tree_dir():
+        add = (
+            f"copy a preset to {where}/<id>.toml (the file name is the id) and edit it, or pass "
+            f"the path of a .toml file; ${ENV_VAR} points to another presets directory"
+        )
+    else:  # the copy inside an installed wheel: not the place for the user's own presets
+        add = (
+            f"copy a preset from {where} to <dir>/<id>.toml (the file name is the id), edit it "
+            f"and set ${ENV_VAR}=<dir>, or pass the path of a .toml file"
+        )
+    raise ConfigError(f"unknown target {text!r}; known targets: {listing}. To add one, {add}")

@@ -8,17 +8,20 @@ onnxruntime, ai-edge-litert) as aarch64 wheels, so the check proves that the run
 wheels on the device's platform and needs neither torch nor onnx.
 
 What it does:
-  1. checks the host (root, debootstrap, qemu-user-static, binfmt for aarch64) and prints the exact
-     commands that fix what is missing (``--setup-host`` runs them);
+  1. checks the host (root, debootstrap, qemu-user-static, binfmt for aarch64) and runs the
+     commands that fix what is missing (apt-get install, update-binfmts; each is logged), unless
+     ``--no-setup-host`` is given: then it only prints them and exits with status 2;
   2. builds and caches a minbase Bookworm arm64 root file system (debootstrap; built in a temporary
      directory and renamed when complete, so an interrupted build is never reused);
   3. builds and caches ``/opt/edgeexit-venv`` in it: the device requirements are read from
-     pyproject.toml, their aarch64 cp311 wheels are downloaded on the host (``pip download
-     --platform``) and installed offline in the chroot with ``--only-binary=:all:``;
+     pyproject.toml and pinned by constraints-device.txt, their aarch64 cp311 wheels are
+     downloaded on the host (``pip download --platform -c constraints-device.txt``) and installed
+     offline in the chroot with ``--only-binary=:all:`` and the same constraints;
   4. for each run: builds the edgeexit wheel on the host, installs it ``--no-deps`` in the chroot,
      asserts torch/onnx/tensorflow are not importable there, imports the runtime and both engines,
-     runs a tiny hand-built ONNX and TFLite model with each engine against numpy (``--smoke`` stops
-     here), then copies the bundle in and runs ``edgeexit verify`` and ``edgeexit run`` on it.
+     checks that ``edgeexit targets rpi4`` reads the presets the wheel ships, runs a tiny
+     hand-built ONNX and TFLite model with each engine against numpy (``--smoke`` stops here),
+     then copies the bundle in and runs ``edgeexit verify`` and ``edgeexit run`` on it.
 Only /proc is mounted in the chroot (onnxruntime and LiteRT crash under qemu with /sys mounted);
 it is unmounted in a ``finally``.
 
@@ -52,6 +55,8 @@ from pathlib import Path
 log = logging.getLogger("aarch64_check")
 
 REPO = Path(__file__).resolve().parents[1]
+# pins the device requirements (and their dependencies) to versions with aarch64 cp311 wheels
+DEVICE_CONSTRAINTS = REPO / "constraints-device.txt"
 # the bundle layout (edgeexit/runtime/manifest.py): golden inputs live under this key
 BUNDLE_MANIFEST = "manifest.json"
 GOLDEN_FILE = "golden.npz"
@@ -132,8 +137,13 @@ def _run(
     return p
 
 
-def _run_streamed(cmd: list, *, what: str, every: float = 30.0) -> None:
-    """Run a long command: its lines logged at DEBUG, a progress line at INFO every ``every`` s."""
+def _run_streamed(
+    cmd: list, *, what: str, every: float = 30.0, env: dict | None = None
+) -> None:
+    """Run a long command: its lines logged at DEBUG, a progress line at INFO every ``every`` s.
+
+    Nothing reaches stdout (it carries only the ``--json`` summary) and stdin is closed.
+    """
     log.debug("$ %s", " ".join(map(str, cmd)))
     tail: collections.deque[str] = collections.deque(maxlen=40)
     t0 = last = time.monotonic()
@@ -143,7 +153,9 @@ def _run_streamed(cmd: list, *, what: str, every: float = 30.0) -> None:
             text=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             errors="replace",
+            env=env,
         )
     except FileNotFoundError as e:
         raise CheckError(f"{what}: command not found ({e.filename})") from None
@@ -217,6 +229,14 @@ def device_requirements(repo: Path = REPO) -> list[str]:
     return list(project.get("dependencies", [])) + list(extras["runtime"])
 
 
+def device_constraints(path: Path = DEVICE_CONSTRAINTS) -> str:
+    """The text of constraints-device.txt (the venv is rebuilt when it changes)."""
+    try:
+        return path.read_text()
+    except OSError as e:
+        raise CheckError(f"cannot read the device constraints {path}: {e}") from None
+
+
 # --------------------------------------------------------------------------------------------
 # the host
 
@@ -259,7 +279,11 @@ def _missing_packages() -> list[str]:
 
 
 def check_host(setup: bool) -> dict:
-    """Check (and with ``setup``, fix) what the host needs; raise HostError listing the fixes."""
+    """Check (and with ``setup``, fix) what the host needs; raise HostError listing the fixes.
+
+    ``setup`` is the default (the tool runs as root anyway): missing host packages are installed
+    with apt-get and binfmt is enabled, each command logged. ``--no-setup-host`` only prints them.
+    """
     info = {"machine": platform.machine(), "native": _native(), "python": platform.python_version()}
     if os.geteuid() != 0:
         raise HostError(
@@ -285,11 +309,20 @@ def check_host(setup: bool) -> dict:
         raise HostError(
             "the host is not ready for an aarch64 chroot; run (as root):\n"
             + lines
-            + "\nor pass --setup-host to let this tool run exactly those commands"
+            + "\nor drop --no-setup-host to let this tool run exactly those commands"
         )
+    if missing:
+        log.info(
+            "the host lacks %s: installing %s with apt-get (pass --no-setup-host to only print "
+            "the commands)",
+            ", ".join(missing),
+            "it" if len(missing) == 1 else "them",
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in fixes:
         log.info("setting up the host: %s", " ".join(cmd))
-        _run(cmd, what=" ".join(cmd[:3]))
+        _run_streamed(cmd, what=" ".join(cmd[:3]), env=env)
+    info["setup"] = [" ".join(cmd) for cmd in fixes]
     if not _native():
         state, fields = _binfmt_state()
         if state != "ok":
@@ -436,7 +469,7 @@ def ensure_rootfs(cache: Path, mirror: str, rebuild: bool) -> dict:
     return {**stamp, "reused": False}
 
 
-def _download_wheels(dest: Path, reqs: list[str], host_python: str) -> None:
+def _download_wheels(dest: Path, reqs: list[str], host_python: str, constraints: Path) -> None:
     platforms = [f"manylinux_2_{m}_aarch64" for m in range(DEVICE_GLIBC_MINOR, 16, -1)]
     platforms += ["manylinux2014_aarch64", "linux_aarch64"]
     abi = "cp" + DEVICE_PYTHON.replace(".", "")
@@ -458,18 +491,32 @@ def _download_wheels(dest: Path, reqs: list[str], host_python: str) -> None:
         "abi3",
         "--abi",
         "none",
+        "--constraint",
+        constraints,
     ]
     for p in platforms:
         cmd += ["--platform", p]
-    log.info("downloading aarch64 %s wheels on the host: %s", abi, " ".join(reqs))
+    log.info(
+        "downloading aarch64 %s wheels on the host: %s (pinned by %s)",
+        abi,
+        " ".join(reqs),
+        constraints.name,
+    )
     _run([*cmd, *reqs], capture=True, what="pip download (aarch64 wheels)")
 
 
 def ensure_venv(root: Path, cache: Path, reqs: list[str], host_python: str, rebuild: bool) -> dict:
-    """The cached device venv ``/opt/edgeexit-venv`` in the rootfs, holding exactly ``reqs``."""
+    """The cached device venv ``/opt/edgeexit-venv`` in the rootfs: ``reqs`` pinned by
+    constraints-device.txt (rebuilt when either changes)."""
     venv = root / VENV.lstrip("/")
     stamp = _read_stamp(venv / STAMP)
-    if stamp and not rebuild and stamp.get("requirements") == reqs:
+    constraints = device_constraints()
+    if (
+        stamp
+        and not rebuild
+        and stamp.get("requirements") == reqs
+        and stamp.get("constraints") == constraints
+    ):
         log.info(
             "reusing the cached venv %s (%s)",
             VENV,
@@ -479,13 +526,17 @@ def ensure_venv(root: Path, cache: Path, reqs: list[str], host_python: str, rebu
     t0 = time.monotonic()
     wheels = cache / "wheels"
     wheels.mkdir(exist_ok=True)
-    _download_wheels(wheels, reqs, host_python)
+    _download_wheels(wheels, reqs, host_python, DEVICE_CONSTRAINTS)
     if venv.exists():
-        log.info("removing the old venv (%s)", "--rebuild" if rebuild else "requirements changed")
+        log.info(
+            "removing the old venv (%s)",
+            "--rebuild" if rebuild else "requirements or constraints changed",
+        )
         _rmtree(venv)
     inside = root / "tmp" / "edgeexit-wheels"
     _rmtree(inside)
     shutil.copytree(wheels, inside)
+    (inside / DEVICE_CONSTRAINTS.name).write_text(constraints)
     try:
         with proc_mounted(root):
             log.info(
@@ -505,6 +556,8 @@ def ensure_venv(root: Path, cache: Path, reqs: list[str], host_python: str, rebu
                     "--find-links",
                     "/tmp/edgeexit-wheels",
                     "--only-binary=:all:",
+                    "--constraint",
+                    f"/tmp/edgeexit-wheels/{DEVICE_CONSTRAINTS.name}",
                     *reqs,
                 ],
                 what="pip install (device requirements)",
@@ -517,6 +570,7 @@ def ensure_venv(root: Path, cache: Path, reqs: list[str], host_python: str, rebu
     packages = {p["name"]: p["version"] for p in listing}
     stamp = {
         "requirements": reqs,
+        "constraints": constraints,
         "packages": packages,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": round(time.monotonic() - t0, 1),
@@ -703,7 +757,8 @@ def build_wheel(repo: Path, host_python: str, out: Path) -> Path:
     shutil.copytree(
         repo / "edgeexit", src / "edgeexit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    shutil.copytree(repo / "targets", src / "targets")  # setup.py ships them in the wheel
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE"):
         if (repo / name).exists():
             shutil.copy2(repo / name, src / name)
     log.info("building the edgeexit wheel on the host (pip wheel --no-deps)")
@@ -878,6 +933,13 @@ def run_checks(root: Path, args: argparse.Namespace, host_python: str) -> list[d
                 timeout=600,
                 parse_json=True,
             )
+            steps.run(
+                "targets[rpi4]",
+                root,
+                ["edgeexit", "targets", "rpi4", "--json"],
+                timeout=600,
+                parse_json=True,
+            )
             (run_host / "smoke.py").write_text(SMOKE_SCRIPT)
             steps.run(
                 "smoke-models",
@@ -984,9 +1046,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rebuild-venv", action="store_true", help="rebuild only the venv")
     ap.add_argument(
         "--setup-host",
+        dest="setup_host",
         action="store_true",
-        help="install qemu-user-static/binfmt-support/debootstrap and enable binfmt "
-        "if missing (runs the commands it would otherwise print)",
+        default=True,
+        help="install qemu-user-static/binfmt-support/debootstrap with apt-get and enable "
+        "binfmt if missing, logging each command (the default)",
+    )
+    ap.add_argument(
+        "--no-setup-host",
+        dest="setup_host",
+        action="store_false",
+        help="do not change the host: print the set-up commands it needs and exit with status 2",
     )
     ap.add_argument(
         "--keep", action="store_true", help=f"keep {RUN_DIR} in the chroot for inspection"
@@ -1062,6 +1132,7 @@ def main(argv: list[str] | None = None) -> int:
             summary["venv"] = {
                 "path": VENV,
                 "requirements": reqs,
+                "constraints": DEVICE_CONSTRAINTS.name,
                 "packages": venv["packages"],
                 "reused": venv["reused"],
             }

@@ -1,0 +1,171 @@
+"""A regular (non-editable) install works outside the source tree: the wheel ships the presets.
+
+Builds the wheel and the sdist from a copy of the checkout (offline: ``--no-build-isolation``
+with this venv's setuptools), installs the wheel ``--no-deps`` in a fresh venv (numpy and click,
+the only base dependencies, are made importable there through a ``.pth`` file that points at
+links to this venv's copies: no network, and nothing else from this venv leaks in), then runs
+``edgeexit targets`` from a directory outside the source tree. Also: the device constraints pin
+the device requirements at the host's versions.
+"""
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tomllib
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# not part of the source: never copied into the build directory
+SKIP = (".git", ".venv", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache")
+
+def _env() -> dict:
+    """The environment without anything that would point at the checkout."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "EDGEEXIT_TARGETS")}
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    return env
+
+
+def _run(cmd: list, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    p = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+    assert p.returncode == 0, f"{' '.join(map(str, cmd))} -> {p.returncode}\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+def _source_copy(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(*SKIP), symlinks=True)
+    return src
+
+
+def _expected_presets() -> set[str]:
+    return {p.name for p in (REPO / "targets").glob("*.toml")}
+
+
+def _pins(path: Path) -> dict[str, str]:
+    """``{normalized name: version}`` of a constraints file's ``name==version`` lines."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version, f"{path.name}: not a name==version pin: {line!r}"
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def test_device_constraints_match_the_host_pins():
+    """constraints-device.txt pins every device requirement, at the host's versions."""
+    host, device = _pins(REPO / "constraints.txt"), _pins(REPO / "constraints-device.txt")
+    assert host["torch"] == "2.13.0"
+    with open(REPO / "pyproject.toml", "rb") as f:
+        project = tomllib.load(f)["project"]
+    reqs = project["dependencies"] + project["optional-dependencies"]["runtime"]
+    names = {re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", r)[0]).lower() for r in reqs}
+    assert names <= set(device), f"unpinned device requirements: {names - set(device)}"
+    assert {k: host.get(k) for k in device} == device
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = _source_copy(tmp)
+    out = tmp / "dist"
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+         "--wheel-dir", out, src],
+        cwd=tmp,
+    )
+    (whl,) = out.glob("edgeexit-*.whl")
+    return whl
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_presets(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {Path(n).name for n in names if n.startswith("edgeexit/_targets/")}
+    assert shipped == _expected_presets()
+    assert not any(n.startswith("targets/") for n in names), "presets must live in the package"
+
+
+@pytest.mark.slow
+def test_sdist_carries_the_presets_and_builds_the_same_wheel(tmp_path):
+    """``python -m build`` goes sdist -> wheel: the sdist must hold targets/ and the build hook."""
+    src = _source_copy(tmp_path)
+    out = tmp_path / "sdist"
+    code = (
+        "import sys; from setuptools import build_meta as b; "
+        "print(b.build_sdist(sys.argv[1]))"
+    )
+    name = _run([sys.executable, "-c", code, out], cwd=src).stdout.strip().splitlines()[-1]
+    with tarfile.open(out / name) as tf:
+        members = {Path(*Path(m).parts[1:]).as_posix() for m in tf.getnames()}
+    assert {f"targets/{n}" for n in _expected_presets()} <= members
+    assert "setup.py" in members
+    whl_dir = tmp_path / "whl"
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+         "--wheel-dir", whl_dir, out / name],
+        cwd=tmp_path,
+    )
+    (whl,) = whl_dir.glob("edgeexit-*.whl")
+    shipped = {Path(n).name for n in zipfile.ZipFile(whl).namelist() if "/_targets/" in n}
+    assert shipped == _expected_presets()
+
+
+def _link_base_dependencies(site: Path, deps_dir: Path) -> None:
+    """Make this venv's numpy and click (and only those) importable in the fresh venv."""
+    deps_dir.mkdir()
+    for mod in ("numpy", "click"):
+        spec = importlib.util.find_spec(mod)
+        assert spec is not None and spec.submodule_search_locations, f"{mod} is not installed"
+        pkg = Path(next(iter(spec.submodule_search_locations)))
+        for path in (pkg, pkg.with_name(pkg.name + ".libs")):  # numpy.libs: its bundled BLAS
+            if path.exists():
+                (deps_dir / path.name).symlink_to(path, target_is_directory=True)
+    (site / "edgeexit-test-deps.pth").write_text(f"{deps_dir}\n")
+
+
+@pytest.mark.slow
+def test_installed_wheel_lists_and_shows_presets_outside_the_source_tree(wheel, tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True, symlinks=True).create(env_dir)
+    py = env_dir / "bin" / "python"
+    _run([py, "-m", "pip", "install", "--no-deps", "--no-index", wheel], cwd=tmp_path)
+    site = Path(
+        _run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+             cwd=tmp_path).stdout.strip()
+    )
+    _link_base_dependencies(site, tmp_path / "deps")
+
+    work = tmp_path / "elsewhere"  # outside the source tree
+    work.mkdir()
+    where = _run([py, "-c", "import edgeexit; print(edgeexit.__file__)"], cwd=work).stdout.strip()
+    assert Path(where).resolve().is_relative_to(site.resolve()), where  # not the checkout's copy
+
+    exe = env_dir / "bin" / "edgeexit"
+    listing = json.loads(_run([exe, "targets", "--json"], cwd=work).stdout)
+    ids = {t["id"] for t in listing}
+    assert {Path(n).stem for n in _expected_presets()} == ids
+    with open(REPO / "targets" / "rpi4.toml", "rb") as f:
+        preset = tomllib.load(f)
+    rpi4 = next(t for t in listing if t["id"] == "rpi4")
+    assert rpi4["name"] == preset["name"]
+    assert rpi4["cpu"]["arch"] == "aarch64" and rpi4["cpu"]["cores"] == preset["cpu"]["cores"]
+    assert rpi4["runtime"] == {**rpi4["runtime"], **preset["runtime"]}
+    assert rpi4["python"]["platform_tag"] == preset["python"]["platform_tag"]
+    assert rpi4["power"]["idle_w"] == preset["power"]["idle_w"]
+
+    shown = json.loads(_run([exe, "targets", "rpi4"], cwd=work).stdout)
+    assert shown == rpi4
+    assert "rpi4" in _run([exe, "targets"], cwd=work).stdout
