@@ -1,0 +1,44 @@
+"""`edgeexit quickstart`: every stage runs, the summary is written and matches a separate bench."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgeexit.cli import main
+from edgeexit.errors import ConfigError
+from edgeexit.quickstart import QuickstartConfig, run_quickstart
+from edgeexit.runtime.engine import Engine
+from edgeexit.runtime.profile import bench_data, bench_engine
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(tmp_path):
+    out = tmp_path / "qs"
+    seen = []
+    config = QuickstartConfig(model="test_resnet1d", epochs=1, threads=1, bench_backend="onnxruntime")
+    s = run_quickstart(out, config, on_stage=lambda name, r: seen.append(name))
+    assert seen == ["train", "export", "verify", "calibrate", "bench"]
+    for name in ("model.pt", "metrics.json", "bundle/manifest.json", "bundle.tar.gz", "summary.md"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "summary.json").read_text()) == s
+    st = s["stages"]
+    assert st["verify"]["ok"] and st["calibrate"]["records"] == 24
+    assert st["calibrate"]["thresholds"] == json.loads(
+        (out / "bundle" / "manifest.json").read_text())["policy"]["thresholds"]
+    md = (out / "summary.md").read_text()
+    assert "## Bench" in md and s["machine"]["cpu"] in md
+    # a separate bench of the same bundle on the same (test) windows gives the same answers
+    engine = Engine.from_bundle(out / "bundle", backend="onnxruntime", load_monolithic=True)
+    x, y, desc = bench_data(engine)
+    again = bench_engine(engine, x, y, warmup=5).to_dict()
+    assert desc == st["bench"]["data"] and desc["beats"] == st["train"]["test_beats"]
+    assert again["accuracy"] == st["bench"]["accuracy"]
+    assert again["exit_histogram"] == st["bench"]["exit_histogram"]
+    # a second run reuses the directory; a directory of someone else's files is refused
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="notes.txt"):
+        run_quickstart(tmp_path / "other", config)
+    r = CliRunner().invoke(main, ["quickstart", "--out", str(tmp_path / "other")])
+    assert r.exit_code == 1 and "did not write" in r.output
