@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 NEVER = 2.0  # a score threshold no max-probability or negative entropy reaches
 CALIBRATED_POLICIES = ("max_prob", "entropy", "ensemble")
+ENSEMBLE_WEIGHT_POWERS = (0, 1, 2, 3)  # weights = (k + 1) ** p tried by weights="auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +53,8 @@ class Calibration:
     its two-sided ``confidence`` interval and ``loss_bound`` the upper end that was held within
     ``margin``; ``bound`` says how it was computed; ``records`` counts the distinct records (0:
     no record ids); ``worst_record_loss_points`` is the largest loss of any one record;
-    ``feasible`` is False when no thresholds hold the bound (then the bound is the smallest found).
+    ``feasible`` is False when no thresholds hold the bound (then the bound is the smallest found);
+    ``weights`` are the ensemble's per-exit weights (None: equal).
     """
 
     policy: str
@@ -73,6 +75,7 @@ class Calibration:
     worst_record_loss_points: float | None = None
     cost_unit: str = "MACs"
     feasible: bool = True
+    weights: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -84,6 +87,7 @@ class Calibration:
         if self.worst_record_loss_points is not None:
             d["worst_record_loss_points"] = round(float(self.worst_record_loss_points), 4)
         d["cost_ratio"] = round(self.expected_cost / self.full_cost, 6)
+        d["weights"] = None if self.weights is None else list(self.weights)
         return d
 
 
@@ -147,6 +151,7 @@ def calibrate_thresholds(
     passes: int = 4,
     seed: int = 0,
     cost_unit: str = "MACs",
+    weights=None,
 ) -> Calibration:
     """Thresholds for ``policy`` whose accuracy loss versus the final exit stays within ``margin``
     points at the upper end of its ``confidence`` interval (see the module docstring).
@@ -167,7 +172,26 @@ def calibrate_thresholds(
         passes: coordinate-descent sweeps over the exits.
         seed: seeds the bootstrap.
         cost_unit: what ``costs`` measure (recorded).
+        weights: ``ensemble`` only: per-exit weights of its running mean (None: equal), or
+            ``"auto"``: try equal weights and weights growing as ``(k + 1) ** p`` for p = 1, 2, 3
+            and keep the cheapest whose bound holds (the first that comes closest, if none does):
+            where the early exits are weaker, an equal average loses to the final exit itself.
     """
+    if weights == "auto":
+        if policy != "ensemble":
+            weights = None
+        else:
+            m = len(probs_per_exit)
+            kw = dict(margin=margin, groups=groups, confidence=confidence, bootstrap=bootstrap,
+                      candidates=candidates, passes=passes, seed=seed, cost_unit=cost_unit)
+            tried = []
+            for p in ENSEMBLE_WEIGHT_POWERS:
+                w = None if p == 0 else tuple(float((k + 1) ** p) for k in range(m))
+                tried.append(calibrate_thresholds(probs_per_exit, y, costs, policy, weights=w, **kw))
+            feasible = [c for c in tried if c.feasible]
+            if feasible:
+                return min(feasible, key=lambda c: c.expected_cost)  # min keeps the first of ties
+            return min(tried, key=lambda c: c.loss_bound)
     m = len(probs_per_exit)
     if m < 2:
         raise ConfigError("calibration needs a model with at least two exits")
@@ -186,8 +210,14 @@ def calibrate_thresholds(
         raise ConfigError("calibration needs samples, got none")
     if groups is not None and len(groups) != n:
         raise ConfigError(f"{len(groups)} record ids given for {n} samples")
-    answers = ensemble_probs(probs_per_exit) if policy == "ensemble" else probs_per_exit
-    scores = np.stack(exit_scores(policy, probs_per_exit), axis=1).astype(np.float64)
+    if weights is not None and policy != "ensemble":
+        raise ConfigError(f"only the ensemble policy has weights, not {policy}")
+    if weights is not None:
+        weights = tuple(float(w) for w in weights)
+        if len(weights) != m or not all(np.isfinite(weights)) or min(weights) <= 0:
+            raise ConfigError(f"ensemble weights must be {m} positive numbers, got {list(weights)}")
+    answers = ensemble_probs(probs_per_exit, weights) if policy == "ensemble" else probs_per_exit
+    scores = np.stack(exit_scores(policy, probs_per_exit, weights), axis=1).astype(np.float64)
     correct = np.stack([a.argmax(axis=-1) == y for a in answers], axis=1).astype(np.float64)
     # an ensemble's last answer is the mean of all exits; the reference is the final exit itself
     final = (probs_per_exit[-1].argmax(axis=-1) == y).astype(np.float64)
@@ -262,6 +292,7 @@ def calibrate_thresholds(
         worst_record_loss_points=bound.worst(d),
         cost_unit=cost_unit,
         feasible=best_excess == 0,
+        weights=weights,
     )
     log.info(
         "calibrated %s thresholds %s: accuracy %.2f%% (final exit %.2f%%), loss %.2f points "
@@ -305,6 +336,7 @@ def calibrate_bundle(
     bench: dict | None = None,
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    weights="auto",
 ) -> dict:
     """Recalibrate the thresholds of ``bundle`` on labelled windows ``x``/``y`` (e.g. the user's own
     records from the target population) with the bundle's own files, and write them into its
@@ -321,6 +353,7 @@ def calibrate_bundle(
         bench: a ``bench --json`` report: calibrate against its measured per-segment latency.
         dry_run: compute and report, write nothing.
         progress: called with ``(done, total)`` windows.
+        weights: the ensemble's weights: ``auto`` (calibration chooses), None (equal) or a tuple.
     """
     from edgeexit.runtime.engine import Engine
     from edgeexit.runtime.manifest import MANIFEST, PolicySpec, read_manifest
@@ -348,10 +381,11 @@ def calibrate_bundle(
              for k in range(manifest.num_exits)]
     costs, unit = segment_costs(manifest, bench)
     cal = calibrate_thresholds(probs, y, costs, name, margin, groups=groups, confidence=confidence,
-                               cost_unit=unit)
+                               cost_unit=unit, weights=weights)
     spec = PolicySpec(
         name=name,
         thresholds=tuple(round(t, 6) for t in cal.thresholds),
+        weights=cal.weights,
         calibration={**cal.to_dict(), "data": source, "split": "given to edgeexit calibrate",
                      "format": "tflite" if engine.backend == "litert" else "onnx",
                      "previous": manifest.policy.to_dict()},

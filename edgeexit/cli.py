@@ -308,6 +308,10 @@ def targets(name, as_json):
 @click.option("--confidence", default=0.9, show_default=True,
               help="The loss's interval at this level (bootstrap over the validation records) "
                    "must stay within the margin; 0: only the pooled loss.")
+@click.option("--ensemble-weights", type=click.Choice(["auto", "equal"]), default="auto",
+              show_default=True,
+              help="ensemble policy: auto lets calibration weight later exits more where an equal "
+                   "average would lose to the final exit; equal: the plain mean.")
 @click.option("--data", "source", default=None,
               help="Data to calibrate on (default: the data recorded in the checkpoint; its "
                    "validation part sets the thresholds, its training part the int8 scales).")
@@ -324,7 +328,8 @@ def targets(name, as_json):
                    "heads are dropped, so segment j answers the j-th kept exit (thresholds, "
                    "--exit and `edgeexit run` index segments).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
-def export(checkpoint, target, out_dir, formats, precision, policy, margin, confidence, source,
+def export(checkpoint, target, out_dir, formats, precision, policy, margin, confidence,
+           ensemble_weights, source,
            calibration_samples, golden_samples, monolithic, exits, as_json):
     """Export a checkpoint as a device bundle: per-exit segments, checked, thresholds calibrated.
 
@@ -341,6 +346,7 @@ def export(checkpoint, target, out_dir, formats, precision, policy, margin, conf
         policy=policy,
         margin=margin,
         confidence=confidence,
+        ensemble_weights=None if ensemble_weights == "equal" else "auto",
         calibration_samples=calibration_samples,
         golden_samples=golden_samples,
         monolithic=monolithic,
@@ -603,14 +609,18 @@ def _calibration_data(engine, source, records):
 @click.option("--confidence", default=0.9, show_default=True,
               help="The loss's interval at this level (bootstrap over records) must stay within "
                    "the margin; 0: only the pooled loss.")
+@click.option("--ensemble-weights", type=click.Choice(["auto", "equal"]), default="auto",
+              show_default=True,
+              help="ensemble policy: auto lets calibration weight later exits more where an equal "
+                   "average would lose to the final exit; equal: the plain mean.")
 @click.option("--bench", "bench_file", default=None, type=click.Path(dir_okay=False, exists=True),
               help="A `bench --json` report (e.g. made on the device): minimise its measured "
                    "per-segment latency instead of MACs.")
 @_backend_option
 @click.option("--dry-run", is_flag=True, help="Report the thresholds, write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def calibrate(bundle, source, records, policy, margin, confidence, bench_file, backend, dry_run,
-              as_json):
+def calibrate(bundle, source, records, policy, margin, confidence, ensemble_weights, bench_file,
+              backend, dry_run, as_json):
     """Recalibrate a bundle's exit thresholds on your own labelled data and write them into it.
 
     Runs the bundle's own files on the beats, chooses the cheapest thresholds whose accuracy
@@ -636,7 +646,8 @@ def calibrate(bundle, source, records, policy, margin, confidence, bench_file, b
             raise click.BadParameter(f"not a bench JSON report ({e})", param_hint="--bench")
     r = calibrate_bundle(bundle, ds.x.astype(np.float32), ds.y, ds.groups, policy=policy,
                          margin=margin, confidence=confidence, source=ds.source, backend=backend,
-                         bench=bench, dry_run=dry_run)
+                         bench=bench, dry_run=dry_run,
+                         weights=None if ensemble_weights == "equal" else "auto")
     if as_json:
         _echo_json(r)
         return

@@ -50,11 +50,22 @@ def test_recalibrates_and_rewrites_the_bundle(bundle):
 def test_an_ensemble_worse_than_the_final_exit_is_reported(bundle):
     data = make_separable(n=600, seed=11)
     r = calibrate_bundle(bundle, data.x, data.y, data.groups, policy="ensemble", margin=0.5,
-                         backend="onnxruntime", dry_run=True)
+                         backend="onnxruntime", dry_run=True, weights=None)
     cal = r["policy"]["calibration"]
-    # the tiny model's early exits are weak: averaging them in loses to the final exit
+    # the tiny model's early exits are weak: averaging them in equally loses to the final exit
     assert cal["final_accuracy"] - cal["accuracy"] > 0.005
-    assert not cal["feasible"] and cal["loss_bound"] > 0.5
+    assert not cal["feasible"] and cal["loss_bound"] > 0.5 and cal["weights"] is None
+    # weights that grow with depth come closer; the chosen ones go into the manifest
+    r = calibrate_bundle(bundle, data.x, data.y, data.groups, policy="ensemble", margin=0.5,
+                         backend="onnxruntime")
+    auto = r["policy"]["calibration"]
+    assert auto["loss_bound"] < cal["loss_bound"] and auto["weights"] is not None
+    spec = load_manifest(bundle).policy
+    assert spec.name == "ensemble" and list(spec.weights) == auto["weights"]
+    engine = Engine.from_bundle(bundle, backend="onnxruntime")
+    assert engine.policy.weights == spec.weights
+    b = engine.predict_batch(data.x)
+    assert abs(float((b.labels == data.y).mean()) - auto["accuracy"]) < 1e-6
 
 
 def test_dry_run_and_bad_data(bundle):

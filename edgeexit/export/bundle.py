@@ -86,6 +86,8 @@ class ExportConfig:
         margin: allowed validation accuracy loss of the policy versus the final exit, in points.
         confidence: the loss's interval at this level (a bootstrap over the validation records)
             must stay within ``margin`` (:func:`edgeexit.calibrate.calibrate_thresholds`).
+        ensemble_weights: ``auto`` (calibration chooses the ensemble's per-exit weights) or None
+            (equal weights); ignored by the other policies.
         calibration_samples: training beats used to calibrate int8 quantization.
         golden_samples: validation beats stored in ``golden.npz`` for ``edgeexit verify``.
         max_val_samples: cap on validation beats for threshold calibration (stratified sample).
@@ -105,6 +107,7 @@ class ExportConfig:
     policy: str = "max_prob"
     margin: float = 0.5
     confidence: float = 0.9
+    ensemble_weights: str | None = "auto"
     calibration_samples: int = 512
     golden_samples: int = 32
     max_val_samples: int = 20000
@@ -123,6 +126,8 @@ class ExportConfig:
             raise ConfigError(f"unknown precision {self.precision!r}; choose fp32 or int8")
         if self.policy not in POLICIES or self.policy == "fixed":
             raise ConfigError(f"export calibrates the policy max_prob, entropy or ensemble, got {self.policy!r}")
+        if self.ensemble_weights not in ("auto", None):
+            raise ConfigError(f"ensemble weights are 'auto' or None (equal), got {self.ensemble_weights!r}")
         if not 0 <= self.margin < 100:
             raise ConfigError(f"margin must lie in [0, 100) accuracy points, got {self.margin}")
         if self.calibration_samples < 1 or self.golden_samples < 1:
@@ -519,10 +524,12 @@ def export_bundle(
         costs = [float(s.macs) for s in specs]
         val_groups = None if val_part.groups is None else val_part.groups[val_idx]
         calib = calibrate_thresholds(val_probs, val_y, costs, config.policy, config.margin,
-                                     groups=val_groups, confidence=config.confidence)
+                                     groups=val_groups, confidence=config.confidence,
+                                     weights=config.ensemble_weights)
         policy = PolicySpec(
             name=config.policy,
             thresholds=tuple(round(t, 6) for t in calib.thresholds),
+            weights=calib.weights,
             calibration={
                 **calib.to_dict(),
                 "data": spec.source,
@@ -533,7 +540,7 @@ def export_bundle(
                 "cost": "MACs per inference (stages and exit heads run)",
             },
         )
-        make_policy(policy.name, len(segments), policy.thresholds)  # validates
+        make_policy(policy.name, len(segments), policy.thresholds, weights=policy.weights)  # validates
 
         step("writing golden.npz and manifest")
         golden_arrays = {"inputs": golden_x, "labels": val_y[golden_idx].astype(np.int64)}

@@ -37,9 +37,10 @@ class InputError(EdgeExitError):
     """An input window has the wrong shape or dtype, or holds NaN/Inf."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class ExitResult:
-    """The answer for one input window.
+    """The answer for one input window (a plain slotted record: a frozen dataclass's ``__init__``
+    cost 0.45 us against 0.11 us, on the batch-1 path).
 
     Attributes:
         label: index of the predicted class; ``class_name`` its name.
@@ -133,6 +134,7 @@ class Engine:
         self.classes = manifest.classes
         self.input_shape = manifest.input_shape
         self._rank = len(self.input_shape)
+        self._one = (1, *self.input_shape)
 
     @classmethod
     def from_bundle(
@@ -190,6 +192,7 @@ class Engine:
                 manifest.num_exits,
                 thresholds if thresholds is not None else (spec.thresholds if same else None),
                 exit_index if exit_index is not None else (spec.exit_index if same else None),
+                spec.weights if same else None,
             )
         log.info(
             "loaded %s: %d segments, backend %s, %d thread(s), policy %s",
@@ -243,7 +246,13 @@ class Engine:
         floats: at batch 1 that costs well under a microsecond, where numpy calls on a ``[1, K]``
         array cost several (``tools/decision_overhead.py`` measures the engine's own time).
         """
-        h = self.check_input(x, batch=False)
+        # the input check inlined for a well-formed window (check_input explains any other)
+        if (type(x) is np.ndarray and x.dtype is _F32 and x.shape == self.input_shape
+                and x.flags.c_contiguous):
+            flat = x.reshape(-1)
+            h = x.reshape(self._one) if isfinite(flat.dot(flat)) else self.check_input(x, False)
+        else:
+            h = self.check_input(x, batch=False)
         step = self.policy.step
         times: list[int] = []
         clock = time.perf_counter_ns

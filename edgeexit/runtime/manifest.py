@@ -127,6 +127,7 @@ class PolicySpec:
             ``max_prob``/``ensemble``: exit when the max probability >= t_k; ``entropy``: exit when
             the entropy (nats) <= t_k.
         exit_index: for ``fixed``: the exit that always answers.
+        weights: for ``ensemble``: one weight per exit of its running weighted mean (None: equal).
         calibration: how the thresholds were found (data, samples, margin, accuracy, cost).
     """
 
@@ -134,10 +135,15 @@ class PolicySpec:
     thresholds: tuple[float, ...] | None = None
     exit_index: int | None = None
     calibration: dict | None = None
+    weights: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["thresholds"] = None if self.thresholds is None else list(self.thresholds)
+        if self.weights is None:
+            del d["weights"]  # only the ensemble has them; older runtimes do not know the key
+        else:
+            d["weights"] = list(self.weights)
         return d
 
     @classmethod
@@ -148,6 +154,7 @@ class PolicySpec:
             thresholds=None if t is None else tuple(float(v) for v in t),
             exit_index=d.get("exit_index"),
             calibration=d.get("calibration"),
+            weights=None if d.get("weights") is None else tuple(float(v) for v in d["weights"]),
         )
 
 

@@ -156,40 +156,60 @@ class Ensemble(_Thresholded):
     """Average softmax of exits 0..k; exit when its max >= t_k (no thresholds: run every exit).
 
     The average is kept as a running sum of the exits' softmaxes (one add per exit), never
-    re-averaged over the list of exits.
+    re-averaged over the list of exits. ``weights`` (one per exit, positive; None: all equal)
+    make it a weighted average, ``sum_j w_j p_j / sum_j w_j`` over the exits run so far: weights
+    that grow with depth keep the answer close to the final exit's where the early exits are
+    weaker (calibration chooses them, :func:`edgeexit.calibrate.calibrate_thresholds`).
     """
 
     name = "ensemble"
 
-    def __init__(self, num_exits: int, thresholds) -> None:
+    def __init__(self, num_exits: int, thresholds, weights=None) -> None:
         super().__init__(num_exits, thresholds)
-        # mean max >= t_k  <=>  running-sum max >= t_k * (k + 1)
+        if weights is not None:
+            weights = tuple(float(w) for w in weights)
+            if len(weights) != num_exits or not all(isfinite(w) and w > 0 for w in weights):
+                raise ConfigError(
+                    f"policy ensemble needs {num_exits} positive, finite weights (one per exit), "
+                    f"got {list(weights)}"
+                )
+        self.weights = weights
+        w = weights or (1.0,) * num_exits
+        self._w = w
+        self._wsum = tuple(sum(w[: k + 1]) for k in range(num_exits))
+        # mean max >= t_k  <=>  running-sum max >= t_k * (sum of the weights so far)
         t = self.thresholds
-        self._sum_limit = None if t is None else tuple(v * (k + 1) for k, v in enumerate(t))
+        self._sum_limit = None if t is None else tuple(v * self._wsum[k] for k, v in enumerate(t))
         self._acc: list[float] = []
 
     def step(self, k, z):
         m = max(z)
         e = [exp(v - m) for v in z]
-        inv = 1.0 / sum(e)
+        inv = self._w[k] / sum(e)
         if k == 0:
             acc = self._acc = [v * inv for v in e]
         else:
             acc = self._acc = [a + v * inv for a, v in zip(self._acc, e)]
         if k >= self._last or (self._sum_limit is not None and max(acc) >= self._sum_limit[k]):
-            n = 1.0 / (k + 1)
+            n = 1.0 / self._wsum[k]
             return [a * n for a in acc]
         return None
 
     def decide(self, k, z, carry=None):
-        p = softmax(z.astype(np.float64))
+        p = softmax(z.astype(np.float64)) * self._w[k]
         acc = p if k == 0 or carry is None else carry + p
-        probs = acc / (k + 1)
+        probs = acc / self._wsum[k]
         if self.last(k):
             return np.ones(len(probs), bool), probs, acc
         if self.thresholds is None:
             return np.zeros(len(probs), bool), probs, acc
         return probs.max(axis=-1) >= self.thresholds[k], probs, acc
+
+    def describe(self) -> dict:
+        d = super().describe()
+        if self.weights is not None:
+            d["weights"] = list(self.weights)
+        return d
 
 
 class Fixed(Policy):
@@ -217,39 +237,45 @@ class Fixed(Policy):
 
 
 def make_policy(
-    name: str, num_exits: int, thresholds=None, exit_index: int | None = None
+    name: str, num_exits: int, thresholds=None, exit_index: int | None = None, weights=None
 ) -> Policy:
-    """Build policy ``name``; raises :class:`ConfigError` for unknown names or bad thresholds."""
+    """Build policy ``name``; raises :class:`ConfigError` for unknown names or bad thresholds.
+
+    ``weights``: the ``ensemble``'s per-exit weights (None: equal); ignored by other policies.
+    """
     if name == "max_prob":
         return MaxProb(num_exits, thresholds)
     if name == "entropy":
         return Entropy(num_exits, thresholds)
     if name == "ensemble":
-        return Ensemble(num_exits, thresholds)
+        return Ensemble(num_exits, thresholds, weights)
     if name == "fixed":
         return Fixed(num_exits, exit_index)
     raise ConfigError(f"unknown exit policy {name!r}; choose one of: {', '.join(POLICIES)}")
 
 
-def exit_scores(name: str, probs_per_exit: list[np.ndarray]) -> list[np.ndarray]:
+def exit_scores(name: str, probs_per_exit: list[np.ndarray], weights=None) -> list[np.ndarray]:
     """Per exit, the score compared with t_k (exit when score >= t_k).
 
     Used by threshold calibration. For ``entropy`` the score is the negative entropy, so that every
     policy reads "exit when score >= threshold" (the stored entropy threshold is ``-t``).
+    ``weights``: the ensemble's per-exit weights (None: equal).
     """
     if name == "max_prob":
         return [p.max(axis=-1) for p in probs_per_exit]
     if name == "entropy":
         return [-entropy(p) for p in probs_per_exit]
     if name == "ensemble":
-        return [p.max(axis=-1) for p in ensemble_probs(probs_per_exit)]
+        return [p.max(axis=-1) for p in ensemble_probs(probs_per_exit, weights)]
     raise ConfigError(f"policy {name!r} has no thresholds to calibrate")
 
 
-def ensemble_probs(probs_per_exit: list[np.ndarray]) -> list[np.ndarray]:
-    """Running mean of the softmax of exits 0..k, for every k."""
-    out, acc = [], np.zeros_like(probs_per_exit[0])
-    for k, p in enumerate(probs_per_exit):
-        acc = acc + p
-        out.append(acc / (k + 1))
+def ensemble_probs(probs_per_exit: list[np.ndarray], weights=None) -> list[np.ndarray]:
+    """Running (weighted) mean of the softmax of exits 0..k, for every k."""
+    w = weights or (1.0,) * len(probs_per_exit)
+    out, acc, total = [], np.zeros_like(probs_per_exit[0]), 0.0
+    for wk, p in zip(w, probs_per_exit):
+        acc = acc + wk * p
+        total += wk
+        out.append(acc / total)
     return out

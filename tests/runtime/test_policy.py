@@ -40,11 +40,14 @@ def _single(policy, logits, i):
     raise AssertionError("the last exit must decide")
 
 
-@pytest.mark.parametrize("name", ["max_prob", "entropy", "ensemble", "fixed"])
+@pytest.mark.parametrize("name", ["max_prob", "entropy", "ensemble", "weighted", "fixed"])
 def test_step_and_decide_agree(name):
     logits = _logits(0)
-    kw = {"exit_index": 2} if name == "fixed" else {"thresholds": THRESHOLDS[name]}
-    policy = make_policy(name, 4, **kw)
+    if name == "weighted":
+        policy = make_policy("ensemble", 4, THRESHOLDS["ensemble"], weights=(1, 4, 9, 16))
+    else:
+        kw = {"exit_index": 2} if name == "fixed" else {"thresholds": THRESHOLDS[name]}
+        policy = make_policy(name, 4, **kw)
     exit_at, answer = _batch(policy, logits)
     assert (exit_at >= 0).all()
     for i in range(len(exit_at)):
@@ -67,6 +70,20 @@ def test_rules_match_their_definitions():
         k = next((k for k in range(3) if mean[k][i].max() >= THRESHOLDS["ensemble"][k]), 3)
         assert ens[i] == k
         np.testing.assert_allclose(ens_ans[i], mean[k][i], atol=1e-12)  # the running mean
+
+
+def test_weighted_ensemble_is_the_weighted_running_mean():
+    logits = _logits(2)
+    w = (1.0, 2.0, 3.0, 4.0)
+    exit_at, ans = _batch(make_policy("ensemble", 4, None, weights=w), logits)
+    assert (exit_at == 3).all()
+    p = [softmax(z.astype(np.float64)) for z in logits]
+    np.testing.assert_allclose(ans, sum(wk * pk for wk, pk in zip(w, p)) / sum(w), atol=1e-12)
+    assert make_policy("ensemble", 4, None, weights=w).describe()["weights"] == list(w)
+    with pytest.raises(ConfigError, match="positive"):
+        make_policy("ensemble", 4, None, weights=(1, 0, 1, 1))
+    with pytest.raises(ConfigError, match="4 positive"):
+        make_policy("ensemble", 4, None, weights=(1, 1))
 
 
 def test_ensemble_state_restarts_with_each_window():
