@@ -325,7 +325,7 @@ def segment_costs(manifest, bench: dict | None = None) -> tuple[list[float], str
 
 def calibrate_bundle(
     bundle: str | os.PathLike,
-    x: np.ndarray,
+    x: np.ndarray | None,
     y: np.ndarray,
     groups: np.ndarray | None = None,
     policy: str | None = None,
@@ -337,6 +337,8 @@ def calibrate_bundle(
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
     weights="auto",
+    probs: list[np.ndarray] | None = None,
+    provenance: dict | None = None,
 ) -> dict:
     """Recalibrate the thresholds of ``bundle`` on labelled windows ``x``/``y`` (e.g. the user's own
     records from the target population) with the bundle's own files, and write them into its
@@ -354,6 +356,9 @@ def calibrate_bundle(
         dry_run: compute and report, write nothing.
         progress: called with ``(done, total)`` windows.
         weights: the ensemble's weights: ``auto`` (calibration chooses), None (equal) or a tuple.
+        probs: every exit's softmax on the samples, computed elsewhere (cross-fitted models,
+            :mod:`edgeexit.crossfit`), instead of running ``x`` through the bundle (``x`` None).
+        provenance: recorded with the calibration (e.g. the cross-fit's folds).
     """
     from edgeexit.runtime.engine import Engine
     from edgeexit.runtime.manifest import MANIFEST, PolicySpec, read_manifest
@@ -366,19 +371,23 @@ def calibrate_bundle(
         raise ConfigError(f"policy {name!r} has no thresholds to calibrate; give --policy "
                           f"{'|'.join(CALIBRATED_POLICIES)}")
     y = np.asarray(y)
-    if len(x) != len(y):
-        raise DataError(f"{len(x)} windows but {len(y)} labels")
     if len(y) and (y.min() < 0 or y.max() >= len(manifest.classes)):
         raise DataError(f"labels must be class indices 0..{len(manifest.classes) - 1} of the bundle's "
                         f"classes {list(manifest.classes)}")
-    x = engine.check_input(np.asarray(x), batch=True)
-    chunks, step = [], 512
-    for i in range(0, len(x), step):
-        chunks.append(engine.run_all(x[i : i + step])[0])
-        if progress:
-            progress(min(i + step, len(x)), len(x))
-    probs = [softmax(np.concatenate([c[k] for c in chunks]).astype(np.float64))
-             for k in range(manifest.num_exits)]
+    if probs is None:
+        x = engine.check_input(np.asarray(x), batch=True)
+        if len(x) != len(y):
+            raise DataError(f"{len(x)} windows but {len(y)} labels")
+        chunks, step = [], 512
+        for i in range(0, len(x), step):
+            chunks.append(engine.run_all(x[i : i + step])[0])
+            if progress:
+                progress(min(i + step, len(x)), len(x))
+        probs = [softmax(np.concatenate([c[k] for c in chunks]).astype(np.float64))
+                 for k in range(manifest.num_exits)]
+    elif len(probs) != manifest.num_exits or any(len(p) != len(y) for p in probs):
+        raise DataError(f"give {manifest.num_exits} probability arrays of {len(y)} rows (one per "
+                        "segment of the bundle)")
     costs, unit = segment_costs(manifest, bench)
     cal = calibrate_thresholds(probs, y, costs, name, margin, groups=groups, confidence=confidence,
                                cost_unit=unit, weights=weights)
@@ -387,6 +396,7 @@ def calibrate_bundle(
         thresholds=tuple(round(t, 6) for t in cal.thresholds),
         weights=cal.weights,
         calibration={**cal.to_dict(), "data": source, "split": "given to edgeexit calibrate",
+                     **(provenance or {}),
                      "format": "tflite" if engine.backend == "litert" else "onnx",
                      "previous": manifest.policy.to_dict()},
     )

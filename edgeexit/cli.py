@@ -596,10 +596,17 @@ def _calibration_data(engine, source, records):
 
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--data", "source", required=True,
+@click.option("--data", "source", default=None,
               help="Labelled beats of the target population that training never saw: "
                    "'synthetic' (new simulated patients), a WFDB directory (with --records), or "
                    "an .npz/.csv data set (its 'groups' are used as record ids).")
+@click.option("--cross-fit", "cross_fit", type=click.IntRange(min=2), default=None, metavar="K",
+              help="Instead of --data: train K models with the checkpoint's recipe, each without "
+                   "one group of its training records, and calibrate on their out-of-fold "
+                   "answers for every training record (host only; K trainings).")
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
+              help="--cross-fit: the bundle's checkpoint (default: the one its manifest records).")
+@click.option("--threads", type=int, default=None, help="--cross-fit: training threads.")
 @click.option("--records", default=None,
               help="WFDB data: comma-separated record names to calibrate on (default: all).")
 @click.option("--policy", type=click.Choice(["max_prob", "entropy", "ensemble"]), default=None,
@@ -619,8 +626,8 @@ def _calibration_data(engine, source, records):
 @_backend_option
 @click.option("--dry-run", is_flag=True, help="Report the thresholds, write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def calibrate(bundle, source, records, policy, margin, confidence, ensemble_weights, bench_file,
-              backend, dry_run, as_json):
+def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, margin, confidence,
+              ensemble_weights, bench_file, backend, dry_run, as_json):
     """Recalibrate a bundle's exit thresholds on your own labelled data and write them into it.
 
     Runs the bundle's own files on the beats, chooses the cheapest thresholds whose accuracy
@@ -633,19 +640,36 @@ def calibrate(bundle, source, records, policy, margin, confidence, ensemble_weig
     from edgeexit.errors import DataError
     from edgeexit.runtime.engine import Engine
 
+    if (source is None) == (cross_fit is None):
+        raise click.UsageError("give either --data or --cross-fit K")
     engine = Engine.from_bundle(bundle, backend=backend, threads=1, policy="fixed")
-    recs = None if records is None else [r.strip() for r in records.split(",") if r.strip()]
-    ds = _calibration_data(engine, source, recs)
-    if tuple(ds.classes) != tuple(engine.classes):
-        raise DataError(f"data classes {list(ds.classes)} differ from the bundle's {list(engine.classes)}")
+    if cross_fit is None:
+        recs = None if records is None else [r.strip() for r in records.split(",") if r.strip()]
+        ds = _calibration_data(engine, source, recs)
+        if tuple(ds.classes) != tuple(engine.classes):
+            raise DataError(f"data classes {list(ds.classes)} differ from the bundle's "
+                            f"{list(engine.classes)}")
+        x, y, groups, probs, described, extra = ds.x.astype(np.float32), ds.y, ds.groups, None, \
+            ds.source, None
+    else:
+        from edgeexit.crossfit import cross_fit as run_cross_fit
+
+        ckpt = checkpoint or engine.manifest.provenance.get("checkpoint")
+        if not ckpt:
+            raise click.UsageError("give --checkpoint (the bundle records none)")
+        cf = run_cross_fit(ckpt, cross_fit, threads=threads,
+                           progress=lambda s: click.echo(f"... {s}", err=True))
+        x, y, groups, described = None, cf.y, cf.groups, cf.source
+        probs = [cf.probs[k] for k in engine.manifest.exits]  # the exits the bundle deploys
+        extra = {"cross_fit": cf.describe(), "checkpoint": str(ckpt)}
     bench = None
     if bench_file:
         try:
             bench = json.loads(open(bench_file, encoding="utf-8").read())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise click.BadParameter(f"not a bench JSON report ({e})", param_hint="--bench")
-    r = calibrate_bundle(bundle, ds.x.astype(np.float32), ds.y, ds.groups, policy=policy,
-                         margin=margin, confidence=confidence, source=ds.source, backend=backend,
+    r = calibrate_bundle(bundle, x, y, groups, policy=policy, probs=probs, provenance=extra,
+                         margin=margin, confidence=confidence, source=described, backend=backend,
                          bench=bench, dry_run=dry_run,
                          weights=None if ensemble_weights == "equal" else "auto")
     if as_json:
@@ -654,7 +678,7 @@ def calibrate(bundle, source, records, policy, margin, confidence, ensemble_weig
     c = r["policy"]["calibration"]
     lo, hi = c["loss_interval"]
     click.echo(f"{r['policy']['name']} thresholds {r['policy']['thresholds']} on {c['samples']} beats "
-               f"of {c['records'] or 'unknown'} records ({ds.source}), costs in {c['cost_unit']}")
+               f"of {c['records'] or 'unknown'} records ({described}), costs in {c['cost_unit']}")
     click.echo(f"  accuracy {_pct(c['accuracy']).strip()}% (final exit {_pct(c['final_accuracy']).strip()}%), "
                f"loss {c['loss_points']:.2f} points, {100 * c['confidence']:g}% interval "
                f"{lo:.2f}..{hi:.2f} ({c['bound']})")
@@ -670,6 +694,10 @@ def calibrate(bundle, source, records, policy, margin, confidence, ensemble_weig
                    "quickstart's).")
 @click.option("--model", default="resnet1d", show_default=True,
               help="Model family (resnet1d, or mobilenet1d for the smallest devices).")
+@click.option("--exit-heads", type=click.Choice(EXIT_HEADS), default="conv", show_default=True,
+              help="Early exits: conv (more accurate) or linear (cheapest at run time).")
+@click.option("--exits", "exits", default=None, metavar="K,K,...",
+              help="Model exits to deploy, e.g. 0,3 (default: all; see `edgeexit export --exits`).")
 @click.option("--epochs", default=12, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="Training threads (default: all cores).")
@@ -678,7 +706,8 @@ def calibrate(bundle, source, records, policy, margin, confidence, ensemble_weig
               help="Allowed accuracy loss of the early-exit policy, in points.")
 @_backend_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (tables on stderr).")
-def quickstart(out_dir, model, epochs, seed, threads, target, margin, backend, as_json):
+def quickstart(out_dir, model, exit_heads, exits, epochs, seed, threads, target, margin, backend,
+               as_json):
     """Train, export, verify, calibrate and benchmark a multi-exit model in one command.
 
     On the built-in synthetic ECG: trains a small model, exports it for TARGET, verifies the
@@ -687,7 +716,8 @@ def quickstart(out_dir, model, epochs, seed, threads, target, margin, backend, a
     """
     from edgeexit.quickstart import QuickstartConfig, run_quickstart
 
-    config = QuickstartConfig(model=model, epochs=epochs, seed=seed, threads=threads, target=target,
+    config = QuickstartConfig(model=model, exit_heads=exit_heads, exits=_parse_exits(exits),
+                              epochs=epochs, seed=seed, threads=threads, target=target,
                               margin=margin, bench_backend=backend)
 
     def show(name, r):

@@ -44,6 +44,8 @@ class QuickstartConfig:
 
     Attributes:
         model: model family (``resnet1d``, ``mobilenet1d``).
+        exit_heads: early-exit heads, ``conv`` or ``linear`` (cheapest at run time).
+        exits: model exits to deploy (None: all; see ``edgeexit export --exits``).
         epochs: maximum training epochs.
         seed: seeds the data, the weights and every sample drawn.
         threads: torch threads for training (None: torch's default).
@@ -55,6 +57,8 @@ class QuickstartConfig:
     """
 
     model: str = "resnet1d"
+    exit_heads: str = "conv"
+    exits: tuple[int, ...] | None = None
     epochs: int = 12
     seed: int = 0
     threads: int | None = None
@@ -65,7 +69,9 @@ class QuickstartConfig:
     bench_threads: int | None = None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["exits"] = None if self.exits is None else list(self.exits)
+        return d
 
 
 def machine_info() -> dict:
@@ -117,8 +123,8 @@ def run_quickstart(
     _check_out(out)
     report = on_stage or (lambda name, result: None)
     spec = DataSpec(seed=config.seed)
-    tconf = TrainConfig(model=config.model, epochs=config.epochs, seed=config.seed,
-                        threads=config.threads)
+    tconf = TrainConfig(model=config.model, exit_heads=config.exit_heads, epochs=config.epochs,
+                        seed=config.seed, threads=config.threads)
     stages: dict[str, dict] = {}
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -144,7 +150,8 @@ def run_quickstart(
     t0 = time.perf_counter()
     bundle = out / "bundle"
     exported = export_bundle(trained.checkpoint, bundle,
-                             ExportConfig(target=config.target, margin=config.margin))
+                             ExportConfig(target=config.target, margin=config.margin,
+                                          exits=config.exits))
     r = exported.report
     done("export", {
         "bundle": str(bundle), "archive": r["archive"], "target": r["target"],
@@ -154,6 +161,7 @@ def run_quickstart(
                          "top1_agreement": [e["top1_agreement"] for e in p["exits"]]}
                    for fmt, p in r["parity"].items()},
         "export_thresholds": r["policy"]["thresholds"],
+        "exits": r["exits"],
     }, t0)
 
     t0 = time.perf_counter()

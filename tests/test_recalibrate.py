@@ -99,3 +99,27 @@ def test_cli_calibrate(bundle, tmp_path):
     assert r.exit_code == 1 and "per-segment latencies" in r.output
     r = CliRunner().invoke(main, ["calibrate", str(bundle), "--data", "synthetic"])
     assert r.exit_code == 1  # the tiny bundle takes 6-channel windows; synthetic beats have 8
+
+
+def test_cross_fit_calibrates_on_every_training_record(bundle, tiny_checkpoint):
+    from edgeexit.crossfit import assign_folds, cross_fit
+
+    cf = cross_fit(tiny_checkpoint, folds=2, threads=1)
+    records = sorted({str(g) for g in cf.groups})
+    assert len(records) == 8 and len(cf.y) == 640  # the file's training side (2 records test)
+    held = [set(f) for f in cf.folds]
+    assert held[0].isdisjoint(held[1]) and sorted(held[0] | held[1]) == records
+    assert all(np.allclose(p.sum(axis=1), 1.0) for p in cf.probs) and len(cf.probs) == 4
+    # the folds spread the records with the most rare-class beats
+    y = np.array([0, 1, 1, 1, 0, 1, 0, 0])
+    g = np.array(["a", "a", "a", "b", "b", "c", "d", "d"])
+    assert assign_folds(y, g, 2) == {"a": 0, "b": 1, "c": 0, "d": 1}
+    r = CliRunner().invoke(main, ["calibrate", str(bundle), "--cross-fit", "2", "--checkpoint",
+                                  str(tiny_checkpoint), "--threads", "1", "--margin", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output[r.output.index("{"):])
+    cal = load_manifest(bundle).policy.calibration
+    assert cal["records"] == 8 and cal["samples"] == 640 and cal["cross_fit"]["records"] == 8
+    assert d["policy"]["thresholds"] == list(load_manifest(bundle).policy.thresholds)
+    r = CliRunner().invoke(main, ["calibrate", str(bundle)])
+    assert r.exit_code == 2 and "either --data or --cross-fit" in r.output
