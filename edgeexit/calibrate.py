@@ -323,6 +323,61 @@ def segment_costs(manifest, bench: dict | None = None) -> tuple[list[float], str
     return costs, "us (measured by edgeexit bench)"
 
 
+def choose_exits(
+    probs_per_exit: list[np.ndarray],
+    y: np.ndarray,
+    segment_us: list[float],
+    monolithic_us: float,
+    all_exits_us: float,
+    policy: str = "max_prob",
+    margin: float = 0.5,
+    groups: np.ndarray | None = None,
+    confidence: float = 0.9,
+    weights=None,
+) -> dict:
+    """Which early exits are worth their call, from latencies measured by ``edgeexit bench``.
+
+    Every subset of the early exits (the final exit always kept; none at all = the monolithic
+    model) is calibrated with :func:`calibrate_thresholds` under the same bound, costing each
+    deployed segment as the measured segments it would merge, less a fixed cost per call it saves:
+    ``(all_exits_us - monolithic_us) / (segments - 1)``, the chain's measured excess per extra
+    call (boundaries, the interpreter's invoke, the early head). These merged costs are estimates:
+    re-export with the chosen ``--exits`` and bench to measure them.
+
+    Returns ``{"per_call_us", "options": [...], "best": {...}}``, options sorted by expected
+    microseconds; each has ``exits`` (segment positions), ``expected_us``, ``thresholds``,
+    ``feasible``.
+    """
+    m = len(probs_per_exit)
+    if len(segment_us) != m:
+        raise ConfigError(f"{len(segment_us)} segment latencies for {m} segments")
+    per_call = max(0.0, (float(all_exits_us) - float(monolithic_us)) / max(m - 1, 1))
+    options = []
+    for mask in range(2 ** (m - 1)):
+        kept = [k for k in range(m - 1) if mask >> k & 1] + [m - 1]
+        if len(kept) == 1:
+            options.append({"exits": kept, "expected_us": round(float(monolithic_us), 3),
+                            "thresholds": [], "feasible": True, "loss_points": 0.0,
+                            "note": "no early exit: the monolithic model"})
+            continue
+        costs, prev = [], -1
+        for e in kept:
+            costs.append(float(sum(segment_us[prev + 1 : e + 1])) - (e - prev - 1) * per_call)
+            prev = e
+        cal = calibrate_thresholds([probs_per_exit[k] for k in kept], y, costs, policy, margin,
+                                   groups=groups, confidence=confidence,
+                                   weights=weights if weights == "auto" or weights is None else
+                                   tuple(weights[k] for k in kept), cost_unit="us (estimated)")
+        options.append({"exits": kept, "expected_us": round(cal.expected_cost, 3),
+                        "thresholds": [round(t, 6) for t in cal.thresholds],
+                        "feasible": cal.feasible, "loss_points": round(cal.loss_points, 4),
+                        "exit_fractions": [round(f, 4) for f in cal.exit_fractions]})
+    options.sort(key=lambda o: (not o["feasible"], o["expected_us"]))
+    return {"per_call_us": round(per_call, 3), "monolithic_us": round(float(monolithic_us), 3),
+            "options": options, "best": options[0],
+            "note": "merged-segment latencies are estimated from the measured segments"}
+
+
 def calibrate_bundle(
     bundle: str | os.PathLike,
     x: np.ndarray | None,
@@ -402,6 +457,18 @@ def calibrate_bundle(
     )
     report = {"bundle": str(root), "backend": engine.backend, "policy": spec.to_dict(),
               "written": not dry_run}
+    if bench is not None and manifest.num_exits > 1:
+        lat = bench.get("latency_us", {})
+        try:
+            choice = choose_exits(probs, y, costs, float(lat["monolithic"]["mean"]),
+                                  float(lat["all_exits"]["mean"]), name, margin, groups,
+                                  confidence, weights)
+        except (KeyError, TypeError, ValueError):
+            choice = None  # a report without the monolithic path: no recommendation
+        if choice is not None:
+            for o in choice["options"]:  # segment positions -> the model's exit indices
+                o["exits"] = [manifest.exits[k] for k in o["exits"]]
+            report["exit_choice"] = choice
     if dry_run:
         return report
     text = json.loads((root / MANIFEST).read_text())

@@ -684,6 +684,12 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
                f"{lo:.2f}..{hi:.2f} ({c['bound']})")
     click.echo("  exits " + " ".join(f"{100 * f:.1f}%" for f in c["exit_fractions"])
                + f", expected cost {100 * c['cost_ratio']:.0f}% of all exits")
+    ch = r.get("exit_choice")
+    if ch:
+        b = ch["best"]
+        click.echo(f"  exits worth their call (estimated from the bench's latencies): "
+                   f"{','.join(map(str, b['exits']))}, {b['expected_us']:.1f} us expected "
+                   f"(monolithic {ch['monolithic_us']:.1f} us; re-export with --exits to use it)")
     click.echo(f"{'not written (--dry-run)' if dry_run else 'wrote ' + bundle + '/manifest.json'}")
 
 
@@ -696,8 +702,10 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
               help="Model family (resnet1d, or mobilenet1d for the smallest devices).")
 @click.option("--exit-heads", type=click.Choice(EXIT_HEADS), default="conv", show_default=True,
               help="Early exits: conv (more accurate) or linear (cheapest at run time).")
-@click.option("--exits", "exits", default=None, metavar="K,K,...",
-              help="Model exits to deploy, e.g. 0,3 (default: all; see `edgeexit export --exits`).")
+@click.option("--exits", "exits", default=None, metavar="K,K,...|auto",
+              help="Model exits to deploy, e.g. 0,3 (default: all; see `edgeexit export --exits`); "
+                   "auto: keep the exits worth their call by the latencies measured while "
+                   "calibrating, and export again.")
 @click.option("--epochs", default=12, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="Training threads (default: all cores).")
@@ -716,7 +724,8 @@ def quickstart(out_dir, model, exit_heads, exits, epochs, seed, threads, target,
     """
     from edgeexit.quickstart import QuickstartConfig, run_quickstart
 
-    config = QuickstartConfig(model=model, exit_heads=exit_heads, exits=_parse_exits(exits),
+    config = QuickstartConfig(model=model, exit_heads=exit_heads,
+                              exits="auto" if exits == "auto" else _parse_exits(exits),
                               epochs=epochs, seed=seed, threads=threads, target=target,
                               margin=margin, bench_backend=backend)
 
@@ -744,6 +753,12 @@ def quickstart(out_dir, model, exit_heads, exits, epochs, seed, threads, target,
                  + " ".join(f"{100 * f:.1f}%" for f in r["exit_fractions"])
                  + f", loss {r['loss_points']:.2f} points ({100 * r['confidence']:g}% interval "
                    f"{lo:.2f}..{hi:.2f})")
+            ch = r.get("exit_choice")
+            if ch:
+                echo(f"  exits worth their call (estimated from measured latency): "
+                     f"{','.join(map(str, ch['best_exits']))} at {ch['best_expected_us']:.1f} us "
+                     f"(deployed {','.join(map(str, r['exits']))}; monolithic "
+                     f"{ch['monolithic_us']:.1f} us)")
         elif name == "bench":
             a, lat, ra = r.get("accuracy", {}), r["latency_us"], r["ratios"]
             echo(f"[bench] {r['samples']} test beats (other patients), {r['backend']}, batch 1, "

@@ -45,7 +45,9 @@ class QuickstartConfig:
     Attributes:
         model: model family (``resnet1d``, ``mobilenet1d``).
         exit_heads: early-exit heads, ``conv`` or ``linear`` (cheapest at run time).
-        exits: model exits to deploy (None: all; see ``edgeexit export --exits``).
+        exits: model exits to deploy (None: all; see ``edgeexit export --exits``), or ``auto``:
+            export all, then keep the exits worth their call by the latencies measured in the
+            calibrate stage (:func:`edgeexit.calibrate.choose_exits`) and export again.
         epochs: maximum training epochs.
         seed: seeds the data, the weights and every sample drawn.
         threads: torch threads for training (None: torch's default).
@@ -58,7 +60,7 @@ class QuickstartConfig:
 
     model: str = "resnet1d"
     exit_heads: str = "conv"
-    exits: tuple[int, ...] | None = None
+    exits: tuple[int, ...] | str | None = None
     epochs: int = 12
     seed: int = 0
     threads: int | None = None
@@ -70,7 +72,7 @@ class QuickstartConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["exits"] = None if self.exits is None else list(self.exits)
+        d["exits"] = list(self.exits) if isinstance(self.exits, tuple) else self.exits
         return d
 
 
@@ -147,50 +149,75 @@ def run_quickstart(
                   for e in m["exits"]],
     }, t0)
 
-    t0 = time.perf_counter()
     bundle = out / "bundle"
-    exported = export_bundle(trained.checkpoint, bundle,
-                             ExportConfig(target=config.target, margin=config.margin,
-                                          exits=config.exits))
-    r = exported.report
-    done("export", {
-        "bundle": str(bundle), "archive": r["archive"], "target": r["target"],
-        "precision": r["precision"], "formats": r["formats"],
-        "parity": {fmt: {"samples": p["samples"],
-                         "max_abs_err": [e["max_abs_err"] for e in p["exits"]],
-                         "top1_agreement": [e["top1_agreement"] for e in p["exits"]]}
-                   for fmt, p in r["parity"].items()},
-        "export_thresholds": r["policy"]["thresholds"],
-        "exits": r["exits"],
-    }, t0)
-
-    t0 = time.perf_counter()
-    ver = verify_bundle(bundle)
-    done("verify", {"ok": ver.ok, "checks": [c["check"] for c in ver.checks if c["ok"]],
-                    "failed": [c for c in ver.checks if not c["ok"]]}, t0)
-    if not ver.ok:
-        raise ConfigError(f"the exported bundle {bundle} failed verification: "
-                          f"{[c['check'] for c in ver.checks if not c['ok']]}")
-
-    t0 = time.perf_counter()
     cal_set = load_split(spec, "calibration")
-    engine = Engine.from_bundle(bundle, backend=config.bench_backend, threads=config.bench_threads,
-                                load_monolithic=True)
-    n_cost = min(len(cal_set), 512)
-    cost_bench = bench_engine(engine, cal_set.x[:n_cost].astype("float32"), warmup=50).to_dict()
-    cal = calibrate_bundle(bundle, cal_set.x.astype("float32"), cal_set.y, cal_set.groups,
-                           margin=config.margin, confidence=config.confidence,
-                           source=cal_set.source, backend=config.bench_backend, bench=cost_bench)
-    c = cal["policy"]["calibration"]
-    done("calibrate", {
-        "data": cal_set.source, "beats": len(cal_set), "records": c["records"],
-        "policy": cal["policy"]["name"], "thresholds": cal["policy"]["thresholds"],
-        "segment_cost_us": [s["mean"] for s in cost_bench["latency_us"]["segments"]],
-        "accuracy": c["accuracy"], "final_accuracy": c["final_accuracy"],
-        "loss_points": c["loss_points"], "loss_interval": c["loss_interval"],
-        "confidence": c["confidence"], "exit_fractions": c["exit_fractions"],
-        "cost_ratio": c["cost_ratio"],
-    }, t0)
+
+    def export_verify_calibrate(exits) -> dict:
+        t0 = time.perf_counter()
+        exported = export_bundle(trained.checkpoint, bundle,
+                                 ExportConfig(target=config.target, margin=config.margin,
+                                              exits=exits))
+        r = exported.report
+        done("export", {
+            "bundle": str(bundle), "archive": r["archive"], "target": r["target"],
+            "precision": r["precision"], "formats": r["formats"],
+            "parity": {fmt: {"samples": p["samples"],
+                             "max_abs_err": [e["max_abs_err"] for e in p["exits"]],
+                             "top1_agreement": [e["top1_agreement"] for e in p["exits"]]}
+                       for fmt, p in r["parity"].items()},
+            "export_thresholds": r["policy"]["thresholds"],
+            "exits": r["exits"],
+        }, t0)
+
+        t0 = time.perf_counter()
+        ver = verify_bundle(bundle)
+        done("verify", {"ok": ver.ok, "checks": [c["check"] for c in ver.checks if c["ok"]],
+                        "failed": [c for c in ver.checks if not c["ok"]]}, t0)
+        if not ver.ok:
+            raise ConfigError(f"the exported bundle {bundle} failed verification: "
+                              f"{[c['check'] for c in ver.checks if not c['ok']]}")
+
+        t0 = time.perf_counter()
+        engine = Engine.from_bundle(bundle, backend=config.bench_backend,
+                                    threads=config.bench_threads, load_monolithic=True)
+        n_cost = min(len(cal_set), 512)
+        cost_bench = bench_engine(engine, cal_set.x[:n_cost].astype("float32"), warmup=50).to_dict()
+        cal = calibrate_bundle(bundle, cal_set.x.astype("float32"), cal_set.y, cal_set.groups,
+                               margin=config.margin, confidence=config.confidence,
+                               source=cal_set.source, backend=config.bench_backend,
+                               bench=cost_bench)
+        c = cal["policy"]["calibration"]
+        choice = cal.get("exit_choice")
+        done("calibrate", {
+            "data": cal_set.source, "beats": len(cal_set), "records": c["records"],
+            "policy": cal["policy"]["name"], "thresholds": cal["policy"]["thresholds"],
+            "exits": r["exits"],
+            "segment_cost_us": [s["mean"] for s in cost_bench["latency_us"]["segments"]],
+            "accuracy": c["accuracy"], "final_accuracy": c["final_accuracy"],
+            "loss_points": c["loss_points"], "loss_interval": c["loss_interval"],
+            "confidence": c["confidence"], "exit_fractions": c["exit_fractions"],
+            "cost_ratio": c["cost_ratio"],
+            "exit_choice": None if choice is None else {
+                "best_exits": choice["best"]["exits"],
+                "best_expected_us": choice["best"]["expected_us"],
+                "monolithic_us": choice["monolithic_us"], "per_call_us": choice["per_call_us"],
+                "options": [{k: o[k] for k in ("exits", "expected_us", "feasible")}
+                            for o in choice["options"]]},
+        }, t0)
+        return stages["calibrate"]
+
+    auto = config.exits == "auto"
+    first = export_verify_calibrate(None if auto else config.exits)
+    if auto and first["exit_choice"] is not None:
+        best = first["exit_choice"]["best_exits"]
+        if len(best) == 1:
+            log.warning("early exits do not pay on this machine (estimated %.1f us with any exit "
+                        "set against %.1f us for the monolithic model); keeping all exits",
+                        min(o["expected_us"] for o in first["exit_choice"]["options"]
+                            if len(o["exits"]) > 1), first["exit_choice"]["monolithic_us"])
+        elif best != first["exits"]:
+            stages["first_calibration"] = first
+            export_verify_calibrate(tuple(best))
 
     t0 = time.perf_counter()
     engine = Engine.from_bundle(bundle, backend=config.bench_backend, threads=config.bench_threads,

@@ -127,3 +127,22 @@ def test_no_sample_sits_on_a_threshold():
         calibrate_thresholds(probs, y, [1.0, 1.0, 1.0], groups=np.zeros(5))
     with pytest.raises(ConfigError, match="confidence"):
         calibrate_thresholds(probs, y, [1.0, 1.0, 1.0], confidence=1.0)
+
+
+def test_choose_exits_drops_exits_not_worth_their_call():
+    from edgeexit.calibrate import choose_exits
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 5, 3000)
+    useless = np.full((3000, 5), 0.2)  # exit 1 is never confident
+    probs = [_probs(rng, y, 0.95, 0.9), useless, _probs(rng, y, 1.0, 0.9)]
+    # segments 5 / 4 / 6 us, monolithic 11 us: the chain's excess is 2 us per extra call
+    c = choose_exits(probs, y, [5.0, 4.0, 6.0], 11.0, 15.0, margin=1.0)
+    assert c["per_call_us"] == 2.0 and c["best"]["exits"] == [0, 2]
+    by = {tuple(o["exits"]): o for o in c["options"]}
+    assert set(by) == {(2,), (0, 2), (1, 2), (0, 1, 2)}
+    assert by[(0, 2)]["expected_us"] < by[(0, 1, 2)]["expected_us"] < by[(2,)]["expected_us"]
+    # where no early exit answers enough beats to pay for its call, the monolithic model wins
+    weak = [_probs(rng, y, 0.1, 0.9), useless, probs[2]]
+    c = choose_exits(weak, y, [5.0, 4.0, 6.0], 11.0, 15.0, margin=1.0)
+    assert c["best"]["exits"] == [2] and c["best"]["expected_us"] == 11.0

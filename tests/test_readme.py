@@ -21,7 +21,7 @@ def test_readme_opens_with_exactly_two_commands():
     cmds = _quick_start_commands()
     assert len(cmds) == 2 and all("\n" not in c for c in cmds), cmds
     setup, tests = cmds
-    assert "-c constraints.txt" in setup and "edgeexit train" in setup
+    assert "-c constraints.txt" in setup and "edgeexit quickstart" in setup
     assert "pytest" in tests
 
 
