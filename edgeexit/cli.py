@@ -290,6 +290,17 @@ def targets(name, as_json):
                    f"{t.runtime.format:>7} {t.runtime.precision:>9} {t.runtime.threads:>7}")
 
 
+def _bound_options(f):
+    """--confidence and --ensemble-weights, shared by export and calibrate."""
+    f = click.option("--ensemble-weights", type=click.Choice(["auto", "equal"]), default="auto",
+                     show_default=True,
+                     help="ensemble policy: auto lets calibration weight later exits more where "
+                          "an equal average would lose to the final exit; equal: the plain mean.")(f)
+    return click.option("--confidence", default=0.9, show_default=True,
+                        help="The accuracy loss's interval at this level (a bootstrap over "
+                             "records) must stay within the margin; 0: only the pooled loss.")(f)
+
+
 # --------------------------------------------------------------------------------------- export
 @main.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
@@ -305,13 +316,7 @@ def targets(name, as_json):
               show_default=True, help="Exit policy whose thresholds are calibrated.")
 @click.option("--margin", default=0.5, show_default=True,
               help="Allowed validation accuracy loss versus the final exit, in points.")
-@click.option("--confidence", default=0.9, show_default=True,
-              help="The loss's interval at this level (bootstrap over the validation records) "
-                   "must stay within the margin; 0: only the pooled loss.")
-@click.option("--ensemble-weights", type=click.Choice(["auto", "equal"]), default="auto",
-              show_default=True,
-              help="ensemble policy: auto lets calibration weight later exits more where an equal "
-                   "average would lose to the final exit; equal: the plain mean.")
+@_bound_options
 @click.option("--data", "source", default=None,
               help="Data to calibrate on (default: the data recorded in the checkpoint; its "
                    "validation part sets the thresholds, its training part the int8 scales).")
@@ -613,13 +618,7 @@ def _calibration_data(engine, source, records):
               help="Policy to calibrate (default: the bundle's).")
 @click.option("--margin", default=0.5, show_default=True,
               help="Allowed accuracy loss versus the final exit, in points.")
-@click.option("--confidence", default=0.9, show_default=True,
-              help="The loss's interval at this level (bootstrap over records) must stay within "
-                   "the margin; 0: only the pooled loss.")
-@click.option("--ensemble-weights", type=click.Choice(["auto", "equal"]), default="auto",
-              show_default=True,
-              help="ensemble policy: auto lets calibration weight later exits more where an equal "
-                   "average would lose to the final exit; equal: the plain mean.")
+@_bound_options
 @click.option("--bench", "bench_file", default=None, type=click.Path(dir_okay=False, exists=True),
               help="A `bench --json` report (e.g. made on the device): minimise its measured "
                    "per-segment latency instead of MACs.")

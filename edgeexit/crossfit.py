@@ -64,7 +64,7 @@ def cross_fit(
     from edgeexit.config import dataclass_from_dict
     from edgeexit.data import DataSpec, load_split
     from edgeexit.errors import DataError
-    from edgeexit.train import TrainConfig, predict_exits, train
+    from edgeexit.train import predict_exits, recorded_train_config, train
 
     if folds < 2:
         raise DataError(f"cross-fitting needs at least 2 folds, got {folds}")
@@ -81,10 +81,7 @@ def cross_fit(
             f"cross-fitting by record needs at least {2 * folds} records with ids; {spec.source} "
             f"has {n}: use fewer --cross-fit folds, or calibrate on other records with --data"
         )
-    tc = dict(meta.get("train_config") or {})
-    if tc.get("exit_weights") is not None:
-        tc["exit_weights"] = tuple(tc["exit_weights"])
-    config = dataclass_from_dict(TrainConfig, tc, "train config keys") if tc else TrainConfig()
+    config = recorded_train_config(meta)
     if threads is not None:
         config = dataclasses.replace(config, threads=threads)
     fold_of = assign_folds(data.y, data.groups, folds)

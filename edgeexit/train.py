@@ -124,6 +124,17 @@ class TrainResult:
     checkpoint: Path | None
 
 
+def recorded_train_config(meta: dict | None) -> TrainConfig:
+    """The :class:`TrainConfig` a checkpoint records in its ``meta`` (defaults where it has none):
+    export rebuilds training's validation split with it, cross-fitting retrains with it."""
+    from edgeexit.config import dataclass_from_dict
+
+    tc = dict((meta or {}).get("train_config") or {})
+    if tc.get("exit_weights") is not None:
+        tc["exit_weights"] = tuple(tc["exit_weights"])
+    return dataclass_from_dict(TrainConfig, tc, "train config keys") if tc else TrainConfig()
+
+
 def class_weights(y: np.ndarray, num_classes: int, mode: str, cap: float) -> np.ndarray | None:
     """Cross-entropy weights per class (``mode`` in :data:`CLASS_WEIGHTINGS`), or None."""
     if mode == "none":

@@ -119,12 +119,12 @@ def measure(bundle: str, backend: str, threads: int, data: str | None, limit: in
             for xi in x:
                 engine.predict(xi)
 
-        def v_native():
+        def v_native(exits=exits):
             for k in exits:
                 for f in native[: k + 1]:
                     f()
 
-        def v_decision():
+        def v_decision(exits=exits, step=step):
             for r, k in zip(rows, exits):
                 for j in range(k + 1):
                     step(j, r[j].tolist()[0])

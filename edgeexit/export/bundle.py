@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +49,7 @@ from edgeexit.export.split import (
     segment_specs,
     split_model,
 )
+from edgeexit.fileio import pack_directory
 from edgeexit.models.base import MultiExitNet
 from edgeexit.runtime.backends import backend_for_format, get_backend
 from edgeexit.runtime.engine import Engine
@@ -172,7 +172,7 @@ class ExportResult:
 
 def _training_data(ckpt, spec: str | DataSpec | None) -> tuple[DataSpec, BeatDataset, BeatDataset]:
     """(spec, training part, validation part) as training split them."""
-    from edgeexit.train import TrainConfig, split_validation
+    from edgeexit.train import recorded_train_config, split_validation
 
     meta = ckpt.meta or {}
     if isinstance(spec, str):
@@ -195,11 +195,7 @@ def _training_data(ckpt, spec: str | DataSpec | None) -> tuple[DataSpec, BeatDat
             f"data {spec.source} has windows {list(data.input_shape)} but the model takes "
             f"{ckpt.input_spec['shape']}; give the data the model was trained on"
         )
-    tc = dict(meta.get("train_config") or {})
-    if tc.get("exit_weights") is not None:
-        tc["exit_weights"] = tuple(tc["exit_weights"])
-    config = dataclass_from_dict(TrainConfig, tc, "train config keys") if tc else TrainConfig()
-    train_part, val_part = split_validation(data, config)
+    train_part, val_part = split_validation(data, recorded_train_config(meta))
     return spec, train_part, val_part
 
 
@@ -379,18 +375,7 @@ def _install(tmp: Path, out: Path) -> None:
 
 
 def _archive(out: Path) -> Path:
-    archive = out.with_name(out.name + ".tar.gz")
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{archive.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with tarfile.open(tmp, "w:gz") as tar:
-            tar.add(out, arcname=out.name)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, archive)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return archive
+    return pack_directory(out, out.with_name(out.name + ".tar.gz"))
 
 
 def export_bundle(

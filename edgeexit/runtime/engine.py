@@ -16,9 +16,8 @@ import dataclasses
 import logging
 import os
 import time
-from pathlib import Path
-
 from math import isfinite
+from pathlib import Path
 
 import numpy as np
 
@@ -209,9 +208,8 @@ class Engine:
         ``x . x`` non-finite; no array is allocated); only a window that fails that is scanned
         element by element, to tell NaN/Inf from values whose squares merely overflow.
         """
-        if type(x) is not np.ndarray:
-            if not isinstance(x, np.ndarray):
-                raise InputError(f"input must be a numpy array, got {type(x).__name__}")
+        if not isinstance(x, np.ndarray):
+            raise InputError(f"input must be a numpy array, got {type(x).__name__}")
         if x.dtype is not _F32 and x.dtype != np.float32:
             raise InputError(
                 f"input dtype is {x.dtype}, the bundle takes float32 (convert with x.astype(np.float32))"
