@@ -334,6 +334,7 @@ def choose_exits(
     groups: np.ndarray | None = None,
     confidence: float = 0.9,
     weights=None,
+    decision_us: float = 0.0,
 ) -> dict:
     """Which early exits are worth their call, from latencies measured by ``edgeexit bench``.
 
@@ -341,8 +342,10 @@ def choose_exits(
     model) is calibrated with :func:`calibrate_thresholds` under the same bound, costing each
     deployed segment as the measured segments it would merge, less a fixed cost per call it saves:
     ``(all_exits_us - monolithic_us) / (segments - 1)``, the chain's measured excess per extra
-    call (boundaries, the interpreter's invoke, the early head). These merged costs are estimates:
-    re-export with the chosen ``--exits`` and bench to measure them.
+    call (boundaries, the interpreter's invoke, the early head), plus ``decision_us`` per segment
+    run (the engine's own time on the early-exit path: input check, decision, result; see
+    :func:`decision_overhead_us`). These merged costs are estimates: re-export with the chosen
+    ``--exits`` and bench to measure them.
 
     Returns ``{"per_call_us", "options": [...], "best": {...}}``, options sorted by expected
     microseconds; each has ``exits`` (segment positions), ``expected_us``, ``thresholds``,
@@ -362,7 +365,8 @@ def choose_exits(
             continue
         costs, prev = [], -1
         for e in kept:
-            costs.append(float(sum(segment_us[prev + 1 : e + 1])) - (e - prev - 1) * per_call)
+            costs.append(float(sum(segment_us[prev + 1 : e + 1])) - (e - prev - 1) * per_call
+                         + decision_us)
             prev = e
         cal = calibrate_thresholds([probs_per_exit[k] for k in kept], y, costs, policy, margin,
                                    groups=groups, confidence=confidence,
@@ -373,9 +377,27 @@ def choose_exits(
                         "feasible": cal.feasible, "loss_points": round(cal.loss_points, 4),
                         "exit_fractions": [round(f, 4) for f in cal.exit_fractions]})
     options.sort(key=lambda o: (not o["feasible"], o["expected_us"]))
-    return {"per_call_us": round(per_call, 3), "monolithic_us": round(float(monolithic_us), 3),
+    return {"per_call_us": round(per_call, 3), "decision_us": round(float(decision_us), 3),
+            "monolithic_us": round(float(monolithic_us), 3),
             "options": options, "best": options[0],
             "note": "merged-segment latencies are estimated from the measured segments"}
+
+
+def decision_overhead_us(bench: dict) -> float:
+    """The engine's own time per segment run on the early-exit path, from a ``bench`` report: the
+    policy path's mean latency less the measured segments it ran (by its exit histogram), per
+    segment run (0 when the report lacks the fields)."""
+    try:
+        seg = np.array([float(s["mean"]) for s in bench["latency_us"]["segments"]])
+        hist = np.array(bench["exit_histogram"], np.float64)
+        policy = float(bench["latency_us"]["policy"]["mean"])
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+    if hist.sum() <= 0 or len(hist) != len(seg):
+        return 0.0
+    f = hist / hist.sum()
+    runs = float((f * np.arange(1, len(f) + 1)).sum())
+    return max(0.0, (policy - float((f * np.cumsum(seg)).sum())) / runs)
 
 
 def calibrate_bundle(
@@ -462,7 +484,7 @@ def calibrate_bundle(
         try:
             choice = choose_exits(probs, y, costs, float(lat["monolithic"]["mean"]),
                                   float(lat["all_exits"]["mean"]), name, margin, groups,
-                                  confidence, weights)
+                                  confidence, weights, decision_us=decision_overhead_us(bench))
         except (KeyError, TypeError, ValueError):
             choice = None  # a report without the monolithic path: no recommendation
         if choice is not None:

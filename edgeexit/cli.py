@@ -701,10 +701,10 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
               help="Model family (resnet1d, or mobilenet1d for the smallest devices).")
 @click.option("--exit-heads", type=click.Choice(EXIT_HEADS), default="conv", show_default=True,
               help="Early exits: conv (more accurate) or linear (cheapest at run time).")
-@click.option("--exits", "exits", default=None, metavar="K,K,...|auto",
-              help="Model exits to deploy, e.g. 0,3 (default: all; see `edgeexit export --exits`); "
-                   "auto: keep the exits worth their call by the latencies measured while "
-                   "calibrating, and export again.")
+@click.option("--exits", "exits", default="auto", show_default=True, metavar="auto|all|K,K,...",
+              help="Model exits to deploy: auto keeps the exits worth their call by the latencies "
+                   "measured while calibrating (exporting again with them), all keeps every exit, "
+                   "or a list such as 0,3 (see `edgeexit export --exits`).")
 @click.option("--epochs", default=12, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="Training threads (default: all cores).")
@@ -724,7 +724,8 @@ def quickstart(out_dir, model, exit_heads, exits, epochs, seed, threads, target,
     from edgeexit.quickstart import QuickstartConfig, run_quickstart
 
     config = QuickstartConfig(model=model, exit_heads=exit_heads,
-                              exits="auto" if exits == "auto" else _parse_exits(exits),
+                              exits="auto" if exits == "auto" else
+                              None if exits == "all" else _parse_exits(exits),
                               epochs=epochs, seed=seed, threads=threads, target=target,
                               margin=margin, bench_backend=backend)
 

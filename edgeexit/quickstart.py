@@ -45,9 +45,10 @@ class QuickstartConfig:
     Attributes:
         model: model family (``resnet1d``, ``mobilenet1d``).
         exit_heads: early-exit heads, ``conv`` or ``linear`` (cheapest at run time).
-        exits: model exits to deploy (None: all; see ``edgeexit export --exits``), or ``auto``:
-            export all, then keep the exits worth their call by the latencies measured in the
-            calibrate stage (:func:`edgeexit.calibrate.choose_exits`) and export again.
+        exits: model exits to deploy (None: all; see ``edgeexit export --exits``), or ``auto``
+            (the default): export all, then keep the exits worth their call by the latencies
+            measured in the calibrate stage (:func:`edgeexit.calibrate.choose_exits`) and export
+            again with them.
         epochs: maximum training epochs.
         seed: seeds the data, the weights and every sample drawn.
         threads: torch threads for training (None: torch's default).
@@ -60,7 +61,7 @@ class QuickstartConfig:
 
     model: str = "resnet1d"
     exit_heads: str = "conv"
-    exits: tuple[int, ...] | str | None = None
+    exits: tuple[int, ...] | str | None = "auto"
     epochs: int = 12
     seed: int = 0
     threads: int | None = None
@@ -201,6 +202,7 @@ def run_quickstart(
                 "best_exits": choice["best"]["exits"],
                 "best_expected_us": choice["best"]["expected_us"],
                 "monolithic_us": choice["monolithic_us"], "per_call_us": choice["per_call_us"],
+                "decision_us": choice["decision_us"],
                 "options": [{k: o[k] for k in ("exits", "expected_us", "feasible")}
                             for o in choice["options"]]},
         }, t0)

@@ -146,3 +146,16 @@ def test_choose_exits_drops_exits_not_worth_their_call():
     weak = [_probs(rng, y, 0.1, 0.9), useless, probs[2]]
     c = choose_exits(weak, y, [5.0, 4.0, 6.0], 11.0, 15.0, margin=1.0)
     assert c["best"]["exits"] == [2] and c["best"]["expected_us"] == 11.0
+    # the engine's own time per segment run (decision, check) counts against every early exit
+    c = choose_exits(probs, y, [5.0, 4.0, 6.0], 11.0, 15.0, margin=1.0, decision_us=6.0)
+    assert c["best"]["exits"] == [2] and c["decision_us"] == 6.0
+
+
+def test_decision_overhead_from_a_bench_report():
+    from edgeexit.calibrate import decision_overhead_us
+
+    bench = {"latency_us": {"segments": [{"mean": 5.0}, {"mean": 4.0}], "policy": {"mean": 9.0}},
+             "exit_histogram": [50, 50]}
+    # half the windows ran 5 us, half 9 us: 7 us of segments over 1.5 runs; 2 us left over
+    assert decision_overhead_us(bench) == pytest.approx(2.0 / 1.5)
+    assert decision_overhead_us({}) == 0.0

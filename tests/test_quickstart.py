@@ -16,7 +16,8 @@ from edgeexit.runtime.profile import bench_data, bench_engine
 def test_quickstart_end_to_end(tmp_path):
     out = tmp_path / "qs"
     seen = []
-    config = QuickstartConfig(model="test_resnet1d", epochs=1, threads=1, bench_backend="onnxruntime")
+    config = QuickstartConfig(model="test_resnet1d", epochs=1, threads=1, bench_backend="onnxruntime",
+                              exits=None)
     s = run_quickstart(out, config, on_stage=lambda name, r: seen.append(name))
     assert seen == ["train", "export", "verify", "calibrate", "bench"]
     for name in ("model.pt", "metrics.json", "bundle/manifest.json", "bundle.tar.gz", "summary.md"):
@@ -24,6 +25,9 @@ def test_quickstart_end_to_end(tmp_path):
     assert json.loads((out / "summary.json").read_text()) == s
     st = s["stages"]
     assert st["verify"]["ok"] and st["calibrate"]["records"] == 24
+    choice = st["calibrate"]["exit_choice"]  # measured costs: which exits are worth their call
+    assert len(choice["options"]) == 8 and choice["best_exits"][-1] == 3
+    assert choice["decision_us"] >= 0 and choice["per_call_us"] >= 0
     assert st["calibrate"]["thresholds"] == json.loads(
         (out / "bundle" / "manifest.json").read_text())["policy"]["thresholds"]
     md = (out / "summary.md").read_text()
