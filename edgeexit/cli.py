@@ -560,8 +560,12 @@ def _print_bench(r):
     rows += [("policy", lat["policy"]), ("all exits", lat["all_exits"]), ("monolithic", lat["monolithic"])]
     for name, s in rows:
         click.echo(f"{name:16} {s['mean']:>9.1f} {s['p50']:>9.1f} {s['p95']:>9.1f} {s['p99']:>9.1f}")
+    ids = r.get("model_exits") or list(range(len(r["exit_histogram"])))
+    note = "" if ids == list(range(len(ids))) else " (segments answer model exits " + \
+        ",".join(map(str, ids)) + ")"
     click.echo("exits taken: " + " ".join(f"{k}:{n} ({100 * f:.1f}%)" for k, (n, f)
-                                          in enumerate(zip(r["exit_histogram"], r["exit_fractions"]))))
+                                          in enumerate(zip(r["exit_histogram"], r["exit_fractions"])))
+               + note)
     ra = r["ratios"]
     click.echo(f"ratios (mean latency): all exits / monolithic {ra['all_exits_vs_monolithic']:.3f}, "
                f"policy / monolithic {ra['policy_vs_monolithic']:.3f}")

@@ -214,12 +214,16 @@ def run_quickstart(
         best = first["exit_choice"]["best_exits"]
         if len(best) == 1:
             log.warning("early exits do not pay on this machine (estimated %.1f us with any exit "
-                        "set against %.1f us for the monolithic model); keeping all exits",
+                        "set against %.1f us for the monolithic model): deploy the monolithic "
+                        "model; the bundle keeps all exits",
                         min(o["expected_us"] for o in first["exit_choice"]["options"]
                             if len(o["exits"]) > 1), first["exit_choice"]["monolithic_us"])
         elif best != first["exits"]:
             stages["first_calibration"] = first
-            export_verify_calibrate(tuple(best))
+            second = export_verify_calibrate(tuple(best))
+            if second["exit_choice"] is not None and len(second["exit_choice"]["best_exits"]) == 1:
+                log.warning("measured again with exits %s, early exits do not pay on this "
+                            "machine: the monolithic model is the faster deployment", best)
 
     t0 = time.perf_counter()
     engine = Engine.from_bundle(bundle, backend=config.bench_backend, threads=config.bench_threads,

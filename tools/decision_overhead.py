@@ -1,7 +1,7 @@
 """The engine's own time per early-exit decision, apart from the native inference (batch 1).
 
-For every exit policy, ``Engine.predict`` runs over the windows (the bundle's golden inputs, or
-``--data``), and beside it, in the same run, in blocks whose order rotates:
+For every exit policy, ``Engine.predict`` runs over the windows (a seeded sample of what
+``edgeexit bench`` would run, or the bundle's golden inputs), and beside it, in the same run, in blocks whose order rotates:
 
 * ``predict``: :meth:`Engine.predict` per window, what a device pays;
 * ``native``: only the native inference of the segments that window runs (LiteRT's ``Invoke``;
@@ -14,11 +14,12 @@ Reported per policy (medians over rounds of the per-round means): microseconds p
 variant, the decision time per exit (``decision`` / segments run), and the engine's own time per
 segment run ((``predict`` - ``native``) / segments run: input check, copies in and out of the
 interpreter, clocks, decisions, the result object). The policy the bundle was calibrated for uses
-its thresholds; the others are calibrated here on the windows' labels with the same margin
-(``edgeexit.calibrate``), or, for windows without labels, set at the median confidence of each exit.
+its thresholds; the others get thresholds for the timing only (calibrated on the windows' labels
+with the same margin, or, without labels, the median confidence of each exit): their accuracy on
+those windows means nothing.
 
 Example:
-    python tools/decision_overhead.py runs/mitdb-seed4/bundle-rpi4 --data DS2.npz --limit 2000
+    python tools/decision_overhead.py runs/mitdb-seed4/bundle-ensemble --limit 1000
 """
 
 from __future__ import annotations
@@ -36,22 +37,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgeexit.calibrate import calibrate_thresholds  # noqa: E402
 from edgeexit.runtime.engine import Engine  # noqa: E402
 from edgeexit.runtime.policy import POLICIES, exit_scores, make_policy, softmax  # noqa: E402
+from edgeexit.runtime.profile import bench_data  # noqa: E402
 
 
 def _windows(engine: Engine, bundle: str, data: str | None, limit: int):
-    if data is None:
+    """The bundle's golden inputs (``--data golden``), else what ``edgeexit bench`` would run."""
+    if data == "golden":
         with np.load(Path(bundle) / "golden.npz") as z:
             x, y = z["inputs"], z["labels"] if "labels" in z.files else None
-    elif data.endswith(".npy"):
-        x, y = np.load(data), None
-    else:
-        with np.load(data) as z:
-            x = z["x"] if "x" in z.files else z["inputs"]
-            y = z["y"] if "y" in z.files else (z["labels"] if "labels" in z.files else None)
-    x = np.ascontiguousarray(x, np.float32)
-    if len(x) > limit:
-        idx = np.sort(np.random.default_rng(0).choice(len(x), limit, replace=False))
-        x, y = x[idx], None if y is None else y[idx]
+        return np.ascontiguousarray(x[:limit], np.float32), None if y is None else y[:limit]
+    x, y, _ = bench_data(engine, data, "test", limit)
     return x, y
 
 
@@ -167,7 +162,9 @@ def main() -> None:
     ap.add_argument("bundle", help="bundle directory")
     ap.add_argument("--backend", default="litert", choices=["litert", "onnxruntime"])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--data", help=".npz (x, y) or .npy windows (default: the bundle's golden.npz)")
+    ap.add_argument("--data", default=None,
+                    help="windows as for `edgeexit bench --data` (default: the test side of the "
+                         "data recorded in the bundle), or 'golden' (the bundle's golden.npz)")
     ap.add_argument("--limit", type=int, default=1000, help="windows at most (seeded sample)")
     ap.add_argument("--rounds", type=int, default=15, help="timed rounds per variant")
     ap.add_argument("--margin", type=float, default=0.5,

@@ -144,6 +144,7 @@ def bench_engine(
             "policy_vs_all_exits": round(float(t_policy.mean()) / float(t_all.mean()), 4),
             "all_exits_vs_monolithic_p50": round(float(np.median(t_all)) / float(np.median(t_mono)), 4),
         },
+        "model_exits": list(engine.manifest.exits),  # the model exit each segment answers
         "exit_histogram": [int(v) for v in hist],
         "exit_fractions": [round(float(v) / n, 6) for v in hist],
         "expected_macs": int(round(float(cum_macs[exits].mean()))),
