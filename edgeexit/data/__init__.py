@@ -115,7 +115,7 @@ def load_split(spec: DataSpec, which: str, progress: Progress = None) -> BeatDat
     where the source allows it (synthetic data, the MIT-BIH inter-patient split).
 
     ``calibration`` (synthetic data only): beats of simulated patients that are in neither the
-    training nor the test set (half as many beats as training, ``seed + 2000``), for calibrating
+    training nor the test set (as many beats as training, ``seed + 2000``), for calibrating
     exit thresholds on new patients. Other sources have no such side: calibrate on records of the
     target population that training never saw (``edgeexit calibrate --data``).
     """
@@ -127,7 +127,7 @@ def load_split(spec: DataSpec, which: str, progress: Progress = None) -> BeatDat
                 f"{spec.source} has no calibration side of its own: give records from the target "
                 "population that training never saw (a WFDB directory or an .npz/.csv file)"
             )
-        return _synthetic(spec, max(spec.n_beats // 2, 100), spec.seed + CALIBRATION_SEED_OFFSET)
+        return _synthetic(spec, spec.n_beats, spec.seed + CALIBRATION_SEED_OFFSET)
     train = which == "train"
     if spec.source == SYNTHETIC and spec.test_source is None:
         if train:
