@@ -124,6 +124,15 @@ def run_quickstart(
 
     out = Path(out)
     _check_out(out)
+    if isinstance(config.exits, tuple):  # refuse bad exits before training, not after
+        from edgeexit.export.split import check_exits
+        from edgeexit.models import ModelConfig, create_model
+
+        probe = create_model(ModelConfig(config.model, in_channels=8, num_classes=5,
+                                         exit_heads=config.exit_heads))
+        check_exits(config.exits, probe.num_exits)
+    elif config.exits not in (None, "auto"):
+        raise ConfigError(f"exits must be 'auto', None or model exit indices, got {config.exits!r}")
     report = on_stage or (lambda name, result: None)
     spec = DataSpec(seed=config.seed)
     tconf = TrainConfig(model=config.model, exit_heads=config.exit_heads, epochs=config.epochs,

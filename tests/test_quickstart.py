@@ -46,3 +46,6 @@ def test_quickstart_end_to_end(tmp_path):
         run_quickstart(tmp_path / "other", config)
     r = CliRunner().invoke(main, ["quickstart", "--out", str(tmp_path / "other")])
     assert r.exit_code == 1 and "did not write" in r.output
+    r = CliRunner().invoke(main, ["quickstart", "--out", str(tmp_path / "new"), "--exits", "0,9"])
+    assert r.exit_code == 1 and "out of range" in r.output
+    assert not (tmp_path / "new" / "model.pt").exists()  # refused before training

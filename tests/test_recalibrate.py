@@ -123,3 +123,25 @@ def test_cross_fit_calibrates_on_every_training_record(bundle, tiny_checkpoint):
     assert d["policy"]["thresholds"] == list(load_manifest(bundle).policy.thresholds)
     r = CliRunner().invoke(main, ["calibrate", str(bundle)])
     assert r.exit_code == 2 and "either --data or --cross-fit" in r.output
+
+
+def test_calibrate_runs_on_a_device_install(bundle, tmp_path):
+    """Recalibration needs only the runtime: torch, onnx and wfdb made unimportable."""
+    import subprocess
+    import sys
+
+    npz = tmp_path / "new.npz"
+    make_separable(n=300, seed=14).save_npz(npz)
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'onnx', 'onnxscript', 'wfdb', 'litert_torch'):\n"
+        "    sys.modules[m] = None\n"
+        "from click.testing import CliRunner\n"
+        "from edgeexit.cli import main\n"
+        f"r = CliRunner().invoke(main, ['-q', 'calibrate', {str(bundle)!r}, '--data', {str(npz)!r},\n"
+        "                              '--backend', 'litert', '--json'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print(r.output[r.output.index('{'):])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["policy"]["calibration"]["samples"] == 300
