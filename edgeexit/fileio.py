@@ -63,14 +63,6 @@ def pack_directory(directory: str | os.PathLike, archive: str | os.PathLike) -> 
     """Write ``directory`` as the gzipped tar ``archive`` (one top-level folder, the directory's
     name), atomically: a failure leaves the old archive (or none), never half of one."""
     directory, archive = Path(directory), Path(archive)
-    fd, tmp = tempfile.mkstemp(dir=archive.parent, prefix=f".{archive.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with tarfile.open(tmp, "w:gz") as tar:
-            tar.add(directory, arcname=directory.name)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, archive)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        tar.add(directory, arcname=directory.name)
     return archive

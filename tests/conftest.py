@@ -29,6 +29,20 @@ def make_separable(n: int = 600, seed: int = 0, channels: int = 6, length: int =
                        groups=groups, source=f"separable(seed={seed})")
 
 
+def chain_segments(segments, x):
+    """Run split segments one after another: (features handed on, logits of every segment)."""
+    feats, logits, h = [], [], x
+    for seg in segments:
+        out = seg(h)
+        if seg.last:
+            logits.append(out)
+        else:
+            h, z = out
+            feats.append(h)
+            logits.append(z)
+    return feats, logits
+
+
 @pytest.fixture
 def separable() -> BeatDataset:
     return make_separable()

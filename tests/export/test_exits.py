@@ -19,21 +19,9 @@ from edgeexit.runtime.backends import get_backend
 from edgeexit.runtime.engine import Engine
 from edgeexit.runtime.manifest import BundleError, Manifest, load_manifest
 from edgeexit.runtime.verify import verify_bundle
+from tests.conftest import chain_segments
 
 EXITS = (1, 3)  # both segments merged: stages 0-1 + head 1, stages 2-3 + head 3
-
-
-def _chain(segments, x):
-    feats, logits, h = [], [], x
-    for seg in segments:
-        out = seg(h)
-        if seg.last:
-            logits.append(out)
-        else:
-            h, z = out
-            feats.append(h)
-            logits.append(z)
-    return feats, logits
 
 
 @pytest.mark.parametrize("family", list(list_models()))
@@ -47,7 +35,7 @@ def test_merged_segments_compute_the_model_exits(family):
         ref = model(x)
         feats = model.features(x)
         segs = split_model(model, exits)
-        got_feats, got = _chain(segs, x)
+        got_feats, got = chain_segments(segs, x)
     assert [s.exit for s in segs] == list(exits) and segs[-1].stages == tuple(range(exits[0] + 1, n))
     for k, z in zip(exits, got):
         torch.testing.assert_close(z, ref[k], rtol=0, atol=0)

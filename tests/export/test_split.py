@@ -7,18 +7,7 @@ from torch import nn
 from edgeexit.errors import ConfigError
 from edgeexit.export.split import Monolithic, segment_inputs, segment_specs, split_model
 from edgeexit.models import ModelConfig, MultiExitNet, create_model, list_models
-
-
-def _chain(segments, x):
-    logits, h = [], x
-    for seg in segments:
-        out = seg(h)
-        if seg.last:
-            logits.append(out)
-        else:
-            h, z = out
-            logits.append(z)
-    return logits
+from tests.conftest import chain_segments
 
 
 @pytest.mark.parametrize("family", list(list_models()))
@@ -28,7 +17,7 @@ def test_segments_chain_to_the_model_for_every_family(family):
     x = torch.randn(3, 8, 256)
     with torch.no_grad():
         ref = model(x)
-        got = _chain(split_model(model), x)
+        got = chain_segments(split_model(model), x)[1]
         mono = Monolithic(model)(x)
     assert len(got) == model.num_exits
     for a, b in zip(got, ref):
@@ -52,7 +41,7 @@ def test_a_users_own_model_splits():
     assert [s.output_shapes for s in specs] == [((4, 32), (3,)), ((3,),)]
     x = torch.randn(2, 2, 32)
     with torch.no_grad():
-        for a, b in zip(_chain(split_model(model), x), model(x)):
+        for a, b in zip(chain_segments(split_model(model), x)[1], model(x)):
             torch.testing.assert_close(a, b)
 
 
