@@ -400,6 +400,14 @@ def decision_overhead_us(bench: dict) -> float:
     return max(0.0, (policy - float((f * np.cumsum(seg)).sum())) / runs)
 
 
+def _without_history(policy: dict) -> dict:
+    """A policy record with its own ``previous`` dropped: one step of history, not a chain."""
+    cal = policy.get("calibration")
+    if isinstance(cal, dict) and "previous" in cal:
+        policy = {**policy, "calibration": {k: v for k, v in cal.items() if k != "previous"}}
+    return policy
+
+
 def calibrate_bundle(
     bundle: str | os.PathLike,
     x: np.ndarray | None,
@@ -475,7 +483,7 @@ def calibrate_bundle(
         calibration={**cal.to_dict(), "data": source, "split": "given to edgeexit calibrate",
                      **(provenance or {}),
                      "format": "tflite" if engine.backend == "litert" else "onnx",
-                     "previous": manifest.policy.to_dict()},
+                     "previous": _without_history(manifest.policy.to_dict())},
     )
     report = {"bundle": str(root), "backend": engine.backend, "policy": spec.to_dict(),
               "written": not dry_run}

@@ -92,6 +92,12 @@ def test_cli_calibrate(bundle, tmp_path):
     d = json.loads(r.output[r.output.index("{"):])
     assert d["policy"]["calibration"]["cost_unit"].startswith("us")
     assert d["policy"]["calibration"]["full_cost"] == 20.0
+    # a second recalibration keeps one step of history, not a chain
+    r = CliRunner().invoke(main, ["calibrate", str(bundle), "--data", str(npz), "--margin", "1",
+                                  "--backend", "onnxruntime"])
+    assert r.exit_code == 0, r.output
+    prev = load_manifest(bundle).policy.calibration["previous"]
+    assert prev["calibration"]["cost_unit"].startswith("us") and "previous" not in prev["calibration"]
     r = CliRunner().invoke(main, ["calibrate", str(bundle), "--data", str(npz), "--records", "1"])
     assert r.exit_code == 1 and "WFDB directory only" in r.output
     bench.write_text("[]")
