@@ -34,6 +34,7 @@ from statistics import NormalDist
 import numpy as np
 
 from edgeexit.errors import ConfigError, DataError
+from edgeexit.fileio import atomic_write, pack_directory
 from edgeexit.runtime.policy import ensemble_probs, exit_scores, softmax
 
 log = logging.getLogger(__name__)
@@ -445,6 +446,7 @@ def calibrate_bundle(
             :mod:`edgeexit.crossfit`), instead of running ``x`` through the bundle (``x`` None).
         provenance: recorded with the calibration (e.g. the cross-fit's folds).
     """
+    from edgeexit.runtime.backends import get_backend
     from edgeexit.runtime.engine import Engine
     from edgeexit.runtime.manifest import MANIFEST, PolicySpec, read_manifest
 
@@ -482,7 +484,7 @@ def calibrate_bundle(
         weights=cal.weights,
         calibration={**cal.to_dict(), "data": source, "split": "given to edgeexit calibrate",
                      **(provenance or {}),
-                     "format": "tflite" if engine.backend == "litert" else "onnx",
+                     "format": get_backend(engine.backend).file_format,
                      "previous": _without_history(manifest.policy.to_dict())},
     )
     report = {"bundle": str(root), "backend": engine.backend, "policy": spec.to_dict(),
@@ -503,15 +505,11 @@ def calibrate_bundle(
         return report
     text = json.loads((root / MANIFEST).read_text())
     text["policy"] = spec.to_dict()
-    from edgeexit.fileio import atomic_write
-
     data = (json.dumps(text, indent=2) + "\n").encode()
     atomic_write(root / MANIFEST, lambda f: f.write(data))
     read_manifest(root)  # the written manifest parses
     archive = root.with_name(root.name + ".tar.gz")
     if archive.exists():
-        from edgeexit.fileio import pack_directory
-
         pack_directory(root, archive)
         report["archive"] = str(archive)
     log.info("wrote %s thresholds %s into %s", name, list(spec.thresholds), root / MANIFEST)

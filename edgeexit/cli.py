@@ -576,16 +576,15 @@ def _print_bench(r):
 
 
 # ------------------------------------------------------------------------------------ calibrate
-def _calibration_data(engine, source, records):
+def _calibration_data(manifest, source, records):
     import dataclasses
     import os
 
-    from edgeexit.config import dataclass_from_dict
     from edgeexit.data import DataSpec, load_source, load_split
     from edgeexit.errors import DataError
 
-    recorded = engine.manifest.provenance.get("data")
-    spec = dataclass_from_dict(DataSpec, recorded, "data spec keys") if recorded else DataSpec()
+    recorded = manifest.provenance.get("data")
+    spec = DataSpec.from_dict(recorded) if recorded else DataSpec()
     if source == "synthetic":
         return load_split(dataclasses.replace(spec, source="synthetic", test_source=None), "calibration")
     if os.path.isdir(source):
@@ -641,29 +640,30 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
 
     from edgeexit.calibrate import calibrate_bundle
     from edgeexit.errors import DataError
-    from edgeexit.runtime.engine import Engine
+    from edgeexit.runtime.manifest import load_manifest
 
     if (source is None) == (cross_fit is None):
         raise click.UsageError("give either --data or --cross-fit K")
-    engine = Engine.from_bundle(bundle, backend=backend, threads=1, policy="fixed")
+    # checked before any data is read or model trained; calibrate_bundle loads the engine
+    manifest = load_manifest(bundle)
+    x = probs = extra = None
     if cross_fit is None:
         recs = None if records is None else [r.strip() for r in records.split(",") if r.strip()]
-        ds = _calibration_data(engine, source, recs)
-        if tuple(ds.classes) != tuple(engine.classes):
+        ds = _calibration_data(manifest, source, recs)
+        if tuple(ds.classes) != tuple(manifest.classes):
             raise DataError(f"data classes {list(ds.classes)} differ from the bundle's "
-                            f"{list(engine.classes)}")
-        x, y, groups, probs, described, extra = ds.x.astype(np.float32), ds.y, ds.groups, None, \
-            ds.source, None
+                            f"{list(manifest.classes)}")
+        x, y, groups, described = ds.x.astype(np.float32), ds.y, ds.groups, ds.source
     else:
         from edgeexit.crossfit import cross_fit as run_cross_fit
 
-        ckpt = checkpoint or engine.manifest.provenance.get("checkpoint")
+        ckpt = checkpoint or manifest.provenance.get("checkpoint")
         if not ckpt:
             raise click.UsageError("give --checkpoint (the bundle records none)")
         cf = run_cross_fit(ckpt, cross_fit, threads=threads,
                            progress=lambda s: click.echo(f"... {s}", err=True))
-        x, y, groups, described = None, cf.y, cf.groups, cf.source
-        probs = [cf.probs[k] for k in engine.manifest.exits]  # the exits the bundle deploys
+        y, groups, described = cf.y, cf.groups, cf.source
+        probs = [cf.probs[k] for k in manifest.exits]  # the exits the bundle deploys
         extra = {"cross_fit": cf.describe(), "checkpoint": str(ckpt)}
     bench = None
     if bench_file:

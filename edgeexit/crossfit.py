@@ -61,7 +61,6 @@ def cross_fit(
     import torch
 
     from edgeexit.checkpoint import load_checkpoint
-    from edgeexit.config import dataclass_from_dict
     from edgeexit.data import DataSpec, load_split
     from edgeexit.errors import DataError
     from edgeexit.train import predict_exits, recorded_train_config, train
@@ -73,7 +72,7 @@ def cross_fit(
     recorded = (meta.get("data") or {}).get("spec")
     if recorded is None:
         raise DataError(f"{checkpoint} does not record its training data; cross-fitting needs it")
-    spec = dataclass_from_dict(DataSpec, recorded, "data spec keys")
+    spec = DataSpec.from_dict(recorded)
     data = load_split(spec, "train")
     if data.groups is None or np.unique(data.groups).size < 2 * folds:
         n = 0 if data.groups is None else np.unique(data.groups).size

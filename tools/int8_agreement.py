@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from edgeexit.checkpoint import load_checkpoint
-from edgeexit.config import dataclass_from_dict
 from edgeexit.data import DataSpec, load_split
 from edgeexit.runtime.backends import backend_for_format
 from edgeexit.runtime.engine import Engine
@@ -34,7 +33,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     manifest = load_manifest(args.bundle)
-    spec = dataclass_from_dict(DataSpec, manifest.provenance["data"], "data spec keys")
+    spec = DataSpec.from_dict(manifest.provenance["data"])
     data = load_split(spec, args.split)
     x, y = data.x.astype(np.float32), data.y
     if args.limit and args.limit < len(x):

@@ -19,6 +19,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from edgeexit.config import dataclass_from_dict
 from edgeexit.data.dataset import (
     AAMI_CLASSES,
     BeatDataset,
@@ -80,6 +81,11 @@ class DataSpec:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DataSpec:
+        """The spec recorded by :meth:`to_dict` (in a checkpoint or a bundle's provenance)."""
+        return dataclass_from_dict(cls, d, "data spec keys")
 
 
 def _synthetic(spec: DataSpec, n_beats: int, seed: int) -> BeatDataset:

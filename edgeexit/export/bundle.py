@@ -37,7 +37,6 @@ import torch
 
 from edgeexit.calibrate import calibrate_thresholds
 from edgeexit.checkpoint import load_checkpoint
-from edgeexit.config import dataclass_from_dict
 from edgeexit.data import BeatDataset, DataSpec, load_split
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.export.errors import ExportError
@@ -188,7 +187,7 @@ def _training_data(ckpt, spec: str | DataSpec | None) -> tuple[DataSpec, BeatDat
                 "the checkpoint does not record its training data; give it with --data "
                 "(thresholds are calibrated on validation beats of that data)"
             )
-        spec = dataclass_from_dict(DataSpec, recorded, "data spec keys")
+        spec = DataSpec.from_dict(recorded)
     data = load_split(spec, "train")
     if tuple(data.input_shape) != tuple(ckpt.input_spec["shape"]):
         raise DataError(

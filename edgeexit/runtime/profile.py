@@ -199,11 +199,10 @@ def bench_data(engine: Engine, source: str | None = None, split: str = "test",
 
         x, y, desc = read_windows(source, engine.input_shape), None, {"source": source}
     else:
-        from edgeexit.config import dataclass_from_dict
         from edgeexit.data import DataSpec, load_source, load_split
 
         recorded = engine.manifest.provenance.get("data")
-        spec = dataclass_from_dict(DataSpec, recorded, "data spec keys") if recorded else None
+        spec = DataSpec.from_dict(recorded) if recorded else None
         if source is None:
             if spec is None:
                 raise DataError("the bundle records no data; give --data")
