@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeexit.calibrate import calibrate_thresholds  # noqa: E402
+from edgeexit.errors import EdgeExitError  # noqa: E402
 from edgeexit.runtime.engine import Engine  # noqa: E402
 from edgeexit.runtime.policy import POLICIES, exit_scores, make_policy, softmax  # noqa: E402
 from edgeexit.runtime.profile import bench_data  # noqa: E402
@@ -171,7 +172,10 @@ def main() -> None:
                     help="accuracy margin (points) for the policies calibrated here")
     ap.add_argument("--json", action="store_true", help="print JSON only")
     a = ap.parse_args()
-    res = measure(a.bundle, a.backend, a.threads, a.data, a.limit, a.rounds, a.margin)
+    try:
+        res = measure(a.bundle, a.backend, a.threads, a.data, a.limit, a.rounds, a.margin)
+    except EdgeExitError as e:
+        raise SystemExit(f"Error: {e}") from None
     if a.json:
         print(json.dumps(res, indent=2))
         return

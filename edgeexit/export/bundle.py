@@ -127,6 +127,8 @@ class ExportConfig:
             raise ConfigError(f"export calibrates the policy max_prob, entropy or ensemble, got {self.policy!r}")
         if self.ensemble_weights not in ("auto", None):
             raise ConfigError(f"ensemble weights are 'auto' or None (equal), got {self.ensemble_weights!r}")
+        if not 0.0 <= self.confidence < 1.0:  # checked here too: before any file is converted
+            raise ConfigError(f"confidence must lie in [0, 1), got {self.confidence}")
         if not 0 <= self.margin < 100:
             raise ConfigError(f"margin must lie in [0, 100) accuracy points, got {self.margin}")
         if self.calibration_samples < 1 or self.golden_samples < 1:

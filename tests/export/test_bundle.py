@@ -103,6 +103,10 @@ def test_export_config_rejects_bad_values():
         ExportConfig(precision="int4")
     with pytest.raises(ConfigError, match="policy"):
         ExportConfig(policy="fixed")
+    with pytest.raises(ConfigError, match="confidence"):  # before any file is converted
+        ExportConfig(confidence=1.2)
+    with pytest.raises(ConfigError, match="ensemble weights"):
+        ExportConfig(ensemble_weights="heavy")
 
 
 def test_unknown_target_lists_the_known_ones(tiny_checkpoint, tmp_path):
