@@ -35,7 +35,15 @@ from edgeexit.errors import ConfigError, DataError
 from edgeexit.fileio import atomic_write
 from edgeexit.metrics import classification_report
 from edgeexit.models import ModelConfig, MultiExitNet, check_model_name, create_model, profile_model
-from edgeexit.robust.methods import Batch, check_method_name, create_method
+from edgeexit.robust.methods import (
+    Batch,
+    MethodConfig,
+    TrainContext,
+    check_method_name,
+    create_method,
+    make_method_config,
+    method_config_class,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +59,9 @@ class TrainConfig:
         model: registered model family (``edgeexit info --models`` lists them).
         width: channel-width multiplier of the family.
         exit_heads: early-exit classifiers, ``conv`` or ``linear`` (``ModelConfig.exit_heads``).
-        method: registered training method (``standard``; adversarial ones plug in here).
+        method: registered training method (``standard``, ``rdi``, ``neokd``, ``ima``).
+        method_config: the method's own frozen settings (its ``config_class``; eps, steps, ...);
+            None = the method's defaults.
         epochs: maximum number of epochs.
         batch_size: samples per optimiser step (over all processes when distributed).
         lr: peak learning rate of AdamW (cosine-decayed to zero over ``epochs``).
@@ -74,6 +84,7 @@ class TrainConfig:
     width: float = 1.0
     exit_heads: str = "conv"
     method: str = "standard"
+    method_config: MethodConfig | None = None
     epochs: int = 12
     batch_size: int = 128
     lr: float = 3e-3
@@ -91,6 +102,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_model_name(self.model)
         check_method_name(self.method)
+        expected = method_config_class(self.method)
+        if self.method_config is None:
+            object.__setattr__(self, "method_config", expected())
+        elif type(self.method_config) is not expected:
+            raise ConfigError(
+                f"method {self.method!r} takes a {expected.__name__}, "
+                f"got a {type(self.method_config).__name__}"
+            )
         if self.class_weighting not in CLASS_WEIGHTINGS:
             raise ConfigError(
                 f"unknown class weighting {self.class_weighting!r}; "
@@ -106,6 +125,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["exit_weights"] = None if self.exit_weights is None else list(self.exit_weights)
+        d["method_config"] = self.method_config.to_dict()
         return d
 
 
@@ -132,6 +152,8 @@ def recorded_train_config(meta: dict | None) -> TrainConfig:
     tc = dict((meta or {}).get("train_config") or {})
     if tc.get("exit_weights") is not None:
         tc["exit_weights"] = tuple(tc["exit_weights"])
+    if tc.get("method_config") is not None:
+        tc["method_config"] = make_method_config(tc.get("method", "standard"), tc["method_config"])
     return dataclass_from_dict(TrainConfig, tc, "train config keys") if tc else TrainConfig()
 
 
@@ -291,10 +313,16 @@ def _train(data, config, test, out_dir, progress, data_spec, dist) -> TrainResul
     if len(exit_w) != model.num_exits:
         raise ConfigError(f"{len(exit_w)} exit weights given for {model.num_exits} exits")
     cw = class_weights(train_set.y, len(data.classes), config.class_weighting, config.max_class_weight)
-    method = create_method(
-        config.method,
-        torch.tensor(exit_w, dtype=torch.float32),
-        None if cw is None else torch.from_numpy(cw),
+    method = create_method(config.method, config.method_config)
+    method.setup(
+        TrainContext(
+            model=model,
+            exit_weights=torch.tensor(exit_w, dtype=torch.float32),
+            class_weights=None if cw is None else torch.from_numpy(cw),
+            num_samples=len(train_set),
+            signal_channels=data.signal_channels,
+            world=dist.world,
+        )
     )
     costs = profile_model(model, data.input_shape)
 
@@ -401,6 +429,7 @@ def _train(data, config, test, out_dir, progress, data_spec, dist) -> TrainResul
         },
         "class_weights": None if cw is None else [float(w) for w in cw],
         "exit_weights": list(exit_w),
+        "method": method.summary(),
         "params": sum(p.numel() for p in model.parameters()),
         "history": history,
         "best_epoch": best_epoch,

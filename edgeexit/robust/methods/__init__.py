@@ -3,18 +3,26 @@
 from edgeexit.robust.methods import standard as _standard  # noqa: F401  (registers "standard")
 from edgeexit.robust.methods.base import (
     Batch,
+    MethodConfig,
+    TrainContext,
     TrainingMethod,
     check_method_name,
     create_method,
     list_methods,
+    make_method_config,
+    method_config_class,
     register_method,
 )
 
 __all__ = [
     "Batch",
+    "MethodConfig",
+    "TrainContext",
     "TrainingMethod",
     "check_method_name",
     "create_method",
     "list_methods",
+    "make_method_config",
+    "method_config_class",
     "register_method",
 ]

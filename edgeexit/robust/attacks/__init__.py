@@ -1,0 +1,36 @@
+"""Exit-aware attacks on multi-exit models (one small class per attack over :class:`Attack`).
+
+White-box (need the PyTorch model): :class:`FGSM`, :class:`PGD` (Linf/L2; single-exit, average-
+exit or policy-aware through its objective), :class:`MaxAvgPGD`. Objectives:
+:mod:`edgeexit.robust.attacks.objectives`.
+"""
+
+from edgeexit.robust.attacks.base import NORMS, Attack, eval_mode, l2_eps, signal_channels_of
+from edgeexit.robust.attacks.objectives import (
+    ExitCE,
+    MeanCE,
+    Objective,
+    PolicyCE,
+    Slowdown,
+    SumCE,
+    make_objective,
+)
+from edgeexit.robust.attacks.pgd import FGSM, PGD, MaxAvgPGD
+
+__all__ = [
+    "FGSM",
+    "NORMS",
+    "PGD",
+    "Attack",
+    "ExitCE",
+    "MaxAvgPGD",
+    "MeanCE",
+    "Objective",
+    "PolicyCE",
+    "Slowdown",
+    "SumCE",
+    "eval_mode",
+    "l2_eps",
+    "make_objective",
+    "signal_channels_of",
+]
