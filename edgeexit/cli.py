@@ -784,5 +784,94 @@ def quickstart(out_dir, model, exit_heads, exits, epochs, seed, threads, target,
     click.echo(f"wrote {summary['out']}/summary.json and summary.md ({summary['elapsed_s']} s)")
 
 
+# ------------------------------------------------------------------------------------- evaluate
+def _floats(text):
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+_ATTACK_NAMES = ("max_avg", "policy", "universal", "square", "slowdown", "universal_slowdown")
+
+
+@main.command()
+@click.argument("target", type=click.Path(exists=True))
+@click.option("--data", "source", default=None,
+              help="Test data: 'synthetic', a WFDB directory or a file (default: the test side of "
+                   "the data the checkpoint records). Universal perturbations fit on its training side.")
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
+              help="A bundle's source model (default: the one its manifest names; the sha256 must "
+                   "match).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for report.json, report.md and the PNG plots.")
+@click.option("--eps", default="0.05,0.1,0.2", show_default=True,
+              help="Attack budgets in mV (comma-separated).")
+@click.option("--sanity-eps", default=1.0, show_default=True,
+              help="A large budget (mV) at which accuracy must fall toward 0.")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True,
+              help="linf: per time step; l2: over the whole window (mV).")
+@click.option("--attacks", default=",".join(_ATTACK_NAMES), show_default=True,
+              help="Which attacks (square and the cost figures need a bundle).")
+@click.option("--steps", default=20, show_default=True, help="PGD steps.")
+@click.option("--noise", default="ma", show_default=True,
+              help="Noise kinds: bw (baseline wander), ma (muscle), em (electrode motion); '' none.")
+@click.option("--snr", default="6,0", show_default=True, help="Noise SNRs in dB (nst's definition).")
+@click.option("--noise-dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="WFDB noise records bw/ma/em (MIT-BIH Noise Stress Test format) instead of "
+                   "synthetic noise.")
+@click.option("--limit", default=1000, show_default=True,
+              help="Test windows attacked (a class-stratified sample; 0: all).")
+@click.option("--square-queries", default=300, show_default=True,
+              help="Queries per window of the black-box Square attack.")
+@click.option("--backend", default="auto", show_default=True, help="Runtime backend for a bundle.")
+@click.option("--threads", default=1, show_default=True, help="Torch and runtime threads.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks, steps, noise,
+             snr, noise_dir, limit, square_queries, backend, threads, seed, progress, as_json):
+    """Attack a checkpoint or a deployed bundle and report robustness.
+
+    For a checkpoint: white-box attacks (max-average PGD, policy-aware PGD on the ensemble of all
+    exits, universal perturbations, DeepSloth slowdown). For a bundle: the same inputs crafted on
+    its source model, run through the runtime with the deployed exit policy, plus the black-box
+    Square attack and noise through the runtime; exit histograms, MACs and latency clean vs
+    attacked. Writes OUT/report.json, OUT/report.md, OUT/robustness.png and OUT/exits.png.
+    """
+    from edgeexit.robust.evaluate import EvalConfig, format_markdown
+    from edgeexit.robust.evaluate import evaluate as run_evaluate
+
+    config = EvalConfig(eps=_floats(eps), sanity_eps=sanity_eps, norm=norm,
+                        attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
+                        steps=steps, noise=tuple(n.strip() for n in noise.split(",") if n.strip()),
+                        snr_db=_floats(snr), noise_dir=noise_dir, limit=limit or None,
+                        square_queries=square_queries, backend=backend, threads=threads,
+                        seed=seed)
+    bar = None
+
+    def show(what, done, total):
+        nonlocal bar
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc="evaluate", unit="step", leave=False)
+        bar.set_postfix_str(what)
+        bar.update(done - bar.n)
+
+    try:
+        result = run_evaluate(target, data=source, checkpoint=checkpoint, config=config,
+                              out_dir=out_dir,
+                              progress=show if progress and sys.stderr.isatty() else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    if as_json:
+        _echo_json(result.report)
+        return
+    click.echo(format_markdown(result.report))
+    click.echo("wrote " + ", ".join(str(f) for f in result.files))
+
+
 if __name__ == "__main__":
     sys.exit(main())

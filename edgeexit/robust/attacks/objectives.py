@@ -88,12 +88,15 @@ class PolicyCE(Objective):
             is >= t_k; ``entropy``: when the entropy in nats is <= t_k); None for ``ensemble``
             means every exit runs and the answer is the average of all of them.
         weights: the ``ensemble``'s per-exit weights (None: equal).
-        exit_index: the ``fixed`` policy's exit.
+        exit_index: the ``fixed`` policy's exit (an index into ``exits`` when given).
+        exits: the model exits the deployed segments answer at, in order (a bundle exported with
+            ``--exits 0,3`` has two, ``manifest.exits``); None = every exit of the model.
     """
 
     name = "policy"
 
-    def __init__(self, policy: str, thresholds=None, weights=None, exit_index=None) -> None:
+    def __init__(self, policy: str, thresholds=None, weights=None, exit_index=None,
+                 exits=None) -> None:
         if policy not in ("max_prob", "entropy", "ensemble", "fixed"):
             raise ConfigError(f"no policy-aware objective for policy {policy!r}")
         if policy in ("max_prob", "entropy") and thresholds is None:
@@ -102,12 +105,18 @@ class PolicyCE(Objective):
         self.thresholds = None if thresholds is None else [float(t) for t in thresholds]
         self.weights = None if weights is None else [float(w) for w in weights]
         self.exit_index = exit_index
+        self.exits = None if exits is None else [int(e) for e in exits]
         self.name = f"policy:{policy}"
-        if policy == "fixed" and exit_index is not None:
+        if self.exits is not None:
+            self.needs = max(self.exits)
+        elif policy == "fixed" and exit_index is not None:
             self.needs = int(exit_index)
 
     def answers(self, logits: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The policy's answer distribution per sample ``[B, K]`` and the exit taken ``[B]``."""
+        """The policy's answer distribution per sample ``[B, K]`` and the exit taken ``[B]`` (an
+        index into ``exits`` when given)."""
+        if self.exits is not None:
+            logits = [logits[e] for e in self.exits]
         n = len(logits)
         probs = [F.softmax(z, dim=-1) for z in logits]
         if self.policy == "fixed":
@@ -144,7 +153,7 @@ class PolicyCE(Objective):
 
     def describe(self) -> dict:
         return {"name": "policy", "policy": self.policy, "thresholds": self.thresholds,
-                "weights": self.weights}
+                "weights": self.weights, "exits": self.exits}
 
 
 class Slowdown(Objective):

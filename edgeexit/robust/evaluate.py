@@ -1,0 +1,642 @@
+"""``edgeexit evaluate``: robustness measured on what is deployed.
+
+For a checkpoint, the white-box attacks on the PyTorch model. For a bundle, the same adversarial
+inputs crafted on its source model (the manifest records the checkpoint's sha256; a different
+checkpoint is refused), then run through the torch-free runtime, plus the score-based black-box
+attack and realistic noise, also through the runtime: the figures are those of the deployed files
+and the deployed exit policy.
+
+Per exit and per exit policy: clean and attacked accuracy, macro-F1 (over N/S/V/F when the classes
+are AAMI's) and per-class sensitivity, at every eps; for a bundle also the exit distribution, the
+mean MACs and the measured batch-1 latency, clean vs attacked, so that a slowdown shows.
+
+Sanity flags, as AutoAttack reports them (signs of gradient masking): a black-box attack that
+beats the white-box one on the same output, accuracy that does not fall toward 0 at a large eps,
+zero input gradients.
+
+Steps (each a function below): load the target -> load the data -> craft and measure every attack
+-> sanity flags -> write ``report.json``, ``report.md`` and the plots.
+
+Example:
+    >>> result = evaluate("runs/q/bundle", config=EvalConfig(limit=300), out_dir="runs/q/eval")
+    >>> result.report["attacks"][0]["policy"]["macro_f1"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeexit.checkpoint import Checkpoint, load_checkpoint
+from edgeexit.config import dataclass_from_dict
+from edgeexit.data import BeatDataset, DataSpec, load_split, stratified_split
+from edgeexit.errors import ConfigError, DataError
+from edgeexit.fileio import atomic_write
+from edgeexit.metrics import classification_report
+from edgeexit.robust.attacks import PGD, MaxAvgPGD, PolicyCE
+
+log = logging.getLogger(__name__)
+
+ATTACKS = ("max_avg", "policy", "universal", "square", "slowdown", "universal_slowdown")
+NOISE_KINDS = ("bw", "ma", "em")
+Progress = Callable[[str, int, int], None] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What ``edgeexit evaluate`` runs.
+
+    Attributes:
+        eps: attack budgets in the input's units (mV), Linf per time step or L2 over the window.
+        sanity_eps: one large budget for the gradient-masking check (max-average PGD): accuracy
+            should fall toward 0 there.
+        norm: ``linf`` or ``l2``.
+        attacks: which of :data:`ATTACKS` to run (``square`` and the cost figures need a bundle).
+        steps: PGD steps (step size ``2.5 * eps / steps``).
+        noise: noise kinds (``bw`` baseline wander, ``ma`` muscle, ``em`` electrode motion).
+        snr_db: noise levels (SNR as PhysioNet's ``nst`` defines it).
+        noise_dir: a directory of WFDB noise records ``bw``, ``ma``, ``em`` (MIT-BIH Noise Stress
+            Test format); None = synthetic noise.
+        limit: test windows attacked (a class-stratified, seeded sample); None = all.
+        universal_limit: training windows the universal perturbations are fitted on.
+        universal_epochs: passes over them.
+        square_queries: queries per window of the black-box attack.
+        latency_samples: windows timed one at a time through the runtime, per input set.
+        backend: runtime backend for a bundle (``auto``, ``onnxruntime``, ``litert``).
+        threads: torch and runtime threads.
+        seed: seeds the sample, the attacks' random starts and the noise.
+    """
+
+    eps: tuple[float, ...] = (0.05, 0.1, 0.2)
+    sanity_eps: float = 1.0
+    norm: str = "linf"
+    attacks: tuple[str, ...] = ATTACKS
+    steps: int = 20
+    noise: tuple[str, ...] = ("ma",)
+    snr_db: tuple[float, ...] = (6.0, 0.0)
+    noise_dir: str | None = None
+    limit: int | None = 1000
+    universal_limit: int = 2000
+    universal_epochs: int = 5
+    square_queries: int = 300
+    latency_samples: int = 200
+    backend: str = "auto"
+    threads: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "eps", tuple(float(e) for e in self.eps))
+        object.__setattr__(self, "attacks", tuple(self.attacks))
+        object.__setattr__(self, "noise", tuple(self.noise))
+        object.__setattr__(self, "snr_db", tuple(float(s) for s in self.snr_db))
+        if not self.eps or any(not (e > 0 and math.isfinite(e)) for e in self.eps):
+            raise ConfigError(f"eps must be positive budgets in mV, got {list(self.eps)}")
+        unknown = sorted(set(self.attacks) - set(ATTACKS))
+        if unknown:
+            raise ConfigError(f"unknown attack(s) {', '.join(unknown)}; known: {', '.join(ATTACKS)}")
+        bad = sorted(set(self.noise) - set(NOISE_KINDS))
+        if bad:
+            raise ConfigError(f"unknown noise kind(s) {', '.join(bad)}; known: bw, ma, em")
+        if self.norm not in ("linf", "l2"):
+            raise ConfigError(f"norm must be linf or l2, got {self.norm!r}")
+        if self.steps < 1 or self.threads < 1 or (self.limit is not None and self.limit < 10):
+            raise ConfigError("steps and threads must be >= 1 and limit >= 10 windows")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EvalConfig:
+        return dataclass_from_dict(cls, d, "evaluate config keys")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """The report (also ``report.json``) and the files written."""
+
+    report: dict
+    files: tuple[Path, ...]
+
+
+# -- the target ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Target:
+    kind: str  # "checkpoint" or "bundle"
+    path: Path
+    ckpt: Checkpoint
+    ckpt_path: Path
+    engine: object | None = None  # edgeexit.runtime.Engine for a bundle
+    exits: tuple[int, ...] = ()  # model exit answered by each deployed segment
+    policy: dict | None = None  # the deployed policy (manifest.policy)
+    macs: tuple[int, ...] = ()  # cumulative MACs up to each deployed segment
+
+    def policy_objective(self) -> PolicyCE:
+        """The answer the deployed policy gives (checkpoint: the ensemble of every exit)."""
+        if self.policy is None:
+            return PolicyCE("ensemble")
+        p = self.policy
+        return PolicyCE(p["name"], p.get("thresholds"), p.get("weights"), p.get("exit_index"),
+                        exits=self.exits)
+
+    def policy_name(self) -> str:
+        return "ensemble (all exits)" if self.policy is None else f"deployed {self.policy['name']}"
+
+
+def _load_target(target: str | os.PathLike, checkpoint: str | os.PathLike | None,
+                 config: EvalConfig) -> _Target:
+    from edgeexit.runtime import manifest as mf
+
+    path = Path(target)
+    if path.is_dir() and (path / mf.MANIFEST).is_file():
+        from edgeexit.runtime.engine import Engine
+
+        engine = Engine.from_bundle(path, backend=config.backend, threads=config.threads)
+        manifest = engine.manifest
+        prov = manifest.provenance or {}
+        ckpt_path = Path(checkpoint) if checkpoint is not None else _recorded_checkpoint(path, prov)
+        want = prov.get("checkpoint_sha256")
+        if want is None:
+            raise ConfigError(f"{path}'s manifest records no checkpoint sha256: re-export the bundle")
+        got = mf.sha256_file(ckpt_path)
+        if got != want:
+            raise ConfigError(
+                f"{ckpt_path} is not the checkpoint {path} was exported from (sha256 {got[:12]}..., "
+                f"the manifest records {want[:12]}...): give the source model with --checkpoint"
+            )
+        ckpt = load_checkpoint(ckpt_path)
+        macs = tuple(int(v) for v in np.cumsum([seg.macs for seg in manifest.segments]))
+        return _Target("bundle", path, ckpt, ckpt_path, engine, tuple(manifest.exits),
+                       manifest.policy.to_dict(), macs)
+    if path.is_file() and path.name.endswith(".tar.gz"):
+        raise ConfigError(f"{path} is an archive: unpack it and give the bundle directory")
+    if path.is_dir():
+        raise ConfigError(f"{path} holds no {mf.MANIFEST}: give a bundle directory or a checkpoint")
+    ckpt = load_checkpoint(path)
+    return _Target("checkpoint", path, ckpt, path, None, tuple(range(ckpt.model.num_exits)))
+
+
+def _recorded_checkpoint(bundle: Path, prov: dict) -> Path:
+    rec = prov.get("checkpoint")
+    if not rec:
+        raise ConfigError(f"{bundle}'s manifest names no source checkpoint: give it with --checkpoint")
+    p = Path(rec)
+    for cand in (p, bundle / p, bundle.parent / p.name, bundle / p.name):
+        if cand.is_file():
+            return cand
+    raise ConfigError(
+        f"the source checkpoint {rec} of {bundle} is not here: give it with --checkpoint "
+        "(white-box attacks are crafted on the model the bundle was exported from)"
+    )
+
+
+# -- the data ------------------------------------------------------------------------------------
+
+
+def _spec(ckpt: Checkpoint, source: str | None) -> DataSpec:
+    if source is None:
+        recorded = ((ckpt.meta or {}).get("data") or {}).get("spec")
+        if recorded is None:
+            raise DataError("the checkpoint does not record its data; give it with --data")
+        return DataSpec.from_dict(recorded)
+    return DataSpec(source=source, window=int(ckpt.input_spec["shape"][-1]),
+                    rr_context=bool(ckpt.input_spec.get("rr_context", True)))
+
+
+def _sample(data: BeatDataset, limit: int | None, seed: int) -> BeatDataset:
+    if limit is None or limit >= len(data):
+        return data
+    _, held = stratified_split(data.y, limit / len(data), seed)
+    return data.subset(np.sort(held))
+
+
+def _check_shape(data: BeatDataset, ckpt: Checkpoint, what: str) -> None:
+    if tuple(data.input_shape) != tuple(ckpt.input_spec["shape"]):
+        raise DataError(
+            f"{what} windows are {list(data.input_shape)} but the model takes "
+            f"{ckpt.input_spec['shape']}; give the data the model was trained on"
+        )
+
+
+# -- measuring one set of inputs -----------------------------------------------------------------
+
+
+def _slim(report: dict) -> dict:
+    return {
+        "accuracy": report["accuracy"],
+        "macro_f1": report.get("macro_f1_nsvf", report["macro_f1"]),
+        "sensitivity": {c: v["sensitivity"] for c, v in report["per_class"].items()
+                        if v["support"] > 0},
+    }
+
+
+class _Measure:
+    """Per-exit and policy figures of a set of inputs, on the model or through the runtime."""
+
+    def __init__(self, target: _Target, y: np.ndarray, config: EvalConfig) -> None:
+        self.t = target
+        self.y = y
+        self.classes = target.ckpt.classes
+        self.config = config
+        self.objective = target.policy_objective()
+
+    def __call__(self, x: np.ndarray) -> dict:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        t = self.t
+        if t.engine is None:
+            with torch.no_grad():
+                logits = [z.numpy() for z in t.ckpt.model(torch.from_numpy(x))]
+                probs, _ = self.objective.answers([torch.from_numpy(z) for z in logits])
+            answer = probs.numpy().argmax(1)
+            out = {"exits": [_slim(classification_report(self.y, z.argmax(1), self.classes))
+                             for z in logits],
+                   "policy": _slim(classification_report(self.y, answer, self.classes))}
+            return out
+        logits, _ = t.engine.run_all(x)  # the deployed files, every segment
+        res = t.engine.predict_batch(x)  # the deployed policy, with early exit
+        hist = np.bincount(res.exit_index, minlength=len(t.exits)) / len(x)
+        out = {
+            "exits": [_slim(classification_report(self.y, z.argmax(1), self.classes))
+                      for z in logits],
+            "policy": _slim(classification_report(self.y, res.labels, self.classes)),
+            "exit_histogram": [float(h) for h in hist],
+            "mean_macs": float(np.dot(hist, t.macs)),
+            "latency_us": self._latency(x),
+        }
+        return out
+
+    def _latency(self, x: np.ndarray) -> float:
+        """Mean batch-1 ``Engine.predict`` time over the first windows (median of 3 passes)."""
+        n = min(self.config.latency_samples, len(x))
+        if n == 0:
+            return float("nan")
+        predict = self.t.engine.predict
+        rows = [np.ascontiguousarray(x[i]) for i in range(n)]
+        passes = []
+        for _ in range(3):
+            t0 = time.perf_counter_ns()
+            for r in rows:
+                predict(r)
+            passes.append((time.perf_counter_ns() - t0) / n / 1e3)
+        return float(np.median(passes))
+
+
+# -- the attacks ---------------------------------------------------------------------------------
+
+
+def _in_batches(fn, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> np.ndarray:
+    return torch.cat([fn(x[i : i + batch], y[i : i + batch]) for i in range(0, len(x), batch)]).numpy()
+
+
+def _run_attacks(target: _Target, test: BeatDataset, train: BeatDataset | None,
+                 config: EvalConfig, measure: _Measure, tick) -> list[dict]:
+    model = target.ckpt.model
+    s = int(target.ckpt.input_spec.get("signal_channels", 1))
+    x = torch.from_numpy(test.x)
+    y = torch.from_numpy(test.y)
+    common = {"norm": config.norm, "signal_channels": s}
+    entries = []
+
+    def record(name: str, eps: float, x_adv, seconds: float, stats: dict | None = None) -> None:
+        entry = {"attack": name, "eps": eps, **measure(x_adv), "seconds": round(seconds, 2)}
+        if stats:
+            entry["stats"] = stats
+        entries.append(entry)
+        tick(f"{name} eps {eps:g}")
+
+    grid = list(config.eps)
+    for eps in grid + [config.sanity_eps]:
+        if "max_avg" in config.attacks or eps == config.sanity_eps:
+            t0 = time.perf_counter()
+            attack = MaxAvgPGD(model, eps, steps=config.steps, seed=config.seed, **common)
+            adv = _in_batches(attack, x, y)
+            record("max_avg" if eps != config.sanity_eps else "max_avg_sanity", eps, adv,
+                   time.perf_counter() - t0, attack.stats)
+        if eps == config.sanity_eps:
+            continue
+        if "policy" in config.attacks:
+            t0 = time.perf_counter()
+            attack = PGD(model, eps, steps=config.steps, seed=config.seed,
+                         objective=target.policy_objective(), **common)
+            adv = _in_batches(attack, x, y)
+            record("policy", eps, adv, time.perf_counter() - t0, attack.stats)
+        if "universal" in config.attacks and train is not None:
+            from edgeexit.robust.attacks.universal import UniversalPerturbation
+
+            t0 = time.perf_counter()
+            uap = UniversalPerturbation(model, eps, objective=target.policy_objective(),
+                                        epochs=config.universal_epochs, seed=config.seed, **common)
+            uap.fit(torch.from_numpy(train.x), torch.from_numpy(train.y))
+            record("universal", eps, uap(x, y).numpy(), time.perf_counter() - t0)
+        if "square" in config.attacks and target.engine is not None:
+            from edgeexit.robust.attacks.square import SquareAttack
+
+            t0 = time.perf_counter()
+            sq = SquareAttack(_deployed_probs(target.engine), eps, signal_channels=s,
+                              n_queries=config.square_queries, seed=config.seed)
+            record("square", eps, sq(test.x, test.y), time.perf_counter() - t0, sq.stats)
+    slow_eps = max(grid)
+    if "slowdown" in config.attacks:
+        from edgeexit.robust.attacks.universal import DeepSloth
+
+        t0 = time.perf_counter()
+        attack = DeepSloth(model, slow_eps, steps=config.steps, seed=config.seed, **common)
+        record("slowdown", slow_eps, _in_batches(attack, x, y), time.perf_counter() - t0)
+    if "universal_slowdown" in config.attacks and train is not None:
+        from edgeexit.robust.attacks.universal import UniversalDeepSloth
+
+        t0 = time.perf_counter()
+        uap = UniversalDeepSloth(model, slow_eps, epochs=config.universal_epochs,
+                                 seed=config.seed, **common)
+        uap.fit(torch.from_numpy(train.x), torch.from_numpy(train.y))
+        record("universal_slowdown", slow_eps, uap(x, y).numpy(), time.perf_counter() - t0)
+    return entries
+
+
+def _deployed_probs(engine):
+    """The deployed policy's answer probabilities, what a black-box attacker observes."""
+    return lambda v: engine.predict_batch(np.ascontiguousarray(v, dtype=np.float32)).probs
+
+
+def _run_noise(target: _Target, test: BeatDataset, config: EvalConfig, measure: _Measure,
+               tick) -> list[dict]:
+    from edgeexit.robust.noise import NoiseRecords, add_noise
+
+    records = NoiseRecords(config.noise_dir) if config.noise_dir else None
+    s = int(target.ckpt.input_spec.get("signal_channels", 1))
+    out = []
+    for kind in config.noise:
+        for snr in config.snr_db:
+            noisy = add_noise(test.x, kind, snr, fs=test.fs, signal_channels=s,
+                              seed=config.seed, records=records)
+            out.append({"noise": kind, "snr_db": snr,
+                        "source": "records" if records else "synthetic", **measure(noisy)})
+            tick(f"noise {kind} {snr:g} dB")
+    return out
+
+
+# -- sanity flags --------------------------------------------------------------------------------
+
+
+def _sanity(clean: dict, attacks: list[dict]) -> list[dict]:
+    flags = []
+    by = {(a["attack"], a["eps"]): a for a in attacks}
+    for (name, eps), a in by.items():
+        if name != "square" or ("policy", eps) not in by:
+            continue
+        white = by[("policy", eps)]["policy"]["accuracy"]
+        black = a["policy"]["accuracy"]
+        flags.append({
+            "check": f"black-box does not beat white-box at eps {eps:g}",
+            "ok": black >= white - 0.01,
+            "detail": f"policy accuracy: Square {black:.3f}, policy-aware PGD {white:.3f}",
+        })
+    big = [a for a in attacks if a["attack"] == "max_avg_sanity"]
+    for a in big:
+        acc = a["exits"][-1]["accuracy"]
+        flags.append({
+            "check": f"accuracy falls toward 0 at a large eps ({a['eps']:g})",
+            "ok": acc <= 0.1,
+            "detail": f"final exit accuracy {acc:.3f} under max-average PGD "
+                      f"(clean {clean['exits'][-1]['accuracy']:.3f})",
+        })
+    zero = [a["stats"]["zero_grad_fraction"] for a in attacks
+            if "zero_grad_fraction" in a.get("stats", {})]
+    if zero:
+        flags.append({
+            "check": "input gradients are non-zero",
+            "ok": max(zero) <= 0.01,
+            "detail": f"largest share of windows with an all-zero input gradient: {max(zero):.3f}",
+        })
+    return flags
+
+
+# -- the entry point -----------------------------------------------------------------------------
+
+
+def evaluate(
+    target: str | os.PathLike,
+    *,
+    data: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    config: EvalConfig = EvalConfig(),
+    out_dir: str | os.PathLike | None = None,
+    progress: Progress = None,
+) -> EvalResult:
+    """Attack ``target`` (a checkpoint or a bundle directory) and write the report.
+
+    Args:
+        target: a checkpoint (``model.pt``) or a bundle directory.
+        data: the test data (``synthetic``, a WFDB directory, a file); None = the test side of the
+            data the checkpoint records. The universal perturbations are fitted on its training
+            side, never on the test windows.
+        checkpoint: a bundle's source checkpoint; None = the one its manifest names (its sha256
+            must match the manifest's).
+        config: the :class:`EvalConfig`.
+        out_dir: where to write ``report.json``, ``report.md`` and the PNG plots; None = nowhere.
+        progress: ``progress(what, done, total)`` after every attack and noise level.
+
+    Returns:
+        An :class:`EvalResult`.
+    """
+    t_start = time.perf_counter()
+    torch.set_num_threads(config.threads)
+    t = _load_target(target, checkpoint, config)
+    t.ckpt.model.eval()
+    spec = _spec(t.ckpt, data)
+    test = _sample(load_split(spec, "test"), config.limit, config.seed)
+    _check_shape(test, t.ckpt, "test")
+    needs_train = {"universal", "universal_slowdown"} & set(config.attacks)
+    train = None
+    if needs_train:
+        train = _sample(load_split(spec, "train"), config.universal_limit, config.seed + 1)
+        _check_shape(train, t.ckpt, "training")
+    n_eps = len(config.eps)
+    total = (sum(a in config.attacks for a in ("policy", "universal")) * n_eps
+             + ("max_avg" in config.attacks) * n_eps + 1
+             + ("square" in config.attacks and t.engine is not None) * n_eps
+             + ("slowdown" in config.attacks) + ("universal_slowdown" in config.attacks)
+             + len(config.noise) * len(config.snr_db) + 1)
+    done = 0
+
+    def tick(what: str) -> None:
+        nonlocal done
+        done += 1
+        log.info("evaluate: %s (%d/%d)", what, done, total)
+        if progress is not None:
+            progress(what, done, total)
+
+    measure = _Measure(t, test.y, config)
+    clean = measure(test.x)
+    tick("clean")
+    attacks = _run_attacks(t, test, train, config, measure, tick)
+    noise = _run_noise(t, test, config, measure, tick) if config.noise and config.snr_db else []
+    report = {
+        "target": {
+            "kind": t.kind,
+            "path": str(t.path),
+            "checkpoint": str(t.ckpt_path),
+            "model": t.ckpt.model.config.to_dict() if t.ckpt.model.config else None,
+            "method": ((t.ckpt.meta or {}).get("train_config") or {}).get("method", "standard"),
+            "policy": t.policy_name(),
+            "deployed_policy": t.policy,
+            "exits": list(t.exits),
+            "backend": None if t.engine is None else t.engine.backend,
+        },
+        "data": {"spec": spec.to_dict(), "test": test.describe(),
+                 "train_for_universal": None if train is None else len(train),
+                 "sampled": config.limit is not None},
+        "config": config.to_dict(),
+        "host": {"cpu": _cpu_model(), "threads": config.threads, "python": platform.python_version()},
+        "clean": clean,
+        "attacks": attacks,
+        "noise": noise,
+        "sanity": _sanity(clean, attacks),
+        "elapsed_s": round(time.perf_counter() - t_start, 1),
+    }
+    files = _write(report, out_dir) if out_dir is not None else ()
+    return EvalResult(report, files)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def _write(report: dict, out_dir: str | os.PathLike) -> tuple[Path, ...]:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: give a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    files = [atomic_write(out / "report.json", lambda f: f.write(json.dumps(report, indent=2).encode())),
+             atomic_write(out / "report.md", lambda f: f.write(format_markdown(report).encode()))]
+    files += _plots(report, out)
+    log.info("wrote %s", ", ".join(str(f) for f in files))
+    return tuple(files)
+
+
+def _row(name: str, eps, m: dict, classes: list[str], cost: bool) -> str:
+    sens = " ".join(f"{100 * m['policy']['sensitivity'].get(c, float('nan')):.0f}" for c in classes)
+    cells = [name, "" if eps is None else f"{eps:g}",
+             f"{100 * m['exits'][-1]['accuracy']:.1f}", f"{m['exits'][-1]['macro_f1']:.3f}",
+             f"{100 * m['policy']['accuracy']:.1f}", f"{m['policy']['macro_f1']:.3f}", sens]
+    if cost:
+        hist = " / ".join(f"{100 * h:.0f}" for h in m["exit_histogram"])
+        cells += [hist, f"{m['mean_macs'] / 1e6:.2f}", f"{m['latency_us']:.0f}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def format_markdown(report: dict) -> str:
+    """The report as Markdown tables (what ``report.md`` holds)."""
+    t = report["target"]
+    clean = report["clean"]
+    classes = list(clean["policy"]["sensitivity"])
+    cost = "exit_histogram" in clean
+    cfg = report["config"]
+    lines = [
+        f"# Robustness of {t['path']} ({t['kind']}, method {t['method']})",
+        "",
+        (f"Data: {report['data']['test']['source']}, {report['data']['test']['beats']} test "
+         f"windows{' (a class-stratified sample)' if report['data']['sampled'] else ''}; "
+         f"{cfg['norm']} budgets in mV on the signal channels, RR context untouched; "
+         f"PGD {cfg['steps']} steps. Host: {report['host']['cpu']}, {report['host']['threads']} "
+         f"thread(s). Policy: {t['policy']}."),
+        "",
+        "| input | eps | final acc % | final mF1 | policy acc % | policy mF1 | policy sens % "
+        f"({' '.join(classes)}) |" + (" exits % | MMACs | latency us |" if cost else ""),
+        "|" + "---|" * (7 + 3 * cost),
+        _row("clean", None, clean, classes, cost),
+    ]
+    lines += [_row(a["attack"], a["eps"], a, classes, cost) for a in report["attacks"]]
+    lines += [_row(f"noise {n['noise']} {n['snr_db']:g} dB", None, n, classes, cost)
+              for n in report["noise"]]
+    lines += ["", "Per exit (accuracy % / macro-F1):", ""]
+    n_exits = len(clean["exits"])
+    lines.append("| input | eps | " + " | ".join(f"exit {k}" for k in range(n_exits)) + " |")
+    lines.append("|" + "---|" * (2 + n_exits))
+    for name, eps, m in ([("clean", None, clean)]
+                         + [(a["attack"], a["eps"], a) for a in report["attacks"]]):
+        cells = [f"{100 * e['accuracy']:.1f} / {e['macro_f1']:.3f}" for e in m["exits"]]
+        lines.append(f"| {name} | {'' if eps is None else f'{eps:g}'} | " + " | ".join(cells) + " |")
+    lines += ["", "Sanity checks (signs of gradient masking when one fails):", ""]
+    lines += [f"- {'ok' if f['ok'] else 'FAILED'}: {f['check']} ({f['detail']})"
+              for f in report["sanity"]]
+    lines += ["", f"Elapsed: {report['elapsed_s']} s.", ""]
+    return "\n".join(lines)
+
+
+def _plots(report: dict, out: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no plots (pip install matplotlib)")
+        return []
+    files = []
+    names = sorted({a["attack"] for a in report["attacks"]
+                    if a["attack"] not in ("slowdown", "universal_slowdown", "max_avg_sanity")})
+    if names:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        clean = report["clean"]
+        for name in names:
+            pts = sorted((a["eps"], a) for a in report["attacks"] if a["attack"] == name)
+            eps = [0.0] + [p[0] for p in pts]
+            for ax, key in zip(axes, ("accuracy", "macro_f1")):
+                ax.plot(eps, [clean["policy"][key]] + [p[1]["policy"][key] for p in pts],
+                        marker="o", label=f"{name} (policy)")
+                if name == "max_avg":
+                    ax.plot(eps, [clean["exits"][-1][key]] + [p[1]["exits"][-1][key] for p in pts],
+                            marker="s", linestyle="--", label="max_avg (final exit)")
+        for ax, key in zip(axes, ("accuracy", "macro-F1")):
+            ax.set_xlabel("eps (mV)")
+            ax.set_ylabel(key)
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"{report['target']['path']}: {report['target']['policy']}")
+        fig.tight_layout()
+        files.append(_savefig(fig, out / "robustness.png"))
+        plt.close(fig)
+    hist = [("clean", report["clean"])] + [
+        (f"{a['attack']} {a['eps']:g}", a) for a in report["attacks"]
+        if a["attack"] in ("slowdown", "universal_slowdown")]
+    if "exit_histogram" in report["clean"] and len(hist) > 1:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        n = len(report["clean"]["exit_histogram"])
+        width = 0.8 / len(hist)
+        for i, (label, m) in enumerate(hist):
+            ax.bar(np.arange(n) + i * width, m["exit_histogram"], width,
+                   label=f"{label} ({m['latency_us']:.0f} us)")
+        ax.set_xticks(np.arange(n) + 0.4 - width / 2, [f"exit {e}" for e in report["target"]["exits"]])
+        ax.set_ylabel("share of windows")
+        ax.legend(fontsize=8)
+        ax.set_title("exits taken, clean vs slowdown attack")
+        fig.tight_layout()
+        files.append(_savefig(fig, out / "exits.png"))
+        plt.close(fig)
+    return files
+
+
+def _savefig(fig, path: Path) -> Path:
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
