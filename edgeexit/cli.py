@@ -88,6 +88,51 @@ def main(verbose: bool, quiet: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------- train
+# `edgeexit train` options of the training methods: CLI parameter -> (method config field, the
+# one method it belongs to, or None for any method whose config has the field)
+_METHOD_OPTIONS = {
+    "eps": ("eps", None), "norm": ("norm", None), "attack_steps": ("steps", None),
+    "attack_step_size": ("step_size", None), "attack_kind": ("attack", None),
+    "kd_alpha": ("alpha", "neokd"), "kd_beta": ("beta", "neokd"),
+    "kd_temperature": ("temperature", "neokd"),
+    "ima_eps_max": ("eps_max", "ima"), "ima_eps_step": ("eps_step", "ima"),
+    "ima_eps_init": ("eps_init", "ima"), "ima_beta": ("beta", "ima"),
+    "ima_bisection_steps": ("bisection_steps", "ima"), "ima_criterion": ("criterion", "ima"),
+}
+
+
+def _method_config(method: str, ctx: click.Context):
+    """The method's settings from the method options given on the command line (only those:
+    the rest keep the method's defaults); an option the method does not take is refused."""
+    import dataclasses
+
+    from click.core import ParameterSource
+
+    from edgeexit.errors import ConfigError
+    from edgeexit.robust.methods import check_method_name, make_method_config, method_config_class
+
+    check_method_name(method)
+    fields = {f.name for f in dataclasses.fields(method_config_class(method))}
+
+    def flag(param: str) -> str:
+        return next(p for p in ctx.command.params if p.name == param).opts[0]
+
+    takes = [flag(p) for p, (f, only) in _METHOD_OPTIONS.items()
+             if f in fields and only in (None, method)]
+    options = {}
+    for param, (field, only) in _METHOD_OPTIONS.items():
+        if ctx.get_parameter_source(param) in (None, ParameterSource.DEFAULT):
+            continue
+        if field not in fields or only not in (None, method):
+            raise ConfigError(
+                f"training method {method!r} does not take {flag(param)} ("
+                + (f"it takes {', '.join(takes)}" if takes else "it has no options")
+                + "; choose the method the option belongs to with --method)"
+            )
+        options[field] = ctx.params[param]
+    return make_method_config(method, options)
+
+
 @main.command()
 @click.option("--data", "source", default="synthetic", show_default=True,
               help="'synthetic', a WFDB directory (MIT-BIH), or a .npz/.csv file.")
@@ -107,7 +152,41 @@ def main(verbose: bool, quiet: bool) -> None:
               show_default=True,
               help="Early exits: conv (small conv adapter, more accurate) or linear (pooling + "
                    "linear only: cheapest, the all-exits path costs least).")
-@click.option("--method", default="standard", show_default=True, help="Training method.")
+@click.option("--method", default="standard", show_default=True,
+              help="Training method: standard, rdi (RDI-Nets adversarial training), neokd (NEO-KD: "
+                   "RDI plus neighbour and exit-wise orthogonal distillation) or ima (increasing-"
+                   "margin adversarial training). Method options left unset keep its defaults.")
+@click.option("--eps", type=float, default=None,
+              help="rdi, neokd: attack budget on the ECG channels in mV (Linf per sample; L2 over "
+                   "the window) [default 0.1].")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default=None,
+              help="rdi, neokd, ima: norm of the attack budget / margins [default linf].")
+@click.option("--attack-steps", type=int, default=None,
+              help="rdi, neokd, ima: PGD steps per batch [default 5].")
+@click.option("--attack-step-size", type=float, default=None,
+              help="rdi, neokd: PGD step in mV [default 2.5 * eps / steps].")
+@click.option("--attack", "attack_kind", type=click.Choice(["avg", "max-avg"]), default=None,
+              help="rdi, neokd: average-exit PGD, or max-average PGD (one PGD per exit, costs "
+                   "that many times more) [default avg].")
+@click.option("--kd-alpha", type=float, default=None,
+              help="neokd: weight of the neighbour distillation [default 3].")
+@click.option("--kd-beta", type=float, default=None,
+              help="neokd: weight of the exit-wise orthogonal distillation [default 1].")
+@click.option("--kd-temperature", type=float, default=None,
+              help="neokd: softmax temperature of the distillation [default 1].")
+@click.option("--ima-eps-max", type=float, default=None,
+              help="ima: largest per-sample margin in mV [default 0.2].")
+@click.option("--ima-eps-step", type=float, default=None,
+              help="ima: margin growth per epoch in mV [default 0.02].")
+@click.option("--ima-eps-init", type=float, default=None,
+              help="ima: initial margin of every sample in mV [default: the step].")
+@click.option("--ima-beta", type=float, default=None,
+              help="ima: weight of the loss on the boundary points, 0-1 [default 0.5].")
+@click.option("--ima-bisection-steps", type=int, default=None,
+              help="ima: bisection steps placing points on the decision boundary [default 6].")
+@click.option("--ima-criterion", type=click.Choice(["mean", "final"]), default=None,
+              help="ima: which answer counts as correct: mean softmax of the exits, or the final "
+                   "exit [default mean].")
 @click.option("--epochs", default=12, show_default=True, help="Maximum epochs.")
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--lr", default=3e-3, show_default=True, help="Peak learning rate (cosine decay).")
@@ -128,7 +207,9 @@ def main(verbose: bool, quiet: bool) -> None:
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full metrics as JSON.")
 def train(source, test_data, split, n_beats, window, rr_context, model, width, exit_heads,
-          method, epochs,
+          method, eps, norm, attack_steps, attack_step_size, attack_kind, kd_alpha, kd_beta,
+          kd_temperature, ima_eps_max, ima_eps_step, ima_eps_init, ima_beta, ima_bisection_steps,
+          ima_criterion, epochs,
           batch_size, lr, class_weighting, max_class_weight, val_split, val_fraction, patience,
           augment, seed,
           threads, out_dir, progress, as_json):
@@ -144,6 +225,7 @@ def train(source, test_data, split, n_beats, window, rr_context, model, width, e
     spec = DataSpec(source=source, test_source=test_data, split=split, n_beats=n_beats,
                     seed=seed, window=window, rr_context=rr_context)
     config = TrainConfig(model=model, width=width, exit_heads=exit_heads, method=method,
+                         method_config=_method_config(method, click.get_current_context()),
                          epochs=epochs,
                          batch_size=batch_size, lr=lr, class_weighting=class_weighting,
                          max_class_weight=max_class_weight,
@@ -159,6 +241,10 @@ def train(source, test_data, split, n_beats, window, rr_context, model, width, e
     click.echo(f"{m['model']['family']}: {m['params']:,} parameters, best epoch {m['best_epoch']}, "
                f"{m['elapsed_s']} s on {m['processes']} process(es)")
     click.echo(f"test set: {m['data']['test']['source']} ({m['data']['test']['beats']} beats)")
+    settings = m["train_config"]["method_config"]
+    click.echo(f"method: {m['train_config']['method']}"
+               + (" (" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")" if settings
+                  else ""))
     click.echo(_format_exits(m["exits"], "test"))
     click.echo(f"wrote {result.checkpoint} and metrics.json")
 

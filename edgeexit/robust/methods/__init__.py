@@ -1,5 +1,8 @@
 """Training methods for multi-exit models (one file per method); they register on import."""
 
+from edgeexit.robust.methods import ima as _ima  # noqa: F401  (registers "ima")
+from edgeexit.robust.methods import neokd as _neokd  # noqa: F401  (registers "neokd")
+from edgeexit.robust.methods import rdi as _rdi  # noqa: F401  (registers "rdi")
 from edgeexit.robust.methods import standard as _standard  # noqa: F401  (registers "standard")
 from edgeexit.robust.methods.base import (
     Batch,
