@@ -802,14 +802,19 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
 @click.option("--margin", default=0.5, show_default=True,
               help="Allowed accuracy loss of the early-exit policy, in points.")
 @_backend_option
+@click.option("--evaluate/--no-evaluate", "run_eval", default=True, show_default=True,
+              help="End with a short robustness check of the bundle (policy-aware PGD at 0.1 mV "
+                   "and muscle noise at 6 dB, through the runtime).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (tables on stderr).")
 def quickstart(out_dir, model, exit_heads, exits, epochs, seed, threads, target, margin, backend,
-               as_json):
+               run_eval, as_json):
     """Train, export, verify, calibrate and benchmark a multi-exit model in one command.
 
     On the built-in synthetic ECG: trains a small model, exports it for TARGET, verifies the
     bundle, recalibrates its exit thresholds on new simulated patients against measured segment
-    latency, benchmarks it on the test patients, and writes OUT/summary.json and OUT/summary.md.
+    latency, benchmarks it on the test patients, checks its robustness (one attack, one noise
+    level; `edgeexit evaluate` runs the full check), and writes OUT/summary.json and
+    OUT/summary.md.
     """
     from edgeexit.quickstart import QuickstartConfig, run_quickstart
 
@@ -817,7 +822,7 @@ def quickstart(out_dir, model, exit_heads, exits, epochs, seed, threads, target,
                               exits="auto" if exits == "auto" else
                               None if exits == "all" else _parse_exits(exits),
                               epochs=epochs, seed=seed, threads=threads, target=target,
-                              margin=margin, bench_backend=backend)
+                              margin=margin, bench_backend=backend, evaluate=run_eval)
 
     def show(name, r):
         echo = (lambda s: click.echo(s, err=True)) if as_json else click.echo
@@ -849,6 +854,14 @@ def quickstart(out_dir, model, exit_heads, exits, epochs, seed, threads, target,
                      f"{','.join(map(str, ch['best_exits']))} at {ch['best_expected_us']:.1f} us "
                      f"(deployed {','.join(map(str, r['exits']))}; monolithic "
                      f"{ch['monolithic_us']:.1f} us)")
+        elif name == "evaluate":
+            echo(f"[evaluate] {r['windows']} test windows through the runtime, {r['policy']}, "
+                 f"{r['elapsed_s']} s (the full check: {r['command']})")
+            echo(f"  {'input':26} {'accuracy':>9} {'mF1':>6} {'latency us':>10}  exits taken")
+            for row in r["rows"]:
+                echo(f"  {row['input']:26} {_pct(row['accuracy']):>9} {row['macro_f1']:6.3f} "
+                     f"{row['latency_us']:10.0f}  "
+                     + " ".join(f"{100 * f:.0f}%" for f in row["exit_histogram"]))
         elif name == "bench":
             a, lat, ra = r.get("accuracy", {}), r["latency_us"], r["ratios"]
             echo(f"[bench] {r['samples']} test beats (other patients), {r['backend']}, batch 1, "

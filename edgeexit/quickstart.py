@@ -13,7 +13,10 @@ per stage), all written under one output directory:
    patients (:func:`edgeexit.calibrate.calibrate_bundle`);
 5. ``bench``: the test patients through the policy, all exits and the monolithic model, side by
    side (:func:`edgeexit.runtime.profile.bench_engine`, exactly what ``edgeexit bench`` runs);
-6. ``OUT/summary.json`` and ``OUT/summary.md``: every stage's figures, with the machine they were
+6. ``evaluate``: a short robustness check of the deployed bundle (``OUT/evaluate``): policy-aware
+   PGD at 0.1 mV and synthetic muscle noise at 6 dB on 300 test windows, through the runtime
+   (:func:`edgeexit.robust.evaluate.evaluate`, what ``edgeexit evaluate`` runs);
+7. ``OUT/summary.json`` and ``OUT/summary.md``: every stage's figures, with the machine they were
    measured on.
 """
 
@@ -35,7 +38,11 @@ log = logging.getLogger(__name__)
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
-_OURS = {"model.pt", "metrics.json", "bundle", "bundle.tar.gz", SUMMARY_JSON, SUMMARY_MD}
+_OURS = {"model.pt", "metrics.json", "bundle", "bundle.tar.gz", "evaluate", SUMMARY_JSON, SUMMARY_MD}
+# the short robustness check that ends the quick start (edgeexit evaluate runs the full one)
+EVAL_EPS = 0.1
+EVAL_SNR_DB = 6.0
+EVAL_WINDOWS = 300
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +64,7 @@ class QuickstartConfig:
         confidence: level of the loss interval whose upper end is held within ``margin``.
         bench_backend: backend of the latency measurements (``auto``: the target's format).
         bench_threads: inference threads (None: the target's).
+        evaluate: end with a short robustness check of the bundle (one attack, one noise level).
     """
 
     model: str = "resnet1d"
@@ -70,6 +78,7 @@ class QuickstartConfig:
     confidence: float = 0.9
     bench_backend: str = "auto"
     bench_threads: int | None = None
+    evaluate: bool = True
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -241,6 +250,9 @@ def run_quickstart(
     bench = bench_engine(engine, x, y).to_dict()
     bench["data"] = described
     done("bench", bench, t0)
+    if config.evaluate:
+        t0 = time.perf_counter()
+        done("evaluate", _short_evaluate(bundle, out / "model.pt", out / "evaluate", config), t0)
 
     summary = {
         "command": "edgeexit quickstart",
@@ -257,6 +269,28 @@ def run_quickstart(
     atomic_write(out / SUMMARY_MD, lambda f: f.write(md))
     log.info("wrote %s and %s", out / SUMMARY_JSON, out / SUMMARY_MD)
     return summary
+
+
+def _short_evaluate(bundle: Path, checkpoint: Path, out: Path, config: QuickstartConfig) -> dict:
+    """Policy-aware PGD and muscle noise through the runtime on a few hundred test windows."""
+    from edgeexit.robust.evaluate import EvalConfig, evaluate
+
+    ec = EvalConfig(eps=(EVAL_EPS,), sanity_eps=None, attacks=("policy",), steps=10,
+                    noise=("ma",), snr_db=(EVAL_SNR_DB,), limit=EVAL_WINDOWS,
+                    backend=config.bench_backend, threads=config.bench_threads or 1,
+                    seed=config.seed)
+    r = evaluate(bundle, checkpoint=checkpoint, config=ec, out_dir=out).report
+
+    def row(name, m):
+        return {"input": name, "accuracy": m["policy"]["accuracy"],
+                "macro_f1": m["policy"]["macro_f1"], "final_exit_accuracy": m["exits"][-1]["accuracy"],
+                "exit_histogram": m["exit_histogram"], "latency_us": m["latency_us"]}
+
+    rows = [row("clean", r["clean"])]
+    rows += [row(f"policy-aware PGD {a['eps']:g} mV", a) for a in r["attacks"]]
+    rows += [row(f"muscle noise {n['snr_db']:g} dB", n) for n in r["noise"]]
+    return {"windows": r["data"]["test"]["beats"], "policy": r["target"]["policy"], "rows": rows,
+            "report": str(out / "report.md"), "command": f"edgeexit evaluate {bundle} --out DIR"}
 
 
 def _pct(v: float) -> str:
@@ -321,4 +355,18 @@ def summary_markdown(s: dict) -> str:
         f"against the final exit: {a.get('policy_loss_points', float('nan'))} points.",
         "",
     ]
+    ev = st.get("evaluate")
+    if ev:
+        lines += [
+            f"## Evaluate ({ev['elapsed_s']} s): {ev['windows']} test windows through the runtime, "
+            f"{ev['policy']} (full report: `{ev['command']}`)",
+            "",
+            "| input | accuracy | macro-F1 | final exit accuracy | exits taken | latency (us) |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [f"| {r['input']} | {_pct(r['accuracy'])} | {r['macro_f1']:.3f} | "
+                  f"{_pct(r['final_exit_accuracy'])} | "
+                  f"{' / '.join(_pct(x) for x in r['exit_histogram'])} | {r['latency_us']:.0f} |"
+                  for r in ev["rows"]]
+        lines.append("")
     return "\n".join(lines)

@@ -19,8 +19,9 @@ def test_quickstart_end_to_end(tmp_path):
     config = QuickstartConfig(model="test_resnet1d", epochs=1, threads=1, bench_backend="onnxruntime",
                               exits=None)
     s = run_quickstart(out, config, on_stage=lambda name, r: seen.append(name))
-    assert seen == ["train", "export", "verify", "calibrate", "bench"]
-    for name in ("model.pt", "metrics.json", "bundle/manifest.json", "bundle.tar.gz", "summary.md"):
+    assert seen == ["train", "export", "verify", "calibrate", "bench", "evaluate"]
+    for name in ("model.pt", "metrics.json", "bundle/manifest.json", "bundle.tar.gz", "summary.md",
+                 "evaluate/report.json", "evaluate/robustness.png"):
         assert (out / name).is_file(), name
     assert json.loads((out / "summary.json").read_text()) == s
     st = s["stages"]
@@ -31,7 +32,15 @@ def test_quickstart_end_to_end(tmp_path):
     assert st["calibrate"]["thresholds"] == json.loads(
         (out / "bundle" / "manifest.json").read_text())["policy"]["thresholds"]
     md = (out / "summary.md").read_text()
-    assert "## Bench" in md and s["machine"]["cpu"] in md
+    assert "## Bench" in md and "## Evaluate" in md and s["machine"]["cpu"] in md
+    # the short robustness check: clean, policy-aware PGD at 0.1 mV, muscle noise at 6 dB
+    ev = st["evaluate"]
+    assert [r["input"] for r in ev["rows"]] == ["clean", "policy-aware PGD 0.1 mV",
+                                                 "muscle noise 6 dB"]
+    report = json.loads((out / "evaluate" / "report.json").read_text())
+    assert ev["rows"][0]["accuracy"] == report["clean"]["policy"]["accuracy"]
+    assert ev["rows"][1]["accuracy"] < ev["rows"][0]["accuracy"]  # the attack bites
+    assert all(sum(r["exit_histogram"]) == pytest.approx(1.0) for r in ev["rows"])
     # a separate bench of the same bundle on the same (test) windows gives the same answers
     engine = Engine.from_bundle(out / "bundle", backend="onnxruntime", load_monolithic=True)
     x, y, desc = bench_data(engine)

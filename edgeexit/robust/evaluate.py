@@ -59,7 +59,7 @@ class EvalConfig:
     Attributes:
         eps: attack budgets in the input's units (mV), Linf per time step or L2 over the window.
         sanity_eps: one large budget for the gradient-masking check (max-average PGD): accuracy
-            should fall toward 0 there.
+            should fall toward 0 there; None = skip the check.
         norm: ``linf`` or ``l2``.
         attacks: which of :data:`ATTACKS` to run (``square`` and the cost figures need a bundle).
         steps: PGD steps (step size ``2.5 * eps / steps``).
@@ -78,7 +78,7 @@ class EvalConfig:
     """
 
     eps: tuple[float, ...] = (0.05, 0.1, 0.2)
-    sanity_eps: float = 1.0
+    sanity_eps: float | None = 1.0
     norm: str = "linf"
     attacks: tuple[str, ...] = ATTACKS
     steps: int = 20
@@ -250,6 +250,7 @@ class _Measure:
         self.classes = target.ckpt.classes
         self.config = config
         self.objective = target.policy_objective()
+        self.clean_rows: list[np.ndarray] | None = None  # set by the first (clean) call
 
     def __call__(self, x: np.ndarray) -> dict:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -272,24 +273,38 @@ class _Measure:
             "policy": _slim(classification_report(self.y, res.labels, self.classes)),
             "exit_histogram": [float(h) for h in hist],
             "mean_macs": float(np.dot(hist, t.macs)),
-            "latency_us": self._latency(x),
+            **self._latency(x),
         }
         return out
 
-    def _latency(self, x: np.ndarray) -> float:
-        """Mean batch-1 ``Engine.predict`` time over the first windows (median of 3 passes)."""
+    def _latency(self, x: np.ndarray) -> dict:
+        """Mean batch-1 ``Engine.predict`` time (us) of the first windows of ``x`` and of the same
+        clean windows, timed alternately in one loop (median of 3 passes), so that a ratio of the
+        two is not a ratio of two moments of a noisy machine."""
         n = min(self.config.latency_samples, len(x))
         if n == 0:
-            return float("nan")
+            return {"latency_us": float("nan"), "latency_clean_us": float("nan"),
+                    "latency_ratio": float("nan")}
         predict = self.t.engine.predict
+        clock = time.perf_counter_ns
+        if self.clean_rows is None:
+            self.clean_rows = [np.ascontiguousarray(x[i]) for i in range(n)]
         rows = [np.ascontiguousarray(x[i]) for i in range(n)]
+        pairs = list(zip(self.clean_rows, rows))
         passes = []
         for _ in range(3):
-            t0 = time.perf_counter_ns()
-            for r in rows:
-                predict(r)
-            passes.append((time.perf_counter_ns() - t0) / n / 1e3)
-        return float(np.median(passes))
+            t_clean = t_adv = 0
+            for c, a in pairs:
+                t0 = clock()
+                predict(c)
+                t1 = clock()
+                predict(a)
+                t2 = clock()
+                t_clean += t1 - t0
+                t_adv += t2 - t1
+            passes.append((t_adv / n / 1e3, t_clean / n / 1e3))
+        adv, clean = (float(np.median([p[i] for p in passes])) for i in (0, 1))
+        return {"latency_us": adv, "latency_clean_us": clean, "latency_ratio": adv / clean}
 
 
 # -- the attacks ---------------------------------------------------------------------------------
@@ -316,7 +331,7 @@ def _run_attacks(target: _Target, test: BeatDataset, train: BeatDataset | None,
         tick(f"{name} eps {eps:g}")
 
     grid = list(config.eps)
-    for eps in grid + [config.sanity_eps]:
+    for eps in grid + ([] if config.sanity_eps is None else [config.sanity_eps]):
         if "max_avg" in config.attacks or eps == config.sanity_eps:
             t0 = time.perf_counter()
             attack = MaxAvgPGD(model, eps, steps=config.steps, seed=config.seed, **common)
@@ -340,10 +355,10 @@ def _run_attacks(target: _Target, test: BeatDataset, train: BeatDataset | None,
             uap.fit(torch.from_numpy(train.x), torch.from_numpy(train.y))
             record("universal", eps, uap(x, y).numpy(), time.perf_counter() - t0)
         if "square" in config.attacks and target.engine is not None:
-            from edgeexit.robust.attacks.square import SquareAttack
+            from edgeexit.robust.attacks.square import SquareAttack, engine_predict
 
             t0 = time.perf_counter()
-            sq = SquareAttack(_deployed_probs(target.engine), eps, signal_channels=s,
+            sq = SquareAttack(engine_predict(target.engine), eps, signal_channels=s,
                               n_queries=config.square_queries, seed=config.seed)
             record("square", eps, sq(test.x, test.y), time.perf_counter() - t0, sq.stats)
     slow_eps = max(grid)
@@ -362,11 +377,6 @@ def _run_attacks(target: _Target, test: BeatDataset, train: BeatDataset | None,
         uap.fit(torch.from_numpy(train.x), torch.from_numpy(train.y))
         record("universal_slowdown", slow_eps, uap(x, y).numpy(), time.perf_counter() - t0)
     return entries
-
-
-def _deployed_probs(engine):
-    """The deployed policy's answer probabilities, what a black-box attacker observes."""
-    return lambda v: engine.predict_batch(np.ascontiguousarray(v, dtype=np.float32)).probs
 
 
 def _run_noise(target: _Target, test: BeatDataset, config: EvalConfig, measure: _Measure,
@@ -464,7 +474,7 @@ def evaluate(
         _check_shape(train, t.ckpt, "training")
     n_eps = len(config.eps)
     total = (sum(a in config.attacks for a in ("policy", "universal")) * n_eps
-             + ("max_avg" in config.attacks) * n_eps + 1
+             + ("max_avg" in config.attacks) * n_eps + (config.sanity_eps is not None)
              + ("square" in config.attacks and t.engine is not None) * n_eps
              + ("slowdown" in config.attacks) + ("universal_slowdown" in config.attacks)
              + len(config.noise) * len(config.snr_db) + 1)
@@ -541,7 +551,8 @@ def _row(name: str, eps, m: dict, classes: list[str], cost: bool) -> str:
              f"{100 * m['policy']['accuracy']:.1f}", f"{m['policy']['macro_f1']:.3f}", sens]
     if cost:
         hist = " / ".join(f"{100 * h:.0f}" for h in m["exit_histogram"])
-        cells += [hist, f"{m['mean_macs'] / 1e6:.2f}", f"{m['latency_us']:.0f}"]
+        cells += [hist, f"{m['mean_macs'] / 1e6:.2f}",
+                  f"{m['latency_us']:.0f} ({m['latency_ratio']:.2f}x)"]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -562,7 +573,7 @@ def format_markdown(report: dict) -> str:
          f"thread(s). Policy: {t['policy']}."),
         "",
         "| input | eps | final acc % | final mF1 | policy acc % | policy mF1 | policy sens % "
-        f"({' '.join(classes)}) |" + (" exits % | MMACs | latency us |" if cost else ""),
+        f"({' '.join(classes)}) |" + (" exits % | MMACs | latency us (vs clean, timed alternately) |" if cost else ""),
         "|" + "---|" * (7 + 3 * cost),
         _row("clean", None, clean, classes, cost),
     ]

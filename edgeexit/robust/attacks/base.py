@@ -136,9 +136,10 @@ class Attack:
 
     def gradient(self, x: torch.Tensor, y: torch.Tensor, objective: Objective | None = None):
         """``(loss [B], d loss / d x)`` at ``x``; parameters get no gradient."""
-        x = x.detach().requires_grad_(True)
-        loss = self.losses(x, y, objective)
-        (g,) = torch.autograd.grad(loss.sum(), x)
+        with torch.enable_grad():  # callers may be inside torch.no_grad()
+            x = x.detach().requires_grad_(True)
+            loss = self.losses(x, y, objective)
+            (g,) = torch.autograd.grad(loss.sum(), x)
         return loss.detach(), g
 
     def mask(self, like: torch.Tensor) -> torch.Tensor:
@@ -148,19 +149,18 @@ class Attack:
         return m
 
     def project(self, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``delta`` inside the budget, zero off the signal channels, ``x + delta`` inside ``clip``."""
+        """``delta`` inside the budget, zero off the signal channels, ``x + delta`` inside ``clip``
+        (where ``x`` itself lies inside it: the budget wins otherwise)."""
         delta = delta * self.mask(delta)
-        if self.norm == "linf":
-            delta = delta.clamp(-self.eps, self.eps)
-        else:
-            norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-            delta = delta * (self.eps / norms).clamp(max=1.0).view(-1, 1, 1)
         if self.clip is not None:
             s = self.signal_channels
             lo, hi = self.clip
             sig = (x[:, :s] + delta[:, :s]).clamp(lo, hi) - x[:, :s]
             delta = torch.cat([sig, delta[:, s:]], dim=1)
-        return delta
+        if self.norm == "linf":
+            return delta.clamp(-self.eps, self.eps)
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+        return delta * (self.eps / norms).clamp(max=1.0).view(-1, 1, 1)
 
     def random_init(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         """A random point inside the budget (uniform in the Linf box; a random L2 direction

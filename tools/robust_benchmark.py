@@ -1,0 +1,279 @@
+"""Robustness benchmark on MIT-BIH (DS1 train, DS2 test): standard, rdi, neokd, ima, and the
+early-exit ensemble policy on the standard model, three seeds each, through `edgeexit evaluate`.
+
+For every (method, seed): train on DS1 (the library's `train`), export an ONNX bundle for rpi4
+with the max_prob policy (thresholds calibrated on the validation records training held out),
+and evaluate the bundle (`edgeexit.robust.evaluate.evaluate`): max-average PGD, policy-aware PGD,
+the universal perturbation and the black-box Square attack at 0.05 / 0.1 / 0.2 mV (Linf, the
+waveform only), synthetic muscle noise at 6 and 0 dB, and the DeepSloth slowdown (exit histogram
+and batch-1 latency of the deployed bundle, clean vs attacked). The standard model is exported a
+second time with the `ensemble` policy and evaluated the same way.
+
+Every run writes into OUT/<method>-seed<N>/ and is skipped when its report exists, so runs can be
+split across processes (`--methods rdi --seeds 1` in one shell, ... ) and merged with
+`--table-only`. The table (OUT/table.md, OUT/table.json) gives mean +- spread (population std)
+over the seeds present, and says which settings were reduced (`--quick`).
+
+    .venv/bin/python tools/robust_benchmark.py --mitdb ../shared/data/mitdb --out runs/robust --quick
+    .venv/bin/python tools/robust_benchmark.py --mitdb ../shared/data/mitdb --out runs/robust
+
+Full: 6 epochs on all of DS1, 1000 attacked DS2 windows (class-stratified sample), 20 PGD steps,
+300 Square queries. Quick: a third of the DS1 beats of every record (seeded), 3 epochs, 2-step
+training attacks, 300 attacked windows, 10 PGD steps, 100 Square queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("robust_benchmark")
+
+METHODS = ("standard", "rdi", "neokd", "ima")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    epochs: int
+    train_fraction: float
+    train_steps: int
+    eval_limit: int
+    eval_steps: int
+    square_queries: int
+    universal_limit: int
+    train_eps: float
+
+    @classmethod
+    def make(cls, quick: bool, train_eps: float) -> Plan:
+        if quick:
+            return cls(3, 1 / 3, 2, 300, 10, 100, 1000, train_eps)
+        return cls(6, 1.0, 5, 1000, 20, 300, 2000, train_eps)
+
+
+def _data(mitdb: Path, out: Path, plan: Plan) -> tuple[Path, Path]:
+    """DS1 (or a per-record subsample of it) and DS2 as .npz files, written once."""
+    from edgeexit.data import load_mitbih
+    from edgeexit.data.mitbih import DS1, DS2
+
+    d = out / "data"
+    d.mkdir(parents=True, exist_ok=True)
+    train_path = d / f"ds1-{plan.train_fraction:.3f}.npz"
+    test_path = d / "ds2.npz"
+    if not test_path.is_file():
+        load_mitbih(mitdb, DS2).save_npz(test_path)
+    if not train_path.is_file():
+        ds1 = load_mitbih(mitdb, DS1)
+        if plan.train_fraction < 1.0:
+            rng = np.random.default_rng(12345)
+            keep = np.zeros(len(ds1), bool)
+            for g in np.unique(ds1.groups):
+                idx = np.flatnonzero(ds1.groups == g)
+                keep[rng.choice(idx, size=max(1, round(plan.train_fraction * len(idx))),
+                                replace=False)] = True
+            ds1 = ds1.subset(keep)
+        ds1.save_npz(train_path)
+    return train_path, test_path
+
+
+def _method_config(method: str, plan: Plan):
+    from edgeexit.robust.methods import make_method_config
+
+    if method == "standard":
+        return make_method_config(method, {})
+    opts = {"eps": plan.train_eps, "steps": plan.train_steps}
+    if method == "ima":
+        from edgeexit.robust.methods import method_config_class
+
+        fields = {f.name for f in dataclasses.fields(method_config_class("ima"))}
+        opts = {k: v for k, v in {"eps_max": 2 * plan.train_eps, "steps": plan.train_steps}.items()
+                if k in fields}
+    return make_method_config(method, opts)
+
+
+def run_one(method: str, seed: int, policy: str, train_path: Path, test_path: Path, out: Path,
+            plan: Plan, threads: int) -> Path:
+    """Train (or reuse), export and evaluate one (method, seed); returns the report path."""
+    from edgeexit.data import DataSpec
+    from edgeexit.export.bundle import ExportConfig, export_bundle
+    from edgeexit.robust.evaluate import EvalConfig, evaluate
+    from edgeexit.train import TrainConfig, run_training
+
+    run = out / f"{method}-seed{seed}"
+    report_path = run / f"eval-{policy}" / "report.json"
+    if report_path.is_file():
+        log.info("%s exists: skipped", report_path)
+        return report_path
+    t0 = time.perf_counter()
+    if not (run / "model.pt").is_file():
+        spec = DataSpec(source=str(train_path), test_source=str(test_path), seed=seed)
+        config = TrainConfig(model="resnet1d", method=method,
+                             method_config=_method_config(method, plan), epochs=plan.epochs,
+                             seed=seed, threads=threads)
+        run_training(spec, config, run)
+        log.info("%s seed %d trained in %.0f s", method, seed, time.perf_counter() - t0)
+    bundle = run / f"bundle-{policy}"
+    if not (bundle / "manifest.json").is_file():
+        export_bundle(run / "model.pt", bundle, ExportConfig(target="rpi4", formats=("onnx",),
+                                                             policy=policy, monolithic=False))
+    ec = EvalConfig(limit=plan.eval_limit, steps=plan.eval_steps,
+                    square_queries=plan.square_queries, universal_limit=plan.universal_limit,
+                    noise=("ma",), snr_db=(6.0, 0.0), backend="onnxruntime", threads=threads,
+                    seed=seed)
+    evaluate(bundle, config=ec, out_dir=run / f"eval-{policy}")
+    log.info("%s seed %d %s: done in %.0f s", method, seed, policy, time.perf_counter() - t0)
+    return report_path
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+
+def _ms(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    v = np.asarray(values, float) * scale
+    if v.size == 0:
+        return "-"
+    return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}" if v.size > 1 else f"{v[0]:.{digits}f}"
+
+
+def collect(out: Path) -> dict:
+    """Every report under OUT, grouped by (method, policy)."""
+    groups: dict[str, list[dict]] = {}
+    for p in sorted(out.glob("*-seed*/eval-*/report.json")):
+        method = p.parent.parent.name.rsplit("-seed", 1)[0]
+        policy = p.parent.name.removeprefix("eval-")
+        r = json.loads(p.read_text())
+        r["_seed"] = int(p.parent.parent.name.rsplit("-seed", 1)[1])
+        groups.setdefault(f"{method} / {policy}", []).append(r)
+    return groups
+
+
+def _get(r: dict, attack: str, eps: float, where: str, key: str) -> float | None:
+    for a in r["attacks"]:
+        if a["attack"] == attack and abs(a["eps"] - eps) < 1e-9:
+            return a["policy"][key] if where == "policy" else a["exits"][-1][key]
+    return None
+
+
+def table(out: Path, note: str) -> str:
+    groups = collect(out)
+    if not groups:
+        return "no reports yet\n"
+    any_r = next(iter(groups.values()))[0]
+    eps = sorted({a["eps"] for a in any_r["attacks"] if a["attack"] == "max_avg"})
+    lines = [f"Robustness on MIT-BIH DS2 ({note}); host {any_r['host']['cpu']}, "
+             f"{any_r['host']['threads']} thread(s). Mean ± std over seeds (n = seeds). "
+             "Macro-F1 over N/S/V/F; Linf budgets in mV on the waveform, RR context untouched.", ""]
+
+    def block(title, cols, cell):
+        lines.extend([f"**{title}**", "", "| method / policy | n | " + " | ".join(cols) + " |",
+                      "|" + "---|" * (2 + len(cols))])
+        for name, rs in groups.items():
+            lines.append(f"| {name} | {len(rs)} | " + " | ".join(cell(rs, c) for c in cols) + " |")
+        lines.append("")
+
+    def clean(rs, c):
+        key, where = c.split(" ")[1], c.split(" ")[0]
+        vals = [r["clean"]["policy" if where == "policy" else "exits"] for r in rs]
+        vals = [v[key] if where == "policy" else v[-1][key] for v in vals]
+        return _ms(vals, 100 if key == "accuracy" else 1, 1 if key == "accuracy" else 3)
+
+    block("Clean", ["final accuracy", "final macro_f1", "policy accuracy", "policy macro_f1"], clean)
+
+    def attacked(attack, where):
+        def cell(rs, c):
+            e = float(c.split(" ")[0])
+            vals = [_get(r, attack, e, where, "macro_f1") for r in rs]
+            return _ms([v for v in vals if v is not None], 1, 3)
+        return cell
+
+    cols = [f"{e:g} mV" for e in eps]
+    block("Max-average PGD, final-exit macro-F1", cols, attacked("max_avg", "final"))
+    block("Max-average PGD, deployed-policy macro-F1", cols, attacked("max_avg", "policy"))
+    block("Policy-aware PGD, deployed-policy macro-F1", cols, attacked("policy", "policy"))
+    block("Universal perturbation (fitted on DS1), deployed-policy macro-F1", cols,
+          attacked("universal", "policy"))
+    block("Square attack (black-box, through the runtime), deployed-policy macro-F1", cols,
+          attacked("square", "policy"))
+
+    def noise(rs, c):
+        snr = float(c.split(" ")[0])
+        vals = [n["policy"]["macro_f1"] for r in rs for n in r["noise"] if n["snr_db"] == snr]
+        return _ms(vals, 1, 3)
+
+    block("Synthetic muscle noise, deployed-policy macro-F1", ["6 dB", "0 dB"], noise)
+
+    def cost(rs, c):
+        slow = [next(a for a in r["attacks"] if a["attack"] == "slowdown") for r in rs]
+        if c == "latency clean":  # timed alternately with the attacked windows, one loop
+            return _ms([a["latency_clean_us"] for a in slow], 1, 0)
+        if c == "latency slowdown":
+            return _ms([a["latency_us"] for a in slow], 1, 0)
+        if c == "ratio":
+            return _ms([a["latency_ratio"] for a in slow], 1, 2)
+        if c == "MACs ratio":
+            return _ms([a["mean_macs"] / r["clean"]["mean_macs"] for a, r in zip(slow, rs)], 1, 2)
+        src = [r["clean"] for r in rs] if c == "exits clean" else slow
+        hs = np.array([m["exit_histogram"] for m in src])
+        return " / ".join(f"{100 * v:.0f}" for v in hs.mean(0))
+
+    block(f"Deployed cost, clean vs DeepSloth at {max(eps):g} mV (batch-1 latency in us through "
+          "onnxruntime, clean and attacked windows timed alternately in one loop; exits taken "
+          "in %, mean over seeds)",
+          ["latency clean", "latency slowdown", "ratio", "MACs ratio", "exits clean",
+           "exits slowdown"], cost)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mitdb", type=Path, default=Path("../shared/data/mitdb"))
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--quick", action="store_true", help="the reduced settings (see above)")
+    ap.add_argument("--train-eps", type=float, default=0.1,
+                    help="training attack budget (mV) of rdi/neokd (ima: its largest margin, x2)")
+    ap.add_argument("--no-ensemble", action="store_true",
+                    help="skip the standard model's ensemble-policy bundle")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--table-only", action="store_true", help="only (re)write the table")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    plan = Plan.make(args.quick, args.train_eps)
+    note = ("QUICK: a third of the DS1 beats of every record, 3 epochs, 2-step training attacks, "
+            "300 attacked windows, 10 PGD steps, 100 Square queries" if args.quick else
+            "full: all of DS1, 6 epochs, 5-step training attacks, 1000 attacked windows, "
+            "20 PGD steps, 300 Square queries") + f"; training eps {args.train_eps:g} mV"
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        if not (args.mitdb / "RECORDS").is_file() and not any(args.mitdb.glob("*.hea")):
+            print(f"error: no MIT-BIH records in {args.mitdb} (give --mitdb)", file=sys.stderr)
+            return 2
+        train_path, test_path = _data(args.mitdb, args.out, plan)
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for method in methods:
+                run_one(method, seed, "max_prob", train_path, test_path, args.out, plan,
+                        args.threads)
+                if method == "standard" and not args.no_ensemble:
+                    run_one(method, seed, "ensemble", train_path, test_path, args.out, plan,
+                            args.threads)
+    text = table(args.out, note)
+    (args.out / "table.md").write_text(text)
+    (args.out / "table.json").write_text(json.dumps(
+        {k: [{"seed": r["_seed"], "clean": r["clean"], "attacks": r["attacks"],
+              "noise": r["noise"], "sanity": r["sanity"]} for r in v]
+         for k, v in collect(args.out).items()}, indent=1))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
