@@ -906,8 +906,9 @@ _ATTACK_NAMES = ("max_avg", "policy", "universal", "square", "slowdown", "univer
               help="Directory for report.json, report.md and the PNG plots.")
 @click.option("--eps", default="0.05,0.1,0.2", show_default=True,
               help="Attack budgets in mV (comma-separated).")
-@click.option("--sanity-eps", default=1.0, show_default=True,
-              help="A large budget (mV) at which accuracy must fall toward 0.")
+@click.option("--sanity-eps", default=2.0, show_default=True,
+              help="A large budget (mV) at which the final exit's accuracy under PGD must fall "
+                   "toward 0 (else: gradient masking); 0 skips the check.")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True,
               help="linf: per time step; l2: over the whole window (mV).")
 @click.option("--attacks", default=",".join(_ATTACK_NAMES), show_default=True,
@@ -941,7 +942,7 @@ def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks
     from edgeexit.robust.evaluate import EvalConfig, format_markdown
     from edgeexit.robust.evaluate import evaluate as run_evaluate
 
-    config = EvalConfig(eps=_floats(eps), sanity_eps=sanity_eps, norm=norm,
+    config = EvalConfig(eps=_floats(eps), sanity_eps=sanity_eps or None, norm=norm,
                         attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
                         steps=steps, noise=tuple(n.strip() for n in noise.split(",") if n.strip()),
                         snr_db=_floats(snr), noise_dir=noise_dir, limit=limit or None,

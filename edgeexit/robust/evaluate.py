@@ -58,8 +58,10 @@ class EvalConfig:
 
     Attributes:
         eps: attack budgets in the input's units (mV), Linf per time step or L2 over the window.
-        sanity_eps: one large budget for the gradient-masking check (max-average PGD): accuracy
-            should fall toward 0 there; None = skip the check.
+        sanity_eps: one large budget for the gradient-masking check (PGD on the final exit):
+            its accuracy should fall toward 0 there; None = skip the check. 2 mV by default: an
+            adversarially trained MIT-BIH model keeps about 15% at 1 mV (20- and 50-step PGD
+            alike) and 0.2% at 2 mV, a QRS complex's own amplitude.
         norm: ``linf`` or ``l2``.
         attacks: which of :data:`ATTACKS` to run (``square`` and the cost figures need a bundle).
         steps: PGD steps (step size ``2.5 * eps / steps``).
@@ -78,7 +80,7 @@ class EvalConfig:
     """
 
     eps: tuple[float, ...] = (0.05, 0.1, 0.2)
-    sanity_eps: float | None = 1.0
+    sanity_eps: float | None = 2.0
     norm: str = "linf"
     attacks: tuple[str, ...] = ATTACKS
     steps: int = 20
@@ -331,15 +333,17 @@ def _run_attacks(target: _Target, test: BeatDataset, train: BeatDataset | None,
         tick(f"{name} eps {eps:g}")
 
     grid = list(config.eps)
-    for eps in grid + ([] if config.sanity_eps is None else [config.sanity_eps]):
-        if "max_avg" in config.attacks or eps == config.sanity_eps:
+    if config.sanity_eps is not None:  # the final exit's own PGD at a budget nothing survives
+        t0 = time.perf_counter()
+        attack = PGD(model, config.sanity_eps, steps=config.steps, seed=config.seed, **common)
+        record("pgd_final_sanity", config.sanity_eps, _in_batches(attack, x, y),
+               time.perf_counter() - t0, attack.stats)
+    for eps in grid:
+        if "max_avg" in config.attacks:
             t0 = time.perf_counter()
             attack = MaxAvgPGD(model, eps, steps=config.steps, seed=config.seed, **common)
-            adv = _in_batches(attack, x, y)
-            record("max_avg" if eps != config.sanity_eps else "max_avg_sanity", eps, adv,
-                   time.perf_counter() - t0, attack.stats)
-        if eps == config.sanity_eps:
-            continue
+            record("max_avg", eps, _in_batches(attack, x, y), time.perf_counter() - t0,
+                   attack.stats)
         if "policy" in config.attacks:
             t0 = time.perf_counter()
             attack = PGD(model, eps, steps=config.steps, seed=config.seed,
@@ -412,13 +416,13 @@ def _sanity(clean: dict, attacks: list[dict]) -> list[dict]:
             "ok": black >= white - 0.01,
             "detail": f"policy accuracy: Square {black:.3f}, policy-aware PGD {white:.3f}",
         })
-    big = [a for a in attacks if a["attack"] == "max_avg_sanity"]
+    big = [a for a in attacks if a["attack"] == "pgd_final_sanity"]
     for a in big:
         acc = a["exits"][-1]["accuracy"]
         flags.append({
             "check": f"accuracy falls toward 0 at a large eps ({a['eps']:g})",
             "ok": acc <= 0.1,
-            "detail": f"final exit accuracy {acc:.3f} under max-average PGD "
+            "detail": f"final exit accuracy {acc:.3f} under PGD on the final exit "
                       f"(clean {clean['exits'][-1]['accuracy']:.3f})",
         })
     zero = [a["stats"]["zero_grad_fraction"] for a in attacks
@@ -606,7 +610,7 @@ def _plots(report: dict, out: Path) -> list[Path]:
         return []
     files = []
     names = sorted({a["attack"] for a in report["attacks"]
-                    if a["attack"] not in ("slowdown", "universal_slowdown", "max_avg_sanity")})
+                    if a["attack"] not in ("slowdown", "universal_slowdown", "pgd_final_sanity")})
     if names:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         clean = report["clean"]

@@ -35,7 +35,7 @@ def test_bundle_report_is_complete_and_attacks_bite(bundle_report):
     assert r["target"]["kind"] == "bundle"
     names = {a["attack"] for a in r["attacks"]}
     assert names == {"max_avg", "policy", "universal", "square", "slowdown",
-                     "universal_slowdown", "max_avg_sanity"}
+                     "universal_slowdown", "pgd_final_sanity"}
     clean = r["clean"]
     n_exits = len(r["target"]["exits"])
     for m in [clean, *r["attacks"], *r["noise"]]:
@@ -50,7 +50,7 @@ def test_bundle_report_is_complete_and_attacks_bite(bundle_report):
     assert f_big < clean["exits"][-1]["macro_f1"] - 0.2
     assert f_big <= f_small + 1e-9
     assert _entry(r, "policy", 1.0)["policy"]["accuracy"] < clean["policy"]["accuracy"]
-    assert _entry(r, "max_avg_sanity", 4.0)["exits"][-1]["accuracy"] < 0.2
+    assert _entry(r, "pgd_final_sanity", 4.0)["exits"][-1]["accuracy"] < 0.2
     checks = {f["check"].split(" at ")[0].split(" (")[0] for f in r["sanity"]}
     assert {"black-box does not beat white-box", "accuracy falls toward 0",
             "input gradients are non-zero"} <= checks
@@ -91,7 +91,7 @@ def test_checkpoint_has_white_box_figures_only(tiny_checkpoint, tmp_path):
     r = evaluate(tiny_checkpoint, config=cfg, out_dir=tmp_path / "ev").report
     assert r["target"]["kind"] == "checkpoint"
     assert r["target"]["policy"] == "ensemble (all exits)"
-    assert {a["attack"] for a in r["attacks"]} == {"max_avg", "policy", "max_avg_sanity"}
+    assert {a["attack"] for a in r["attacks"]} == {"max_avg", "policy", "pgd_final_sanity"}
     assert "exit_histogram" not in r["clean"]
     big = _entry(r, "max_avg", 1.0)
     assert big["exits"][-1]["macro_f1"] < r["clean"]["exits"][-1]["macro_f1"]
@@ -114,7 +114,7 @@ def test_cli_json_and_errors(bundle_dir, tmp_path):
                                "--noise", "", "--limit", "30", "--steps", "3", "--json"])
     assert res.exit_code == 0, res.output
     r = json.loads(res.output)
-    assert [a["attack"] for a in r["attacks"]] == ["max_avg", "max_avg_sanity"]
+    assert [a["attack"] for a in r["attacks"]] == ["pgd_final_sanity", "max_avg"]
     assert np.isfinite(r["clean"]["latency_us"])
     res = runner.invoke(main, ["evaluate", str(bundle_dir), "--out", str(tmp_path / "e2"),
                                "--eps", "0.1,big"])
