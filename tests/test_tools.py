@@ -1,6 +1,7 @@
 """The benchmark tools in tools/ run on a tiny bundle and report consistent figures."""
 
 import importlib.util
+import sys
 
 import pytest
 
@@ -10,6 +11,7 @@ from tests.conftest import REPO
 def _tool(name):
     spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
@@ -25,3 +27,28 @@ def test_decision_overhead_separates_native_time_from_the_engine(bundle_dir, bac
         assert 1 <= p["segments_run_per_window"] <= 4
         assert p["decision_us_per_exit"] == pytest.approx(u["decision"] / p["segments_run_per_window"], rel=1e-2)
     assert r["policies"]["fixed"]["segments_run_per_window"] == 4  # fixed: the last exit
+
+
+def test_robust_benchmark_table_gives_mean_and_spread_over_seeds(bundle_dir, tmp_path):
+    import dataclasses
+    import json
+
+    import numpy as np
+
+    from edgeexit.robust.evaluate import EvalConfig, evaluate
+
+    rb = _tool("robust_benchmark")
+    cfg = EvalConfig(eps=(0.3, 1.0), sanity_eps=None, steps=2, limit=30, universal_limit=60,
+                     universal_epochs=1, square_queries=10, latency_samples=5, noise=("ma",),
+                     snr_db=(6.0, 0.0))
+    for seed in (0, 1):
+        evaluate(bundle_dir, config=dataclasses.replace(cfg, seed=seed),
+                 out_dir=tmp_path / f"standard-seed{seed}" / "eval-max_prob")
+    text = rb.table(tmp_path, "test run")
+    rows = [line for line in text.splitlines() if line.startswith("| standard / max_prob | 2 |")]
+    assert len(rows) == 8  # clean, 5 attacks, noise, cost
+    acc = [json.loads((tmp_path / f"standard-seed{s}" / "eval-max_prob" / "report.json")
+                      .read_text())["clean"]["exits"][-1]["accuracy"] for s in (0, 1)]
+    mean, std = 100 * np.mean(acc), 100 * np.std(acc)
+    assert rows[0].split(" | ")[2] == f"{mean:.1f} ± {std:.1f}"
+    assert "1 mV" in text and "6 dB" in text
