@@ -46,9 +46,9 @@ def test_robust_benchmark_table_gives_mean_and_spread_over_seeds(bundle_dir, tmp
                  out_dir=tmp_path / f"standard-seed{seed}" / "eval-max_prob")
     text = rb.table(tmp_path, "test run")
     rows = [line for line in text.splitlines() if line.startswith("| standard / max_prob | 2 |")]
-    assert len(rows) == 8  # clean, 5 attacks, noise, cost
+    assert len(rows) == 9  # clean, 5 attacks, per-class sensitivity, noise, cost
     acc = [json.loads((tmp_path / f"standard-seed{s}" / "eval-max_prob" / "report.json")
                       .read_text())["clean"]["exits"][-1]["accuracy"] for s in (0, 1)]
     mean, std = 100 * np.mean(acc), 100 * np.std(acc)
-    assert rows[0].split(" | ")[2] == f"{mean:.1f} ± {std:.1f}"
+    assert rows[0].split(" | ")[2].endswith(f"({mean:.1f} ± {std:.1f}%)")
     assert "1 mV" in text and "6 dB" in text

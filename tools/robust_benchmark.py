@@ -97,6 +97,16 @@ def _method_config(method: str, plan: Plan):
     return make_method_config(method, opts)
 
 
+DEFAULT_TRAIN_EPS = 0.1
+
+
+def run_name(method: str, plan: Plan) -> str:
+    """``rdi``, or ``rdi-eps0.2`` for a training budget other than the default."""
+    if method == "standard" or plan.train_eps == DEFAULT_TRAIN_EPS:
+        return method
+    return f"{method}-eps{plan.train_eps:g}"
+
+
 def run_one(method: str, seed: int, policy: str, train_path: Path, test_path: Path, out: Path,
             plan: Plan, threads: int) -> Path:
     """Train (or reuse), export and evaluate one (method, seed); returns the report path."""
@@ -105,7 +115,7 @@ def run_one(method: str, seed: int, policy: str, train_path: Path, test_path: Pa
     from edgeexit.robust.evaluate import EvalConfig, evaluate
     from edgeexit.train import TrainConfig, run_training
 
-    run = out / f"{method}-seed{seed}"
+    run = out / f"{run_name(method, plan)}-seed{seed}"
     report_path = run / f"eval-{policy}" / "report.json"
     if report_path.is_file():
         log.info("%s exists: skipped", report_path)
@@ -150,14 +160,32 @@ def collect(out: Path) -> dict:
         r = json.loads(p.read_text())
         r["_seed"] = int(p.parent.parent.name.rsplit("-seed", 1)[1])
         groups.setdefault(f"{method} / {policy}", []).append(r)
-    return groups
+
+    def order(name: str):
+        method, policy = name.split(" / ")
+        base = method.split("-eps")[0]
+        return (METHODS.index(base) if base in METHODS else len(METHODS), method,
+                policy != "max_prob", policy)
+
+    return {k: groups[k] for k in sorted(groups, key=order)}
 
 
-def _get(r: dict, attack: str, eps: float, where: str, key: str) -> float | None:
+def _find(r: dict, attack: str, eps: float) -> dict | None:
     for a in r["attacks"]:
         if a["attack"] == attack and abs(a["eps"] - eps) < 1e-9:
-            return a["policy"][key] if where == "policy" else a["exits"][-1][key]
+            return a
     return None
+
+
+def _pick(m: dict, where: str) -> dict:
+    return m["policy"] if where == "policy" else m["exits"][-1]
+
+
+def _cell(ms: list[dict]) -> str:
+    """macro-F1 mean ± std and accuracy mean, of figures from several seeds."""
+    if not ms:
+        return "-"
+    return f"{_ms([m['macro_f1'] for m in ms], 1, 3)} ({_ms([m['accuracy'] for m in ms], 100, 1)}%)"
 
 
 def table(out: Path, note: str) -> str:
@@ -167,8 +195,9 @@ def table(out: Path, note: str) -> str:
     any_r = next(iter(groups.values()))[0]
     eps = sorted({a["eps"] for a in any_r["attacks"] if a["attack"] == "max_avg"})
     lines = [f"Robustness on MIT-BIH DS2 ({note}); host {any_r['host']['cpu']}, "
-             f"{any_r['host']['threads']} thread(s). Mean ± std over seeds (n = seeds). "
-             "Macro-F1 over N/S/V/F; Linf budgets in mV on the waveform, RR context untouched.", ""]
+             f"{any_r['host']['threads']} thread(s). Mean ± std over seeds (n = seeds): macro-F1 "
+             "over N/S/V/F, accuracy in brackets; Linf budgets in mV on the waveform, RR context "
+             "untouched.", ""]
 
     def block(title, cols, cell):
         lines.extend([f"**{title}**", "", "| method / policy | n | " + " | ".join(cols) + " |",
@@ -177,36 +206,42 @@ def table(out: Path, note: str) -> str:
             lines.append(f"| {name} | {len(rs)} | " + " | ".join(cell(rs, c) for c in cols) + " |")
         lines.append("")
 
-    def clean(rs, c):
-        key, where = c.split(" ")[1], c.split(" ")[0]
-        vals = [r["clean"]["policy" if where == "policy" else "exits"] for r in rs]
-        vals = [v[key] if where == "policy" else v[-1][key] for v in vals]
-        return _ms(vals, 100 if key == "accuracy" else 1, 1 if key == "accuracy" else 3)
-
-    block("Clean", ["final accuracy", "final macro_f1", "policy accuracy", "policy macro_f1"], clean)
+    block("Clean", ["final exit", "deployed policy"],
+          lambda rs, c: _cell([_pick(r["clean"], "final" if c == "final exit" else "policy")
+                               for r in rs]))
 
     def attacked(attack, where):
         def cell(rs, c):
-            e = float(c.split(" ")[0])
-            vals = [_get(r, attack, e, where, "macro_f1") for r in rs]
-            return _ms([v for v in vals if v is not None], 1, 3)
+            found = [_find(r, attack, float(c.split(" ")[0])) for r in rs]
+            return _cell([_pick(a, where) for a in found if a is not None])
         return cell
 
     cols = [f"{e:g} mV" for e in eps]
-    block("Max-average PGD, final-exit macro-F1", cols, attacked("max_avg", "final"))
-    block("Max-average PGD, deployed-policy macro-F1", cols, attacked("max_avg", "policy"))
-    block("Policy-aware PGD, deployed-policy macro-F1", cols, attacked("policy", "policy"))
-    block("Universal perturbation (fitted on DS1), deployed-policy macro-F1", cols,
+    block("Max-average PGD, final exit", cols, attacked("max_avg", "final"))
+    block("Max-average PGD, deployed policy", cols, attacked("max_avg", "policy"))
+    block("Policy-aware PGD, deployed policy", cols, attacked("policy", "policy"))
+    block("Universal perturbation (fitted on DS1), deployed policy", cols,
           attacked("universal", "policy"))
-    block("Square attack (black-box, through the runtime), deployed-policy macro-F1", cols,
+    block("Square attack (black-box, through the runtime), deployed policy", cols,
           attacked("square", "policy"))
+
+    classes = ("N", "S", "V", "F")
+
+    def sens(rs, c):
+        where, _, cls = c.partition(" ")
+        ms = [_pick(r["clean"], "final") if where == "clean" else
+              _pick(_find(r, "max_avg", max(eps)), "final") for r in rs]
+        return _ms([m["sensitivity"].get(cls, float("nan")) for m in ms], 100, 0)
+
+    block(f"Per-class sensitivity (%) of the final exit, clean and under max-average PGD at "
+          f"{max(eps):g} mV", [f"clean {c}" for c in classes] + [f"attacked {c}" for c in classes],
+          sens)
 
     def noise(rs, c):
         snr = float(c.split(" ")[0])
-        vals = [n["policy"]["macro_f1"] for r in rs for n in r["noise"] if n["snr_db"] == snr]
-        return _ms(vals, 1, 3)
+        return _cell([n["policy"] for r in rs for n in r["noise"] if n["snr_db"] == snr])
 
-    block("Synthetic muscle noise, deployed-policy macro-F1", ["6 dB", "0 dB"], noise)
+    block("Synthetic muscle noise (nst SNR), deployed policy", ["6 dB", "0 dB"], noise)
 
     def cost(rs, c):
         slow = [next(a for a in r["attacks"] if a["attack"] == "slowdown") for r in rs]
@@ -238,8 +273,9 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--quick", action="store_true", help="the reduced settings (see above)")
-    ap.add_argument("--train-eps", type=float, default=0.1,
-                    help="training attack budget (mV) of rdi/neokd (ima: its largest margin, x2)")
+    ap.add_argument("--train-eps", type=float, default=DEFAULT_TRAIN_EPS,
+                    help="training attack budget (mV) of rdi/neokd (ima: its largest margin, x2); "
+                         "runs with another value are named METHOD-epsE")
     ap.add_argument("--no-ensemble", action="store_true",
                     help="skip the standard model's ensemble-policy bundle")
     ap.add_argument("--threads", type=int, default=1)
@@ -250,7 +286,9 @@ def main(argv=None) -> int:
     note = ("QUICK: a third of the DS1 beats of every record, 3 epochs, 2-step training attacks, "
             "300 attacked windows, 10 PGD steps, 100 Square queries" if args.quick else
             "full: all of DS1, 6 epochs, 5-step training attacks, 1000 attacked windows, "
-            "20 PGD steps, 300 Square queries") + f"; training eps {args.train_eps:g} mV"
+            "20 PGD steps, 300 Square queries") + (
+            f"; training eps {DEFAULT_TRAIN_EPS:g} mV (ima: margins up to "
+            f"{2 * DEFAULT_TRAIN_EPS:g} mV) unless the name says -epsE")
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         if not (args.mitdb / "RECORDS").is_file() and not any(args.mitdb.glob("*.hea")):
