@@ -11,8 +11,11 @@ are AAMI's) and per-class sensitivity, at every eps; for a bundle also the exit 
 mean MACs and the measured batch-1 latency, clean vs attacked, so that a slowdown shows.
 
 Sanity flags, as AutoAttack reports them (signs of gradient masking): a black-box attack that
-beats the white-box one on the same output, accuracy that does not fall toward 0 at a large eps,
-zero input gradients.
+beats the white-box one on the same output, accuracy that does not fall toward 0 at a large eps
+(or, with RR-context channels the attacker may not touch, does not fall below what the model
+answers with the signal flattened: the ``context_only`` entry), zero input gradients. Measured on
+MIT-BIH, adversarially trained models keep 84-89% accuracy with their waveform flattened or
+replaced by another class's beat: they lean on the unattacked RR context.
 
 Steps (each a function below): load the target -> load the data -> craft and measure every attack
 -> sanity flags -> write ``report.json``, ``report.md`` and the plots.
@@ -404,7 +407,7 @@ def _run_noise(target: _Target, test: BeatDataset, config: EvalConfig, measure: 
 # -- sanity flags --------------------------------------------------------------------------------
 
 
-def _sanity(clean: dict, attacks: list[dict]) -> list[dict]:
+def _sanity(clean: dict, attacks: list[dict], context_only: dict | None = None) -> list[dict]:
     flags = []
     by = {(a["attack"], a["eps"]): a for a in attacks}
     for (name, eps), a in by.items():
@@ -420,11 +423,17 @@ def _sanity(clean: dict, attacks: list[dict]) -> list[dict]:
     big = [a for a in attacks if a["attack"] == "pgd_final_sanity"]
     for a in big:
         acc = a["exits"][-1]["accuracy"]
+        # the RR context is never attacked: a model may keep what the context alone gives it,
+        # but an attack that controls the whole waveform must do at least as well as erasing it
+        floor = None if context_only is None else context_only["exits"][-1]["accuracy"]
+        detail = (f"final exit accuracy {acc:.3f} under PGD on the final exit (clean "
+                  f"{clean['exits'][-1]['accuracy']:.3f}")
+        detail += ")" if floor is None else f"; {floor:.3f} with the signal flattened)"
         flags.append({
-            "check": f"accuracy falls toward 0 at a large eps ({a['eps']:g})",
-            "ok": acc <= 0.1,
-            "detail": f"final exit accuracy {acc:.3f} under PGD on the final exit "
-                      f"(clean {clean['exits'][-1]['accuracy']:.3f})",
+            "check": f"accuracy falls toward 0 at a large eps ({a['eps']:g}), or below what "
+                     "the unattacked context channels alone give",
+            "ok": acc <= 0.1 or (floor is not None and acc < floor),
+            "detail": detail,
         })
     zero = [a["stats"]["zero_grad_fraction"] for a in attacks
             if "zero_grad_fraction" in a.get("stats", {})]
@@ -495,6 +504,12 @@ def evaluate(
     measure = _Measure(t, test.y, config)
     clean = measure(test.x)
     tick("clean")
+    s = int(t.ckpt.input_spec.get("signal_channels", 1))
+    context_only = None
+    if test.x.shape[1] > s:  # what the model answers from the context channels alone
+        flat = test.x.copy()
+        flat[:, :s] = 0.0
+        context_only = measure(flat)
     attacks = _run_attacks(t, test, train, config, measure, tick)
     noise = _run_noise(t, test, config, measure, tick) if config.noise and config.snr_db else []
     report = {
@@ -515,9 +530,10 @@ def evaluate(
         "config": config.to_dict(),
         "host": {"cpu": _cpu_model(), "threads": config.threads, "python": platform.python_version()},
         "clean": clean,
+        "context_only": context_only,
         "attacks": attacks,
         "noise": noise,
-        "sanity": _sanity(clean, attacks),
+        "sanity": _sanity(clean, attacks, context_only),
         "elapsed_s": round(time.perf_counter() - t_start, 1),
     }
     files = _write(report, out_dir) if out_dir is not None else ()
@@ -585,6 +601,9 @@ def format_markdown(report: dict) -> str:
     lines += [_row(a["attack"], a["eps"], a, classes, cost) for a in report["attacks"]]
     lines += [_row(f"noise {n['noise']} {n['snr_db']:g} dB", None, n, classes, cost)
               for n in report["noise"]]
+    if report.get("context_only"):
+        lines.append(_row("signal flattened (context only)", None, report["context_only"],
+                          classes, cost))
     lines += ["", "Per exit (accuracy % / macro-F1):", ""]
     n_exits = len(clean["exits"])
     lines.append("| input | eps | " + " | ".join(f"exit {k}" for k in range(n_exits)) + " |")

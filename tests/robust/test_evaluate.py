@@ -55,6 +55,10 @@ def test_bundle_report_is_complete_and_attacks_bite(bundle_report):
     assert {"black-box does not beat white-box", "accuracy falls toward 0",
             "input gradients are non-zero"} <= checks
     assert r["noise"][0]["noise"] == "ma" and r["noise"][0]["snr_db"] == 0.0
+    # the separable beats carry their class in the signal channel only: flattened, it is gone
+    ctx = r["context_only"]
+    assert len(ctx["exits"]) == n_exits
+    assert ctx["exits"][-1]["accuracy"] < clean["exits"][-1]["accuracy"] - 0.3
 
 
 def test_bundle_report_files_load(bundle_report):
