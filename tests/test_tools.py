@@ -52,3 +52,16 @@ def test_robust_benchmark_table_gives_mean_and_spread_over_seeds(bundle_dir, tmp
     mean, std = 100 * np.mean(acc), 100 * np.std(acc)
     assert rows[0].split(" | ")[2].endswith(f"({mean:.1f} ± {std:.1f}%)")
     assert "1 mV" in text and "6 dB" in text
+
+
+def test_context_reliance_sees_a_model_that_reads_the_waveform(tiny_checkpoint, tmp_path):
+    from tests.conftest import make_separable
+
+    npz = tmp_path / "beats.npz"
+    make_separable(n=300, seed=3).save_npz(npz)
+    r = _tool("context_reliance").measure(str(tiny_checkpoint), str(npz), n=100, eps=4.0,
+                                          donors=3)
+    # the separable beats carry their class in the signal channel only
+    assert r["windows"] == 100 and r["accuracy_clean"] > 0.6
+    assert r["accuracy_flattened"] < r["accuracy_clean"] - 0.3
+    assert r["accuracy_donor_swap"] < r["accuracy_clean"] - 0.3
