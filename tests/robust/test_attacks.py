@@ -213,7 +213,9 @@ def test_slowdown_moves_the_exits_later(tiny):
         _, slow_exit = policy.answers(m(x_slow))
     assert float((clean_exit < m.num_exits - 1).float().mean()) > 0.3  # many leave early
     assert slow_exit.float().mean() > clean_exit.float().mean() + 0.3
-    assert float((slow_exit < m.num_exits - 1).float().mean()) < 0.2
+    early_clean = float((clean_exit < m.num_exits - 1).float().mean())
+    early_slow = float((slow_exit < m.num_exits - 1).float().mean())
+    assert early_slow < 0.5 * early_clean  # the attack keeps most of them from leaving early
 
 
 def test_universal_perturbation_is_one_delta_that_transfers(tiny):
