@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from edgeexit.errors import CheckpointError, ConfigError
+from edgeexit.data import DataSpec
+from edgeexit.errors import CheckpointError, ConfigError, DataError
 from edgeexit.fileio import atomic_write
 from edgeexit.models import ModelConfig, MultiExitNet, create_model
 
@@ -38,6 +39,27 @@ class Checkpoint:
     classes: tuple[str, ...]
     input_spec: dict
     meta: dict
+
+    def data_spec(self, source: str | DataSpec | None = None, needed: str = "") -> DataSpec:
+        """The data to use with this model: ``source`` (a :class:`DataSpec` as is; a source
+        string cut into the windows the model takes), or, when None, the spec training recorded.
+
+        Raises:
+            DataError: ``source`` is None and the checkpoint records no data; ``needed`` ends
+                the message (what the data is needed for, and how to give it).
+        """
+        if isinstance(source, DataSpec):
+            return source
+        if source is not None:
+            return DataSpec(
+                source=source,
+                window=int(self.input_spec.get("window", self.input_spec["shape"][-1])),
+                rr_context=bool(self.input_spec.get("rr_context", True)),
+            )
+        recorded = ((self.meta or {}).get("data") or {}).get("spec")
+        if recorded is None:
+            raise DataError(f"the checkpoint does not record its training data{needed}")
+        return DataSpec.from_dict(recorded)
 
 
 def save_checkpoint(

@@ -41,6 +41,11 @@ def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2))
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` -> ``("a", "b", "c")``: a comma-separated option, blanks dropped."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
 def _pct(v: float) -> str:
     return f"{100 * v:5.1f}"
 
@@ -432,7 +437,7 @@ def export(checkpoint, target, out_dir, formats, precision, policy, margin, conf
 
     config = ExportConfig(
         target=target,
-        formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+        formats=_names(formats),
         precision=precision,
         policy=policy,
         margin=margin,
@@ -734,7 +739,7 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
     manifest = load_manifest(bundle)
     x = probs = extra = None
     if cross_fit is None:
-        recs = None if records is None else [r.strip() for r in records.split(",") if r.strip()]
+        recs = None if records is None else list(_names(records))
         ds = _calibration_data(manifest, source, recs)
         if tuple(ds.classes) != tuple(manifest.classes):
             raise DataError(f"data classes {list(ds.classes)} differ from the bundle's "
@@ -943,8 +948,8 @@ def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks
     from edgeexit.robust.evaluate import evaluate as run_evaluate
 
     config = EvalConfig(eps=_floats(eps), sanity_eps=sanity_eps or None, norm=norm,
-                        attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
-                        steps=steps, noise=tuple(n.strip() for n in noise.split(",") if n.strip()),
+                        attacks=_names(attacks),
+                        steps=steps, noise=_names(noise),
                         snr_db=_floats(snr), noise_dir=noise_dir, limit=limit or None,
                         square_queries=square_queries, backend=backend, threads=threads,
                         seed=seed)

@@ -61,7 +61,7 @@ def cross_fit(
     import torch
 
     from edgeexit.checkpoint import load_checkpoint
-    from edgeexit.data import DataSpec, load_split
+    from edgeexit.data import load_split
     from edgeexit.errors import DataError
     from edgeexit.train import predict_exits, recorded_train_config, train
 
@@ -69,10 +69,7 @@ def cross_fit(
         raise DataError(f"cross-fitting needs at least 2 folds, got {folds}")
     ckpt = load_checkpoint(checkpoint)
     meta = ckpt.meta or {}
-    recorded = (meta.get("data") or {}).get("spec")
-    if recorded is None:
-        raise DataError(f"{checkpoint} does not record its training data; cross-fitting needs it")
-    spec = DataSpec.from_dict(recorded)
+    spec = ckpt.data_spec(None, f" ({checkpoint}); cross-fitting needs it")
     data = load_split(spec, "train")
     if data.groups is None or np.unique(data.groups).size < 2 * folds:
         n = 0 if data.groups is None else np.unique(data.groups).size

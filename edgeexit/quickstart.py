@@ -26,13 +26,13 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from edgeexit.errors import ConfigError
 from edgeexit.fileio import atomic_write
+from edgeexit.summary import machine_info
 
 log = logging.getLogger(__name__)
 
@@ -84,24 +84,6 @@ class QuickstartConfig:
         d = dataclasses.asdict(self)
         d["exits"] = list(self.exits) if isinstance(self.exits, tuple) else self.exits
         return d
-
-
-def machine_info() -> dict:
-    """The CPU and platform the figures were measured on (results differ across machines)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count()
-    return {"cpu": cpu, "cpus": cpus, "machine": platform.machine(), "python": platform.python_version()}
 
 
 def _check_out(out: Path) -> None:

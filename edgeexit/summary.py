@@ -1,7 +1,9 @@
-"""Summaries of checkpoints and model families, for `edgeexit info`."""
+"""Summaries of checkpoints, model families and the host, for `edgeexit info` and reports."""
 
 from __future__ import annotations
 
+import os
+import platform
 from pathlib import Path
 
 from edgeexit.errors import ConfigError
@@ -58,3 +60,21 @@ def describe_target(target: str, exit_heads: str = "conv") -> dict:
         "test": test,
         "architecture": str(model),
     }
+
+
+def machine_info() -> dict:
+    """The CPU and platform the figures were measured on (results differ across machines)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count()
+    return {"cpu": cpu, "cpus": cpus, "machine": platform.machine(), "python": platform.python_version()}

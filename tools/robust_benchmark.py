@@ -87,14 +87,8 @@ def _method_config(method: str, plan: Plan):
 
     if method == "standard":
         return make_method_config(method, {})
-    opts = {"eps": plan.train_eps, "steps": plan.train_steps}
-    if method == "ima":
-        from edgeexit.robust.methods import method_config_class
-
-        fields = {f.name for f in dataclasses.fields(method_config_class("ima"))}
-        opts = {k: v for k, v in {"eps_max": 2 * plan.train_eps, "steps": plan.train_steps}.items()
-                if k in fields}
-    return make_method_config(method, opts)
+    budget = {"eps_max": 2 * plan.train_eps} if method == "ima" else {"eps": plan.train_eps}
+    return make_method_config(method, {**budget, "steps": plan.train_steps})
 
 
 DEFAULT_TRAIN_EPS = 0.1

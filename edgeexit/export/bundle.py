@@ -176,20 +176,8 @@ def _training_data(ckpt, spec: str | DataSpec | None) -> tuple[DataSpec, BeatDat
     from edgeexit.train import recorded_train_config, split_validation
 
     meta = ckpt.meta or {}
-    if isinstance(spec, str):
-        spec = DataSpec(
-            source=spec,
-            window=int(ckpt.input_spec.get("window", ckpt.input_spec["shape"][-1])),
-            rr_context=bool(ckpt.input_spec.get("rr_context", True)),
-        )
-    if spec is None:
-        recorded = (meta.get("data") or {}).get("spec")
-        if recorded is None:
-            raise DataError(
-                "the checkpoint does not record its training data; give it with --data "
-                "(thresholds are calibrated on validation beats of that data)"
-            )
-        spec = DataSpec.from_dict(recorded)
+    spec = ckpt.data_spec(spec, "; give it with --data (thresholds are calibrated on "
+                                "validation beats of that data)")
     data = load_split(spec, "train")
     if tuple(data.input_shape) != tuple(ckpt.input_spec["shape"]):
         raise DataError(

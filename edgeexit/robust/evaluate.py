@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,11 +41,12 @@ import torch
 
 from edgeexit.checkpoint import Checkpoint, load_checkpoint
 from edgeexit.config import dataclass_from_dict
-from edgeexit.data import BeatDataset, DataSpec, load_split, stratified_split
+from edgeexit.data import BeatDataset, load_split, stratified_split
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.fileio import atomic_write
 from edgeexit.metrics import classification_report
 from edgeexit.robust.attacks import PGD, MaxAvgPGD, PolicyCE
+from edgeexit.summary import machine_info
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,11 @@ class _Target:
         return PolicyCE(p["name"], p.get("thresholds"), p.get("weights"), p.get("exit_index"),
                         exits=self.exits)
 
+    @property
+    def signal_channels(self) -> int:
+        """The leading input channels that are signal (attacked, noised); the rest are context."""
+        return int(self.ckpt.input_spec.get("signal_channels", 1))
+
     def policy_name(self) -> str:
         return "ensemble (all exits)" if self.policy is None else f"deployed {self.policy['name']}"
 
@@ -209,16 +214,6 @@ def _recorded_checkpoint(bundle: Path, prov: dict) -> Path:
 # -- the data ------------------------------------------------------------------------------------
 
 
-def _spec(ckpt: Checkpoint, source: str | None) -> DataSpec:
-    if source is None:
-        recorded = ((ckpt.meta or {}).get("data") or {}).get("spec")
-        if recorded is None:
-            raise DataError("the checkpoint does not record its data; give it with --data")
-        return DataSpec.from_dict(recorded)
-    return DataSpec(source=source, window=int(ckpt.input_spec["shape"][-1]),
-                    rr_context=bool(ckpt.input_spec.get("rr_context", True)))
-
-
 def _sample(data: BeatDataset, limit: int | None, seed: int) -> BeatDataset:
     if limit is None or limit >= len(data):
         return data
@@ -260,27 +255,24 @@ class _Measure:
     def __call__(self, x: np.ndarray) -> dict:
         x = np.ascontiguousarray(x, dtype=np.float32)
         t = self.t
+        extra = {}
         if t.engine is None:
             with torch.no_grad():
-                logits = [z.numpy() for z in t.ckpt.model(torch.from_numpy(x))]
-                probs, _ = self.objective.answers([torch.from_numpy(z) for z in logits])
-            answer = probs.numpy().argmax(1)
-            out = {"exits": [_slim(classification_report(self.y, z.argmax(1), self.classes))
-                             for z in logits],
-                   "policy": _slim(classification_report(self.y, answer, self.classes))}
-            return out
-        logits, _ = t.engine.run_all(x)  # the deployed files, every segment
-        res = t.engine.predict_batch(x)  # the deployed policy, with early exit
-        hist = np.bincount(res.exit_index, minlength=len(t.exits)) / len(x)
-        out = {
-            "exits": [_slim(classification_report(self.y, z.argmax(1), self.classes))
-                      for z in logits],
-            "policy": _slim(classification_report(self.y, res.labels, self.classes)),
-            "exit_histogram": [float(h) for h in hist],
-            "mean_macs": float(np.dot(hist, t.macs)),
-            **self._latency(x),
-        }
-        return out
+                zs = t.ckpt.model(torch.from_numpy(x))
+                labels = self.objective.answers(zs)[0].argmax(1).numpy()
+            logits = [z.numpy() for z in zs]
+        else:
+            logits, _ = t.engine.run_all(x)  # the deployed files, every segment
+            res = t.engine.predict_batch(x)  # the deployed policy, with early exit
+            labels = res.labels
+            hist = np.bincount(res.exit_index, minlength=len(t.exits)) / len(x)
+            extra = {"exit_histogram": [float(h) for h in hist],
+                     "mean_macs": float(np.dot(hist, t.macs)), **self._latency(x)}
+        return {"exits": [self._report(z.argmax(1)) for z in logits],
+                "policy": self._report(labels), **extra}
+
+    def _report(self, predicted: np.ndarray) -> dict:
+        return _slim(classification_report(self.y, predicted, self.classes))
 
     def _latency(self, x: np.ndarray) -> dict:
         """Mean batch-1 ``Engine.predict`` time (us) of the first windows of ``x`` and of the same
@@ -323,7 +315,7 @@ def _in_batches(fn, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> np.nd
 def _run_attacks(target: _Target, test: BeatDataset, train: BeatDataset | None,
                  config: EvalConfig, measure: _Measure, tick) -> list[dict]:
     model = target.ckpt.model
-    s = int(target.ckpt.input_spec.get("signal_channels", 1))
+    s = target.signal_channels
     x = torch.from_numpy(test.x)
     y = torch.from_numpy(test.y)
     common = {"norm": config.norm, "signal_channels": s}
@@ -392,7 +384,7 @@ def _run_noise(target: _Target, test: BeatDataset, config: EvalConfig, measure: 
     from edgeexit.robust.noise import NoiseRecords, add_noise
 
     records = NoiseRecords(config.noise_dir) if config.noise_dir else None
-    s = int(target.ckpt.input_spec.get("signal_channels", 1))
+    s = target.signal_channels
     out = []
     for kind in config.noise:
         for snr in config.snr_db:
@@ -478,7 +470,7 @@ def evaluate(
     torch.set_num_threads(config.threads)
     t = _load_target(target, checkpoint, config)
     t.ckpt.model.eval()
-    spec = _spec(t.ckpt, data)
+    spec = t.ckpt.data_spec(data, "; give the test data with --data")
     test = _sample(load_split(spec, "test"), config.limit, config.seed)
     _check_shape(test, t.ckpt, "test")
     needs_train = {"universal", "universal_slowdown"} & set(config.attacks)
@@ -504,7 +496,7 @@ def evaluate(
     measure = _Measure(t, test.y, config)
     clean = measure(test.x)
     tick("clean")
-    s = int(t.ckpt.input_spec.get("signal_channels", 1))
+    s = t.signal_channels
     context_only = None
     if test.x.shape[1] > s:  # what the model answers from the context channels alone
         flat = test.x.copy()
@@ -528,7 +520,7 @@ def evaluate(
                  "train_for_universal": None if train is None else len(train),
                  "sampled": config.limit is not None},
         "config": config.to_dict(),
-        "host": {"cpu": _cpu_model(), "threads": config.threads, "python": platform.python_version()},
+        "host": {**machine_info(), "threads": config.threads},
         "clean": clean,
         "context_only": context_only,
         "attacks": attacks,
@@ -538,16 +530,6 @@ def evaluate(
     }
     files = _write(report, out_dir) if out_dir is not None else ()
     return EvalResult(report, files)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # -- writing -------------------------------------------------------------------------------------

@@ -108,15 +108,19 @@ class Attack:
     # --------------------------------------------------------------------------- the public call
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The adversarial inputs for ``x [B, C, L]`` with labels ``y [B]`` (detached)."""
+        self.check_input(x)
+        x = x.detach().float()
+        with eval_mode(self.model):
+            x_adv = self.perturb(x, y)
+        return x_adv.detach()
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise :class:`ConfigError` unless ``x`` is ``[N, C, L]`` with the signal channels."""
         if x.ndim != 3 or x.shape[1] < self.signal_channels:
             raise ConfigError(
                 f"attacks take [N, C, L] inputs with at least {self.signal_channels} signal "
                 f"channel(s), got {tuple(x.shape)}"
             )
-        x = x.detach().float()
-        with eval_mode(self.model):
-            x_adv = self.perturb(x, y)
-        return x_adv.detach()
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Subclasses craft ``x_adv`` here (the model is already in eval mode)."""
@@ -148,29 +152,41 @@ class Attack:
         m[:, : self.signal_channels] = 1.0
         return m
 
+    @property
+    def budget(self) -> float | torch.Tensor:
+        """``eps`` as the projection uses it: one float here; an attack with a budget per
+        sample (IMA's margins) returns a ``[B, 1, 1]`` tensor."""
+        return self.eps
+
+    def clip_range(self, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``delta`` with ``x + delta`` inside ``clip`` on the signal channels (as is without one)."""
+        if self.clip is None:
+            return delta
+        s = self.signal_channels
+        lo, hi = self.clip
+        sig = (x[:, :s] + delta[:, :s]).clamp(lo, hi) - x[:, :s]
+        return torch.cat([sig, delta[:, s:]], dim=1)
+
+    def within_budget(self, delta: torch.Tensor) -> torch.Tensor:
+        """``delta`` projected onto the Linf box or the L2 ball of :attr:`budget`."""
+        b = self.budget
+        if self.norm == "linf":
+            return torch.clamp(delta, -b, b)
+        return delta * (b / _norms(delta)).clamp(max=1.0)
+
     def project(self, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``delta`` inside the budget, zero off the signal channels, ``x + delta`` inside ``clip``
         (where ``x`` itself lies inside it: the budget wins otherwise)."""
-        delta = delta * self.mask(delta)
-        if self.clip is not None:
-            s = self.signal_channels
-            lo, hi = self.clip
-            sig = (x[:, :s] + delta[:, :s]).clamp(lo, hi) - x[:, :s]
-            delta = torch.cat([sig, delta[:, s:]], dim=1)
-        if self.norm == "linf":
-            return delta.clamp(-self.eps, self.eps)
-        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-        return delta * (self.eps / norms).clamp(max=1.0).view(-1, 1, 1)
+        return self.within_budget(self.clip_range(delta * self.mask(delta), x))
 
     def random_init(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         """A random point inside the budget (uniform in the Linf box; a random L2 direction
         scaled by a uniform radius)."""
         if self.norm == "linf":
-            delta = (torch.rand(x.shape, generator=gen) * 2 - 1) * self.eps
+            delta = (torch.rand(x.shape, generator=gen) * 2 - 1) * self.budget
         else:
             d = torch.randn(x.shape, generator=gen) * self.mask(x)
-            d = d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)
-            delta = d * self.eps * torch.rand(len(x), 1, 1, generator=gen)
+            delta = d / _norms(d) * self.budget * torch.rand(len(x), 1, 1, generator=gen)
         return self.project(delta, x)
 
     def ascent(self, g: torch.Tensor) -> torch.Tensor:
@@ -178,4 +194,9 @@ class Attack:
         g = g * self.mask(g)
         if self.norm == "linf":
             return g.sign()
-        return g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+        return g / _norms(g)
+
+
+def _norms(t: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of every sample of ``t [B, C, L]``, shaped ``[B, 1, 1]`` (never 0)."""
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)

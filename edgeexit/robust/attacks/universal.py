@@ -126,7 +126,7 @@ class UniversalPerturbation(Attack):
             ``delta [1, C, L]`` (also stored as :attr:`delta`), detached, inside the budget.
         """
         x = _as_tensor(x, "x").detach().float()
-        self._check_input(x)
+        self.check_input(x)
         y = _labels(y, len(x), self.objective)
         n = len(x)
         batches = math.ceil(n / self.batch_size)
@@ -146,7 +146,8 @@ class UniversalPerturbation(Attack):
                     idx = order[start : start + self.batch_size]
                     loss, g = self._batch_gradient(x[idx], y[idx], delta)
                     total += float(loss) * len(idx)
-                    delta = self.project(delta + self.step_size * self.ascent(g), delta)
+                    step = (delta + self.step_size * self.ascent(g)) * self.mask(delta)
+                    delta = self.within_budget(step)  # clip is per sample: see _fit_to
                     steps += 1
                 history.append(total / n)
                 log.info("universal perturbation (%s): epoch %d/%d, mean loss %.4f",
@@ -166,31 +167,9 @@ class UniversalPerturbation(Attack):
     def _fit_to(self, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``delta`` broadcast to the batch, zero off the signal channels, ``x + delta`` inside
         ``clip`` (the clip differs per sample, so it is applied to the broadcast copy)."""
-        d = delta.expand(len(x), -1, -1) * self.mask(x)
-        if self.clip is None:
-            return d
-        s = self.signal_channels
-        lo, hi = self.clip
-        sig = (x[:, :s] + d[:, :s]).clamp(lo, hi) - x[:, :s]
-        return torch.cat([sig, d[:, s:]], dim=1)
+        return self.clip_range(delta.expand(len(x), -1, -1) * self.mask(x), x)
 
     # --------------------------------------------------------------------------------- the call
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 3 or x.shape[1] < self.signal_channels:
-            raise ConfigError(
-                f"attacks take [N, C, L] inputs with at least {self.signal_channels} signal "
-                f"channel(s), got {tuple(x.shape)}"
-            )
-
-    def project(self, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The budget projection of :class:`Attack`, without ``clip`` (it is per sample: see
-        :meth:`_fit_to`)."""
-        clip, self.clip = self.clip, None
-        try:
-            return super().project(delta, x)
-        finally:
-            self.clip = clip
-
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """``x + delta`` for ``x [B, C, L]`` (``y`` is not used); refuses before :meth:`fit`."""
         return super().__call__(x, y)
@@ -250,5 +229,4 @@ class DeepSloth(PGD):
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The slowed-down inputs for ``x [B, C, L]`` (``y`` is ignored)."""
-        with torch.enable_grad():  # also when called under no_grad
-            return super().__call__(x, _labels(None, len(x), self.objective) if y is None else y)
+        return super().__call__(x, _labels(None, len(x), self.objective) if y is None else y)

@@ -185,23 +185,9 @@ class MarginPGD(Attack):
         self.gen = gen
         self.found = torch.zeros(len(eps), dtype=torch.bool)
 
-    def project(self, delta, x):
-        delta = delta * self.mask(delta)
-        e = self.eps_per
-        if self.norm == "linf":
-            return torch.maximum(torch.minimum(delta, e), -e)
-        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)
-        return delta * (e / norms).clamp(max=1.0)
-
-    def random_init(self, x, gen=None):
-        e = self.eps_per
-        if self.norm == "linf":
-            delta = (torch.rand(x.shape, generator=gen) * 2 - 1) * e
-        else:
-            d = torch.randn(x.shape, generator=gen) * self.mask(x)
-            d = d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)
-            delta = d * e * torch.rand(len(x), 1, 1, generator=gen)
-        return self.project(delta, x)
+    @property
+    def budget(self) -> torch.Tensor:
+        return self.eps_per  # the base projection and random start then use eps_i per sample
 
     def perturb(self, x, y):
         step = 2.5 * self.eps_per / self.steps
