@@ -104,7 +104,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"cannot read {path} as a checkpoint: {e}") from e
+        raise CheckpointError(
+            f"cannot read {path} as a checkpoint (a model.pt written by `edgeexit train`): "
+            f"{type(e).__name__}: {e}"
+        ) from e
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an edgeexit checkpoint (written by `edgeexit train`)")
     if payload.get("version", 0) > CHECKPOINT_VERSION:
