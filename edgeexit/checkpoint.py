@@ -1,7 +1,8 @@
 """Checkpoints that rebuild their model from the file alone.
 
-A checkpoint stores the :class:`~edgeexit.models.ModelConfig`, the weights, the class names, the
-input specification (shape, sampling rate, units, channels) and how the model was trained. It is
+A checkpoint stores the :class:`~edgeexit.models.ModelConfig`, the channel plan of a pruned model
+(:mod:`edgeexit.models.plan`: the layers whose shape differs from a fresh build of the config), the
+weights, the class names, the input specification (shape, sampling rate, units, channels) and how the model was trained. It is
 loaded with ``torch.load(weights_only=True)``: plain tensors and Python literals only, so opening a
 checkpoint from elsewhere cannot execute code.
 """
@@ -18,9 +19,11 @@ from edgeexit.data import DataSpec
 from edgeexit.errors import CheckpointError, ConfigError, DataError
 from edgeexit.fileio import atomic_write
 from edgeexit.models import ModelConfig, MultiExitNet, create_model
+from edgeexit.models.plan import apply_channel_plan, channel_plan
 
 CHECKPOINT_FORMAT = "edgeexit.checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2 adds ``channel_plan`` (pruned models); version 1 files (no plan) still load."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +75,12 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` and everything needed to rebuild it to ``path`` (atomically).
 
+    A pruned model is saved with its channel plan, so it loads from the file alone.
+
     Raises:
         ConfigError: the model has no :class:`ModelConfig` (a user-built model that the registry
-            cannot rebuild; save its ``state_dict`` yourself).
+            cannot rebuild; save its ``state_dict`` and :func:`~edgeexit.models.plan.channel_plan`
+            yourself).
     """
     if model.config is None:
         raise ConfigError("only registered models can be checkpointed (model.config is None)")
@@ -82,6 +88,7 @@ def save_checkpoint(
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "model_config": model.config.to_dict(),
+        "channel_plan": _plan(model),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "classes": list(classes),
         "input_spec": dict(input_spec),
@@ -90,6 +97,13 @@ def save_checkpoint(
     path = Path(path)
     atomic_write(path, lambda f: torch.save(payload, f))
     return path
+
+
+def _plan(model: MultiExitNet) -> dict:
+    """The layers of ``model`` whose shape differs from a fresh build of its config."""
+    with torch.random.fork_rng(devices=[]):  # the reference build must not move torch's RNG
+        reference = create_model(model.config)
+    return channel_plan(model, reference=reference)
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -116,6 +130,12 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"{CHECKPOINT_VERSION}: upgrade edgeexit"
         )
     model = create_model(ModelConfig.from_dict(payload["model_config"]))
+    plan = payload.get("channel_plan") or {}
+    if plan:
+        try:
+            apply_channel_plan(model, plan)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from e
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as e:

@@ -269,6 +269,8 @@ def train(
     out_dir: str | os.PathLike | None = None,
     progress: bool = False,
     data_spec: DataSpec | None = None,
+    model: MultiExitNet | None = None,
+    meta: dict | None = None,
 ) -> TrainResult:
     """Train a multi-exit model on ``data`` and evaluate every exit.
 
@@ -279,23 +281,21 @@ def train(
         out_dir: where to write ``model.pt`` and ``metrics.json`` (atomically); None = nowhere.
         progress: draw a progress bar over the batches of every epoch (on stderr, rank 0).
         data_spec: how the data was loaded, recorded in the checkpoint and the metrics.
+        model: fine-tune this model (trained in place; its input normalisation is kept) instead
+            of building ``config.model`` afresh; e.g. a pruned model.
+        meta: extra entries for the checkpoint's and the metrics' records (e.g. compression).
 
     Returns:
         A :class:`TrainResult`.
     """
     dist = _Distributed()
     try:
-        return _train(data, config, test, out_dir, progress, data_spec, dist)
+        return _train(data, config, test, out_dir, progress, data_spec, dist, model, meta or {})
     finally:
         dist.close()
 
 
-def _train(data, config, test, out_dir, progress, data_spec, dist) -> TrainResult:
-    t_start = time.perf_counter()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    train_set, val_set = split_validation(data, config)
+def _build_model(data: BeatDataset, config: TrainConfig, train_set: BeatDataset) -> MultiExitNet:
     c, length = data.input_shape
     model = create_model(
         ModelConfig(
@@ -309,6 +309,36 @@ def _train(data, config, test, out_dir, progress, data_spec, dist) -> TrainResul
         )
     )
     model.fit_input_norm(torch.from_numpy(train_set.x))
+    return model
+
+
+def _check_given_model(model: MultiExitNet, data: BeatDataset) -> None:
+    """A model to fine-tune must take the data's windows and answer its classes."""
+    with torch.no_grad():
+        try:
+            logits = model.eval()(torch.from_numpy(data.x[:2]))
+        except RuntimeError as e:
+            raise ConfigError(
+                f"the model to fine-tune does not take windows of shape {data.input_shape}: {e}"
+            ) from e
+    if logits[-1].shape[-1] != len(data.classes):
+        raise ConfigError(
+            f"the model to fine-tune answers {logits[-1].shape[-1]} classes, the data has "
+            f"{len(data.classes)} ({', '.join(data.classes)})"
+        )
+
+
+def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_meta) -> TrainResult:
+    t_start = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    train_set, val_set = split_validation(data, config)
+    length = data.input_shape[-1]
+    if model is None:
+        model = _build_model(data, config, train_set)
+    else:
+        _check_given_model(model, data)
     exit_w = config.exit_weights or default_exit_weights(model.num_exits)
     if len(exit_w) != model.num_exits:
         raise ConfigError(f"{len(exit_w)} exit weights given for {model.num_exits} exits")
@@ -419,7 +449,7 @@ def _train(data, config, test, out_dir, progress, data_spec, dist) -> TrainResul
             entry["test"] = t
         exits.append(entry)
     metrics = {
-        "model": model.config.to_dict(),
+        "model": None if model.config is None else model.config.to_dict(),
         "train_config": config.to_dict(),
         "data": {
             "spec": None if data_spec is None else data_spec.to_dict(),
@@ -436,6 +466,7 @@ def _train(data, config, test, out_dir, progress, data_spec, dist) -> TrainResul
         "processes": dist.world,
         "elapsed_s": round(time.perf_counter() - t_start, 1),
         "exits": exits,
+        **extra_meta,
     }
     ckpt_path = None
     if out_dir is not None and dist.main:
@@ -457,6 +488,7 @@ def _train(data, config, test, out_dir, progress, data_spec, dist) -> TrainResul
             meta={
                 **{k: metrics[k] for k in ("train_config", "data", "best_epoch", "exit_weights")},
                 "final_test": None if test is None else exits[-1]["test"],
+                **extra_meta,
             },
         )
         metrics["checkpoint"] = str(ckpt_path)
