@@ -1,0 +1,158 @@
+"""Fine-tuning of a compressed model: standard, adversarial, or on-manifold adversarial.
+
+A pruned model loses accuracy and, more easily still, robustness; a few epochs of fine-tuning
+recover them. Each kind is one of the training methods (:mod:`edgeexit.robust.methods`) run by the
+shared training loop (:func:`edgeexit.train.train`, with the pruned model as its start):
+
+- ``standard``: the weighted per-exit cross-entropy;
+- ``adv``: RDI-Nets (``rdi``): clean and multi-exit PGD examples within ``eps`` mV;
+- ``onmanifold``: Kwon & Lee (Future Internet 2021): ordinary PGD examples and on-manifold ones
+  (PGD in the latent space of a VAE of the signal, decoded, kept only when the label is
+  preserved), see :mod:`edgeexit.compress.manifold`.
+
+Everything else (optimiser, class and exit weights, the validation split, augmentation) is what
+the original model was trained with (the checkpoint records it), at a lower learning rate.
+
+Example:
+    >>> cfg = FinetuneConfig("adv", epochs=2, eps=0.1)
+    >>> result = finetune(pruned, train_set, cfg, meta=ckpt.meta, test=test_set)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+from edgeexit.config import dataclass_from_dict
+from edgeexit.data import BeatDataset, DataSpec
+from edgeexit.errors import ConfigError
+from edgeexit.models import MultiExitNet
+
+FINETUNES = ("none", "standard", "adv", "onmanifold")
+METHOD_OF = {"standard": "standard", "adv": "rdi", "onmanifold": "onmanifold"}
+"""The training method behind every kind of fine-tuning."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """How to fine-tune the compressed model.
+
+    Attributes:
+        kind: ``none``, ``standard``, ``adv`` or ``onmanifold``.
+        epochs: fine-tuning epochs (the best by validation macro-F1 is kept).
+        lr: peak AdamW learning rate (cosine-decayed); below training's so the pruned weights
+            are adjusted, not relearnt.
+        eps: ``adv`` and ``onmanifold``: the PGD budget in mV (Linf) on the signal channels.
+        attack_steps: PGD steps per batch.
+        eta: ``onmanifold``: the latent budget (Linf on z); None = the method's default.
+        latent_steps: ``onmanifold``: latent PGD steps; None = the method's default.
+        seed: seeds the shuffling and the attacks' random starts.
+        threads: torch threads (None = torch's default).
+    """
+
+    kind: str = "standard"
+    epochs: int = 3
+    lr: float = 1e-3
+    eps: float = 0.1
+    attack_steps: int = 5
+    eta: float | None = None
+    latent_steps: int | None = None
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in FINETUNES:
+            raise ConfigError(
+                f"unknown fine-tuning {self.kind!r}; choose one of {', '.join(FINETUNES)}"
+            )
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ConfigError(f"fine-tuning epochs must be an integer >= 1, got {self.epochs!r}")
+        for name in ("lr", "eps"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ConfigError(f"fine-tuning {name} must be a number > 0, got {v!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FinetuneConfig:
+        return dataclass_from_dict(cls, d, "fine-tune config keys")
+
+
+def method_options(config: FinetuneConfig, vae: str | os.PathLike | None) -> dict:
+    """The training method's settings for ``config`` (the VAE file for ``onmanifold``)."""
+    if config.kind in ("none", "standard"):
+        return {}
+    options = {"eps": float(config.eps), "steps": int(config.attack_steps)}
+    if config.kind == "onmanifold":
+        if vae is None:
+            raise ConfigError("on-manifold fine-tuning needs a VAE file (train one, or --vae FILE)")
+        options["vae"] = str(vae)
+        if config.eta is not None:
+            options["eta"] = float(config.eta)
+        if config.latent_steps is not None:
+            options["latent_steps"] = int(config.latent_steps)
+    return options
+
+
+def train_config(config: FinetuneConfig, meta: dict | None, vae: str | os.PathLike | None = None,
+                 epochs: int | None = None):
+    """The :class:`~edgeexit.train.TrainConfig` of the fine-tuning: the recorded training
+    settings, with this fine-tuning's method, epochs, learning rate and seed."""
+    from edgeexit.robust.methods import make_method_config
+    from edgeexit.train import recorded_train_config
+
+    base = recorded_train_config(meta)
+    method = METHOD_OF[config.kind]
+    return dataclasses.replace(
+        base,
+        method=method,
+        method_config=make_method_config(method, method_options(config, vae)),
+        epochs=epochs or config.epochs,
+        lr=config.lr,
+        patience=0,
+        seed=config.seed,
+        threads=config.threads,
+    )
+
+
+def finetune(
+    model: MultiExitNet,
+    data: BeatDataset,
+    config: FinetuneConfig,
+    *,
+    meta: dict | None = None,
+    vae: str | os.PathLike | None = None,
+    test: BeatDataset | None = None,
+    out_dir: str | os.PathLike | None = None,
+    data_spec: DataSpec | None = None,
+    extra_meta: dict | None = None,
+    epochs: int | None = None,
+    progress: bool = False,
+):
+    """Fine-tune ``model`` in place on ``data`` (see the module docstring).
+
+    Args:
+        model: the compressed model.
+        data: training beats (a validation part is held out of them, as in training).
+        config: the :class:`FinetuneConfig` (``kind`` must not be ``none``).
+        meta: the original checkpoint's ``meta`` (its training settings are reused).
+        vae: the saved VAE for ``onmanifold``.
+        test: test beats, evaluated once at the end (never used for a decision).
+        out_dir: where the fine-tuned ``model.pt`` and ``metrics.json`` go; None = nowhere.
+        data_spec: recorded in the checkpoint.
+        extra_meta: extra records for the checkpoint (the compression provenance).
+        epochs: override ``config.epochs`` (short fine-tuning between pruning steps).
+        progress: progress bars over the batches.
+
+    Returns:
+        The :class:`~edgeexit.train.TrainResult`.
+    """
+    from edgeexit.train import train
+
+    if config.kind == "none":
+        raise ConfigError("finetune() with kind 'none': nothing to do")
+    return train(data, train_config(config, meta, vae, epochs), test=test, out_dir=out_dir,
+                 progress=progress, data_spec=data_spec, model=model, meta=extra_meta)
