@@ -10,8 +10,8 @@ shared training loop (:func:`edgeexit.train.train`, with the pruned model as its
   (PGD in the latent space of a VAE of the signal, decoded, kept only when the label is
   preserved), see :mod:`edgeexit.compress.manifold`.
 
-Everything else (optimiser, class and exit weights, the validation split, augmentation) is what
-the original model was trained with (the checkpoint records it), at a lower learning rate.
+Everything else (optimiser, learning rate, class and exit weights, the validation split,
+augmentation) is what the original model was trained with (the checkpoint records it).
 
 Example:
     >>> cfg = FinetuneConfig("adv", epochs=2, eps=0.1)
@@ -40,9 +40,11 @@ class FinetuneConfig:
 
     Attributes:
         kind: ``none``, ``standard``, ``adv`` or ``onmanifold``.
-        epochs: fine-tuning epochs (the best by validation macro-F1 is kept).
-        lr: peak AdamW learning rate (cosine-decayed); below training's so the pruned weights
-            are adjusted, not relearnt.
+        epochs: fine-tuning epochs (the best by validation macro-F1 is kept). Measured on the
+            quick-start model pruned at 0.75 (test accuracy 10% right after pruning, 98.7%
+            before): 96.1% after 4 epochs, 98.3% after 8.
+        lr: peak AdamW learning rate (cosine-decayed); None = the one training used (a pruned
+            model at 0.75 recovers poorly at a third of it: 60% after 2 epochs at 1e-3).
         eps: ``adv`` and ``onmanifold``: the PGD budget in mV (Linf) on the signal channels.
         attack_steps: PGD steps per batch.
         eta: ``onmanifold``: the latent budget (Linf on z); None = the method's default.
@@ -52,8 +54,8 @@ class FinetuneConfig:
     """
 
     kind: str = "standard"
-    epochs: int = 3
-    lr: float = 1e-3
+    epochs: int = 8
+    lr: float | None = None
     eps: float = 0.1
     attack_steps: int = 5
     eta: float | None = None
@@ -70,6 +72,8 @@ class FinetuneConfig:
             raise ConfigError(f"fine-tuning epochs must be an integer >= 1, got {self.epochs!r}")
         for name in ("lr", "eps"):
             v = getattr(self, name)
+            if name == "lr" and v is None:
+                continue
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ConfigError(f"fine-tuning {name} must be a number > 0, got {v!r}")
 
@@ -100,7 +104,7 @@ def method_options(config: FinetuneConfig, vae: str | os.PathLike | None) -> dic
 def train_config(config: FinetuneConfig, meta: dict | None, vae: str | os.PathLike | None = None,
                  epochs: int | None = None):
     """The :class:`~edgeexit.train.TrainConfig` of the fine-tuning: the recorded training
-    settings, with this fine-tuning's method, epochs, learning rate and seed."""
+    settings, with this fine-tuning's method, epochs, learning rate (when set) and seed."""
     from edgeexit.robust.methods import make_method_config
     from edgeexit.train import recorded_train_config
 
@@ -111,7 +115,7 @@ def train_config(config: FinetuneConfig, meta: dict | None, vae: str | os.PathLi
         method=method,
         method_config=make_method_config(method, method_options(config, vae)),
         epochs=epochs or config.epochs,
-        lr=config.lr,
+        lr=base.lr if config.lr is None else config.lr,
         patience=0,
         seed=config.seed,
         threads=config.threads,

@@ -50,7 +50,8 @@ def test_adv_finetuning_is_rdi_with_the_given_budget(tiny_checkpoint, data):
     cfg = FinetuneConfig("adv", epochs=1, eps=0.2, attack_steps=2, threads=1)
     tc = train_config(cfg, ck.meta)
     assert tc.method == "rdi" and tc.method_config.eps == 0.2 and tc.method_config.steps == 2
-    assert tc.lr == cfg.lr and tc.epochs == 1
+    assert tc.lr == ck.meta["train_config"]["lr"] and tc.epochs == 1
+    assert train_config(FinetuneConfig(lr=1e-4), ck.meta).lr == 1e-4
     assert tc.model == ck.meta["train_config"]["model"]  # everything else as recorded
     small = make_separable(n=300, seed=4)
     result = finetune(ck.model, small, cfg, meta=ck.meta)
