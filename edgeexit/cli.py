@@ -896,7 +896,8 @@ def _floats(text):
         raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
 
 
-_ATTACK_NAMES = ("max_avg", "policy", "universal", "square", "slowdown", "universal_slowdown")
+_ATTACK_NAMES = ("max_avg", "policy", "universal", "square", "slowdown", "universal_slowdown",
+                 "onmanifold")
 
 
 @main.command()
@@ -917,8 +918,14 @@ _ATTACK_NAMES = ("max_avg", "policy", "universal", "square", "slowdown", "univer
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True,
               help="linf: per time step; l2: over the whole window (mV).")
 @click.option("--attacks", default=",".join(_ATTACK_NAMES), show_default=True,
-              help="Which attacks (square and the cost figures need a bundle).")
-@click.option("--steps", default=20, show_default=True, help="PGD steps.")
+              help="Which attacks (square and the cost figures need a bundle; onmanifold needs "
+                   "--vae, and is skipped without it when the list is left at its default).")
+@click.option("--steps", default=20, show_default=True, help="PGD steps (also the latent attack's).")
+@click.option("--vae", default=None, type=click.Path(dir_okay=False),
+              help="VAE of the model's data (the vae.pt of `edgeexit compress`) for the on-manifold "
+                   "attack: PGD on its latent code, scored on the windows whose latent label it keeps.")
+@click.option("--eta", default=0.5, show_default=True,
+              help="The on-manifold attack's latent Linf budget (latent units, not mV).")
 @click.option("--noise", default="ma", show_default=True,
               help="Noise kinds: bw (baseline wander), ma (muscle), em (electrode motion); '' none.")
 @click.option("--snr", default="6,0", show_default=True, help="Noise SNRs in dB (nst's definition).")
@@ -934,12 +941,14 @@ _ATTACK_NAMES = ("max_avg", "policy", "universal", "square", "slowdown", "univer
 @click.option("--seed", default=0, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks, steps, noise,
-             snr, noise_dir, limit, square_queries, backend, threads, seed, progress, as_json):
+def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks, steps, vae, eta,
+             noise, snr, noise_dir, limit, square_queries, backend, threads, seed, progress,
+             as_json):
     """Attack a checkpoint or a deployed bundle and report robustness.
 
     For a checkpoint: white-box attacks (max-average PGD, policy-aware PGD on the ensemble of all
-    exits, universal perturbations, DeepSloth slowdown). For a bundle: the same inputs crafted on
+    exits, universal perturbations, DeepSloth slowdown, and with --vae the on-manifold latent
+    attack). For a bundle: the same inputs crafted on
     its source model, run through the runtime with the deployed exit policy, plus the black-box
     Square attack and noise through the runtime; exit histograms, MACs and latency clean vs
     attacked. Writes OUT/report.json, OUT/report.md, OUT/robustness.png and OUT/exits.png.
@@ -948,8 +957,8 @@ def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks
     from edgeexit.robust.evaluate import evaluate as run_evaluate
 
     config = EvalConfig(eps=_floats(eps), sanity_eps=sanity_eps or None, norm=norm,
-                        attacks=_names(attacks),
-                        steps=steps, noise=_names(noise),
+                        attacks=_names(attacks), steps=steps, vae=vae, eta=eta,
+                        noise=_names(noise),
                         snr_db=_floats(snr), noise_dir=noise_dir, limit=limit or None,
                         square_queries=square_queries, backend=backend, threads=threads,
                         seed=seed)

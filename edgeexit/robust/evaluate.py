@@ -50,7 +50,8 @@ from edgeexit.summary import machine_info
 
 log = logging.getLogger(__name__)
 
-ATTACKS = ("max_avg", "policy", "universal", "square", "slowdown", "universal_slowdown")
+ATTACKS = ("max_avg", "policy", "universal", "square", "slowdown", "universal_slowdown",
+           "onmanifold")
 NOISE_KINDS = ("bw", "ma", "em")
 Progress = Callable[[str, int, int], None] | None
 
@@ -66,8 +67,15 @@ class EvalConfig:
             adversarially trained MIT-BIH model keeps about 15% at 1 mV (20- and 50-step PGD
             alike) and 0.2% at 2 mV, a QRS complex's own amplitude.
         norm: ``linf`` or ``l2``.
-        attacks: which of :data:`ATTACKS` to run (``square`` and the cost figures need a bundle).
-        steps: PGD steps (step size ``2.5 * eps / steps``).
+        attacks: which of :data:`ATTACKS` to run (``square`` and the cost figures need a bundle;
+            ``onmanifold`` needs ``vae``: asked for explicitly without one it is an error, in the
+            default list it is skipped with a note).
+        steps: PGD steps (step size ``2.5 * eps / steps``), also the latent attack's.
+        vae: a VAE file (:func:`edgeexit.compress.manifold.save_vae`) of the model's data, for
+            the on-manifold attack.
+        eta: the on-manifold attack's latent Linf budget (latent units, not mV: the VAE's prior
+            is N(0, 1) per dimension). Its windows are scored only where the VAE's latent
+            classifier still gives the true label (the kept fraction is reported).
         noise: noise kinds (``bw`` baseline wander, ``ma`` muscle, ``em`` electrode motion).
         snr_db: noise levels (SNR as PhysioNet's ``nst`` defines it).
         noise_dir: a directory of WFDB noise records ``bw``, ``ma``, ``em`` (MIT-BIH Noise Stress
@@ -87,6 +95,8 @@ class EvalConfig:
     norm: str = "linf"
     attacks: tuple[str, ...] = ATTACKS
     steps: int = 20
+    vae: str | None = None
+    eta: float = 0.5
     noise: tuple[str, ...] = ("ma",)
     snr_db: tuple[float, ...] = (6.0, 0.0)
     noise_dir: str | None = None
@@ -114,6 +124,14 @@ class EvalConfig:
             raise ConfigError(f"unknown noise kind(s) {', '.join(bad)}; known: bw, ma, em")
         if self.norm not in ("linf", "l2"):
             raise ConfigError(f"norm must be linf or l2, got {self.norm!r}")
+        if "onmanifold" in self.attacks and not self.vae and self.attacks != ATTACKS:
+            raise ConfigError(
+                "the onmanifold attack needs the VAE of the model's data: give --vae FILE (the "
+                "OUT/vae.pt of `edgeexit compress`, or a file saved by "
+                "edgeexit.compress.manifold.save_vae), or leave onmanifold out of --attacks"
+            )
+        if not (isinstance(self.eta, (int, float)) and math.isfinite(self.eta) and self.eta > 0):
+            raise ConfigError(f"eta (the latent budget) must be a number > 0, got {self.eta!r}")
         if self.steps < 1 or self.threads < 1 or (self.limit is not None and self.limit < 10):
             raise ConfigError("steps and threads must be >= 1 and limit >= 10 windows")
 
@@ -313,7 +331,7 @@ def _in_batches(fn, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> np.nd
 
 
 def _run_attacks(target: _Target, test: BeatDataset, train: BeatDataset | None,
-                 config: EvalConfig, measure: _Measure, tick) -> list[dict]:
+                 config: EvalConfig, measure: _Measure, tick, vae=None) -> list[dict]:
     model = target.ckpt.model
     s = target.signal_channels
     x = torch.from_numpy(test.x)
@@ -376,7 +394,58 @@ def _run_attacks(target: _Target, test: BeatDataset, train: BeatDataset | None,
                                  seed=config.seed, **common)
         uap.fit(torch.from_numpy(train.x), torch.from_numpy(train.y))
         record("universal_slowdown", slow_eps, uap(x, y).numpy(), time.perf_counter() - t0)
+    if "onmanifold" in config.attacks and vae is not None:
+        entry = _onmanifold(target, test, config, vae)
+        if entry is not None:
+            entries.append(entry)
+        tick(f"onmanifold eta {config.eta:g}")
     return entries
+
+
+def _onmanifold(target: _Target, test: BeatDataset, config: EvalConfig, vae) -> dict | None:
+    """The on-manifold latent attack (average-exit objective) crafted on the source model, scored
+    on the windows whose latent label it preserved (the others are no same-class beat any more):
+    per exit and policy as the other attacks, plus the clean figures of those same windows and
+    the kept fraction. None (with a warning) when no window is kept."""
+    from edgeexit.compress.manifold import LatentPGD
+
+    t0 = time.perf_counter()
+    attack = LatentPGD(target.ckpt.model, vae, config.eta, steps=config.steps, seed=config.seed,
+                       objective="mean", signal_channels=target.signal_channels)
+    x = torch.from_numpy(test.x)
+    y = torch.from_numpy(test.y)
+    advs, keep, stats = [], [], []
+    for i in range(0, len(x), 256):
+        x_adv, kept = attack.craft(x[i : i + 256], y[i : i + 256])
+        advs.append(x_adv)
+        keep.append(kept)
+        stats.append((len(x_adv), attack.stats))
+    kept = torch.cat(keep).numpy()
+    x_adv = torch.cat(advs).numpy()
+    n = len(test.x)
+    merged = {k: float(sum(m * st[k] for m, st in stats) / max(n, 1))
+              for k in ("mean_loss", "clean_loss", "delta_linf_mV")}
+    merged["zero_grad_fraction"] = max(st["zero_grad_fraction"] for _, st in stats)
+    merged["kept"] = int(kept.sum())
+    merged["kept_fraction"] = float(kept.mean()) if n else 0.0
+    if not kept.any():
+        log.warning("onmanifold: the VAE's latent classifier keeps none of the %d attacked windows "
+                    "(eta %g): no figures; lower --eta or retrain the VAE", n, config.eta)
+        return None
+    # the kept windows, measured like every input set; latency against the same clean windows
+    sub = _Measure(target, test.y[kept], config)
+    clean_kept = np.ascontiguousarray(test.x[kept])
+    sub.clean_rows = [np.ascontiguousarray(r) for r in clean_kept[: config.latency_samples]]
+    entry = {"attack": "onmanifold", "eps": config.eta, "eta": config.eta,
+             "scored": "kept windows only", **sub(x_adv[kept])}
+    quiet = _Measure(target, test.y[kept], dataclasses.replace(config, latency_samples=0))
+    clean = quiet(clean_kept)
+    entry["clean_on_kept"] = {"exits": clean["exits"], "policy": clean["policy"]}
+    entry["seconds"] = round(time.perf_counter() - t0, 2)
+    entry["stats"] = {**merged, "attack": attack.describe()}
+    log.info("onmanifold eta %g: kept %d/%d windows (%.1f%%), mean max signal change %.3f mV",
+             config.eta, merged["kept"], n, 100 * merged["kept_fraction"], merged["delta_linf_mV"])
+    return entry
 
 
 def _run_noise(target: _Target, test: BeatDataset, config: EvalConfig, measure: _Measure,
@@ -473,6 +542,17 @@ def evaluate(
     spec = t.ckpt.data_spec(data, "; give the test data with --data")
     test = _sample(load_split(spec, "test"), config.limit, config.seed)
     _check_shape(test, t.ckpt, "test")
+    vae, notes = None, []
+    if "onmanifold" in config.attacks:
+        if config.vae:
+            from edgeexit.compress.manifold import check_vae_fits, load_vae
+
+            vae = load_vae(config.vae)
+            check_vae_fits(vae, t.signal_channels, test.input_shape[-1], len(t.ckpt.classes),
+                           f"the model of {t.ckpt_path}")
+        else:
+            notes.append("onmanifold skipped: no VAE given (--vae FILE)")
+            log.info("evaluate: the onmanifold attack is skipped: no VAE given (--vae FILE)")
     needs_train = {"universal", "universal_slowdown"} & set(config.attacks)
     train = None
     if needs_train:
@@ -483,7 +563,7 @@ def evaluate(
              + ("max_avg" in config.attacks) * n_eps + (config.sanity_eps is not None)
              + ("square" in config.attacks and t.engine is not None) * n_eps
              + ("slowdown" in config.attacks) + ("universal_slowdown" in config.attacks)
-             + len(config.noise) * len(config.snr_db) + 1)
+             + (vae is not None) + len(config.noise) * len(config.snr_db) + 1)
     done = 0
 
     def tick(what: str) -> None:
@@ -502,7 +582,7 @@ def evaluate(
         flat = test.x.copy()
         flat[:, :s] = 0.0
         context_only = measure(flat)
-    attacks = _run_attacks(t, test, train, config, measure, tick)
+    attacks = _run_attacks(t, test, train, config, measure, tick, vae)
     noise = _run_noise(t, test, config, measure, tick) if config.noise and config.snr_db else []
     report = {
         "target": {
@@ -526,6 +606,7 @@ def evaluate(
         "attacks": attacks,
         "noise": noise,
         "sanity": _sanity(clean, attacks, context_only),
+        "notes": notes,
         "elapsed_s": round(time.perf_counter() - t_start, 1),
     }
     files = _write(report, out_dir) if out_dir is not None else ()
@@ -545,6 +626,12 @@ def _write(report: dict, out_dir: str | os.PathLike) -> tuple[Path, ...]:
     files += _plots(report, out)
     log.info("wrote %s", ", ".join(str(f) for f in files))
     return tuple(files)
+
+
+def _label(a: dict) -> str:
+    if a["attack"] == "onmanifold":
+        return f"onmanifold (eta, kept {100 * a['stats']['kept_fraction']:.0f}%)"
+    return a["attack"]
 
 
 def _row(name: str, eps, m: dict, classes: list[str], cost: bool) -> str:
@@ -580,7 +667,7 @@ def format_markdown(report: dict) -> str:
         "|" + "---|" * (7 + 3 * cost),
         _row("clean", None, clean, classes, cost),
     ]
-    lines += [_row(a["attack"], a["eps"], a, classes, cost) for a in report["attacks"]]
+    lines += [_row(_label(a), a["eps"], a, classes, cost) for a in report["attacks"]]
     lines += [_row(f"noise {n['noise']} {n['snr_db']:g} dB", None, n, classes, cost)
               for n in report["noise"]]
     if report.get("context_only"):
@@ -591,9 +678,23 @@ def format_markdown(report: dict) -> str:
     lines.append("| input | eps | " + " | ".join(f"exit {k}" for k in range(n_exits)) + " |")
     lines.append("|" + "---|" * (2 + n_exits))
     for name, eps, m in ([("clean", None, clean)]
-                         + [(a["attack"], a["eps"], a) for a in report["attacks"]]):
+                         + [(_label(a), a["eps"], a) for a in report["attacks"]]):
         cells = [f"{100 * e['accuracy']:.1f} / {e['macro_f1']:.3f}" for e in m["exits"]]
         lines.append(f"| {name} | {'' if eps is None else f'{eps:g}'} | " + " | ".join(cells) + " |")
+    for a in report["attacks"]:
+        if a["attack"] == "onmanifold":
+            st, ck = a["stats"], a["clean_on_kept"]
+            lines += ["", (f"onmanifold: PGD in the latent space of the VAE {cfg.get('vae')} "
+                           f"({st['attack']['steps']} accumulated steps, |zeta|_inf <= eta "
+                           f"{a['eta']:g} in latent units, not mV; the on-manifold change added to "
+                           f"the real beat changes it by {st['delta_linf_mV']:.3f} mV at most, on "
+                           f"average). Scored on the {st['kept']} windows "
+                           f"({100 * st['kept_fraction']:.1f}%) whose latent label it preserved; "
+                           f"clean on those windows: final acc "
+                           f"{100 * ck['exits'][-1]['accuracy']:.1f}%, mF1 "
+                           f"{ck['exits'][-1]['macro_f1']:.3f}; policy acc "
+                           f"{100 * ck['policy']['accuracy']:.1f}%.")]
+    lines += [f"Note: {n}" for n in report.get("notes", [])]
     lines += ["", "Sanity checks (signs of gradient masking when one fails):", ""]
     lines += [f"- {'ok' if f['ok'] else 'FAILED'}: {f['check']} ({f['detail']})"
               for f in report["sanity"]]
@@ -612,7 +713,8 @@ def _plots(report: dict, out: Path) -> list[Path]:
         return []
     files = []
     names = sorted({a["attack"] for a in report["attacks"]
-                    if a["attack"] not in ("slowdown", "universal_slowdown", "pgd_final_sanity")})
+                    if a["attack"] not in ("slowdown", "universal_slowdown", "pgd_final_sanity",
+                                           "onmanifold")})  # onmanifold's eta is not in mV
     if names:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         clean = report["clean"]

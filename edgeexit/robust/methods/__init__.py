@@ -2,6 +2,7 @@
 
 from edgeexit.robust.methods import ima as _ima  # noqa: F401  (registers "ima")
 from edgeexit.robust.methods import neokd as _neokd  # noqa: F401  (registers "neokd")
+from edgeexit.robust.methods import onmanifold as _onmanifold  # noqa: F401  (registers "onmanifold")
 from edgeexit.robust.methods import rdi as _rdi  # noqa: F401  (registers "rdi")
 from edgeexit.robust.methods import standard as _standard  # noqa: F401  (registers "standard")
 from edgeexit.robust.methods.base import (

@@ -1,0 +1,721 @@
+"""A small 1-D convolutional VAE of the signal channels, and the on-manifold latent attack.
+
+On-manifold adversarial examples (Kwon & Lee, "Adversarial training on compressed models: an
+on-manifold approach", Future Internet 2021; after Stutz et al., CVPR 2019): a VAE learns the
+data's own variation; the attacker moves the latent code of a beat instead of its samples, so the
+perturbation is a change the data itself makes (a wider QRS, a lower T wave, a drifting baseline),
+not the high-frequency pattern an input-space PGD finds.
+
+- :class:`SignalVAE` models the **signal channels only** (the first ``signal_channels`` of an
+  ``[N, C, L]`` window, in mV). The RR-context channels are derived from R-peak timing and are
+  never perturbed. Data are in mV, not in [0, 1]: the VAE centres every window (its mean is
+  removed, as :class:`~edgeexit.models.base.InputNorm` does) and scales by one standard deviation
+  per channel fitted on the training data; the decoder answers in mV; the reconstruction term is
+  Gaussian (squared error), with no sigmoid.
+- Label preservation: a **latent classifier** on ``mu`` is trained jointly with the VAE. A
+  perturbed window is kept only when the latent classifier, on ``mu`` of the perturbed window,
+  still answers the true label (:func:`label_preserved`). Why a latent classifier rather than a
+  class-conditional decoder: a conditional decoder can learn to ignore its label input, and then
+  nothing checks that a decoded beat still looks like its class; the latent classifier is an
+  explicit, measurable check (its accuracy is in the VAE's history) that also works on windows
+  the attack produced by the residual rule below, which never pass through ``decode`` alone.
+  Training it jointly also makes ``mu`` carry the class, so that the latent space separates the
+  classes and a latent step that crosses a class border is detectable.
+- :class:`LatentPGD`: ``z0 = mu(x)`` (the mean, never a sample: a sampled code would make the
+  attack random and its start noisy), ``zeta`` starts at 0 (or uniformly inside the box) and
+  ACCUMULATES over ``steps`` signed-gradient ascent steps with ``|zeta|_inf <= eta`` (the MC-ATON
+  reference restarts from ``z`` at every step, so its k-step attack is one step).
+
+Example:
+    >>> vae = train_vae(train.x, train.y, VAEConfig(), signal_channels=1, num_classes=5)
+    >>> save_vae("runs/q/vae.pt", vae)
+    >>> attack = LatentPGD(model, load_vae("runs/q/vae.pt"), eta=0.5, steps=10)
+    >>> x_adv = attack(x, y)
+    >>> x_kept, y_kept = x_adv[attack.preserved], y[attack.preserved]
+    >>> onmanifold_accuracy(model, vae, x, y, eta=0.5, steps=10)["exits"][-1]["accuracy"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from edgeexit.config import dataclass_from_dict
+from edgeexit.errors import CheckpointError, ConfigError
+from edgeexit.fileio import atomic_write
+from edgeexit.robust.attacks.base import Attack, eval_mode
+
+log = logging.getLogger(__name__)
+
+VAE_FORMAT = "edgeexit-vae"
+VAE_VERSION = 1
+MODES = ("residual", "decoded")
+_DEPTH = 4  # stride-2 convolutions: the encoder divides the (padded) length by 16
+
+
+# ---------------------------------------------------------------------------------- the config
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    """Settings of the signal VAE and of its training.
+
+    Defaults: 10 000 beats of 256 samples train in about a minute on 2 CPU cores (see the
+    report of the issue that added this module for the measured figures).
+
+    Attributes:
+        latent: size of the latent code.
+        channels: channels of the first convolution (doubled twice, to ``4 * channels``).
+        epochs: passes over the training windows.
+        batch_size: windows per optimiser step.
+        lr: Adam learning rate.
+        beta: weight of the KL term (the reconstruction term is the summed squared error in
+            normalised units, i.e. a unit-variance Gaussian likelihood).
+        classifier_weight: weight of the latent classifier's cross-entropy (on ``mu``).
+        class_weighting: weight the latent classifier's cross-entropy by inverse class frequency
+            (capped at 10), so rare classes are not simply answered as the common one and then
+            all dropped by label preservation.
+        val_fraction: share of the windows held out to report reconstruction error and latent
+            accuracy (0: none).
+        seed: seeds the weights, the shuffling, the sampling and the held-out split.
+    """
+
+    latent: int = 16
+    channels: int = 16
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 2e-3
+    beta: float = 1.0
+    classifier_weight: float = 10.0
+    class_weighting: bool = True
+    val_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("latent", "channels", "epochs", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"VAE {name} must be an integer >= 1, got {v!r}")
+        for name in ("lr", "beta", "classifier_weight"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"VAE {name} must be a finite number, got {v!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"VAE lr must be > 0, got {self.lr}")
+        if self.beta < 0 or self.classifier_weight < 0:
+            raise ConfigError(
+                f"VAE beta and classifier_weight must be >= 0, got {self.beta}, "
+                f"{self.classifier_weight}"
+            )
+        if not 0.0 <= self.val_fraction < 0.5:
+            raise ConfigError(f"VAE val_fraction must lie in [0, 0.5), got {self.val_fraction}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"VAE seed must be an integer, got {self.seed!r}")
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict; :meth:`from_dict` inverts it."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VAEConfig:
+        """Rebuild from :meth:`to_dict` output; unknown keys raise :class:`ConfigError`."""
+        return dataclass_from_dict(cls, d, "VAE config keys")
+
+
+# ------------------------------------------------------------------------------------ the model
+
+
+class SignalVAE(nn.Module):
+    """A 1-D convolutional VAE of the signal channels, with a latent classifier on ``mu``.
+
+    Args:
+        config: the :class:`VAEConfig`.
+        signal_channels: the leading input channels that are signal (mV); ``s`` below.
+        num_classes: classes of the latent classifier.
+        input_length: window length ``L`` in samples (>= 16).
+
+    Shapes:
+        ``encode``: ``[N, C >= s, L] -> (mu [N, latent], logvar [N, latent])`` (only the first
+        ``s`` channels are read); ``decode``: ``[N, latent] -> [N, s, L]`` in mV, centred (window
+        mean 0) unless an ``offset [N, s, 1]`` is given; ``classify``: ``[N, latent] -> [N, K]``.
+
+    Buffers ``scale [1, s, 1]`` (the standard deviation of the centred training windows, mV) are
+    set by :meth:`fit_scale` and travel with :func:`save_vae`.
+    """
+
+    def __init__(self, config: VAEConfig, signal_channels: int, num_classes: int,
+                 input_length: int) -> None:
+        super().__init__()
+        if signal_channels < 1 or num_classes < 2 or input_length < 16:
+            raise ConfigError(
+                "a signal VAE needs signal_channels >= 1, num_classes >= 2 and input_length >= 16, "
+                f"got {signal_channels}, {num_classes}, {input_length}"
+            )
+        self.config = config
+        self.signal_channels = int(signal_channels)
+        self.num_classes = int(num_classes)
+        self.input_length = int(input_length)
+        step = 2**_DEPTH
+        self.padded_length = -(-self.input_length // step) * step
+        c, s = config.channels, self.signal_channels
+        widths = [s, c, 2 * c, 4 * c, 4 * c]
+        enc: list[nn.Module] = []
+        for i in range(_DEPTH):
+            enc += [nn.Conv1d(widths[i], widths[i + 1], 5, stride=2, padding=2), nn.GELU()]
+        self.encoder = nn.Sequential(*enc)
+        self.code_length = self.padded_length // step
+        flat = widths[-1] * self.code_length
+        self.to_stats = nn.Linear(flat, 2 * config.latent)
+        self.from_latent = nn.Linear(config.latent, flat)
+        dec: list[nn.Module] = []
+        for i in range(_DEPTH, 0, -1):
+            dec.append(nn.ConvTranspose1d(widths[i], widths[i - 1] if i > 1 else c, 4, stride=2,
+                                          padding=1))
+            dec.append(nn.GELU())
+        dec.append(nn.Conv1d(c, s, 5, padding=2))  # a linear output: Gaussian, not [0, 1]
+        self.decoder = nn.Sequential(*dec)
+        self.classifier = nn.Sequential(nn.Linear(config.latent, 64), nn.GELU(),
+                                        nn.Linear(64, self.num_classes))
+        self.register_buffer("scale", torch.ones(1, s, 1))
+
+    # ------------------------------------------------------------------------ normalisation
+    def _signal(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3 or x.shape[1] < self.signal_channels or x.shape[2] != self.input_length:
+            raise ConfigError(
+                f"the VAE takes [N, C >= {self.signal_channels}, {self.input_length}] windows, got "
+                f"{tuple(x.shape)}: use a VAE trained on the model's data"
+            )
+        return x[:, : self.signal_channels].float()
+
+    @staticmethod
+    def offset(x: torch.Tensor, signal_channels: int) -> torch.Tensor:
+        """The window mean of every signal channel, ``[N, s, 1]`` (mV)."""
+        return x[:, :signal_channels].mean(dim=-1, keepdim=True)
+
+    @torch.no_grad()
+    def fit_scale(self, x: torch.Tensor) -> None:
+        """Set ``scale`` from training windows ``x [N, C, L]`` (mV)."""
+        sig = self._signal(x)
+        centred = sig - sig.mean(dim=-1, keepdim=True)
+        self.scale.copy_(centred.std(dim=(0, 2), keepdim=True).clamp_min(1e-4))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """The centred, scaled signal channels, ``[N, s, L]``."""
+        sig = self._signal(x)
+        return (sig - sig.mean(dim=-1, keepdim=True)) / self.scale
+
+    # ------------------------------------------------------------------------------ the maps
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, logvar)``, each ``[N, latent]``, of windows ``x [N, C, L]`` (mV)."""
+        h = self.normalise(x)
+        pad = self.padded_length - self.input_length
+        if pad:
+            h = F.pad(h, (0, pad), mode="replicate")
+        h = self.encoder(h).flatten(1)
+        mu, logvar = self.to_stats(h).chunk(2, dim=1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    def decode(self, z: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """The signal channels ``[N, s, L]`` in mV decoded from ``z [N, latent]``; centred unless
+        ``offset [N, s, 1]`` (the window means, :meth:`offset`) is added back."""
+        h = self.from_latent(z).view(len(z), -1, self.code_length)
+        out = self.decoder(h)[..., : self.input_length] * self.scale
+        return out if offset is None else out + offset
+
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent classifier logits ``[N, K]`` of codes ``z [N, latent]`` (use ``mu``)."""
+        return self.classifier(z)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """``decode(mu(x))`` with the window means of ``x`` restored: ``[N, s, L]`` in mV."""
+        mu, _ = self.encode(x)
+        return self.decode(mu, self.offset(x, self.signal_channels))
+
+    def forward(self, x: torch.Tensor, gen: torch.Generator | None = None):
+        """Training pass: ``(reconstruction [N, s, L] centred, in normalised units, mu, logvar,
+        latent logits [N, K])`` with ``z = mu + sigma * eps`` sampled (``eps`` from ``gen``)."""
+        mu, logvar = self.encode(x)
+        eps = torch.randn(mu.shape, generator=gen)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        h = self.from_latent(z).view(len(z), -1, self.code_length)
+        recon = self.decoder(h)[..., : self.input_length]
+        return recon, mu, logvar, self.classify(mu)
+
+    def describe(self) -> dict:
+        """JSON-ready facts about the VAE."""
+        return {"config": self.config.to_dict(), "signal_channels": self.signal_channels,
+                "num_classes": self.num_classes, "input_length": self.input_length,
+                "parameters": sum(p.numel() for p in self.parameters())}
+
+
+# --------------------------------------------------------------------------------- training
+
+
+def _vae_losses(vae: SignalVAE, x: torch.Tensor, y: torch.Tensor, cw: torch.Tensor | None,
+                gen: torch.Generator | None) -> dict[str, torch.Tensor]:
+    recon, mu, logvar, logits = vae(x, gen)
+    target = vae.normalise(x)
+    rec = (recon - target).pow(2).sum(dim=(1, 2)).mean()  # Gaussian, unit variance, summed
+    kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
+    ce = F.cross_entropy(logits, y, weight=cw)
+    cfg = vae.config
+    total = 0.5 * rec + cfg.beta * kl + cfg.classifier_weight * ce
+    return {"loss": total, "rec": rec, "kl": kl, "ce": ce, "logits": logits, "recon": recon,
+            "target": target}
+
+
+@torch.no_grad()
+def _score(vae: SignalVAE, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> dict:
+    """Reconstruction RMS error (mV) of ``decode(mu)`` and latent-classifier accuracy."""
+    sq, n_el, correct = 0.0, 0, 0
+    for i in range(0, len(x), batch):
+        xb = x[i : i + batch]
+        mu, _ = vae.encode(xb)
+        rec = vae.reconstruct(xb)
+        sq += float((rec - xb[:, : vae.signal_channels]).pow(2).sum())
+        n_el += rec.numel()
+        correct += int((vae.classify(mu).argmax(1) == y[i : i + batch]).sum())
+    signal = x[:, : vae.signal_channels]
+    centred_rms = float((signal - signal.mean(-1, keepdim=True)).pow(2).mean().sqrt())
+    return {"recon_rms_mV": math.sqrt(sq / max(n_el, 1)), "signal_rms_mV": centred_rms,
+            "latent_accuracy": correct / max(len(x), 1)}
+
+
+def train_vae(x, y, config: VAEConfig = VAEConfig(), *, signal_channels: int, num_classes: int,
+              progress: bool = False) -> SignalVAE:
+    """Train a :class:`SignalVAE` (and its latent classifier) on training windows.
+
+    Args:
+        x: training windows ``[N, C, L]`` in mV (numpy or torch); only the first
+            ``signal_channels`` are modelled.
+        y: labels ``[N]`` (integers ``0..num_classes-1``).
+        config: the :class:`VAEConfig`.
+        signal_channels: the leading channels that are signal.
+        num_classes: classes of the latent classifier.
+        progress: a tqdm bar per epoch on stderr.
+
+    Returns:
+        The trained VAE in eval mode; ``vae.history`` holds one dict per epoch (loss terms,
+        held-out reconstruction RMS in mV and latent accuracy) and ``vae.train_seconds``.
+
+    Deterministic under ``config.seed`` (on one thread; torch's global RNG is left as it was).
+    """
+    x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).float()
+    y = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y).long()
+    if x.ndim != 3 or len(x) != len(y) or len(x) < 2:
+        raise ConfigError(
+            f"train_vae takes windows [N, C, L] and labels [N] (N >= 2), got {tuple(x.shape)} and "
+            f"{tuple(y.shape)}"
+        )
+    if not torch.isfinite(x).all():
+        raise ConfigError("the VAE's training windows hold NaN or Inf values")
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise ConfigError(f"labels must lie in 0..{num_classes - 1}, got {int(y.min())}..{int(y.max())}")
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(len(x), generator=gen)
+    n_val = int(len(x) * config.val_fraction) if len(x) >= 50 else 0
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    x_tr, y_tr = x[train_idx], y[train_idx]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        vae = SignalVAE(config, signal_channels, num_classes, x.shape[-1])
+    vae.fit_scale(x_tr)
+    cw = None
+    if config.class_weighting:
+        counts = torch.bincount(y_tr, minlength=num_classes).double()
+        w = torch.where(counts > 0, counts.max() / counts.clamp_min(1.0), torch.ones_like(counts))
+        cw = w.clamp(max=10.0).float()
+    opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
+    steps_per_epoch = max(1, -(-len(x_tr) // config.batch_size))
+    total = config.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    vae.history = []
+    for epoch in range(config.epochs):
+        vae.train()
+        perm = torch.randperm(len(x_tr), generator=gen)
+        sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0, "ce": 0.0}
+        batches = range(0, len(x_tr), config.batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, desc=f"VAE epoch {epoch + 1}/{config.epochs}", leave=False)
+        for i in batches:
+            idx = perm[i : i + config.batch_size]
+            out = _vae_losses(vae, x_tr[idx], y_tr[idx], cw, gen)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt.step()
+            sched.step()
+            for k in sums:
+                sums[k] += float(out[k].detach()) * len(idx)
+        vae.eval()
+        entry = {"epoch": epoch + 1, **{k: v / len(x_tr) for k, v in sums.items()}}
+        if n_val:
+            entry.update({f"val_{k}": v for k, v in _score(vae, x[val_idx], y[val_idx]).items()})
+        vae.history.append(entry)
+        log.info("VAE epoch %d/%d  loss %.2f  rec %.2f  kl %.2f  latent ce %.3f%s", epoch + 1,
+                 config.epochs, entry["loss"], entry["rec"], entry["kl"], entry["ce"],
+                 "" if not n_val else
+                 f"  held-out recon RMS {entry['val_recon_rms_mV']:.3f} mV (signal "
+                 f"{entry['val_signal_rms_mV']:.3f}), latent acc {entry['val_latent_accuracy']:.3f}")
+    vae.train_seconds = time.perf_counter() - t0
+    log.info("trained the VAE on %d windows in %.1f s", len(x_tr), vae.train_seconds)
+    vae.eval()
+    return vae
+
+
+# ----------------------------------------------------------------------------- save and load
+
+
+def save_vae(path: str | os.PathLike, vae: SignalVAE, meta: dict | None = None) -> Path:
+    """Write ``vae`` to ``path`` atomically: plain tensors and its config, readable with
+    ``torch.load(weights_only=True)``. ``meta`` (JSON-like: classes, data source) is stored beside;
+    the training history is stored under ``meta["history"]`` unless given."""
+    meta = dict(meta or {})
+    if getattr(vae, "history", None) is not None:
+        meta.setdefault("history", vae.history)
+    meta = _plain(meta)  # numpy scalars would not load under weights_only=True
+    payload = {
+        "format": VAE_FORMAT,
+        "version": VAE_VERSION,
+        "config": vae.config.to_dict(),
+        "signal_channels": vae.signal_channels,
+        "num_classes": vae.num_classes,
+        "input_length": vae.input_length,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in vae.state_dict().items()},
+        "meta": meta,
+    }
+    return atomic_write(Path(path), lambda f: torch.save(payload, f))
+
+
+def _plain(meta: dict) -> dict:
+    """``meta`` as plain JSON types (numpy scalars and arrays become numbers and lists)."""
+
+    def default(o):
+        if isinstance(o, (np.generic, np.ndarray)):
+            return o.tolist()
+        if isinstance(o, (Path, tuple)):
+            return str(o) if isinstance(o, Path) else list(o)
+        raise TypeError(type(o).__name__)
+
+    try:
+        return json.loads(json.dumps(meta, default=default))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"VAE meta must hold JSON-like values (numbers, strings, lists, "
+                          f"dicts): {e}") from e
+
+
+def load_vae(path: str | os.PathLike) -> SignalVAE:
+    """The VAE saved at ``path`` by :func:`save_vae`, in eval mode (``vae.meta`` holds its meta).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, not a VAE file, a newer format, or its
+            weights do not fit its config.
+    """
+    path = Path(path)
+    hint = ("a VAE file written by edgeexit.compress.manifold.save_vae (e.g. the vae.pt of "
+            "`edgeexit compress --finetune onmanifold`)")
+    if not path.is_file():
+        raise CheckpointError(f"VAE file not found: {path} (give {hint})")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path} as {hint}: {type(e).__name__}: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != VAE_FORMAT:
+        raise CheckpointError(f"{path} is not {hint}")
+    if payload.get("version", 0) > VAE_VERSION:
+        raise CheckpointError(
+            f"{path} has VAE format version {payload['version']}; this edgeexit reads up to "
+            f"{VAE_VERSION}: upgrade edgeexit"
+        )
+    try:
+        config = VAEConfig.from_dict(payload["config"])
+        vae = SignalVAE(config, payload["signal_channels"], payload["num_classes"],
+                        payload["input_length"])
+        vae.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, RuntimeError, ConfigError) as e:
+        raise CheckpointError(f"{path}: a damaged VAE file ({type(e).__name__}: {e})") from e
+    vae.meta = dict(payload.get("meta") or {})
+    vae.history = vae.meta.get("history")
+    vae.eval()
+    return vae
+
+
+def check_vae_fits(vae: SignalVAE, signal_channels: int, input_length: int,
+                   num_classes: int | None = None, what: str = "the model") -> None:
+    """Raise :class:`ConfigError` unless ``vae`` models windows like those of ``what``."""
+    got = (vae.signal_channels, vae.input_length)
+    if got != (int(signal_channels), int(input_length)) or (
+        num_classes is not None and vae.num_classes != int(num_classes)
+    ):
+        raise ConfigError(
+            f"the VAE models {vae.signal_channels} signal channel(s) of {vae.input_length} samples "
+            f"and {vae.num_classes} classes, but {what} takes {signal_channels} of {input_length}"
+            f"{'' if num_classes is None else f' and {num_classes} classes'}: train a VAE on its data"
+        )
+
+
+# ------------------------------------------------------------------------ label preservation
+
+
+@torch.no_grad()
+def latent_predict(vae: SignalVAE, x: torch.Tensor) -> torch.Tensor:
+    """The latent classifier's answer on ``mu(x)`` for windows ``x [N, C, L]``: ``[N]``."""
+    mu, _ = vae.encode(x)
+    return vae.classify(mu).argmax(1)
+
+
+@torch.no_grad()
+def label_preserved(vae: SignalVAE, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Bool mask ``[N]``: the latent classifier on ``mu(x_adv)`` still answers ``y``.
+
+    A window whose latent class differs from its label is not a same-class beat any more (or the
+    VAE does not know it well enough to vouch for it), so it is no adversarial example of that
+    label. Callers keep only the windows where the mask is True.
+    """
+    was = vae.training
+    vae.eval()
+    try:
+        return latent_predict(vae, x_adv.float()) == y.to(torch.long)
+    finally:
+        vae.train(was)
+
+
+# ------------------------------------------------------------------------------ the attack
+
+
+class LatentPGD(Attack):
+    """The on-manifold attack: PGD on the VAE's latent code of every window.
+
+    ``z0 = mu(x)``; ``zeta`` starts at 0 (``random_start``: uniform in the box) and takes ``steps``
+    signed-gradient ascent steps of ``step_size`` on the objective, projected onto
+    ``|zeta|_inf <= eta`` after every step; the steps ACCUMULATE (each starts where the last
+    ended). The attacked signal channels are then
+
+    - ``mode="residual"`` (default): ``x_sig + decode(z0 + zeta) - decode(z0)``: the on-manifold
+      *change* added to the real beat. The VAE's reconstruction is blurry (it loses the noise and
+      some QRS detail); decoding ``z0 + zeta`` alone would count that reconstruction error as part
+      of the perturbation, and the model would be attacked (and trained) on blurred beats it
+      never sees on a device. With the residual, ``zeta = 0`` gives back ``x`` exactly.
+    - ``mode="decoded"``: ``decode(z0 + zeta)`` plus the window mean of ``x`` (the reference's
+      choice; the reconstruction error is part of the perturbation).
+
+    The context channels are copied unchanged in both modes.
+
+    Args:
+        model: a :class:`~edgeexit.models.MultiExitNet`; crafted in eval mode (restored after).
+        vae: a trained :class:`SignalVAE` of the same windows.
+        eta: the latent Linf budget (in latent units: the prior is N(0, 1) per dimension).
+        steps: ascent steps.
+        step_size: latent step; None = ``2.5 * eta / steps``; ``steps * step_size >= eta``.
+        objective: what to maximise (default ``mean``: mean cross-entropy over exits).
+        random_start: start ``zeta`` uniformly inside the box (else at 0).
+        mode: ``residual`` or ``decoded`` (above).
+        signal_channels: None = the model's; must equal the VAE's.
+        seed: seeds the random start.
+
+    Attributes:
+        zeta: the last call's latent perturbation ``[B, latent]``.
+        preserved: the last call's label-preservation mask ``[B]`` (:func:`label_preserved`).
+        stats: ``mean_loss``, ``clean_loss``, ``kept_fraction``, ``zero_grad_fraction`` (gradient
+            with respect to ``zeta`` exactly 0), ``delta_linf_mV`` (mean over windows of the
+            signal change's max), and per step ``zeta_linf_per_step`` / ``delta_linf_per_step``.
+    """
+
+    name = "onmanifold"
+
+    def __init__(self, model: nn.Module, vae: SignalVAE, eta: float, *, steps: int = 10,
+                 step_size: float | None = None, objective="mean", random_start: bool = False,
+                 mode: str = "residual", signal_channels: int | None = None,
+                 seed: int | None = 0) -> None:
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (
+            math.isfinite(eta) and eta >= 0
+        ):
+            raise ConfigError(f"the latent budget eta must be a finite number >= 0, got {eta!r}")
+        super().__init__(model, eta, norm="linf", objective=objective,
+                         signal_channels=signal_channels)
+        if self.signal_channels != vae.signal_channels:
+            raise ConfigError(
+                f"the VAE models {vae.signal_channels} signal channel(s), the attack perturbs "
+                f"{self.signal_channels}: use a VAE trained on the model's data"
+            )
+        if steps < 1:
+            raise ConfigError(f"the latent attack needs steps >= 1, got {steps}")
+        if mode not in MODES:
+            raise ConfigError(f"unknown latent attack mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.vae = vae
+        self.eta = self.eps
+        self.steps = int(steps)
+        self.step_size = 2.5 * self.eta / self.steps if step_size is None else float(step_size)
+        if self.step_size * self.steps < self.eta * (1 - 1e-9):
+            raise ConfigError(
+                f"{steps} latent steps of {self.step_size:g} never reach eta {self.eta:g}: raise "
+                "the steps or the step size (steps * step_size >= eta)"
+            )
+        self.random_start = random_start
+        self.mode = mode
+        self.seed = seed
+        self.zeta: torch.Tensor | None = None
+        self.preserved: torch.Tensor | None = None
+
+    def describe(self) -> dict:
+        return {"attack": self.name, "eta": self.eta, "steps": self.steps,
+                "step_size": self.step_size, "random_start": self.random_start,
+                "mode": self.mode, "objective": self.objective.describe()}
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The adversarial windows ``[B, C, L]`` for ``x [B, C, L]`` with labels ``y [B]``;
+        :attr:`preserved` says which of them keep their label."""
+        self.check_input(x)
+        x = x.detach().float()
+        vae_was = self.vae.training
+        self.vae.eval()
+        try:
+            with eval_mode(self.model):
+                x_adv = self.perturb(x, y)
+        finally:
+            self.vae.train(vae_was)
+        return x_adv.detach()
+
+    def craft(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_adv [B, C, L], preserved [B] bool)``."""
+        x_adv = self(x, y)
+        return x_adv, self.preserved
+
+    def _assemble(self, x: torch.Tensor, z0: torch.Tensor, zeta: torch.Tensor,
+                  base: torch.Tensor | None) -> torch.Tensor:
+        s = self.signal_channels
+        if self.mode == "residual":
+            sig = x[:, :s] + (self.vae.decode(z0 + zeta) - base)
+        else:
+            sig = self.vae.decode(z0 + zeta, SignalVAE.offset(x, s))
+        return torch.cat([sig, x[:, s:]], dim=1) if x.shape[1] > s else sig
+
+    def perturb(self, x, y):
+        s = self.signal_channels
+        with torch.no_grad():
+            z0, _ = self.vae.encode(x)  # the mean: no sampling
+            base = self.vae.decode(z0) if self.mode == "residual" else None
+            clean_loss = self.losses(x, y)
+        if self.random_start:
+            gen = None if self.seed is None else torch.Generator().manual_seed(self.seed)
+            zeta = (torch.rand(z0.shape, generator=gen) * 2 - 1) * self.eta
+        else:
+            zeta = torch.zeros_like(z0)
+        zeta_hist, delta_hist = [], []
+        zero = torch.zeros(len(x), dtype=torch.bool)
+        for i in range(self.steps):
+            with torch.enable_grad():
+                z = zeta.detach().requires_grad_(True)
+                loss = self.losses(self._assemble(x, z0, z, base), y)
+                (g,) = torch.autograd.grad(loss.sum(), z)
+            if i == 0:
+                zero = g.flatten(1).abs().amax(1) == 0
+            zeta = (zeta + self.step_size * g.sign()).clamp(-self.eta, self.eta)  # accumulates
+            with torch.no_grad():
+                d = self._assemble(x, z0, zeta, base)[:, :s] - x[:, :s]
+            zeta_hist.append(float(zeta.abs().amax(1).mean()))
+            delta_hist.append(float(d.flatten(1).abs().amax(1).mean()))
+        with torch.no_grad():
+            x_adv = self._assemble(x, z0, zeta, base)
+            adv_loss = self.losses(x_adv, y)
+        self.zeta = zeta.detach()
+        self.preserved = label_preserved(self.vae, x_adv, y)
+        self.stats = {
+            "mean_loss": float(adv_loss.mean()),
+            "clean_loss": float(clean_loss.mean()),
+            "kept_fraction": float(self.preserved.float().mean()),
+            "zero_grad_fraction": float(zero.float().mean()),
+            "delta_linf_mV": delta_hist[-1],
+            "zeta_linf_per_step": zeta_hist,
+            "delta_linf_per_step": delta_hist,
+        }
+        return x_adv
+
+
+# --------------------------------------------------------------------- for reports (compress)
+
+
+def onmanifold_accuracy(model: nn.Module, vae: SignalVAE, x, y, *, eta: float, steps: int = 10,
+                        step_size: float | None = None, classes=None, objective="mean",
+                        mode: str = "residual", batch_size: int = 256, seed: int = 0) -> dict:
+    """Accuracy and macro-F1 of every exit under the on-manifold attack, on the kept windows.
+
+    Args:
+        model: a :class:`~edgeexit.models.MultiExitNet` (attacked in eval mode).
+        vae: the :class:`SignalVAE` of the model's data.
+        x: windows ``[N, C, L]`` in mV (numpy or torch); ``y``: labels ``[N]``.
+        eta, steps, step_size, objective, mode: those of :class:`LatentPGD` (no random start).
+        classes: class names (None = ``0..K-1``); macro-F1 follows
+            :func:`edgeexit.metrics.classification_report` (over N/S/V/F for the AAMI classes).
+        batch_size: windows attacked at a time.
+        seed: unused without a random start (kept for reproducible reports).
+
+    Returns:
+        ``{"attack": describe(), "windows": N, "kept": n, "kept_fraction": n / N,
+        "exits": [{"accuracy", "macro_f1"} per exit, on the kept adversarial windows],
+        "clean_exits": [the same on the kept windows unattacked], "mean_loss", "clean_loss",
+        "delta_linf_mV"}``. Only windows whose latent label is preserved are scored (the others
+        are no same-class beat any more); with none kept the figures are NaN.
+    """
+    from edgeexit.metrics import classification_report
+
+    x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).float()
+    y = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y).long()
+    attack = LatentPGD(model, vae, eta, steps=steps, step_size=step_size, objective=objective,
+                       mode=mode, seed=seed)
+    advs, keep, stats = [], [], []
+    for i in range(0, len(x), batch_size):
+        xa, kp = attack.craft(x[i : i + batch_size], y[i : i + batch_size])
+        advs.append(xa)
+        keep.append(kp)
+        stats.append((len(xa), attack.stats))
+    x_adv, kept = torch.cat(advs), torch.cat(keep)
+    n_exits = model.num_exits
+    num_classes = None
+    with torch.no_grad(), eval_mode(model):
+        adv_logits = model(x_adv[kept]) if kept.any() else None
+        clean_logits = model(x[kept]) if kept.any() else None
+        if adv_logits is not None:
+            num_classes = adv_logits[0].shape[1]
+    if classes is None:
+        k = num_classes or int(y.max()) + 1
+        classes = tuple(str(c) for c in range(k))
+
+    def scores(logits):
+        if logits is None:
+            return [{"accuracy": float("nan"), "macro_f1": float("nan")} for _ in range(n_exits)]
+        out = []
+        for z in logits:
+            r = classification_report(y[kept].numpy(), z.argmax(1).numpy(), tuple(classes))
+            out.append({"accuracy": r["accuracy"], "macro_f1": r.get("macro_f1_nsvf", r["macro_f1"])})
+        return out
+
+    n_total = max(len(x), 1)
+
+    def weighted(key):
+        return float(sum(n * st[key] for n, st in stats) / n_total)
+
+    return {
+        "attack": attack.describe(),
+        "windows": len(x),
+        "kept": int(kept.sum()),
+        "kept_fraction": float(kept.float().mean()) if len(x) else float("nan"),
+        "exits": scores(adv_logits),
+        "clean_exits": scores(clean_logits),
+        "mean_loss": weighted("mean_loss"),
+        "clean_loss": weighted("clean_loss"),
+        "delta_linf_mV": weighted("delta_linf_mV"),
+    }
