@@ -1,4 +1,5 @@
-"""Build hook: ship the device presets (``targets/*.toml``) inside the package.
+"""Build hook: ship the device presets (``targets/*.toml``) and the int8 calibration recipes
+(``calibration/*.toml``, as ``edgeexit/_calibration/``) inside the package.
 
 All the metadata lives in pyproject.toml; this file only adds one step to ``build_py``. The
 top-level ``targets/`` directory stays the single source of the presets: a wheel (``pip install
@@ -14,6 +15,8 @@ from setuptools.command.build_py import build_py
 
 TARGETS = Path(__file__).resolve().parent / "targets"
 PACKAGED = ("edgeexit", "_targets")  # must match edgeexit.targets.PACKAGED_DIR
+RECIPES = Path(__file__).resolve().parent / "calibration"
+PACKAGED_RECIPES = ("edgeexit", "_calibration")  # must match edgeexit.export.recipes.PACKAGED_DIR
 
 
 class build_py_with_targets(build_py):
@@ -21,6 +24,12 @@ class build_py_with_targets(build_py):
         files = sorted(TARGETS.glob("*.toml"))
         if not files:  # e.g. an sdist built without MANIFEST.in: never ship a wheel without them
             raise FileNotFoundError(f"no device presets found in {TARGETS}")
+        return files
+
+    def _recipe_files(self) -> list[Path]:
+        files = sorted(RECIPES.glob("*.toml"))
+        if not files:
+            raise FileNotFoundError(f"no calibration recipes found in {RECIPES}")
         return files
 
     def run(self) -> None:
@@ -31,13 +40,19 @@ class build_py_with_targets(build_py):
         self.mkpath(str(dest))
         for path in self._preset_files():
             self.copy_file(str(path), str(dest / path.name))
+        dest = Path(self.build_lib, *PACKAGED_RECIPES)
+        self.mkpath(str(dest))
+        for path in self._recipe_files():
+            self.copy_file(str(path), str(dest / path.name))
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:
         outputs = super().get_outputs(include_bytecode)
         if getattr(self, "editable_mode", False):
             return outputs
         dest = Path(self.build_lib, *PACKAGED)
-        return outputs + [str(dest / p.name) for p in self._preset_files()]
+        recipes = Path(self.build_lib, *PACKAGED_RECIPES)
+        return (outputs + [str(dest / p.name) for p in self._preset_files()]
+                + [str(recipes / p.name) for p in self._recipe_files()])
 
 
 setup(cmdclass={"build_py": build_py_with_targets})

@@ -401,8 +401,18 @@ def _bound_options(f):
               help="Bundle directory to write (DIR.tar.gz is written beside it).")
 @click.option("--formats", default="onnx,tflite", show_default=True,
               help="Comma-separated file formats: onnx, tflite.")
-@click.option("--precision", type=click.Choice(["fp32", "int8"]), default=None,
-              help="Precision of the segment files (default: the target's).")
+@click.option("--precision", type=click.Choice(["fp32", "int8", "auto"]), default=None,
+              help="Precision of the segment files (default: the target's). auto: per segment "
+                   "and format, int8 only where it is faster (timed here, or --timings) and its "
+                   "top-1 agreement stays within --int8-margin of fp32's.")
+@click.option("--calibration", "recipe", default=None, metavar="RECIPE",
+              help="int8 calibration recipe: a name in calibration/ or a .toml file (default: "
+                   "'default'); the manifest records it and the samples it chose.")
+@click.option("--int8-margin", default=1.0, show_default=True,
+              help="--precision auto: int8 may agree with PyTorch this many points less than fp32.")
+@click.option("--timings", multiple=True, type=click.Path(dir_okay=False),
+              help="--precision auto: `edgeexit bench --json` reports made on the device (an fp32 "
+                   "and an int8 bundle per format; repeat the option) instead of timing here.")
 @click.option("--policy", type=click.Choice(["max_prob", "entropy", "ensemble"]), default="max_prob",
               show_default=True, help="Exit policy whose thresholds are calibrated.")
 @click.option("--margin", default=0.5, show_default=True,
@@ -411,8 +421,8 @@ def _bound_options(f):
 @click.option("--data", "source", default=None,
               help="Data to calibrate on (default: the data recorded in the checkpoint; its "
                    "validation part sets the thresholds, its training part the int8 scales).")
-@click.option("--calibration-samples", default=512, show_default=True,
-              help="Training beats for int8 calibration.")
+@click.option("--calibration-samples", type=int, default=None,
+              help="Override the recipe's number of int8 calibration windows.")
 @click.option("--golden-samples", default=32, show_default=True,
               help="Validation beats stored in golden.npz for `edgeexit verify`.")
 @click.option("--monolithic/--no-monolithic", default=True, show_default=True,
@@ -424,8 +434,8 @@ def _bound_options(f):
                    "heads are dropped, so segment j answers the j-th kept exit (thresholds, "
                    "--exit and `edgeexit run` index segments).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
-def export(checkpoint, target, out_dir, formats, precision, policy, margin, confidence,
-           ensemble_weights, source,
+def export(checkpoint, target, out_dir, formats, precision, recipe, int8_margin, timings, policy,
+           margin, confidence, ensemble_weights, source,
            calibration_samples, golden_samples, monolithic, exits, as_json):
     """Export a checkpoint as a device bundle: per-exit segments, checked, thresholds calibrated.
 
@@ -439,6 +449,9 @@ def export(checkpoint, target, out_dir, formats, precision, policy, margin, conf
         target=target,
         formats=_names(formats),
         precision=precision,
+        calibration=recipe,
+        int8_margin=int8_margin,
+        timings=tuple(timings) or None,
         policy=policy,
         margin=margin,
         confidence=confidence,
@@ -464,6 +477,10 @@ def export(checkpoint, target, out_dir, formats, precision, policy, margin, conf
         agree = " ".join(f"{100 * e['top1_agreement']:.1f}" for e in par["exits"])
         click.echo(f"  {fmt:7} vs PyTorch on {par['samples']} beats: max |logit err| {errs}; "
                    f"top-1 agreement % {agree}")
+    for fmt, picks in (r.get("precision_choices") or {}).items():
+        click.echo(f"  {fmt:7} precision per segment: " + "; ".join(
+            f"{c['precision']} (fp32 {c['fp32_us']:.1f} us / int8 {c['int8_us']:.1f} us, agreement "
+            f"{100 * c['fp32_agreement']:.1f}/{100 * c['int8_agreement']:.1f}%)" for c in picks))
     click.echo(f"  {r['policy']['name']} thresholds {cal['thresholds']} on {cal['samples']} "
                f"validation beats: accuracy {_pct(cal['accuracy']).strip()}% (final exit "
                f"{_pct(cal['final_accuracy']).strip()}%), exits "

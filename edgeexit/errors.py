@@ -32,3 +32,7 @@ class ConfigError(EdgeExitError):
 
 class CheckpointError(EdgeExitError):
     """A checkpoint file is missing, unreadable, or was written by an incompatible version."""
+
+
+class RecipeError(ConfigError):
+    """A calibration recipe (``calibration/*.toml``) is missing, malformed or cannot be filled."""

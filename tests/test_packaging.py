@@ -52,6 +52,10 @@ def _expected_presets() -> set[str]:
     return {p.name for p in (REPO / "targets").glob("*.toml")}
 
 
+def _expected_recipes() -> set[str]:
+    return {p.name for p in (REPO / "calibration").glob("*.toml")}
+
+
 def _pins(path: Path) -> dict[str, str]:
     """``{normalized name: version}`` of a constraints file's ``name==version`` lines."""
     pins = {}
@@ -96,6 +100,8 @@ def test_wheel_ships_the_presets(wheel):
     shipped = {Path(n).name for n in names if n.startswith("edgeexit/_targets/")}
     assert shipped == _expected_presets()
     assert not any(n.startswith("targets/") for n in names), "presets must live in the package"
+    recipes = {Path(n).name for n in names if n.startswith("edgeexit/_calibration/")}
+    assert recipes == _expected_recipes() and "default.toml" in recipes
 
 
 @pytest.mark.slow
@@ -111,6 +117,7 @@ def test_sdist_carries_the_presets_and_builds_the_same_wheel(tmp_path):
     with tarfile.open(out / name) as tf:
         members = {Path(*Path(m).parts[1:]).as_posix() for m in tf.getnames()}
     assert {f"targets/{n}" for n in _expected_presets()} <= members
+    assert {f"calibration/{n}" for n in _expected_recipes()} <= members
     assert "setup.py" in members
     whl_dir = tmp_path / "whl"
     _run(
@@ -169,3 +176,13 @@ def test_installed_wheel_lists_and_shows_presets_outside_the_source_tree(wheel, 
     shown = json.loads(_run([exe, "targets", "rpi4"], cwd=work).stdout)
     assert shown == rpi4
     assert "rpi4" in _run([exe, "targets"], cwd=work).stdout
+
+    # the int8 calibration recipes ship the same way (read without torch)
+    code = ("import json; from edgeexit.export.recipes import list_recipes, load_recipe, "
+            "recipes_dir; r = load_recipe(); print(json.dumps([list_recipes(), str(recipes_dir()), "
+            "r.name, r.sha256]))")
+    names, where, name, digest = json.loads(_run([py, "-c", code], cwd=work).stdout)
+    assert set(names) == {Path(n).stem for n in _expected_recipes()} and name == "default"
+    assert Path(where).resolve().is_relative_to(site.resolve())
+    import hashlib
+    assert digest == hashlib.sha256((REPO / "calibration" / "default.toml").read_bytes()).hexdigest()

@@ -29,7 +29,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +37,24 @@ import torch
 
 from edgeexit.calibrate import calibrate_thresholds
 from edgeexit.checkpoint import load_checkpoint
-from edgeexit.data import BeatDataset, DataSpec, load_split
+from edgeexit.data import BeatDataset, DataSpec, load_source, load_split
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.export.errors import ExportError
+from edgeexit.export.precision import (
+    BenchTimings,
+    PrecisionRule,
+    choose_precision,
+    read_bench_timings,
+    time_pair,
+)
+from edgeexit.export.recipes import (
+    DATA_CHECKPOINT,
+    CalibrationSet,
+    QuantOptions,
+    Recipe,
+    calibration_set,
+    load_recipe,
+)
 from edgeexit.export.split import (
     INPUT_NAME,
     Monolithic,
@@ -56,10 +71,12 @@ from edgeexit.runtime.manifest import (
     FILE_FORMATS,
     GOLDEN,
     MANIFEST,
+    MIXED,
     PRECISIONS,
     Artifact,
     Manifest,
     PolicySpec,
+    PrecisionChoice,
     SegmentEntry,
     read_manifest,
     sha256_file,
@@ -71,6 +88,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None] | None
 MONOLITHIC = "monolithic"
+_FLOAT_DEFAULTS = QuantOptions()  # quantization options where no recipe applies (fp32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,18 +98,30 @@ class ExportConfig:
     Attributes:
         target: target id (``targets/<id>.toml``) or a path to a preset file.
         formats: file formats to write; None = both ``onnx`` and ``tflite``.
-        precision: ``fp32`` or ``int8``; None = the target's preferred precision.
+        precision: ``fp32``, ``int8`` or ``auto`` (per segment and format: int8 only where it
+            is faster here, or in ``timings``, and agrees within ``int8_margin``; see
+            :mod:`edgeexit.export.precision`); None = the target's preferred precision.
         policy: exit policy to calibrate (``max_prob``, ``entropy``, ``ensemble``).
         margin: allowed validation accuracy loss of the policy versus the final exit, in points.
         confidence: the loss's interval at this level (a bootstrap over the validation records)
             must stay within ``margin`` (:func:`edgeexit.calibrate.calibrate_thresholds`).
         ensemble_weights: ``auto`` (calibration chooses the ensemble's per-exit weights) or None
             (equal weights); ignored by the other policies.
-        calibration_samples: training beats used to calibrate int8 quantization.
+        calibration: the int8 calibration recipe (a name in ``calibration/`` or a ``.toml``
+            path; None = ``default``): which training beats, how many, how chosen, and how the
+            files are quantized (:mod:`edgeexit.export.recipes`).
+        calibration_samples: override the recipe's number of calibration windows (None: the
+            recipe's).
         golden_samples: validation beats stored in ``golden.npz`` for ``edgeexit verify``.
         max_val_samples: cap on validation beats for threshold calibration (stratified sample).
         int8_min_agreement: export fails if an int8 exit agrees with PyTorch's top-1 on fewer
             than this fraction of validation beats.
+        int8_margin: ``auto``: int8 may agree with PyTorch at most this many points less than
+            fp32 (:class:`~edgeexit.export.precision.PrecisionRule`).
+        timings: ``auto``: ``edgeexit bench --json`` reports (made on the device; an fp32 and an
+            int8 bundle per format) to take the latencies from instead of measuring here.
+        timing_seconds: ``auto``: seconds of alternate fp32/int8 timing per segment and format.
+        timing_threads: ``auto``: interpreter threads while timing here.
         monolithic: also write the whole model as one graph (for benchmarks).
         exits: model exit indices to deploy (sorted here; unique; the final exit and at least one
             early exit); None = every exit. Stages between two deployed exits run as one merged
@@ -107,10 +137,15 @@ class ExportConfig:
     margin: float = 0.5
     confidence: float = 0.9
     ensemble_weights: str | None = "auto"
-    calibration_samples: int = 512
+    calibration: str | None = None
+    calibration_samples: int | None = None
     golden_samples: int = 32
     max_val_samples: int = 20000
     int8_min_agreement: float = 0.97
+    int8_margin: float = 1.0
+    timings: tuple[str, ...] | None = None
+    timing_seconds: float = 0.25
+    timing_threads: int = 1
     monolithic: bool = True
     opset: int = 18
     seed: int = 0
@@ -121,8 +156,13 @@ class ExportConfig:
             bad = [f for f in self.formats if f not in FILE_FORMATS]
             if bad or not self.formats:
                 raise ConfigError(f"unknown format(s) {bad}; choose from {', '.join(FILE_FORMATS)}")
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; choose fp32 or int8")
+        if self.precision is not None and self.precision not in (*PRECISIONS, "auto"):
+            raise ConfigError(f"unknown precision {self.precision!r}; choose fp32, int8 or auto")
+        if self.timings and self.precision != "auto":
+            raise ConfigError("timings are read by --precision auto only; add --precision auto")
+        PrecisionRule(self.int8_margin)  # validates the margin
+        if self.timing_seconds <= 0 or self.timing_threads < 1:
+            raise ConfigError("timing seconds must be > 0 and timing threads >= 1")
         if self.policy not in POLICIES or self.policy == "fixed":
             raise ConfigError(f"export calibrates the policy max_prob, entropy or ensemble, got {self.policy!r}")
         if self.ensemble_weights not in ("auto", None):
@@ -131,7 +171,8 @@ class ExportConfig:
             raise ConfigError(f"confidence must lie in [0, 1), got {self.confidence}")
         if not 0 <= self.margin < 100:
             raise ConfigError(f"margin must lie in [0, 100) accuracy points, got {self.margin}")
-        if self.calibration_samples < 1 or self.golden_samples < 1:
+        if (self.calibration_samples is not None and self.calibration_samples < 1) \
+                or self.golden_samples < 1:
             raise ConfigError("calibration and golden samples must be >= 1")
         if self.exits is not None:
             # range and the final exit are checked against the model in export_bundle
@@ -155,6 +196,7 @@ class ExportConfig:
         d = dataclasses.asdict(self)
         d["formats"] = None if self.formats is None else list(self.formats)
         d["exits"] = None if self.exits is None else list(self.exits)
+        d["timings"] = None if self.timings is None else list(self.timings)
         return d
 
 
@@ -188,6 +230,32 @@ def _training_data(ckpt, spec: str | DataSpec | None) -> tuple[DataSpec, BeatDat
     return spec, train_part, val_part
 
 
+def _calibration_set(recipe: Recipe, ckpt, spec: DataSpec, train_part: BeatDataset,
+                     samples: int | None) -> CalibrationSet:
+    """The recipe's windows: from the checkpoint's training part (its own data), else from the
+    training side of the recipe's data source."""
+    own = recipe.data == DATA_CHECKPOINT or recipe.data == spec.source or (
+        recipe.data != "synthetic" and os.path.exists(recipe.data) and os.path.exists(spec.source)
+        and os.path.realpath(recipe.data) == os.path.realpath(spec.source))
+    if own:
+        pool, what = train_part, f"{spec.source}: training part (validation held out, no test)"
+    else:
+        from edgeexit.errors import RecipeError
+
+        if recipe.data != "synthetic" and not os.path.exists(recipe.data):
+            raise RecipeError(f"{recipe.path}: data source {recipe.data!r} not found (relative "
+                              "paths are read from the current directory); give \"checkpoint\", "
+                              "\"synthetic\", or an existing WFDB directory / .npz / .csv")
+        other = dataclasses.replace(spec, source=recipe.data, test_source=None)
+        pool = load_split(other, "train") if recipe.data == "synthetic" or os.path.isdir(recipe.data) \
+            else load_source(recipe.data, other)
+        what = f"{recipe.data}: training side"
+        if tuple(pool.input_shape) != tuple(ckpt.input_spec["shape"]):
+            raise RecipeError(f"{recipe.path}: data {recipe.data} has windows "
+                              f"{list(pool.input_shape)}, the model takes {ckpt.input_spec['shape']}")
+    return calibration_set(recipe, pool.x, pool.y, pool.groups, tuple(pool.classes), what, samples)
+
+
 def _sample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(k, n), replace=False))
 
@@ -207,7 +275,8 @@ def _stratified_sample(y: np.ndarray, k: int, rng: np.random.Generator) -> np.nd
 # -- files ---------------------------------------------------------------------------------------
 
 
-def _export_file(module, example, path: Path, fmt: str, spec_names, precision, calib, opset) -> None:
+def _export_file(module, example, path: Path, fmt: str, spec_names, precision, calib, opset,
+                 quant: QuantOptions = _FLOAT_DEFAULTS) -> None:
     if fmt == "onnx":
         from edgeexit.export.onnx import export_onnx, quantize_onnx_int8
 
@@ -217,7 +286,8 @@ def _export_file(module, example, path: Path, fmt: str, spec_names, precision, c
         else:
             fp32 = path.with_name(path.stem + ".fp32.onnx")
             export_onnx(module, example, fp32, input_name=in_name, output_names=out_names, opset=opset)
-            quantize_onnx_int8(fp32, calib, path)
+            quantize_onnx_int8(fp32, calib, path, per_channel=quant.per_channel,
+                               method=quant.method, float_heads=quant.float_heads)
             fp32.unlink()
     else:
         from edgeexit.export.split import fold_batchnorm
@@ -251,6 +321,7 @@ def _write_chain(
     opset: int,
     progress: Progress,
     exits: tuple[int, ...] | None = None,
+    quant: QuantOptions = _FLOAT_DEFAULTS,
 ) -> list[Artifact]:
     """Write every segment of one format; int8 segment k is calibrated on what int8 k-1 outputs.
 
@@ -267,7 +338,7 @@ def _write_chain(
         path = root / f"segment_{spec.index}.{fmt}"
         example = torch.from_numpy(np.ascontiguousarray(h[:1]))
         _export_file(seg, example, path, fmt, (spec.input_name, list(spec.output_names)), precision,
-                     h if precision == "int8" else None, opset)
+                     h if precision == "int8" else None, opset, quant)
         artifacts.append(Artifact(path.name, fmt, precision, sha256_file(path)))
         if not seg.last:
             if precision == "int8":
@@ -278,30 +349,132 @@ def _write_chain(
     return artifacts
 
 
-def _write_monolithic(model, root, fmt, precision, calib_x, opset) -> Artifact:
-    path = root / f"{MONOLITHIC}.{fmt}"
+def _write_monolithic(model, root, fmt, precision, calib_x, opset,
+                      quant: QuantOptions = _FLOAT_DEFAULTS, name: str = MONOLITHIC) -> Artifact:
+    path = root / f"{name}.{fmt}"
     example = torch.from_numpy(np.ascontiguousarray(calib_x[:1]))
     _export_file(Monolithic(model).eval(), example, path, fmt, (INPUT_NAME, ["logits"]), precision,
-                 calib_x if precision == "int8" else None, opset)
+                 calib_x if precision == "int8" else None, opset, quant)
     return Artifact(path.name, fmt, precision, sha256_file(path))
+
+
+@dataclasses.dataclass(frozen=True)
+class _AutoPlan:
+    """What ``--precision auto`` needs: the rule, where latencies come from, the check beats."""
+
+    rule: PrecisionRule
+    timings: BenchTimings | None
+    seconds: float
+    threads: int
+    val_x: np.ndarray  # validation beats the agreements are measured on
+    val_ref: list[np.ndarray]  # PyTorch's logits of the deployed exits on them (segment order)
+
+    def timing_note(self) -> str:
+        if self.timings is not None:
+            return "bench p50 from " + ", ".join(self.timings.sources)
+        return (f"measured at export on this host: batch 1, {self.threads} thread(s), fp32 and "
+                f"int8 alternately, medians over {self.seconds:g} s")
+
+    def latency(self, fmt: str, k: int | None, fp32_sess, int8_sess, x1) -> tuple[float, float]:
+        if self.timings is None:
+            return time_pair(fp32_sess, int8_sess, x1, self.seconds)
+        if k is None:  # the monolithic graph: bench reports time it, but not per precision pair
+            return time_pair(fp32_sess, int8_sess, x1, self.seconds)
+        a, b = self.timings.get(fmt, "fp32", k), self.timings.get(fmt, "int8", k)
+        if a is None or b is None:
+            have = sorted(f"{f}/{p}" for f, p in self.timings.us)
+            raise ConfigError(f"the --timings reports give no {fmt} "
+                              f"{'fp32' if a is None else 'int8'} latency of segment {k} (they "
+                              f"hold {', '.join(have) or 'nothing'}): bench an fp32 and an int8 "
+                              f"{fmt} bundle on the device, or drop --timings to measure here")
+        return a, b
+
+
+def _agreement(logits: np.ndarray, ref: np.ndarray) -> float:
+    return float((logits.argmax(-1) == ref.argmax(-1)).mean())
+
+
+def _write_chain_auto(model, specs, root: Path, fmt: str, calib_x: np.ndarray, opset: int,
+                      progress: Progress, exits, quant: QuantOptions,
+                      plan: _AutoPlan) -> tuple[list[Artifact], list[PrecisionChoice]]:
+    """Per segment: write the fp32 and the int8 file (int8 calibrated on what the chosen files
+    before it output), time both, measure their exit's agreement, keep the one the rule picks."""
+    segments = split_model(model, exits)
+    backend = backend_for_format(fmt)
+    h, hv = calib_x, plan.val_x
+    artifacts, choices = [], []
+    for seg, spec, ref in zip(segments, specs, plan.val_ref):
+        path = root / f"segment_{spec.index}.{fmt}"
+        cand = {p: root / f"segment_{spec.index}.{p}.{fmt}" for p in PRECISIONS}
+        names = (spec.input_name, list(spec.output_names))
+        example = torch.from_numpy(np.ascontiguousarray(h[:1]))
+        for p, file in cand.items():
+            if progress:
+                progress(f"segment {spec.index} -> {fmt} {p} (auto)")
+            _export_file(seg, example, file, fmt, names, p, h if p == "int8" else None, opset, quant)
+        sess = {p: backend.load(file, plan.threads) for p, file in cand.items()}
+        outs = {p: _run_session(s, hv) for p, s in sess.items()}
+        agree = {p: _agreement(o[-1], ref) for p, o in outs.items()}
+        t32, t8 = plan.latency(fmt, spec.index, sess["fp32"], sess["int8"], hv[:1])
+        choice = choose_precision(fmt, t32, t8, agree["fp32"], agree["int8"], plan.rule,
+                                  plan.timing_note())
+        log.info("segment %d %s: fp32 %.1f us, int8 %.1f us, agreement %.4f / %.4f -> %s (%s)",
+                 spec.index, fmt, t32, t8, agree["fp32"], agree["int8"], choice.precision,
+                 choice.reason)
+        keep = choice.precision
+        os.replace(cand[keep], path)
+        cand[next(p for p in PRECISIONS if p != keep)].unlink()
+        artifacts.append(Artifact(path.name, fmt, keep, sha256_file(path)))
+        choices.append(choice)
+        if not seg.last:
+            hv = outs[keep][0]
+            h = _run_session(backend.load(path, 1), h)[0]  # the features the device will see
+    return artifacts, choices
+
+
+def _write_monolithic_auto(model, root: Path, fmt: str, calib_x: np.ndarray, opset: int,
+                           quant: QuantOptions, plan: _AutoPlan) -> tuple[Artifact, PrecisionChoice]:
+    """The monolithic reference graph under the same rule (final exit's agreement)."""
+    backend = backend_for_format(fmt)
+    arts = {p: _write_monolithic(model, root, fmt, p, calib_x, opset, quant, f"{MONOLITHIC}.{p}")
+            for p in PRECISIONS}
+    sess = {p: backend.load(root / a.file, plan.threads) for p, a in arts.items()}
+    agree = {p: _agreement(_run_session(s, plan.val_x)[0], plan.val_ref[-1]) for p, s in sess.items()}
+    t32, t8 = plan.latency(fmt, None, sess["fp32"], sess["int8"], plan.val_x[:1])
+    note = plan.timing_note() if plan.timings is None else \
+        f"measured at export on this host (bench reports time no monolithic pair): batch 1, " \
+        f"{plan.threads} thread(s), medians over {plan.seconds:g} s"
+    choice = choose_precision(fmt, t32, t8, agree["fp32"], agree["int8"], plan.rule, note)
+    keep = choice.precision
+    path = root / f"{MONOLITHIC}.{fmt}"
+    os.replace(root / arts[keep].file, path)
+    (root / arts["int8" if keep == "fp32" else "fp32"].file).unlink()
+    return Artifact(path.name, fmt, keep, sha256_file(path)), choice
 
 
 # -- checks --------------------------------------------------------------------------------------
 
 
-def _parity(backend: str, logits: list[np.ndarray], ref: list[np.ndarray], precision: str,
-            min_agreement: float, exits: tuple[int, ...] | None = None) -> dict:
+def _parity(backend: str, logits: list[np.ndarray], ref: list[np.ndarray],
+            precision: str | Sequence[str], min_agreement: float,
+            exits: tuple[int, ...] | None = None) -> dict:
     """Max abs error and top-1 agreement of every segment's logits (``logits``) versus PyTorch's
     logits of the model exit it answers (``ref``, same order; ``exits`` names those model exits)
-    on the same beats; raises :class:`ExportError` beyond the tolerances."""
+    on the same beats; raises :class:`ExportError` beyond the tolerances.
+
+    ``precision``: of every segment file (one string: all alike). A segment is held to the fp32
+    tolerance only when it and every segment before it are fp32 (an fp32 segment after an int8
+    one sees int8 features); otherwise to the int8 agreement."""
     report = []
     exits = tuple(range(len(logits))) if exits is None else exits
+    precs = [precision] * len(logits) if isinstance(precision, str) else list(precision)
     for j, (k, a, b) in enumerate(zip(exits, logits, ref)):
+        precision = "fp32" if all(p == "fp32" for p in precs[: j + 1]) else "int8"
         err = float(np.abs(a - b).max())
         scale = float(np.abs(b).max())
         agree = float((a.argmax(-1) == b.argmax(-1)).mean())
-        report.append({"exit": k, "segment": j, "max_abs_err": err, "ref_scale": scale,
-                       "top1_agreement": agree})
+        report.append({"exit": k, "segment": j, "precision": precs[j], "max_abs_err": err,
+                       "ref_scale": scale, "top1_agreement": agree})
         if precision == "fp32" and err > 1e-3 * (1.0 + scale):
             raise ExportError(
                 f"{backend} exit {k} (segment {j}): max abs logit error {err:.3g} versus PyTorch exceeds the "
@@ -311,10 +484,10 @@ def _parity(backend: str, logits: list[np.ndarray], ref: list[np.ndarray], preci
         if precision == "int8" and agree < min_agreement:
             raise ExportError(
                 f"{backend} int8 exit {k} (segment {j}) agrees with PyTorch's top-1 on only {100 * agree:.1f}% "
-                f"of {len(a)} validation beats (< {100 * min_agreement:.0f}%); export fp32, or give "
-                "more --calibration-samples"
+                f"of {len(a)} validation beats (< {100 * min_agreement:.0f}%); export fp32, use "
+                "--precision auto, or another --calibration recipe (calibration/*.toml)"
             )
-    return {"samples": int(len(logits[0])), "exits": report}
+    return {"samples": len(logits[0]), "exits": report}
 
 
 def _chunked_run_all(engine: Engine, x: np.ndarray, batch: int = 512) -> list[np.ndarray]:
@@ -398,12 +571,22 @@ def export_bundle(
     precision = config.precision or target.runtime.precision
     step = progress or (lambda s: None)
     exits = check_exits(config.exits, model.num_exits)  # deployed model exits, sorted
+    recipe = load_recipe(config.calibration) if precision != "fp32" else None
+    rule = PrecisionRule(config.int8_margin)
+    bench_timings = None
+    if config.timings:
+        bench_timings = read_bench_timings(config.timings, len(exits), exits)
 
     step("loading data")
     spec, train_part, val_part = _training_data(ckpt, data)
     rng = np.random.default_rng(config.seed)
-    calib_idx = _sample(len(train_part), config.calibration_samples, rng)
-    calib_x = np.ascontiguousarray(train_part.x[calib_idx], dtype=np.float32)
+    cset = None
+    if recipe is not None:
+        cset = _calibration_set(recipe, ckpt, spec, train_part, config.calibration_samples)
+        calib_x = cset.x
+    else:  # fp32 needs no calibration; a few training beats serve as the export example
+        calib_x = np.ascontiguousarray(train_part.x[_sample(len(train_part), 8, rng)], dtype=np.float32)
+    quant = recipe.quantization if recipe is not None else _FLOAT_DEFAULTS
     val_idx = _stratified_sample(val_part.y, config.max_val_samples, rng)
     val_x = np.ascontiguousarray(val_part.x[val_idx], dtype=np.float32)
     val_y = val_part.y[val_idx]
@@ -414,19 +597,41 @@ def export_bundle(
     specs = segment_specs(model, input_shape, exits)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    n_parity = min(len(val_x), 1024)
+    with torch.no_grad():  # PyTorch's logits of the model exit each segment answers
+        golden_ref = [z.numpy() for z in _select(model(torch.from_numpy(golden_x)), exits)]
+        parity_ref = [z.numpy() for z in _select(model(torch.from_numpy(val_x[:n_parity])), exits)]
     try:
         files: dict[str, list[Artifact]] = {}
         mono: dict[str, Artifact] = {}
+        choices: dict[str, list[PrecisionChoice]] = {}
+        mono_choice: dict[str, dict] = {}
+        plan = _AutoPlan(rule, bench_timings, config.timing_seconds, config.timing_threads,
+                         val_x[:n_parity], parity_ref)
         for fmt in formats:
-            files[fmt] = _write_chain(model, specs, tmp, fmt, precision, calib_x, config.opset, progress,
-                                      exits)
+            if precision == "auto":
+                files[fmt], choices[fmt] = _write_chain_auto(model, specs, tmp, fmt, calib_x,
+                                                             config.opset, progress, exits, quant, plan)
+            else:
+                files[fmt] = _write_chain(model, specs, tmp, fmt, precision, calib_x, config.opset,
+                                          progress, exits, quant)
             if config.monolithic:
                 step(f"monolithic -> {fmt} {precision}")
-                mono[fmt] = _write_monolithic(model, tmp, fmt, precision, calib_x, config.opset)
+                if precision == "auto":
+                    mono[fmt], c = _write_monolithic_auto(model, tmp, fmt, calib_x, config.opset,
+                                                          quant, plan)
+                    mono_choice[fmt] = c.to_dict()
+                else:
+                    mono[fmt] = _write_monolithic(model, tmp, fmt, precision, calib_x, config.opset,
+                                                  quant)
 
         segments = tuple(
-            dataclasses.replace(s, artifacts=tuple(files[f][s.index] for f in formats)) for s in specs
+            dataclasses.replace(s, artifacts=tuple(files[f][s.index] for f in formats),
+                                precision_choices=tuple(choices[f][s.index] for f in choices))
+            for s in specs
         )
+        used = {a.precision for s in segments for a in s.artifacts}
+        bundle_precision = used.pop() if len(used) == 1 else MIXED
         monolithic = None
         if mono:
             monolithic = SegmentEntry(
@@ -457,7 +662,7 @@ def export_bundle(
             input=input_info,
             target=target.to_dict(),
             policy=PolicySpec(name="ensemble"),  # placeholder while checking: runs every exit
-            precision=precision,
+            precision=bundle_precision,
             segments=segments,
             monolithic=monolithic,
             golden={},
@@ -465,10 +670,6 @@ def export_bundle(
         )
 
         parity, golden_tol, val_probs = {}, {}, None
-        n_parity = min(len(val_x), 1024)
-        with torch.no_grad():  # PyTorch's logits of the model exit each segment answers
-            golden_ref = [z.numpy() for z in _select(model(torch.from_numpy(golden_x)), exits)]
-            parity_ref = [z.numpy() for z in _select(model(torch.from_numpy(val_x[:n_parity])), exits)]
         preferred = target.runtime.format if target.runtime.format in formats else formats[0]
         for fmt in formats:
             step(f"checking {fmt} against PyTorch")
@@ -477,7 +678,8 @@ def export_bundle(
             # the preferred format runs every validation beat once: parity and thresholds share it
             logits = _chunked_run_all(engine, val_x if fmt == preferred else val_x[:n_parity])
             parity[fmt] = _parity(engine.backend, [z[:n_parity] for z in logits], parity_ref,
-                                  precision, config.int8_min_agreement, exits)
+                                  [files[fmt][k].precision for k in range(len(specs))],
+                                  config.int8_min_agreement, exits)
             got, _ = engine.run_all(golden_x)
             err = max(float(np.abs(a - b).max()) for a, b in zip(got, golden_ref))
             scale = max(float(np.abs(b).max()) for b in golden_ref)
@@ -492,7 +694,7 @@ def export_bundle(
                 got = _run_session(sess, golden_x)[0]
                 err = float(np.abs(got - golden_ref[-1]).max())
                 parity[fmt]["monolithic_max_abs_err"] = err
-                if precision == "fp32" and err > 1e-3 * (1.0 + float(np.abs(golden_ref[-1]).max())):
+                if mono[fmt].precision == "fp32" and err > 1e-3 * (1.0 + float(np.abs(golden_ref[-1]).max())):
                     raise ExportError(f"{fmt} monolithic graph differs from PyTorch by {err:.3g}")
 
         costs = [float(s.macs) for s in specs]
@@ -528,7 +730,7 @@ def export_bundle(
             golden={
                 "file": GOLDEN,
                 "sha256": sha256_file(tmp / GOLDEN),
-                "samples": int(len(golden_x)),
+                "samples": len(golden_x),
                 "tolerance": golden_tol,
                 "tolerance_rule": "2 x the max abs logit error measured at export + 1e-4 x (1 + logit scale)",
             },
@@ -538,10 +740,22 @@ def export_bundle(
                 "checkpoint_sha256": sha256_file(checkpoint),
                 "data": spec.to_dict(),
                 "quantization": None
-                if precision == "fp32"
-                else {"samples": int(len(calib_x)), "from": "training beats (not validation, not test)",
-                      "boundaries": "float: each int8 file quantizes its input and dequantizes its outputs"},
-                "validation_samples": int(len(val_x)),
+                if recipe is None
+                else {"samples": len(calib_x), "from": "training beats (not validation, not test)",
+                      "boundaries": "float: each int8 file quantizes its input and dequantizes its outputs",
+                      "recipe": recipe.to_dict(),
+                      "set": cset.provenance(),
+                      "applies": {"onnx": "recipe's method, per_channel and float_heads",
+                                  "tflite": "PT2E: per-channel symmetric int8 weights, per-tensor "
+                                            "activations, input normalisation float (the recipe's "
+                                            "samples; its [quantization] table is onnx's)"}},
+                "precision": None
+                if precision != "auto"
+                else {"mode": "auto", **rule.to_dict(), "timing": plan.timing_note(),
+                      "agreement_beats": int(n_parity),
+                      "agreement": "top-1 vs PyTorch on validation beats, earlier segments as chosen",
+                      "monolithic": mono_choice or None},
+                "validation_samples": len(val_x),
                 "parity": parity,
                 "export_config": config.to_dict(),
                 "versions": _versions(),
@@ -558,7 +772,10 @@ def export_bundle(
         "bundle": str(out),
         "archive": str(archive),
         "target": target.id,
-        "precision": precision,
+        "precision": bundle_precision,
+        "precision_choices": {f: [c.to_dict() for c in cs] for f, cs in choices.items()} or None,
+        "calibration": None if recipe is None else {"recipe": recipe.name, "samples": len(calib_x),
+                                                    "sha256": cset.sha256},
         "formats": list(formats),
         "exits": list(exits),
         "num_model_exits": int(model.num_exits),

@@ -53,6 +53,9 @@ BATCH_DIM = "batch"
 ACTIVATION_TYPES = {"int8": "QInt8", "uint8": "QUInt8"}
 """Activation types of :func:`quantize_onnx_int8` -> onnxruntime ``QuantType`` member names."""
 
+CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+"""Calibration methods of :func:`quantize_onnx_int8` -> onnxruntime ``CalibrationMethod`` names."""
+
 CALIBRATION_BATCH = 32
 """Windows per calibration batch fed to onnxruntime (the graphs have a dynamic batch)."""
 
@@ -265,6 +268,25 @@ def _graph_io(path: Path) -> tuple[str, list[int | None], list[str]]:
     return inputs[0].name, dims, [o.name for o in model.graph.output]
 
 
+def _head_ops(exported: Path, prepared: Path) -> list[str]:
+    """Names of the nodes of ``prepared`` that compute the exit head.
+
+    The dynamo exporter records each node's module path (``pkg.torch.onnx.name_scopes``, the
+    first entry below the root being the segment's attribute: ``head``); the legacy exporter
+    names nodes ``/head/...``. Read from the exported file (pre-processing drops the metadata
+    but keeps the node names)."""
+    import onnx
+
+    heads = set()
+    for node in onnx.load(str(exported), load_external_data=False).graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"),
+                      "")
+        if scopes.startswith("['', 'head'") or node.name.startswith("/head/"):
+            heads.add(node.name)
+    present = {n.name for n in onnx.load(str(prepared), load_external_data=False).graph.node}
+    return sorted(heads & present)
+
+
 _WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
@@ -305,6 +327,8 @@ def quantize_onnx_int8(
     per_channel: bool = True,
     activations: str = "int8",
     float_input_ops: bool = True,
+    method: str = "minmax",
+    float_heads: bool = False,
 ) -> Path:
     """Static int8 quantization (QDQ format, int8 activations and weights) of an fp32 ONNX file.
 
@@ -327,6 +351,12 @@ def quantize_onnx_int8(
             float (for segment 0 and the monolithic model: the :class:`InputNorm` centring and
             standardisation). Quantizing them would put raw ECG millivolts and RR seconds on one
             int8 scale; the first convolution then quantizes the normalised tensor instead.
+        method: activation range calibration: ``minmax``, ``percentile`` (99.999th, clips rare
+            outliers) or ``entropy`` (onnxruntime's calibrators).
+        float_heads: keep the exit head in float (the nodes the exporter scoped under the
+            segment's ``head`` module): the stage stays int8, the few head MACs decide the
+            label. Measured on the quick-start model (test split, 2000 beats): exit 0's top-1
+            agreement with PyTorch 98.85% -> 99.10%.
 
     Returns:
         The path written.
@@ -336,6 +366,10 @@ def quantize_onnx_int8(
             or quantization failed (no file is left behind).
     """
     fp32_path, out_path = Path(fp32_path), Path(out_path)
+    if method not in CALIBRATION_METHODS:
+        raise ExportError(
+            f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}"
+        )
     if activations not in ACTIVATION_TYPES:
         raise ExportError(
             f"activations must be one of {', '.join(ACTIVATION_TYPES)}, got {activations!r}"
@@ -381,6 +415,8 @@ def quantize_onnx_int8(
                         fp32_path, describe(exc))
             prepared = fp32_path
         exclude = _input_ops(prepared) if float_input_ops else []
+        if float_heads:
+            exclude += _head_ops(fp32_path, prepared)
         if exclude:
             log.debug("kept in float (input ops): %s", ", ".join(exclude))
         with atomic_path(out_path, ".tmp.onnx") as tmp:
@@ -394,7 +430,7 @@ def quantize_onnx_int8(
                     weight_type=QuantType.QInt8,
                     per_channel=per_channel,
                     nodes_to_exclude=exclude,
-                    calibrate_method=CalibrationMethod.MinMax,
+                    calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
                 )
             except Exception as exc:
                 raise ExportError(
@@ -408,6 +444,7 @@ def quantize_onnx_int8(
                     f"{got_in}->{got_out}, expected {input_name}->{output_names}"
                 )
             _check_file(tmp, input_name, output_names)
-    log.info("quantized %s to int8 (QDQ, %s activations, per_channel=%s, %d calibration "
-             "windows): %s", fp32_path, activations, per_channel, len(x), out_path)
+    log.info("quantized %s to int8 (QDQ, %s activations, per_channel=%s, %s, %d float nodes, %d "
+             "calibration windows): %s", fp32_path, activations, per_channel, method, len(exclude),
+             len(x), out_path)
     return out_path

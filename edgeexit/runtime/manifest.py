@@ -38,6 +38,7 @@ MANIFEST = "manifest.json"
 GOLDEN = "golden.npz"
 FILE_FORMATS = ("onnx", "tflite")
 PRECISIONS = ("fp32", "int8")
+MIXED = "mixed"  # Manifest.precision of a bundle whose segment files differ in precision
 
 
 class BundleError(EdgeExitError):
@@ -67,6 +68,35 @@ class Artifact:
 
 
 @dataclasses.dataclass(frozen=True)
+class PrecisionChoice:
+    """Why one segment file of a ``--precision auto`` export has its precision.
+
+    ``fp32_us``/``int8_us``: median batch-1 latency of each file (``timing`` says where it was
+    measured); ``*_agreement``: its exit's top-1 agreement with PyTorch on validation beats, the
+    segments before it as chosen; ``reason``: which part of the rule decided."""
+
+    format: str
+    precision: str
+    fp32_us: float
+    int8_us: float
+    fp32_agreement: float
+    int8_agreement: float
+    reason: str
+    timing: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PrecisionChoice:
+        return cls(format=str(d["format"]), precision=str(d["precision"]),
+                   fp32_us=float(d["fp32_us"]), int8_us=float(d["int8_us"]),
+                   fp32_agreement=float(d["fp32_agreement"]),
+                   int8_agreement=float(d["int8_agreement"]), reason=str(d["reason"]),
+                   timing=str(d.get("timing", "")))
+
+
+@dataclasses.dataclass(frozen=True)
 class SegmentEntry:
     """One segment of the chain (shapes are per sample, without the batch dimension)."""
 
@@ -79,6 +109,8 @@ class SegmentEntry:
     params: int
     artifacts: tuple[Artifact, ...]
     exit: int | None = None  # the model exit this segment answers; None (old manifests) = index
+    # --precision auto: why each format's file has its precision (absent in older manifests)
+    precision_choices: tuple[PrecisionChoice, ...] = ()
 
     def __post_init__(self) -> None:
         if self.exit is None:
@@ -99,6 +131,8 @@ class SegmentEntry:
             "macs": self.macs,
             "params": self.params,
             "artifacts": [a.to_dict() for a in self.artifacts],
+            **({"precision_choices": [c.to_dict() for c in self.precision_choices]}
+               if self.precision_choices else {}),
         }
 
     @classmethod
@@ -113,6 +147,8 @@ class SegmentEntry:
             params=int(d["params"]),
             artifacts=tuple(Artifact(**a) for a in d["artifacts"]),
             exit=None if d.get("exit") is None else int(d["exit"]),
+            precision_choices=tuple(PrecisionChoice.from_dict(c)
+                                    for c in d.get("precision_choices") or ()),
         )
 
 
@@ -168,7 +204,8 @@ class Manifest:
         input: ``name``, ``shape`` (per sample), ``dtype``, ``fs``, ``units`` and channel facts.
         target: the resolved target preset (copied in at export, so the device needs no preset files).
         policy: the calibrated exit policy.
-        precision: ``fp32`` or ``int8`` (of every segment file).
+        precision: ``fp32`` or ``int8`` (of every segment file), or ``mixed`` (``--precision
+            auto``: each artifact says its own, each segment's ``precision_choices`` why).
         segments: the chain, in order.
         monolithic: the whole-model reference graph (input -> final logits), or None.
         golden: ``file``, ``sha256``, ``samples`` and per-format ``tolerance`` (max abs logit error).

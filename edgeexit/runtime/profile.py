@@ -129,6 +129,8 @@ def bench_engine(
         "backend": engine.backend,
         "threads": engine.threads,
         "precision": engine.manifest.precision,
+        # per segment: what each file run here is (a --precision auto bundle mixes them)
+        "segment_precisions": _segment_precisions(engine),
         "policy": engine.policy.describe(),
         "warmup": warmup,
         "block": block,
@@ -176,6 +178,13 @@ def bench_engine(
                               if k != "policy_loss_points" else v for k, v in acc.items()}
     log.info("bench: %s", report["ratios"])
     return BenchReport(report)
+
+
+def _segment_precisions(engine: Engine) -> list[str]:
+    from edgeexit.runtime.backends import get_backend
+
+    fmt = get_backend(engine.backend).file_format
+    return [s.artifact(fmt).precision for s in engine.manifest.segments]
 
 
 def bench_data(engine: Engine, source: str | None = None, split: str = "test",
