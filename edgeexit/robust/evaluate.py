@@ -549,7 +549,7 @@ def evaluate(
 
             vae = load_vae(config.vae)
             check_vae_fits(vae, t.signal_channels, test.input_shape[-1], len(t.ckpt.classes),
-                           f"the model of {t.ckpt_path}")
+                           f"the model of {t.ckpt_path}", in_channels=test.input_shape[0])
         else:
             notes.append("onmanifold skipped: no VAE given (--vae FILE)")
             log.info("evaluate: the onmanifold attack is skipped: no VAE given (--vae FILE)")

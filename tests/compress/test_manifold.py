@@ -80,6 +80,7 @@ def test_config_round_trips_and_refuses_bad_values():
 
 
 def test_vae_learns_the_signal_and_its_classes(vae, beats):
+    assert vae.context_channels == 5  # the latent classifier also reads the RR context
     last = vae.history[-1]
     # reconstruction in mV, far below the centred signal's own RMS; the latent classifier works
     assert last["val_recon_rms_mV"] < 0.6 * last["val_signal_rms_mV"]
@@ -122,7 +123,7 @@ def test_save_load_round_trip(vae, vae_file, batch):
         mu_b, lv_b = again.encode(x)
         assert torch.equal(mu_a, mu_b) and torch.equal(lv_a, lv_b)
         assert torch.equal(vae.decode(mu_a), again.decode(mu_b))
-        assert torch.equal(vae.classify(mu_a), again.classify(mu_b))
+        assert torch.equal(vae.latent_logits(x), again.latent_logits(x))
 
 
 def test_bad_vae_files_raise_typed_errors(tmp_path, tiny_checkpoint):
@@ -349,13 +350,31 @@ def test_evaluate_refuses_a_vae_of_other_windows(tiny_checkpoint, beats, tmp_pat
         evaluate(tiny_checkpoint, config=cfg)
 
 
-def test_signal_vae_shapes_for_odd_lengths():
+def test_signal_vae_shapes_odd_lengths_and_context():
     vae = SignalVAE(VAEConfig(latent=3, channels=4), signal_channels=2, num_classes=3,
-                    input_length=100)
+                    input_length=100, context_channels=2)
     x = torch.randn(5, 4, 100)
     mu, logvar = vae.encode(x)
     assert mu.shape == logvar.shape == (5, 3)
     assert vae.decode(mu).shape == (5, 2, 100)
-    assert vae.classify(mu).shape == (5, 3)
+    assert vae.latent_logits(x).shape == (5, 3)
+    assert vae.classify(mu, vae.context_features(x)).shape == (5, 3)
+    with pytest.raises(ConfigError, match="RR context"):
+        vae.classify(mu)
     with pytest.raises(ConfigError, match="takes"):
         vae.encode(torch.randn(5, 1, 100))
+    with pytest.raises(ConfigError, match="2 context channel"):
+        vae.latent_logits(torch.randn(5, 5, 100))
+    # the latent classifier's answer depends on the context, the code does not
+    x2 = x.clone()
+    x2[:, 2:] += 3.0
+    assert torch.equal(vae.encode(x2)[0], mu)
+    assert not torch.allclose(vae.latent_logits(x2), vae.latent_logits(x))
+
+
+def test_waveform_only_classifier_when_asked(beats):
+    cfg = dataclasses.replace(SMALL_VAE, epochs=1, classifier_context=False)
+    vae = train_vae(beats.x[:100], beats.y[:100], cfg, signal_channels=1, num_classes=5)
+    assert vae.context_channels == 0
+    x = torch.from_numpy(beats.x[:10])
+    assert torch.equal(vae.latent_logits(x), vae.latent_logits(x[:, :1]))

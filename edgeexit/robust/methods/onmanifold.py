@@ -108,7 +108,8 @@ class OnManifold(TrainingMethod):
         model = context.model
         mc = getattr(model, "config", None)
         if mc is not None:
-            check_vae_fits(self.vae, context.signal_channels, mc.input_length, mc.num_classes)
+            check_vae_fits(self.vae, context.signal_channels, mc.input_length, mc.num_classes,
+                           in_channels=mc.in_channels)
         self.attack = TrainingAttack(cfg, context)
         self.latent = LatentPGD(model, self.vae, cfg.eta, steps=cfg.latent_steps,
                                 step_size=cfg.latent_step_size, objective="mean",
