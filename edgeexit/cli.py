@@ -776,7 +776,8 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
     bench = None
     if bench_file:
         try:
-            bench = json.loads(open(bench_file, encoding="utf-8").read())
+            with open(bench_file, encoding="utf-8") as f:
+                bench = json.loads(f.read())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise click.BadParameter(f"not a bench JSON report ({e})", param_hint="--bench")
     r = calibrate_bundle(bundle, x, y, groups, policy=policy, probs=probs, provenance=extra,
@@ -1002,6 +1003,92 @@ def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks
         return
     click.echo(format_markdown(result.report))
     click.echo("wrote " + ", ".join(str(f) for f in result.files))
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for the compressed model.pt, metrics.json, vae.pt, report.json, "
+                   "report.md and both models' evaluate reports.")
+@click.option("--prune", "ratio", default=0.5, show_default=True,
+              help="Fraction of channels removed, in [0, 1) (0: fine-tune only).")
+@click.option("--stage-ratios", default=None,
+              help="One pruning ratio per stage instead of --prune, e.g. 0,0.5,0.75,0.75.")
+@click.option("--scope", type=click.Choice(["per-stage", "global"]), default="per-stage",
+              show_default=True,
+              help="per-stage: every layer loses the ratio; global: channels ranked across layers.")
+@click.option("--importance", type=click.Choice(["magnitude", "bn-scale", "taylor"]),
+              default="magnitude", show_default=True, help="Which channels go first.")
+@click.option("--steps", "prune_steps", default=1, show_default=True,
+              help="Iterative pruning in this many steps, fine-tuning --step-epochs in between.")
+@click.option("--step-epochs", default=1, show_default=True,
+              help="Fine-tuning epochs between pruning steps.")
+@click.option("--finetune", "kind", type=click.Choice(["none", "standard", "adv", "onmanifold"]),
+              default="standard", show_default=True,
+              help="standard: cross-entropy; adv: RDI-Nets PGD training; onmanifold: PGD plus "
+                   "on-manifold (VAE latent) adversarial examples.")
+@click.option("--epochs", default=8, show_default=True, help="Fine-tuning epochs.")
+@click.option("--lr", default=None, type=float,
+              help="Fine-tuning learning rate (default: the one training used).")
+@click.option("--eps", default=0.1, show_default=True,
+              help="adv/onmanifold: PGD budget in mV (Linf, signal channels).")
+@click.option("--attack-steps", default=5, show_default=True, help="PGD steps per training batch.")
+@click.option("--eta", default=None, type=float,
+              help="onmanifold: latent budget (default: the method's).")
+@click.option("--vae", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A saved VAE (a vae.pt from an earlier compress) instead of training one.")
+@click.option("--data", "source", default=None,
+              help="Data (default: the data the checkpoint records).")
+@click.option("--train-limit", default=0, show_default=True,
+              help="Training beats used (a class-stratified sample; 0: all).")
+@click.option("--eval-eps", default="0.1,0.2", show_default=True,
+              help="Max-average PGD budgets of the report, mV.")
+@click.option("--eval-limit", default=1000, show_default=True,
+              help="Test windows measured (a class-stratified sample; 0: all).")
+@click.option("--vae-epochs", default=None, type=int,
+              help="Epochs of the VAE trained here (default: the VAE's own).")
+@click.option("--formats", default="onnx,tflite", show_default=True,
+              help="Formats exported for the report's file sizes and latency.")
+@click.option("--no-onmanifold-eval", is_flag=True,
+              help="Leave the on-manifold attack out of the report (no VAE is trained then, "
+                   "unless --finetune onmanifold needs one).")
+@click.option("--threads", default=1, show_default=True, help="Torch and runtime threads.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Stage lines and progress bars on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def compress(checkpoint, out_dir, ratio, stage_ratios, scope, importance, prune_steps, step_epochs,
+             kind, epochs, lr, eps, attack_steps, eta, vae, source, train_limit, eval_eps,
+             eval_limit, vae_epochs, formats, no_onmanifold_eval, threads, seed, progress,
+             as_json):
+    """Prune a checkpoint (channels really removed), fine-tune it, and report before vs after.
+
+    Writes OUT/model.pt (it loads from the file alone and exports like any checkpoint),
+    OUT/report.json and OUT/report.md: parameters, MACs, exported file sizes, batch-1 latency,
+    clean accuracy and macro-F1, and accuracy under max-average PGD, the on-manifold attack and
+    muscle noise, for the original and the compressed model side by side.
+    """
+    from edgeexit.compress.finetune import FinetuneConfig
+    from edgeexit.compress.prune import PruneConfig
+    from edgeexit.compress.run import CompressConfig, format_markdown
+    from edgeexit.compress.run import compress as run_compress
+
+    config = CompressConfig(
+        prune=PruneConfig(ratio=ratio, scope=scope, importance=importance, steps=prune_steps,
+                          stage_ratios=_floats(stage_ratios) if stage_ratios else None),
+        finetune=FinetuneConfig(kind, epochs=epochs, lr=lr, eps=eps, attack_steps=attack_steps,
+                                eta=eta, seed=seed, threads=threads),
+        step_epochs=step_epochs, train_limit=train_limit or None, eval_eps=_floats(eval_eps),
+        eval_limit=eval_limit or None, onmanifold=not no_onmanifold_eval, seed=seed,
+        threads=threads, vae_epochs=vae_epochs, formats=_names(formats))
+    say = (lambda stage: click.echo(f"... {stage}", err=True)) if progress else None
+    result = run_compress(checkpoint, out_dir, config, data=source, vae=vae, progress=say,
+                          bars=progress and sys.stderr.isatty())
+    if as_json:
+        _echo_json(result.report)
+        return
+    click.echo(format_markdown(result.report))
+    click.echo("wrote " + ", ".join(str(f) for f in (result.checkpoint, *result.files)))
 
 
 if __name__ == "__main__":
