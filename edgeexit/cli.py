@@ -819,6 +819,11 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
                    "measured while calibrating (exporting again with them), all keeps every exit, "
                    "or a list such as 0,3 (see `edgeexit export --exits`).")
 @click.option("--epochs", default=12, show_default=True)
+@click.option("--prune", default=0.5, show_default=True,
+              help="Fraction of channels pruned after training, then fine-tuned (0: deploy the "
+                   "trained model as is).")
+@click.option("--finetune-epochs", default=8, show_default=True,
+              help="Fine-tuning epochs of the pruned model.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="Training threads (default: all cores).")
 @click.option("--target", default="rpi4", show_default=True, help="Device preset of the bundle.")
@@ -829,11 +834,12 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
               help="End with a short robustness check of the bundle (policy-aware PGD at 0.1 mV "
                    "and muscle noise at 6 dB, through the runtime).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (tables on stderr).")
-def quickstart(out_dir, model, exit_heads, exits, epochs, seed, threads, target, margin, backend,
-               run_eval, as_json):
+def quickstart(out_dir, model, exit_heads, exits, epochs, prune, finetune_epochs, seed, threads,
+               target, margin, backend, run_eval, as_json):
     """Train, export, verify, calibrate and benchmark a multi-exit model in one command.
 
-    On the built-in synthetic ECG: trains a small model, exports it for TARGET, verifies the
+    On the built-in synthetic ECG: trains a small model, prunes and fine-tunes it (shown next to
+    the original), exports it for TARGET, verifies the
     bundle, recalibrates its exit thresholds on new simulated patients against measured segment
     latency, benchmarks it on the test patients, checks its robustness (one attack, one noise
     level; `edgeexit evaluate` runs the full check), and writes OUT/summary.json and
@@ -844,7 +850,8 @@ def quickstart(out_dir, model, exit_heads, exits, epochs, seed, threads, target,
     config = QuickstartConfig(model=model, exit_heads=exit_heads,
                               exits="auto" if exits == "auto" else
                               None if exits == "all" else _parse_exits(exits),
-                              epochs=epochs, seed=seed, threads=threads, target=target,
+                              epochs=epochs, prune=prune, finetune_epochs=finetune_epochs,
+                              seed=seed, threads=threads, target=target,
                               margin=margin, bench_backend=backend, evaluate=run_eval)
 
     def show(name, r):
@@ -856,6 +863,16 @@ def quickstart(out_dir, model, exit_heads, exits, epochs, seed, threads, target,
             for e in r["exits"]:
                 echo(f"  {e['index']:>4} {e['cumulative_macs']:>10,} {_pct(e['accuracy']):>9} "
                      f"{e['macro_f1']:6.3f}")
+        elif name == "compress":
+            echo(f"[compress] pruned {r['prune']:g} of the channels, fine-tuned "
+                 f"{r['finetune_epochs']} epochs, {r['elapsed_s']} s")
+            echo(f"  {'model':10} {'params':>8} {'MACs':>10} {'test acc%':>9} {'mF1':>6} "
+                 f"{'us/beat':>8}  (one graph, {r['latency_backend']}, batch 1, timed alternately)")
+            for i, which in enumerate(("original", "compressed")):
+                acc, f1 = r["accuracy"][i], r["macro_f1"][i]
+                echo(f"  {which:10} {r['params'][i]:>8,} {r['macs'][i]:>10,} "
+                     f"{'-' if acc is None else _pct(acc):>9} "
+                     f"{'-' if f1 is None else format(f1, '6.3f'):>6} {r['latency_us'][i]:8.1f}")
         elif name == "export":
             echo(f"[export] {r['bundle']} for {r['target']}, {r['precision']}, "
                  f"{', '.join(r['formats'])}, {r['elapsed_s']} s")

@@ -4,19 +4,23 @@ Stages, each reported to ``on_stage(name, result)`` as it finishes (the CLI prin
 per stage), all written under one output directory:
 
 1. ``train``: a small multi-exit model on simulated patients (``OUT/model.pt``, ``metrics.json``);
-2. ``export``: per-exit segments for the target, checked against PyTorch (``OUT/bundle``, and
+2. ``compress``: the model pruned (channels removed, :mod:`edgeexit.compress.prune`) and
+   fine-tuned (``OUT/compressed/model.pt``), shown next to the original: parameters, MACs, test
+   accuracy, and the batch-1 latency of both as one graph in the target's format, timed
+   alternately (``--prune 0`` skips it; everything after uses the compressed model);
+3. ``export``: per-exit segments for the target, checked against PyTorch (``OUT/bundle``, and
    ``OUT/bundle.tar.gz``);
-3. ``verify``: hashes and the golden replay with every installed backend;
-4. ``calibrate``: exit thresholds recalibrated on simulated patients that neither training nor
+4. ``verify``: hashes and the golden replay with every installed backend;
+5. ``calibrate``: exit thresholds recalibrated on simulated patients that neither training nor
    the test set contains (:func:`edgeexit.data.load_split` ``calibration``), against each
    segment's latency measured here, with the accuracy loss bounded by a bootstrap over those
    patients (:func:`edgeexit.calibrate.calibrate_bundle`);
-5. ``bench``: the test patients through the policy, all exits and the monolithic model, side by
+6. ``bench``: the test patients through the policy, all exits and the monolithic model, side by
    side (:func:`edgeexit.runtime.profile.bench_engine`, exactly what ``edgeexit bench`` runs);
-6. ``evaluate``: a short robustness check of the deployed bundle (``OUT/evaluate``): policy-aware
+7. ``evaluate``: a short robustness check of the deployed bundle (``OUT/evaluate``): policy-aware
    PGD at 0.1 mV and synthetic muscle noise at 6 dB on 300 test windows, through the runtime
    (:func:`edgeexit.robust.evaluate.evaluate`, what ``edgeexit evaluate`` runs);
-7. ``OUT/summary.json`` and ``OUT/summary.md``: every stage's figures, with the machine they were
+8. ``OUT/summary.json`` and ``OUT/summary.md``: every stage's figures, with the machine they were
    measured on.
 """
 
@@ -38,7 +42,8 @@ log = logging.getLogger(__name__)
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
-_OURS = {"model.pt", "metrics.json", "bundle", "bundle.tar.gz", "evaluate", SUMMARY_JSON, SUMMARY_MD}
+_OURS = {"model.pt", "metrics.json", "compressed", "bundle", "bundle.tar.gz", "evaluate",
+         SUMMARY_JSON, SUMMARY_MD}
 # the short robustness check that ends the quick start (edgeexit evaluate runs the full one)
 EVAL_EPS = 0.1
 EVAL_SNR_DB = 6.0
@@ -57,6 +62,8 @@ class QuickstartConfig:
             measured in the calibrate stage (:func:`edgeexit.calibrate.choose_exits`) and export
             again with them.
         epochs: maximum training epochs.
+        prune: fraction of channels pruned after training (0: deploy the trained model as is).
+        finetune_epochs: standard fine-tuning epochs of the pruned model.
         seed: seeds the data, the weights and every sample drawn.
         threads: torch threads for training (None: torch's default).
         target: device preset of the bundle.
@@ -71,6 +78,8 @@ class QuickstartConfig:
     exit_heads: str = "conv"
     exits: tuple[int, ...] | str | None = "auto"
     epochs: int = 12
+    prune: float = 0.5
+    finetune_epochs: int = 8
     seed: int = 0
     threads: int | None = None
     target: str = "rpi4"
@@ -124,6 +133,10 @@ def run_quickstart(
         check_exits(config.exits, probe.num_exits)
     elif config.exits not in (None, "auto"):
         raise ConfigError(f"exits must be 'auto', None or model exit indices, got {config.exits!r}")
+    if config.prune:  # refuse a bad ratio before training, not after
+        from edgeexit.compress.prune import PruneConfig
+
+        PruneConfig(ratio=config.prune)
     report = on_stage or (lambda name, result: None)
     spec = DataSpec(seed=config.seed)
     tconf = TrainConfig(model=config.model, exit_heads=config.exit_heads, epochs=config.epochs,
@@ -150,12 +163,19 @@ def run_quickstart(
                   for e in m["exits"]],
     }, t0)
 
+    deployed = trained.checkpoint
+    if config.prune > 0:
+        t0 = time.perf_counter()
+        result = _compress(trained.checkpoint, spec, out / "compressed", config, progress)
+        deployed = Path(result["checkpoint"])
+        done("compress", result, t0)
+
     bundle = out / "bundle"
     cal_set = load_split(spec, "calibration")
 
     def export_verify_calibrate(exits) -> dict:
         t0 = time.perf_counter()
-        exported = export_bundle(trained.checkpoint, bundle,
+        exported = export_bundle(deployed, bundle,
                                  ExportConfig(target=config.target, margin=config.margin,
                                               exits=exits))
         r = exported.report
@@ -234,7 +254,7 @@ def run_quickstart(
     done("bench", bench, t0)
     if config.evaluate:
         t0 = time.perf_counter()
-        done("evaluate", _short_evaluate(bundle, out / "model.pt", out / "evaluate", config), t0)
+        done("evaluate", _short_evaluate(bundle, deployed, out / "evaluate", config), t0)
 
     summary = {
         "command": "edgeexit quickstart",
@@ -251,6 +271,53 @@ def run_quickstart(
     atomic_write(out / SUMMARY_MD, lambda f: f.write(md))
     log.info("wrote %s and %s", out / SUMMARY_JSON, out / SUMMARY_MD)
     return summary
+
+
+def _compress(checkpoint: Path, spec, out: Path, config: QuickstartConfig, progress: bool) -> dict:
+    """Prune the trained model, fine-tune it, and time both as one graph side by side."""
+    import tempfile
+
+    import torch
+
+    from edgeexit.checkpoint import load_checkpoint
+    from edgeexit.compress.finetune import FinetuneConfig, finetune
+    from edgeexit.compress.prune import PruneConfig, prune_model
+    from edgeexit.compress.run import export_monolithic, time_side_by_side
+    from edgeexit.data import load_train_test
+    from edgeexit.targets import load_target
+
+    ck = load_checkpoint(checkpoint)
+    original = load_checkpoint(checkpoint).model
+    train_set, test_set = load_train_test(spec)
+    pconf = PruneConfig(ratio=config.prune)
+    pruned = prune_model(ck.model, pconf, torch.from_numpy(train_set.x[:2]))
+    fconf = FinetuneConfig("standard", epochs=config.finetune_epochs, seed=config.seed,
+                           threads=config.threads)
+    ft = finetune(ck.model, train_set, fconf, meta=ck.meta, test=test_set, out_dir=out,
+                  data_spec=spec, progress=progress,
+                  extra_meta={"compression": {"source_checkpoint": str(checkpoint),
+                                              "prune": pconf.to_dict(),
+                                              "finetune": fconf.to_dict(),
+                                              "pruning": pruned.to_dict()}})
+    fmt = load_target(config.target).runtime.format
+    shape = tuple(ck.input_spec["shape"])
+    with tempfile.TemporaryDirectory(prefix=".quickstart-", dir=out) as tmp:
+        files = {name: export_monolithic(m.eval(), shape, Path(tmp) / name, formats=(fmt,))
+                 for name, m in (("original", original), ("compressed", ck.model))}
+        lat = time_side_by_side(files, test_set.x[:64].astype("float32"), runs=300,
+                                threads=config.bench_threads or 1)[fmt]
+    orig_test = ck.meta.get("final_test") or {}
+    new_test = ft.metrics["exits"][-1]["test"]
+    return {
+        "checkpoint": str(ft.checkpoint), "prune": config.prune,
+        "finetune_epochs": config.finetune_epochs,
+        "params": [pruned.params_before, pruned.params_after],
+        "macs": [pruned.macs_before[-1], pruned.macs_after[-1]],
+        "accuracy": [orig_test.get("accuracy"), new_test["accuracy"]],
+        "macro_f1": [orig_test.get("macro_f1"), new_test["macro_f1"]],
+        "latency_us": [lat["median_us"]["original"], lat["median_us"]["compressed"]],
+        "latency_ratio": lat["ratio"]["compressed"], "latency_backend": lat["backend"],
+    }
 
 
 def _short_evaluate(bundle: Path, checkpoint: Path, out: Path, config: QuickstartConfig) -> dict:
@@ -298,6 +365,23 @@ def summary_markdown(s: dict) -> str:
     ]
     lines += [f"| {x['index']} | {x['cumulative_macs']:,} | {_pct(x['accuracy'])} | {x['macro_f1']:.3f} |"
               for x in t["exits"]]
+    cs = st.get("compress")
+    if cs:
+        lines += [
+            "",
+            f"## Compress ({cs['elapsed_s']} s): pruned {cs['prune']:g} of the channels, "
+            f"fine-tuned {cs['finetune_epochs']} epochs (`{cs['checkpoint']}`)",
+            "",
+            "| model | parameters | MACs | test accuracy | macro-F1 | one-graph latency (us, "
+            f"{cs['latency_backend']}, batch 1) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for i, name in enumerate(("original", "compressed")):
+            acc, f1 = cs["accuracy"][i], cs["macro_f1"][i]
+            lines.append(
+                f"| {name} | {cs['params'][i]:,} | {cs['macs'][i]:,} | "
+                f"{'-' if acc is None else _pct(acc)} | {'-' if f1 is None else f'{f1:.3f}'} | "
+                f"{cs['latency_us'][i]:.1f}" + (f" ({cs['latency_ratio']:.2f}x) |" if i else " |"))
     lines += ["", f"## Export ({e['elapsed_s']} s): {e['precision']}, {', '.join(e['formats'])}", "",
               "| format | max abs logit error per exit | top-1 agreement per exit |", "|---|---|---|"]
     lines += [f"| {fmt} | {' / '.join(f'{v:.2g}' for v in p['max_abs_err'])} | "

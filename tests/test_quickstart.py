@@ -17,14 +17,21 @@ def test_quickstart_end_to_end(tmp_path):
     out = tmp_path / "qs"
     seen = []
     config = QuickstartConfig(model="test_resnet1d", epochs=1, threads=1, bench_backend="onnxruntime",
-                              exits=None)
+                              exits=None, finetune_epochs=1)
     s = run_quickstart(out, config, on_stage=lambda name, r: seen.append(name))
-    assert seen == ["train", "export", "verify", "calibrate", "bench", "evaluate"]
-    for name in ("model.pt", "metrics.json", "bundle/manifest.json", "bundle.tar.gz", "summary.md",
-                 "evaluate/report.json", "evaluate/robustness.png"):
+    assert seen == ["train", "compress", "export", "verify", "calibrate", "bench", "evaluate"]
+    for name in ("model.pt", "metrics.json", "compressed/model.pt", "bundle/manifest.json",
+                 "bundle.tar.gz", "summary.md", "evaluate/report.json", "evaluate/robustness.png"):
         assert (out / name).is_file(), name
     assert json.loads((out / "summary.json").read_text()) == s
     st = s["stages"]
+    # the deployed model is the pruned, fine-tuned one, shown next to the original
+    cs = st["compress"]
+    assert cs["params"][1] < cs["params"][0] and cs["macs"][1] < cs["macs"][0]
+    assert cs["latency_us"][1] > 0 and cs["latency_ratio"] == pytest.approx(
+        cs["latency_us"][1] / cs["latency_us"][0])
+    prov = json.loads((out / "bundle" / "manifest.json").read_text())["provenance"]
+    assert prov["checkpoint"].endswith("compressed/model.pt")
     assert st["verify"]["ok"] and st["calibrate"]["records"] == 24
     choice = st["calibrate"]["exit_choice"]  # measured costs: which exits are worth their call
     assert len(choice["options"]) == 8 and choice["best_exits"][-1] == 3
@@ -32,7 +39,8 @@ def test_quickstart_end_to_end(tmp_path):
     assert st["calibrate"]["thresholds"] == json.loads(
         (out / "bundle" / "manifest.json").read_text())["policy"]["thresholds"]
     md = (out / "summary.md").read_text()
-    assert "## Bench" in md and "## Evaluate" in md and s["machine"]["cpu"] in md
+    assert "## Bench" in md and "## Evaluate" in md and "## Compress" in md
+    assert s["machine"]["cpu"] in md
     # the short robustness check: clean, policy-aware PGD at 0.1 mV, muscle noise at 6 dB
     ev = st["evaluate"]
     assert [r["input"] for r in ev["rows"]] == ["clean", "policy-aware PGD 0.1 mV",
@@ -58,3 +66,6 @@ def test_quickstart_end_to_end(tmp_path):
     r = CliRunner().invoke(main, ["quickstart", "--out", str(tmp_path / "new"), "--exits", "0,9"])
     assert r.exit_code == 1 and "out of range" in r.output
     assert not (tmp_path / "new" / "model.pt").exists()  # refused before training
+    r = CliRunner().invoke(main, ["quickstart", "--out", str(tmp_path / "new"), "--prune", "1"])
+    assert r.exit_code == 1 and "fraction of channels" in r.output
+    assert not (tmp_path / "new" / "model.pt").exists()
