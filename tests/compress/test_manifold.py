@@ -264,7 +264,7 @@ def test_onmanifold_method_refuses_a_missing_or_unfit_vae(tmp_path, beats):
         create_method("onmanifold").setup(_context(model))
     missing = create_method("onmanifold", make_method_config(
         "onmanifold", {"vae": str(tmp_path / "gone.pt")}))
-    with pytest.raises(ConfigError, match="cannot use its vae .*not found"):
+    with pytest.raises(ConfigError, match="cannot use its vae: VAE file not found"):
         missing.setup(_context(model))
     short = train_vae(beats.x[:100, :, :128], beats.y[:100], dataclasses.replace(SMALL_VAE, epochs=1),
                       signal_channels=1, num_classes=5)

@@ -104,7 +104,7 @@ class OnManifold(TrainingMethod):
         try:
             self.vae = load_vae(cfg.vae)
         except CheckpointError as e:
-            raise ConfigError(f"method onmanifold cannot use its vae {cfg.vae}: {e}") from e
+            raise ConfigError(f"method onmanifold cannot use its vae: {e}") from e
         model = context.model
         mc = getattr(model, "config", None)
         if mc is not None:
