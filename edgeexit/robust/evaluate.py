@@ -437,7 +437,8 @@ def _onmanifold(target: _Target, test: BeatDataset, config: EvalConfig, vae) -> 
     clean_kept = np.ascontiguousarray(test.x[kept])
     sub.clean_rows = [np.ascontiguousarray(r) for r in clean_kept[: config.latency_samples]]
     entry = {"attack": "onmanifold", "eps": config.eta, "eta": config.eta,
-             "scored": "kept windows only", **sub(x_adv[kept])}
+             "scored": "kept windows only", "kept": merged["kept"],
+             "kept_fraction": merged["kept_fraction"], **sub(x_adv[kept])}
     quiet = _Measure(target, test.y[kept], dataclasses.replace(config, latency_samples=0))
     clean = quiet(clean_kept)
     entry["clean_on_kept"] = {"exits": clean["exits"], "policy": clean["policy"]}

@@ -307,6 +307,7 @@ def test_evaluate_cli_runs_the_onmanifold_attack(tiny_checkpoint, vae_file, tmp_
     assert entry["attack"] == "onmanifold" and entry["eta"] == 1.0
     st = entry["stats"]
     assert 0 < st["kept"] <= 40 and st["kept_fraction"] == pytest.approx(st["kept"] / 40)
+    assert entry["kept"] == st["kept"] and entry["kept_fraction"] == st["kept_fraction"]
     assert st["mean_loss"] > st["clean_loss"] and st["delta_linf_mV"] > 0
     assert len(entry["exits"]) == len(entry["clean_on_kept"]["exits"]) == 4
     assert entry["exits"][-1]["accuracy"] <= entry["clean_on_kept"]["exits"][-1]["accuracy"]
