@@ -676,21 +676,26 @@ class LatentPGD(Attack):
             zeta = torch.zeros_like(z0)
         zeta_hist, delta_hist = [], []
         zero = torch.zeros(len(x), dtype=torch.bool)
+
+        def moved(xa: torch.Tensor) -> float:  # mean over windows of the signal change's max
+            return float((xa[:, :s] - x[:, :s]).detach().flatten(1).abs().amax(1).mean())
+
         for i in range(self.steps):
             with torch.enable_grad():
                 z = zeta.detach().requires_grad_(True)
-                loss = self.losses(self._assemble(x, z0, z, base), y)
+                xa = self._assemble(x, z0, z, base)
+                loss = self.losses(xa, y)
                 (g,) = torch.autograd.grad(loss.sum(), z)
             if i == 0:
                 zero = g.flatten(1).abs().amax(1) == 0
+            else:  # this step's input is the last step's result
+                delta_hist.append(moved(xa))
             zeta = (zeta + self.step_size * g.sign()).clamp(-self.eta, self.eta)  # accumulates
-            with torch.no_grad():
-                d = self._assemble(x, z0, zeta, base)[:, :s] - x[:, :s]
             zeta_hist.append(float(zeta.abs().amax(1).mean()))
-            delta_hist.append(float(d.flatten(1).abs().amax(1).mean()))
         with torch.no_grad():
             x_adv = self._assemble(x, z0, zeta, base)
             adv_loss = self.losses(x_adv, y)
+        delta_hist.append(moved(x_adv))
         self.zeta = zeta.detach()
         self.preserved = label_preserved(self.vae, x_adv, y)
         self.stats = {
