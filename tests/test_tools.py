@@ -65,3 +65,26 @@ def test_context_reliance_sees_a_model_that_reads_the_waveform(tiny_checkpoint, 
     assert r["windows"] == 100 and r["accuracy_clean"] > 0.6
     assert r["accuracy_flattened"] < r["accuracy_clean"] - 0.3
     assert r["accuracy_donor_swap"] < r["accuracy_clean"] - 0.3
+
+
+def test_compress_benchmark_runs_every_row_and_times_them_in_one_round(tiny_checkpoint, tmp_path):
+    import json
+
+    cb = _tool("compress_benchmark")
+    out = tmp_path / "cb"
+    assert cb.main(["--checkpoint", str(tiny_checkpoint), "--out", str(out), "--quick",
+                    "--ratios", "0.5", "--finetunes", "standard,onmanifold"]) == 0
+    rows = [r["name"] for r in cb.collect(out)]
+    assert rows == ["original", "r0.5-standard", "r0.5-onmanifold"]
+    latency = json.loads((out / "latency.json").read_text())
+    assert set(latency) == set(rows)
+    assert all(v["monolithic_us"] > 0 and v["policy_us"] > 0 for v in latency.values())
+    assert cb._macs(out / "r0.5-standard") < cb._macs(out / "original")
+    table = (out / "table.md").read_text()
+    assert table.count("\n| r0.5-") == 2 and "QUICK" in table
+    for row in json.loads((out / "table.json").read_text())["rows"]:
+        assert {a["attack"] for a in row["attacks"]} == {"max_avg", "onmanifold"}
+    # a second run reuses every row (nothing is retrained) and rewrites the table
+    stamp = (out / "r0.5-standard" / "model.pt").stat().st_mtime_ns
+    assert cb.main(["--out", str(out), "--table-only"]) == 0
+    assert (out / "r0.5-standard" / "model.pt").stat().st_mtime_ns == stamp
