@@ -285,6 +285,12 @@ def info(target, list_all, exit_heads, as_json):
                f"input {d['input_spec']['shape']} ({', '.join(d['input_spec']['channels'])})")
     if d.get("classes"):
         click.echo(f"classes: {' '.join(d['classes'])}")
+    comp = d.get("compression")
+    if comp:
+        pr, ft, pg = comp.get("prune") or {}, comp.get("finetune") or {}, comp.get("pruning") or {}
+        click.echo(f"compressed from {comp.get('source_checkpoint')}: pruned {pr.get('ratio', 0):g} "
+                   f"({pr.get('importance')}, {pr.get('scope')}), {100 * pg.get('macs_ratio', 1):.0f}%"
+                   f" of the MACs; fine-tuned {ft.get('kind')} {ft.get('epochs')} epochs")
     click.echo(f"{'exit':>4} {'feature':>10} {'stage MACs':>11} {'head MACs':>10} "
                f"{'MACs to exit':>13} {'stage par.':>10} {'head par.':>9}")
     for e in d["exits"]:

@@ -38,11 +38,12 @@ def describe_target(target: str, exit_heads: str = "conv") -> dict:
         ckpt = load_checkpoint(target)
         model, classes, spec = ckpt.model, list(ckpt.classes), ckpt.input_spec
         test = ckpt.meta.get("final_test")
+        compression = ckpt.meta.get("compression")
     elif target in list_models():
         c, length = DEFAULT_INPUT_SHAPE
         model = create_model(ModelConfig(target, in_channels=c, num_classes=DEFAULT_NUM_CLASSES,
                                          input_length=length, exit_heads=exit_heads))
-        classes, test = None, None
+        classes, test, compression = None, None, None
         spec = {"shape": [c, length], "channels": ["ecg", *RR_FEATURES]}
     else:
         raise ConfigError(
@@ -58,6 +59,8 @@ def describe_target(target: str, exit_heads: str = "conv") -> dict:
         "params": sum(p.numel() for p in model.parameters()),
         "exits": [c.to_dict() for c in costs],
         "test": test,
+        "compression": None if not compression else {
+            k: compression.get(k) for k in ("source_checkpoint", "prune", "finetune", "pruning")},
         "architecture": str(model),
     }
 

@@ -61,6 +61,9 @@ def test_compressed_checkpoint_records_its_provenance_and_exports(compressed, ti
     assert comp["finetune"]["kind"] == "onmanifold" and comp["prune"]["ratio"] == 0.5
     assert ck.meta["train_config"]["method"] == "onmanifold"
     assert sum(p.numel() for p in ck.model.parameters()) == report["compressed_model"]["params"]
+    r = CliRunner().invoke(main, ["info", str(out / "model.pt")])
+    assert r.exit_code == 0 and f"compressed from {tiny_checkpoint}: pruned 0.5" in r.output
+    assert f"{report['compressed_model']['params']:,} parameters" in r.output
     export_bundle(out / "model.pt", tmp_path / "b",
                   ExportConfig(target="x86_64", formats=("onnx",), golden_samples=8,
                                calibration_samples=64))
