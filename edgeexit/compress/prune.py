@@ -57,6 +57,10 @@ class PruneConfig:
         steps: equal pruning steps (fine-tuning in between, when the caller gives it).
         round_to: keep channel counts multiples of this (SIMD-friendly kernels on the device).
         max_layer_ratio: most any one layer may lose under ``global`` pruning.
+        min_channels: ``per-stage``: no stage is pruned below this many output channels (its
+            ratio is lowered to keep them). Very narrow layers save little and quantize badly:
+            the quick-start model at 0.75 (stage 0 left with 4 channels) agreed with PyTorch on
+            only 98.8% of test beats at exit 0 in int8, under every calibration recipe tried.
     """
 
     ratio: float = 0.5
@@ -66,6 +70,7 @@ class PruneConfig:
     steps: int = 1
     round_to: int = 4
     max_layer_ratio: float = 0.9
+    min_channels: int = 8
 
     def __post_init__(self) -> None:
         if self.stage_ratios is not None:
@@ -87,6 +92,9 @@ class PruneConfig:
             raise ConfigError(f"pruning steps must be an integer >= 1, got {self.steps!r}")
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"round_to must be an integer >= 1, got {self.round_to!r}")
+        if isinstance(self.min_channels, bool) or not isinstance(self.min_channels, int) or (
+                self.min_channels < 1):
+            raise ConfigError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
         if not 0.0 < self.max_layer_ratio < 1.0:
             raise ConfigError(f"max_layer_ratio must lie in (0, 1), got {self.max_layer_ratio}")
 
@@ -176,6 +184,23 @@ def _taylor_gradients(model: MultiExitNet, data: tuple[torch.Tensor, torch.Tenso
     model.train(was_training)
 
 
+def _stage_ratios(config: PruneConfig, channels: tuple[int, ...], stages: int) -> tuple[float, ...]:
+    """Every stage's ratio: ``stage_ratios`` or ``ratio``, lowered where the stage would be left
+    with fewer than ``min_channels`` output channels."""
+    ratios = config.stage_ratios if config.stage_ratios is not None else (config.ratio,) * stages
+    if len(ratios) != stages:
+        raise ConfigError(f"{len(ratios)} stage ratios for a model with {stages} stages")
+    out = []
+    for k, (r, c) in enumerate(zip(ratios, channels)):
+        if r > 0 and c * (1 - r) < config.min_channels:
+            lowered = max(0.0, 1.0 - config.min_channels / c)
+            log.info("stage %d: ratio %.2f would leave %d of %d channels; %.2f keeps %d "
+                     "(min_channels)", k, r, round(c * (1 - r)), c, lowered, config.min_channels)
+            r = lowered
+        out.append(r)
+    return tuple(out)
+
+
 def prune_model(
     model: MultiExitNet,
     config: PruneConfig,
@@ -210,15 +235,10 @@ def prune_model(
     channels_before = _stage_channels(model, example)
     if config.importance == "taylor" and data is None:
         raise ConfigError("taylor importance needs training data (x, y) to take gradients on")
+    ratios = _stage_ratios(config, channels_before, model.num_exits)
     ratio_dict = None
-    if config.stage_ratios is not None:
-        if len(config.stage_ratios) != model.num_exits:
-            raise ConfigError(
-                f"{len(config.stage_ratios)} stage ratios for a model with {model.num_exits} stages"
-            )
-        ratio_dict = {
-            (stage, head): r for stage, head, r in zip(model.stages, model.exits, config.stage_ratios)
-        }
+    if config.scope == "per-stage" and ratios != (config.ratio,) * model.num_exits:
+        ratio_dict = {(stage, head): r for stage, head, r in zip(model.stages, model.exits, ratios)}
     if config.active:
         try:
             pruner = tp.pruner.BasePruner(

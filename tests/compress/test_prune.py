@@ -42,7 +42,7 @@ def test_pruning_removes_channels_and_keeps_every_exit(family):
     x = _x()
     before = _convs(m)
     n_params = sum(p.numel() for p in m.parameters())
-    report = prune_model(m, PruneConfig(ratio=0.5), x[:2])
+    report = prune_model(m, PruneConfig(ratio=0.5, min_channels=1), x[:2])
     after = _convs(m)
     assert sum(p.numel() for p in m.parameters()) == report.params_after < n_params
     assert report.macs_after[-1] < 0.5 * report.macs_before[-1]
@@ -63,6 +63,18 @@ def test_ratio_075_leaves_under_30_percent_of_the_macs():
     report = prune_model(m, PruneConfig(ratio=0.75), _x()[:2])
     assert report.macs_after[-1] <= 0.3 * report.macs_before[-1]
     assert report.to_dict()["macs_ratio"] == pytest.approx(report.macs_after[-1] / report.macs_before[-1])
+
+
+def test_no_stage_is_pruned_below_min_channels():
+    m = _model("resnet1d", width=1.0)  # stage channels 16, 32, 64, 128
+    report = prune_model(m, PruneConfig(ratio=0.75, min_channels=8), _x()[:2])
+    assert report.channels_after == (8, 8, 16, 32)  # stage 0 keeps 8, not 4
+    assert report.macs_after[-1] <= 0.3 * report.macs_before[-1]
+    m = _model("resnet1d", width=1.0)
+    assert prune_model(m, PruneConfig(ratio=0.75, min_channels=1), _x()[:2]).channels_after == (
+        4, 8, 16, 32)
+    with pytest.raises(ConfigError, match="min_channels"):
+        PruneConfig(min_channels=0)
 
 
 def test_stage_ratios_prune_each_stage_by_its_own_ratio():
@@ -184,7 +196,7 @@ def test_a_users_own_multiexitnet_prunes_and_rebuilds_from_its_plan():
     torch.manual_seed(0)
     m = _UserNet().eval()
     x = _x()
-    report = prune_model(m, PruneConfig(ratio=0.5), x[:2])
+    report = prune_model(m, PruneConfig(ratio=0.5, min_channels=1), x[:2])
     assert report.channels_after == (8, 16)
     with torch.no_grad():
         out = m(x)
