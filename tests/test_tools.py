@@ -73,18 +73,21 @@ def test_compress_benchmark_runs_every_row_and_times_them_in_one_round(tiny_chec
     cb = _tool("compress_benchmark")
     out = tmp_path / "cb"
     assert cb.main(["--checkpoint", str(tiny_checkpoint), "--out", str(out), "--quick",
-                    "--ratios", "0.5", "--finetunes", "standard,onmanifold"]) == 0
-    rows = [r["name"] for r in cb.collect(out)]
-    assert rows == ["original", "r0.5-standard", "r0.5-onmanifold"]
-    latency = json.loads((out / "latency.json").read_text())
-    assert set(latency) == set(rows)
+                    "--ratios", "0.5", "--finetunes", "standard,onmanifold", "--seeds", "0,1"]) == 0
+    groups = cb.collect(out)
+    assert list(groups) == ["original", "r0.5-standard", "r0.5-onmanifold"]
+    assert [r["name"] for r in groups["r0.5-standard"]] == ["r0.5-standard-s0", "r0.5-standard-s1"]
+    latency = json.loads((out / "latency.json").read_text())  # the first seed's bundles
+    assert set(latency) == {"original", "r0.5-standard-s0", "r0.5-onmanifold-s0"}
     assert all(v["monolithic_us"] > 0 and v["policy_us"] > 0 for v in latency.values())
-    assert cb._macs(out / "r0.5-standard") < cb._macs(out / "original")
+    assert not (out / "r0.5-standard-s1" / "bundle").exists()
+    assert cb._macs(out / "r0.5-standard-s0") < cb._macs(out / "original")
     table = (out / "table.md").read_text()
-    assert table.count("\n| r0.5-") == 2 and "QUICK" in table
-    for row in json.loads((out / "table.json").read_text())["rows"]:
-        assert {a["attack"] for a in row["attacks"]} == {"max_avg", "onmanifold"}
+    assert table.count("\n| r0.5-") == 2 and "QUICK" in table and " ± " in table
+    for rows in json.loads((out / "table.json").read_text())["rows"].values():
+        for row in rows:
+            assert {a["attack"] for a in row["attacks"]} == {"max_avg", "onmanifold"}
     # a second run reuses every row (nothing is retrained) and rewrites the table
-    stamp = (out / "r0.5-standard" / "model.pt").stat().st_mtime_ns
+    stamp = (out / "r0.5-standard-s1" / "model.pt").stat().st_mtime_ns
     assert cb.main(["--out", str(out), "--table-only"]) == 0
-    assert (out / "r0.5-standard" / "model.pt").stat().st_mtime_ns == stamp
+    assert (out / "r0.5-standard-s1" / "model.pt").stat().st_mtime_ns == stamp

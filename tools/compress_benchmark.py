@@ -19,10 +19,11 @@ can be resumed or split across shells and merged with ``--table-only``) -> the l
     .venv/bin/python tools/compress_benchmark.py --mitdb ../shared/data/mitdb --out runs/compress \\
         --checkpoint runs/robust-full/standard-seed0/model.pt
 
-Default (subsampled to fit ~90 minutes on 2 cores): fine-tuning on 8,000 class-stratified DS1
-beats for 3 epochs (adv/onmanifold: 0.1 mV, 5-step PGD), 500 attacked DS2 windows (class-
-stratified), 10 PGD steps, VAE on 8,000 beats. Quick: ratios 0 and 0.75, 3,000 beats, 2 epochs,
-2-step training attacks, 200 windows.
+Default (subsampled to fit ~90 minutes on 2 cores): fine-tuning seeds 0, 1, 2 of the same base
+model on 12,000 class-stratified DS1 beats for 3 epochs (adv/onmanifold: 0.1 mV, 5-step PGD),
+800 attacked DS2 windows (class-stratified), 20 PGD steps, VAE on 10,000 beats; rows give mean
+± std over the seeds, and the latency of the first seed's bundle. Quick: ratios 0 and 0.75, one
+seed, 3,000 beats, 2 epochs, 2-step training attacks, 200 windows, 10 PGD steps.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ FINETUNES = ("standard", "adv", "onmanifold")
 @dataclasses.dataclass(frozen=True)
 class Plan:
     ratios: tuple[float, ...]
+    seeds: tuple[int, ...]
     train_limit: int
     epochs: int
     attack_steps: int
@@ -56,13 +58,17 @@ class Plan:
     latency_windows: int
 
     @classmethod
-    def make(cls, quick: bool, ratios: tuple[float, ...] | None) -> Plan:
+    def make(cls, quick: bool, ratios: tuple[float, ...] | None,
+             seeds: tuple[int, ...] | None) -> Plan:
         if quick:
-            return cls(ratios or (0.0, 0.75), 3000, 2, 2, 200, 10, 3000, 3, 200)
-        return cls(ratios or (0.0, 0.5, 0.75, 0.9), 8000, 3, 5, 500, 10, 8000, 5, 400)
+            return cls(ratios or (0.0, 0.75), seeds or (0,), 3000, 2, 2, 200, 10, 3000, 3, 200)
+        return cls(ratios or (0.0, 0.5, 0.75, 0.9), seeds or (0, 1, 2), 12000, 3, 5, 800, 20,
+                   10000, 5, 400)
 
     def describe(self) -> str:
-        return (f"fine-tuning on {self.train_limit} class-stratified DS1 beats for {self.epochs} "
+        return (f"fine-tuning seeds {', '.join(map(str, self.seeds))} (mean ± std over them; "
+                f"latency of the first seed's bundles) on {self.train_limit} class-stratified "
+                f"DS1 beats for {self.epochs} "
                 f"epochs ({self.attack_steps}-step PGD at 0.1 mV for adv/onmanifold), "
                 f"{self.eval_limit} class-stratified DS2 windows attacked, {self.eval_steps} PGD "
                 f"steps, VAE on {self.vae_limit} DS1 beats; latency: {self.latency_rounds} rounds "
@@ -111,7 +117,8 @@ def _export(ckpt: Path, bundle: Path) -> None:
 
 
 def run_row(name: str, ratio: float | None, finetune: str | None, base: Path, vae: Path, spec,
-            train_set, plan: Plan, out: Path, threads: int) -> Path:
+            train_set, plan: Plan, out: Path, threads: int, seed: int = 0,
+            bundle: bool = True) -> Path:
     """Prune + fine-tune (or take the base as is), evaluate and export one row."""
     import torch
 
@@ -132,7 +139,7 @@ def run_row(name: str, ratio: float | None, finetune: str | None, base: Path, va
             pconf = PruneConfig(ratio=ratio)
             pruned = prune_model(ck.model, pconf, torch.from_numpy(train_set.x[:2]))
             fconf = FinetuneConfig(finetune, epochs=plan.epochs, attack_steps=plan.attack_steps,
-                                   seed=0, threads=threads)
+                                   seed=seed, threads=threads)
             run_finetune(ck.model, train_set, fconf, meta=ck.meta, vae=vae, out_dir=row,
                          data_spec=spec, extra_meta={"compression": {
                              "source_checkpoint": str(base), "prune": pconf.to_dict(),
@@ -140,7 +147,8 @@ def run_row(name: str, ratio: float | None, finetune: str | None, base: Path, va
             log.info("%s: pruned and fine-tuned in %.0f s", name, time.perf_counter() - t0)
     if not report.is_file():
         evaluate(ckpt, data=spec, config=_eval_config(plan, vae, threads), out_dir=row / "evaluate")
-    _export(ckpt, row / "bundle")
+    if bundle:
+        _export(ckpt, row / "bundle")
     log.info("%s: done in %.0f s", name, time.perf_counter() - t0)
     return row
 
@@ -184,69 +192,79 @@ def _find(r: dict, attack: str, eps: float | None = None) -> dict | None:
     return None
 
 
-def _cell(m: dict | None) -> str:
-    if m is None:
+def _cell(ms: list[dict]) -> str:
+    """macro-F1 mean ± std (accuracy mean) of the final exit over the seeds' figures."""
+    ms = [m for m in ms if m is not None]
+    if not ms:
         return "-"
-    acc, f1 = _final(m)
-    return f"{f1:.3f} ({100 * acc:.1f}%)"
+    f1 = np.array([_final(m)[1] for m in ms])
+    acc = np.mean([_final(m)[0] for m in ms])
+    spread = f" ± {f1.std():.3f}" if len(ms) > 1 else ""
+    return f"{f1.mean():.3f}{spread} ({100 * acc:.1f}%)"
 
 
-def collect(out: Path) -> list[dict]:
-    rows = []
+def group_name(row_name: str) -> str:
+    """``r0.75-adv-s1`` -> ``r0.75-adv`` (the seeds of one setting form one table row)."""
+    head, sep, tail = row_name.rpartition("-s")
+    return head if sep and tail.isdigit() else row_name
+
+
+def collect(out: Path) -> dict[str, list[dict]]:
+    """Every row's evaluate report under OUT, grouped by setting, in table order."""
+    groups: dict[str, list[dict]] = {}
     for p in sorted(out.glob("*/evaluate/report.json")):
-        r = json.loads(p.read_text())
         row = p.parent.parent
-        name = row.name
-        metrics = row / "metrics.json"
-        m = json.loads(metrics.read_text()) if metrics.is_file() else None
-        rows.append({"name": name, "report": r, "metrics": m})
+        groups.setdefault(group_name(row.name), []).append(
+            {"name": row.name, "dir": row, "report": json.loads(p.read_text())})
 
-    def order(row):
-        if row["name"] == "original":
-            return (-1.0, "")
-        ratio, _, ft = row["name"][1:].partition("-")
-        return (float(ratio), str(FINETUNES.index(ft)) if ft in FINETUNES else ft)
+    def order(name: str):
+        if name == "original":
+            return (-1.0, 0)
+        ratio, _, ft = name[1:].partition("-")
+        return (float(ratio), FINETUNES.index(ft) if ft in FINETUNES else len(FINETUNES))
 
-    return sorted(rows, key=order)
+    return {k: groups[k] for k in sorted(groups, key=order)}
 
 
 def table(out: Path, note: str, latency: dict | None) -> str:
-    rows = collect(out)
-    if not rows:
+    groups = collect(out)
+    if not groups:
         return "no rows yet\n"
-    host = rows[0]["report"]["host"]
-    base_macs = None
+    host = next(iter(groups.values()))[0]["report"]["host"]
     lines = [
-        f"Compression and robustness on MIT-BIH DS2 ({note}); host {host['cpu']}, "
-        f"{host['threads']} thread(s). Final exit: macro-F1 over N/S/V/F (accuracy). Budgets: "
-        "Linf mV on the waveform (RR context untouched); on-manifold: latent Linf eta, scored on "
-        "the windows whose latent label is kept (kept share in brackets). Latency: LiteRT fp32, "
-        "batch 1, medians over rounds, every bundle measured in the same run.",
+        (f"Compression and robustness on MIT-BIH DS2 ({note}); host {host['cpu']}, "
+         f"{host['threads']} thread(s). Final exit: macro-F1 over N/S/V/F, mean ± std over the "
+         "fine-tuning seeds (n), accuracy in brackets. Budgets: Linf mV on the waveform (RR "
+         "context untouched); on-manifold: latent Linf eta 0.5, scored on the windows whose latent "
+         "label is kept (kept share in brackets). MACs of the model as one graph. Latency: LiteRT "
+         "fp32, batch 1, us, medians over rounds, every bundle measured in the same run; policy: "
+         "max_prob thresholds calibrated on the DS1 validation records, exits taken in %."),
         "",
-        "| model | MACs | clean | PGD 0.1 mV | PGD 0.2 mV | on-manifold | noise 6 dB | "
-        "noise 0 dB | monolithic us | policy us | policy exits |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        ("| model | n | MACs | clean | PGD 0.1 mV | PGD 0.2 mV | on-manifold | noise 6 dB | "
+         "noise 0 dB | monolithic | policy | policy exits |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        r = row["report"]
-        onm = _find(r, "onmanifold")
-        model_macs = _macs(out / row["name"])
-        if row["name"] == "original":
-            base_macs = model_macs
-        noise = {n["snr_db"]: n for n in r["noise"]}
-        lat = (latency or {}).get(row["name"])
-        macs_txt = "-" if model_macs is None else (
-            f"{model_macs:,}" + ("" if base_macs in (None, model_macs)
-                                 else f" ({100 * model_macs / base_macs:.0f}%)"))
+    base_macs = _macs(out / "original")
+    for name, rows in groups.items():
+        reports = [r["report"] for r in rows]
+        first = rows[0]
+        macs = _macs(first["dir"])
+        macs_txt = "-" if macs is None else f"{macs:,}" + (
+            "" if base_macs in (None, macs) else f" ({100 * macs / base_macs:.0f}%)")
+        onm = [_find(r, "onmanifold") for r in reports]
+        kept = [a.get("kept_fraction", 0.0) for a in onm if a is not None]
+        noise = [{n["snr_db"]: n for n in r["noise"]} for r in reports]
+        lat = (latency or {}).get(first["name"])
+        lat_txt = "- | - | -" if lat is None else (
+            f"{lat['monolithic_us']:.1f} | {lat['policy_us']:.1f} | "
+            + " / ".join(f"{100 * f:.0f}" for f in lat["exit_fractions"]))
         lines.append(
-            f"| {row['name']} | {macs_txt} | {_cell(r['clean'])} | "
-            f"{_cell(_find(r, 'max_avg', 0.1))} | {_cell(_find(r, 'max_avg', 0.2))} | "
-            + ("-" if onm is None else f"{_cell(onm)} [{100 * onm.get('kept_fraction', 0):.0f}%]")
-            + f" | {_cell(noise.get(6.0))} | {_cell(noise.get(0.0))} | "
-            + ("-" if lat is None else
-               f"{lat['monolithic_us']:.1f} | {lat['policy_us']:.1f} | "
-               + " / ".join(f"{100 * f:.0f}" for f in lat["exit_fractions"]))
-            + (" |" if lat is not None else " | - | - |"))
+            f"| {name} | {len(rows)} | {macs_txt} | {_cell([r['clean'] for r in reports])} | "
+            f"{_cell([_find(r, 'max_avg', 0.1) for r in reports])} | "
+            f"{_cell([_find(r, 'max_avg', 0.2) for r in reports])} | "
+            f"{_cell(onm)}" + (f" [{100 * np.mean(kept):.0f}%]" if kept else "")
+            + f" | {_cell([n.get(6.0) for n in noise])} | {_cell([n.get(0.0) for n in noise])} | "
+            + lat_txt + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -266,6 +284,7 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", type=Path, default=None,
                     help="the standard model to compress (default: train one on DS1 here)")
     ap.add_argument("--ratios", default=None, help="pruning ratios (default 0,0.5,0.75,0.9)")
+    ap.add_argument("--seeds", default=None, help="fine-tuning seeds (default 0,1,2; quick: 0)")
     ap.add_argument("--finetunes", default=",".join(FINETUNES))
     ap.add_argument("--quick", action="store_true", help="the reduced settings (see above)")
     ap.add_argument("--threads", type=int, default=1)
@@ -273,7 +292,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ratios = tuple(float(r) for r in args.ratios.split(",")) if args.ratios else None
-    plan = Plan.make(args.quick, ratios)
+    seeds = tuple(int(v) for v in args.seeds.split(",")) if args.seeds else None
+    plan = Plan.make(args.quick, ratios, seeds)
     note = ("QUICK: " if args.quick else "") + plan.describe()
     args.out.mkdir(parents=True, exist_ok=True)
     latency_path = args.out / "latency.json"
@@ -304,10 +324,13 @@ def main(argv=None) -> int:
             manifold.save_vae(vae_path, vae, meta={"trained_on": vset.describe()})
         rows = [run_row("original", None, None, base, vae_path, spec, train_set, plan, args.out,
                         args.threads)]
-        for ratio in plan.ratios:
-            for ft in [f.strip() for f in args.finetunes.split(",") if f.strip()]:
-                rows.append(run_row(f"r{ratio:g}-{ft}", ratio, ft, base, vae_path, spec,
-                                    train_set, plan, args.out, args.threads))
+        for i, seed in enumerate(plan.seeds):
+            for ratio in plan.ratios:
+                for ft in [f.strip() for f in args.finetunes.split(",") if f.strip()]:
+                    row = run_row(f"r{ratio:g}-{ft}-s{seed}", ratio, ft, base, vae_path, spec,
+                                  train_set, plan, args.out, args.threads, seed, bundle=i == 0)
+                    if i == 0:
+                        rows.append(row)
         x = _sample(test, plan.latency_windows, 2).x.astype(np.float32)
         latency = latency_round(rows, x, plan, args.threads)
         latency_path.write_text(json.dumps(latency, indent=1))
@@ -317,9 +340,9 @@ def main(argv=None) -> int:
     (args.out / "table.md").write_text(text)
     (args.out / "table.json").write_text(json.dumps(
         {"note": note, "latency": latency,
-         "rows": [{"name": r["name"], "clean": r["report"]["clean"],
-                   "attacks": r["report"]["attacks"], "noise": r["report"]["noise"]}
-                  for r in collect(args.out)]}, indent=1))
+         "rows": {g: [{"name": r["name"], "clean": r["report"]["clean"],
+                       "attacks": r["report"]["attacks"], "noise": r["report"]["noise"]}
+                      for r in rows] for g, rows in collect(args.out).items()}}, indent=1))
     print(text)
     return 0
 
