@@ -103,6 +103,8 @@ _METHOD_OPTIONS = {
     "ima_eps_max": ("eps_max", "ima"), "ima_eps_step": ("eps_step", "ima"),
     "ima_eps_init": ("eps_init", "ima"), "ima_beta": ("beta", "ima"),
     "ima_bisection_steps": ("bisection_steps", "ima"), "ima_criterion": ("criterion", "ima"),
+    "vae": ("vae", "onmanifold"), "eta": ("eta", "onmanifold"),
+    "latent_steps": ("latent_steps", "onmanifold"),
 }
 
 
@@ -159,8 +161,9 @@ def _method_config(method: str, ctx: click.Context):
                    "linear only: cheapest, the all-exits path costs least).")
 @click.option("--method", default="standard", show_default=True,
               help="Training method: standard, rdi (RDI-Nets adversarial training), neokd (NEO-KD: "
-                   "RDI plus neighbour and exit-wise orthogonal distillation) or ima (increasing-"
-                   "margin adversarial training). Method options left unset keep its defaults.")
+                   "RDI plus neighbour and exit-wise orthogonal distillation), ima (increasing-"
+                   "margin adversarial training) or onmanifold (RDI plus on-manifold examples of "
+                   "a VAE, --vae). Method options left unset keep its defaults.")
 @click.option("--eps", type=float, default=None,
               help="rdi, neokd: attack budget on the ECG channels in mV (Linf per sample; L2 over "
                    "the window) [default 0.1].")
@@ -192,6 +195,12 @@ def _method_config(method: str, ctx: click.Context):
 @click.option("--ima-criterion", type=click.Choice(["mean", "final"]), default=None,
               help="ima: which answer counts as correct: mean softmax of the exits, or the final "
                    "exit [default mean].")
+@click.option("--vae", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="onmanifold: the VAE of the data (a vae.pt of `edgeexit compress`).")
+@click.option("--eta", type=float, default=None,
+              help="onmanifold: latent Linf budget of the on-manifold examples [default 0.5].")
+@click.option("--latent-steps", type=int, default=None,
+              help="onmanifold: latent PGD steps per batch [default 5].")
 @click.option("--epochs", default=12, show_default=True, help="Maximum epochs.")
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--lr", default=3e-3, show_default=True, help="Peak learning rate (cosine decay).")
@@ -214,7 +223,7 @@ def _method_config(method: str, ctx: click.Context):
 def train(source, test_data, split, n_beats, window, rr_context, model, width, exit_heads,
           method, eps, norm, attack_steps, attack_step_size, attack_kind, kd_alpha, kd_beta,
           kd_temperature, ima_eps_max, ima_eps_step, ima_eps_init, ima_beta, ima_bisection_steps,
-          ima_criterion, epochs,
+          ima_criterion, vae, eta, latent_steps, epochs,
           batch_size, lr, class_weighting, max_class_weight, val_split, val_fraction, patience,
           augment, seed,
           threads, out_dir, progress, as_json):

@@ -101,3 +101,21 @@ def test_bad_settings_are_refused(tiny_checkpoint, tmp_path):
     assert r.exit_code == 1 and "Error:" in r.output and "Traceback" not in r.output
     with pytest.raises(Exception, match="formats"):
         CompressConfig(formats=("pb",))
+
+
+def test_train_takes_the_onmanifold_method_with_a_vae(compressed, separable_npz, tmp_path):
+    out, _ = compressed
+    vae = str(out / "vae.pt")
+    r = CliRunner().invoke(main, [
+        "train", "--data", separable_npz, "--model", "test_resnet1d", "--epochs", "1",
+        "--method", "onmanifold", "--vae", vae, "--eta", "0.3", "--latent-steps", "2",
+        "--attack-steps", "2", "--threads", "1", "--out", str(tmp_path / "t"), "--no-progress",
+        "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output)
+    assert m["train_config"]["method_config"]["vae"] == vae
+    assert m["train_config"]["method_config"]["eta"] == 0.3
+    assert 0.0 <= m["method"]["kept_fraction"] <= 1.0
+    r = CliRunner().invoke(main, ["train", "--data", separable_npz, "--method", "rdi", "--vae", vae,
+                                  "--out", str(tmp_path / "u")])
+    assert r.exit_code == 1 and "does not take --vae" in r.output
