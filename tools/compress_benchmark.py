@@ -75,14 +75,6 @@ class Plan:
                 f"of {self.latency_windows} DS2 windows per bundle")
 
 
-def _sample(data, limit: int, seed: int):
-    from edgeexit.data import stratified_split
-
-    if limit >= len(data):
-        return data
-    _, held = stratified_split(data.y, limit / len(data), seed)
-    return data.subset(np.sort(held))
-
 
 def base_model(args, out: Path) -> Path:
     """The model to compress: given, or trained here on DS1 (standard, 6 epochs, seed 0)."""
@@ -302,7 +294,7 @@ def main(argv=None) -> int:
 
         from edgeexit.checkpoint import load_checkpoint
         from edgeexit.compress import manifold
-        from edgeexit.data import load_train_test
+        from edgeexit.data import load_train_test, stratified_sample
 
         torch.set_num_threads(args.threads)
         if args.checkpoint is None and not (args.mitdb / "RECORDS").is_file() and not any(
@@ -314,10 +306,10 @@ def main(argv=None) -> int:
         ck = load_checkpoint(base)
         spec = ck.data_spec(None)
         train_full, test = load_train_test(spec)
-        train_set = _sample(train_full, plan.train_limit, 0)
+        train_set = stratified_sample(train_full, plan.train_limit, 0)
         vae_path = args.out / "vae.pt"
         if not vae_path.is_file():
-            vset = _sample(train_full, plan.vae_limit, 1)
+            vset = stratified_sample(train_full, plan.vae_limit, 1)
             vae = manifold.train_vae(vset.x, vset.y, manifold.VAEConfig(seed=0),
                                      signal_channels=int(ck.input_spec.get("signal_channels", 1)),
                                      num_classes=len(ck.classes))
@@ -331,7 +323,7 @@ def main(argv=None) -> int:
                                   train_set, plan, args.out, args.threads, seed, bundle=i == 0)
                     if i == 0:
                         rows.append(row)
-        x = _sample(test, plan.latency_windows, 2).x.astype(np.float32)
+        x = stratified_sample(test, plan.latency_windows, 2).x.astype(np.float32)
         latency = latency_round(rows, x, plan, args.threads)
         latency_path.write_text(json.dumps(latency, indent=1))
         log.info("benchmark done in %.0f s", time.perf_counter() - t_all)

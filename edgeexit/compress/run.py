@@ -123,14 +123,6 @@ def _check_out(out: Path) -> None:
             )
 
 
-def _sample(data, limit: int | None, seed: int):
-    from edgeexit.data import stratified_split
-
-    if limit is None or limit >= len(data):
-        return data
-    _, held = stratified_split(data.y, limit / len(data), seed)
-    return data.subset(np.sort(held))
-
 
 # -- the VAE -------------------------------------------------------------------------------------
 
@@ -291,7 +283,7 @@ def compress(
         A :class:`CompressResult`.
     """
     from edgeexit.checkpoint import load_checkpoint
-    from edgeexit.data import load_train_test
+    from edgeexit.data import load_train_test, stratified_sample
     from edgeexit.runtime.manifest import sha256_file
 
     t_start = time.perf_counter()
@@ -304,7 +296,7 @@ def compress(
     spec = ckpt.data_spec(data, "; give the data with --data")
     say("loading data")
     train_full, test = load_train_test(spec)
-    train_set = _sample(train_full, config.train_limit, config.seed)
+    train_set = stratified_sample(train_full, config.train_limit, config.seed)
     shape = tuple(ckpt.input_spec["shape"])
     if tuple(train_set.input_shape) != shape:
         raise ConfigError(f"the data's windows are {train_set.input_shape}, the model takes {shape}")
@@ -330,7 +322,7 @@ def compress(
 
     say(f"pruning {config.prune.ratio:g} ({config.prune.importance}, {config.prune.scope})")
     example = torch.from_numpy(train_set.x[:2])
-    grad_set = _sample(train_set, 256, config.seed)  # taylor importance takes gradients on it
+    grad_set = stratified_sample(train_set, 256, config.seed)  # taylor importance's gradients
     xy = (torch.from_numpy(grad_set.x), torch.from_numpy(grad_set.y).long())
     pruned = prune_model(model, config.prune, example, data=xy, between=between)
     meta = {"compression": {**provenance, "pruning": pruned.to_dict()}}

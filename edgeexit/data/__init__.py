@@ -25,6 +25,7 @@ from edgeexit.data.dataset import (
     BeatDataset,
     load_csv,
     load_npz,
+    stratified_sample,
     stratified_split,
 )
 from edgeexit.data.mitbih import DS1, DS2, SPLITS, Progress, load_mitbih, load_mitbih_split
@@ -46,6 +47,7 @@ __all__ = [
     "load_source",
     "load_split",
     "load_train_test",
+    "stratified_sample",
     "stratified_split",
 ]
 

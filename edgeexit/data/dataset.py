@@ -258,3 +258,12 @@ def stratified_split(
     held = np.sort(np.concatenate(held_parts))
     keep = np.setdiff1d(np.arange(y.size), held)
     return keep, held
+
+
+def stratified_sample(data: BeatDataset, limit: int | None, seed: int) -> BeatDataset:
+    """About ``limit`` beats of ``data``, every class in proportion (seeded), in their original
+    order; all of ``data`` when ``limit`` is None or not smaller."""
+    if limit is None or limit >= len(data):
+        return data
+    _, held = stratified_split(data.y, limit / len(data), seed)
+    return data.subset(np.sort(held))

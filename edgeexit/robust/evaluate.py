@@ -41,7 +41,7 @@ import torch
 
 from edgeexit.checkpoint import Checkpoint, load_checkpoint
 from edgeexit.config import dataclass_from_dict
-from edgeexit.data import BeatDataset, load_split, stratified_split
+from edgeexit.data import BeatDataset, load_split, stratified_sample
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.fileio import atomic_write
 from edgeexit.metrics import classification_report
@@ -232,11 +232,6 @@ def _recorded_checkpoint(bundle: Path, prov: dict) -> Path:
 # -- the data ------------------------------------------------------------------------------------
 
 
-def _sample(data: BeatDataset, limit: int | None, seed: int) -> BeatDataset:
-    if limit is None or limit >= len(data):
-        return data
-    _, held = stratified_split(data.y, limit / len(data), seed)
-    return data.subset(np.sort(held))
 
 
 def _check_shape(data: BeatDataset, ckpt: Checkpoint, what: str) -> None:
@@ -541,7 +536,7 @@ def evaluate(
     t = _load_target(target, checkpoint, config)
     t.ckpt.model.eval()
     spec = t.ckpt.data_spec(data, "; give the test data with --data")
-    test = _sample(load_split(spec, "test"), config.limit, config.seed)
+    test = stratified_sample(load_split(spec, "test"), config.limit, config.seed)
     _check_shape(test, t.ckpt, "test")
     vae, notes = None, []
     if "onmanifold" in config.attacks:
@@ -557,7 +552,7 @@ def evaluate(
     needs_train = {"universal", "universal_slowdown"} & set(config.attacks)
     train = None
     if needs_train:
-        train = _sample(load_split(spec, "train"), config.universal_limit, config.seed + 1)
+        train = stratified_sample(load_split(spec, "train"), config.universal_limit, config.seed + 1)
         _check_shape(train, t.ckpt, "training")
     n_eps = len(config.eps)
     total = (sum(a in config.attacks for a in ("policy", "universal")) * n_eps
