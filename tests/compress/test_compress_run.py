@@ -119,3 +119,23 @@ def test_train_takes_the_onmanifold_method_with_a_vae(compressed, separable_npz,
     r = CliRunner().invoke(main, ["train", "--data", separable_npz, "--method", "rdi", "--vae", vae,
                                   "--out", str(tmp_path / "u")])
     assert r.exit_code == 1 and "does not take --vae" in r.output
+
+
+def test_iterative_pruning_fine_tunes_between_steps(tiny_checkpoint, tmp_path):
+    from edgeexit.compress.finetune import FinetuneConfig
+    from edgeexit.compress.prune import PruneConfig
+    from edgeexit.compress.run import compress
+
+    stages = []
+    config = CompressConfig(prune=PruneConfig(ratio=0.5, steps=2, min_channels=1),
+                            finetune=FinetuneConfig("standard", epochs=1, threads=1),
+                            onmanifold=False, eval_limit=30, eval_eps=(0.1,), formats=("onnx",),
+                            latency_runs=20)
+    result = compress(tiny_checkpoint, tmp_path / "it", config, progress=stages.append)
+    assert stages.index("fine-tuning after pruning step 1/2") < stages.index(
+        "fine-tuning (standard, 1 epochs)")
+    assert "fine-tuning after pruning step 2/2" not in stages  # not after the last step
+    report = result.report
+    assert report["pruning"]["config"]["steps"] == 2
+    assert report["vae"] is None and not (tmp_path / "it" / "vae.pt").exists()
+    assert {a["attack"] for a in report["original"]["attacks"]} == {"max_avg"}
