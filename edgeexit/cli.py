@@ -448,10 +448,12 @@ def _bound_options(f):
                    "sorted. The stages between two kept exits run as one segment and the other "
                    "heads are dropped, so segment j answers the j-th kept exit (thresholds, "
                    "--exit and `edgeexit run` index segments).")
+@click.option("--bundle-version", type=click.IntRange(min=1), default=1, show_default=True,
+              help="The manifest's monotonic bundle_version (a device installs only newer ones).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export(checkpoint, target, out_dir, formats, precision, recipe, int8_margin, timings, policy,
            margin, confidence, ensemble_weights, source,
-           calibration_samples, golden_samples, monolithic, exits, as_json):
+           calibration_samples, golden_samples, monolithic, exits, bundle_version, as_json):
     """Export a checkpoint as a device bundle: per-exit segments, checked, thresholds calibrated.
 
     Writes OUT (manifest.json, segment_K.onnx/.tflite, monolithic.*, golden.npz) and OUT.tar.gz.
@@ -475,6 +477,7 @@ def export(checkpoint, target, out_dir, formats, precision, recipe, int8_margin,
         golden_samples=golden_samples,
         monolithic=monolithic,
         exits=_parse_exits(exits),
+        bundle_version=bundle_version,
     )
     result = export_bundle(checkpoint, out_dir, config, data=source,
                            progress=(lambda s: click.echo(f"... {s}", err=True)))
@@ -553,9 +556,15 @@ def _with_policy_options(f):
     return f
 
 
+_trusted_option = click.option(
+    "--trusted-keys", "trusted_keys", default=None, type=click.Path(exists=True),
+    help="Accept only bundles signed by these public keys (a KEY.pub or a directory of them; "
+         "default: the device config, $EDGEEXIT_CONFIG or /etc/edgeexit/device.toml).")
+
+
 # ------------------------------------------------------------------------------------------ run
 @main.command()
-@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("bundle", type=click.Path())
 @click.option("--input", "input_path", required=True,
               help="Windows to classify: .npy ([N,C,L] or [C,L]), .npz (x or inputs), .csv "
                    "(one window per line, C*L values), or - for CSV lines on stdin.")
@@ -564,7 +573,8 @@ def _with_policy_options(f):
 @_with_policy_options
 @click.option("--batch", is_flag=True,
               help="Classify all windows as one batch (each segment runs only on undecided ones).")
-def run(bundle, input_path, backend, threads, policy, thresholds, exit_index, batch):
+@_trusted_option
+def run(bundle, input_path, backend, threads, policy, thresholds, exit_index, batch, trusted_keys):
     """Classify windows with a bundle; print one JSON line per window.
 
     Each line: label, exit taken, class probabilities, and the microseconds of every segment
@@ -573,7 +583,7 @@ def run(bundle, input_path, backend, threads, policy, thresholds, exit_index, ba
     from edgeexit.runtime.engine import Engine
     from edgeexit.runtime.io import read_windows
 
-    engine = Engine.from_bundle(bundle, backend=backend, threads=threads,
+    engine = Engine.from_bundle(bundle, backend=backend, threads=threads, trusted_keys=trusted_keys,
                                 **_policy_args(policy, thresholds, exit_index))
     x = read_windows(input_path, engine.input_shape)
     if batch:
@@ -591,35 +601,43 @@ def run(bundle, input_path, backend, threads, policy, thresholds, exit_index, ba
 
 # --------------------------------------------------------------------------------------- verify
 @main.command()
-@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("bundle", type=click.Path())
 @click.option("--backend", type=click.Choice(["all", "auto", "onnxruntime", "litert"]), default="all",
               show_default=True, help="all: every installed backend for the bundle's formats.")
 @_threads_option
+@_trusted_option
+@click.option("--strict", is_flag=True,
+              help="Fail (status 3) when a format could not be replayed: its backend is not installed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(bundle, backend, threads, as_json):
+def verify(bundle, backend, threads, trusted_keys, strict, as_json):
     """Check a bundle's hashes and replay golden.npz; exit status 3 on any mismatch.
 
     Proves, on the device, that the files compute what the PyTorch model computed at export.
+    BUNDLE is the directory or its .tar.gz. Formats whose backend is not installed here are
+    listed as not checked (--strict: a failure).
     """
     from edgeexit.errors import ExitStatus
     from edgeexit.runtime.verify import verify_bundle
 
-    report = verify_bundle(bundle, backend=backend, threads=threads)
+    report = verify_bundle(bundle, backend=backend, threads=threads, strict=strict,
+                           trusted_keys=trusted_keys)
     if as_json:
         _echo_json(report.to_dict())
     else:
         for c in report.checks:
             detail = {k: v for k, v in c.items() if k not in ("check", "ok")}
-            click.echo(f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']:24} "
-                       + " ".join(f"{k}={v}" for k, v in detail.items()))
-        click.echo(f"{bundle}: {'verified' if report.ok else 'MISMATCH'}")
+            mark = "FAIL" if not c["ok"] else "SKIP" if "skipped" in c else "ok  "
+            click.echo(f"{mark} {c['check']:24} " + " ".join(f"{k}={v}" for k, v in detail.items()))
+        note = (f" (not checked here: {', '.join(report.unchecked)}; --strict fails)"
+                if report.unchecked and report.ok else "")
+        click.echo(f"{bundle}: {'verified' + note if report.ok else 'MISMATCH'}")
     if not report.ok:
         sys.exit(ExitStatus.MISMATCH)
 
 
 # ---------------------------------------------------------------------------------------- bench
 @main.command()
-@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("bundle", type=click.Path())
 @click.option("--data", "source", default=None,
               help="Labelled windows: 'synthetic', a WFDB directory, .npz/.csv data set, or .npy "
                    "(no labels). Default: the test side of the data recorded in the bundle.")
@@ -632,9 +650,10 @@ def verify(bundle, backend, threads, as_json):
 @_threads_option
 @_with_policy_options
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
+@_trusted_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def bench(bundle, source, split, limit, warmup, backend, threads, policy, thresholds, exit_index,
-          progress, as_json):
+          progress, trusted_keys, as_json):
     """Accuracy, per-segment latency (p50/p95/p99), exit histogram, and early-exit savings.
 
     Batch 1. For every window the exit policy, the all-exits segmented path and the monolithic
@@ -644,6 +663,7 @@ def bench(bundle, source, split, limit, warmup, backend, threads, policy, thresh
     from edgeexit.runtime.profile import bench_data, bench_engine
 
     engine = Engine.from_bundle(bundle, backend=backend, threads=threads, load_monolithic=True,
+                                trusted_keys=trusted_keys,
                                 **_policy_args(policy, thresholds, exit_index))
     x, y, described = bench_data(engine, source, split, limit)
     bar = None
@@ -1121,6 +1141,137 @@ def compress(checkpoint, out_dir, ratio, stage_ratios, scope, importance, prune_
         return
     click.echo(format_markdown(result.report))
     click.echo("wrote " + ", ".join(str(f) for f in (result.checkpoint, *result.files)))
+
+
+# ------------------------------------------------------------------- keygen / sign / install
+@main.command()
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Private key file to write (0600); the public key goes to OUT.pub.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def keygen(out_path, as_json):
+    """Make an ed25519 signing key pair for `edgeexit sign` (refuses to overwrite).
+
+    Keep the private key on the host; copy OUT.pub into the device's trusted-keys directory.
+    """
+    from edgeexit.runtime.signing import keygen as make_key
+
+    priv, pub, fp = make_key(out_path)
+    if as_json:
+        _echo_json({"private_key": str(priv), "public_key": str(pub), "fingerprint": fp})
+        return
+    click.echo(f"wrote {priv} (private, keep it secret) and {pub} (public), fingerprint {fp}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True))
+@click.option("--key", required=True, type=click.Path(dir_okay=False),
+              help="Private key written by `edgeexit keygen`.")
+@click.option("--bundle-version", type=click.IntRange(min=1), default=None,
+              help="Set the manifest's bundle_version before signing (a device installs only "
+                   "newer versions).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def sign(bundle, key, bundle_version, as_json):
+    """Sign a bundle directory: write manifest.sig (ed25519 over manifest.json's exact bytes).
+
+    The manifest lists every file with its sha256 and size (sizes are added if missing), so the
+    signature covers the whole bundle. BUNDLE.tar.gz beside it is packed again.
+    """
+    from edgeexit.runtime.signing import sign_bundle
+
+    r = sign_bundle(bundle, key, bundle_version=bundle_version)
+    if as_json:
+        _echo_json(r)
+        return
+    click.echo(f"signed {r['bundle']} (bundle version {r['bundle_version']}) with key "
+               f"{r['key_fingerprint'][:16]}..." + (f"; packed {r['archive']}" if "archive" in r else ""))
+
+
+_into_option = click.option("--into", "into", required=True, type=click.Path(file_okay=False),
+                            help="Install directory (DIR/current is the bundle that serves).")
+
+
+def _install_config(trusted_keys, allow_rollback=False, strict=False):
+    from edgeexit.runtime.install import InstallConfig
+
+    return InstallConfig(trusted_keys=None if trusted_keys is None else (trusted_keys,),
+                         allow_rollback=allow_rollback, strict=strict)
+
+
+def _bundle_line(d):
+    if not d:
+        return "none"
+    if "error" in d and "bundle_version" not in d:
+        return f"{d['path']} (UNREADABLE: {d['error']})"
+    fp = d.get("key_fingerprint")
+    return (f"{d['name']} (bundle version {d['bundle_version']}, {d['model']}, "
+            f"{'/'.join(d['formats'])} {d['precision']}, "
+            f"{'signed by ' + fp[:16] + '...' if fp else 'unsigned'})")
+
+
+@main.command()
+@click.argument("archive", type=click.Path(dir_okay=False))
+@_into_option
+@_trusted_option
+@click.option("--allow-rollback", is_flag=True,
+              help="Accept a bundle version not newer than the installed one.")
+@click.option("--strict", is_flag=True,
+              help="Refuse the bundle if a format's backend is not installed here (not replayed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def install(archive, into, trusted_keys, allow_rollback, strict, as_json):
+    """Install BUNDLE.tar.gz on this device, atomically, keeping the previous bundle.
+
+    Unpacks safely into a new directory, verifies it (hashes and sizes, signature when required,
+    bundle version newer than the installed one, golden replay on every installed backend), then
+    switches DIR/current to it in one step and health-checks it (reverting by itself on failure).
+    """
+    from edgeexit.runtime.install import install_bundle
+
+    r = install_bundle(archive, into, _install_config(trusted_keys, allow_rollback, strict))
+    if as_json:
+        _echo_json(r)
+        return
+    click.echo(f"installed {_bundle_line(r['installed'])} into {r['into']} in {r['seconds']} s")
+    click.echo(f"  previous: {_bundle_line(r['previous'])}")
+    if r["unchecked"]:
+        click.echo(f"  not replayed here (backend not installed): {', '.join(r['unchecked'])}")
+
+
+@main.command()
+@_into_option
+@_trusted_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def rollback(into, trusted_keys, as_json):
+    """Switch back to the previous bundle (checked first); run it again to go forward."""
+    from edgeexit.runtime.install import rollback as do_rollback
+
+    r = do_rollback(into, _install_config(trusted_keys))
+    if as_json:
+        _echo_json(r)
+        return
+    click.echo(f"rolled back {r['into']}: now {_bundle_line(r['current'])}")
+    click.echo(f"  previous: {_bundle_line(r['previous'])}")
+
+
+@main.command()
+@_into_option
+@click.option("--check", is_flag=True, help="Also check the current bundle's hashes and sizes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def status(into, check, as_json):
+    """Show the bundle an install directory serves and the one it can roll back to."""
+    from edgeexit.runtime.install import status as install_status
+
+    r = install_status(into, check=check)
+    if as_json:
+        _echo_json(r)
+    else:
+        click.echo(f"{r['into']}: current {_bundle_line(r['current'])}")
+        click.echo(f"  previous: {_bundle_line(r['previous'])}")
+        if check and r["current"]:
+            click.echo(f"  hashes: {'ok' if r['current'].get('hashes_ok') else 'FAILED: ' + r['current'].get('error', '')}")
+    if check and r["current"] and not r["current"].get("hashes_ok"):
+        from edgeexit.errors import ExitStatus
+
+        sys.exit(ExitStatus.MISMATCH)
 
 
 if __name__ == "__main__":

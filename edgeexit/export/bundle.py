@@ -78,6 +78,7 @@ from edgeexit.runtime.manifest import (
     PolicySpec,
     PrecisionChoice,
     SegmentEntry,
+    add_sizes,
     read_manifest,
     sha256_file,
 )
@@ -128,6 +129,8 @@ class ExportConfig:
             segment; the heads of the other exits are left out.
         opset: ONNX opset.
         seed: seeds the sampling of calibration and golden beats.
+        bundle_version: the manifest's monotonic ``bundle_version`` (``edgeexit install``
+            refuses a version not newer than the installed one).
     """
 
     target: str = "rpi4"
@@ -150,8 +153,12 @@ class ExportConfig:
     opset: int = 18
     seed: int = 0
     exits: tuple[int, ...] | None = None
+    bundle_version: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.bundle_version, bool) or not isinstance(self.bundle_version, int) \
+                or self.bundle_version < 1:
+            raise ConfigError(f"bundle version must be an integer >= 1, got {self.bundle_version!r}")
         if self.formats is not None:
             bad = [f for f in self.formats if f not in FILE_FORMATS]
             if bad or not self.formats:
@@ -761,7 +768,8 @@ def export_bundle(
                 "versions": _versions(),
             },
         )
-        (tmp / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+        manifest = dataclasses.replace(manifest, bundle_version=config.bundle_version)
+        (tmp / MANIFEST).write_text(json.dumps(add_sizes(manifest.to_dict(), tmp), indent=2) + "\n")
         os.chmod(tmp, 0o755)
         _install(tmp, out)
     except BaseException:

@@ -161,6 +161,7 @@ class Engine:
         exit_index: int | None = None,
         check_hashes: bool = True,
         load_monolithic: bool = False,
+        trusted_keys=None,
     ) -> Engine:
         """Load a bundle directory.
 
@@ -172,9 +173,27 @@ class Engine:
             thresholds / exit_index: override the bundle's thresholds / the fixed exit.
             check_hashes: refuse files whose sha256 differs from the manifest (default on).
             load_monolithic: also load the whole-model reference graph (for benchmarks).
+            trusted_keys: load only a bundle signed by one of these public keys (``.pub`` files
+                or directories of them); None: as the device config says
+                (:mod:`edgeexit.runtime.signing`: unsigned bundles pass unless it requires
+                signatures).
+
+        ``path`` may also be a ``.tar.gz``: it is unpacked safely into a temporary directory
+        that lives as long as the engine.
         """
-        root = Path(path)
+        from edgeexit.runtime.install import extract_archive, is_archive
+        from edgeexit.runtime.signing import check_signature, resolve_trust
+
+        tmp = None
+        if is_archive(path):
+            import tempfile
+
+            tmp = tempfile.TemporaryDirectory(prefix="edgeexit-bundle-")
+            root = extract_archive(path, tmp.name)
+        else:
+            root = Path(path)
         manifest = load_manifest(root, check_hashes=check_hashes)
+        check_signature(root, resolve_trust(trusted_keys))
         name = _pick_backend(manifest, backend)
         be = get_backend(name)
         if not be.available():
@@ -212,7 +231,9 @@ class Engine:
             "loaded %s: %d segments, backend %s, %d thread(s), policy %s",
             root, manifest.num_exits, name, threads, pol.describe(),
         )
-        return cls(manifest, sessions, pol, name, threads, mono)
+        engine = cls(manifest, sessions, pol, name, threads, mono)
+        engine._unpacked = tmp  # removed with the engine
+        return engine
 
     # -- input checks ---------------------------------------------------------------------------
 

@@ -56,15 +56,20 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Artifact:
-    """One model file: ``file`` (relative to the bundle), its format, precision and sha256."""
+    """One model file: ``file`` (relative to the bundle), its format, precision, sha256 and size
+    in bytes (``size``: None in manifests written before sizes were recorded)."""
 
     file: str
     format: str
     precision: str
     sha256: str
+    size: int | None = None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if self.size is None:
+            del d["size"]
+        return d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +150,7 @@ class SegmentEntry:
             output_shapes=tuple(tuple(int(v) for v in s) for s in d["output_shapes"]),
             macs=int(d["macs"]),
             params=int(d["params"]),
-            artifacts=tuple(Artifact(**a) for a in d["artifacts"]),
+            artifacts=tuple(_artifact(a) for a in d["artifacts"]),
             exit=None if d.get("exit") is None else int(d["exit"]),
             precision_choices=tuple(PrecisionChoice.from_dict(c)
                                     for c in d.get("precision_choices") or ()),
@@ -210,6 +215,9 @@ class Manifest:
         monolithic: the whole-model reference graph (input -> final logits), or None.
         golden: ``file``, ``sha256``, ``samples`` and per-format ``tolerance`` (max abs logit error).
         provenance: where the calibration and golden data came from, tool versions, time.
+        bundle_version: a monotonic integer set at export (``--bundle-version``, default 1) or
+            by ``edgeexit sign --bundle-version``; ``edgeexit install`` refuses a bundle whose
+            version is not newer than the installed one. 0 in manifests written before it existed.
     """
 
     model: dict
@@ -223,6 +231,7 @@ class Manifest:
     golden: dict
     provenance: dict
     schema_version: int = SCHEMA_VERSION
+    bundle_version: int = 1
 
     @property
     def num_exits(self) -> int:
@@ -248,6 +257,7 @@ class Manifest:
         return {
             "format": FORMAT,
             "schema_version": self.schema_version,
+            "bundle_version": self.bundle_version,
             "model": self.model,
             "classes": list(self.classes),
             "input": self.input,
@@ -272,6 +282,10 @@ class Manifest:
                 "runtime on the device"
             )
         try:
+            bundle_version = d.get("bundle_version", 0)
+            if isinstance(bundle_version, bool) or not isinstance(bundle_version, int) \
+                    or bundle_version < 0:
+                raise ValueError(f"bundle_version must be an integer >= 0, got {bundle_version!r}")
             mono = d.get("monolithic")
             return cls(
                 model=dict(d["model"]),
@@ -285,6 +299,7 @@ class Manifest:
                 golden=dict(d["golden"]),
                 provenance=dict(d.get("provenance", {})),
                 schema_version=int(version),
+                bundle_version=bundle_version,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{source} is malformed ({type(e).__name__}: {e}); re-export the bundle") from e
@@ -295,8 +310,31 @@ class Manifest:
         if self.monolithic is not None:
             files += list(self.monolithic.artifacts)
         if self.golden.get("file"):
-            files.append(Artifact(self.golden["file"], "npz", "fp32", self.golden["sha256"]))
+            size = self.golden.get("size")
+            files.append(Artifact(self.golden["file"], "npz", "fp32", self.golden["sha256"],
+                                  None if size is None else int(size)))
         return files
+
+
+def _artifact(d: dict) -> Artifact:
+    size = d.get("size")
+    return Artifact(file=str(d["file"]), format=str(d["format"]), precision=str(d["precision"]),
+                    sha256=str(d["sha256"]), size=None if size is None else int(size))
+
+
+def add_sizes(d: dict, root: str | os.PathLike) -> dict:
+    """Set ``size`` (bytes, from the files in ``root``) on every file entry of the manifest dict
+    ``d`` that lacks one (segments, monolithic, golden); returns ``d``, changed in place."""
+    root = Path(root)
+    entries = [a for s in d.get("segments") or () for a in s.get("artifacts") or ()]
+    if d.get("monolithic"):
+        entries += list(d["monolithic"].get("artifacts") or ())
+    if d.get("golden", {}).get("file"):
+        entries.append(d["golden"])
+    for e in entries:
+        if e.get("size") is None:
+            e["size"] = (root / e["file"]).stat().st_size
+    return d
 
 
 def check_chain(manifest: Manifest) -> None:
@@ -351,7 +389,7 @@ def check_chain(manifest: Manifest) -> None:
 
 
 def verify_hashes(root: str | os.PathLike, manifest: Manifest) -> None:
-    """Raise :class:`BundleError` if a listed file is missing or its sha256 differs."""
+    """Raise :class:`BundleError` if a listed file is missing, or its size or sha256 differs."""
     root = Path(root)
     for a in manifest.artifacts():
         path = root / a.file
@@ -359,6 +397,12 @@ def verify_hashes(root: str | os.PathLike, manifest: Manifest) -> None:
             raise BundleError(f"{MANIFEST} lists {a.file!r} outside the bundle; refusing it")
         if not path.is_file():
             raise BundleError(f"{path} is listed in {MANIFEST} but missing: copy the whole bundle again")
+        size = path.stat().st_size
+        if a.size is not None and size != a.size:
+            raise BundleError(
+                f"{path} has {size} bytes but {MANIFEST} lists {a.size}: the file was altered or "
+                "copied incompletely; copy the bundle again (or re-export it)"
+            )
         digest = sha256_file(path)
         if digest != a.sha256:
             raise BundleError(

@@ -4,6 +4,11 @@ Checks, in order: the manifest (schema version, segment chain), the sha256 of ev
 every file format (or the one asked for) a replay of ``golden.npz`` through the chained segments:
 each exit's logits must lie within the manifest's tolerance of PyTorch's, and the monolithic
 reference graph's final logits too. Runs with numpy and the backends only.
+
+``path`` may be a bundle directory or its ``.tar.gz`` (unpacked safely into a temporary
+directory). A signed bundle's signature is checked (against the trusted keys when given or
+required by the device config). A format whose backend is not installed here is reported in
+``unchecked`` (its files were hash-checked but never run); ``strict`` makes that a failure.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 from edgeexit.errors import EdgeExitError
 from edgeexit.runtime.backends import backend_for_format, get_backend
 from edgeexit.runtime.engine import Engine
+from edgeexit.runtime.install import open_bundle
 from edgeexit.runtime.manifest import GOLDEN, check_chain, read_manifest, verify_hashes
 
 log = logging.getLogger(__name__)
@@ -25,14 +31,17 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class VerifyReport:
-    """``ok`` is True only if every check passed; ``checks`` lists each with its details."""
+    """``ok`` is True only if every check passed; ``checks`` lists each with its details;
+    ``unchecked``: formats whose golden replay could not run (backend not installed here)."""
 
     bundle: str
     ok: bool
     checks: tuple[dict, ...]
+    unchecked: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return {"bundle": self.bundle, "ok": self.ok, "checks": list(self.checks)}
+        return {"bundle": self.bundle, "ok": self.ok, "checks": list(self.checks),
+                "unchecked": list(self.unchecked)}
 
 
 def _golden(root: Path) -> dict[str, np.ndarray]:
@@ -40,11 +49,25 @@ def _golden(root: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def verify_bundle(path: str | os.PathLike, backend: str = "all", threads: int | None = None) -> VerifyReport:
-    """Verify bundle ``path``; ``backend`` = ``all`` (every installed backend for the bundle's
-    formats), ``auto`` or a backend name. Never raises for a mismatch: the report says it."""
-    root = Path(path)
+def verify_bundle(path: str | os.PathLike, backend: str = "all", threads: int | None = None,
+                  strict: bool = False, trusted_keys=None, check_signature: bool = True) -> VerifyReport:
+    """Verify bundle ``path`` (a directory or a ``.tar.gz``); ``backend`` = ``all`` (every
+    installed backend for the bundle's formats), ``auto`` or a backend name; ``strict``: fail if
+    a format could not be replayed here; ``trusted_keys``: the bundle must be signed by one of
+    these keys (None: as the device config says). Never raises for a mismatch: the report says it."""
+    try:
+        with open_bundle(path) as root:
+            report = _verify(root, backend, threads, strict, trusted_keys, check_signature)
+    except EdgeExitError as e:
+        log.error("archive: FAILED %s", e)
+        return VerifyReport(str(path), False, ({"check": "archive", "ok": False, "error": str(e)},))
+    return dataclasses.replace(report, bundle=str(path))
+
+
+def _verify(root: Path, backend: str, threads: int | None, strict: bool, trusted_keys,
+            check_signature: bool) -> VerifyReport:
     checks: list[dict] = []
+    unchecked: list[str] = []
 
     def check(name: str, ok: bool, **detail) -> bool:
         checks.append({"check": name, "ok": bool(ok), **detail})
@@ -64,6 +87,19 @@ def verify_bundle(path: str | os.PathLike, backend: str = "all", threads: int | 
         check("sha256", False, error=str(e))
         return VerifyReport(str(root), False, tuple(checks))
     check("sha256", True, files=len(manifest.artifacts()))
+    if check_signature:
+        from edgeexit.runtime import signing
+
+        try:
+            sig = signing.check_signature(root, signing.resolve_trust(trusted_keys))
+        except EdgeExitError as e:
+            check("signature", False, error=str(e))
+            return VerifyReport(str(root), False, tuple(checks))
+        if sig["signed"]:
+            check("signature", True, key=sig["key_fingerprint"][:16],
+                  trusted="yes" if sig["trusted"] else "not checked (no trusted keys given)")
+        else:
+            check("signature", True, signed="no")
 
     golden = _golden(root)
     x = golden["inputs"].astype(np.float32)
@@ -75,7 +111,9 @@ def verify_bundle(path: str | os.PathLike, backend: str = "all", threads: int | 
             if be.available():
                 names.append(be.name)
             else:
-                check(f"golden[{be.name}]", True, skipped=f"{be.name} is not installed here")
+                unchecked.append(fmt)
+                check(f"golden[{be.name}]", not strict, skipped=f"{fmt} files not replayed: "
+                      f"{be.name} is not installed here")
         if not names:
             check("golden", False, error="no installed backend runs this bundle's formats")
     else:
@@ -104,4 +142,4 @@ def verify_bundle(path: str | os.PathLike, backend: str = "all", threads: int | 
             err = float(np.abs(engine.run_monolithic(x) - ref[-1]).max())
             check(f"monolithic[{engine.backend}]", err <= tol, max_abs_err=float(f"{err:.3g}"), tolerance=tol)
     ok = all(c["ok"] for c in checks) and bool(names)
-    return VerifyReport(str(root), ok, tuple(checks))
+    return VerifyReport(str(root), ok, tuple(checks), tuple(unchecked))
