@@ -1,0 +1,707 @@
+"""Streaming beat classification on the device (numpy only): R peaks, windows and the engine, live.
+
+A live signal arrives in blocks of any size. :class:`StreamDetector` finds its R peaks with the
+batch detector of :mod:`edgeexit.runtime.peaks` run on overlapping analysis windows laid on a fixed
+grid of the *signal* (not of the blocks), so the peaks do not depend on how the signal was cut:
+
+- every ``hop_s`` seconds of signal (analysis point ``t``, a multiple of the hop) the detector runs
+  on the last ``window_s`` seconds ``[t - window_s, t)``;
+- it commits the peaks in ``[t - hop_s - lookahead_s, t - lookahead_s)``: the region right after
+  the previous commit. The ``lookahead_s`` seconds after it let the search-back and the T-wave test
+  see what follows, and the ``window_s - hop_s - lookahead_s`` seconds before it let the adaptive
+  thresholds settle; the regions of consecutive runs tile the signal without overlap, and a peak
+  closer than the refractory period to the last committed one is dropped (exact de-duplication);
+- at the end of the stream the last window is analysed once more and everything after the last
+  commit is committed.
+
+The state is bounded: one buffer of ``window_s`` seconds of signal and a few numbers. A peak is
+known ``lookahead_s`` to ``lookahead_s + hop_s`` seconds after it happened.
+
+:class:`BeatStream` turns committed peaks into the model's inputs with the functions of
+:mod:`edgeexit.runtime.preprocess` (the ones that cut the training windows), so a beat's window
+and RR context equal, bit for bit, those of the offline path for the same peaks. The RR context
+holds ``post_rr``, the interval to the *next* R peak: a beat is answered once the next peak is
+known, one beat late (every beat line says so: ``"answered_after": "next R peak"``).
+
+:func:`stream_classify` drives both from an iterator of signal blocks (see
+:func:`open_source` for WFDB records, CSV and raw binary files and stdin) and yields one dict per
+beat and a final summary (real-time factor; with annotations, beat-detection sensitivity / PPV
+within 150 ms and classification against them).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from edgeexit.errors import ConfigError, DataError
+from edgeexit.runtime.peaks import MIN_SECONDS, detect_r_peaks
+from edgeexit.runtime.preprocess import (
+    LOCAL_RR_BEATS,
+    LONG_RR_BEATS,
+    RR_FEATURES,
+    beat_windows,
+    default_r_offset,
+)
+
+__all__ = ["MATCH_S", "BeatStream", "StreamDetector", "open_source", "stream_classify"]
+
+log = logging.getLogger(__name__)
+
+MATCH_S = 0.150
+"""Tolerance (seconds) for matching a detected R peak to an annotated beat (AAMI EC57)."""
+
+_AVG = 1 + RR_FEATURES.index("avg_rr")  # offsets after the signal channels
+_PRE_AVG = 1 + RR_FEATURES.index("pre_rr_avg_ratio")
+
+
+# ------------------------------------------------------------------------------------ detector
+class StreamDetector:
+    """Causal R-peak detection with bounded state (see the module docstring).
+
+    Args:
+        fs: sampling rate in Hz.
+        window_s: analysis window in seconds (the signal buffer's length).
+        hop_s: signal seconds between analyses.
+        lookahead_s: how far behind the newest sample the commit region ends.
+        refractory_s: as in :func:`edgeexit.runtime.peaks.detect_r_peaks`.
+
+    ``push(samples)`` returns the absolute sample indices of the peaks committed by that block;
+    ``flush()`` those left at the end. ``signal`` / ``signal_start`` expose the buffer (the last
+    ``window_s`` seconds) right after each analysis, for cutting windows.
+    """
+
+    def __init__(self, fs: float, *, window_s: float = 12.0, hop_s: float = 2.0,
+                 lookahead_s: float = 3.0, refractory_s: float = 0.2) -> None:
+        try:
+            fs = float(fs)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--fs must be a sampling rate in Hz, got {fs!r}") from None
+        if not math.isfinite(fs) or fs < 45.0:
+            raise ConfigError(f"--fs must be at least 45 Hz for R-peak detection, got {fs:g}")
+        self.fs = fs
+        self.size = round(window_s * fs)
+        self.hop = round(hop_s * fs)
+        self.lookahead = round(lookahead_s * fs)
+        self.refractory = max(1, round(refractory_s * fs))
+        self._refractory_s = refractory_s
+        if self.hop < 1 or self.lookahead < 1 or self.size < self.hop + self.lookahead + MIN_SECONDS * fs:
+            raise ConfigError(
+                f"stream detector: window_s ({window_s:g}) must exceed hop_s + lookahead_s "
+                f"+ {MIN_SECONDS:g} s ({hop_s:g} + {lookahead_s:g})"
+            )
+        self._buf = np.zeros(self.size, np.float64)
+        self._count = 0  # valid samples at the end of ``_buf``
+        self.end = 0  # absolute index one past the newest sample
+        # first analysis once the buffer is full, then every hop (a grid of the signal)
+        self._next_t = math.ceil(self.size / self.hop) * self.hop
+        self._committed = 0  # peaks before this absolute sample are final
+        self._last_peak = -(1 << 62)
+        self._hold = 0.0  # last finite sample (replaces NaN / Inf)
+        self.filled = 0  # non-finite samples replaced so far
+        self.analyses = 0
+
+    # -- buffer --------------------------------------------------------------------------------
+    @property
+    def signal(self) -> np.ndarray:
+        """The buffered signal (float64 mV), absolute samples ``signal_start .. end - 1``."""
+        return self._buf[self.size - self._count:]
+
+    @property
+    def signal_start(self) -> int:
+        return self.end - self._count
+
+    def _append(self, x: np.ndarray) -> None:
+        n = x.size
+        if n >= self.size:
+            self._buf[:] = x[-self.size:]
+        else:
+            self._buf[:-n] = self._buf[n:]
+            self._buf[-n:] = x
+        self._count = min(self.size, self._count + n)
+        self.end += n
+
+    def _clean(self, x: np.ndarray) -> np.ndarray:
+        ok = np.isfinite(x)
+        if ok.all():
+            self._hold = float(x[-1]) if x.size else self._hold
+            return x
+        x = x.copy()
+        bad = np.flatnonzero(~ok)
+        self.filled += bad.size
+        log.warning("%d non-finite sample(s) near sample %d held at the last finite value",
+                    bad.size, self.end + int(bad[0]))
+        for i in bad:  # hold the last finite value (a lead-off gap, not a QRS)
+            x[i] = x[i - 1] if i else self._hold
+        self._hold = float(x[-1])
+        return x
+
+    # -- detection -----------------------------------------------------------------------------
+    def _analyse(self, commit_until: int, on_commit) -> list[int]:
+        self.analyses += 1
+        start = self.signal_start
+        peaks = detect_r_peaks(self.signal, self.fs, refractory_s=self._refractory_s) + start
+        out: list[int] = []
+        for p in peaks.tolist():
+            if p < self._committed or p >= commit_until:
+                continue
+            if p - self._last_peak < self.refractory:
+                continue  # the same beat seen from the previous window
+            out.append(p)
+            self._last_peak = p
+        self._committed = commit_until
+        if on_commit is not None and out:
+            on_commit(out)
+        return out
+
+    def push(self, samples, on_commit=None) -> list[int]:
+        """Feed a block of samples (mV); return the R peaks committed meanwhile (absolute indices).
+
+        ``on_commit(peaks)`` is called right after each analysis that committed peaks, while
+        :attr:`signal` still holds the samples around them.
+        """
+        x = np.asarray(samples, dtype=np.float64).reshape(-1)
+        x = self._clean(x)
+        out: list[int] = []
+        i = 0
+        while i < x.size:
+            take = min(x.size - i, self._next_t - self.end)
+            self._append(x[i:i + take])
+            i += take
+            if self.end == self._next_t:
+                out += self._analyse(self.end - self.lookahead, on_commit)
+                self._next_t += self.hop
+        return out
+
+    def flush(self, on_commit=None) -> list[int]:
+        """End of the stream: commit every peak after the last commit."""
+        if self._count < MIN_SECONDS * self.fs or self.end <= self._committed:
+            return []
+        return self._analyse(self.end, on_commit)
+
+    def state_sizes(self) -> dict[str, int]:
+        """Sizes of everything the detector keeps (for the bounded-state test)."""
+        return {"buffer": int(self._buf.size)}
+
+
+# ---------------------------------------------------------------------------------- beats
+class BeatStream:
+    """Committed R peaks -> the model's input windows, one beat late (see the module docstring).
+
+    Args:
+        fs: sampling rate in Hz.
+        window: samples per window; r_offset: samples before the R peak (default 3/8 window).
+        rr_context: append the :data:`~edgeexit.runtime.preprocess.RR_FEATURES` channels.
+
+    ``add(peaks, signal, signal_start)`` takes the newly committed peaks with a signal buffer that
+    holds their windows and returns the beats now complete as ``(r_peak, window)`` pairs;
+    ``finish()`` returns the last one (its ``post_rr`` is its ``pre_rr``, as offline).
+    """
+
+    def __init__(self, fs: float, window: int, r_offset: int | None = None,
+                 rr_context: bool = True) -> None:
+        self.fs = float(fs)
+        self.window = int(window)
+        self.r_offset = default_r_offset(self.window) if r_offset is None else int(r_offset)
+        self.rr_context = rr_context
+        self._peaks: deque[int] = deque(maxlen=LOCAL_RR_BEATS + 2)  # [.., beat, next]
+        self._cut: deque[np.ndarray | None] = deque(maxlen=2)  # windows of those two peaks
+        self._csum: deque[float] = deque([0.0], maxlen=LONG_RR_BEATS + 1)  # running sum of pre_rr
+        self.beats = 0  # beats seen (index of the next one)
+        self.dropped = 0  # beats too close to the start of the stream for a window
+
+    def state_sizes(self) -> dict[str, int]:
+        return {"peaks": len(self._peaks), "cut": len(self._cut), "csum": len(self._csum)}
+
+    def _cut_window(self, r: int, signal: np.ndarray, start: int) -> np.ndarray | None:
+        a = r - self.r_offset - start
+        if r - self.r_offset < 0 or a + self.window > signal.size:
+            return None  # too close to the start, or (at the end of the stream) to the end
+        if a < 0 or a + self.window > signal.size:
+            raise RuntimeError(f"window of the beat at {r} is not in the buffer")  # a bug
+        return np.asarray(signal[a:a + self.window], dtype=np.float32)
+
+    def add(self, peaks: Iterable[int], signal: np.ndarray, start: int) -> list[tuple[int, np.ndarray]]:
+        done = []
+        for p in peaks:
+            self._peaks.append(int(p))
+            self._cut.append(self._cut_window(int(p), signal, start))
+            if len(self._peaks) >= 2:
+                out = self._complete(last=False)
+                if out is not None:
+                    done.append(out)
+        return done
+
+    def finish(self) -> list[tuple[int, np.ndarray]]:
+        """The last beat (answered at the end of the stream), if it has a full window."""
+        if len(self._peaks) < 2:
+            return []  # a single beat has no RR interval (offline refuses it too)
+        out = self._complete(last=True)
+        return [] if out is None else [out]
+
+    def _complete(self, last: bool) -> tuple[int, np.ndarray] | None:
+        """Build the window of the beat before the newest peak (``last``: of the newest peak)."""
+        peaks = np.fromiter(self._peaks, np.int64, len(self._peaks))
+        j = peaks.size - 1 if last else peaks.size - 2  # row of the beat in ``peaks``
+        beat = int(peaks[j])
+        i = self.beats  # its index in the whole stream
+        # the running sum of pre_rr, as np.cumsum over the whole stream would add it
+        pre = (peaks[1] - peaks[0]) / self.fs if i == 0 else (peaks[j] - peaks[j - 1]) / self.fs
+        csum = self._csum[-1] + pre
+        self._csum.append(csum)
+        self.beats += 1
+        cut = self._cut[-1] if last else self._cut[-2]
+        if cut is None:
+            self.dropped += 1
+            return None
+        if not self.rr_context:
+            return beat, cut[None, :]
+        # beat_windows on a signal that is exactly this window: the beat sits at r_offset; its RR
+        # context comes from rr_features over the last LOCAL_RR_BEATS + 2 peaks, which (but for
+        # the long mean) equals rr_features over the whole stream for this beat
+        rel = peaks[: j + 1] if last else peaks
+        rel = rel - beat + self.r_offset
+        x, kept = beat_windows(cut, rel, self.fs, window=self.window, r_offset=self.r_offset,
+                               rr_context=True)
+        x = x[kept.tolist().index(j)]
+        # the long mean over LONG_RR_BEATS intervals, with the very arithmetic of rr_features
+        n = min(i + 1, LONG_RR_BEATS)
+        avg = (csum - self._csum[-1 - n]) / n
+        x[_AVG, :] = np.float32(avg)
+        x[_PRE_AVG, :] = np.float32(pre / avg)
+        return beat, x
+
+
+# ---------------------------------------------------------------------------------- sources
+def _wfdb_header(base: Path) -> dict:
+    hea = base.with_suffix(".hea")
+    try:
+        lines = [ln.split("#")[0].strip() for ln in hea.read_text(errors="replace").splitlines()]
+    except OSError as e:
+        raise DataError(f"cannot read the WFDB header {hea}: {e.strerror}") from None
+    lines = [ln for ln in lines if ln]
+    try:
+        head = lines[0].split()
+        nsig = int(head[1])
+        fs = float(head[2].split("/")[0].split("(")[0]) if len(head) > 2 else 250.0
+        sigs = []
+        for ln in lines[1:1 + nsig]:
+            f = ln.split()
+            fmt = f[1].split("x")[0].split(":")[0]
+            gain_s = f[2] if len(f) > 2 else "200"
+            units = gain_s.split("/")[1] if "/" in gain_s else "mV"
+            g = gain_s.split("/")[0]
+            baseline = int(g.split("(")[1].rstrip(")")) if "(" in g else None
+            gain = float(g.split("(")[0]) or 200.0
+            zero = int(f[4]) if len(f) > 4 else 0
+            sigs.append({"file": f[0], "fmt": fmt, "gain": gain, "units": units,
+                         "baseline": zero if baseline is None else baseline,
+                         "name": f[8] if len(f) > 8 else f"sig{len(sigs)}"})
+    except (IndexError, ValueError) as e:
+        raise DataError(f"{hea} is not a WFDB header this reader understands ({e})") from None
+    if len(sigs) != nsig or len({s["file"] for s in sigs}) != 1 or len({s["fmt"] for s in sigs}) != 1:
+        raise DataError(f"{hea}: only records whose signals share one .dat file and format are streamed")
+    if sigs[0]["fmt"] not in ("212", "16"):
+        raise DataError(f"{hea}: WFDB format {sigs[0]['fmt']} is not supported (212 and 16 are)")
+    return {"fs": fs, "nsig": nsig, "signals": sigs, "dat": base.parent / sigs[0]["file"]}
+
+
+_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
+
+
+def _wfdb_blocks(base: Path, head: dict, channel: int, frames: int) -> Iterator[np.ndarray]:
+    sig = head["signals"][channel]
+    scale = _TO_MV.get(sig["units"].lower())
+    if scale is None:
+        raise DataError(f"{base}.hea: unknown units {sig['units']!r} of lead {sig['name']}")
+    nsig, fmt = head["nsig"], sig["fmt"]
+    frames += frames % 2  # 212 packs two samples in 3 bytes: keep blocks whole
+    nbytes = frames * nsig * 2 if fmt == "16" else (frames * nsig * 3) // 2
+    with open(head["dat"], "rb") as f:
+        while True:
+            raw = f.read(nbytes)
+            if not raw:
+                return
+            if fmt == "16":
+                d = np.frombuffer(raw[: len(raw) // 2 * 2], "<i2").astype(np.int32)
+            else:
+                b = np.frombuffer(raw[: len(raw) // 3 * 3], np.uint8).astype(np.int32).reshape(-1, 3)
+                d = np.empty(b.shape[0] * 2, np.int32)
+                d[0::2] = b[:, 0] | ((b[:, 1] & 0x0F) << 8)
+                d[1::2] = b[:, 2] | ((b[:, 1] & 0xF0) << 4)
+                d[d > 2047] -= 4096
+            d = d[: d.size // nsig * nsig].reshape(-1, nsig)[:, channel]
+            yield (d - sig["baseline"]) / sig["gain"] * scale
+
+
+def read_annotations(base: str | os.PathLike) -> tuple[np.ndarray, np.ndarray] | None:
+    """Beat annotations of a WFDB record (``.atr``, MIT format): ``(samples, AAMI class index)``.
+
+    Only beats of the AAMI classes; None when the record has no ``.atr`` file.
+    """
+    path = Path(str(base) + ".atr")
+    if not path.is_file():
+        return None
+    from edgeexit.data.dataset import AAMI_CLASSES
+    from edgeexit.data.mitbih import AAMI_MAP  # the symbol table (numpy only)
+
+    codes = {1: "N", 2: "L", 3: "R", 4: "a", 5: "V", 6: "F", 7: "J", 8: "A", 9: "S", 10: "E",
+             11: "j", 12: "/", 13: "Q", 34: "e", 38: "f", 31: "!", 41: "x"}
+    w = np.frombuffer(path.read_bytes(), "<u2")
+    t, samples, labels, k = 0, [], [], 0
+    while k < w.size:
+        a, i = int(w[k]) >> 10, int(w[k]) & 0x3FF
+        k += 1
+        if a == 0 and i == 0:
+            break
+        if a == 59:  # SKIP: a 32-bit interval follows, high word first
+            t += (int(w[k]) << 16) | int(w[k + 1])
+            if t >= 1 << 31:
+                t -= 1 << 32
+            k += 2
+        elif a == 63:  # AUX: i bytes of text, padded to a word
+            k += (i + 1) // 2
+        elif a in (60, 61, 62):  # NUM, SUB, CHN
+            pass
+        else:
+            t += i
+            sym = codes.get(a)
+            if sym in AAMI_MAP:
+                samples.append(t)
+                labels.append(AAMI_CLASSES.index(AAMI_MAP[sym]))
+    return np.asarray(samples, np.int64), np.asarray(labels, np.int64)
+
+
+class Source:
+    """A signal source: ``fs``, ``blocks`` (an iterator of float64 mV blocks), ``annotations``."""
+
+    def __init__(self, name: str, fs: float, blocks: Iterator[np.ndarray],
+                 annotations: tuple[np.ndarray, np.ndarray] | None = None, lead: str = "") -> None:
+        self.name, self.fs, self.blocks, self.annotations, self.lead = name, fs, blocks, annotations, lead
+
+
+def _csv_blocks(lines: Iterable[str], name: str, channel: int, rows: int, scale: float,
+                offset: float) -> Iterator[np.ndarray]:
+    buf: list[float] = []
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line[0] == "#":
+            continue
+        cols = line.replace(";", ",").split(",") if ("," in line or ";" in line) else line.split()
+        try:
+            v = float(cols[channel])
+        except IndexError:
+            raise DataError(f"{name} line {n}: no column {channel} (--channel counts from 0)") from None
+        except ValueError:
+            if not buf and n <= 2:
+                continue  # a header row
+            raise DataError(f"{name} line {n}: {cols[channel]!r} is not a number") from None
+        buf.append((v - offset) * scale)
+        if len(buf) >= rows:
+            yield np.asarray(buf, np.float64)
+            buf = []
+    if buf:
+        yield np.asarray(buf, np.float64)
+
+
+def _raw_blocks(f, name: str, dtype: np.dtype, channels: int, channel: int, rows: int,
+                scale: float, offset: float) -> Iterator[np.ndarray]:
+    frame = dtype.itemsize * channels
+    rest = b""
+    while True:
+        want = rows * frame - len(rest)
+        chunk = f.read1(want) if hasattr(f, "read1") else f.read(want)  # what has arrived
+        if not chunk:
+            if rest:
+                log.warning("%s: %d trailing byte(s) of a partial frame ignored", name, len(rest))
+            return
+        data = rest + chunk
+        whole = len(data) // frame * frame
+        rest = data[whole:]
+        if whole:
+            d = np.frombuffer(data[:whole], dtype).reshape(-1, channels)[:, channel]
+            yield (d.astype(np.float64) - offset) * scale
+
+
+def open_source(
+    source: str,
+    *,
+    fs: float | None = None,
+    units: str | None = None,
+    dtype: str | None = None,
+    channel: int | None = None,
+    channels: int = 1,
+    adc_gain: float = 200.0,
+    adc_zero: float = 0.0,
+    block_seconds: float = 1.0,
+) -> Source:
+    """Open ``source`` for streaming.
+
+    ``source``: a WFDB record (``.../mitdb/100``, its ``.hea`` or ``.dat``: the MLII lead unless
+    ``channel``), a CSV file (``.csv``/``.txt``: one sample per line, or columns and ``channel``),
+    a raw binary file (``dtype``: interleaved frames of ``channels`` values), or ``-`` for stdin
+    (CSV text, or raw binary when ``dtype`` is given), read as it arrives. ``units``: ``mV``
+    (default), ``uV`` or ``adc`` (``(value - adc_zero) / adc_gain``).
+    """
+    if block_seconds is None or not block_seconds > 0:
+        raise ConfigError(f"--block-seconds must be positive, got {block_seconds}")
+    if channel is not None and channel < 0:
+        raise ConfigError(f"--channel must be >= 0, got {channel}")
+    scale, offset = 1.0, 0.0
+    u = (units or "mV").lower()
+    if u == "mv":
+        pass
+    elif u in ("uv", "µv"):
+        scale = 1e-3
+    elif u == "adc":
+        if not adc_gain:
+            raise ConfigError("--adc-gain must not be 0")
+        scale, offset = 1.0 / adc_gain, adc_zero
+    else:
+        raise ConfigError(f"--units must be mV, uV or adc, got {units!r}")
+    p = Path(source)
+    base = p.with_suffix("") if p.suffix in (".hea", ".dat", ".atr") else p
+    if source != "-" and base.with_suffix(".hea").is_file() and p.suffix not in (".csv", ".txt"):
+        head = _wfdb_header(base)
+        names = [s["name"] for s in head["signals"]]
+        ch = channel if channel is not None else (names.index("MLII") if "MLII" in names else 0)
+        if ch >= head["nsig"]:
+            raise ConfigError(f"--channel {ch}: record {base} has {head['nsig']} signals ({', '.join(names)})")
+        if fs is not None and float(fs) != head["fs"]:
+            raise ConfigError(f"--fs {fs:g} contradicts the header of {base} ({head['fs']:g} Hz): drop --fs")
+        frames = max(2, round(block_seconds * head["fs"]))
+        return Source(str(base), head["fs"], _wfdb_blocks(base, head, ch, frames),
+                      read_annotations(base), names[ch])
+    if fs is None:
+        raise ConfigError(f"--fs is required for {source} (the sampling rate in Hz)")
+    rows = max(1, round(block_seconds * float(fs)))
+    ch = channel or 0
+    if dtype is not None:
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise ConfigError(f"--dtype {dtype!r} is not a numpy dtype (float32, int16, ...)") from None
+        if channels < 1 or ch >= channels:
+            raise ConfigError(f"--channel {ch} must be below the number of interleaved channels ({channels})")
+        if source == "-":
+            f = sys.stdin.buffer
+        else:
+            if not p.is_file():
+                raise DataError(f"signal file not found: {p}")
+            f = open(p, "rb")  # noqa: SIM115 - closed by the generator's end
+        return Source(source, float(fs), _raw_blocks(f, source, dt, channels, ch, rows, scale, offset))
+    if source == "-":
+        return Source("stdin", float(fs), _csv_blocks(sys.stdin, "stdin", ch, rows, scale, offset))
+    if not p.is_file():
+        raise DataError(f"signal file not found: {p}")
+    if p.suffix not in (".csv", ".txt"):
+        raise ConfigError(f"{p}: give --dtype for a raw binary file (or use .csv / a WFDB record)")
+
+    def lines():
+        try:
+            with open(p, encoding="utf-8") as f:
+                yield from f
+        except UnicodeDecodeError:
+            raise DataError(f"{p} is not UTF-8 text; for binary samples give --dtype") from None
+
+    return Source(str(p), float(fs), _csv_blocks(lines(), str(p), ch, rows, scale, offset))
+
+
+# -------------------------------------------------------------------------------- classify
+class _Scorer:
+    """Online beat matching against annotations (each annotation matched at most once)."""
+
+    def __init__(self, ann: np.ndarray, labels: np.ndarray, tol: int, k: int) -> None:
+        self.ann, self.labels, self.tol = ann, labels, tol
+        self._next = 0  # annotations before this index are matched or missed
+        self._used: deque[int] = deque(maxlen=64)
+        self.tp = self.fp = self.fn = 0
+        self.confusion = np.zeros((k, k), np.int64)
+
+    def match(self, r: int) -> int | None:
+        """Annotated class of the beat at ``r`` (None: a false detection)."""
+        a = self.ann
+        while self._next < a.size and a[self._next] < r - self.tol:
+            if self._next not in self._used:
+                self.fn += 1
+            self._next += 1
+        best, bd = None, self.tol + 1
+        j = self._next
+        while j < a.size and a[j] <= r + self.tol:
+            d = abs(int(a[j]) - r)
+            if j not in self._used and d < bd:
+                best, bd = j, d
+            j += 1
+        if best is None:
+            self.fp += 1
+            return None
+        self.tp += 1
+        self._used.append(best)
+        return int(self.labels[best])
+
+    def finish(self, end: int) -> None:
+        while self._next < self.ann.size and self.ann[self._next] < end:
+            if self._next not in self._used:
+                self.fn += 1
+            self._next += 1
+
+
+def _input_spec(engine, fs: float) -> tuple[int, int | None, bool]:
+    spec = engine.manifest.input
+    shape = tuple(engine.input_shape)
+    window = int(spec.get("window", shape[-1]))
+    rr = bool(spec.get("rr_context", shape[0] == 1 + len(RR_FEATURES)))
+    channels = 1 + (len(RR_FEATURES) if rr else 0)
+    if shape != (channels, window):
+        raise ConfigError(
+            f"the bundle takes windows {list(shape)}; streaming cuts [{channels}, {window}] "
+            "(one lead" + (" + RR context" if rr else "") + "): use a bundle trained on single-lead beats"
+        )
+    bfs = spec.get("fs")
+    if bfs is not None and abs(float(bfs) - fs) > 1e-6:
+        raise ConfigError(f"the source is sampled at {fs:g} Hz but the bundle was trained at {float(bfs):g} Hz: "
+                          "resample the signal first")
+    return window, spec.get("r_offset"), rr
+
+
+def stream_classify(
+    engine,
+    source: Source,
+    *,
+    realtime: bool = False,
+    detector: dict | None = None,
+    keep_beats: bool = False,
+    clock=time.perf_counter,
+    sleep=time.sleep,
+) -> Iterator[dict]:
+    """Classify the beats of ``source`` as they arrive; yield one dict per beat, then the summary.
+
+    Beat dicts: ``beat`` (index), ``r_sample``, ``r_time_s``, ``label``, ``label_index``, ``exit``,
+    ``probs``, ``segment_us``, ``answered_after`` ("next R peak"), ``delay_s`` (signal seconds
+    between the R peak and the answer: the detector's look-ahead plus the wait for the next
+    peak), ``delay_wall_s`` (wall seconds since the block holding the R peak arrived) and, with
+    annotations, ``annotation`` (the matched annotated class, or null for a false detection).
+    The summary (``{"summary": true, ...}``) has the real-time factor, the beat count, and with
+    annotations the detection sensitivity / PPV within :data:`MATCH_S` and the classification
+    counts. ``keep_beats``: also return in the summary every answered beat's R peak and label
+    (``r_samples``, ``labels``) and every committed peak (``all_peaks``): lists that grow, for
+    benchmarks and tests.
+    """
+    fs = float(source.fs)
+    window, r_offset, rr = _input_spec(engine, fs)
+    det = StreamDetector(fs, **(detector or {}))
+    beats = BeatStream(fs, window, r_offset, rr)
+    classes = list(engine.classes)
+    scorer = None
+    if source.annotations is not None:
+        scorer = _Scorer(*source.annotations, round(MATCH_S * fs), len(classes))
+    arrivals: deque[tuple[int, float]] = deque(maxlen=4096)  # (end sample, wall time) of blocks
+    pending_ann: deque[tuple[int, int | None]] = deque(maxlen=4)
+    exits = np.zeros(engine.manifest.num_exits, np.int64)
+    seg_ns = np.zeros(engine.manifest.num_exits, np.int64)
+    kept_r: list[int] = []
+    all_peaks: list[int] = []
+    kept_y: list[int] = []
+    state = {"n": 0}
+    collected: list[tuple[int, np.ndarray]] = []
+    if det.lookahead < window - beats.r_offset:
+        raise ConfigError(f"stream detector: lookahead_s must cover the {window - beats.r_offset} samples "
+                          "of a window after its R peak")
+
+    def arrived(r: int) -> float:
+        for end, t in arrivals:
+            if end > r:
+                return t
+        return arrivals[0][1] if arrivals else clock()
+
+    def answer(done: list[tuple[int, np.ndarray]], now_end: int, last: bool) -> Iterator[dict]:
+        for r, x in done:
+            res = engine.predict(x)
+            t = clock()
+            exits[res.exit_index] += 1
+            for k, ns in enumerate(res.segment_ns):
+                seg_ns[k] += ns
+            d = {"beat": state["n"], "r_sample": r, "r_time_s": round(r / fs, 4), **res.to_dict(),
+                 "answered_after": "end of stream" if last else "next R peak",
+                 "delay_s": round((now_end - r) / fs, 3), "delay_wall_s": round(t - arrived(r), 6)}
+            while pending_ann and pending_ann[0][0] < r:
+                pending_ann.popleft()
+            if pending_ann and pending_ann[0][0] == r:
+                a = pending_ann.popleft()[1]
+                d["annotation"] = None if a is None else classes[a]
+                if a is not None:
+                    scorer.confusion[a, res.label] += 1
+            if keep_beats:
+                kept_r.append(r)
+                kept_y.append(res.label)
+            state["n"] += 1
+            yield d
+
+    def on_commit(peaks: list[int]) -> None:
+        if scorer is not None:
+            for p in peaks:
+                pending_ann.append((p, scorer.match(p)))
+        if keep_beats:
+            all_peaks.extend(peaks)
+        collected.extend(beats.add(peaks, det.signal, det.signal_start))
+
+    t0 = clock()
+    wall_compute = 0.0
+    for block in source.blocks:
+        if realtime:
+            ahead = (det.end + block.size) / fs - (clock() - t0)
+            if ahead > 0:
+                sleep(ahead)
+        now = clock()
+        arrivals.append((det.end + block.size, now))
+        collected.clear()
+        det.push(block, on_commit=on_commit)
+        yield from answer(list(collected), det.end, last=False)
+        wall_compute += clock() - now
+    now = clock()
+    collected.clear()
+    det.flush(on_commit=on_commit)
+    yield from answer(list(collected), det.end, last=False)
+    yield from answer(beats.finish(), det.end, last=True)
+    wall_compute += clock() - now
+    wall = clock() - t0
+    seconds = det.end / fs
+    summary = {
+        "summary": True, "source": source.name, "lead": source.lead, "fs": fs,
+        "signal_s": round(seconds, 3), "wall_s": round(wall, 4), "compute_s": round(wall_compute, 4),
+        "realtime_factor": round(seconds / wall, 1) if wall > 0 else None,
+        "compute_realtime_factor": round(seconds / wall_compute, 1) if wall_compute > 0 else None,
+        "beats": state["n"], "peaks": beats.beats, "dropped_at_start": beats.dropped,
+        "filled_samples": det.filled,
+        "answered": "one beat late: each beat after the next R peak (its RR context needs post_rr)",
+        "detector": {"window_s": det.size / fs, "hop_s": det.hop / fs, "lookahead_s": det.lookahead / fs},
+        "exit_counts": exits.tolist(),
+        "mean_segment_us": [round(float(s) / max(1, int(exits[k:].sum())) / 1e3, 1)
+                            for k, s in enumerate(seg_ns)],
+    }
+    if scorer is not None:
+        scorer.finish(det.end)
+        tp, fp, fn = scorer.tp, scorer.fp, scorer.fn
+        c = scorer.confusion
+        summary["detection"] = {"tolerance_s": MATCH_S, "annotated": tp + fn, "detected": tp + fp,
+                                "tp": tp, "fp": fp, "fn": fn,
+                                "sensitivity": round(tp / max(1, tp + fn), 6),
+                                "ppv": round(tp / max(1, tp + fp), 6)}
+        summary["classification"] = {
+            "classes": classes, "beats": int(c.sum()),
+            "accuracy": round(float(np.trace(c)) / max(1, int(c.sum())), 6),
+            "confusion": c.tolist(),  # rows: annotated class, columns: predicted
+        }
+    if keep_beats:
+        summary["r_samples"] = kept_r
+        summary["labels"] = kept_y
+        summary["all_peaks"] = all_peaks
+    yield summary
