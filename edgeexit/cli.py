@@ -562,10 +562,76 @@ _trusted_option = click.option(
          "default: the device config, $EDGEEXIT_CONFIG or /etc/edgeexit/device.toml).")
 
 
+def _stream_options(f):
+    """The options of ``run --stream`` (streaming beat classification)."""
+    opts = [
+        click.option("--stream", "stream", default=None, metavar="SOURCE",
+                     help="Classify the beats of a live signal instead of windows: a WFDB record "
+                          "(.../mitdb/100), a .csv/.txt file (one sample per line, or columns and "
+                          "--channel), a raw binary file (--dtype), or - for stdin as it arrives."),
+        click.option("--fs", type=float, default=None, help="[--stream] Sampling rate in Hz (not for WFDB)."),
+        click.option("--units", type=click.Choice(["mV", "uV", "adc"], case_sensitive=False),
+                     default="mV", show_default=True,
+                     help="[--stream] Sample units; adc: (value - --adc-zero) / --adc-gain."),
+        click.option("--adc-gain", type=float, default=200.0, show_default=True,
+                     help="[--stream] ADC units per mV (--units adc)."),
+        click.option("--adc-zero", type=float, default=0.0, show_default=True,
+                     help="[--stream] ADC value of 0 mV (--units adc)."),
+        click.option("--dtype", default=None,
+                     help="[--stream] Raw binary samples of this type (float32, int16, ...)."),
+        click.option("--channels", "n_channels", type=int, default=1, show_default=True,
+                     help="[--stream] Interleaved channels per frame of a raw binary source."),
+        click.option("--channel", type=int, default=None,
+                     help="[--stream] Channel / CSV column to use, from 0 (WFDB default: MLII)."),
+        click.option("--block-seconds", type=float, default=1.0, show_default=True,
+                     help="[--stream] Signal seconds read per block."),
+        click.option("--realtime", is_flag=True, help="[--stream] Pace reading to the sampling rate."),
+        click.option("--summary-only", is_flag=True, help="[--stream] Print only the summary."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="[--stream] Print the summary as a JSON line on stdout (default: text on stderr)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _run_stream(bundle, input_path, backend, threads, policy, thresholds, exit_index, trusted_keys,
+                stream, fs, units, adc_gain, adc_zero, dtype, n_channels, channel, block_seconds,
+                realtime, summary_only, as_json):
+    """``run --stream``: one JSON line per beat (one beat late), then the summary."""
+    from edgeexit.runtime.engine import Engine
+    from edgeexit.runtime.stream import open_source, stream_classify
+
+    if stream is None:
+        raise click.UsageError("give --input WINDOWS, or --stream SOURCE for a live signal")
+    if input_path is not None:
+        raise click.UsageError("--input and --stream exclude each other: give one")
+    engine = Engine.from_bundle(bundle, backend=backend, threads=threads, trusted_keys=trusted_keys,
+                                **_policy_args(policy, thresholds, exit_index))
+    src = open_source(stream, fs=fs, units=units, dtype=dtype, channel=channel, channels=n_channels,
+                      adc_gain=adc_gain, adc_zero=adc_zero, block_seconds=block_seconds)
+    for ev in stream_classify(engine, src, realtime=realtime):
+        if not ev.get("summary"):
+            if not summary_only:
+                click.echo(json.dumps(ev))
+            continue
+        if as_json:
+            click.echo(json.dumps(ev))
+            continue
+        line = (f"{ev['source']}: {ev['beats']} beats in {ev['signal_s']:.1f} s of signal, "
+                f"{ev['realtime_factor']}x real time; answered {ev['answered']}")
+        if "detection" in ev:
+            d, c = ev["detection"], ev["classification"]
+            line += (f"; detection Se {100 * d['sensitivity']:.2f}% +P {100 * d['ppv']:.2f}% "
+                     f"({d['tolerance_s'] * 1000:.0f} ms); accuracy vs annotations "
+                     f"{100 * c['accuracy']:.2f}% on {c['beats']} beats")
+        click.echo(line, err=not summary_only)
+
+
 # ------------------------------------------------------------------------------------------ run
 @main.command()
 @click.argument("bundle", type=click.Path())
-@click.option("--input", "input_path", required=True,
+@click.option("--input", "input_path", default=None,
               help="Windows to classify: .npy ([N,C,L] or [C,L]), .npz (x or inputs), .csv "
                    "(one window per line, C*L values), or - for CSV lines on stdin.")
 @_backend_option
@@ -574,12 +640,17 @@ _trusted_option = click.option(
 @click.option("--batch", is_flag=True,
               help="Classify all windows as one batch (each segment runs only on undecided ones).")
 @_trusted_option
-def run(bundle, input_path, backend, threads, policy, thresholds, exit_index, batch, trusted_keys):
+@_stream_options
+def run(bundle, input_path, backend, threads, policy, thresholds, exit_index, batch, trusted_keys,
+        **stream_options):
     """Classify windows with a bundle; print one JSON line per window.
 
     Each line: label, exit taken, class probabilities, and the microseconds of every segment
     that ran (with --batch: the batch's per-segment totals are printed last, to stderr).
     """
+    if stream_options["stream"] is not None or input_path is None:  # --stream SOURCE
+        return _run_stream(bundle, input_path, backend, threads, policy, thresholds, exit_index,
+                           trusted_keys, **stream_options)
     from edgeexit.runtime.engine import Engine
     from edgeexit.runtime.io import read_windows
 
