@@ -215,7 +215,8 @@ def _method_config(method: str, ctx: click.Context):
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Random gain and baseline offset during training.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--threads", default=None, type=int, help="Torch threads (default: all cores).")
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="Torch threads (default: all cores).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for model.pt and metrics.json.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
@@ -540,7 +541,7 @@ def _policy_args(policy, thresholds, exit_index):
 _backend_option = click.option(
     "--backend", type=click.Choice(["auto", "onnxruntime", "litert"]), default="auto",
     show_default=True, help="Inference engine (auto: the target's preferred format if installed).")
-_threads_option = click.option("--threads", type=int, default=None,
+_threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
                                help="Threads (default: the target's, capped at the CPUs here).")
 _policy_options = [
     click.option("--policy", type=click.Choice(["max_prob", "entropy", "ensemble", "fixed"]),
@@ -639,35 +640,71 @@ def _run_stream(bundle, input_path, backend, threads, policy, thresholds, exit_i
 @_with_policy_options
 @click.option("--batch", is_flag=True,
               help="Classify all windows as one batch (each segment runs only on undecided ones).")
+@click.option("--fail-fast", is_flag=True,
+              help="Stop at the first window that cannot be answered (default: answer all others).")
 @_trusted_option
 @_stream_options
-def run(bundle, input_path, backend, threads, policy, thresholds, exit_index, batch, trusted_keys,
-        **stream_options):
+def run(bundle, input_path, backend, threads, policy, thresholds, exit_index, batch, fail_fast,
+        trusted_keys, **stream_options):
     """Classify windows with a bundle; print one JSON line per window.
 
     Each line: label, exit taken, class probabilities, and the microseconds of every segment
-    that ran (with --batch: the batch's per-segment totals are printed last, to stderr).
+    that ran (with --batch: the batch's per-segment totals are printed last, to stderr). A window
+    the bundle cannot answer (NaN/Inf, far outside the training range, a CSV line that is not a
+    window) gets its own line with its index and the error; every other window is answered, and
+    the exit status is 1 when any window was refused (--fail-fast: stop at the first).
     """
     if stream_options["stream"] is not None or input_path is None:  # --stream SOURCE
         return _run_stream(bundle, input_path, backend, threads, policy, thresholds, exit_index,
                            trusted_keys, **stream_options)
+    import numpy as np
+
     from edgeexit.runtime.engine import Engine
     from edgeexit.runtime.io import read_windows
 
     engine = Engine.from_bundle(bundle, backend=backend, threads=threads, trusted_keys=trusted_keys,
                                 **_policy_args(policy, thresholds, exit_index))
-    x = read_windows(input_path, engine.input_shape)
+    problems: dict[int, str] = {}
+    x = read_windows(input_path, engine.input_shape, errors=problems)
+    for i in range(len(x)):
+        if i not in problems:
+            why = engine.input_problem(x[i])
+            if why is not None:
+                problems[i] = why
+    answers: dict[int, dict] = {}
     if batch:
-        r = engine.predict_batch(x)
-        for i in range(len(x)):
-            click.echo(json.dumps({"index": i, "label": engine.classes[int(r.labels[i])],
-                                   "label_index": int(r.labels[i]), "exit": int(r.exit_index[i]),
-                                   "probs": [round(float(p), 6) for p in r.probs[i]]}))
+        good = np.array([i for i in range(len(x)) if i not in problems], np.int64)
+        if fail_fast and problems:
+            good = good[good < min(problems)]
+        if len(good):
+            r = engine.predict_batch(x[good])
+            for j, i in enumerate(good):
+                answers[int(i)] = {"label": engine.classes[int(r.labels[j])],
+                                   "label_index": int(r.labels[j]), "exit": int(r.exit_index[j]),
+                                   "probs": [round(float(p), 6) for p in r.probs[j]]}
+    refused = []
+    for i in range(len(x)):
+        if i in problems:
+            refused.append(i)
+            click.echo(json.dumps({"index": i, "error": problems[i]}))
+            if fail_fast:
+                break
+            continue
+        answer = answers[i] if batch else engine.predict(x[i]).to_dict()
+        try:
+            line = json.dumps({"index": i, **answer}, allow_nan=False)
+        except ValueError:  # a non-finite probability: never print invalid JSON
+            refused.append(i)
+            line = json.dumps({"index": i, "error": "the model's answer is not finite"})
+        click.echo(line)
+    if batch and len(answers):
         click.echo(json.dumps({"segment_us": [round(t / 1e3, 1) for t in r.segment_ns],
                                "segment_samples": list(r.segment_samples)}), err=True)
-        return
-    for i in range(len(x)):
-        click.echo(json.dumps({"index": i, **engine.predict(x[i]).to_dict()}))
+    if refused:
+        shown = ", ".join(map(str, refused[:10])) + (" ..." if len(refused) > 10 else "")
+        raise click.ClickException(
+            f"{len(refused)} of {len(x)} windows refused (index {shown})"
+            + ("; stopped at the first (--fail-fast)" if fail_fast else "; every other window was answered"))
 
 
 # --------------------------------------------------------------------------------------- verify
@@ -828,7 +865,8 @@ def _calibration_data(manifest, source, records):
                    "answers for every training record (host only; K trainings).")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
               help="--cross-fit: the bundle's checkpoint (default: the one its manifest records).")
-@click.option("--threads", type=int, default=None, help="--cross-fit: training threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="--cross-fit: training threads.")
 @click.option("--records", default=None,
               help="WFDB data: comma-separated record names to calibrate on (default: all).")
 @click.option("--policy", type=click.Choice(["max_prob", "entropy", "ensemble"]), default=None,
@@ -931,7 +969,8 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
 @click.option("--finetune-epochs", default=8, show_default=True,
               help="Fine-tuning epochs of the pruned model.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--threads", type=int, default=None, help="Training threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Training threads (default: all cores).")
 @click.option("--target", default="rpi4", show_default=True, help="Device preset of the bundle.")
 @click.option("--margin", default=0.5, show_default=True,
               help="Allowed accuracy loss of the early-exit policy, in points.")
@@ -1078,7 +1117,8 @@ _ATTACK_NAMES = ("max_avg", "policy", "universal", "square", "slowdown", "univer
 @click.option("--square-queries", default=300, show_default=True,
               help="Queries per window of the black-box Square attack.")
 @click.option("--backend", default="auto", show_default=True, help="Runtime backend for a bundle.")
-@click.option("--threads", default=1, show_default=True, help="Torch and runtime threads.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Torch and runtime threads.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -1175,7 +1215,8 @@ def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks
 @click.option("--no-onmanifold-eval", is_flag=True,
               help="Leave the on-manifold attack out of the report (no VAE is trained then, "
                    "unless --finetune onmanifold needs one).")
-@click.option("--threads", default=1, show_default=True, help="Torch and runtime threads.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Torch and runtime threads.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Stage lines and progress bars on stderr.")

@@ -14,6 +14,7 @@ File formats:
 from __future__ import annotations
 
 import csv
+import io
 import dataclasses
 import logging
 import os
@@ -189,7 +190,14 @@ def load_csv(path: str | os.PathLike, fs: float = 360.0) -> BeatDataset:
         raise DataError(f"data file not found: {path}")
     labels: list[str] = []
     rows: list[list[float]] = []
-    with path.open(newline="") as f:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save the CSV as UTF-8 "
+            "(label, sample_1, ..., sample_L per row)"
+        ) from None
+    with io.StringIO(text, newline="") as f:
         for lineno, row in enumerate(csv.reader(f), start=1):
             if not row or all(not c.strip() for c in row):
                 continue

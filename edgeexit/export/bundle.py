@@ -657,6 +657,10 @@ def export_bundle(
             "shape": list(input_shape),
             "dtype": "float32",
             **{k: v for k, v in ckpt.input_spec.items() if k != "shape"},
+            # the runtime refuses windows far beyond what the model was trained on
+            "abs_max": [round(float(v), 6) for v in
+                        np.abs(train_part.x).max(axis=tuple(i for i in range(train_part.x.ndim)
+                                                            if i != 1))],
         }
         draft = Manifest(
             model={

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import os
 import time
-from math import isfinite
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +28,23 @@ from edgeexit.runtime.manifest import BundleError, Manifest, SegmentEntry, load_
 from edgeexit.runtime.policy import Policy, make_policy
 
 log = logging.getLogger(__name__)
+# x . x of a window with huge values overflows float32 on the fast path; _explain looks at it
+warnings.filterwarnings("ignore", "overflow encountered in dot", RuntimeWarning, __name__)
 
 _F32 = np.dtype(np.float32)
 
 
 class InputError(EdgeExitError):
-    """An input window has the wrong shape or dtype, or holds NaN/Inf."""
+    """An input window has the wrong shape or dtype, holds NaN/Inf, or lies far outside the range
+    of the data the model was trained on."""
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+RANGE_FACTOR = 4.0
+"""A window value beyond this multiple of the largest magnitude the training data reached on its
+channel (the manifest's ``input.abs_max``) is refused: a model answers such input with confident
+nonsense (a window of 1e30 mV came back ``V`` with probability 1.0), and it is nearly always a
+units or lead mistake (uV for mV: 1000x)."""
 
 
 class ExitResult:
@@ -149,6 +160,17 @@ class Engine:
         self.input_shape = manifest.input_shape
         self._rank = len(self.input_shape)
         self._one = (1, *self.input_shape)
+        abs_max = manifest.input.get("abs_max")
+        self._limits = None  # per-channel largest magnitude accepted, or None (an older bundle)
+        # a window whose energy x . x stays under this bound needs no further look: every value
+        # within its channel's limit bounds it; NaN fails the comparison and takes the slow path
+        # compared with float32 sums: below float32's largest value, so that Inf (or a sum that
+        # overflowed) never passes; a Python float would be cast to float32 (inf) first
+        self._energy_limit = _F32_MAX
+        if abs_max is not None and len(abs_max) == self.input_shape[0]:
+            self._limits = np.asarray(abs_max, np.float64) * RANGE_FACTOR
+            length = int(np.prod(self.input_shape[1:]))
+            self._energy_limit = min(float(length * np.square(self._limits).sum()), _F32_MAX)
 
     @classmethod
     def from_bundle(
@@ -265,10 +287,45 @@ class Engine:
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
         flat = x.reshape(-1)
-        if not isfinite(flat.dot(flat)) and not np.isfinite(flat).all():
-            bad = int((~np.isfinite(flat)).sum())
-            raise InputError(f"input holds {bad} NaN/Inf value(s); clean or drop those windows")
+        energy = float(flat.dot(flat))
+        if not energy <= self._energy_limit * (shape[0] if batch else 1):
+            self._explain(x if batch else x[None])
         return x if batch else x[None]
+
+    def _explain(self, x: np.ndarray) -> None:
+        """Raise :class:`InputError` for the first window of ``x [N, C, ...]`` that holds NaN/Inf or
+        values beyond the trained range; return if every window is fine (squares that merely
+        overflowed the energy sum)."""
+        flat = x.reshape(len(x), -1)
+        finite = np.isfinite(flat)
+        if not finite.all():
+            i = int(np.flatnonzero(~finite.all(axis=1))[0])
+            bad = int((~finite[i]).sum())
+            where = f"window {i}: " if len(x) > 1 else ""
+            raise InputError(f"{where}input holds {bad} NaN/Inf value(s); clean or drop that window")
+        if self._limits is None:
+            return
+        peaks = np.abs(x.reshape(len(x), x.shape[1], -1)).max(axis=-1)  # [N, C]
+        over = peaks > self._limits
+        if over.any():
+            i, c = (int(v) for v in np.argwhere(over)[0])
+            names = self.manifest.input.get("channels") or []
+            name = names[c] if c < len(names) else f"channel {c}"
+            units = self.manifest.input.get("units", "")
+            where = f"window {i}: " if len(x) > 1 else ""
+            raise InputError(
+                f"{where}{name} reaches {peaks[i, c]:.4g} {units}, beyond {RANGE_FACTOR:g}x the "
+                f"largest magnitude of the training data ({self._limits[c] / RANGE_FACTOR:.4g}): "
+                "check the units and the lead, or scale the signal"
+            )
+
+    def input_problem(self, x: np.ndarray) -> str | None:
+        """Why one window would be refused (the :class:`InputError` message), or None."""
+        try:
+            self.check_input(x, batch=False)
+        except InputError as e:
+            return str(e)
+        return None
 
     # -- inference ------------------------------------------------------------------------------
 
@@ -284,7 +341,8 @@ class Engine:
         if (type(x) is np.ndarray and x.dtype is _F32 and x.shape == self.input_shape
                 and x.flags.c_contiguous):
             flat = x.reshape(-1)
-            h = x.reshape(self._one) if isfinite(flat.dot(flat)) else self.check_input(x, False)
+            h = (x.reshape(self._one) if flat.dot(flat) <= self._energy_limit
+                 else self.check_input(x, False))
         else:
             h = self.check_input(x, batch=False)
         step = self.policy.step

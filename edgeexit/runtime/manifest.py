@@ -301,7 +301,7 @@ class Manifest:
                 schema_version=int(version),
                 bundle_version=bundle_version,
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise BundleError(f"{source} is malformed ({type(e).__name__}: {e}); re-export the bundle") from e
 
     def artifacts(self) -> list[Artifact]:
