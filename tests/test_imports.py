@@ -7,7 +7,8 @@ import pytest
 
 
 @pytest.mark.parametrize("module", ["edgeexit", "edgeexit.cli", "edgeexit.runtime",
-                                    "edgeexit.runtime.preprocess", "edgeexit.data",
+                                    "edgeexit.runtime.preprocess", "edgeexit.runtime.stream",
+                                    "edgeexit.data",
                                     "edgeexit.metrics"])
 def test_module_imports_without_torch(module):
     code = (

@@ -1,0 +1,179 @@
+"""Streaming: the causal detector agrees with the batch one, ignores block sizes and keeps bounded
+state; the streamed windows and RR context equal the offline ones; ``run --stream`` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import MITDB, make_separable
+from test_peaks import synthetic_ecg
+
+from edgeexit.cli import main
+from edgeexit.errors import ConfigError, DataError
+from edgeexit.runtime.peaks import detect_r_peaks
+from edgeexit.runtime.preprocess import beat_windows
+from edgeexit.runtime.stream import BeatStream, Source, StreamDetector, open_source, stream_classify
+
+FS = 360.0
+
+
+def stream_peaks(x: np.ndarray, block: int | list[int], **kw) -> np.ndarray:
+    det = StreamDetector(FS, **kw)
+    out, i, k = [], 0, 0
+    while i < x.size:
+        n = block if isinstance(block, int) else block[k % len(block)]
+        out += det.push(x[i:i + n])
+        i, k = i + n, k + 1
+    return np.asarray(out + det.flush(), np.int64)
+
+
+@pytest.fixture(scope="module")
+def ecg():
+    x, peaks, _ = synthetic_ecg(FS, seconds=300.0, seed=1)
+    return x, peaks
+
+
+def test_stream_matches_batch_and_truth_on_a_synthetic_record(ecg):
+    x, truth = ecg
+    s, b = stream_peaks(x, 360), detect_r_peaks(x, FS)
+    assert np.all(np.diff(s) > 0)
+    assert np.intersect1d(s, b).size >= 0.99 * b.size and abs(s.size - b.size) <= 2
+    # every true beat found within 2 samples (the batch detector does the same)
+    d = np.abs(s[np.clip(np.searchsorted(s, truth), 0, s.size - 1)] - truth)
+    d = np.minimum(d, np.abs(s[np.clip(np.searchsorted(s, truth) - 1, 0, s.size - 1)] - truth))
+    assert np.mean(d <= 2) >= 0.99
+
+
+def test_peaks_do_not_depend_on_the_block_size(ecg):
+    x, _ = ecg
+    ref = stream_peaks(x, 360)
+    for block in (1000, 7 * 360 + 13, [1, 17, 500, 3000, 2], x.size):
+        assert np.array_equal(stream_peaks(x, block), ref), block
+
+
+def test_state_stays_bounded():
+    x, _, _ = synthetic_ecg(FS, seconds=600.0, seed=2)
+    det, beats = StreamDetector(FS), BeatStream(FS, 256)
+    sizes = {}
+    for i in range(0, x.size, 360):
+        peaks = det.push(x[i:i + 360])
+        beats.add(peaks, det.signal, det.signal_start)
+        if i + 360 in (60 * 360, 300 * 360, 600 * 360):
+            sizes[(i + 360) // 360] = (det.state_sizes(), det.signal.size, beats.state_sizes())
+    assert beats.beats > 600
+    # the detector's buffer is full after its first window; the RR history after LONG_RR_BEATS
+    assert sizes[60][:2] == sizes[600][:2] == ({"buffer": 12 * 360}, 12 * 360)
+    assert sizes[300] == sizes[600] and sizes[600][2] == {"peaks": 18, "cut": 2, "csum": 257}
+
+
+def test_windows_and_rr_context_equal_the_offline_ones():
+    # > LONG_RR_BEATS beats so the long mean runs over a sliding window
+    x, _, _ = synthetic_ecg(FS, seconds=420.0, seed=3)
+    det, beats = StreamDetector(FS), BeatStream(FS, 256)
+    got, peaks = [], []
+
+    def on_commit(p):
+        peaks.extend(p)
+        got.extend(beats.add(p, det.signal, det.signal_start))
+
+    for i in range(0, x.size, 500):
+        det.push(x[i:i + 500], on_commit=on_commit)
+    det.flush(on_commit=on_commit)
+    got += beats.finish()
+    ref, kept = beat_windows(x.astype(np.float32), np.asarray(peaks), FS, window=256, rr_context=True)
+    assert len(peaks) > 300 and len(got) == kept.size
+    assert [r for r, _ in got] == np.asarray(peaks)[kept].tolist()
+    assert np.array_equal(np.stack([w for _, w in got]), ref)  # bit for bit
+
+
+@pytest.fixture(scope="module")
+def rr_bundle(tmp_path_factory):
+    """A tiny bundle taking one lead + the 7 RR channels, 256 samples (fs not recorded)."""
+    from edgeexit.data import DataSpec
+    from edgeexit.export.bundle import ExportConfig, export_bundle
+    from edgeexit.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("rr")
+    data = make_separable(n=200, seed=5, channels=8)
+    data.save_npz(root / "beats.npz")
+    result = train(data, TrainConfig(model="test_resnet1d", epochs=1, batch_size=32, threads=1, seed=0),
+                   out_dir=root / "run", data_spec=DataSpec(source=str(root / "beats.npz")))
+    out = root / "bundle"
+    export_bundle(result.checkpoint, out, ExportConfig(target="x86_64", precision="fp32", formats=("onnx",),
+                                                       golden_samples=4, calibration_samples=16,
+                                                       monolithic=False))
+    return out
+
+
+def test_stream_classify_answers_every_beat_one_late(rr_bundle, ecg):
+    from edgeexit.runtime.engine import Engine
+
+    x, _ = ecg
+    engine = Engine.from_bundle(rr_bundle, threads=1)
+    src = Source("memory", FS, iter([x[i:i + 360] for i in range(0, 60 * 360, 360)]))
+    events = list(stream_classify(engine, src, keep_beats=True))
+    beats, summary = events[:-1], events[-1]
+    assert summary["summary"] and summary["beats"] == len(beats) > 50
+    assert all(b["answered_after"] == "next R peak" for b in beats[:-1])
+    assert beats[-1]["answered_after"] == "end of stream"
+    assert all(b["delay_s"] >= 3.0 for b in beats[:-3])  # the detector's look-ahead at least
+    ref, _ = beat_windows(x[:60 * 360].astype(np.float32), np.asarray(summary["all_peaks"]), FS,
+                             rr_context=True)
+    assert [engine.predict(w).label for w in ref] == summary["labels"]
+
+
+def run_cli(*args, input=None):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
+
+
+def test_cli_stream_csv_and_stdin(rr_bundle, ecg, tmp_path):
+    x, _ = ecg
+    csv = tmp_path / "ecg.csv"
+    np.savetxt(csv, x[: 40 * 360], fmt="%.5f")
+    r = run_cli("run", rr_bundle, "--stream", csv, "--fs", FS, "--json")
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(ln) for ln in r.output.splitlines() if ln.startswith("{")]
+    assert lines[-1]["summary"] and lines[-1]["beats"] == len(lines) - 1 > 30
+    assert {"r_time_s", "r_sample", "label", "exit", "probs", "segment_us", "delay_s", "delay_wall_s"} <= set(lines[0])
+    r2 = run_cli("run", rr_bundle, "--stream", "-", "--fs", FS, "--block-seconds", 0.3, input=csv.read_text())
+    assert r2.exit_code == 0, r2.output
+    lines2 = [json.loads(ln) for ln in r2.output.splitlines() if ln.startswith("{")]
+    assert [b["r_sample"] for b in lines2] == [b["r_sample"] for b in lines[:-1]]
+    assert [b["label"] for b in lines2] == [b["label"] for b in lines[:-1]]
+    # int16 raw binary in ADC units gives the same beats
+    raw = tmp_path / "ecg.i16"
+    np.round(np.loadtxt(csv) * 200).astype("<i2").tofile(raw)
+    r3 = run_cli("run", rr_bundle, "--stream", raw, "--fs", FS, "--dtype", "int16", "--units", "adc",
+                 "--summary-only", "--json")
+    assert r3.exit_code == 0 and json.loads(r3.output.splitlines()[-1])["beats"] == len(lines) - 1
+
+
+def test_cli_stream_errors(rr_bundle, tmp_path):
+    csv = tmp_path / "ecg.csv"
+    csv.write_text("0.1\n0.2\nabc\n")
+    r = run_cli("run", rr_bundle, "--stream", csv)
+    assert r.exit_code == 1 and "--fs is required" in r.output
+    r = run_cli("run", rr_bundle, "--stream", csv, "--fs", FS)
+    assert r.exit_code == 1 and "line 3" in r.output and "not a number" in r.output
+    r = run_cli("run", rr_bundle)
+    assert r.exit_code == 2 and "--stream" in r.output
+    with pytest.raises(ConfigError, match="--units"):
+        open_source(str(csv), fs=FS, units="volts")
+    with pytest.raises(DataError, match="not found"):
+        open_source(str(tmp_path / "none.csv"), fs=FS)
+
+
+@pytest.mark.mitdb
+@pytest.mark.skipif(not (MITDB / "100.hea").is_file(), reason=f"MIT-BIH not found at {MITDB}")
+def test_mitdb_record_streamed_matches_batch_and_wfdb():
+    src = open_source(str(MITDB / "100"), block_seconds=1.0)
+    assert src.fs == FS and src.lead == "MLII" and src.annotations[0].size == 2273
+    x = np.concatenate(list(src.blocks))
+    wfdb = pytest.importorskip("wfdb")
+    rec = wfdb.rdrecord(str(MITDB / "100"))
+    assert np.array_equal(x, rec.p_signal[:, rec.sig_name.index("MLII")])
+    s, b = stream_peaks(x, 360), detect_r_peaks(x, FS)
+    assert np.intersect1d(s, b).size >= 0.999 * b.size and abs(s.size - b.size) <= 2
