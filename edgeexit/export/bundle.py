@@ -518,13 +518,72 @@ def _versions() -> dict:
     return out
 
 
+_OWN_EXTRA = (MANIFEST, "manifest.sig")  # files of a bundle that its manifest does not hash
+
+
 def _check_out(out: Path) -> None:
+    """Refuse to replace anything export did not write: a path that is not a bundle, a bundle
+    holding files its manifest does not list (a user's notes would be deleted with it), or a
+    ``OUT.tar.gz`` that is not an archive of a bundle called OUT."""
     if out.exists():
         if not out.is_dir() or not (out / MANIFEST).is_file():
             raise ConfigError(
                 f"{out} exists and is not an edgeexit bundle; refusing to replace it (choose another --out)"
             )
-        read_manifest(out)  # raises if the manifest is not ours
+        listed = {a.file for a in read_manifest(out).artifacts()} | set(_OWN_EXTRA)
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in listed)
+        if foreign:
+            raise ConfigError(
+                f"{out} holds files its bundle does not list ({', '.join(foreign[:5])}); export "
+                "replaces the whole directory: move them out, or choose another --out"
+            )
+    archive = out.with_name(out.name + ".tar.gz")
+    if archive.exists():
+        import tarfile
+
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                ours = f"{out.name}/{MANIFEST}" in tar.getnames()
+        except (tarfile.TarError, OSError, EOFError):
+            ours = False
+        if not ours:
+            raise ConfigError(
+                f"{archive} exists and is not an archive of a bundle called {out.name}; refusing "
+                "to overwrite it (move it, or choose another --out)"
+            )
+
+
+def _remove_stale(out: Path, max_age_s: float = 3600.0) -> None:
+    """Clean up what killed exports of ``out`` left beside it: ``.OUT.tmp-PID-*`` directories and
+    archive temporaries whose process is gone (or, without a process id, older than
+    ``max_age_s``) are removed; a ``.OUT.old-PID`` is the previous bundle moved aside during the
+    switch: put back when OUT is missing, removed otherwise."""
+    import time
+
+    for p in out.parent.glob(f".{out.name}.*"):
+        kind, _, rest = p.name[len(out.name) + 2:].partition("-")
+        if kind not in ("tmp", "old") and not p.name.endswith(".tmp"):
+            continue
+        pid = rest.split("-", 1)[0]
+        if pid.isdigit() and kind in ("tmp", "old"):
+            try:
+                os.kill(int(pid), 0)
+                continue  # an export still running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        elif time.time() - p.lstat().st_mtime < max_age_s:
+            continue
+        if kind == "old" and p.is_dir() and not out.exists():  # killed mid-switch: restore
+            log.warning("restoring %s from %s, left by an interrupted export", out, p)
+            os.replace(p, out)
+            continue
+        log.info("removing %s, left by an interrupted export", p)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _install(tmp: Path, out: Path) -> None:
@@ -571,6 +630,8 @@ def export_bundle(
     """
     out = Path(out)
     target = load_target(config.target)
+    if out.parent.is_dir():
+        _remove_stale(out)
     _check_out(out)
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.model.eval()
@@ -603,7 +664,7 @@ def export_bundle(
     input_shape = tuple(int(v) for v in ckpt.input_spec["shape"])
     specs = segment_specs(model, input_shape, exits)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
     n_parity = min(len(val_x), 1024)
     with torch.no_grad():  # PyTorch's logits of the model exit each segment answers
         golden_ref = [z.numpy() for z in _select(model(torch.from_numpy(golden_x)), exits)]
