@@ -9,11 +9,13 @@ import pytest
 @pytest.mark.parametrize("module", ["edgeexit", "edgeexit.cli", "edgeexit.runtime",
                                     "edgeexit.runtime.preprocess", "edgeexit.runtime.stream",
                                     "edgeexit.data",
-                                    "edgeexit.metrics"])
+                                    "edgeexit.metrics", "edgeexit.runtime.install",
+                                    "edgeexit.runtime.signing", "edgeexit.runtime.verify"])
 def test_module_imports_without_torch(module):
     code = (
         f"import sys, {module}\n"
-        "heavy = sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'tensorflow') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'tensorflow', 'cryptography')\n"
+        "               if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
