@@ -6,9 +6,9 @@ serves, and at the end that the next install succeeds and leaves nothing behind.
 
 Every attempt installs a newer bundle_version of BUNDLE_DIR (packed here), so an install that
 finished before its kill moves the device forward and the next one is still accepted. The kill
-delay of every other attempt is uniform over [0, 1.2 T], T the duration of one uncut install
-(process start included), and of the others over [0.55 T, T], the part after the imports where
-the install works on the disk. ``left_partial_state`` counts kills that left leftovers behind (a
+delay of every other attempt is uniform over [0, 1.2 T], T the duration of an uncut install
+(process start included; the median of three), and of the others over [S, T], S the moment its
+staging directory appears: the part after the imports where the install works on the disk. ``left_partial_state`` counts kills that left leftovers behind (a
 staging directory, a temporary link, or a bundle directory neither current nor previous).
 """
 
@@ -68,6 +68,22 @@ def _partial(into: Path) -> bool:
     return any(p.resolve() not in keep for p in (into / "bundles").iterdir())
 
 
+def _timed_install(archive: Path, into: Path) -> tuple[float, float]:
+    """Run one install to its end; return (seconds until its staging directory appeared,
+    seconds until it exited)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(_command(archive, into), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    start = None
+    while p.poll() is None:
+        if start is None and any(q.name.startswith(STAGING) for q in into.iterdir()):
+            start = time.perf_counter() - t0
+        time.sleep(0.0005)
+    end = time.perf_counter() - t0
+    if p.returncode:
+        raise RuntimeError(f"an uncut install of {archive} failed (exit status {p.returncode})")
+    return (end / 2 if start is None else start), end
+
+
 def _command(archive: Path, into: Path) -> list[str]:
     return [sys.executable, "-m", "edgeexit", "-q", "install", str(archive), "--into", str(into)]
 
@@ -79,17 +95,20 @@ def run(bundle: str, kills: int, seed: int = 0, work: str | None = None) -> dict
     work = Path(work or tmp.name)
     into = work / "device"
     install_bundle(make_archive(bundle, work, 1), into)
-    version = 2
-    t0 = time.perf_counter()
-    subprocess.run(_command(make_archive(bundle, work, version), into), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uncut_s = time.perf_counter() - t0
+    version = 1
+    starts, ends = [], []
+    for _ in range(3):  # uncut installs: when the install starts on the disk, when it ends
+        version += 1
+        start, end = _timed_install(make_archive(bundle, work, version), into)
+        starts.append(start)
+        ends.append(end)
+    start_s, uncut_s = float(np.median(starts)), float(np.median(ends))
     working = completed = partial = 0
     failures = []
     for i in range(kills):
         version += 1
         archive = make_archive(bundle, work, version)
-        delay = rng.uniform(0, 1.2 * uncut_s) if i % 2 == 0 else rng.uniform(0.55 * uncut_s, uncut_s)
+        delay = rng.uniform(0, 1.2 * uncut_s) if i % 2 == 0 else rng.uniform(start_s, uncut_s)
         p = subprocess.Popen(_command(archive, into), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         os.kill(p.pid, signal.SIGKILL)  # does nothing harmful if it has just exited
@@ -113,6 +132,7 @@ def run(bundle: str, kills: int, seed: int = 0, work: str | None = None) -> dict
         "interrupted": kills - completed,
         "left_partial_state": partial,
         "uncut_install_s": round(uncut_s, 3),
+        "install_starts_on_disk_s": round(start_s, 3),
         "next_install_ok": final.returncode == 0 and ok and v == version + 1,
         "next_install_error": final.stderr.strip()[-300:] if final.returncode else "",
         "leftovers_after_next_install": leftovers,
@@ -138,7 +158,8 @@ def main() -> None:
         print(f"{r['working_after_kill']}/{r['kills']} kills left a working bundle "
               f"({r['interrupted']} interrupted the install, {r['install_finished_before_kill']} came "
               f"after it had switched; {r['left_partial_state']} left leftovers for the next install "
-              "to remove; one uncut install {r['uncut_install_s']} s); next install "
+              f"to remove; an uncut install {r['uncut_install_s']} s, on the disk from "
+              f"{r['install_starts_on_disk_s']} s); next install "
               f"{'succeeded' if r['next_install_ok'] else 'FAILED ' + r['next_install_error']}, "
               f"leftovers {r['leftovers_after_next_install'] or 'none'}, {r['bundles_kept']} bundles kept")
         for f in r["failures"]:
