@@ -237,7 +237,8 @@ def check_bundle(root: Path, trusted, strict: bool = False, threads: int | None 
 
     manifest = load_manifest(root)
     sig = check_signature(root, trusted)
-    report = verify_bundle(root, backend="all", threads=threads, strict=strict, check_signature=False)
+    report = verify_bundle(root, backend="all", threads=threads, strict=strict, trusted_keys=trusted,
+                           check_signature=False)  # checked just above
     if not report.ok:
         bad = next(c for c in report.checks if not c["ok"])
         why = bad.get("error") or ", ".join(f"{k}={v}" for k, v in bad.items() if k not in ("check", "ok"))

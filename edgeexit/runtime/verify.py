@@ -91,7 +91,8 @@ def _verify(root: Path, backend: str, threads: int | None, strict: bool, trusted
         from edgeexit.runtime import signing
 
         try:
-            sig = signing.check_signature(root, signing.resolve_trust(trusted_keys))
+            trusted_keys = signing.resolve_trust(trusted_keys)  # the engines below reuse them
+            sig = signing.check_signature(root, trusted_keys)
         except EdgeExitError as e:
             check("signature", False, error=str(e))
             return VerifyReport(str(root), False, tuple(checks))
@@ -121,6 +122,7 @@ def _verify(root: Path, backend: str, threads: int | None, strict: bool, trusted
     for name in names:
         try:
             engine = Engine.from_bundle(root, backend=name, threads=threads, check_hashes=False,
+                                        trusted_keys=trusted_keys,
                                         load_monolithic=manifest.monolithic is not None)
         except EdgeExitError as e:
             check(f"golden[{name}]", False, error=str(e))
