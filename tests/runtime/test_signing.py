@@ -81,6 +81,15 @@ def test_sign_and_verify_round_trip(bundle, keys):
     assert sig["signed"] and not sig["trusted"]
 
 
+def test_export_records_every_file_with_its_size_and_version_1(bundle_dir):
+    m = load_manifest(bundle_dir)
+    assert m.bundle_version == 1
+    assert all(a.size == (bundle_dir / a.file).stat().st_size for a in m.artifacts())
+    assert {a.file for a in m.artifacts()} | {MANIFEST} == {p.name for p in bundle_dir.iterdir()}
+    r = CliRunner().invoke(main, ["export", "--help"])
+    assert "--bundle-version" in r.output
+
+
 def test_cli_sign_sets_the_version(bundle, keys):
     r = CliRunner().invoke(main, ["sign", str(bundle), "--key", str(keys["a"]), "--bundle-version", "3", "--json"])
     assert r.exit_code == 0, r.output
