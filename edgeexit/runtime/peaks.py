@@ -37,12 +37,13 @@ Example:
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 
 from edgeexit.runtime.preprocess import beat_windows
 
-__all__ = ["MIN_SECONDS", "detect_r_peaks", "windows_from_signal"]
+__all__ = ["MIN_SECONDS", "Levels", "detect_r_peaks", "detect_r_peaks_with_levels", "windows_from_signal"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,17 @@ REFINE_S = 0.075
 
 BASELINE_S = 0.25
 """Half-width (seconds) of the window whose median is the local baseline during refinement."""
+
+
+class Levels(NamedTuple):
+    """What the detector has learned, carried from one analysis window to the next (streaming)."""
+
+    signal: float
+    """Running signal peak level (SPKI; amplitude units of the square-rooted integrated signal)."""
+    noise: float
+    """Running noise peak level (NPKI)."""
+    rr: tuple[float, ...]
+    """The last (at most 8) RR intervals in samples; their median is the typical RR."""
 
 
 def _check_signal(signal: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
@@ -193,6 +205,42 @@ def detect_r_peaks(signal: np.ndarray, fs: float, *, refractory_s: float = 0.2) 
     Raises:
         ValueError: ``signal`` not 1-D, not finite, too short, or ``fs`` / ``refractory_s`` invalid.
     """
+    return detect_r_peaks_with_levels(signal, fs, refractory_s=refractory_s)[0]
+
+
+def detect_r_peaks_with_levels(
+    signal: np.ndarray,
+    fs: float,
+    *,
+    refractory_s: float = 0.2,
+    levels: Levels | None = None,
+    levels_at: int | None = None,
+) -> tuple[np.ndarray, Levels | None]:
+    """:func:`detect_r_peaks` that can start from, and reports, the learned levels (streaming).
+
+    Args:
+        signal, fs, refractory_s: as in :func:`detect_r_peaks`.
+        levels: start from these levels (a previous call's ``levels_out``) instead of learning
+            them from the first seconds of ``signal``; ``None``: learn them (the batch default).
+        levels_at: sample of ``signal`` at which to report the levels (the start of the next
+            analysis window); ``None``: at the end.
+
+    Returns:
+        ``(peaks, levels_out)``: the R peaks as :func:`detect_r_peaks` returns them, and the
+        learned levels as they stood at sample ``levels_at`` (before the first candidate at or
+        after it), to start the next, overlapping analysis window there; ``None`` when there was
+        no QRS candidate and no ``levels`` were given.
+
+    ``levels`` (from a previous call): start from these signal / noise levels and typical RR
+    instead of learning them from the first seconds. A streaming detector that re-learns them in
+    every short window learns too low a level when many seconds hold no beat (long pauses, 2:1
+    block: record 231) and counts T / P waves; carrying them over keeps the levels of the whole
+    record, as in the batch detector. With ``levels=None`` the results equal
+    :func:`detect_r_peaks`.
+
+    Raises:
+        ValueError: as :func:`detect_r_peaks`.
+    """
     x, fs = _check_signal(signal, fs)
     if not np.isfinite(refractory_s) or refractory_s <= 0:
         raise ValueError(f"refractory_s must be a positive number of seconds, got {refractory_s}")
@@ -209,7 +257,7 @@ def detect_r_peaks(signal: np.ndarray, fs: float, *, refractory_s: float = 0.2) 
     cand = _candidates(mwi, refractory)
     if cand.size == 0:
         logger.info("no QRS candidates in %.1f s of signal", x.size / fs)
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), levels  # nothing learned: pass the input on
     heights = np.sqrt(mwi[cand])
     # QRS slope near each candidate, for the T-wave test (a T wave has a gentler slope)
     shalf = max(1, int(round(REFINE_S * fs)))
@@ -219,18 +267,24 @@ def detect_r_peaks(signal: np.ndarray, fs: float, *, refractory_s: float = 0.2) 
     # learning phase (Pan & Tompkins: two seconds): the signal level is the typical largest lump
     # per second, the noise level the typical lump; the median over the first seconds (up to
     # LEARN_S) keeps one artefact from setting a threshold no QRS can reach
-    n_learn = int(fs) * max(1, min(int(LEARN_S), int(x.size // fs)))
-    blocks = np.sqrt(mwi[:n_learn]).reshape(-1, int(fs))  # [seconds, fs]
-    spk = 0.5 * float(np.median(blocks.max(axis=1)))
-    npk = 0.5 * float(np.median(blocks.mean(axis=1)))
-    last_event = 0  # sample of the last beat or threshold decay
-
     qrs: list[int] = []  # indices into ``cand`` of accepted beats
     rr_recent: list[float] = []  # the last 8 RR intervals (samples)
     # typical RR: the median of the last 8 (one second until beats are seen). Pan & Tompkins
     # average the intervals within 92-116 % of the average; in atrial fibrillation that average
     # goes stale, and the median resists the odd missed or extra beat just as well.
     rr_typical = fs
+    if levels is None:
+        n_learn = int(fs) * max(1, min(int(LEARN_S), int(x.size // fs)))
+        blocks = np.sqrt(mwi[:n_learn]).reshape(-1, int(fs))  # [seconds, fs]
+        spk = 0.5 * float(np.median(blocks.max(axis=1)))
+        npk = 0.5 * float(np.median(blocks.mean(axis=1)))
+    else:
+        spk, npk = float(levels.signal), float(levels.noise)
+        rr_recent = [float(r) for r in levels.rr[-8:]]
+        if rr_recent:
+            rr_typical = float(np.median(rr_recent))
+    last_event = 0  # sample of the last beat or threshold decay
+    snap: Levels | None = None  # the levels at ``levels_at``
     t_wave_gap = int(round(T_WAVE_S * fs))
     pending: list[int] = []  # candidates rejected since the last beat (for the search-back)
 
@@ -251,6 +305,8 @@ def detect_r_peaks(signal: np.ndarray, fs: float, *, refractory_s: float = 0.2) 
 
     for i in range(cand.size):
         p = int(cand[i])
+        if snap is None and levels_at is not None and p >= levels_at:
+            snap = Levels(spk, npk, tuple(rr_recent))
         # search-back: an RR gap of more than 1.66 typical RRs means a beat was probably missed;
         # take the largest candidate in the gap above the lower threshold
         while qrs and pending and p - cand[qrs[-1]] > SEARCH_BACK_RR * rr_typical:
@@ -276,8 +332,10 @@ def detect_r_peaks(signal: np.ndarray, fs: float, *, refractory_s: float = 0.2) 
             npk = 0.125 * heights[i] + 0.875 * npk
             pending.append(i)
 
+    if snap is None:
+        snap = Levels(spk, npk, tuple(rr_recent))
     if not qrs:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), snap
     refined = _refine(x, cand[np.asarray(qrs)], fs)
     # refinement moves each detection by up to REFINE_S, so two may end up closer than the
     # refractory period (or on one peak): keep the first of such pairs
@@ -287,7 +345,7 @@ def detect_r_peaks(signal: np.ndarray, fs: float, *, refractory_s: float = 0.2) 
             kept.append(r)
     peaks = np.asarray(kept, dtype=np.int64)
     logger.debug("detected %d R peaks in %.1f s", peaks.size, x.size / fs)
-    return peaks
+    return peaks, snap
 
 
 def windows_from_signal(

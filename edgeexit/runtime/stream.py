@@ -12,7 +12,12 @@ grid of the *signal* (not of the blocks), so the peaks do not depend on how the 
   thresholds settle; the regions of consecutive runs tile the signal without overlap, and a peak
   closer than the refractory period to the last committed one is dropped (exact de-duplication);
 - at the end of the stream the last window is analysed once more and everything after the last
-  commit is committed.
+  commit is committed;
+- the detector's adaptive levels (signal / noise peak levels, last 8 RR intervals) are learned
+  once, in the first window, and then carried: each window starts from the levels the previous
+  one had at this window's start (:func:`edgeexit.runtime.peaks.detect_r_peaks_with_levels`).
+  Re-learning them in every window from its own seconds learned too low a level where many
+  seconds hold no beat (long pauses, 2:1 block: MIT-BIH 231, PPV 89.5 %) and counted T / P waves.
 
 The state is bounded: one buffer of ``window_s`` seconds of signal and a few numbers. A peak is
 known ``lookahead_s`` to ``lookahead_s + hop_s`` seconds after it happened.
@@ -43,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeexit.errors import ConfigError, DataError
-from edgeexit.runtime.peaks import MIN_SECONDS, detect_r_peaks
+from edgeexit.runtime.peaks import MIN_SECONDS, Levels, detect_r_peaks_with_levels
 from edgeexit.runtime.preprocess import (
     LOCAL_RR_BEATS,
     LONG_RR_BEATS,
@@ -108,6 +113,8 @@ class StreamDetector:
         self._hold = 0.0  # last finite sample (replaces NaN / Inf)
         self.filled = 0  # non-finite samples replaced so far
         self.analyses = 0
+        # the detector's levels at the start of the next analysis window (None: learn them)
+        self._levels: Levels | None = None
 
     # -- buffer --------------------------------------------------------------------------------
     @property
@@ -148,7 +155,13 @@ class StreamDetector:
     def _analyse(self, commit_until: int, on_commit) -> list[int]:
         self.analyses += 1
         start = self.signal_start
-        peaks = detect_r_peaks(self.signal, self.fs, refractory_s=self._refractory_s) + start
+        # start from the levels the previous window had at this window's start (learned once, in
+        # the first window, then carried): a window that re-learned them would learn too low a
+        # level when many of its seconds hold no beat (long pauses) and count T / P waves
+        peaks, self._levels = detect_r_peaks_with_levels(
+            self.signal, self.fs, refractory_s=self._refractory_s, levels=self._levels,
+            levels_at=self.hop)
+        peaks = peaks + start
         out: list[int] = []
         for p in peaks.tolist():
             if p < self._committed or p >= commit_until:
@@ -189,7 +202,8 @@ class StreamDetector:
 
     def state_sizes(self) -> dict[str, int]:
         """Sizes of everything the detector keeps (for the bounded-state test)."""
-        return {"buffer": int(self._buf.size)}
+        return {"buffer": int(self._buf.size),
+                "levels_rr": 0 if self._levels is None else len(self._levels.rr)}
 
 
 # ---------------------------------------------------------------------------------- beats

@@ -15,7 +15,13 @@ import pytest
 from conftest import MITDB, REPO
 
 from edgeexit.data.mitbih import AAMI_MAP
-from edgeexit.runtime.peaks import MIN_SECONDS, detect_r_peaks, windows_from_signal
+from edgeexit.runtime.peaks import (
+    MIN_SECONDS,
+    Levels,
+    detect_r_peaks,
+    detect_r_peaks_with_levels,
+    windows_from_signal,
+)
 from edgeexit.runtime.preprocess import RR_FEATURES, default_r_offset, rr_features
 
 
@@ -109,6 +115,23 @@ def test_recovers_from_artefact_in_learning_phase_and_from_gain_drop():
     late = peaks[peaks > 30 * fs]
     tp, fn, fp, _ = _match(det[det > 30 * fs - 20], late, tol=int(0.05 * fs))
     assert fn == 0 and fp == 0  # detection has resumed well within 10 s
+
+
+def test_levels_default_equals_batch_and_carried_levels_are_used():
+    x, _, _ = synthetic_ecg(360.0, seconds=60.0, seed=3)
+    ref = detect_r_peaks(x, 360.0)
+    peaks, lv = detect_r_peaks_with_levels(x, 360.0)
+    assert np.array_equal(peaks, ref)
+    assert isinstance(lv, Levels) and lv.signal > lv.noise > 0 and 0 < len(lv.rr) <= 8
+    # levels reported mid-signal, then used to start on the rest: the same beats there
+    at = 30 * 360
+    _, mid = detect_r_peaks_with_levels(x, 360.0, levels_at=at)
+    rest, _ = detect_r_peaks_with_levels(x[at:], 360.0, levels=mid)
+    after = ref[ref >= at]
+    assert np.intersect1d(rest + at, after).size >= after.size - 1 and rest.size <= after.size + 1
+    # absurd carried levels change the result: they are really used
+    none, _ = detect_r_peaks_with_levels(x, 360.0, levels=Levels(1e3, 1e3, ()))
+    assert none.size < ref.size
 
 
 def test_flat_signal_has_no_peaks():

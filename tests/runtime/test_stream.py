@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import MITDB, make_separable
-from test_peaks import synthetic_ecg
+from test_peaks import _bump, synthetic_ecg
 
 from edgeexit.cli import main
 from edgeexit.errors import ConfigError, DataError
@@ -65,7 +65,7 @@ def test_state_stays_bounded():
             sizes[(i + 360) // 360] = (det.state_sizes(), det.signal.size, beats.state_sizes())
     assert beats.beats > 600
     # the detector's buffer is full after its first window; the RR history after LONG_RR_BEATS
-    assert sizes[60][:2] == sizes[600][:2] == ({"buffer": 12 * 360}, 12 * 360)
+    assert sizes[60][:2] == sizes[600][:2] == ({"buffer": 12 * 360, "levels_rr": 8}, 12 * 360)
     assert sizes[300] == sizes[600] and sizes[600][2] == {"peaks": 18, "cut": 2, "csum": 257}
 
 
@@ -177,3 +177,52 @@ def test_mitdb_record_streamed_matches_batch_and_wfdb():
     assert np.array_equal(x, rec.p_signal[:, rec.sig_name.index("MLII")])
     s, b = stream_peaks(x, 360), detect_r_peaks(x, FS)
     assert np.intersect1d(s, b).size >= 0.999 * b.size and abs(s.size - b.size) <= 2
+
+
+def _long_pauses(seconds: float = 240.0, rr: float = 2.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Slow beats (one per ``rr`` s, 2:1 block) with T waves and a blocked P wave between beats."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * FS)
+    beats = np.arange(1.0, seconds - 1.0, rr)
+    peaks = np.round((beats + rng.uniform(-0.05, 0.05, beats.size)) * FS).astype(np.int64)
+    t = np.arange(n) / FS
+    x = 0.3 * np.sin(2 * np.pi * 0.2 * t) + rng.normal(0.0, 0.02, n)
+    qrs, tw, pw = _bump(0.010, 1.2, FS), _bump(0.060, 0.5, FS), _bump(0.040, 0.2, FS)
+    for p in peaks:
+        for (k, v), off in ((qrs, 0.0), (tw, 0.30), (pw, -0.16), (pw, rr / 2)):
+            i = p + int(off * FS) + k
+            ok = (i >= 0) & (i < n)
+            x[i[ok]] += v[ok]
+    return x, peaks
+
+
+def test_levels_are_carried_across_windows_through_long_pauses(monkeypatch):
+    # most 1-s blocks of a 12 s window hold no beat: thresholds re-learned in every window come
+    # out too low and count P / T waves (MIT-BIH 231); carried from window to window they do not
+    x, truth = _long_pauses()
+    assert detect_r_peaks(x, FS).size == truth.size
+    s = stream_peaks(x, 360)
+    assert s.size == truth.size
+    assert np.all(np.abs(s - truth) <= round(0.05 * FS))
+    # the regression this guards against: re-learning the levels in every window
+    import edgeexit.runtime.stream as stream_mod
+
+    relearn = stream_mod.detect_r_peaks_with_levels
+    monkeypatch.setattr(stream_mod, "detect_r_peaks_with_levels",
+                        lambda *a, levels=None, levels_at=None, **k: relearn(*a, **k))
+    assert stream_peaks(x, 360).size > 1.1 * truth.size
+
+
+@pytest.mark.mitdb
+@pytest.mark.skipif(not (MITDB / "231.hea").is_file(), reason=f"MIT-BIH not found at {MITDB}")
+def test_mitdb_231_streamed_has_no_extra_beats():
+    # 231: 2:1 block, long pauses; the stream used to find 184 extra beats (PPV 89.5 %)
+    src = open_source(str(MITDB / "231"), block_seconds=1.0)
+    x = np.concatenate(list(src.blocks))
+    ann = src.annotations[0]
+    s = stream_peaks(x, 360)
+    near = np.abs(ann[np.clip(np.searchsorted(ann, s), 0, ann.size - 1)] - s)
+    near = np.minimum(near, np.abs(ann[np.clip(np.searchsorted(ann, s) - 1, 0, ann.size - 1)] - s))
+    matched = int(np.sum(near <= round(0.150 * FS)))
+    assert matched >= 0.995 * s.size  # PPV
+    assert matched >= 0.995 * ann.size  # sensitivity
