@@ -718,11 +718,13 @@ def run(bundle, input_path, backend, threads, policy, thresholds, exit_index, ba
               help="Fail (status 3) when a format could not be replayed: its backend is not installed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(bundle, backend, threads, trusted_keys, strict, as_json):
-    """Check a bundle's hashes and replay golden.npz; exit status 3 on any mismatch.
+    """Check a bundle's hashes and file shapes and replay golden.npz; exit status 3 on any mismatch.
 
     Proves, on the device, that the files compute what the PyTorch model computed at export.
-    BUNDLE is the directory or its .tar.gz. Formats whose backend is not installed here are
-    listed as not checked (--strict: a failure).
+    BUNDLE is the directory or its .tar.gz. Every segment file's input and output shapes are
+    checked against the manifest and the next file (shapes[BACKEND]); the report is printed
+    whatever fails. Formats whose backend is not installed here are listed as not checked
+    (--strict: a failure).
     """
     from edgeexit.errors import ExitStatus
     from edgeexit.runtime.verify import verify_bundle

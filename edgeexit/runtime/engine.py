@@ -24,7 +24,7 @@ import numpy as np
 from edgeexit.errors import EdgeExitError
 from edgeexit.runtime.backends import Session, backend_for_format, get_backend
 from edgeexit.runtime.backends.base import BACKENDS, BackendError
-from edgeexit.runtime.manifest import BundleError, Manifest, SegmentEntry, load_manifest
+from edgeexit.runtime.manifest import BundleError, Manifest, load_manifest
 from edgeexit.runtime.policy import Policy, make_policy
 
 log = logging.getLogger(__name__)
@@ -226,9 +226,11 @@ class Engine:
         threads = default_threads(manifest) if threads is None else int(threads)
         if threads < 1:
             raise EdgeExitError(f"threads must be >= 1, got {threads}")
-        sessions = [be.load(root / seg.artifact(be.file_format).file, threads) for seg in manifest.segments]
-        for seg, sess in zip(manifest.segments, sessions):
-            _check_session(seg, sess, root / seg.artifact(be.file_format).file)
+        files = [seg.artifact(be.file_format).file for seg in manifest.segments]
+        sessions = [be.load(root / f, threads) for f in files]
+        problems = shape_problems(manifest, sessions, files)
+        if problems:  # refused before any window is answered
+            raise ShapeError(problems, f"bundle {path}: ")
         mono = None
         if load_monolithic:
             entry = manifest.monolithic
@@ -411,9 +413,61 @@ class Engine:
         return self.monolithic.run(self.check_input(x, batch=True))[0]
 
 
-def _check_session(seg: SegmentEntry, sess: Session, path: Path) -> None:
-    n_out = len(getattr(sess, "output_names", seg.output_names))
-    if n_out != len(seg.output_names):
-        raise BundleError(
-            f"{path} has {n_out} outputs but the manifest lists {list(seg.output_names)}; re-export the bundle"
-        )
+class ShapeError(BundleError):
+    """A bundle's segment files do not take and return the shapes its manifest lists, or do not
+    chain (segment k's features are not what segment k+1 takes). ``problems``: every one found,
+    one line each; the message is the first (and how many more)."""
+
+    def __init__(self, problems, prefix: str = "") -> None:
+        self.problems = tuple(problems)
+        more = len(self.problems) - 1
+        super().__init__(prefix + self.problems[0] + (f" (and {more} more shape problem(s); "
+                                                      "`edgeexit verify` lists them)" if more else ""))
+
+
+def _dims(shape) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _same(got, want) -> bool:
+    """True unless the known dimensions of ``got`` (None: unknown) contradict ``want``."""
+    if got is None or want is None:
+        return True
+    return len(got) == len(want) and all(g is None or w is None or g == w for g, w in zip(got, want))
+
+
+def shape_problems(manifest: Manifest, sessions, files) -> list[str]:
+    """Every way the loaded segment files ``sessions`` (named ``files``, in chain order) disagree
+    with each other or with the manifest's shapes, one line each; [] when they chain.
+
+    Checked against the files themselves (the shapes the backend reports for each file's input
+    and outputs, per sample): segment 0 takes the bundle's input, segment k+1 takes the features
+    segment k returns, and every file takes and returns what the manifest lists. A dimension a
+    session does not report (symbolic) is not checked."""
+    fix = "re-export the bundle (edgeexit export)"
+    out: list[str] = []
+    src, feeds = "the bundle's input is", manifest.input_shape  # what the next file is given
+    for k, (seg, sess, f) in enumerate(zip(manifest.segments, sessions, files)):
+        last = k == len(manifest.segments) - 1
+        takes = getattr(sess, "input_shape", None)
+        names = tuple(getattr(sess, "output_names", seg.output_names))
+        returns = tuple(getattr(sess, "output_shapes", None) or (None,) * len(names))
+        listed = f" (the manifest lists {_dims(seg.input_shape)})"
+        if not _same(takes, feeds):
+            out.append(f"segments do not chain: {f} takes {_dims(takes)} but {src} "
+                       f"{_dims(feeds)}{listed if tuple(seg.input_shape) != tuple(feeds) else ''}; "
+                       f"{fix}")
+        elif not _same(takes, seg.input_shape):
+            out.append(f"{f} takes {_dims(takes)} but the manifest lists {_dims(seg.input_shape)} "
+                       f"for segment {k}; {fix}")
+        if len(names) != (1 if last else 2) or len(names) != len(seg.output_names):
+            out.append(f"{f} has {len(names)} output(s) {list(names)} but the manifest lists "
+                       f"{list(seg.output_names)}; {fix}")
+            src, feeds = f"{f} returns", None  # unknown: the next file's input is not chained
+            continue
+        for name, got, want in zip(names, returns, seg.output_shapes):
+            if not _same(got, want):
+                out.append(f"{f} returns {name} {_dims(got)} but the manifest lists "
+                           f"{_dims(want)}; {fix}")
+        src, feeds = f"{f} returns features", returns[0]
+    return out

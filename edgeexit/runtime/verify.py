@@ -1,9 +1,13 @@
 """``edgeexit verify``: prove on the device that a bundle computes what the PyTorch model computed.
 
 Checks, in order: the manifest (schema version, segment chain), the sha256 of every file, then for
-every file format (or the one asked for) a replay of ``golden.npz`` through the chained segments:
-each exit's logits must lie within the manifest's tolerance of PyTorch's, and the monolithic
-reference graph's final logits too. Runs with numpy and the backends only.
+every file format (or the one asked for) the shapes of the segment files themselves (each takes
+what the one before returns and what the manifest lists: ``shapes[backend]``, one check per
+problem) and a replay of ``golden.npz`` through the chained segments: each exit's logits must lie
+within the manifest's tolerance of PyTorch's, and the monolithic reference graph's final logits
+too. A failed check is recorded and the checks that can still run do (a manifest whose shapes do
+not chain still has its hashes and files checked; only the replay is skipped). Runs with numpy
+and the backends only.
 
 ``path`` may be a bundle directory or its ``.tar.gz`` (unpacked safely into a temporary
 directory). A signed bundle's signature is checked (against the trusted keys when given or
@@ -22,7 +26,13 @@ import numpy as np
 
 from edgeexit.errors import EdgeExitError
 from edgeexit.runtime.backends import backend_for_format, get_backend
-from edgeexit.runtime.engine import Engine
+from edgeexit.runtime.engine import (
+    Engine,
+    ShapeError,
+    _pick_backend,
+    default_threads,
+    shape_problems,
+)
 from edgeexit.runtime.install import open_bundle
 from edgeexit.runtime.manifest import GOLDEN, check_chain, read_manifest, verify_hashes
 
@@ -76,11 +86,17 @@ def _verify(root: Path, backend: str, threads: int | None, strict: bool, trusted
 
     try:
         manifest = read_manifest(root)
-        check_chain(manifest)
-    except EdgeExitError as e:
+    except EdgeExitError as e:  # nothing else can be read
         check("manifest", False, error=str(e))
         return VerifyReport(str(root), False, tuple(checks))
-    check("manifest", True, schema_version=manifest.schema_version, segments=manifest.num_exits)
+    try:
+        check_chain(manifest)
+        chained = True
+    except EdgeExitError as e:  # the files can still be hashed and their shapes checked
+        chained = False
+        check("manifest", False, error=str(e))
+    if chained:
+        check("manifest", True, schema_version=manifest.schema_version, segments=manifest.num_exits)
     try:
         verify_hashes(root, manifest)
     except EdgeExitError as e:
@@ -118,30 +134,80 @@ def _verify(root: Path, backend: str, threads: int | None, strict: bool, trusted
         if not names:
             check("golden", False, error="no installed backend runs this bundle's formats")
     else:
-        names = [backend]
+        try:
+            names = [_pick_backend(manifest, backend)]
+        except EdgeExitError as e:
+            check(f"golden[{backend}]", False, error=str(e))
+            names = []
+    not_replayed = "not replayed: the segment files' shapes are wrong (see above)"
     for name in names:
+        if not chained:  # no engine loads such a bundle: check the files' shapes on their own
+            _check_file_shapes(root, manifest, name, threads, check)
+            check(f"golden[{name}]", False,
+                  error="not replayed: the manifest's segment shapes do not chain (see above)")
+            continue
         try:
             engine = Engine.from_bundle(root, backend=name, threads=threads, check_hashes=False,
                                         trusted_keys=trusted_keys,
                                         load_monolithic=manifest.monolithic is not None)
+        except ShapeError as e:
+            for problem in e.problems:
+                check(f"shapes[{name}]", False, error=problem)
+            check(f"golden[{name}]", False, error=not_replayed)
+            continue
         except EdgeExitError as e:
             check(f"golden[{name}]", False, error=str(e))
             continue
+        check(f"shapes[{engine.backend}]", True, files=len(engine.sessions))
         fmt = get_backend(engine.backend).file_format
         tol = float(manifest.golden["tolerance"][fmt])
-        logits, _ = engine.run_all(x)
+        try:
+            logits, _ = engine.run_all(x)
+        except EdgeExitError as e:
+            check(f"golden[{engine.backend}]", False, error=str(e))
+            continue
         errs = [float(np.abs(a - b).max()) for a, b in zip(logits, ref)]
         agree = [float((a.argmax(-1) == b.argmax(-1)).mean()) for a, b in zip(logits, ref)]
         check(
             f"golden[{engine.backend}]",
             max(errs) <= tol,
-            samples=int(len(x)),
+            samples=len(x),
             max_abs_err=[float(f"{e:.3g}") for e in errs],
             tolerance=tol,
             top1_agreement=agree,
         )
         if engine.monolithic is not None:
-            err = float(np.abs(engine.run_monolithic(x) - ref[-1]).max())
+            try:
+                err = float(np.abs(engine.run_monolithic(x) - ref[-1]).max())
+            except EdgeExitError as e:
+                check(f"monolithic[{engine.backend}]", False, error=str(e))
+                continue
             check(f"monolithic[{engine.backend}]", err <= tol, max_abs_err=float(f"{err:.3g}"), tolerance=tol)
     ok = all(c["ok"] for c in checks) and bool(names)
     return VerifyReport(str(root), ok, tuple(checks), tuple(unchecked))
+
+
+def _check_file_shapes(root: Path, manifest, name: str, threads: int | None, check) -> None:
+    """Load backend ``name``'s segment files of bundle ``root`` and record their shapes (against
+    the manifest and each other) as ``shapes[name]`` checks: used where no engine can load the
+    bundle because its manifest's own shapes do not chain."""
+    be = get_backend(name)
+    threads = default_threads(manifest) if threads is None else threads
+    files, sessions = [], []
+    for seg in manifest.segments:
+        art = seg.artifact(be.file_format)
+        if art is None:
+            check(f"shapes[{name}]", False, error=f"segment {seg.index} has no {be.file_format} file")
+            return
+        try:
+            sessions.append(be.load(root / art.file, threads))
+        except EdgeExitError as e:
+            check(f"shapes[{name}]", False, error=str(e))
+            return
+        files.append(art.file)
+    problems = shape_problems(manifest, sessions, files)
+    for problem in problems:
+        check(f"shapes[{name}]", False, error=problem)
+    if not problems:
+        check(f"shapes[{name}]", True, files=len(files),
+              note="the files chain; the manifest's shapes do not")

@@ -25,6 +25,9 @@ class Session(Protocol):
 
     input_name: str
     output_names: tuple[str, ...]
+    # dimensions after the batch one, as the file records them (None: a symbolic dimension)
+    input_shape: tuple[int | None, ...]
+    output_shapes: tuple[tuple[int | None, ...] | None, ...]
 
     def run(self, x: np.ndarray, copy: bool = True) -> list[np.ndarray]:
         """Outputs for the batch ``x`` ``[N, ...]``, in ``output_names`` order.

@@ -66,6 +66,7 @@ class LiteRTSession:
         input_name: name of the single signature input.
         input_shape: the input's dimensions after the batch dimension.
         output_names: signature names of the outputs, in the order :meth:`run` returns them.
+        output_shapes: each output's dimensions after the batch dimension (as converted).
     """
 
     def __init__(self, interpreter, path: Path) -> None:
@@ -98,6 +99,9 @@ class LiteRTSession:
         self.input_name: str = names.get(self._in, _tensor_name(inp["name"]))
         self.output_names: tuple[str, ...] = tuple(
             names.get(i, _tensor_name(d["name"])) for i, d in zip(self._out, outputs)
+        )
+        self.output_shapes: tuple[tuple[int, ...], ...] = tuple(
+            tuple(int(v) for v in d["shape"][1:]) for d in outputs
         )
         shape = [int(d) for d in inp["shape"]]
         self._rank = len(shape)

@@ -37,6 +37,13 @@ def _import_ort():
     return onnxruntime
 
 
+def _per_sample(shape) -> tuple[int | None, ...] | None:
+    """A graph tensor's dimensions after the batch one (None where symbolic), or None."""
+    if shape is None or len(shape) == 0:
+        return None
+    return tuple(d if isinstance(d, int) and d > 0 else None for d in list(shape)[1:])
+
+
 class OnnxRuntimeSession:
     """One ``.onnx`` file loaded into an ``onnxruntime.InferenceSession``.
 
@@ -45,6 +52,8 @@ class OnnxRuntimeSession:
         input_name: name of the single graph input.
         input_shape: the input's dimensions after the batch dimension (None where symbolic).
         output_names: names of the graph outputs, in the order :meth:`run` returns them.
+        output_shapes: each output's dimensions after the batch dimension (None where symbolic;
+            None for the whole shape where the file does not record its rank).
     """
 
     def __init__(self, session, path: Path) -> None:
@@ -63,7 +72,11 @@ class OnnxRuntimeSession:
         self.input_shape: tuple[int | None, ...] = tuple(
             d if isinstance(d, int) and d > 0 else None for d in shape[1:]
         )
-        self.output_names: tuple[str, ...] = tuple(o.name for o in session.get_outputs())
+        outputs = session.get_outputs()
+        self.output_names: tuple[str, ...] = tuple(o.name for o in outputs)
+        self.output_shapes: tuple[tuple[int | None, ...] | None, ...] = tuple(
+            _per_sample(o.shape) for o in outputs
+        )
         self._session = session
         self._run = session.run  # bound once: run() is on the latency path
         self._outputs = list(self.output_names)
