@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeexit.errors import ConfigError, DataError
+from edgeexit.runtime.engine import InputError
 from edgeexit.runtime.peaks import MIN_SECONDS, Levels, detect_r_peaks_with_levels
 from edgeexit.runtime.preprocess import (
     LOCAL_RR_BEATS,
@@ -85,7 +86,8 @@ class StreamDetector:
     """
 
     def __init__(self, fs: float, *, window_s: float = 12.0, hop_s: float = 2.0,
-                 lookahead_s: float = 3.0, refractory_s: float = 0.2) -> None:
+                 lookahead_s: float = 3.0, refractory_s: float = 0.2,
+                 relearn_s: float = 4.0) -> None:
         try:
             fs = float(fs)
         except (TypeError, ValueError):
@@ -98,6 +100,9 @@ class StreamDetector:
         self.lookahead = round(lookahead_s * fs)
         self.refractory = max(1, round(refractory_s * fs))
         self._refractory_s = refractory_s
+        # no beat committed for this long: the carried levels may be stale (an electrode pop
+        # raised them above every QRS), so the next window learns them afresh
+        self.relearn = round(relearn_s * fs)
         if self.hop < 1 or self.lookahead < 1 or self.size < self.hop + self.lookahead + MIN_SECONDS * fs:
             raise ConfigError(
                 f"stream detector: window_s ({window_s:g}) must exceed hop_s + lookahead_s "
@@ -158,6 +163,11 @@ class StreamDetector:
         # start from the levels the previous window had at this window's start (learned once, in
         # the first window, then carried): a window that re-learned them would learn too low a
         # level when many of its seconds hold no beat (long pauses) and count T / P waves
+        gap = self._committed - self._committed_peak_at()  # committed signal since the last beat
+        if self._levels is not None and gap > self.relearn:
+            log.info("no beat for %.1f s before sample %d: the detector learns its levels afresh",
+                     gap / self.fs, self._committed)
+            self._levels = None
         peaks, self._levels = detect_r_peaks_with_levels(
             self.signal, self.fs, refractory_s=self._refractory_s, levels=self._levels,
             levels_at=self.hop)
@@ -174,6 +184,10 @@ class StreamDetector:
         if on_commit is not None and out:
             on_commit(out)
         return out
+
+    def _committed_peak_at(self) -> int:
+        """The last committed peak, or where committing began (no peak yet)."""
+        return self._last_peak if self._last_peak >= 0 else self._committed
 
     def push(self, samples, on_commit=None) -> list[int]:
         """Feed a block of samples (mV); return the R peaks committed meanwhile (absolute indices).
@@ -624,7 +638,7 @@ def stream_classify(
     kept_r: list[int] = []
     all_peaks: list[int] = []
     kept_y: list[int] = []
-    state = {"n": 0}
+    state = {"n": 0, "refused": 0}
     collected: list[tuple[int, np.ndarray]] = []
     if det.lookahead < window - beats.r_offset:
         raise ConfigError(f"stream detector: lookahead_s must cover the {window - beats.r_offset} samples "
@@ -638,7 +652,16 @@ def stream_classify(
 
     def answer(done: list[tuple[int, np.ndarray]], now_end: int, last: bool) -> Iterator[dict]:
         for r, x in done:
-            res = engine.predict(x)
+            try:
+                res = engine.predict(x)
+            except InputError as e:  # e.g. an electrode pop far beyond the trained range
+                state["refused"] += 1
+                while pending_ann and pending_ann[0][0] <= r:
+                    pending_ann.popleft()
+                yield {"beat": state["n"], "r_sample": r, "r_time_s": round(r / fs, 4),
+                       "error": str(e)}
+                state["n"] += 1
+                continue
             t = clock()
             exits[res.exit_index] += 1
             for k, ns in enumerate(res.segment_ns):
@@ -693,7 +716,7 @@ def stream_classify(
         "signal_s": round(seconds, 3), "wall_s": round(wall, 4), "compute_s": round(wall_compute, 4),
         "realtime_factor": round(seconds / wall, 1) if wall > 0 else None,
         "compute_realtime_factor": round(seconds / wall_compute, 1) if wall_compute > 0 else None,
-        "beats": state["n"], "peaks": beats.beats, "dropped_at_start": beats.dropped,
+        "beats": state["n"], "refused": state["refused"], "peaks": beats.beats, "dropped_at_start": beats.dropped,
         "filled_samples": det.filled,
         "answered": "one beat late: each beat after the next R peak (its RR context needs post_rr)",
         "detector": {"window_s": det.size / fs, "hop_s": det.hop / fs, "lookahead_s": det.lookahead / fs},

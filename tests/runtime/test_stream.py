@@ -226,3 +226,19 @@ def test_mitdb_231_streamed_has_no_extra_beats():
     matched = int(np.sum(near <= round(0.150 * FS)))
     assert matched >= 0.995 * s.size  # PPV
     assert matched >= 0.995 * ann.size  # sensitivity
+
+
+def test_a_beat_beyond_the_trained_range_is_reported_and_the_stream_goes_on(rr_bundle, ecg):
+    from edgeexit.runtime.engine import Engine
+
+    x, _ = ecg
+    x = x[:60 * 360].astype(np.float32).copy()
+    x[30 * 360:int(30.5 * 360)] *= np.float32(1e4)  # an electrode pop: far beyond any training beat
+    engine = Engine.from_bundle(rr_bundle, threads=1)
+    src = Source("memory", FS, iter([x[i:i + 360] for i in range(0, x.size, 360)]))
+    events = list(stream_classify(engine, src))
+    beats, summary = events[:-1], events[-1]
+    bad = [b for b in beats if "error" in b]
+    assert summary["refused"] == len(bad) >= 1 and all("beyond" in b["error"] for b in bad)
+    assert all(25 <= b["r_time_s"] <= 36 for b in bad)
+    assert sum("label" in b for b in beats if b["r_time_s"] > 36) > 10  # answered after it
