@@ -758,6 +758,7 @@ def build_wheel(repo: Path, host_python: str, out: Path) -> Path:
         repo / "edgeexit", src / "edgeexit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
     shutil.copytree(repo / "targets", src / "targets")  # setup.py ships them in the wheel
+    shutil.copytree(repo / "calibration", src / "calibration")  # and the int8 recipes
     for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE"):
         if (repo / name).exists():
             shutil.copy2(repo / name, src / name)
