@@ -242,3 +242,24 @@ def test_a_beat_beyond_the_trained_range_is_reported_and_the_stream_goes_on(rr_b
     assert summary["refused"] == len(bad) >= 1 and all("beyond" in b["error"] for b in bad)
     assert all(25 <= b["r_time_s"] <= 36 for b in bad)
     assert sum("label" in b for b in beats if b["r_time_s"] > 36) > 10  # answered after it
+
+
+def test_cli_stream_raw_binary_on_stdin_and_realtime_pacing(rr_bundle, ecg, tmp_path):
+    x, _ = ecg
+    raw = np.round(x[: 40 * 360] * 200).astype("<i2")
+    (tmp_path / "ecg.i16").write_bytes(raw.tobytes())
+    args = ("--fs", FS, "--dtype", "int16", "--units", "adc", "--summary-only", "--json")
+    from_file = run_cli("run", rr_bundle, "--stream", tmp_path / "ecg.i16", *args)
+    from_stdin = run_cli("run", rr_bundle, "--stream", "-", *args, input=raw.tobytes())
+    assert from_file.exit_code == 0 and from_stdin.exit_code == 0, from_stdin.output
+    a, b = (json.loads(r.output.splitlines()[-1]) for r in (from_file, from_stdin))
+    assert a["beats"] == b["beats"] > 30 and a["exit_counts"] == b["exit_counts"]
+    # --realtime paces reading to the sampling rate: 3 s of signal take about 3 s
+    short = tmp_path / "short.csv"
+    np.savetxt(short, x[: 3 * 360], fmt="%.5f")
+    r = run_cli("run", rr_bundle, "--stream", short, "--fs", FS, "--realtime", "--block-seconds",
+                0.5, "--summary-only", "--json")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.output.splitlines()[-1])
+    assert s["signal_s"] == pytest.approx(3.0, abs=0.01)
+    assert s["wall_s"] >= 2.4 and s["realtime_factor"] <= 1.25
