@@ -659,20 +659,20 @@ def run(bundle, input_path, backend, threads, policy, thresholds, exit_index, ba
                            trusted_keys, **stream_options)
     import numpy as np
 
-    from edgeexit.runtime.engine import Engine
+    from edgeexit.runtime.engine import Engine, InputError
     from edgeexit.runtime.io import read_windows
 
     engine = Engine.from_bundle(bundle, backend=backend, threads=threads, trusted_keys=trusted_keys,
                                 **_policy_args(policy, thresholds, exit_index))
     problems: dict[int, str] = {}
     x = read_windows(input_path, engine.input_shape, errors=problems)
-    for i in range(len(x)):
-        if i not in problems:
-            why = engine.input_problem(x[i])
-            if why is not None:
-                problems[i] = why
     answers: dict[int, dict] = {}
-    if batch:
+    if batch:  # one bad window would refuse the whole batch: set the bad ones aside first
+        for i in range(len(x)):
+            if i not in problems:
+                why = engine.input_problem(x[i])
+                if why is not None:
+                    problems[i] = why
         good = np.array([i for i in range(len(x)) if i not in problems], np.int64)
         if fail_fast and problems:
             good = good[good < min(problems)]
@@ -684,13 +684,19 @@ def run(bundle, input_path, backend, threads, policy, thresholds, exit_index, ba
                                    "probs": [round(float(p), 6) for p in r.probs[j]]}
     refused = []
     for i in range(len(x)):
+        if i not in problems and not batch:
+            try:
+                answer = engine.predict(x[i]).to_dict()
+            except InputError as e:
+                problems[i] = str(e)
         if i in problems:
             refused.append(i)
             click.echo(json.dumps({"index": i, "error": problems[i]}))
             if fail_fast:
                 break
             continue
-        answer = answers[i] if batch else engine.predict(x[i]).to_dict()
+        if batch:
+            answer = answers[i]
         try:
             line = json.dumps({"index": i, **answer}, allow_nan=False)
         except ValueError:  # a non-finite probability: never print invalid JSON

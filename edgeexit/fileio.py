@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from edgeexit.errors import ConfigError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -57,6 +59,21 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_output_directory(out: Path, ours: set[str] | frozenset[str], command: str) -> None:
+    """Refuse an ``--out`` that is a file, or a directory holding entries ``command`` does not
+    write (names in ``ours``; hidden temporaries aside): a later run would mix with, or replace,
+    someone else's files. A directory of an earlier run of ``command`` is fine."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a directory; choose another --out")
+    if out.is_dir():
+        foreign = [p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(".")]
+        if foreign:
+            raise ConfigError(
+                f"{out} holds files that {command} did not write ({', '.join(sorted(foreign)[:5])}); "
+                f"choose an empty or new --out (a previous {command} directory is reused)"
+            )
 
 
 def pack_directory(directory: str | os.PathLike, archive: str | os.PathLike) -> Path:

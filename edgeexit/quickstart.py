@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgeexit.errors import ConfigError
-from edgeexit.fileio import atomic_write
+from edgeexit.fileio import atomic_write, check_output_directory
 from edgeexit.summary import machine_info
 
 log = logging.getLogger(__name__)
@@ -95,18 +95,6 @@ class QuickstartConfig:
         return d
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} exists and is not a directory; choose another --out")
-    if out.is_dir():
-        foreign = [p.name for p in out.iterdir() if p.name not in _OURS and not p.name.startswith(".")]
-        if foreign:
-            raise ConfigError(
-                f"{out} holds files that quickstart did not write ({', '.join(sorted(foreign)[:5])}); "
-                "choose an empty or new --out (a previous quickstart directory is reused)"
-            )
-
-
 def run_quickstart(
     out: str | os.PathLike,
     config: QuickstartConfig = QuickstartConfig(),
@@ -123,7 +111,7 @@ def run_quickstart(
     from edgeexit.train import TrainConfig, run_training
 
     out = Path(out)
-    _check_out(out)
+    check_output_directory(out, _OURS, "quickstart")
     if isinstance(config.exits, tuple):  # refuse bad exits before training, not after
         from edgeexit.export.split import check_exits
         from edgeexit.models import ModelConfig, create_model
@@ -275,6 +263,7 @@ def run_quickstart(
 
 def _compress(checkpoint: Path, spec, out: Path, config: QuickstartConfig, progress: bool) -> dict:
     """Prune the trained model, fine-tune it, and time both as one graph side by side."""
+    import copy
     import tempfile
 
     import torch
@@ -287,7 +276,7 @@ def _compress(checkpoint: Path, spec, out: Path, config: QuickstartConfig, progr
     from edgeexit.targets import load_target
 
     ck = load_checkpoint(checkpoint)
-    original = load_checkpoint(checkpoint).model
+    original = copy.deepcopy(ck.model)  # the model before pruning (pruning works in place)
     train_set, test_set = load_train_test(spec)
     pconf = PruneConfig(ratio=config.prune)
     pruned = prune_model(ck.model, pconf, torch.from_numpy(train_set.x[:2]))

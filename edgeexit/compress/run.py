@@ -18,6 +18,7 @@ Steps (each a function below), all written under one output directory ``OUT``:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -34,7 +35,7 @@ import torch
 from edgeexit.compress.finetune import FinetuneConfig, finetune
 from edgeexit.compress.prune import PruneConfig, prune_model
 from edgeexit.errors import ConfigError
-from edgeexit.fileio import atomic_write
+from edgeexit.fileio import atomic_write, check_output_directory
 from edgeexit.summary import machine_info
 
 log = logging.getLogger(__name__)
@@ -109,18 +110,6 @@ class CompressResult:
     report: dict
     checkpoint: Path
     files: tuple[Path, ...]
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} exists and is not a directory; choose another --out")
-    if out.is_dir():
-        foreign = [p.name for p in out.iterdir() if p.name not in _OURS and not p.name.startswith(".")]
-        if foreign:
-            raise ConfigError(
-                f"{out} holds files that compress did not write ({', '.join(sorted(foreign)[:5])});"
-                " choose an empty or new --out (a previous compress directory is reused)"
-            )
 
 
 
@@ -289,7 +278,7 @@ def compress(
     t_start = time.perf_counter()
     say = progress or (lambda stage: None)
     out = Path(out_dir)
-    _check_out(out)
+    check_output_directory(out, _OURS, "compress")
     torch.set_num_threads(config.threads)
     ckpt_path = Path(checkpoint)
     ckpt = load_checkpoint(ckpt_path)
@@ -309,7 +298,7 @@ def compress(
         vae_path = _vae(vae, train_set, ckpt, out, config, bars)
 
     model = ckpt.model
-    original = load_checkpoint(ckpt_path).model
+    original = copy.deepcopy(ckpt.model)  # the model before pruning (pruning works in place)
     provenance = {"source_checkpoint": str(ckpt_path), "source_sha256": sha256_file(ckpt_path),
                   "prune": config.prune.to_dict(), "finetune": config.finetune.to_dict(),
                   "vae": None if vae_path is None else str(vae_path)}
