@@ -106,6 +106,22 @@ def _plan(model: MultiExitNet) -> dict:
     return channel_plan(model, reference=reference)
 
 
+def read_payload(path: Path, what: str):
+    """``torch.load(weights_only=True)`` of ``path`` (plain tensors and literals: no code runs).
+
+    Raises:
+        CheckpointError: one line naming ``path``, ``what`` it should be and torch's error type
+            with the first line of its message (torch's own runs to a page of advice).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        lines = str(e).strip().splitlines()
+        raise CheckpointError(
+            f"cannot read {path} as {what}: {type(e).__name__}: {lines[0] if lines else ''}"
+        ) from e
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Rebuild the model stored at ``path``.
 
@@ -115,13 +131,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"cannot read {path} as a checkpoint (a model.pt written by `edgeexit train`): "
-            f"{type(e).__name__}: {e}"
-        ) from e
+    payload = read_payload(path, "a checkpoint (a model.pt written by `edgeexit train`)")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an edgeexit checkpoint (written by `edgeexit train`)")
     if payload.get("version", 0) > CHECKPOINT_VERSION:

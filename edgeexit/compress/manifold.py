@@ -57,6 +57,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgeexit.checkpoint import read_payload
 from edgeexit.config import dataclass_from_dict
 from edgeexit.errors import CheckpointError, ConfigError
 from edgeexit.fileio import atomic_write
@@ -483,10 +484,7 @@ def load_vae(path: str | os.PathLike) -> SignalVAE:
             "`edgeexit compress --finetune onmanifold`)")
     if not path.is_file():
         raise CheckpointError(f"VAE file not found: {path} (give {hint})")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read {path} as {hint}: {type(e).__name__}: {e}") from e
+    payload = read_payload(path, hint)
     if not isinstance(payload, dict) or payload.get("format") != VAE_FORMAT:
         raise CheckpointError(f"{path} is not {hint}")
     if payload.get("version", 0) > VAE_VERSION:

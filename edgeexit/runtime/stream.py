@@ -508,6 +508,8 @@ def open_source(
         frames = max(2, round(block_seconds * head["fs"]))
         return Source(str(base), head["fs"], _wfdb_blocks(base, head, ch, frames),
                       read_annotations(base), names[ch])
+    if source != "-" and not p.is_file():
+        raise DataError(f"signal file not found: {p} (give a WFDB record, a CSV or raw file, or -)")
     if fs is None:
         raise ConfigError(f"--fs is required for {source} (the sampling rate in Hz)")
     rows = max(1, round(block_seconds * float(fs)))
@@ -522,14 +524,10 @@ def open_source(
         if source == "-":
             f = sys.stdin.buffer
         else:
-            if not p.is_file():
-                raise DataError(f"signal file not found: {p}")
             f = open(p, "rb")  # noqa: SIM115 - closed by the generator's end
         return Source(source, float(fs), _raw_blocks(f, source, dt, channels, ch, rows, scale, offset))
     if source == "-":
         return Source("stdin", float(fs), _csv_blocks(sys.stdin, "stdin", ch, rows, scale, offset))
-    if not p.is_file():
-        raise DataError(f"signal file not found: {p}")
     if p.suffix not in (".csv", ".txt"):
         raise ConfigError(f"{p}: give --dtype for a raw binary file (or use .csv / a WFDB record)")
 

@@ -164,6 +164,8 @@ def test_cli_stream_errors(rr_bundle, tmp_path):
         open_source(str(csv), fs=FS, units="volts")
     with pytest.raises(DataError, match="not found"):
         open_source(str(tmp_path / "none.csv"), fs=FS)
+    r = run_cli("run", rr_bundle, "--stream", tmp_path / "none")  # not found first, not --fs
+    assert r.exit_code == 1 and "signal file not found" in r.output
 
 
 @pytest.mark.mitdb
