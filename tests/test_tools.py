@@ -18,7 +18,9 @@ def _tool(name):
 
 @pytest.mark.parametrize("backend", ["litert", "onnxruntime"])
 def test_decision_overhead_separates_native_time_from_the_engine(bundle_dir, backend):
-    r = _tool("decision_overhead").measure(str(bundle_dir), backend, 1, "golden", 16, 3, 0.5)
+    # 9 rounds: with 3, noise between the separately timed variants inverted native < predict
+    # for onnxruntime (1 CI run in 5)
+    r = _tool("decision_overhead").measure(str(bundle_dir), backend, 1, "golden", 16, 9, 0.5)
     assert set(r["policies"]) == {"max_prob", "entropy", "ensemble", "fixed"}
     for name, p in r["policies"].items():
         u = p["us_per_window"]
