@@ -168,6 +168,14 @@ def _verify(root: Path, backend: str, threads: int | None, strict: bool, trusted
             continue
         errs = [float(np.abs(a - b).max()) for a, b in zip(logits, ref)]
         agree = [float((a.argmax(-1) == b.argmax(-1)).mean()) for a, b in zip(logits, ref)]
+        detail = {}
+        if max(errs) > tol:
+            k = next(k for k, e in enumerate(errs) if e > tol)
+            seg = next((s for s in manifest.segments if s.exit == k), None)
+            art = seg.artifact(fmt) if seg is not None else None
+            where = f"; {art.file} is the first file off" if art is not None else ""
+            detail["error"] = (f"exit {k} differs from golden.npz by {errs[k]:.3g} "
+                               f"(tolerance {tol:.3g}){where}")
         check(
             f"golden[{engine.backend}]",
             max(errs) <= tol,
@@ -175,6 +183,7 @@ def _verify(root: Path, backend: str, threads: int | None, strict: bool, trusted
             max_abs_err=[float(f"{e:.3g}") for e in errs],
             tolerance=tol,
             top1_agreement=agree,
+            **detail,
         )
         if engine.monolithic is not None:
             try:

@@ -253,3 +253,53 @@ def test_verify_reports_formats_it_could_not_check_and_strict_fails(bundle_dir, 
     assert not verify_bundle(bundle_dir, strict=True).ok
     r = CliRunner().invoke(main, ["verify", str(bundle_dir), "--strict", "--json"])
     assert r.exit_code == 3 and json.loads(r.output)["unchecked"] == ["tflite"]
+
+
+def _truncate_a_segment(root):
+    seg = root / "segment_1.onnx"
+    seg.write_bytes(seg.read_bytes()[: seg.stat().st_size // 2])
+
+
+def _corrupt_a_segment_and_fix_its_hash(root):
+    """Weights scaled in place and the manifest's hash re-fixed: only the golden replay can tell."""
+    import hashlib
+
+    seg = root / "segment_3.tflite"
+    data = bytearray(seg.read_bytes())
+    data[len(data) // 3: len(data) // 3 + 64] = bytes(64)
+    seg.write_bytes(bytes(data))
+    d = json.loads((root / MANIFEST).read_text())
+    for s in d["segments"]:
+        for a in s["artifacts"]:
+            if a["file"] == seg.name:
+                a["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+                a["size"] = len(data)
+    (root / MANIFEST).write_text(json.dumps(d, indent=2) + "\n")
+
+
+def _edit(**fields):
+    def mutate(root):
+        d = json.loads((root / MANIFEST).read_text())
+        d.update(fields)
+        (root / MANIFEST).write_text(json.dumps(d, indent=2) + "\n")
+    return mutate
+
+
+@pytest.mark.parametrize("fault, mutate, why", [
+    ("truncated segment", _truncate_a_segment, "segment_1.onnx"),
+    ("corrupted segment, hash re-fixed", _corrupt_a_segment_and_fix_its_hash, "segment_3"),
+    ("missing golden file", lambda r: (r / "golden.npz").unlink(), "golden.npz"),
+    ("wrong schema version", _edit(schema_version=99), "schema version 99"),
+    ("manifest not JSON", lambda r: (r / MANIFEST).write_text("{"), "manifest.json"),
+])
+def test_fault_injection_each_refused_in_one_line_and_the_old_bundle_keeps_serving(
+        bundle_dir, tmp_path, fault, mutate, why):
+    into = tmp_path / "dev"
+    install_bundle(_archive(bundle_dir, tmp_path, 1), into)
+    serving = (into / CURRENT).resolve()
+    r = CliRunner().invoke(main, ["install", str(_archive(bundle_dir, tmp_path, 2, mutate=mutate)),
+                                  "--into", str(into)])
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+    assert r.exit_code == 1 and len(errors) == 1 and why in errors[0], (fault, r.output)
+    assert (into / CURRENT).resolve() == serving and _serves(into) == 1
+    assert not [p for p in into.iterdir() if p.name.startswith(".staging-")]
