@@ -626,6 +626,11 @@ def _run_stream(bundle, input_path, backend, threads, policy, thresholds, exit_i
             line += (f"; detection Se {100 * d['sensitivity']:.2f}% +P {100 * d['ppv']:.2f}% "
                      f"({d['tolerance_s'] * 1000:.0f} ms); accuracy vs annotations "
                      f"{100 * c['accuracy']:.2f}% on {c['beats']} beats")
+        if ev["filled_samples"]:
+            line += (f"; {ev['filled_samples']} non-finite samples held at the last finite value, "
+                     f"beats over them: {ev['beats_over_held_samples']} (lines with held_samples)")
+        if ev["refused"]:
+            line += f"; beats refused: {ev['refused']} (lines with error)"
         click.echo(line, err=not summary_only)
 
 

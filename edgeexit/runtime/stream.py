@@ -117,6 +117,8 @@ class StreamDetector:
         self._last_peak = -(1 << 62)
         self._hold = 0.0  # last finite sample (replaces NaN / Inf)
         self.filled = 0  # non-finite samples replaced so far
+        # [start, end) runs of held samples, absolute, until the beats over them are answered
+        self._held: deque[tuple[int, int]] = deque(maxlen=4096)
         self.analyses = 0
         # the detector's levels at the start of the next analysis window (None: learn them)
         self._levels: Levels | None = None
@@ -154,7 +156,23 @@ class StreamDetector:
         for i in bad:  # hold the last finite value (a lead-off gap, not a QRS)
             x[i] = x[i - 1] if i else self._hold
         self._hold = float(x[-1])
+        cuts = np.flatnonzero(np.diff(bad) > 1)
+        for a, b in zip(bad[np.r_[0, cuts + 1]].tolist(), (bad[np.r_[cuts, bad.size - 1]] + 1).tolist()):
+            a, b = self.end + a, self.end + b
+            if self._held and self._held[-1][1] == a:
+                a = self._held.pop()[0]
+            self._held.append((a, b))
         return x
+
+    def held_in(self, start: int, stop: int) -> int:
+        """How many samples in ``[start, stop)`` (absolute) were held non-finite input."""
+        return sum(max(0, min(b, stop) - max(a, start)) for a, b in self._held
+                   if a < stop and b > start)
+
+    def forget_held_before(self, sample: int) -> None:
+        """Drop the runs of held samples that end at or before ``sample`` (bounded state)."""
+        while self._held and self._held[0][1] <= sample:
+            self._held.popleft()
 
     # -- detection -----------------------------------------------------------------------------
     def _analyse(self, commit_until: int, on_commit) -> list[int]:
@@ -217,7 +235,8 @@ class StreamDetector:
     def state_sizes(self) -> dict[str, int]:
         """Sizes of everything the detector keeps (for the bounded-state test)."""
         return {"buffer": int(self._buf.size),
-                "levels_rr": 0 if self._levels is None else len(self._levels.rr)}
+                "levels_rr": 0 if self._levels is None else len(self._levels.rr),
+                "held_runs": len(self._held)}
 
 
 # ---------------------------------------------------------------------------------- beats
@@ -636,7 +655,7 @@ def stream_classify(
     kept_r: list[int] = []
     all_peaks: list[int] = []
     kept_y: list[int] = []
-    state = {"n": 0, "refused": 0}
+    state = {"n": 0, "refused": 0, "held_beats": 0}
     collected: list[tuple[int, np.ndarray]] = []
     if det.lookahead < window - beats.r_offset:
         raise ConfigError(f"stream detector: lookahead_s must cover the {window - beats.r_offset} samples "
@@ -650,6 +669,9 @@ def stream_classify(
 
     def answer(done: list[tuple[int, np.ndarray]], now_end: int, last: bool) -> Iterator[dict]:
         for r, x in done:
+            a = r - beats.r_offset  # the beat's window: samples a .. a + window - 1
+            held = det.held_in(a, a + window)
+            det.forget_held_before(a)  # beats are answered in order
             try:
                 res = engine.predict(x)
             except InputError as e:  # e.g. an electrode pop far beyond the trained range
@@ -667,6 +689,9 @@ def stream_classify(
             d = {"beat": state["n"], "r_sample": r, "r_time_s": round(r / fs, 4), **res.to_dict(),
                  "answered_after": "end of stream" if last else "next R peak",
                  "delay_s": round((now_end - r) / fs, 3), "delay_wall_s": round(t - arrived(r), 6)}
+            if held:
+                d["held_samples"] = held  # its window holds samples that arrived as NaN / Inf
+                state["held_beats"] += 1
             while pending_ann and pending_ann[0][0] < r:
                 pending_ann.popleft()
             if pending_ann and pending_ann[0][0] == r:
@@ -715,7 +740,7 @@ def stream_classify(
         "realtime_factor": round(seconds / wall, 1) if wall > 0 else None,
         "compute_realtime_factor": round(seconds / wall_compute, 1) if wall_compute > 0 else None,
         "beats": state["n"], "refused": state["refused"], "peaks": beats.beats, "dropped_at_start": beats.dropped,
-        "filled_samples": det.filled,
+        "filled_samples": det.filled, "beats_over_held_samples": state["held_beats"],
         "answered": "one beat late: each beat after the next R peak (its RR context needs post_rr)",
         "detector": {"window_s": det.size / fs, "hop_s": det.hop / fs, "lookahead_s": det.lookahead / fs},
         "exit_counts": exits.tolist(),

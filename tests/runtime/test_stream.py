@@ -65,7 +65,7 @@ def test_state_stays_bounded():
             sizes[(i + 360) // 360] = (det.state_sizes(), det.signal.size, beats.state_sizes())
     assert beats.beats > 600
     # the detector's buffer is full after its first window; the RR history after LONG_RR_BEATS
-    assert sizes[60][:2] == sizes[600][:2] == ({"buffer": 12 * 360, "levels_rr": 8}, 12 * 360)
+    assert sizes[60][:2] == sizes[600][:2] == ({"buffer": 12 * 360, "levels_rr": 8, "held_runs": 0}, 12 * 360)
     assert sizes[300] == sizes[600] and sizes[600][2] == {"peaks": 18, "cut": 2, "csum": 257}
 
 
@@ -265,3 +265,29 @@ def test_cli_stream_raw_binary_on_stdin_and_realtime_pacing(rr_bundle, ecg, tmp_
     s = json.loads(r.output.splitlines()[-1])
     assert s["signal_s"] == pytest.approx(3.0, abs=0.01)
     assert s["wall_s"] >= 2.4 and s["realtime_factor"] <= 1.25
+
+
+def test_beats_over_samples_held_after_non_finite_input_are_flagged(rr_bundle, ecg):
+    from edgeexit.runtime.engine import Engine
+
+    x, _ = ecg
+    x = x[: 60 * 360].copy()
+    gap = slice(20 * 360 + 100, 20 * 360 + 130)  # 30 samples lost, split across two blocks
+    x[gap] = np.nan
+    x[30 * 360] = np.inf
+    engine = Engine.from_bundle(rr_bundle, threads=1)
+    blocks = [x[i:i + 257] for i in range(0, x.size, 257)]
+    events = list(stream_classify(engine, Source("memory", FS, iter(blocks))))
+    beats, summary = events[:-1], events[-1]
+    window = int(engine.input_shape[-1])
+    beats_ = BeatStream(FS, window, engine.manifest.input.get("r_offset"))
+    flagged = {b["r_sample"]: b["held_samples"] for b in beats if "held_samples" in b}
+    expected = {}
+    for b in beats:
+        a = b["r_sample"] - beats_.r_offset
+        n = max(0, min(gap.stop, a + window) - max(gap.start, a)) + int(a <= 30 * 360 < a + window)
+        if n:
+            expected[b["r_sample"]] = n
+    assert flagged == expected and 1 <= len(flagged) <= 6
+    assert summary["filled_samples"] == 31 and summary["beats_over_held_samples"] == len(flagged)
+    assert all(not np.isnan(p) for b in beats for p in b["probs"])
