@@ -103,11 +103,14 @@ def test_unreadable_inputs_end_in_one_line(bundle_dir, tmp_path, name, content, 
                                   "--backend", "onnxruntime"])
     assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
     assert "Aborted" not in r.output
-    if name == "latin.csv":
-        for cmd in (["data", "inspect", str(path)], ["train", "--data", str(path), "--out",
-                                                      str(tmp_path / "t")]):
+    if name in ("latin.csv", "bad.npz"):
+        why = "not UTF-8" if name == "latin.csv" else "cannot read"
+        for cmd in (["data", "inspect", str(path)],
+                    ["train", "--data", str(path), "--out", str(tmp_path / "t")],
+                    ["bench", str(bundle_dir), "--data", str(path), "--backend", "onnxruntime"]):
             r = CliRunner().invoke(main, cmd)
-            assert r.exit_code == 1 and "not UTF-8" in r.output, cmd
+            assert r.exit_code == 1 and why in r.output and "Traceback" not in r.output, cmd
+            assert not (tmp_path / "t").exists()
 
 
 def test_bad_thread_counts_are_refused(tmp_path, bundle_dir):
