@@ -122,8 +122,7 @@ def _vae(path: str | os.PathLike | None, train_set, ckpt, out: Path, config: Com
     from edgeexit.compress import manifold
 
     if path is not None:
-        manifold.load_vae(path)  # refuse a bad file now, not after pruning
-        return Path(path)
+        return Path(path)  # compress() checked that it loads, before reading the data
     vcfg = manifold.VAEConfig(seed=config.seed)
     if config.vae_epochs is not None:
         vcfg = dataclasses.replace(vcfg, epochs=config.vae_epochs)
@@ -283,6 +282,10 @@ def compress(
     ckpt_path = Path(checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     spec = ckpt.data_spec(data, "; give the data with --data")
+    if vae is not None:
+        from edgeexit.compress import manifold
+
+        manifold.load_vae(vae)  # a bad file is refused now, not after loading data and pruning
     say("loading data")
     train_full, test = load_train_test(spec)
     train_set = stratified_sample(train_full, config.train_limit, config.seed)

@@ -99,6 +99,7 @@ def test_bad_settings_are_refused(tiny_checkpoint, tmp_path):
     r = CliRunner().invoke(main, ["compress", str(tiny_checkpoint), "--out", str(tmp_path / "y"),
                                   "--vae", str(junk), "--no-progress"])
     assert r.exit_code == 1 and "Error:" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "y").exists()  # refused before the data was read or OUT made
     with pytest.raises(Exception, match="formats"):
         CompressConfig(formats=("pb",))
 
