@@ -30,15 +30,7 @@ from edgeexit.data.mitbih import DS2
 from edgeexit.runtime.engine import Engine
 from edgeexit.runtime.peaks import windows_from_signal
 from edgeexit.runtime.preprocess import beat_windows
-from edgeexit.runtime.stream import open_source, stream_classify
-
-
-def rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return -1
+from edgeexit.runtime.stream import open_source, resident_kb, stream_classify
 
 
 def one_record(engine: Engine, base: str, block_s: float, offline: bool) -> dict:
@@ -54,8 +46,8 @@ def one_record(engine: Engine, base: str, block_s: float, offline: bool) -> dict
         r_seen.append(ev["r_sample"])
         y_seen.append(ev["label_index"])
         if rss_first is None and ev["r_time_s"] >= 60.0:
-            rss_first = rss_kb()
-    rss_last = rss_kb()
+            rss_first = resident_kb()
+    rss_last = resident_kb()
     row = {"record": os.path.basename(base), "beats": summary["beats"],
            "se": summary["detection"]["sensitivity"], "ppv": summary["detection"]["ppv"],
            "tp": summary["detection"]["tp"], "fp": summary["detection"]["fp"],

@@ -22,15 +22,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 
 from edgeexit.runtime.engine import Engine
-from edgeexit.runtime.stream import Source, open_source, stream_classify
-
-
-def rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return -1
+from edgeexit.runtime.stream import Source, open_source, resident_kb, stream_classify
 
 
 def synthetic(fs: float, seconds: float = 600.0, seed: int = 0) -> np.ndarray:
@@ -72,14 +64,14 @@ def main() -> None:
         fs = float(engine.manifest.input.get("fs", 360.0))
         sig = synthetic(fs)
     source = Source(a.record or "synthetic", fs, repeat_blocks(sig, max(1, round(a.block_seconds * fs))))
-    rows = [{"beats": 0, "rss_kb": rss_kb(), "signal_s": 0.0, "wall_s": 0.0}]
+    rows = [{"beats": 0, "rss_kb": resident_kb(), "signal_s": 0.0, "wall_s": 0.0}]
     print(json.dumps(rows[0]) if a.json else f"start: RSS {rows[0]['rss_kb']} kB", flush=True)
     t0 = time.perf_counter()
     n = 0
     for ev in stream_classify(engine, source):
         n += 1
         if n % a.every == 0 or n == a.beats:
-            row = {"beats": n, "rss_kb": rss_kb(), "signal_s": round(ev["r_time_s"], 1),
+            row = {"beats": n, "rss_kb": resident_kb(), "signal_s": round(ev["r_time_s"], 1),
                    "wall_s": round(time.perf_counter() - t0, 2)}
             row["realtime_factor"] = round(row["signal_s"] / row["wall_s"], 1)
             rows.append(row)

@@ -58,7 +58,7 @@ from edgeexit.runtime.preprocess import (
     default_r_offset,
 )
 
-__all__ = ["MATCH_S", "BeatStream", "StreamDetector", "open_source", "stream_classify"]
+__all__ = ["MATCH_S", "BeatStream", "StreamDetector", "open_source", "resident_kb", "stream_classify"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,18 @@ MATCH_S = 0.150
 
 _AVG = 1 + RR_FEATURES.index("avg_rr")  # offsets after the signal channels
 _PRE_AVG = 1 + RR_FEATURES.index("pre_rr_avg_ratio")
+
+
+def resident_kb() -> int:
+    """This process's resident memory in kB (VmRSS of /proc/self/status; -1 where there is none)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
 
 
 # ------------------------------------------------------------------------------------ detector
