@@ -212,13 +212,19 @@ def _method_config(method: str, ctx: click.Context):
               show_default=True, help="Hold out whole records or random beats for validation.")
 @click.option("--val-fraction", default=0.15, show_default=True)
 @click.option("--patience", default=4, show_default=True, help="Early-stopping patience (0: off).")
+@click.option("--cv", "cv_folds", default=None, type=click.IntRange(min=2),
+              help="Choose the epoch count by K-fold cross-validation over the training records "
+                   "(folds by record; every fold trains --epochs epochs and is scored on its "
+                   "held-out records after each), then train for that many epochs and keep the "
+                   "last: no single hold-out and never the test split chooses. Writes OUT/cv.json "
+                   "and OUT/cv.md. Costs about K + 1 trainings.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Random gain and baseline offset during training.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="Torch threads (default: all cores).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Directory for model.pt and metrics.json.")
+              help="Directory for model.pt and metrics.json (and cv.json, cv.md with --cv).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full metrics as JSON.")
 def train(source, test_data, split, n_beats, window, rr_context, model, width, exit_heads,
@@ -226,7 +232,7 @@ def train(source, test_data, split, n_beats, window, rr_context, model, width, e
           kd_temperature, ima_eps_max, ima_eps_step, ima_eps_init, ima_beta, ima_bisection_steps,
           ima_criterion, vae, eta, latent_steps, epochs,
           batch_size, lr, class_weighting, max_class_weight, val_split, val_fraction, patience,
-          augment, seed,
+          cv_folds, augment, seed,
           threads, out_dir, progress, as_json):
     """Train a multi-exit model and report every exit on the test set.
 
@@ -246,13 +252,21 @@ def train(source, test_data, split, n_beats, window, rr_context, model, width, e
                          max_class_weight=max_class_weight,
                          val_split=val_split, val_fraction=val_fraction, patience=patience,
                          augment=augment, seed=seed, threads=threads)
-    result = run_training(spec, config, out_dir, progress=progress and sys.stderr.isatty())
+    def stage(text: str) -> None:
+        if not as_json:
+            click.echo(text, err=True)
+
+    result = run_training(spec, config, out_dir, progress=progress and sys.stderr.isatty(),
+                          cv_folds=cv_folds, on_stage=stage)
     if result.checkpoint is None:  # a non-zero rank under torchrun: rank 0 reports
         return
     if as_json:
         _echo_json(result.metrics)
         return
     m = result.metrics
+    if "cv" in m:
+        click.echo(f"cross-validation ({m['cv']['source']}):")
+        click.echo(m["cv"]["table"])
     click.echo(f"{m['model']['family']}: {m['params']:,} parameters, best epoch {m['best_epoch']}, "
                f"{m['elapsed_s']} s on {m['processes']} process(es)")
     click.echo(f"test set: {m['data']['test']['source']} ({m['data']['test']['beats']} beats)")

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,9 @@ class TrainConfig:
         max_class_weight: cap on any class weight (rare classes would otherwise dominate).
         exit_weights: loss weight of every exit; None = SDN-style ``(k+1)/K`` ramp.
         patience: stop after this many epochs without a better validation score (0 = never).
+        select: which epoch's weights to keep: ``best`` (the best validation score) or ``last``
+            (every epoch runs, no early stop: for an epoch count chosen by cross-validation,
+            ``edgeexit train --cv``, so that the validation records choose nothing).
         augment: random amplitude scaling and baseline offset of the signal channels.
         seed: seeds weights, shuffling, splits and augmentation.
         threads: torch intra-op threads (None = torch's default).
@@ -95,6 +99,7 @@ class TrainConfig:
     max_class_weight: float = 3.0
     exit_weights: tuple[float, ...] | None = None
     patience: int = 4
+    select: str = "best"
     augment: bool = True
     seed: int = 0
     threads: int | None = None
@@ -115,6 +120,8 @@ class TrainConfig:
                 f"unknown class weighting {self.class_weighting!r}; "
                 f"choose one of {', '.join(CLASS_WEIGHTINGS)}"
             )
+        if self.select not in ("best", "last"):
+            raise ConfigError(f"unknown epoch selection {self.select!r}; choose best or last")
         if self.val_split not in VAL_SPLITS:
             raise ConfigError(f"unknown val split {self.val_split!r}; choose {', '.join(VAL_SPLITS)}")
         if self.epochs < 1 or self.batch_size < 2 or not self.lr > 0:
@@ -271,6 +278,8 @@ def train(
     data_spec: DataSpec | None = None,
     model: MultiExitNet | None = None,
     meta: dict | None = None,
+    val: BeatDataset | None = None,
+    on_epoch: Callable[[int, np.ndarray], None] | None = None,
 ) -> TrainResult:
     """Train a multi-exit model on ``data`` and evaluate every exit.
 
@@ -284,13 +293,18 @@ def train(
         model: fine-tune this model (trained in place; its input normalisation is kept) instead
             of building ``config.model`` afresh; e.g. a pruned model.
         meta: extra entries for the checkpoint's and the metrics' records (e.g. compression).
+        val: the validation beats (e.g. a cross-validation fold's held-out records); None = hold
+            out a part of ``data`` (``config.val_*``).
+        on_epoch: called after every epoch's validation as ``on_epoch(epoch, logits)`` (epoch
+            from 1; ``logits``: every exit's on the validation beats, ``[exits, N, classes]``).
 
     Returns:
         A :class:`TrainResult`.
     """
     dist = _Distributed()
     try:
-        return _train(data, config, test, out_dir, progress, data_spec, dist, model, meta or {})
+        return _train(data, config, test, out_dir, progress, data_spec, dist, model, meta or {},
+                      val, on_epoch)
     finally:
         dist.close()
 
@@ -328,12 +342,19 @@ def _check_given_model(model: MultiExitNet, data: BeatDataset) -> None:
         )
 
 
-def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_meta) -> TrainResult:
+def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_meta, val,
+           on_epoch) -> TrainResult:
     t_start = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    train_set, val_set = split_validation(data, config)
+    if val is not None:
+        if tuple(val.input_shape) != tuple(data.input_shape) or tuple(val.classes) != tuple(data.classes):
+            raise ConfigError(f"the validation beats are {val.input_shape} of {list(val.classes)}, "
+                              f"the training beats {data.input_shape} of {list(data.classes)}")
+        train_set, val_set = data, val
+    else:
+        train_set, val_set = split_validation(data, config)
     length = data.input_shape[-1]
     if model is None:
         model = _build_model(data, config, train_set)
@@ -413,7 +434,11 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
         if dist.world > 1:  # BatchNorm statistics drift apart per rank: take rank 0's, so that
             for buf in model.buffers():  # every rank scores the same model and stops together
                 torch.distributed.broadcast(buf, src=0)
-        val_reports = evaluate_exits(model, val_set)
+        val_logits = predict_exits(model, val_set.x)
+        val_reports = [classification_report(val_set.y, z.argmax(axis=1), val_set.classes)
+                       for z in val_logits]
+        if on_epoch is not None:
+            on_epoch(epoch + 1, val_logits)
         score = _score(val_reports[-1])
         history.append(
             {
@@ -431,7 +456,10 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
             " ".join(f"{a:.3f}" for a in history[-1]["val_accuracy"]),
             score,
         )
-        if score > best_score:
+        if config.select == "last":
+            best_score, best_epoch = score, epoch + 1
+            best_state = model.state_dict()  # the live weights: the last epoch's when the loop ends
+        elif score > best_score:
             best_score, best_epoch = score, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
         elif config.patience and epoch + 1 - best_epoch >= config.patience:
@@ -504,8 +532,16 @@ def run_training(
     config: TrainConfig,
     out_dir: str | os.PathLike | None,
     progress: bool = False,
+    cv_folds: int | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Load the data of ``spec`` (train and test) and :func:`train` on it: what `edgeexit train` runs."""
+    """Load the data of ``spec`` (train and test) and :func:`train` on it: what `edgeexit train` runs.
+
+    ``cv_folds``: first choose the epoch count by leave-records-out cross-validation on the
+    training side (:func:`edgeexit.cv.cross_validate`; written to ``OUT/cv.json`` and
+    ``OUT/cv.md``), then train for exactly that many epochs, keeping the last; the test split is
+    evaluated once, at the end.
+    """
     t0 = time.perf_counter()
     bar = None
 
@@ -530,4 +566,26 @@ def run_training(
         test_set.class_counts(),
         time.perf_counter() - t0,
     )
-    return train(train_set, config, test=test_set, out_dir=out_dir, progress=progress, data_spec=spec)
+    extra = {}
+    if cv_folds:
+        from edgeexit.cv import cross_validate
+
+        cv = cross_validate(train_set, config, cv_folds, progress=on_stage, train_progress=progress)
+        d = cv.to_dict()
+        if out_dir is not None and _Distributed().main:
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(d, indent=2).encode()
+            atomic_write(out / "cv.json", lambda f: f.write(text))
+            table = cv.table().encode()
+            atomic_write(out / "cv.md", lambda f: f.write(table))
+        extra["cv"] = {k: d[k] for k in ("source", "folds", "best_epoch", "best_mean_score",
+                                         "fold_scores_at_best", "mean_score_per_epoch")}
+        extra["cv"]["table"] = cv.table()
+        config = dataclasses.replace(config, epochs=cv.best_epoch, select="last")
+        if on_stage:
+            on_stage(f"cross-validation chose {cv.best_epoch} epochs (mean final-exit score "
+                     f"{cv.best_score:.3f}); training the model for them (its validation records "
+                     "choose nothing now; export calibrates on them)")
+    return train(train_set, config, test=test_set, out_dir=out_dir, progress=progress, data_spec=spec,
+                 meta=extra)
