@@ -220,6 +220,9 @@ def _method_config(method: str, ctx: click.Context):
                    "and OUT/cv.md. Costs about K + 1 trainings.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Random gain and baseline offset during training.")
+@click.option("--rr-augment", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Probability that a training beat's local rhythm is set to its own RR interval "
+                   "(as in runs of premature beats), so that the long rhythm must find it too.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="Torch threads (default: all cores).")
@@ -232,7 +235,7 @@ def train(source, test_data, split, n_beats, window, rr_context, model, width, e
           kd_temperature, ima_eps_max, ima_eps_step, ima_eps_init, ima_beta, ima_bisection_steps,
           ima_criterion, vae, eta, latent_steps, epochs,
           batch_size, lr, class_weighting, max_class_weight, val_split, val_fraction, patience,
-          cv_folds, augment, seed,
+          cv_folds, augment, rr_augment, seed,
           threads, out_dir, progress, as_json):
     """Train a multi-exit model and report every exit on the test set.
 
@@ -251,7 +254,7 @@ def train(source, test_data, split, n_beats, window, rr_context, model, width, e
                          batch_size=batch_size, lr=lr, class_weighting=class_weighting,
                          max_class_weight=max_class_weight,
                          val_split=val_split, val_fraction=val_fraction, patience=patience,
-                         augment=augment, seed=seed, threads=threads)
+                         augment=augment, rr_augment=rr_augment, seed=seed, threads=threads)
     def stage(text: str) -> None:
         if not as_json:
             click.echo(text, err=True)

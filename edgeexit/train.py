@@ -80,6 +80,11 @@ class TrainConfig:
             (every epoch runs, no early stop: for an epoch count chosen by cross-validation,
             ``edgeexit train --cv``, so that the validation records choose nothing).
         augment: random amplitude scaling and baseline offset of the signal channels.
+        rr_augment: probability that a training beat's local rhythm is replaced by its own
+            ``pre_rr`` (``local_rr := pre_rr``, ``pre_rr_ratio := 1``, ``post_rr_ratio :=
+            post_rr / pre_rr``), as in a patient whose premature beats come in runs and set the
+            local rhythm (MIT-BIH 232): the model then has to find a premature beat from the long
+            rhythm (``pre_rr_avg_ratio``) too. Needs the RR context channels; 0 = off.
         seed: seeds weights, shuffling, splits and augmentation.
         threads: torch intra-op threads (None = torch's default).
     """
@@ -101,6 +106,7 @@ class TrainConfig:
     patience: int = 4
     select: str = "best"
     augment: bool = True
+    rr_augment: float = 0.0
     seed: int = 0
     threads: int | None = None
 
@@ -126,6 +132,8 @@ class TrainConfig:
             raise ConfigError(f"unknown val split {self.val_split!r}; choose {', '.join(VAL_SPLITS)}")
         if self.epochs < 1 or self.batch_size < 2 or not self.lr > 0:
             raise ConfigError("epochs must be >= 1, batch size >= 2 and the learning rate > 0")
+        if not 0.0 <= self.rr_augment <= 1.0:
+            raise ConfigError(f"rr_augment is a probability in [0, 1], got {self.rr_augment}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val fraction must lie in (0, 1), got {self.val_fraction}")
 
@@ -221,6 +229,27 @@ def _augment(x: torch.Tensor, signal_channels: int, gen: torch.Generator) -> tor
     shift = int(torch.randint(-6, 7, (1,), generator=gen))
     sig = torch.roll(sig, shifts=shift, dims=-1) * gain + offset + drift + noise
     return torch.cat([sig, x[:, s:]], dim=1)
+
+
+def _rr_channels(channels: tuple[str, ...] | list[str]) -> dict[str, int] | None:
+    """Channel index of every RR feature ``_rr_augment`` rewrites, or None without them."""
+    names = ("pre_rr", "post_rr", "local_rr", "pre_rr_ratio", "post_rr_ratio")
+    idx = {n: list(channels).index(n) for n in names if n in channels}
+    return idx if len(idx) == len(names) else None
+
+
+def _rr_augment(x: torch.Tensor, rr: dict[str, int], p: float, gen: torch.Generator) -> torch.Tensor:
+    """With probability ``p`` per beat, the local rhythm becomes the beat's own ``pre_rr``
+    (:attr:`TrainConfig.rr_augment`)."""
+    pick = torch.rand(x.shape[0], generator=gen) < p
+    if not bool(pick.any()):
+        return x
+    x = x.clone()
+    pre = x[pick, rr["pre_rr"]]
+    x[pick, rr["local_rr"]] = pre
+    x[pick, rr["pre_rr_ratio"]] = 1.0
+    x[pick, rr["post_rr_ratio"]] = x[pick, rr["post_rr"]] / pre
+    return x
 
 
 def split_validation(data: BeatDataset, config: TrainConfig) -> tuple[BeatDataset, BeatDataset]:
@@ -401,6 +430,12 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
         generator=gen,
     )
     aug_gen = torch.Generator().manual_seed(config.seed + 1 + dist.rank)
+    rr_idx = None
+    if config.rr_augment > 0:
+        rr_idx = _rr_channels(data.channels)
+        if rr_idx is None:
+            raise ConfigError("rr_augment rewrites the RR context channels, and the data has none: "
+                              "train with --rr-context, or leave --rr-augment at 0")
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * max(len(loader), 1)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -422,6 +457,8 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
         for x, y, idx in batches:
             if config.augment:
                 x = _augment(x, data.signal_channels, aug_gen)
+            if rr_idx is not None:
+                x = _rr_augment(x, rr_idx, config.rr_augment, aug_gen)
             loss = method.loss(net, Batch(x=x, y=y, index=idx))
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -3,6 +3,7 @@
 import importlib.util
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO
@@ -93,3 +94,30 @@ def test_compress_benchmark_runs_every_row_and_times_them_in_one_round(tiny_chec
     stamp = (out / "r0.5-standard-s1" / "model.pt").stat().st_mtime_ns
     assert cb.main(["--out", str(out), "--table-only"]) == 0
     assert (out / "r0.5-standard-s1" / "model.pt").stat().st_mtime_ns == stamp
+
+
+def test_cv_search_tables_rank_recipes_by_the_cv_mean_and_summarise_seeds():
+    from conftest import make_separable
+
+    from edgeexit.cv import compact_report, cross_validate
+    from edgeexit.metrics import classification_report
+    from edgeexit.train import TrainConfig
+
+    cs = _tool("cv_search")
+    data = make_separable(n=300, seed=1, channels=6)
+    runs = []
+    for name, width in (("wide", 1.0), ("thin", 0.5)):
+        d = cross_validate(data, TrainConfig(model="test_resnet1d", width=width, epochs=2, batch_size=32,
+                                             threads=1), folds=2).to_dict()
+        runs.append({**d, "name": name, "overrides": {"width": width}, "elapsed_s": 1.0})
+    table = cs.cv_table(runs).splitlines()
+    best = max(runs, key=lambda d: d["best_mean_score"])
+    assert table[2].startswith(f"| {best['name']} |") and f"**{best['best_mean_score']:.3f}**" in table[2]
+    y = data.y
+    finals = [{"name": "wide", "seed": s, "epochs": 2, "overrides": {}, "elapsed_s": 1.0,
+               "exits": [compact_report(classification_report(y, np.roll(y, s), data.classes))] * 2}
+              for s in (0, 3)]
+    text = cs.final_table(finals)
+    f1 = [f["exits"][-1]["score"] for f in finals]
+    assert f"**{np.mean(f1):.3f}** (max - min {max(f1) - min(f1):.3f})" in text
+    assert "Every exit, seed 0" in text

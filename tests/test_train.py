@@ -103,3 +103,28 @@ def test_checkpoint_refusals(tmp_path):
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="upgrade"):
         load_checkpoint(path)
+
+
+def test_rr_augment_sets_the_local_rhythm_to_the_beats_own_interval():
+    import torch
+
+    from edgeexit.runtime.preprocess import RR_FEATURES
+    from edgeexit.train import _rr_augment, _rr_channels
+
+    channels = ("MLII", *RR_FEATURES)
+    idx = _rr_channels(channels)
+    x = torch.zeros(200, len(channels), 4)
+    x[:, idx["pre_rr"]] = 0.5
+    x[:, idx["post_rr"]] = 1.0
+    x[:, idx["local_rr"]] = 0.8
+    before = x.clone()
+    y = _rr_augment(x, idx, 0.5, torch.Generator().manual_seed(0))
+    changed = (y != before).any(dim=(1, 2))
+    assert 60 < int(changed.sum()) < 140 and torch.equal(x, before)  # the input is not modified
+    c = y[changed]
+    assert torch.all(c[:, idx["local_rr"]] == 0.5) and torch.all(c[:, idx["pre_rr_ratio"]] == 1.0)
+    assert torch.all(c[:, idx["post_rr_ratio"]] == 2.0)
+    assert torch.equal(y[~changed], before[~changed])
+    assert _rr_channels(("MLII",)) is None
+    with pytest.raises(ConfigError, match="probability"):
+        TrainConfig(rr_augment=1.5)

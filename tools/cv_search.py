@@ -1,0 +1,220 @@
+"""Choose an MIT-BIH recipe by cross-validation on DS1 only, then test it on DS2 once per seed.
+
+Stage 1 (``--candidates``): every candidate recipe (TrainConfig overrides, below or ``--recipe
+NAME:key=value,...``) is cross-validated by record on the DS1 training records
+(:func:`edgeexit.cv.cross_validate`, ``--folds`` folds, ``--epochs`` epochs, seed ``--cv-seed``);
+the table ranks them by the mean over folds of the final exit's macro-F1 (N/S/V/F) at each one's
+best epoch count. DS2 is not loaded in this stage.
+
+Stage 2 (``--final-seeds``): the best candidate (or ``--choose NAME``) is trained on DS1 with the
+epoch count its cross-validation chose (keeping the last epoch) for each seed, and DS2 is
+evaluated once per seed: per seed, mean and spread of the final exit's macro-F1 and S / V
+sensitivity and precision, and every exit of the first seed.
+
+Runs ``--workers`` candidates (or seeds) side by side, one torch thread each; results go to
+``--out`` as one JSON per candidate / seed, so an interrupted search resumes where it stopped.
+
+    .venv/bin/python tools/cv_search.py --mitdb ../shared/data/mitdb --out runs/cv-search \\
+        --candidates base,rraug --final-seeds 0,1,2,3,4
+    .venv/bin/python tools/cv_search.py --out runs/cv-search --table-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+CANDIDATES: dict[str, dict] = {
+    "base": {},
+    "rraug": {"rr_augment": 0.5},
+    "balanced": {"class_weighting": "balanced", "max_class_weight": 10.0},
+    "rraug-balanced": {"rr_augment": 0.5, "class_weighting": "balanced", "max_class_weight": 10.0},
+    "narrow": {"width": 0.5},
+}
+"""Named recipes: overrides of TrainConfig(model="resnet1d") for this search."""
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _config(overrides: dict, epochs: int, seed: int):
+    from edgeexit.train import TrainConfig
+
+    return TrainConfig(**{"model": "resnet1d", "epochs": epochs, "seed": seed, "threads": 1,
+                          **overrides})
+
+
+def _load(mitdb: str, test: bool):
+    from edgeexit.data.mitbih import load_mitbih_split
+
+    train, test_set = load_mitbih_split(mitdb)
+    return (train, test_set) if test else (train, None)
+
+
+def _cv_job(name: str, overrides: dict, a: dict) -> dict:
+    import torch
+
+    from edgeexit.cv import cross_validate
+
+    torch.set_num_threads(1)
+    train, _ = _load(a["mitdb"], test=False)
+    t0 = time.perf_counter()
+    cv = cross_validate(train, _config(overrides, a["epochs"], a["cv_seed"]), a["folds"])
+    d = cv.to_dict()
+    d.update(name=name, overrides=overrides, elapsed_s=round(time.perf_counter() - t0, 1))
+    return d
+
+
+def _final_job(name: str, overrides: dict, epochs: int, seed: int, a: dict) -> dict:
+    import torch
+
+    from edgeexit.cv import compact_report
+    from edgeexit.train import train
+
+    torch.set_num_threads(1)
+    train_set, test_set = _load(a["mitdb"], test=True)
+    t0 = time.perf_counter()
+    cfg = dataclasses.replace(_config(overrides, epochs, seed), select="last")
+    r = train(train_set, cfg, test=test_set)
+    return {"name": name, "seed": seed, "epochs": epochs, "overrides": overrides,
+            "elapsed_s": round(time.perf_counter() - t0, 1),
+            "exits": [compact_report(e["test"]) for e in r.metrics["exits"]]}
+
+
+def _sp(r: dict, c: str) -> str:
+    v = r.get(c)
+    return "-" if v is None else f"{100 * v['se']:.1f} / {100 * v['ppv']:.1f}"
+
+
+def cv_table(results: list[dict]) -> str:
+    rows = sorted(results, key=lambda d: -d["best_mean_score"])
+    out = ["| recipe | overrides | epochs chosen | mean macro-F1 (folds) | min - max | pooled macro-F1 | pooled S se / ppv % | pooled V se / ppv % | run time |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for d in rows:
+        e = d["best_epoch"]
+        p = d["pooled"][e - 1][-1]
+        s = d["fold_scores_at_best"]
+        ov = ", ".join(f"{k}={v}" for k, v in d["overrides"].items()) or "(defaults)"
+        out.append(f"| {d['name']} | {ov} | {e} | **{d['best_mean_score']:.3f}** | {min(s):.3f} - {max(s):.3f} "
+                   f"| {p['score']:.3f} | {_sp(p, 'S')} | {_sp(p, 'V')} | {d['elapsed_s'] / 60:.1f} min |")
+    return "\n".join(out) + "\n"
+
+
+def final_table(results: list[dict]) -> str:
+    import numpy as np
+
+    rows = sorted(results, key=lambda d: d["seed"])
+    out = ["| seed | epochs | accuracy | macro-F1 (NSVF) | N se / ppv % | S se / ppv % | V se / ppv % | F se / ppv % | train time |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for d in rows:
+        r = d["exits"][-1]
+        out.append(f"| {d['seed']} | {d['epochs']} | {100 * r['accuracy']:.1f}% | {r['score']:.3f} | {_sp(r, 'N')} "
+                   f"| {_sp(r, 'S')} | {_sp(r, 'V')} | {_sp(r, 'F')} | {d['elapsed_s']:.0f} s |")
+    if rows:
+        f1 = np.array([d["exits"][-1]["score"] for d in rows])
+
+        def m(c, k):
+            return np.mean([d["exits"][-1].get(c, {}).get(k, 0.0) for d in rows]) * 100
+
+        out.append(f"| **mean** | | {np.mean([d['exits'][-1]['accuracy'] for d in rows]) * 100:.1f}% "
+                   f"| **{f1.mean():.3f}** (max - min {f1.max() - f1.min():.3f}) | {m('N', 'se'):.1f} / {m('N', 'ppv'):.1f} "
+                   f"| {m('S', 'se'):.1f} / {m('S', 'ppv'):.1f} | {m('V', 'se'):.1f} / {m('V', 'ppv'):.1f} "
+                   f"| {m('F', 'se'):.1f} / {m('F', 'ppv'):.1f} | |")
+        first = rows[0]
+        out += ["", f"Every exit, seed {first['seed']}:", "",
+                "| exit | accuracy | macro-F1 (NSVF) | S se / ppv % | V se / ppv % |", "|---|---|---|---|---|"]
+        for k, r in enumerate(first["exits"]):
+            out.append(f"| {k} | {100 * r['accuracy']:.1f}% | {r['score']:.3f} | {_sp(r, 'S')} | {_sp(r, 'V')} |")
+    return "\n".join(out) + "\n"
+
+
+def _read(out: Path, prefix: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob(f"{prefix}*.json"))]
+
+
+def _write(path: Path, d: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(d, indent=1))
+    os.replace(tmp, path)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mitdb", default="../shared/data/mitdb")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--candidates", default="", help="comma-separated names (" + ", ".join(CANDIDATES) + ")")
+    p.add_argument("--recipe", action="append", default=[],
+                   help="NAME:key=value,key=value (TrainConfig fields), added to the candidates")
+    p.add_argument("--folds", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=10, help="epochs every fold trains (the curve's length)")
+    p.add_argument("--cv-seed", type=int, default=0)
+    p.add_argument("--final-seeds", default="", help="comma-separated seeds: train the chosen recipe, test on DS2")
+    p.add_argument("--choose", default=None, help="the recipe for the final seeds (default: best CV mean)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--table-only", action="store_true")
+    a = p.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    recipes = {}
+    for name in filter(None, a.candidates.split(",")):
+        if name not in CANDIDATES:
+            p.error(f"unknown candidate {name!r}; known: {', '.join(CANDIDATES)} (or give --recipe)")
+        recipes[name] = CANDIDATES[name]
+    for spec in a.recipe:
+        name, _, kv = spec.partition(":")
+        ov = {}
+        for item in filter(None, kv.split(",")):
+            k, _, v = item.partition("=")
+            ov[k] = json.loads(v) if v[:1].isdigit() or v[:1] in "-[{" or v in ("true", "false") else v
+        recipes[name] = ov
+    args = {"mitdb": a.mitdb, "epochs": a.epochs, "folds": a.folds, "cv_seed": a.cv_seed}
+    print(f"host CPU: {_cpu()}; {os.cpu_count()} cores; one torch thread per job", file=sys.stderr)
+    if not a.table_only:
+        todo = {n: ov for n, ov in recipes.items() if not (a.out / f"cv-{n}.json").exists()}
+        with ProcessPoolExecutor(max_workers=a.workers) as pool:
+            futs = {n: pool.submit(_cv_job, n, ov, args) for n, ov in todo.items()}
+            for n, f in futs.items():
+                d = f.result()
+                _write(a.out / f"cv-{n}.json", d)
+                print(f"cv {n}: best epoch {d['best_epoch']}, mean {d['best_mean_score']:.3f} "
+                      f"({d['elapsed_s'] / 60:.1f} min)", file=sys.stderr, flush=True)
+    cvs = _read(a.out, "cv-")
+    if cvs:
+        print("## Cross-validation on DS1 (never DS2)\n")
+        print(cv_table(cvs))
+    seeds = [int(s) for s in a.final_seeds.split(",") if s.strip()]
+    if seeds and not a.table_only:
+        by_name = {d["name"]: d for d in cvs}
+        name = a.choose or max(cvs, key=lambda d: d["best_mean_score"])["name"]
+        if name not in by_name:
+            p.error(f"--choose {name}: no cross-validation result for it in {a.out}")
+        chosen = by_name[name]
+        todo = [s for s in seeds if not (a.out / f"final-{name}-seed{s}.json").exists()]
+        with ProcessPoolExecutor(max_workers=a.workers) as pool:
+            futs = {s: pool.submit(_final_job, name, chosen["overrides"], chosen["best_epoch"], s, args)
+                    for s in todo}
+            for s, f in futs.items():
+                _write(a.out / f"final-{name}-seed{s}.json", f.result())
+                print(f"final {name} seed {s} done", file=sys.stderr, flush=True)
+    finals = _read(a.out, "final-")
+    for name in sorted({d["name"] for d in finals}):
+        print(f"## {name}: DS1 -> DS2, once per seed\n")
+        print(final_table([d for d in finals if d["name"] == name]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
