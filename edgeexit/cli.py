@@ -223,6 +223,9 @@ def _method_config(method: str, ctx: click.Context):
 @click.option("--rr-augment", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Probability that a training beat's local rhythm is set to its own RR interval "
                    "(as in runs of premature beats), so that the long rhythm must find it too.")
+@click.option("--ema", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Keep an exponential moving average of the weights with this decay per step "
+                   "(e.g. 0.998) and validate, select and save it; 0: off.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="Torch threads (default: all cores).")
@@ -235,7 +238,7 @@ def train(source, test_data, split, n_beats, window, rr_context, model, width, e
           kd_temperature, ima_eps_max, ima_eps_step, ima_eps_init, ima_beta, ima_bisection_steps,
           ima_criterion, vae, eta, latent_steps, epochs,
           batch_size, lr, class_weighting, max_class_weight, val_split, val_fraction, patience,
-          cv_folds, augment, rr_augment, seed,
+          cv_folds, augment, rr_augment, ema, seed,
           threads, out_dir, progress, as_json):
     """Train a multi-exit model and report every exit on the test set.
 
@@ -254,7 +257,8 @@ def train(source, test_data, split, n_beats, window, rr_context, model, width, e
                          batch_size=batch_size, lr=lr, class_weighting=class_weighting,
                          max_class_weight=max_class_weight,
                          val_split=val_split, val_fraction=val_fraction, patience=patience,
-                         augment=augment, rr_augment=rr_augment, seed=seed, threads=threads)
+                         augment=augment, rr_augment=rr_augment, ema=ema, seed=seed,
+                         threads=threads)
     def stage(text: str) -> None:
         if not as_json:
             click.echo(text, err=True)

@@ -85,6 +85,9 @@ class TrainConfig:
             post_rr / pre_rr``), as in a patient whose premature beats come in runs and set the
             local rhythm (MIT-BIH 232): the model then has to find a premature beat from the long
             rhythm (``pre_rr_avg_ratio``) too. Needs the RR context channels; 0 = off.
+        ema: decay per optimiser step of an exponential moving average of the weights (and
+            BatchNorm statistics), which is then what is validated, selected and kept (e.g. 0.998:
+            about the last 500 steps); 0 = off: the weights as trained.
         seed: seeds weights, shuffling, splits and augmentation.
         threads: torch intra-op threads (None = torch's default).
     """
@@ -107,6 +110,7 @@ class TrainConfig:
     select: str = "best"
     augment: bool = True
     rr_augment: float = 0.0
+    ema: float = 0.0
     seed: int = 0
     threads: int | None = None
 
@@ -132,6 +136,8 @@ class TrainConfig:
             raise ConfigError(f"unknown val split {self.val_split!r}; choose {', '.join(VAL_SPLITS)}")
         if self.epochs < 1 or self.batch_size < 2 or not self.lr > 0:
             raise ConfigError("epochs must be >= 1, batch size >= 2 and the learning rate > 0")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema is a decay in [0, 1), got {self.ema}")
         if not 0.0 <= self.rr_augment <= 1.0:
             raise ConfigError(f"rr_augment is a probability in [0, 1], got {self.rr_augment}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -443,6 +449,12 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
     )
 
     best_score, best_epoch, best_state = -1.0, -1, None
+    ema = None
+    if config.ema > 0:  # validate, select and keep the running average of the weights
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+    scored = model if ema is None else ema.module
     history = []
     for epoch in range(config.epochs):
         if sampler is not None:
@@ -463,15 +475,17 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             sched.step()
             losses.append(float(loss.detach()))
             if progress and dist.main:
                 batches.set_postfix(loss=f"{losses[-1]:.3f}")
         method.on_epoch_end(epoch)
         if dist.world > 1:  # BatchNorm statistics drift apart per rank: take rank 0's, so that
-            for buf in model.buffers():  # every rank scores the same model and stops together
-                torch.distributed.broadcast(buf, src=0)
-        val_logits = predict_exits(model, val_set.x)
+            for buf in [*model.buffers(), *([] if ema is None else ema.module.buffers())]:
+                torch.distributed.broadcast(buf, src=0)  # every rank scores one model, stops together
+        val_logits = predict_exits(scored, val_set.x)
         val_reports = [classification_report(val_set.y, z.argmax(axis=1), val_set.classes)
                        for z in val_logits]
         if on_epoch is not None:
@@ -495,14 +509,14 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
         )
         if config.select == "last":
             best_score, best_epoch = score, epoch + 1
-            best_state = model.state_dict()  # the live weights: the last epoch's when the loop ends
+            best_state = scored.state_dict()  # the live weights: the last epoch's when the loop ends
         elif score > best_score:
             best_score, best_epoch = score, epoch + 1
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(scored.state_dict())
         elif config.patience and epoch + 1 - best_epoch >= config.patience:
             log.info("early stop: no better validation score for %d epochs", config.patience)
             break
-    model.load_state_dict(best_state)
+    model.load_state_dict(copy.deepcopy(best_state) if ema is not None else best_state)
     model.eval()
 
     val_reports = evaluate_exits(model, val_set)

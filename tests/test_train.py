@@ -128,3 +128,16 @@ def test_rr_augment_sets_the_local_rhythm_to_the_beats_own_interval():
     assert _rr_channels(("MLII",)) is None
     with pytest.raises(ConfigError, match="probability"):
         TrainConfig(rr_augment=1.5)
+
+
+def test_ema_keeps_the_running_average_of_the_weights():
+    data = make_separable(n=200, seed=2, channels=6)
+    base = dict(model="test_resnet1d", epochs=2, batch_size=32, threads=1, seed=0, select="last")
+    plain = train(data, TrainConfig(**base)).model.state_dict()
+    avg = train(data, TrainConfig(**base, ema=0.9)).model.state_dict()
+    # the same run (same seed and batches), but the kept weights are the average, not the last
+    key = next(k for k, v in plain.items() if k.endswith("weight") and v.ndim == 3)  # a conv
+    assert not torch.allclose(plain[key], avg[key])
+    assert set(plain) == set(avg)
+    with pytest.raises(ConfigError, match="decay"):
+        TrainConfig(ema=1.0)

@@ -37,6 +37,8 @@ CANDIDATES: dict[str, dict] = {
     "balanced": {"class_weighting": "balanced", "max_class_weight": 10.0},
     "rraug-balanced": {"rr_augment": 0.5, "class_weighting": "balanced", "max_class_weight": 10.0},
     "narrow": {"width": 0.5},
+    "ema": {"ema": 0.998},
+    "rraug-ema": {"rr_augment": 0.5, "ema": 0.998},
 }
 """Named recipes: overrides of TrainConfig(model="resnet1d") for this search."""
 
