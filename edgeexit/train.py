@@ -85,6 +85,8 @@ class TrainConfig:
             post_rr / pre_rr``), as in a patient whose premature beats come in runs and set the
             local rhythm (MIT-BIH 232): the model then has to find a premature beat from the long
             rhythm (``pre_rr_avg_ratio``) too. Needs the RR context channels; 0 = off.
+        time_warp: stretch each training beat's signal in time by a random factor within
+            ``1 +- time_warp`` about its R peak (QRS and T widths of other patients); 0 = off.
         ema: decay per optimiser step of an exponential moving average of the weights (and
             BatchNorm statistics), which is then what is validated, selected and kept (e.g. 0.998:
             about the last 500 steps); 0 = off: the weights as trained.
@@ -110,6 +112,7 @@ class TrainConfig:
     select: str = "best"
     augment: bool = True
     rr_augment: float = 0.0
+    time_warp: float = 0.0
     ema: float = 0.0
     seed: int = 0
     threads: int | None = None
@@ -136,6 +139,8 @@ class TrainConfig:
             raise ConfigError(f"unknown val split {self.val_split!r}; choose {', '.join(VAL_SPLITS)}")
         if self.epochs < 1 or self.batch_size < 2 or not self.lr > 0:
             raise ConfigError("epochs must be >= 1, batch size >= 2 and the learning rate > 0")
+        if not 0.0 <= self.time_warp < 0.5:
+            raise ConfigError(f"time_warp is a relative stretch in [0, 0.5), got {self.time_warp}")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"ema is a decay in [0, 1), got {self.ema}")
         if not 0.0 <= self.rr_augment <= 1.0:
@@ -256,6 +261,24 @@ def _rr_augment(x: torch.Tensor, rr: dict[str, int], p: float, gen: torch.Genera
     x[pick, rr["pre_rr_ratio"]] = 1.0
     x[pick, rr["post_rr_ratio"]] = x[pick, rr["post_rr"]] / pre
     return x
+
+
+def _time_warp(x: torch.Tensor, signal_channels: int, amount: float, gen: torch.Generator) -> torch.Tensor:
+    """Stretch or squeeze each beat's signal in time by a factor in ``1 +- amount`` about the R
+    peak (3/8 of the window; :func:`edgeexit.runtime.preprocess.default_r_offset`), by linear
+    interpolation: wider and narrower QRS complexes and T waves than the training patients have."""
+    from edgeexit.runtime.preprocess import default_r_offset
+
+    n, s, length = x.shape[0], signal_channels, x.shape[-1]
+    r = float(default_r_offset(length))
+    scale = 1.0 + amount * (2.0 * torch.rand(n, 1, generator=gen) - 1.0)  # [n, 1]
+    pos = (r + (torch.arange(length, dtype=torch.float32)[None, :] - r) / scale).clamp(0, length - 1)
+    i0 = pos.floor().long().clamp(max=length - 2)
+    frac = (pos - i0).unsqueeze(1)  # [n, 1, L]
+    sig = x[:, :s]
+    a = sig.gather(-1, i0.unsqueeze(1).expand(-1, s, -1))
+    b = sig.gather(-1, (i0 + 1).unsqueeze(1).expand(-1, s, -1))
+    return torch.cat([a + (b - a) * frac, x[:, s:]], dim=1)
 
 
 def split_validation(data: BeatDataset, config: TrainConfig) -> tuple[BeatDataset, BeatDataset]:
@@ -469,6 +492,8 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
         for x, y, idx in batches:
             if config.augment:
                 x = _augment(x, data.signal_channels, aug_gen)
+            if config.time_warp > 0:
+                x = _time_warp(x, data.signal_channels, config.time_warp, aug_gen)
             if rr_idx is not None:
                 x = _rr_augment(x, rr_idx, config.rr_augment, aug_gen)
             loss = method.loss(net, Batch(x=x, y=y, index=idx))

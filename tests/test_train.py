@@ -141,3 +141,20 @@ def test_ema_keeps_the_running_average_of_the_weights():
     assert set(plain) == set(avg)
     with pytest.raises(ConfigError, match="decay"):
         TrainConfig(ema=1.0)
+
+
+def test_time_warp_stretches_the_signal_about_the_r_peak_and_leaves_the_context():
+    from edgeexit.runtime.preprocess import default_r_offset
+    from edgeexit.train import _time_warp
+
+    length = 64
+    r = default_r_offset(length)
+    t = torch.arange(length, dtype=torch.float32)
+    x = torch.stack([t, torch.full((length,), 7.0)])[None].repeat(50, 1, 1)  # signal = time index
+    y = _time_warp(x, 1, 0.2, torch.Generator().manual_seed(0))
+    assert torch.equal(y[:, 1], x[:, 1])  # context channel untouched
+    assert torch.allclose(y[:, 0, r], torch.full((50,), float(r)))  # the R peak stays put
+    slopes = y[:, 0, r + 1] - y[:, 0, r]  # 1 / scale: between 1/1.2 and 1/0.8
+    assert slopes.min() >= 1 / 1.2 - 1e-5 and slopes.max() <= 1 / 0.8 + 1e-5 and slopes.std() > 0.05
+    with pytest.raises(ConfigError, match="time_warp"):
+        TrainConfig(time_warp=0.6)

@@ -39,6 +39,8 @@ CANDIDATES: dict[str, dict] = {
     "narrow": {"width": 0.5},
     "ema": {"ema": 0.998},
     "rraug-ema": {"rr_augment": 0.5, "ema": 0.998},
+    "warp": {"time_warp": 0.15},
+    "warp-ema": {"time_warp": 0.15, "ema": 0.998},
 }
 """Named recipes: overrides of TrainConfig(model="resnet1d") for this search."""
 
