@@ -223,6 +223,9 @@ def _method_config(method: str, ctx: click.Context):
 @click.option("--rr-augment", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Probability that a training beat's local rhythm is set to its own RR interval "
                    "(as in runs of premature beats), so that the long rhythm must find it too.")
+@click.option("--rr-scale", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Multiply training beats' RR intervals (seconds) by a random factor within "
+                   "[1/(1+F), 1+F], ratios unchanged: other patients' heart rates; 0: off.")
 @click.option("--time-warp", default=0.0, show_default=True, type=click.FloatRange(0, 0.5, max_open=True),
               help="Stretch training beats in time by up to this fraction about the R peak "
                    "(e.g. 0.15: QRS and T widths of other patients); 0: off.")
@@ -241,7 +244,7 @@ def train(source, test_data, split, n_beats, window, rr_context, model, width, e
           kd_temperature, ima_eps_max, ima_eps_step, ima_eps_init, ima_beta, ima_bisection_steps,
           ima_criterion, vae, eta, latent_steps, epochs,
           batch_size, lr, class_weighting, max_class_weight, val_split, val_fraction, patience,
-          cv_folds, augment, rr_augment, time_warp, ema, seed,
+          cv_folds, augment, rr_augment, rr_scale, time_warp, ema, seed,
           threads, out_dir, progress, as_json):
     """Train a multi-exit model and report every exit on the test set.
 
@@ -260,7 +263,8 @@ def train(source, test_data, split, n_beats, window, rr_context, model, width, e
                          batch_size=batch_size, lr=lr, class_weighting=class_weighting,
                          max_class_weight=max_class_weight,
                          val_split=val_split, val_fraction=val_fraction, patience=patience,
-                         augment=augment, rr_augment=rr_augment, time_warp=time_warp, ema=ema, seed=seed,
+                         augment=augment, rr_augment=rr_augment, rr_scale=rr_scale, time_warp=time_warp,
+                         ema=ema, seed=seed,
                          threads=threads)
     def stage(text: str) -> None:
         if not as_json:

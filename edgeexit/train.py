@@ -85,6 +85,9 @@ class TrainConfig:
             post_rr / pre_rr``), as in a patient whose premature beats come in runs and set the
             local rhythm (MIT-BIH 232): the model then has to find a premature beat from the long
             rhythm (``pre_rr_avg_ratio``) too. Needs the RR context channels; 0 = off.
+        rr_scale: multiply each training beat's absolute RR features (seconds) by a random
+            factor within ``[1 / (1 + rr_scale), 1 + rr_scale]``, ratios unchanged (the same
+            rhythm at another heart rate); 0 = off.
         time_warp: stretch each training beat's signal in time by a random factor within
             ``1 +- time_warp`` about its R peak (QRS and T widths of other patients); 0 = off.
         ema: decay per optimiser step of an exponential moving average of the weights (and
@@ -112,6 +115,7 @@ class TrainConfig:
     select: str = "best"
     augment: bool = True
     rr_augment: float = 0.0
+    rr_scale: float = 0.0
     time_warp: float = 0.0
     ema: float = 0.0
     seed: int = 0
@@ -139,6 +143,8 @@ class TrainConfig:
             raise ConfigError(f"unknown val split {self.val_split!r}; choose {', '.join(VAL_SPLITS)}")
         if self.epochs < 1 or self.batch_size < 2 or not self.lr > 0:
             raise ConfigError("epochs must be >= 1, batch size >= 2 and the learning rate > 0")
+        if not 0.0 <= self.rr_scale <= 1.0:
+            raise ConfigError(f"rr_scale is a relative factor in [0, 1], got {self.rr_scale}")
         if not 0.0 <= self.time_warp < 0.5:
             raise ConfigError(f"time_warp is a relative stretch in [0, 0.5), got {self.time_warp}")
         if not 0.0 <= self.ema < 1.0:
@@ -244,9 +250,20 @@ def _augment(x: torch.Tensor, signal_channels: int, gen: torch.Generator) -> tor
 
 def _rr_channels(channels: tuple[str, ...] | list[str]) -> dict[str, int] | None:
     """Channel index of every RR feature ``_rr_augment`` rewrites, or None without them."""
-    names = ("pre_rr", "post_rr", "local_rr", "pre_rr_ratio", "post_rr_ratio")
+    names = ("pre_rr", "post_rr", "local_rr", "pre_rr_ratio", "post_rr_ratio", "avg_rr")
     idx = {n: list(channels).index(n) for n in names if n in channels}
     return idx if len(idx) == len(names) else None
+
+
+def _rr_rescale(x: torch.Tensor, rr: dict[str, int], amount: float, gen: torch.Generator) -> torch.Tensor:
+    """Multiply every beat's absolute RR features (seconds) by one factor within ``[1 / (1 +
+    amount), 1 + amount]``, its ratios unchanged: the same rhythm at another patient's heart rate
+    (:attr:`TrainConfig.rr_scale`)."""
+    k = torch.exp(math.log1p(amount) * (2.0 * torch.rand(x.shape[0], 1, generator=gen) - 1.0))
+    x = x.clone()
+    for name in ("pre_rr", "post_rr", "local_rr", "avg_rr"):
+        x[:, rr[name]] = x[:, rr[name]] * k
+    return x
 
 
 def _rr_augment(x: torch.Tensor, rr: dict[str, int], p: float, gen: torch.Generator) -> torch.Tensor:
@@ -460,11 +477,11 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
     )
     aug_gen = torch.Generator().manual_seed(config.seed + 1 + dist.rank)
     rr_idx = None
-    if config.rr_augment > 0:
+    if config.rr_augment > 0 or config.rr_scale > 0:
         rr_idx = _rr_channels(data.channels)
         if rr_idx is None:
-            raise ConfigError("rr_augment rewrites the RR context channels, and the data has none: "
-                              "train with --rr-context, or leave --rr-augment at 0")
+            raise ConfigError("rr_augment and rr_scale rewrite the RR context channels, and the data "
+                              "has none: train with --rr-context, or leave them at 0")
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * max(len(loader), 1)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -494,8 +511,10 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
                 x = _augment(x, data.signal_channels, aug_gen)
             if config.time_warp > 0:
                 x = _time_warp(x, data.signal_channels, config.time_warp, aug_gen)
-            if rr_idx is not None:
+            if rr_idx is not None and config.rr_augment > 0:
                 x = _rr_augment(x, rr_idx, config.rr_augment, aug_gen)
+            if rr_idx is not None and config.rr_scale > 0:
+                x = _rr_rescale(x, rr_idx, config.rr_scale, aug_gen)
             loss = method.loss(net, Batch(x=x, y=y, index=idx))
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -158,3 +158,20 @@ def test_time_warp_stretches_the_signal_about_the_r_peak_and_leaves_the_context(
     assert slopes.min() >= 1 / 1.2 - 1e-5 and slopes.max() <= 1 / 0.8 + 1e-5 and slopes.std() > 0.05
     with pytest.raises(ConfigError, match="time_warp"):
         TrainConfig(time_warp=0.6)
+
+
+def test_rr_scale_changes_the_heart_rate_and_keeps_the_ratios():
+    from edgeexit.runtime.preprocess import RR_FEATURES
+    from edgeexit.train import _rr_channels, _rr_rescale
+
+    channels = ("MLII", *RR_FEATURES)
+    idx = _rr_channels(channels)
+    x = torch.rand(100, len(channels), 4) + 0.5
+    y = _rr_rescale(x, idx, 0.3, torch.Generator().manual_seed(1))
+    k = y[:, idx["pre_rr"], 0] / x[:, idx["pre_rr"], 0]
+    assert k.min() >= 1 / 1.3 - 1e-5 and k.max() <= 1.3 + 1e-5 and k.std() > 0.05
+    for name in ("post_rr", "local_rr", "avg_rr"):
+        assert torch.allclose(y[:, idx[name], 0] / x[:, idx[name], 0], k, rtol=1e-5)
+    for c, name in enumerate(channels):
+        if name not in ("pre_rr", "post_rr", "local_rr", "avg_rr"):
+            assert torch.equal(y[:, c], x[:, c]), name

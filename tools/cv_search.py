@@ -41,6 +41,8 @@ CANDIDATES: dict[str, dict] = {
     "rraug-ema": {"rr_augment": 0.5, "ema": 0.998},
     "warp": {"time_warp": 0.15},
     "warp-ema": {"time_warp": 0.15, "ema": 0.998},
+    "rrscale": {"rr_scale": 0.3},
+    "rrscale-warp": {"rr_scale": 0.3, "time_warp": 0.15},
 }
 """Named recipes: overrides of TrainConfig(model="resnet1d") for this search."""
 
