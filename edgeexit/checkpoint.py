@@ -34,7 +34,7 @@ class Checkpoint:
         model: the rebuilt model, in eval mode.
         classes: class names, label order.
         input_spec: ``shape`` ``[C, L]``, ``fs``, ``units``, ``channels``, ``signal_channels``,
-            ``window`` and ``r_offset`` (where the R peak sits), ``rr_context``.
+            ``window`` and ``r_offset`` (where the R peak sits), ``rr_context``, ``morph_context``.
         meta: everything else stored (training config, data description, metrics summary).
     """
 
@@ -58,6 +58,7 @@ class Checkpoint:
                 source=source,
                 window=int(self.input_spec.get("window", self.input_spec["shape"][-1])),
                 rr_context=bool(self.input_spec.get("rr_context", True)),
+                morph_context=bool(self.input_spec.get("morph_context", False)),
             )
         recorded = ((self.meta or {}).get("data") or {}).get("spec")
         if recorded is None:

@@ -152,6 +152,9 @@ def _method_config(method: str, ctx: click.Context):
 @click.option("--window", default=256, show_default=True, help="Samples per beat window.")
 @click.option("--rr-context/--no-rr-context", default=True, show_default=True,
               help="Add RR-interval channels (needed to tell S beats from N).")
+@click.option("--morph-context/--no-morph-context", default=False, show_default=True,
+              help="Add morphology channels: each beat against the same recording's previous "
+                   "beats (correlation, QRS amplitude ratio, deviation; the device computes them too).")
 @click.option("--model", default="resnet1d", show_default=True,
               help="Model family (`edgeexit info --models` lists them).")
 @click.option("--width", default=1.0, show_default=True, help="Channel-width multiplier.")
@@ -239,7 +242,7 @@ def _method_config(method: str, ctx: click.Context):
               help="Directory for model.pt and metrics.json (and cv.json, cv.md with --cv).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full metrics as JSON.")
-def train(source, test_data, split, n_beats, window, rr_context, model, width, exit_heads,
+def train(source, test_data, split, n_beats, window, rr_context, morph_context, model, width, exit_heads,
           method, eps, norm, attack_steps, attack_step_size, attack_kind, kd_alpha, kd_beta,
           kd_temperature, ima_eps_max, ima_eps_step, ima_eps_init, ima_beta, ima_bisection_steps,
           ima_criterion, vae, eta, latent_steps, epochs,
@@ -256,7 +259,7 @@ def train(source, test_data, split, n_beats, window, rr_context, model, width, e
     from edgeexit.train import TrainConfig, run_training
 
     spec = DataSpec(source=source, test_source=test_data, split=split, n_beats=n_beats,
-                    seed=seed, window=window, rr_context=rr_context)
+                    seed=seed, window=window, rr_context=rr_context, morph_context=morph_context)
     config = TrainConfig(model=model, width=width, exit_heads=exit_heads, method=method,
                          method_config=_method_config(method, click.get_current_context()),
                          epochs=epochs,
@@ -353,15 +356,17 @@ def data():
 @click.option("--seed", default=0, show_default=True, help="Synthetic seed.")
 @click.option("--window", default=256, show_default=True)
 @click.option("--rr-context/--no-rr-context", default=True, show_default=True)
+@click.option("--morph-context/--no-morph-context", default=False, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def data_inspect(source, n_beats, seed, window, rr_context, as_json):
+def data_inspect(source, n_beats, seed, window, rr_context, morph_context, as_json):
     """Print the size, shape, channels and class counts of SOURCE.
 
     SOURCE is 'synthetic', a WFDB directory (all non-paced records), or a .npz/.csv file.
     """
     from edgeexit.data import DataSpec, load_source
 
-    spec = DataSpec(source=source, n_beats=n_beats, seed=seed, window=window, rr_context=rr_context)
+    spec = DataSpec(source=source, n_beats=n_beats, seed=seed, window=window, rr_context=rr_context,
+                    morph_context=morph_context)
     d = load_source(source, spec).describe()
     if as_json:
         _echo_json(d)
@@ -383,14 +388,16 @@ def data_inspect(source, n_beats, seed, window, rr_context, as_json):
 @click.option("--seed", default=0, show_default=True, help="Synthetic seed.")
 @click.option("--window", default=256, show_default=True)
 @click.option("--rr-context/--no-rr-context", default=True, show_default=True)
+@click.option("--morph-context/--no-morph-context", default=False, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def data_generate(out_path, source, n_beats, seed, window, rr_context, as_json):
+def data_generate(out_path, source, n_beats, seed, window, rr_context, morph_context, as_json):
     """Write a data set to an .npz file (synthetic beats, or a WFDB directory converted)."""
     from edgeexit.data import DataSpec, load_source
 
     if not out_path.endswith(".npz"):
         raise click.BadParameter("the output file must end in .npz", param_hint="--out")
-    spec = DataSpec(source=source, n_beats=n_beats, seed=seed, window=window, rr_context=rr_context)
+    spec = DataSpec(source=source, n_beats=n_beats, seed=seed, window=window, rr_context=rr_context,
+                    morph_context=morph_context)
     dataset = load_source(source, spec)
     dataset.save_npz(out_path)
     d = {**dataset.describe(), "written": out_path}
@@ -888,7 +895,8 @@ def _calibration_data(manifest, source, records):
                 "it would use training and test records; give --records with records training "
                 "never saw (e.g. the validation records listed in the bundle's provenance)"
             )
-        return load_mitbih(source, records, window=spec.window, rr_context=spec.rr_context)
+        return load_mitbih(source, records, window=spec.window, rr_context=spec.rr_context,
+                           morph_context=spec.morph_context)
     if records is not None:
         raise DataError("--records applies to a WFDB directory only")
     return load_source(source)

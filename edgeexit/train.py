@@ -601,7 +601,9 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
             "channels": list(data.channels),
             "signal_channels": data.signal_channels,
             "window": length,
-            "rr_context": len(data.channels) > data.signal_channels,
+            "rr_context": "pre_rr" in data.channels or (
+                len(data.channels) > data.signal_channels and "qrs_corr" not in data.channels),
+            "morph_context": "qrs_corr" in data.channels,
         }
         ckpt_path = save_checkpoint(
             out / "model.pt",

@@ -43,6 +43,8 @@ CANDIDATES: dict[str, dict] = {
     "warp-ema": {"time_warp": 0.15, "ema": 0.998},
     "rrscale": {"rr_scale": 0.3},
     "rrscale-warp": {"rr_scale": 0.3, "time_warp": 0.15},
+    "morph": {"morph_context": True},
+    "morph-rrscale": {"morph_context": True, "rr_scale": 0.3},
 }
 """Named recipes: overrides of TrainConfig(model="resnet1d") for this search."""
 
@@ -57,18 +59,25 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+DATA_KEYS = ("rr_context", "morph_context")
+"""Overrides that choose the input (load_mitbih_split's options), not TrainConfig fields."""
+
+
 def _config(overrides: dict, epochs: int, seed: int):
     from edgeexit.train import TrainConfig
 
+    train_keys = {k: v for k, v in overrides.items() if k not in DATA_KEYS}
     return TrainConfig(**{"model": "resnet1d", "epochs": epochs, "seed": seed, "threads": 1,
-                          **overrides})
+                          **train_keys})
 
 
-def _load(mitdb: str, test: bool):
-    from edgeexit.data.mitbih import load_mitbih_split
+def _load(mitdb: str, test: bool, overrides: dict):
+    from edgeexit.data.mitbih import DS1, load_mitbih, load_mitbih_split
 
-    train, test_set = load_mitbih_split(mitdb)
-    return (train, test_set) if test else (train, None)
+    data_keys = {k: v for k, v in overrides.items() if k in DATA_KEYS}
+    if not test:
+        return load_mitbih(mitdb, DS1, **data_keys), None
+    return load_mitbih_split(mitdb, **data_keys)
 
 
 def _cv_job(name: str, overrides: dict, a: dict) -> dict:
@@ -77,7 +86,7 @@ def _cv_job(name: str, overrides: dict, a: dict) -> dict:
     from edgeexit.cv import cross_validate
 
     torch.set_num_threads(1)
-    train, _ = _load(a["mitdb"], test=False)
+    train, _ = _load(a["mitdb"], False, overrides)
     t0 = time.perf_counter()
     cv = cross_validate(train, _config(overrides, a["epochs"], a["cv_seed"]), a["folds"])
     d = cv.to_dict()
@@ -92,7 +101,7 @@ def _final_job(name: str, overrides: dict, epochs: int, seed: int, a: dict) -> d
     from edgeexit.train import train
 
     torch.set_num_threads(1)
-    train_set, test_set = _load(a["mitdb"], test=True)
+    train_set, test_set = _load(a["mitdb"], True, overrides)
     t0 = time.perf_counter()
     cfg = dataclasses.replace(_config(overrides, epochs, seed), select="last")
     r = train(train_set, cfg, test=test_set)

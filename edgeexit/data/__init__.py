@@ -65,6 +65,9 @@ class DataSpec:
         seed: seed of the synthetic generator and of random splits.
         window: samples per beat window.
         rr_context: append RR-interval context channels (synthetic and WFDB sources).
+        morph_context: append morphology context channels: each beat against the same
+            recording's previous beats (:data:`edgeexit.runtime.preprocess.MORPH_FEATURES`;
+            synthetic and WFDB sources).
         test_fraction: held-out fraction when a file source has no test set of its own.
     """
 
@@ -76,6 +79,7 @@ class DataSpec:
     window: int = 256
     rr_context: bool = True
     test_fraction: float = 0.2
+    morph_context: bool = False
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -94,7 +98,8 @@ def _synthetic(spec: DataSpec, n_beats: int, seed: int) -> BeatDataset:
     from edgeexit.data.synthetic import SyntheticECGConfig, generate_synthetic
 
     cfg = SyntheticECGConfig(
-        n_beats=n_beats, seed=seed, window=spec.window, rr_context=spec.rr_context
+        n_beats=n_beats, seed=seed, window=spec.window, rr_context=spec.rr_context,
+        morph_context=spec.morph_context,
     )
     return generate_synthetic(cfg)
 
@@ -106,7 +111,8 @@ def load_source(source: str, spec: DataSpec | None = None, progress: Progress = 
         return _synthetic(spec, spec.n_beats, spec.seed)
     path = Path(source)
     if path.is_dir():
-        return load_mitbih(path, window=spec.window, rr_context=spec.rr_context, progress=progress)
+        return load_mitbih(path, window=spec.window, rr_context=spec.rr_context,
+                           morph_context=spec.morph_context, progress=progress)
     if not path.exists():
         raise DataError(
             f"data source not found: {source} (give 'synthetic', a WFDB directory, or a .npz/.csv file)"
@@ -144,7 +150,8 @@ def load_split(spec: DataSpec, which: str, progress: Progress = None) -> BeatDat
     path = Path(spec.source)
     if path.is_dir() and spec.test_source is None and spec.split == "inter-patient":
         return load_mitbih(
-            path, DS1 if train else DS2, window=spec.window, rr_context=spec.rr_context, progress=progress
+            path, DS1 if train else DS2, window=spec.window, rr_context=spec.rr_context,
+            morph_context=spec.morph_context, progress=progress
         )
     return load_train_test(spec, progress)[0 if train else 1]
 
@@ -169,6 +176,7 @@ def load_train_test(spec: DataSpec, progress: Progress = None) -> tuple[BeatData
             spec.split,
             window=spec.window,
             rr_context=spec.rr_context,
+            morph_context=spec.morph_context,
             seed=spec.seed,
             progress=progress,
         )

@@ -33,7 +33,7 @@ import numpy as np
 
 from edgeexit.data.dataset import AAMI_CLASSES, BeatDataset, stratified_split
 from edgeexit.errors import ConfigError, DataError
-from edgeexit.runtime.preprocess import RR_FEATURES, beat_windows, default_r_offset
+from edgeexit.runtime.preprocess import MORPH_FEATURES, RR_FEATURES, beat_windows, default_r_offset
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +269,7 @@ def _load(
     r_offset: int | None,
     rr_context: bool,
     progress: Progress,
+    morph_context: bool = False,
     done: int,
     total: int,
 ) -> BeatDataset:
@@ -321,7 +322,8 @@ def _load(
             log.warning("record %s has %d beat annotations: skipped", name, peaks.size)
         else:
             x, kept = beat_windows(
-                signal, peaks, fs, window=window, r_offset=r_offset, rr_context=rr_context
+                signal, peaks, fs, window=window, r_offset=r_offset, rr_context=rr_context,
+                morph_context=morph_context,
             )
             finite = np.isfinite(x).all(axis=(1, 2))
             if not finite.all():
@@ -348,7 +350,8 @@ def _load(
     # The channel is named after the lead actually read; records mixing leads (MLII plus a
     # fallback lead) keep the requested name, the fallback having been logged.
     lead_name = leads[0] if len(set(leads)) == 1 else lead
-    channels = (lead_name,) + (RR_FEATURES if rr_context else ())
+    channels = ((lead_name,) + (RR_FEATURES if rr_context else ())
+                + (MORPH_FEATURES if morph_context else ()))
     x = np.concatenate(xs) if len(xs) > 1 else xs[0]
     del xs  # free the per-record copies before building the data set
     data = BeatDataset(
@@ -378,6 +381,7 @@ def load_mitbih(
     window: int = 256,
     r_offset: int | None = None,
     rr_context: bool = True,
+    morph_context: bool = False,
     progress: Progress = None,
 ) -> BeatDataset:
     """Cut every annotated beat of some MIT-BIH records into labelled windows.
@@ -392,6 +396,9 @@ def load_mitbih(
             :func:`~edgeexit.runtime.preprocess.default_r_offset`.
         rr_context: append the RR-interval channels
             :data:`~edgeexit.runtime.preprocess.RR_FEATURES`.
+        morph_context: append the morphology channels
+            :data:`~edgeexit.runtime.preprocess.MORPH_FEATURES` (each beat against the record's
+            previous beats).
         progress: called with ``(records done, records in all)`` after each record, or None.
 
     Returns:
@@ -407,6 +414,7 @@ def load_mitbih(
     names = _resolve_records(path, records)
     return _load(
         path, names, lead=lead, window=window, r_offset=r_offset, rr_context=rr_context,
+        morph_context=morph_context,
         progress=progress, done=0, total=len(names),
     )
 
@@ -418,6 +426,7 @@ def load_mitbih_split(
     window: int = 256,
     r_offset: int | None = None,
     rr_context: bool = True,
+    morph_context: bool = False,
     seed: int = 0,
     test_fraction: float = 0.5,
     progress: Progress = None,
@@ -432,6 +441,7 @@ def load_mitbih_split(
         window: samples per window.
         r_offset: samples before the R peak; None for the default.
         rr_context: append the RR-interval channels.
+        morph_context: append the morphology channels (see :func:`load_mitbih`).
         seed: seed of the random split (unused by ``inter-patient``).
         test_fraction: held-out fraction of the random split (unused by ``inter-patient``).
         progress: called with ``(records done, 44)`` after each record, or None.
@@ -450,6 +460,7 @@ def load_mitbih_split(
     _check_records(path, DS1 + DS2, need_signal=False)
     common = dict(
         lead=DEFAULT_LEAD, window=window, r_offset=r_offset, rr_context=rr_context,
+        morph_context=morph_context,
         progress=progress, total=len(DS1) + len(DS2),
     )
     if split == "inter-patient":

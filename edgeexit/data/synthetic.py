@@ -48,7 +48,7 @@ import numpy as np
 from edgeexit.config import dataclass_from_dict
 from edgeexit.data.dataset import AAMI_CLASSES, BeatDataset
 from edgeexit.errors import ConfigError
-from edgeexit.runtime.preprocess import RR_FEATURES, beat_windows, default_r_offset
+from edgeexit.runtime.preprocess import MORPH_FEATURES, RR_FEATURES, beat_windows, default_r_offset
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class SyntheticECGConfig:
         seed: seed of the generator; the same seed gives bit-identical data.
         class_fractions: share of N, S, V, F, Q beats (non-negative, normalised to sum 1).
         rr_context: append the :data:`~edgeexit.runtime.preprocess.RR_FEATURES` channels.
+        morph_context: append the :data:`~edgeexit.runtime.preprocess.MORPH_FEATURES` channels.
         noise: scale of every noise source (0 = clean signal, 1 = the default mix, 2 = twice).
     """
 
@@ -96,6 +97,7 @@ class SyntheticECGConfig:
     class_fractions: tuple[float, ...] = (0.5, 0.15, 0.15, 0.1, 0.1)
     rr_context: bool = True
     noise: float = 1.0
+    morph_context: bool = False
 
     def __post_init__(self) -> None:
         # TOML/JSON give lists and ints: accept them, but store the canonical types.
@@ -153,6 +155,7 @@ class SyntheticECGConfig:
         if not isinstance(self.rr_context, (bool, np.bool_)):
             raise ConfigError(f"rr_context must be true or false, got {self.rr_context!r}")
         object.__setattr__(self, "rr_context", bool(self.rr_context))
+        object.__setattr__(self, "morph_context", bool(self.morph_context))
 
     @property
     def fractions(self) -> np.ndarray:
@@ -209,14 +212,16 @@ def generate_synthetic(config: SyntheticECGConfig = SyntheticECGConfig()) -> Bea
         patient = _Patient.draw(rng, paced=bool(paced[r]), pace_polarity=float(polarity[r]))
         signal, peaks = _render_record(rng, patient, labels, config)
         x, kept = beat_windows(
-            signal, peaks, config.fs, config.window, rr_context=config.rr_context
+            signal, peaks, config.fs, config.window, rr_context=config.rr_context,
+            morph_context=config.morph_context,
         )
         if kept.size != peaks.size:  # the margins are sized from the window: cannot happen
             raise RuntimeError(f"record {r}: {peaks.size - kept.size} beats fell off its edges")
         xs.append(x[_LEAD_IN : _LEAD_IN + labels.size])  # drop the lead-in and lead-out beats
         ys.append(labels.astype(np.int64))
         groups.append(np.full(labels.size, f"syn{r:03d}"))
-    channels = ("ecg",) + (RR_FEATURES if config.rr_context else ())
+    channels = (("ecg",) + (RR_FEATURES if config.rr_context else ())
+                + (MORPH_FEATURES if config.morph_context else ()))
     data = BeatDataset(
         x=np.concatenate(xs),
         y=np.concatenate(ys),

@@ -355,6 +355,7 @@ def windows_from_signal(
     window: int = 256,
     r_offset: int | None = None,
     rr_context: bool = True,
+    morph_context: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Detect the R peaks of a single-lead ECG and cut the model's input windows around them.
 
@@ -366,6 +367,8 @@ def windows_from_signal(
             :func:`edgeexit.runtime.preprocess.default_r_offset`.
         rr_context: append the RR-interval context channels
             (:data:`edgeexit.runtime.preprocess.RR_FEATURES`), computed from all detected peaks.
+        morph_context: append the morphology context channels
+            (:data:`edgeexit.runtime.preprocess.MORPH_FEATURES`).
 
     Returns:
         ``(x, r_peaks)``: float32 windows ``[B, C, window]`` (C = 1, or 6 with RR context) and the
@@ -383,6 +386,6 @@ def windows_from_signal(
         )
     x, kept = beat_windows(
         np.asarray(signal, dtype=np.float32), peaks, fs, window=window, r_offset=r_offset,
-        rr_context=rr_context,
+        rr_context=rr_context, morph_context=morph_context,
     )
     return x, peaks[kept]

@@ -20,6 +20,23 @@ RR intervals in seconds and their ratios to the local rhythm:
 The long average matters where premature beats outnumber normal ones (MIT-BIH record 232: the
 local median then follows the premature rhythm, while the long mean still includes the pauses).
 
+The morphology context (``morph_context``) compares every beat with the same patient's recent
+beats: the template is the sample-wise median of the signal windows of the previous
+:data:`TEMPLATE_BEATS` beats of the recording (causal: the device keeps those windows), and three
+constant channels hold, in :data:`MORPH_FEATURES` order:
+
+====================  =======================================================================
+``qrs_corr``          Pearson correlation of the beat with the template over the QRS
+                      (+-:data:`QRS_HALF_S` around the R peak): ~1 for the patient's usual beat
+``qrs_amp_ratio``     the beat's QRS peak-to-peak amplitude over the template's
+``beat_dev``          RMS of (beat - template) over the window, relative to the template's RMS
+====================  =======================================================================
+
+All three are invariant to the patient's gain and baseline, so a wide QRS that is the patient's
+usual beat (bundle branch block: class N) reads like a normal beat, and an ectopic beat unlike
+the patient's own reads unlike it, whoever the patient is. The first beat of a recording is its
+own template (1, 1, 0).
+
 Example:
     >>> x = beat_windows(ecg_mv, r_peaks, fs=360.0, window=256, rr_context=True)
     >>> x.shape  # (n_beats, 1 + len(RR_FEATURES), 256)
@@ -45,6 +62,70 @@ LOCAL_RR_BEATS = 16
 
 LONG_RR_BEATS = 256
 """How many past RR intervals the long-term rhythm (``avg_rr``) is the mean of."""
+
+MORPH_FEATURES: tuple[str, ...] = ("qrs_corr", "qrs_amp_ratio", "beat_dev")
+"""Names of the morphology context channels (after the RR channels, when both are on)."""
+
+TEMPLATE_BEATS = 8
+"""How many previous beats' windows the morphology template is the median of."""
+
+QRS_HALF_S = 0.08
+"""Half-width in seconds of the QRS region that ``qrs_corr`` and ``qrs_amp_ratio`` look at."""
+
+_MORPH_CLIP = 10.0  # ratios are clipped to [0, 10]: an electrode pop must not dominate
+
+
+class BeatTemplate:
+    """The morphology context of one recording, beat after beat (bounded state: the last
+    :data:`TEMPLATE_BEATS` windows). The training data and the device stream both use it, so the
+    features are the same bit for bit.
+
+    Args:
+        window: samples per window; r_offset: samples before the R peak; fs: Hz.
+    """
+
+    def __init__(self, window: int, r_offset: int, fs: float) -> None:
+        half = max(2, int(round(QRS_HALF_S * float(fs))))
+        self.qrs = slice(max(0, r_offset - half), min(window, r_offset + half))
+        self.window = int(window)
+        self._past = np.zeros((TEMPLATE_BEATS, self.window), np.float32)
+        self._n = 0  # windows held (at most TEMPLATE_BEATS), the newest at (_n - 1) % M
+        self._next = 0
+
+    def features(self, w: np.ndarray) -> np.ndarray:
+        """This beat's :data:`MORPH_FEATURES` (float32 ``[3]``) against the template of the
+        previous beats; then ``w`` (float32 ``[window]``) joins the template's beats. A window that
+        is not finite is answered (1, 1, 0) and does not join."""
+        w = np.asarray(w, dtype=np.float32)
+        if not np.isfinite(w).all():
+            return np.array([1.0, 1.0, 0.0], np.float32)
+        t = np.median(self._past[: self._n], axis=0) if self._n else w
+        out = _morph(w, t.astype(np.float32), self.qrs)
+        self._past[self._next] = w
+        self._next = (self._next + 1) % TEMPLATE_BEATS
+        self._n = min(self._n + 1, TEMPLATE_BEATS)
+        return out
+
+
+def _morph(w: np.ndarray, t: np.ndarray, qrs: slice) -> np.ndarray:
+    a, b = w[qrs].astype(np.float64), t[qrs].astype(np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    corr = float((a * b).sum()) / den if den > 1e-12 else 1.0
+    amp_t = float(b.max() - b.min())
+    amp = float(a.max() - a.min()) / amp_t if amp_t > 1e-6 else 1.0
+    wc = w.astype(np.float64) - float(w.mean())
+    tc = t.astype(np.float64) - float(t.mean())
+    rms_t = float(np.sqrt((tc * tc).mean()))
+    dev = float(np.sqrt(((wc - tc) ** 2).mean())) / rms_t if rms_t > 1e-6 else 0.0
+    return np.array([corr, min(amp, _MORPH_CLIP), min(dev, _MORPH_CLIP)], np.float32)
+
+
+def morph_features(signal_windows: np.ndarray, r_offset: int, fs: float) -> np.ndarray:
+    """:data:`MORPH_FEATURES` of consecutive beats of one recording: ``[B, L] -> [B, 3]``."""
+    sw = np.asarray(signal_windows, dtype=np.float32)
+    tmpl = BeatTemplate(sw.shape[-1], r_offset, fs)
+    return np.stack([tmpl.features(w) for w in sw]) if len(sw) else np.zeros((0, 3), np.float32)
 
 
 def default_r_offset(window: int) -> int:
@@ -92,6 +173,7 @@ def beat_windows(
     window: int = 256,
     r_offset: int | None = None,
     rr_context: bool = False,
+    morph_context: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut one window per R peak from a continuous signal, optionally with RR context channels.
 
@@ -102,6 +184,8 @@ def beat_windows(
         window: samples per window (default 256, 0.71 s at 360 Hz).
         r_offset: samples before the R peak; defaults to :func:`default_r_offset`.
         rr_context: append the :data:`RR_FEATURES` channels (constant over the window).
+        morph_context: append the :data:`MORPH_FEATURES` channels (after the RR channels), from
+            the first signal channel of the kept beats, in order (:class:`BeatTemplate`).
 
     Returns:
         ``(x, kept)``: float32 windows ``[B', C (+5), window]`` and the indices into ``r_peaks``
@@ -121,6 +205,10 @@ def beat_windows(
     x = np.transpose(sig[:, idx], (1, 0, 2))  # [B', C, window]
     if rr_context:
         feats = rr_features(peaks, fs)[kept]  # [B', F]
+        ctx = np.broadcast_to(feats[:, :, None], (kept.size, feats.shape[1], window))
+        x = np.concatenate([x, ctx], axis=1)
+    if morph_context:
+        feats = morph_features(x[:, 0], off, fs)  # [B', 3]
         ctx = np.broadcast_to(feats[:, :, None], (kept.size, feats.shape[1], window))
         x = np.concatenate([x, ctx], axis=1)
     return np.ascontiguousarray(x, dtype=np.float32), kept

@@ -53,7 +53,9 @@ from edgeexit.runtime.peaks import MIN_SECONDS, Levels, detect_r_peaks_with_leve
 from edgeexit.runtime.preprocess import (
     LOCAL_RR_BEATS,
     LONG_RR_BEATS,
+    MORPH_FEATURES,
     RR_FEATURES,
+    BeatTemplate,
     beat_windows,
     default_r_offset,
 )
@@ -266,11 +268,13 @@ class BeatStream:
     """
 
     def __init__(self, fs: float, window: int, r_offset: int | None = None,
-                 rr_context: bool = True) -> None:
+                 rr_context: bool = True, morph_context: bool = False) -> None:
         self.fs = float(fs)
         self.window = int(window)
         self.r_offset = default_r_offset(self.window) if r_offset is None else int(r_offset)
         self.rr_context = rr_context
+        # the morphology template: the previous kept beats' windows (bounded), as offline
+        self._template = BeatTemplate(self.window, self.r_offset, self.fs) if morph_context else None
         self._peaks: deque[int] = deque(maxlen=LOCAL_RR_BEATS + 2)  # [.., beat, next]
         self._cut: deque[np.ndarray | None] = deque(maxlen=2)  # windows of those two peaks
         self._csum: deque[float] = deque([0.0], maxlen=LONG_RR_BEATS + 1)  # running sum of pre_rr
@@ -278,7 +282,10 @@ class BeatStream:
         self.dropped = 0  # beats too close to the start of the stream for a window
 
     def state_sizes(self) -> dict[str, int]:
-        return {"peaks": len(self._peaks), "cut": len(self._cut), "csum": len(self._csum)}
+        d = {"peaks": len(self._peaks), "cut": len(self._cut), "csum": len(self._csum)}
+        if self._template is not None:
+            d["template"] = int(self._template._past.shape[0])
+        return d
 
     def _cut_window(self, r: int, signal: np.ndarray, start: int) -> np.ndarray | None:
         a = r - self.r_offset - start
@@ -321,8 +328,12 @@ class BeatStream:
         if cut is None:
             self.dropped += 1
             return None
+        morph = None
+        if self._template is not None:
+            morph = np.broadcast_to(self._template.features(cut)[:, None], (len(MORPH_FEATURES), self.window))
         if not self.rr_context:
-            return beat, cut[None, :]
+            x = cut[None, :]
+            return beat, x if morph is None else np.concatenate([x, morph]).astype(np.float32)
         # beat_windows on a signal that is exactly this window: the beat sits at r_offset; its RR
         # context comes from rr_features over the last LOCAL_RR_BEATS + 2 peaks, which (but for
         # the long mean) equals rr_features over the whole stream for this beat
@@ -336,6 +347,8 @@ class BeatStream:
         avg = (csum - self._csum[-1 - n]) / n
         x[_AVG, :] = np.float32(avg)
         x[_PRE_AVG, :] = np.float32(pre / avg)
+        if morph is not None:
+            x = np.concatenate([x, morph]).astype(np.float32)
         return beat, x
 
 
@@ -611,22 +624,24 @@ class _Scorer:
             self._next += 1
 
 
-def _input_spec(engine, fs: float) -> tuple[int, int | None, bool]:
+def _input_spec(engine, fs: float) -> tuple[int, int | None, bool, bool]:
     spec = engine.manifest.input
     shape = tuple(engine.input_shape)
     window = int(spec.get("window", shape[-1]))
-    rr = bool(spec.get("rr_context", shape[0] == 1 + len(RR_FEATURES)))
-    channels = 1 + (len(RR_FEATURES) if rr else 0)
+    morph = bool(spec.get("morph_context", False))
+    rr = bool(spec.get("rr_context", shape[0] == 1 + len(RR_FEATURES) + (len(MORPH_FEATURES) if morph else 0)))
+    channels = 1 + (len(RR_FEATURES) if rr else 0) + (len(MORPH_FEATURES) if morph else 0)
     if shape != (channels, window):
         raise ConfigError(
             f"the bundle takes windows {list(shape)}; streaming cuts [{channels}, {window}] "
-            "(one lead" + (" + RR context" if rr else "") + "): use a bundle trained on single-lead beats"
+            "(one lead" + (" + RR context" if rr else "") + (" + morphology context" if morph else "")
+            + "): use a bundle trained on single-lead beats"
         )
     bfs = spec.get("fs")
     if bfs is not None and abs(float(bfs) - fs) > 1e-6:
         raise ConfigError(f"the source is sampled at {fs:g} Hz but the bundle was trained at {float(bfs):g} Hz: "
                           "resample the signal first")
-    return window, spec.get("r_offset"), rr
+    return window, spec.get("r_offset"), rr, morph
 
 
 def stream_classify(
@@ -653,9 +668,9 @@ def stream_classify(
     benchmarks and tests.
     """
     fs = float(source.fs)
-    window, r_offset, rr = _input_spec(engine, fs)
+    window, r_offset, rr, morph = _input_spec(engine, fs)
     det = StreamDetector(fs, **(detector or {}))
-    beats = BeatStream(fs, window, r_offset, rr)
+    beats = BeatStream(fs, window, r_offset, rr, morph_context=morph)
     classes = list(engine.classes)
     scorer = None
     if source.annotations is not None:

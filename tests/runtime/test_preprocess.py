@@ -65,3 +65,36 @@ def test_rr_long_average_window():
     f = rr_features(peaks, 100.0)
     assert f[LONG_RR_BEATS, 5] == pytest.approx(1.0)
     assert f[2 * LONG_RR_BEATS, 5] == pytest.approx(0.5)  # the old rhythm has left the window
+
+
+def test_morphology_context_compares_each_beat_with_the_same_patients_previous_beats():
+    from edgeexit.runtime.preprocess import MORPH_FEATURES, TEMPLATE_BEATS, BeatTemplate, morph_features
+
+    fs, length = 360.0, 256
+    off = default_r_offset(length)
+    t = np.arange(length)
+    normal = np.exp(-0.5 * ((t - off) / 4.0) ** 2).astype(np.float32)  # narrow QRS
+    ectopic = (-1.5 * np.exp(-0.5 * ((t - off - 6) / 14.0) ** 2)).astype(np.float32)  # wide, inverted
+    beats = np.stack([normal] * 10 + [ectopic] + [normal * 2.0])
+    f = morph_features(beats, off, fs)
+    assert f.shape == (12, len(MORPH_FEATURES))
+    assert np.allclose(f[0], [1, 1, 0]) and np.allclose(f[1:10], [1, 1, 0], atol=1e-5)
+    assert f[10, 0] < 0 and f[10, 1] > 1.2 and f[10, 2] > 1.0  # unlike the patient's own beats
+    assert np.isclose(f[11, 0], 1, atol=1e-5) and np.isclose(f[11, 1], 2.0, rtol=1e-4)
+    # gain and baseline of the whole recording do not matter
+    g = morph_features(beats * 3.0 + 0.7, off, fs)
+    assert np.allclose(f, g, atol=1e-4)
+    # the template holds TEMPLATE_BEATS windows; a non-finite window neither counts nor breaks it
+    tmpl = BeatTemplate(length, off, fs)
+    for _ in range(3 * TEMPLATE_BEATS):
+        tmpl.features(normal)
+    bad = normal.copy()
+    bad[5] = np.nan
+    assert np.array_equal(tmpl.features(bad), [1, 1, 0])
+    assert np.allclose(tmpl.features(normal), [1, 1, 0], atol=1e-5)
+    # beat_windows appends them after the RR channels
+    sig = np.concatenate([np.zeros(200, np.float32), np.tile(normal, 6), np.zeros(200, np.float32)])
+    peaks = 200 + off + length * np.arange(6)
+    x, kept = beat_windows(sig, peaks, fs, window=length, rr_context=True, morph_context=True)
+    assert x.shape == (6, 1 + len(RR_FEATURES) + 3, length)
+    assert np.allclose(x[:, -3, 0], 1.0, atol=1e-5)

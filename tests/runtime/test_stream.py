@@ -69,10 +69,11 @@ def test_state_stays_bounded():
     assert sizes[300] == sizes[600] and sizes[600][2] == {"peaks": 18, "cut": 2, "csum": 257}
 
 
-def test_windows_and_rr_context_equal_the_offline_ones():
+@pytest.mark.parametrize("morph", [False, True])
+def test_windows_and_rr_context_equal_the_offline_ones(morph):
     # > LONG_RR_BEATS beats so the long mean runs over a sliding window
     x, _, _ = synthetic_ecg(FS, seconds=420.0, seed=3)
-    det, beats = StreamDetector(FS), BeatStream(FS, 256)
+    det, beats = StreamDetector(FS), BeatStream(FS, 256, morph_context=morph)
     got, peaks = [], []
 
     def on_commit(p):
@@ -83,7 +84,9 @@ def test_windows_and_rr_context_equal_the_offline_ones():
         det.push(x[i:i + 500], on_commit=on_commit)
     det.flush(on_commit=on_commit)
     got += beats.finish()
-    ref, kept = beat_windows(x.astype(np.float32), np.asarray(peaks), FS, window=256, rr_context=True)
+    ref, kept = beat_windows(x.astype(np.float32), np.asarray(peaks), FS, window=256, rr_context=True,
+                             morph_context=morph)
+    assert ref.shape[1] == 8 + 3 * morph
     assert len(peaks) > 300 and len(got) == kept.size
     assert [r for r, _ in got] == np.asarray(peaks)[kept].tolist()
     assert np.array_equal(np.stack([w for _, w in got]), ref)  # bit for bit
@@ -291,3 +294,30 @@ def test_beats_over_samples_held_after_non_finite_input_are_flagged(rr_bundle, e
     assert flagged == expected and 1 <= len(flagged) <= 6
     assert summary["filled_samples"] == 31 and summary["beats_over_held_samples"] == len(flagged)
     assert all(not np.isnan(p) for b in beats for p in b["probs"])
+
+
+def test_a_bundle_with_morphology_context_streams_the_offline_windows(tmp_path_factory, ecg):
+    from edgeexit.data import DataSpec, load_split
+    from edgeexit.export.bundle import ExportConfig, export_bundle
+    from edgeexit.runtime.engine import Engine
+    from edgeexit.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("morph")
+    spec = DataSpec(n_beats=300, morph_context=True)
+    data = load_split(spec, "train")
+    assert data.channels[-3:] == ("qrs_corr", "qrs_amp_ratio", "beat_dev") and data.input_shape[0] == 11
+    result = train(data, TrainConfig(model="test_resnet1d", epochs=1, batch_size=32, threads=1),
+                   out_dir=root / "run", data_spec=spec)
+    out = root / "bundle"
+    export_bundle(result.checkpoint, out, ExportConfig(target="x86_64", precision="fp32", formats=("onnx",),
+                                                       golden_samples=4, calibration_samples=16,
+                                                       monolithic=False))
+    engine = Engine.from_bundle(out, threads=1)
+    assert engine.manifest.input["morph_context"] is True
+    x, _ = ecg
+    src = Source("memory", FS, iter([x[i:i + 360] for i in range(0, 40 * 360, 360)]))
+    events = list(stream_classify(engine, src, keep_beats=True))
+    summary = events[-1]
+    ref, _ = beat_windows(x[:40 * 360].astype(np.float32), np.asarray(summary["all_peaks"]), FS,
+                          rr_context=True, morph_context=True)
+    assert summary["beats"] > 30 and [engine.predict(w).label for w in ref] == summary["labels"]
