@@ -115,17 +115,21 @@ def _sp(r: dict, c: str) -> str:
     return "-" if v is None else f"{100 * v['se']:.1f} / {100 * v['ppv']:.1f}"
 
 
+def _minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f} min"
+
+
 def cv_table(results: list[dict]) -> str:
     rows = sorted(results, key=lambda d: -d["best_mean_score"])
-    out = ["| recipe | overrides | epochs chosen | mean macro-F1 (folds) | min - max | pooled macro-F1 | pooled S se / ppv % | pooled V se / ppv % | run time |",
+    out = ["| recipe | overrides | epochs chosen / tried | mean macro-F1 (folds) | min - max | pooled macro-F1 | pooled S se / ppv % | pooled V se / ppv % | run time |",
            "|---|---|---|---|---|---|---|---|---|"]
     for d in rows:
         e = d["best_epoch"]
         p = d["pooled"][e - 1][-1]
         s = d["fold_scores_at_best"]
         ov = ", ".join(f"{k}={v}" for k, v in d["overrides"].items()) or "(defaults)"
-        out.append(f"| {d['name']} | {ov} | {e} | **{d['best_mean_score']:.3f}** | {min(s):.3f} - {max(s):.3f} "
-                   f"| {p['score']:.3f} | {_sp(p, 'S')} | {_sp(p, 'V')} | {d['elapsed_s'] / 60:.1f} min |")
+        out.append(f"| {d['name']} | {ov} | {e} / {d['config']['epochs']} | **{d['best_mean_score']:.3f}** | {min(s):.3f} - {max(s):.3f} "
+                   f"| {p['score']:.3f} | {_sp(p, 'S')} | {_sp(p, 'V')} | {_minutes(d.get('elapsed_s'))} |")
     return "\n".join(out) + "\n"
 
 
