@@ -232,6 +232,9 @@ def _method_config(method: str, ctx: click.Context):
 @click.option("--time-warp", default=0.0, show_default=True, type=click.FloatRange(0, 0.5, max_open=True),
               help="Stretch training beats in time by up to this fraction about the R peak "
                    "(e.g. 0.15: QRS and T widths of other patients); 0: off.")
+@click.option("--signal-dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Probability that a training beat's waveform is flattened, so that its RR and "
+                   "morphology context alone must answer it; 0: off.")
 @click.option("--ema", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Keep an exponential moving average of the weights with this decay per step "
                    "(e.g. 0.998) and validate, select and save it; 0: off.")
@@ -247,7 +250,7 @@ def train(source, test_data, split, n_beats, window, rr_context, morph_context, 
           kd_temperature, ima_eps_max, ima_eps_step, ima_eps_init, ima_beta, ima_bisection_steps,
           ima_criterion, vae, eta, latent_steps, epochs,
           batch_size, lr, class_weighting, max_class_weight, val_split, val_fraction, patience,
-          cv_folds, augment, rr_augment, rr_scale, time_warp, ema, seed,
+          cv_folds, augment, rr_augment, rr_scale, time_warp, signal_dropout, ema, seed,
           threads, out_dir, progress, as_json):
     """Train a multi-exit model and report every exit on the test set.
 
@@ -267,7 +270,7 @@ def train(source, test_data, split, n_beats, window, rr_context, morph_context, 
                          max_class_weight=max_class_weight,
                          val_split=val_split, val_fraction=val_fraction, patience=patience,
                          augment=augment, rr_augment=rr_augment, rr_scale=rr_scale, time_warp=time_warp,
-                         ema=ema, seed=seed,
+                         signal_dropout=signal_dropout, ema=ema, seed=seed,
                          threads=threads)
     def stage(text: str) -> None:
         if not as_json:

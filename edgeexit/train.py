@@ -90,6 +90,8 @@ class TrainConfig:
             rhythm at another heart rate); 0 = off.
         time_warp: stretch each training beat's signal in time by a random factor within
             ``1 +- time_warp`` about its R peak (QRS and T widths of other patients); 0 = off.
+        signal_dropout: probability that a training beat's signal is flattened (its window
+            mean), so that the context channels alone must answer it; 0 = off.
         ema: decay per optimiser step of an exponential moving average of the weights (and
             BatchNorm statistics), which is then what is validated, selected and kept (e.g. 0.998:
             about the last 500 steps); 0 = off: the weights as trained.
@@ -117,6 +119,7 @@ class TrainConfig:
     rr_augment: float = 0.0
     rr_scale: float = 0.0
     time_warp: float = 0.0
+    signal_dropout: float = 0.0
     ema: float = 0.0
     seed: int = 0
     threads: int | None = None
@@ -147,6 +150,8 @@ class TrainConfig:
             raise ConfigError(f"rr_scale is a relative factor in [0, 1], got {self.rr_scale}")
         if not 0.0 <= self.time_warp < 0.5:
             raise ConfigError(f"time_warp is a relative stretch in [0, 0.5), got {self.time_warp}")
+        if not 0.0 <= self.signal_dropout < 1.0:
+            raise ConfigError(f"signal_dropout is a probability in [0, 1), got {self.signal_dropout}")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"ema is a decay in [0, 1), got {self.ema}")
         if not 0.0 <= self.rr_augment <= 1.0:
@@ -277,6 +282,20 @@ def _rr_augment(x: torch.Tensor, rr: dict[str, int], p: float, gen: torch.Genera
     x[pick, rr["local_rr"]] = pre
     x[pick, rr["pre_rr_ratio"]] = 1.0
     x[pick, rr["post_rr_ratio"]] = x[pick, rr["post_rr"]] / pre
+    return x
+
+
+def _signal_dropout(x: torch.Tensor, signal_channels: int, p: float, gen: torch.Generator) -> torch.Tensor:
+    """With probability ``p`` per beat, flatten its signal channels to their window mean (zero
+    after the model's per-window centring): the context channels alone must then carry the
+    answer, so the model learns what they say instead of memorising the training patients'
+    waveforms (:attr:`TrainConfig.signal_dropout`)."""
+    pick = torch.rand(x.shape[0], generator=gen) < p
+    if not bool(pick.any()):
+        return x
+    x = x.clone()
+    sig = x[pick, :signal_channels]
+    x[pick, :signal_channels] = sig.mean(dim=-1, keepdim=True).expand_as(sig)
     return x
 
 
@@ -511,6 +530,8 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
                 x = _augment(x, data.signal_channels, aug_gen)
             if config.time_warp > 0:
                 x = _time_warp(x, data.signal_channels, config.time_warp, aug_gen)
+            if config.signal_dropout > 0:
+                x = _signal_dropout(x, data.signal_channels, config.signal_dropout, aug_gen)
             if rr_idx is not None and config.rr_augment > 0:
                 x = _rr_augment(x, rr_idx, config.rr_augment, aug_gen)
             if rr_idx is not None and config.rr_scale > 0:

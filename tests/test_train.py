@@ -175,3 +175,14 @@ def test_rr_scale_changes_the_heart_rate_and_keeps_the_ratios():
     for c, name in enumerate(channels):
         if name not in ("pre_rr", "post_rr", "local_rr", "avg_rr"):
             assert torch.equal(y[:, c], x[:, c]), name
+
+
+def test_signal_dropout_flattens_the_waveform_of_some_beats_and_keeps_the_context():
+    from edgeexit.train import _signal_dropout
+
+    x = torch.randn(200, 3, 16)
+    y = _signal_dropout(x, 1, 0.3, torch.Generator().manual_seed(0))
+    flat = (y[:, 0].std(dim=-1) == 0)
+    assert 30 < int(flat.sum()) < 90
+    assert torch.allclose(y[flat, 0, 0], x[flat, 0].mean(dim=-1))
+    assert torch.equal(y[:, 1:], x[:, 1:]) and torch.equal(y[~flat], x[~flat])
