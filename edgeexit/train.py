@@ -76,6 +76,9 @@ class TrainConfig:
         max_class_weight: cap on any class weight (rare classes would otherwise dominate).
         exit_weights: loss weight of every exit; None = SDN-style ``(k+1)/K`` ramp.
         patience: stop after this many epochs without a better validation score (0 = never).
+        schedule_epochs: the epochs the learning-rate schedule is laid out over (None =
+            ``epochs``); ``train --cv`` sets it to the cross-validated length, so that a model
+            trained for the chosen ``epochs`` is the very one the folds scored at that epoch.
         select: which epoch's weights to keep: ``best`` (the best validation score) or ``last``
             (every epoch runs, no early stop: for an epoch count chosen by cross-validation,
             ``edgeexit train --cv``, so that the validation records choose nothing).
@@ -115,6 +118,7 @@ class TrainConfig:
     exit_weights: tuple[float, ...] | None = None
     patience: int = 4
     select: str = "best"
+    schedule_epochs: int | None = None
     augment: bool = True
     rr_augment: float = 0.0
     rr_scale: float = 0.0
@@ -144,6 +148,8 @@ class TrainConfig:
             raise ConfigError(f"unknown epoch selection {self.select!r}; choose best or last")
         if self.val_split not in VAL_SPLITS:
             raise ConfigError(f"unknown val split {self.val_split!r}; choose {', '.join(VAL_SPLITS)}")
+        if self.schedule_epochs is not None and self.schedule_epochs < self.epochs:
+            raise ConfigError(f"schedule_epochs ({self.schedule_epochs}) must be at least epochs ({self.epochs})")
         if self.epochs < 1 or self.batch_size < 2 or not self.lr > 0:
             raise ConfigError("epochs must be >= 1, batch size >= 2 and the learning rate > 0")
         if not 0.0 <= self.rr_scale <= 1.0:
@@ -502,7 +508,7 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
             raise ConfigError("rr_augment and rr_scale rewrite the RR context channels, and the data "
                               "has none: train with --rr-context, or leave them at 0")
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    total_steps = config.epochs * max(len(loader), 1)
+    total_steps = (config.schedule_epochs or config.epochs) * max(len(loader), 1)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
     )
@@ -700,7 +706,8 @@ def run_training(
         extra["cv"] = {k: d[k] for k in ("source", "folds", "best_epoch", "best_mean_score",
                                          "fold_scores_at_best", "mean_score_per_epoch")}
         extra["cv"]["table"] = cv.table()
-        config = dataclasses.replace(config, epochs=cv.best_epoch, select="last")
+        config = dataclasses.replace(config, epochs=cv.best_epoch, select="last",
+                                     schedule_epochs=config.epochs)
         if on_stage:
             on_stage(f"cross-validation chose {cv.best_epoch} epochs (mean final-exit score "
                      f"{cv.best_score:.3f}); training the model for them (its validation records "

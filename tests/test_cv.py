@@ -83,3 +83,19 @@ def test_cli_train_cv_chooses_the_epochs_then_trains_for_them(data, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["train_config"]["epochs"] == cv["best_epoch"] and m["train_config"]["select"] == "last"
     assert m["best_epoch"] == cv["best_epoch"] and m["cv"]["best_epoch"] == cv["best_epoch"]
+    assert m["train_config"]["schedule_epochs"] == 3  # the folds' schedule, stopped at the chosen epoch
+
+
+def test_a_model_trained_for_the_chosen_epochs_is_the_one_the_fold_scored(data):
+    """schedule_epochs lays the learning rate out as in the folds: stopping at epoch e of a run
+    planned for E epochs gives that run's epoch-e model exactly."""
+    from edgeexit.train import predict_exits
+
+    held = np.isin(data.groups, sorted(set(data.groups))[:5])
+    part, rest = data.subset(np.flatnonzero(held)), data.subset(np.flatnonzero(~held))
+    seen = {}
+    train(rest, TrainConfig(**{**CFG.to_dict(), "select": "last", "patience": 0, "method_config": None}),
+          val=part, on_epoch=lambda e, z: seen.setdefault(e, z))
+    short = train(rest, TrainConfig(**{**CFG.to_dict(), "epochs": 2, "schedule_epochs": 3, "select": "last",
+                                       "method_config": None}), val=part).model
+    assert np.allclose(predict_exits(short, part.x), seen[2], atol=1e-5)

@@ -94,7 +94,7 @@ def _cv_job(name: str, overrides: dict, a: dict) -> dict:
     return d
 
 
-def _final_job(name: str, overrides: dict, epochs: int, seed: int, a: dict) -> dict:
+def _final_job(name: str, overrides: dict, epochs: int, schedule: int, seed: int, a: dict) -> dict:
     import torch
 
     from edgeexit.cv import compact_report
@@ -103,8 +103,13 @@ def _final_job(name: str, overrides: dict, epochs: int, seed: int, a: dict) -> d
     torch.set_num_threads(1)
     train_set, test_set = _load(a["mitdb"], True, overrides)
     t0 = time.perf_counter()
-    cfg = dataclasses.replace(_config(overrides, epochs, seed), select="last")
-    r = train(train_set, cfg, test=test_set)
+    from edgeexit.data import DataSpec
+
+    # the folds' learning-rate schedule (laid out over the CV's epochs), stopped at the chosen one
+    cfg = dataclasses.replace(_config(overrides, epochs, seed), select="last", schedule_epochs=schedule)
+    spec = DataSpec(source=a["mitdb"], seed=seed, **{k: v for k, v in overrides.items() if k in DATA_KEYS})
+    r = train(train_set, cfg, test=test_set, out_dir=Path(a["out"]) / f"final-{name}-seed{seed}",
+              data_spec=spec)  # model.pt for export and bench
     return {"name": name, "seed": seed, "epochs": epochs, "overrides": overrides,
             "elapsed_s": round(time.perf_counter() - t0, 1),
             "exits": [compact_report(e["test"]) for e in r.metrics["exits"]]}
@@ -162,7 +167,7 @@ def final_table(results: list[dict]) -> str:
 
 
 def _read(out: Path, prefix: str) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(out.glob(f"{prefix}*.json"))]
+    return [json.loads(p.read_text()) for p in sorted(out.glob(f"{prefix}*.json")) if p.is_file()]
 
 
 def _write(path: Path, d: dict) -> None:
@@ -199,7 +204,7 @@ def main() -> int:
             k, _, v = item.partition("=")
             ov[k] = json.loads(v) if v[:1].isdigit() or v[:1] in "-[{" or v in ("true", "false") else v
         recipes[name] = ov
-    args = {"mitdb": a.mitdb, "epochs": a.epochs, "folds": a.folds, "cv_seed": a.cv_seed}
+    args = {"mitdb": a.mitdb, "epochs": a.epochs, "folds": a.folds, "cv_seed": a.cv_seed, "out": str(a.out)}
     print(f"host CPU: {_cpu()}; {os.cpu_count()} cores; one torch thread per job", file=sys.stderr)
     if not a.table_only:
         todo = {n: ov for n, ov in recipes.items() if not (a.out / f"cv-{n}.json").exists()}
@@ -223,7 +228,8 @@ def main() -> int:
         chosen = by_name[name]
         todo = [s for s in seeds if not (a.out / f"final-{name}-seed{s}.json").exists()]
         with ProcessPoolExecutor(max_workers=a.workers) as pool:
-            futs = {s: pool.submit(_final_job, name, chosen["overrides"], chosen["best_epoch"], s, args)
+            futs = {s: pool.submit(_final_job, name, chosen["overrides"], chosen["best_epoch"],
+                                   chosen["config"]["epochs"], s, args)
                     for s in todo}
             for s, f in futs.items():
                 _write(a.out / f"final-{name}-seed{s}.json", f.result())
