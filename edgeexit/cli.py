@@ -272,6 +272,7 @@ def train(source, test_data, split, n_beats, window, rr_context, morph_context, 
                          augment=augment, rr_augment=rr_augment, rr_scale=rr_scale, time_warp=time_warp,
                          signal_dropout=signal_dropout, ema=ema, seed=seed,
                          threads=threads)
+
     def stage(text: str) -> None:
         if not as_json:
             click.echo(text, err=True)

@@ -30,21 +30,16 @@ import numpy as np
 from edgeexit.crossfit import assign_folds
 from edgeexit.data import BeatDataset
 from edgeexit.errors import DataError
-from edgeexit.metrics import classification_report
+from edgeexit.metrics import classification_report, headline_macro_f1
 
-__all__ = ["CVResult", "compact_report", "cross_validate", "score_of"]
+__all__ = ["CVResult", "compact_report", "cross_validate"]
 
 log = logging.getLogger(__name__)
 
 
-def score_of(report: dict) -> float:
-    """The selection score of a report: macro-F1 over N/S/V/F when present, else over all classes."""
-    return float(report.get("macro_f1_nsvf", report["macro_f1"]))
-
-
 def compact_report(report: dict) -> dict:
     """Accuracy, the selection score and each class's sensitivity / precision (JSON-ready)."""
-    out = {"accuracy": round(report["accuracy"], 6), "score": round(score_of(report), 6)}
+    out = {"accuracy": round(report["accuracy"], 6), "score": round(headline_macro_f1(report), 6)}
     for name, c in report["per_class"].items():
         if c["support"] or c["precision"]:
             out[name] = {"se": round(c["sensitivity"], 4), "ppv": round(c["precision"], 4),
@@ -110,13 +105,14 @@ class CVResult:
         epoch, every fold and exit with S and V sensitivity / precision."""
         lines = ["| epoch | mean score (final exit) | min - max over folds | pooled score | pooled S se / ppv | pooled V se / ppv |",
                  "|---|---|---|---|---|---|"]
+        curve, best = self.curve(), self.best_epoch
         for e in range(1, self.epochs + 1):
             lo, hi = self.spread(e)
             p = self.pooled[e - 1][-1]
-            mark = " **(chosen)**" if e == self.best_epoch else ""
-            lines.append(f"| {e}{mark} | {self.curve()[e - 1]:.3f} | {lo:.3f} - {hi:.3f} | {p['score']:.3f} "
+            mark = " **(chosen)**" if e == best else ""
+            lines.append(f"| {e}{mark} | {curve[e - 1]:.3f} | {lo:.3f} - {hi:.3f} | {p['score']:.3f} "
                          f"| {_sp(p, 'S')} | {_sp(p, 'V')} |")
-        e = self.best_epoch
+        e = best
         lines += ["", f"At epoch {e}, per fold (final exit) and per exit (pooled):", "",
                   "| fold | held-out records | beats | score | accuracy | S se / ppv | V se / ppv |",
                   "|---|---|---|---|---|---|---|"]

@@ -34,7 +34,7 @@ from edgeexit.checkpoint import save_checkpoint
 from edgeexit.data import BeatDataset, DataSpec, load_train_test, stratified_split
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.fileio import atomic_write
-from edgeexit.metrics import classification_report
+from edgeexit.metrics import classification_report, headline_macro_f1
 from edgeexit.models import ModelConfig, MultiExitNet, check_model_name, create_model, profile_model
 from edgeexit.robust.methods import (
     Batch,
@@ -236,10 +236,6 @@ def evaluate_exits(model: MultiExitNet, data: BeatDataset, batch_size: int = 512
     return [classification_report(data.y, z.argmax(axis=1), data.classes) for z in logits]
 
 
-def _score(report: dict) -> float:
-    return report.get("macro_f1_nsvf", report["macro_f1"])
-
-
 def _augment(x: torch.Tensor, signal_channels: int, gen: torch.Generator) -> torch.Tensor:
     """Patient- and sensor-like variation of the signal channels (context channels untouched).
 
@@ -260,7 +256,8 @@ def _augment(x: torch.Tensor, signal_channels: int, gen: torch.Generator) -> tor
 
 
 def _rr_channels(channels: tuple[str, ...] | list[str]) -> dict[str, int] | None:
-    """Channel index of every RR feature ``_rr_augment`` rewrites, or None without them."""
+    """Channel index of every RR feature ``_rr_augment`` and ``_rr_rescale`` rewrite, or None
+    without them."""
     names = ("pre_rr", "post_rr", "local_rr", "pre_rr_ratio", "post_rr_ratio", "avg_rr")
     idx = {n: list(channels).index(n) for n in names if n in channels}
     return idx if len(idx) == len(names) else None
@@ -561,7 +558,7 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
                        for z in val_logits]
         if on_epoch is not None:
             on_epoch(epoch + 1, val_logits)
-        score = _score(val_reports[-1])
+        score = headline_macro_f1(val_reports[-1])
         history.append(
             {
                 "epoch": epoch + 1,
@@ -587,7 +584,7 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
         elif config.patience and epoch + 1 - best_epoch >= config.patience:
             log.info("early stop: no better validation score for %d epochs", config.patience)
             break
-    model.load_state_dict(copy.deepcopy(best_state) if ema is not None else best_state)
+    model.load_state_dict(best_state)  # copies the values in: no tensor is shared with ``scored``
     model.eval()
 
     val_reports = evaluate_exits(model, val_set)
@@ -695,17 +692,16 @@ def run_training(
         from edgeexit.cv import cross_validate
 
         cv = cross_validate(train_set, config, cv_folds, progress=on_stage, train_progress=progress)
-        d = cv.to_dict()
-        if out_dir is not None and _Distributed().main:
+        d, table = cv.to_dict(), cv.table()
+        if out_dir is not None and int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes, as train()
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             text = json.dumps(d, indent=2).encode()
             atomic_write(out / "cv.json", lambda f: f.write(text))
-            table = cv.table().encode()
-            atomic_write(out / "cv.md", lambda f: f.write(table))
+            atomic_write(out / "cv.md", lambda f: f.write(table.encode()))
         extra["cv"] = {k: d[k] for k in ("source", "folds", "best_epoch", "best_mean_score",
                                          "fold_scores_at_best", "mean_score_per_epoch")}
-        extra["cv"]["table"] = cv.table()
+        extra["cv"]["table"] = table
         config = dataclasses.replace(config, epochs=cv.best_epoch, select="last",
                                      schedule_epochs=config.epochs)
         if on_stage:

@@ -25,11 +25,12 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from edgeexit.summary import machine_info
 
 CANDIDATES: dict[str, dict] = {
     "base": {},
@@ -47,16 +48,6 @@ CANDIDATES: dict[str, dict] = {
     "morph-rrscale": {"morph_context": True, "rr_scale": 0.3},
 }
 """Named recipes: overrides of TrainConfig(model="resnet1d") for this search."""
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 DATA_KEYS = ("rr_context", "morph_context")
@@ -205,7 +196,8 @@ def main() -> int:
             ov[k] = json.loads(v) if v[:1].isdigit() or v[:1] in "-[{" or v in ("true", "false") else v
         recipes[name] = ov
     args = {"mitdb": a.mitdb, "epochs": a.epochs, "folds": a.folds, "cv_seed": a.cv_seed, "out": str(a.out)}
-    print(f"host CPU: {_cpu()}; {os.cpu_count()} cores; one torch thread per job", file=sys.stderr)
+    m = machine_info()
+    print(f"host CPU: {m['cpu']}; {m['cpus']} cores; one torch thread per job", file=sys.stderr)
     if not a.table_only:
         todo = {n: ov for n, ov in recipes.items() if not (a.out / f"cv-{n}.json").exists()}
         with ProcessPoolExecutor(max_workers=a.workers) as pool:

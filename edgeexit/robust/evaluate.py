@@ -44,7 +44,7 @@ from edgeexit.config import dataclass_from_dict
 from edgeexit.data import BeatDataset, load_split, stratified_sample
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.fileio import atomic_write
-from edgeexit.metrics import classification_report
+from edgeexit.metrics import classification_report, headline_macro_f1
 from edgeexit.robust.attacks import PGD, MaxAvgPGD, PolicyCE
 from edgeexit.summary import machine_info
 
@@ -248,7 +248,7 @@ def _check_shape(data: BeatDataset, ckpt: Checkpoint, what: str) -> None:
 def _slim(report: dict) -> dict:
     return {
         "accuracy": report["accuracy"],
-        "macro_f1": report.get("macro_f1_nsvf", report["macro_f1"]),
+        "macro_f1": headline_macro_f1(report),
         "sensitivity": {c: v["sensitivity"] for c, v in report["per_class"].items()
                         if v["support"] > 0},
     }

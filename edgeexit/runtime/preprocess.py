@@ -89,8 +89,8 @@ class BeatTemplate:
         self.qrs = slice(max(0, r_offset - half), min(window, r_offset + half))
         self.window = int(window)
         self._past = np.zeros((TEMPLATE_BEATS, self.window), np.float32)
-        self._n = 0  # windows held (at most TEMPLATE_BEATS), the newest at (_n - 1) % M
-        self._next = 0
+        self._n = 0  # windows held (at most TEMPLATE_BEATS)
+        self._next = 0  # the row the next window goes to (a ring: the oldest is overwritten)
 
     def features(self, w: np.ndarray) -> np.ndarray:
         """This beat's :data:`MORPH_FEATURES` (float32 ``[3]``) against the template of the
@@ -100,7 +100,7 @@ class BeatTemplate:
         if not np.isfinite(w).all():
             return np.array([1.0, 1.0, 0.0], np.float32)
         t = np.median(self._past[: self._n], axis=0) if self._n else w
-        out = _morph(w, t.astype(np.float32), self.qrs)
+        out = _morph(w, t, self.qrs)
         self._past[self._next] = w
         self._next = (self._next + 1) % TEMPLATE_BEATS
         self._n = min(self._n + 1, TEMPLATE_BEATS)
@@ -125,7 +125,9 @@ def morph_features(signal_windows: np.ndarray, r_offset: int, fs: float) -> np.n
     """:data:`MORPH_FEATURES` of consecutive beats of one recording: ``[B, L] -> [B, 3]``."""
     sw = np.asarray(signal_windows, dtype=np.float32)
     tmpl = BeatTemplate(sw.shape[-1], r_offset, fs)
-    return np.stack([tmpl.features(w) for w in sw]) if len(sw) else np.zeros((0, 3), np.float32)
+    if not len(sw):
+        return np.zeros((0, len(MORPH_FEATURES)), np.float32)
+    return np.stack([tmpl.features(w) for w in sw])
 
 
 def default_r_offset(window: int) -> int:

@@ -328,27 +328,25 @@ class BeatStream:
         if cut is None:
             self.dropped += 1
             return None
-        morph = None
-        if self._template is not None:
-            morph = np.broadcast_to(self._template.features(cut)[:, None], (len(MORPH_FEATURES), self.window))
-        if not self.rr_context:
+        if self.rr_context:
+            # beat_windows on a signal that is exactly this window: the beat sits at r_offset; its
+            # RR context comes from rr_features over the last LOCAL_RR_BEATS + 2 peaks, which (but
+            # for the long mean) equals rr_features over the whole stream for this beat
+            rel = peaks[: j + 1] if last else peaks
+            rel = rel - beat + self.r_offset
+            x, kept = beat_windows(cut, rel, self.fs, window=self.window, r_offset=self.r_offset,
+                                   rr_context=True)
+            x = x[kept.tolist().index(j)]
+            # the long mean over LONG_RR_BEATS intervals, with the very arithmetic of rr_features
+            n = min(i + 1, LONG_RR_BEATS)
+            avg = (csum - self._csum[-1 - n]) / n
+            x[_AVG, :] = np.float32(avg)
+            x[_PRE_AVG, :] = np.float32(pre / avg)
+        else:
             x = cut[None, :]
-            return beat, x if morph is None else np.concatenate([x, morph]).astype(np.float32)
-        # beat_windows on a signal that is exactly this window: the beat sits at r_offset; its RR
-        # context comes from rr_features over the last LOCAL_RR_BEATS + 2 peaks, which (but for
-        # the long mean) equals rr_features over the whole stream for this beat
-        rel = peaks[: j + 1] if last else peaks
-        rel = rel - beat + self.r_offset
-        x, kept = beat_windows(cut, rel, self.fs, window=self.window, r_offset=self.r_offset,
-                               rr_context=True)
-        x = x[kept.tolist().index(j)]
-        # the long mean over LONG_RR_BEATS intervals, with the very arithmetic of rr_features
-        n = min(i + 1, LONG_RR_BEATS)
-        avg = (csum - self._csum[-1 - n]) / n
-        x[_AVG, :] = np.float32(avg)
-        x[_PRE_AVG, :] = np.float32(pre / avg)
-        if morph is not None:
-            x = np.concatenate([x, morph]).astype(np.float32)
+        if self._template is not None:  # the morphology channels come last, as in beat_windows
+            morph = self._template.features(cut)[:, None]
+            x = np.concatenate([x, np.broadcast_to(morph, (len(MORPH_FEATURES), self.window))])
         return beat, x
 
 
