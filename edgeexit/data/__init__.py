@@ -30,6 +30,7 @@ from edgeexit.data.dataset import (
 )
 from edgeexit.data.mitbih import DS1, DS2, SPLITS, Progress, load_mitbih, load_mitbih_split
 from edgeexit.errors import ConfigError, DataError
+from edgeexit.runtime.preprocess import MORPH_FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +118,16 @@ def load_source(source: str, spec: DataSpec | None = None, progress: Progress = 
         raise DataError(
             f"data source not found: {source} (give 'synthetic', a WFDB directory, or a .npz/.csv file)"
         )
-    if path.suffix == ".npz":
-        return load_npz(path)
-    if path.suffix == ".csv":
-        return load_csv(path)
-    raise DataError(f"unsupported data file {source}: use .npz or .csv (or a WFDB directory)")
+    if path.suffix not in (".npz", ".csv"):
+        raise DataError(f"unsupported data file {source}: use .npz or .csv (or a WFDB directory)")
+    data = load_npz(path) if path.suffix == ".npz" else load_csv(path)
+    if spec.morph_context and not set(MORPH_FEATURES) <= set(data.channels):
+        raise DataError(
+            f"{source} holds windows already cut, without the morphology channels "
+            f"({', '.join(MORPH_FEATURES)}) that --morph-context asks for: write the file with "
+            "`edgeexit data generate --morph-context`, or train on a WFDB directory"
+        )
+    return data
 
 
 def load_split(spec: DataSpec, which: str, progress: Progress = None) -> BeatDataset:

@@ -104,3 +104,14 @@ def test_source_errors(tmp_path):
         load_source(str(tmp_path / "broken.npz"))
     with pytest.raises(ConfigError, match="unknown split"):
         DataSpec(split="by-vibes")
+
+
+def test_morph_context_on_a_file_without_its_channels_is_a_clear_error(tmp_path):
+    plain = tmp_path / "plain.npz"
+    load_source("synthetic", DataSpec(n_beats=120)).save_npz(plain)
+    with pytest.raises(DataError, match="without the morphology channels"):
+        load_source(str(plain), DataSpec(source=str(plain), morph_context=True))
+    morph = tmp_path / "morph.npz"
+    load_source("synthetic", DataSpec(n_beats=120, morph_context=True)).save_npz(morph)
+    data = load_source(str(morph), DataSpec(source=str(morph), morph_context=True))
+    assert data.channels[-3:] == ("qrs_corr", "qrs_amp_ratio", "beat_dev")
