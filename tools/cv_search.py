@@ -195,6 +195,16 @@ def main() -> int:
             k, _, v = item.partition("=")
             ov[k] = json.loads(v) if v[:1].isdigit() or v[:1] in "-[{" or v in ("true", "false") else v
         recipes[name] = ov
+    if not a.table_only:  # refuse a bad recipe or directory here, not in a worker's traceback
+        from edgeexit.errors import EdgeExitError
+
+        if not Path(a.mitdb, "100.hea").is_file():
+            p.error(f"--mitdb {a.mitdb}: no MIT-BIH records there (100.hea not found)")
+        for name, ov in recipes.items():
+            try:
+                _config(ov, a.epochs, a.cv_seed)
+            except (TypeError, EdgeExitError) as e:
+                p.error(f"recipe {name}: {e}")
     args = {"mitdb": a.mitdb, "epochs": a.epochs, "folds": a.folds, "cv_seed": a.cv_seed, "out": str(a.out)}
     m = machine_info()
     print(f"host CPU: {m['cpu']}; {m['cpus']} cores; one torch thread per job", file=sys.stderr)
