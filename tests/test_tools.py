@@ -121,3 +121,46 @@ def test_cv_search_tables_rank_recipes_by_the_cv_mean_and_summarise_seeds():
     f1 = [f["exits"][-1]["score"] for f in finals]
     assert f"**{np.mean(f1):.3f}** (max - min {max(f1) - min(f1):.3f})" in text
     assert "Every exit, seed 0" in text
+
+
+@pytest.mark.parametrize("policy, kwargs", [
+    ("max_prob", {}),  # the bundle's own thresholds
+    ("max_prob", {"thresholds": "median"}),  # each exit's median max prob: both ways taken
+    ("ensemble", {"thresholds": "median"}),
+    ("ensemble", {}),  # no thresholds: runs every exit
+    ("fixed", {"exit_index": 0}),
+    ("fixed", {"exit_index": 2}),
+])
+def test_cascade_study_graph_answers_like_the_engine(bundle_dir, policy, kwargs):
+    from edgeexit.runtime.engine import Engine
+    from edgeexit.runtime.policy import softmax
+
+    tool = _tool("cascade_study")
+    x = np.load(bundle_dir / "golden.npz")["inputs"].astype(np.float32)
+    x = np.concatenate([x, x[::-1] * 0.5])  # more windows, more exits taken
+    if kwargs.get("thresholds") == "median":
+        logits, _ = Engine.from_bundle(bundle_dir, backend="litert", threads=1).run_all(x)
+        kwargs = {"thresholds": [float(np.median(softmax(z).max(-1))) for z in logits[:-1]]}
+    engine = Engine.from_bundle(bundle_dir, backend="litert", threads=1, policy=policy, **kwargs)
+    if policy == "ensemble":
+        engine.policy = type(engine.policy)(4, engine.policy.thresholds, (1.0, 2.0, 3.0, 4.0))
+    segs = [(bundle_dir / s.artifact("tflite").file).read_bytes() for s in engine.manifest.segments]
+    session = tool.CascadeSession(tool.build_cascade(segs, engine.policy), 1, engine.policy)
+    differ, worst = tool.compare(engine, session, x)
+    assert differ == 0 and worst < 1e-4
+    exits = {session.run(xi[None])[1] for xi in x}
+    if policy == "fixed":
+        assert exits == {kwargs["exit_index"]}
+    if policy == "ensemble" and not kwargs:
+        assert exits == {3}
+    if "thresholds" in kwargs:  # the IF levels are really taken both ways
+        assert len(exits) >= 2, exits
+
+
+def test_cascade_study_refuses_a_policy_it_has_no_graph_for(bundle_dir):
+    from edgeexit.runtime.backends.base import BackendError
+    from edgeexit.runtime.policy import make_policy
+
+    tool = _tool("cascade_study")
+    with pytest.raises(BackendError, match="no entropy policy"):
+        tool.build_cascade([b""] * 4, make_policy("entropy", 4, [0.1, 0.2, 0.3]))
