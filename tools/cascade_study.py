@@ -43,7 +43,6 @@ import numpy as np
 
 from edgeexit.runtime.backends.base import BackendError
 
-
 POLICIES = ("max_prob", "ensemble", "fixed")
 """Policies the cascade implements."""
 
