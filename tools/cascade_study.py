@@ -11,10 +11,13 @@ bundle's golden inputs, then times, in rotating blocks on the same windows: the 
     .venv/bin/python tools/cascade_study.py runs/quickstart/bundle
     .venv/bin/python tools/cascade_study.py runs/mitdb-seed4/bundle-max_prob --limit 4000
 
-Finding on the 2026-12-01 AMD EPYC host (see the README, "Early exits that pay off"): the
-cascade saves about 1 us on a window that leaves at the first exit but costs more than a
-Python call on a window that goes on (each ``IF`` level costs about what a segment call does),
-and on a mobilenet1d bundle it is slower throughout; so the runtime stays segment by segment.
+Findings on the 2026-12-01 AMD EPYC host (one thread; policy / monolithic, segments -> cascade):
+the pruned quick-start bundle with exits 1,3: 0.808 -> 0.716; mobilenet1d quick start (exits
+1,2): 1.004 -> 0.910; MIT-BIH seed 4 (4 segments, 91% leave at exit 0): max_prob 0.360 -> 0.340,
+ensemble 0.382 -> 0.350, int8 seed 1: 0.704 -> 0.661; but the pruned quick start with all four
+exits (66% leave at exit 1, behind two IF levels): 1.022 -> 1.069, slower. Each IF a window passes
+costs about what a Python segment call does, so the cascade pays only where nearly every window
+leaves at the first decision; it is a measured option, not part of the runtime.
 
 The graph, for segments 0..n-1 (subgraph k runs segment k; the last has no decision)::
 
