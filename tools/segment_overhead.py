@@ -13,7 +13,8 @@ side by side in one run (every variant over a block of ``--calls`` windows, vari
   ``edgeexit bench`` compares (adds the input check and the per-segment clock);
 * with ``--checkpoint``: the same model's stages converted without their exit heads (into a
   temporary directory), timed ``native``, which splits the native excess into heads and
-  boundaries + per-call cost.
+  boundaries + per-call cost; each stage is also timed alone (``native_stage_k``: stage 0 is the
+  stem, input normalisation included).
 
 Example:
     python tools/segment_overhead.py runs/mitdb-seed4/bundle-rpi4 --checkpoint runs/mitdb-seed4/model.pt
@@ -84,6 +85,8 @@ def measure(bundle: str, checkpoint: str | None, rounds: int, calls: int, thread
         if checkpoint:
             stage_inv = _stage_only_chain(checkpoint, Path(tmp), threads)
             variants["native_stages_only"] = lambda: [f() for f in stage_inv]
+            for k, f in enumerate(stage_inv):  # where the model's own time goes, stage by stage
+                variants[f"native_stage_{k}"] = f
         for f in variants.values():  # warm-up
             for _ in range(calls):
                 f()
