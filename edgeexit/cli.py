@@ -238,6 +238,11 @@ def _method_config(method: str, ctx: click.Context):
 @click.option("--ema", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Keep an exponential moving average of the weights with this decay per step "
                    "(e.g. 0.998) and validate, select and save it; 0: off.")
+@click.option("--bn-recalibrate", "bn_recalibrate", default=0, show_default=True,
+              type=click.IntRange(min=0), metavar="BATCHES",
+              help="After every epoch, recompute the BatchNorm statistics from this many "
+                   "unaugmented training batches (precise BN, e.g. 100) instead of keeping the "
+                   "running averages of the last training steps; 0: off.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="Torch threads (default: all cores).")
@@ -250,8 +255,8 @@ def train(source, test_data, split, n_beats, window, rr_context, morph_context, 
           kd_temperature, ima_eps_max, ima_eps_step, ima_eps_init, ima_beta, ima_bisection_steps,
           ima_criterion, vae, eta, latent_steps, epochs,
           batch_size, lr, class_weighting, max_class_weight, val_split, val_fraction, patience,
-          cv_folds, augment, rr_augment, rr_scale, time_warp, signal_dropout, ema, seed,
-          threads, out_dir, progress, as_json):
+          cv_folds, augment, rr_augment, rr_scale, time_warp, signal_dropout, ema, bn_recalibrate,
+          seed, threads, out_dir, progress, as_json):
     """Train a multi-exit model and report every exit on the test set.
 
     Writes OUT/model.pt (rebuilds the model from the file alone) and OUT/metrics.json. Runs on
@@ -270,8 +275,8 @@ def train(source, test_data, split, n_beats, window, rr_context, morph_context, 
                          max_class_weight=max_class_weight,
                          val_split=val_split, val_fraction=val_fraction, patience=patience,
                          augment=augment, rr_augment=rr_augment, rr_scale=rr_scale, time_warp=time_warp,
-                         signal_dropout=signal_dropout, ema=ema, seed=seed,
-                         threads=threads)
+                         signal_dropout=signal_dropout, ema=ema, bn_recalibrate=bn_recalibrate,
+                         seed=seed, threads=threads)
 
     def stage(text: str) -> None:
         if not as_json:

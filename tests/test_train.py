@@ -186,3 +186,45 @@ def test_signal_dropout_flattens_the_waveform_of_some_beats_and_keeps_the_contex
     assert 30 < int(flat.sum()) < 90
     assert torch.allclose(y[flat, 0, 0], x[flat, 0].mean(dim=-1))
     assert torch.equal(y[:, 1:], x[:, 1:]) and torch.equal(y[~flat], x[~flat])
+
+
+def test_bn_recalibration_sets_the_statistics_to_the_exact_average_over_the_sample():
+    from edgeexit.train import recalibrate_batchnorm
+
+    data = make_separable(n=300, seed=4, channels=6)
+    model = create_model(ModelConfig("test_resnet1d", 6, 5))
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d))
+    seen = []
+    hook = bn.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    with torch.no_grad():  # skew the running statistics as a last training step on odd data would
+        bn.running_mean.fill_(5.0)
+        bn.running_var.fill_(9.0)
+    model.eval()
+    n = recalibrate_batchnorm(model, data.x, batches=3, batch_size=64, seed=1)
+    hook.remove()
+    assert n == 192 and not model.training  # the mode is restored
+    # the average of the three batch means and of their unbiased variances, as momentum=None keeps
+    means = torch.stack([s.mean(dim=(0, 2)) for s in seen])
+    vars_ = torch.stack([s.transpose(0, 1).reshape(s.shape[1], -1).var(dim=1) for s in seen])
+    assert torch.allclose(bn.running_mean, means.mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, vars_.mean(0), rtol=1e-4)
+    assert bn.momentum == 0.1  # restored for training
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    recalibrate_batchnorm(model, data.x, batches=3, batch_size=64, seed=1)
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())  # weights untouched
+    with pytest.raises(ConfigError, match="bn_recalibrate"):
+        TrainConfig(bn_recalibrate=-1)
+
+
+def test_training_with_bn_recalibration_keeps_recomputed_statistics():
+    data = make_separable(n=200, seed=2, channels=6)
+    base = dict(model="test_resnet1d", epochs=2, batch_size=32, threads=1, seed=0, select="last")
+    plain = train(data, TrainConfig(**base)).model.state_dict()
+    pbn = train(data, TrainConfig(**base, bn_recalibrate=2)).model.state_dict()
+    again = train(data, TrainConfig(**base, bn_recalibrate=2)).model.state_dict()
+    key = next(k for k in plain if k.endswith("running_mean"))
+    weight = next(k for k, v in plain.items() if k.endswith("weight") and v.ndim == 3)
+    assert torch.equal(plain[weight], pbn[weight])  # the same training: only the statistics differ
+    assert not torch.allclose(plain[key], pbn[key])
+    assert all(torch.equal(v, again[k]) for k, v in pbn.items())  # deterministic
