@@ -243,6 +243,8 @@ def _method_config(method: str, ctx: click.Context):
               help="After every epoch, recompute the BatchNorm statistics from this many "
                    "unaugmented training batches (precise BN, e.g. 100) instead of keeping the "
                    "running averages of the last training steps; 0: off.")
+@click.option("--bn-recalibrate-augmented", "bn_recalibrate_augmented", is_flag=True,
+              help="With --bn-recalibrate: recompute them from batches augmented as in training.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="Torch threads (default: all cores).")
@@ -256,7 +258,7 @@ def train(source, test_data, split, n_beats, window, rr_context, morph_context, 
           ima_criterion, vae, eta, latent_steps, epochs,
           batch_size, lr, class_weighting, max_class_weight, val_split, val_fraction, patience,
           cv_folds, augment, rr_augment, rr_scale, time_warp, signal_dropout, ema, bn_recalibrate,
-          seed, threads, out_dir, progress, as_json):
+          bn_recalibrate_augmented, seed, threads, out_dir, progress, as_json):
     """Train a multi-exit model and report every exit on the test set.
 
     Writes OUT/model.pt (rebuilds the model from the file alone) and OUT/metrics.json. Runs on
@@ -276,7 +278,8 @@ def train(source, test_data, split, n_beats, window, rr_context, morph_context, 
                          val_split=val_split, val_fraction=val_fraction, patience=patience,
                          augment=augment, rr_augment=rr_augment, rr_scale=rr_scale, time_warp=time_warp,
                          signal_dropout=signal_dropout, ema=ema, bn_recalibrate=bn_recalibrate,
-                         seed=seed, threads=threads)
+                         bn_recalibrate_augmented=bn_recalibrate_augmented, seed=seed,
+                         threads=threads)
 
     def stage(text: str) -> None:
         if not as_json:

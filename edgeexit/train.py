@@ -104,6 +104,8 @@ class TrainConfig:
             them. 0 = off: the running averages of the last few (augmented) training steps,
             which can be far from the data's: one MIT-BIH model answered N for nearly every DS2
             beat (macro-F1 0.315) until its statistics were recomputed (0.506).
+        bn_recalibrate_augmented: recompute them from augmented batches (the training
+            augmentation, seeded) instead of clean ones.
         seed: seeds weights, shuffling, splits and augmentation.
         threads: torch intra-op threads (None = torch's default).
     """
@@ -132,6 +134,7 @@ class TrainConfig:
     signal_dropout: float = 0.0
     ema: float = 0.0
     bn_recalibrate: int = 0
+    bn_recalibrate_augmented: bool = False
     seed: int = 0
     threads: int | None = None
 
@@ -197,10 +200,11 @@ class TrainResult:
 
 
 def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, batches: int, batch_size: int,
-                          seed: int = 0) -> int:
+                          seed: int = 0, transform=None) -> int:
     """Recompute every BatchNorm layer's running statistics of ``model`` as the exact average
-    over ``batches`` batches of ``x`` (a seeded sample without replacement, in index order), with
-    the weights untouched; returns the number of windows used (0: the model has no BatchNorm).
+    over ``batches`` batches of ``x`` (a seeded sample without replacement, in index order), each
+    passed through ``transform`` first if given (training's augmentation), with the weights
+    untouched; returns the number of windows used (0: the model has no BatchNorm).
 
     The running averages left by training reflect its last few steps, and augmented ones; these
     reflect the data (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm": precise BN).
@@ -219,7 +223,8 @@ def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, batches: int, batch_s
     try:
         with torch.no_grad():
             for i in range(0, n, batch_size):
-                model(torch.from_numpy(np.ascontiguousarray(x[idx[i:i + batch_size]], np.float32)))
+                b = torch.from_numpy(np.ascontiguousarray(x[idx[i:i + batch_size]], np.float32))
+                model(b if transform is None else transform(b))
     finally:
         for b, m in zip(bns, momenta):
             b.momentum = m
@@ -557,6 +562,20 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
     scored = model if ema is None else ema.module
+    def augmented(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """A training batch through every augmentation the config turns on."""
+        if config.augment:
+            x = _augment(x, data.signal_channels, gen)
+        if config.time_warp > 0:
+            x = _time_warp(x, data.signal_channels, config.time_warp, gen)
+        if config.signal_dropout > 0:
+            x = _signal_dropout(x, data.signal_channels, config.signal_dropout, gen)
+        if rr_idx is not None and config.rr_augment > 0:
+            x = _rr_augment(x, rr_idx, config.rr_augment, gen)
+        if rr_idx is not None and config.rr_scale > 0:
+            x = _rr_rescale(x, rr_idx, config.rr_scale, gen)
+        return x
+
     history = []
     for epoch in range(config.epochs):
         if sampler is not None:
@@ -569,16 +588,7 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
 
             batches = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
         for x, y, idx in batches:
-            if config.augment:
-                x = _augment(x, data.signal_channels, aug_gen)
-            if config.time_warp > 0:
-                x = _time_warp(x, data.signal_channels, config.time_warp, aug_gen)
-            if config.signal_dropout > 0:
-                x = _signal_dropout(x, data.signal_channels, config.signal_dropout, aug_gen)
-            if rr_idx is not None and config.rr_augment > 0:
-                x = _rr_augment(x, rr_idx, config.rr_augment, aug_gen)
-            if rr_idx is not None and config.rr_scale > 0:
-                x = _rr_rescale(x, rr_idx, config.rr_scale, aug_gen)
+            x = augmented(x, aug_gen)
             loss = method.loss(net, Batch(x=x, y=y, index=idx))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -590,9 +600,12 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
             if progress and dist.main:
                 batches.set_postfix(loss=f"{losses[-1]:.3f}")
         method.on_epoch_end(epoch)
-        if config.bn_recalibrate:
+        if config.bn_recalibrate:  # the same seeded sample, augmented alike, every epoch
+            bn_gen = torch.Generator().manual_seed(config.seed + 7919)
             recalibrate_batchnorm(scored, train_set.x, config.bn_recalibrate, config.batch_size,
-                                  seed=config.seed)
+                                  seed=config.seed,
+                                  transform=(lambda b: augmented(b, bn_gen))
+                                  if config.bn_recalibrate_augmented else None)
         if dist.world > 1:  # BatchNorm statistics drift apart per rank: take rank 0's, so that
             for buf in [*model.buffers(), *([] if ema is None else ema.module.buffers())]:
                 torch.distributed.broadcast(buf, src=0)  # every rank scores one model, stops together

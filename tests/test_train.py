@@ -228,3 +228,7 @@ def test_training_with_bn_recalibration_keeps_recomputed_statistics():
     assert torch.equal(plain[weight], pbn[weight])  # the same training: only the statistics differ
     assert not torch.allclose(plain[key], pbn[key])
     assert all(torch.equal(v, again[k]) for k, v in pbn.items())  # deterministic
+    aug = train(data, TrainConfig(**base, bn_recalibrate=2, bn_recalibrate_augmented=True)).model.state_dict()
+    aug2 = train(data, TrainConfig(**base, bn_recalibrate=2, bn_recalibrate_augmented=True)).model.state_dict()
+    assert torch.equal(plain[weight], aug[weight]) and not torch.allclose(aug[key], pbn[key])
+    assert all(torch.equal(v, aug2[k]) for k, v in aug.items())
