@@ -605,7 +605,7 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
             bn_gen = torch.Generator().manual_seed(config.seed + 7919)
             recalibrate_batchnorm(scored, train_set.x, config.bn_recalibrate, config.batch_size,
                                   seed=config.seed,
-                                  transform=(lambda b: augmented(b, bn_gen))
+                                  transform=(lambda b, g=bn_gen: augmented(b, g))
                                   if config.bn_recalibrate_augmented else None)
         if dist.world > 1:  # BatchNorm statistics drift apart per rank: take rank 0's, so that
             for buf in [*model.buffers(), *([] if ema is None else ema.module.buffers())]:
