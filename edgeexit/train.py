@@ -200,6 +200,11 @@ class TrainResult:
     checkpoint: Path | None
 
 
+COLLAPSE_DROP = 0.1
+"""With ``select="last"``, a kept epoch whose validation macro-F1 is this far below an earlier
+epoch's is logged as a warning (one MIT-BIH seed fell from 0.549 to 0.314 in its last epoch)."""
+
+
 def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, batches: int, batch_size: int,
                           seed: int = 0, transform=None) -> int:
     """Recompute every BatchNorm layer's running statistics of ``model`` as the exact average
@@ -642,6 +647,15 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
             log.info("early stop: no better validation score for %d epochs", config.patience)
             break
     model.load_state_dict(best_state)  # copies the values in: no tensor is shared with ``scored``
+    if config.select == "last" and len(history) > 1:
+        top = max(history[:-1], key=lambda h: h["val_score"])
+        drop = top["val_score"] - history[-1]["val_score"]
+        if drop > COLLAPSE_DROP:  # e.g. an MIT-BIH seed whose BatchNorm statistics went astray
+            log.warning(
+                "the kept (last) epoch's validation macro-F1 %.3f is %.3f below epoch %d's %.3f: "
+                "the model may have collapsed in its last steps; check it before deploying "
+                "(tools/bn_recalibrate_check.py tells BatchNorm statistics from weights)",
+                history[-1]["val_score"], drop, top["epoch"], top["val_score"])
     model.eval()
 
     val_reports = evaluate_exits(model, val_set)

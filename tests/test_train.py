@@ -232,3 +232,21 @@ def test_training_with_bn_recalibration_keeps_recomputed_statistics():
     aug2 = train(data, TrainConfig(**base, bn_recalibrate=2, bn_recalibrate_augmented=True)).model.state_dict()
     assert torch.equal(plain[weight], aug[weight]) and not torch.allclose(aug[key], pbn[key])
     assert all(torch.equal(v, aug2[k]) for k, v in aug.items())
+
+
+def test_a_last_epoch_far_below_an_earlier_one_is_warned_about(monkeypatch, caplog):
+    import edgeexit.train as tr
+
+    scores = iter([0.8, 0.9, 0.5])  # the kept (last) epoch falls 0.4 below epoch 2
+    monkeypatch.setattr(tr, "headline_macro_f1", lambda report: next(scores))
+    data = make_separable(n=120, seed=2, channels=6)
+    with caplog.at_level("WARNING", logger="edgeexit.train"):
+        train(data, TrainConfig(model="test_resnet1d", epochs=3, batch_size=32, threads=1,
+                                select="last", patience=0))
+    assert any("below epoch 2's 0.900" in r.getMessage() for r in caplog.records)
+    scores = iter([0.8, 0.9, 0.85])  # a small dip is not a collapse
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="edgeexit.train"):
+        train(data, TrainConfig(model="test_resnet1d", epochs=3, batch_size=32, threads=1,
+                                select="last", patience=0))
+    assert not [r for r in caplog.records if "collapsed" in r.getMessage()]
