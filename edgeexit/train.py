@@ -173,6 +173,9 @@ class TrainConfig:
             raise ConfigError(f"ema is a decay in [0, 1), got {self.ema}")
         if self.bn_recalibrate < 0:
             raise ConfigError(f"bn_recalibrate is a number of batches (0: off), got {self.bn_recalibrate}")
+        if self.bn_recalibrate_augmented and not self.bn_recalibrate:
+            raise ConfigError("bn_recalibrate_augmented needs bn_recalibrate (the batches to recompute "
+                              "the statistics from, e.g. --bn-recalibrate 100)")
         if not 0.0 <= self.rr_augment <= 1.0:
             raise ConfigError(f"rr_augment is a probability in [0, 1], got {self.rr_augment}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -568,6 +571,7 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
     scored = model if ema is None else ema.module
+
     def augmented(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """A training batch through every augmentation the config turns on."""
         if config.augment:

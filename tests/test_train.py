@@ -215,6 +215,8 @@ def test_bn_recalibration_sets_the_statistics_to_the_exact_average_over_the_samp
     assert all(torch.equal(v, after[k]) for k, v in before.items())  # weights untouched
     with pytest.raises(ConfigError, match="bn_recalibrate"):
         TrainConfig(bn_recalibrate=-1)
+    with pytest.raises(ConfigError, match="needs bn_recalibrate"):
+        TrainConfig(bn_recalibrate_augmented=True)
 
 
 def test_training_with_bn_recalibration_keeps_recomputed_statistics():

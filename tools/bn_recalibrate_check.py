@@ -14,21 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 import torch
 
 from edgeexit.checkpoint import load_checkpoint
 from edgeexit.data.mitbih import load_mitbih_split
-from edgeexit.metrics import classification_report, headline_macro_f1
-from edgeexit.train import recalibrate_batchnorm
+from edgeexit.errors import EdgeExitError
+from edgeexit.metrics import headline_macro_f1
+from edgeexit.train import evaluate_exits, recalibrate_batchnorm
 
 
 def _score(model, ds) -> dict:
     model.eval()
-    with torch.no_grad():
-        pred = np.concatenate([model(torch.from_numpy(ds.x[i:i + 2048]))[-1].argmax(-1).numpy()
-                               for i in range(0, len(ds.x), 2048)])
-    r = classification_report(ds.y, pred, ds.classes)
+    r = evaluate_exits(model, ds)[-1]  # the final exit
     return {"macro_f1": round(headline_macro_f1(r), 4), "accuracy": round(float(r["accuracy"]), 4)}
 
 
@@ -40,7 +37,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     a = p.parse_args()
     torch.set_num_threads(1)
-    ck = load_checkpoint(a.checkpoint)
+    try:
+        ck = load_checkpoint(a.checkpoint)
+    except EdgeExitError as e:
+        raise SystemExit(f"error: {e}") from None
     spec = ck.input_spec
     train, test = load_mitbih_split(a.mitdb, window=int(spec.get("window", 256)),
                                     rr_context=bool(spec.get("rr_context", True)),

@@ -303,7 +303,13 @@ def main() -> None:
     p.add_argument("--block", type=int, default=32, help="windows per path per block")
     p.add_argument("--json", action="store_true", help="print JSON only")
     a = p.parse_args()
-    engine = Engine.from_bundle(a.bundle, backend="litert", threads=a.threads, load_monolithic=True)
+    from edgeexit.errors import EdgeExitError
+
+    try:
+        engine = Engine.from_bundle(a.bundle, backend="litert", threads=a.threads,
+                                    load_monolithic=True)
+    except EdgeExitError as e:
+        raise SystemExit(f"error: {e}") from None
     files = [s.artifact("tflite").file for s in engine.manifest.segments]
     root = Path(a.bundle)
     casc = CascadeSession(build_cascade([(root / f).read_bytes() for f in files], engine.policy),
