@@ -1017,6 +1017,10 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
                    "quickstart's).")
 @click.option("--model", default="resnet1d", show_default=True,
               help="Model family (resnet1d, or mobilenet1d for the smallest devices).")
+@click.option("--width", type=float, default=None,
+              help="Channel-width multiplier of the trained model, before pruning (default: 2 "
+                   "for resnet1d, 4 for mobilenet1d, 1 otherwise: wide enough that the pruned "
+                   "model's compute outweighs the fixed cost of a segment call).")
 @click.option("--exit-heads", type=click.Choice(EXIT_HEADS), default="conv", show_default=True,
               help="Early exits: conv (more accurate) or linear (cheapest at run time).")
 @click.option("--exits", "exits", default="auto", show_default=True, metavar="auto|all|K,K,...",
@@ -1040,7 +1044,7 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
               help="End with a short robustness check of the bundle (policy-aware PGD at 0.1 mV "
                    "and muscle noise at 6 dB, through the runtime).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (tables on stderr).")
-def quickstart(out_dir, model, exit_heads, exits, epochs, prune, finetune_epochs, seed, threads,
+def quickstart(out_dir, model, width, exit_heads, exits, epochs, prune, finetune_epochs, seed, threads,
                target, margin, backend, run_eval, as_json):
     """Train, export, verify, calibrate and benchmark a multi-exit model in one command.
 
@@ -1053,7 +1057,7 @@ def quickstart(out_dir, model, exit_heads, exits, epochs, prune, finetune_epochs
     """
     from edgeexit.quickstart import QuickstartConfig, run_quickstart
 
-    config = QuickstartConfig(model=model, exit_heads=exit_heads,
+    config = QuickstartConfig(model=model, width=width, exit_heads=exit_heads,
                               exits="auto" if exits == "auto" else
                               None if exits == "all" else _parse_exits(exits),
                               epochs=epochs, prune=prune, finetune_epochs=finetune_epochs,
@@ -1063,7 +1067,7 @@ def quickstart(out_dir, model, exit_heads, exits, epochs, prune, finetune_epochs
     def show(name, r):
         echo = (lambda s: click.echo(s, err=True)) if as_json else click.echo
         if name == "train":
-            echo(f"[train] {r['model']}, {r['params']:,} parameters, best epoch {r['best_epoch']}, "
+            echo(f"[train] {r['model']} width {r['width']:g}, {r['params']:,} parameters, best epoch {r['best_epoch']}, "
                  f"{r['elapsed_s']} s")
             echo(f"  {'exit':>4} {'MACs':>10} {'test acc%':>9} {'mF1':>6}")
             for e in r["exits"]:

@@ -48,6 +48,11 @@ _OURS = {"model.pt", "metrics.json", "compressed", "bundle", "bundle.tar.gz", "e
 EVAL_EPS = 0.1
 EVAL_SNR_DB = 6.0
 EVAL_WINDOWS = 300
+# Width the quick start trains each family at, before pruning half its channels. Chosen so that
+# the pruned model's own compute (about 2M MACs) outweighs the fixed cost of a segment call:
+# at width 1 the pruned graphs run in 11-13 us on a desktop core, a few us per segment, and the
+# per-call cost eats what an early exit saves (README "Early exits that pay off").
+QUICKSTART_WIDTH = {"resnet1d": 2.0, "mobilenet1d": 4.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +61,8 @@ class QuickstartConfig:
 
     Attributes:
         model: model family (``resnet1d``, ``mobilenet1d``).
+        width: channel-width multiplier of the trained model, before pruning (None: the
+            family's entry in :data:`QUICKSTART_WIDTH`, else 1.0).
         exit_heads: early-exit heads, ``conv`` or ``linear`` (cheapest at run time).
         exits: model exits to deploy (None: all; see ``edgeexit export --exits``), or ``auto``
             (the default): export all, then keep the exits worth their call by the latencies
@@ -75,6 +82,7 @@ class QuickstartConfig:
     """
 
     model: str = "resnet1d"
+    width: float | None = None
     exit_heads: str = "conv"
     exits: tuple[int, ...] | str | None = "auto"
     epochs: int = 12
@@ -95,6 +103,13 @@ class QuickstartConfig:
         return d
 
 
+def quickstart_width(config: QuickstartConfig) -> float:
+    """The width the quick start trains ``config.model`` at (see :data:`QUICKSTART_WIDTH`)."""
+    if config.width is not None:
+        return config.width
+    return QUICKSTART_WIDTH.get(config.model, 1.0)
+
+
 def run_quickstart(
     out: str | os.PathLike,
     config: QuickstartConfig = QuickstartConfig(),
@@ -112,13 +127,15 @@ def run_quickstart(
 
     out = Path(out)
     check_output_directory(out, _OURS, "quickstart")
-    if isinstance(config.exits, tuple):  # refuse bad exits before training, not after
-        from edgeexit.export.split import check_exits
-        from edgeexit.models import ModelConfig, create_model
+    from edgeexit.models import ModelConfig, create_model
 
-        probe = create_model(ModelConfig(config.model, in_channels=8, num_classes=5,
-                                         exit_heads=config.exit_heads))
-        check_exits(config.exits, probe.num_exits)
+    # refuse a bad width or bad exits before training, not after
+    model_config = ModelConfig(config.model, in_channels=8, num_classes=5,
+                               width=quickstart_width(config), exit_heads=config.exit_heads)
+    if isinstance(config.exits, tuple):
+        from edgeexit.export.split import check_exits
+
+        check_exits(config.exits, create_model(model_config).num_exits)
     elif config.exits not in (None, "auto"):
         raise ConfigError(f"exits must be 'auto', None or model exit indices, got {config.exits!r}")
     if config.prune:  # refuse a bad ratio before training, not after
@@ -127,7 +144,7 @@ def run_quickstart(
         PruneConfig(ratio=config.prune)
     report = on_stage or (lambda name, result: None)
     spec = DataSpec(seed=config.seed)
-    tconf = TrainConfig(model=config.model, exit_heads=config.exit_heads, epochs=config.epochs,
+    tconf = TrainConfig(model=config.model, width=quickstart_width(config), exit_heads=config.exit_heads, epochs=config.epochs,
                         seed=config.seed, threads=config.threads)
     stages: dict[str, dict] = {}
     timings: dict[str, float] = {}
@@ -143,7 +160,7 @@ def run_quickstart(
     trained = run_training(spec, tconf, out, progress=progress)
     m = trained.metrics
     done("train", {
-        "model": m["model"]["family"], "params": m["params"], "best_epoch": m["best_epoch"],
+        "model": m["model"]["family"], "width": m["model"]["width"], "params": m["params"], "best_epoch": m["best_epoch"],
         "train_beats": m["data"]["train"]["beats"], "val_beats": m["data"]["val"]["beats"],
         "test_beats": m["data"]["test"]["beats"],
         "exits": [{"index": e["index"], "cumulative_macs": e["cumulative_macs"],
@@ -346,7 +363,7 @@ def summary_markdown(s: dict) -> str:
         f"Measured on {mach['cpu']} ({mach['cpus']} CPUs, {mach['machine']}, Python {mach['python']}); "
         f"{s['elapsed_s']} s in all. Results differ between machines.",
         "",
-        f"## Train ({t['elapsed_s']} s): {t['params']:,} parameters, best epoch {t['best_epoch']}, "
+        f"## Train ({t['elapsed_s']} s): width {t['width']:g}, {t['params']:,} parameters, best epoch {t['best_epoch']}, "
         f"{t['train_beats']} training / {t['val_beats']} validation / {t['test_beats']} test beats",
         "",
         "| exit | MACs to exit | test accuracy | macro-F1 |",

@@ -25,6 +25,7 @@ def test_quickstart_end_to_end(tmp_path):
         assert (out / name).is_file(), name
     assert json.loads((out / "summary.json").read_text()) == s
     st = s["stages"]
+    assert st["train"]["width"] == 1.0 and "width 1," in (out / "summary.md").read_text()
     # the deployed model is the pruned, fine-tuned one, shown next to the original
     cs = st["compress"]
     assert cs["params"][1] < cs["params"][0] and cs["macs"][1] < cs["macs"][0]
@@ -68,4 +69,19 @@ def test_quickstart_end_to_end(tmp_path):
     assert not (tmp_path / "new" / "model.pt").exists()  # refused before training
     r = CliRunner().invoke(main, ["quickstart", "--out", str(tmp_path / "new"), "--prune", "1"])
     assert r.exit_code == 1 and "fraction of channels" in r.output
+    assert not (tmp_path / "new" / "model.pt").exists()
+
+
+def test_quickstart_width_per_family(tmp_path):
+    """The quick start trains resnet1d at width 2 and mobilenet1d at width 4 (so the pruned model's
+    compute outweighs a segment call's fixed cost); --width overrides; a bad width is refused
+    before anything is trained."""
+    from edgeexit.quickstart import quickstart_width
+
+    assert quickstart_width(QuickstartConfig()) == 2.0
+    assert quickstart_width(QuickstartConfig(model="mobilenet1d")) == 4.0
+    assert quickstart_width(QuickstartConfig(model="test_resnet1d")) == 1.0
+    assert quickstart_width(QuickstartConfig(model="mobilenet1d", width=1.5)) == 1.5
+    r = CliRunner().invoke(main, ["quickstart", "--out", str(tmp_path / "new"), "--width", "0"])
+    assert r.exit_code == 1 and "width multiplier" in r.output
     assert not (tmp_path / "new" / "model.pt").exists()
