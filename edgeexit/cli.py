@@ -1044,8 +1044,8 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
               help="End with a short robustness check of the bundle (policy-aware PGD at 0.1 mV "
                    "and muscle noise at 6 dB, through the runtime).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (tables on stderr).")
-def quickstart(out_dir, model, width, exit_heads, exits, epochs, prune, finetune_epochs, seed, threads,
-               target, margin, backend, run_eval, as_json):
+def quickstart(out_dir, model, width, exit_heads, exits, epochs, prune, finetune_epochs, seed,
+               threads, target, margin, backend, run_eval, as_json):
     """Train, export, verify, calibrate and benchmark a multi-exit model in one command.
 
     On the built-in synthetic ECG: trains a small model, prunes and fine-tunes it (shown next to
@@ -1067,8 +1067,8 @@ def quickstart(out_dir, model, width, exit_heads, exits, epochs, prune, finetune
     def show(name, r):
         echo = (lambda s: click.echo(s, err=True)) if as_json else click.echo
         if name == "train":
-            echo(f"[train] {r['model']} width {r['width']:g}, {r['params']:,} parameters, best epoch {r['best_epoch']}, "
-                 f"{r['elapsed_s']} s")
+            echo(f"[train] {r['model']} width {r['width']:g}, {r['params']:,} parameters, "
+                 f"best epoch {r['best_epoch']}, {r['elapsed_s']} s")
             echo(f"  {'exit':>4} {'MACs':>10} {'test acc%':>9} {'mF1':>6}")
             for e in r["exits"]:
                 echo(f"  {e['index']:>4} {e['cumulative_macs']:>10,} {_pct(e['accuracy']):>9} "

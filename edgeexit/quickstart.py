@@ -144,8 +144,9 @@ def run_quickstart(
         PruneConfig(ratio=config.prune)
     report = on_stage or (lambda name, result: None)
     spec = DataSpec(seed=config.seed)
-    tconf = TrainConfig(model=config.model, width=quickstart_width(config), exit_heads=config.exit_heads, epochs=config.epochs,
-                        seed=config.seed, threads=config.threads)
+    tconf = TrainConfig(model=config.model, width=model_config.width,
+                        exit_heads=config.exit_heads, epochs=config.epochs, seed=config.seed,
+                        threads=config.threads)
     stages: dict[str, dict] = {}
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
