@@ -121,6 +121,13 @@ def test_cv_search_tables_rank_recipes_by_the_cv_mean_and_summarise_seeds():
     f1 = [f["exits"][-1]["score"] for f in finals]
     assert f"**{np.mean(f1):.3f}** (max - min {max(f1) - min(f1):.3f})" in text
     assert "Every exit, seed 0" in text
+    # seed averaging: the best epoch of the mean curve, not of either seed's own curve
+    a = {"mean_score_per_epoch": [0.40, 0.60, 0.41, 0.50]}
+    b = {"mean_score_per_epoch": [0.42, 0.30, 0.55, 0.52]}
+    epoch, score, curve = cs.seed_averaged_best([a, b])
+    assert (epoch, curve) == (4, pytest.approx([0.41, 0.45, 0.48, 0.51])) and score == pytest.approx(0.51)
+    with pytest.raises(ValueError, match="one length"):
+        cs.seed_averaged_best([a, {"mean_score_per_epoch": [0.5]}])
 
 
 @pytest.mark.parametrize("policy, kwargs", [

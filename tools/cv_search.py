@@ -11,6 +11,11 @@ epoch count its cross-validation chose (keeping the last epoch) for each seed, a
 evaluated once per seed: per seed, mean and spread of the final exit's macro-F1 and S / V
 sensitivity and precision, and every exit of the first seed.
 
+With ``--average-with NAME,...`` (the same recipe cross-validated with other ``--cv-seed`` values, saved
+under other names), the final seeds train for the epoch count whose score is best on the mean of
+those curves and the chosen recipe's: the best epoch of one seed's curve is partly where that
+seed's batch order left the BatchNorm statistics (README, "Later checks on DS1").
+
 Runs ``--workers`` candidates (or seeds) side by side, one torch thread each; results go to
 ``--out`` as one JSON per candidate / seed, so an interrupted search resumes where it stopped.
 
@@ -157,6 +162,18 @@ def final_table(results: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def seed_averaged_best(results: list[dict]) -> tuple[int, float, list[float]]:
+    """The epoch count (1-based) whose mean score over ``results`` (one recipe's CV curves, one
+    per CV seed, all of one length) is best, that mean, and the averaged curve."""
+    curves = [d["mean_score_per_epoch"] for d in results]
+    if not curves or len({len(c) for c in curves}) != 1:
+        raise ValueError("seed averaging needs CV curves of one length, got lengths "
+                         f"{[len(c) for c in curves]}")
+    mean = [sum(v) / len(v) for v in zip(*curves)]
+    best = max(range(len(mean)), key=mean.__getitem__)
+    return best + 1, mean[best], mean
+
+
 def _read(out: Path, prefix: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(out.glob(f"{prefix}*.json")) if p.is_file()]
 
@@ -179,6 +196,9 @@ def main() -> int:
     p.add_argument("--cv-seed", type=int, default=0)
     p.add_argument("--final-seeds", default="", help="comma-separated seeds: train the chosen recipe, test on DS2")
     p.add_argument("--choose", default=None, help="the recipe for the final seeds (default: best CV mean)")
+    p.add_argument("--average-with", default="",
+                   help="comma-separated CV results of the chosen recipe with other --cv-seed's: "
+                        "the final seeds' epoch count is the best of the averaged curve")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--table-only", action="store_true")
     a = p.parse_args()
@@ -228,9 +248,21 @@ def main() -> int:
         if name not in by_name:
             p.error(f"--choose {name}: no cross-validation result for it in {a.out}")
         chosen = by_name[name]
+        epochs = chosen["best_epoch"]
+        others = [n for n in a.average_with.split(",") if n.strip()]
+        if others:
+            missing = [n for n in others if n not in by_name]
+            if missing:
+                p.error(f"--average-with {','.join(missing)}: no cross-validation result in {a.out}")
+            try:
+                epochs, score, _ = seed_averaged_best([chosen] + [by_name[n] for n in others])
+            except ValueError as e:
+                p.error(f"--average-with: {e}")
+            print(f"{name}: best epoch of the curve averaged with {', '.join(others)}: {epochs} "
+                  f"(mean {score:.3f})", file=sys.stderr)
         todo = [s for s in seeds if not (a.out / f"final-{name}-seed{s}.json").exists()]
         with ProcessPoolExecutor(max_workers=a.workers) as pool:
-            futs = {s: pool.submit(_final_job, name, chosen["overrides"], chosen["best_epoch"],
+            futs = {s: pool.submit(_final_job, name, chosen["overrides"], epochs,
                                    chosen["config"]["epochs"], s, args)
                     for s in todo}
             for s, f in futs.items():
