@@ -11,10 +11,10 @@ epoch count its cross-validation chose (keeping the last epoch) for each seed, a
 evaluated once per seed: per seed, mean and spread of the final exit's macro-F1 and S / V
 sensitivity and precision, and every exit of the first seed.
 
-With ``--average-with NAME,...`` (the same recipe cross-validated with other ``--cv-seed`` values, saved
-under other names), the final seeds train for the epoch count whose score is best on the mean of
-those curves and the chosen recipe's: the best epoch of one seed's curve is partly where that
-seed's batch order left the BatchNorm statistics (README, "Later checks on DS1").
+With ``--average-with NAME,...`` (the same recipe cross-validated with other ``--cv-seed``
+values, saved under other names), the final seeds train for the epoch count whose score is best
+on the mean of those curves and the chosen recipe's: the best epoch of one seed's curve is partly
+where that seed's batch order left the BatchNorm statistics (README, "Later checks on DS1").
 
 Runs ``--workers`` candidates (or seeds) side by side, one torch thread each; results go to
 ``--out`` as one JSON per candidate / seed, so an interrupted search resumes where it stopped.
