@@ -161,7 +161,8 @@ def run_quickstart(
     trained = run_training(spec, tconf, out, progress=progress)
     m = trained.metrics
     done("train", {
-        "model": m["model"]["family"], "width": m["model"]["width"], "params": m["params"], "best_epoch": m["best_epoch"],
+        "model": m["model"]["family"], "width": m["model"]["width"], "params": m["params"],
+        "best_epoch": m["best_epoch"],
         "train_beats": m["data"]["train"]["beats"], "val_beats": m["data"]["val"]["beats"],
         "test_beats": m["data"]["test"]["beats"],
         "exits": [{"index": e["index"], "cumulative_macs": e["cumulative_macs"],
@@ -364,8 +365,8 @@ def summary_markdown(s: dict) -> str:
         f"Measured on {mach['cpu']} ({mach['cpus']} CPUs, {mach['machine']}, Python {mach['python']}); "
         f"{s['elapsed_s']} s in all. Results differ between machines.",
         "",
-        f"## Train ({t['elapsed_s']} s): width {t['width']:g}, {t['params']:,} parameters, best epoch {t['best_epoch']}, "
-        f"{t['train_beats']} training / {t['val_beats']} validation / {t['test_beats']} test beats",
+        f"## Train ({t['elapsed_s']} s): width {t['width']:g}, {t['params']:,} parameters, "
+        f"best epoch {t['best_epoch']}, {t['train_beats']} training / {t['val_beats']} validation / {t['test_beats']} test beats",
         "",
         "| exit | MACs to exit | test accuracy | macro-F1 |",
         "|---|---|---|---|",

@@ -249,7 +249,7 @@ def main() -> int:
             p.error(f"--choose {name}: no cross-validation result for it in {a.out}")
         chosen = by_name[name]
         epochs = chosen["best_epoch"]
-        others = [n for n in a.average_with.split(",") if n.strip()]
+        others = [n.strip() for n in a.average_with.split(",") if n.strip()]
         if others:
             missing = [n for n in others if n not in by_name]
             if missing:
@@ -260,7 +260,13 @@ def main() -> int:
                 p.error(f"--average-with: {e}")
             print(f"{name}: best epoch of the curve averaged with {', '.join(others)}: {epochs} "
                   f"(mean {score:.3f})", file=sys.stderr)
-        todo = [s for s in seeds if not (a.out / f"final-{name}-seed{s}.json").exists()]
+        done = {s: json.loads(f.read_text()) for s in seeds
+                if (f := a.out / f"final-{name}-seed{s}.json").is_file()}
+        stale = [s for s, d in done.items() if d["epochs"] != epochs]
+        if stale:  # resuming must not mix seeds trained for another epoch count
+            p.error(f"final seeds {stale} of {name} in {a.out} were trained for "
+                    f"{done[stale[0]]['epochs']} epochs, not {epochs}: move them away first")
+        todo = [s for s in seeds if s not in done]
         with ProcessPoolExecutor(max_workers=a.workers) as pool:
             futs = {s: pool.submit(_final_job, name, chosen["overrides"], epochs,
                                    chosen["config"]["epochs"], s, args)
