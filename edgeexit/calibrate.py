@@ -77,6 +77,7 @@ class Calibration:
     cost_unit: str = "MACs"
     feasible: bool = True
     weights: tuple[float, ...] | None = None
+    budget: float | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -153,6 +154,7 @@ def calibrate_thresholds(
     seed: int = 0,
     cost_unit: str = "MACs",
     weights=None,
+    budget: float | None = None,
 ) -> Calibration:
     """Thresholds for ``policy`` whose accuracy loss versus the final exit stays within ``margin``
     points at the upper end of its ``confidence`` interval (see the module docstring).
@@ -177,6 +179,10 @@ def calibrate_thresholds(
             ``"auto"``: try equal weights and weights growing as ``(k + 1) ** p`` for p = 1, 2, 3
             and keep the cheapest whose bound holds (the first that comes closest, if none does):
             where the early exits are weaker, an equal average loses to the final exit itself.
+        budget: instead of the cheapest thresholds within ``margin``, the most accurate ones
+            whose expected cost per inference stays within ``budget`` (in the costs' unit);
+            ``feasible`` says whether the budget was met (with ``weights="auto"``: the most
+            accurate of the weightings that meet it). The loss bound is reported, not held.
     """
     if weights == "auto":
         if policy != "ensemble":
@@ -184,12 +190,17 @@ def calibrate_thresholds(
         else:
             m = len(probs_per_exit)
             kw = dict(margin=margin, groups=groups, confidence=confidence, bootstrap=bootstrap,
-                      candidates=candidates, passes=passes, seed=seed, cost_unit=cost_unit)
+                      candidates=candidates, passes=passes, seed=seed, cost_unit=cost_unit,
+                      budget=budget)
             tried = []
             for p in ENSEMBLE_WEIGHT_POWERS:
                 w = None if p == 0 else tuple(float((k + 1) ** p) for k in range(m))
                 tried.append(calibrate_thresholds(probs_per_exit, y, costs, policy, weights=w, **kw))
             feasible = [c for c in tried if c.feasible]
+            if budget is not None:  # the most accurate weighting within the budget
+                if feasible:
+                    return max(feasible, key=lambda c: (c.accuracy, -c.expected_cost))
+                return min(tried, key=lambda c: c.expected_cost)
             if feasible:
                 return min(feasible, key=lambda c: c.expected_cost)  # min keeps the first of ties
             return min(tried, key=lambda c: c.loss_bound)
@@ -202,6 +213,8 @@ def calibrate_thresholds(
         raise ConfigError(f"accuracy margin must lie in [0, 100) points, got {margin}")
     if not 0.0 <= confidence < 1.0:
         raise ConfigError(f"confidence must lie in [0, 1), got {confidence}")
+    if budget is not None and not (np.isfinite(budget) and budget > 0):
+        raise ConfigError(f"the cost budget must be a positive number, got {budget}")
     if policy not in CALIBRATED_POLICIES:
         raise ConfigError(f"policy {policy!r} has no thresholds to calibrate; choose "
                           f"{', '.join(CALIBRATED_POLICIES)}")
@@ -239,6 +252,8 @@ def calibrate_thresholds(
 
     grids = [_candidates(scores[:, k], candidates) for k in range(m - 1)]
     t = np.full(m - 1, NEVER)
+    if budget is not None:
+        return _calibrate_for_budget(locals())
     _, d, best_cost = evaluate(t)
     best_loss, best_excess = float(d.mean()), excess(d)
     # "never exit early" is feasible unless the policy's own answer at the last exit is worse than
@@ -304,14 +319,160 @@ def calibrate_thresholds(
     return result
 
 
+def _calibrate_for_budget(v: dict) -> Calibration:
+    """The budget branch of :func:`calibrate_thresholds` (``v``: its local variables).
+
+    A bisection on the pooled-loss margin finds the smallest margin whose cheapest thresholds fit
+    the budget (the margin search is what finds good trade-offs; a greedy descent on the budget
+    alone sends everything out at exit 0 first and stays there); coordinate descent on (cost
+    beyond the budget, pooled loss, cost), compared in that order, then refines it."""
+    evaluate, grids, passes = v["evaluate"], v["grids"], v["passes"]
+    budget, bound, m, n, policy = v["budget"], v["bound"], v["m"], v["n"], v["policy"]
+    kw = dict(confidence=0.0, candidates=v["candidates"], passes=passes, weights=v["weights"],
+              cost_unit=v["cost_unit"])
+    args = (v["probs_per_exit"], v["y"], v["costs"], policy)
+    worst = 100 * max(0.0, float(v["final"].mean() - v["correct"].mean(axis=0).min())) + 0.01
+    lo, hi = 0.0, min(worst, 99.99)
+    if calibrate_thresholds(*args, 0.0, **kw).expected_cost <= budget:
+        hi = 0.0
+    for _ in range(12 if hi > 0 else 0):
+        mid = (lo + hi) / 2
+        if calibrate_thresholds(*args, mid, **kw).expected_cost <= budget:
+            hi = mid
+        else:
+            lo = mid
+    t = np.asarray(calibrate_thresholds(*args, hi, **kw).thresholds, np.float64)
+    if policy == "entropy":
+        t = -t  # stored as entropies; the search compares negative entropies
+
+    def key(tt):
+        _, d, cost = evaluate(tt)
+        return (max(0.0, cost - budget), float(d.mean()), cost)
+
+    best = key(t)
+    for _ in range(passes):
+        improved = False
+        for k in range(m - 1):
+            for c in grids[k]:
+                if c == t[k]:
+                    continue
+                trial = t.copy()
+                trial[k] = c
+                kk = key(trial)
+                if kk < best:
+                    t, best, improved = trial, kk, True
+        if not improved:
+            break
+    exit_idx, d, cost = evaluate(t)
+    pooled, lo, hi = bound(d)
+    feasible = cost <= budget * (1 + 1e-9)
+    if not feasible:
+        log.warning("no %s thresholds meet the cost budget %g (cheapest found: %g)", policy, budget, cost)
+    stored = tuple(float(-x) if policy == "entropy" else float(x) for x in t)
+    confidence = v["confidence"]
+    return Calibration(
+        policy=policy, thresholds=stored, accuracy=float(v["correct"][v["rows"], exit_idx].mean()),
+        final_accuracy=float(v["final"].mean()), margin=v["margin"], expected_cost=cost,
+        full_cost=float(v["cum_cost"][-1]),
+        exit_fractions=tuple(float(f) for f in np.bincount(exit_idx, minlength=m) / n),
+        samples=int(n), loss_points=pooled, loss_interval=(lo, hi),
+        loss_bound=hi if confidence > 0 else pooled, confidence=confidence, bound=bound.bound,
+        records=bound.records, worst_record_loss_points=bound.worst(d), cost_unit=v["cost_unit"],
+        feasible=feasible, weights=v["weights"], budget=float(budget),
+    )
+
+
+PARETO_MARGINS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0)
+
+
+def pareto_curve(probs_per_exit: list[np.ndarray], y: np.ndarray, costs: list[float],
+                 policy: str = "max_prob", weights=None, margins=PARETO_MARGINS,
+                 candidates: int = 100) -> list[dict]:
+    """The accuracy/cost trade-off on the calibration data: for every accuracy-loss margin in
+    ``margins`` (points, on the pooled loss, no bound), the cheapest thresholds; dominated points
+    are dropped. Each point: ``margin``, ``accuracy``, ``expected_cost``, ``cost_ratio``,
+    ``thresholds``, ``exit_fractions``. Sorted by cost."""
+    pts = []
+    for mg in margins:
+        c = calibrate_thresholds(probs_per_exit, y, costs, policy, mg, confidence=0.0,
+                                 candidates=candidates, passes=3, weights=weights)
+        pts.append({"margin": mg, "accuracy": round(c.accuracy, 6),
+                    "expected_cost": round(c.expected_cost, 8),
+                    "cost_ratio": round(c.expected_cost / c.full_cost, 6),
+                    "thresholds": [round(t, 6) for t in c.thresholds],
+                    "exit_fractions": [round(f, 4) for f in c.exit_fractions]})
+    front, best = [], -1.0
+    for p in sorted(pts, key=lambda p: (p["expected_cost"], -p["accuracy"])):
+        if p["accuracy"] > best + 1e-12:  # more accurate than every cheaper point
+            front.append(p)
+            best = p["accuracy"]
+    return front
+
+
+def plot_pareto(pareto: list[dict], chosen: dict, unit: str, path: str | os.PathLike) -> Path | None:
+    """A PNG of the calibration's accuracy/cost curve with the chosen thresholds marked (host side:
+    None without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no Pareto plot (pip install matplotlib)")
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.plot([p["expected_cost"] for p in pareto], [100 * p["accuracy"] for p in pareto], "-o", ms=4,
+            label="cheapest thresholds for each loss margin (calibration data)")
+    for p in pareto:
+        ax.annotate(f"{p['margin']:g}", (p["expected_cost"], 100 * p["accuracy"]), fontsize=6,
+                    xytext=(3, -8), textcoords="offset points")
+    ax.plot([chosen["expected_cost"]], [100 * chosen["accuracy"]], "*", ms=14, color="tab:red",
+            label="written into the bundle")
+    ax.set_xlabel(f"expected cost per inference, {unit}")
+    ax.set_ylabel("accuracy, % (calibration data)")
+    ax.set_title("accuracy vs cost of the exit thresholds (labels: loss margin, points)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out = atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return out
+
+
 # -- recalibrating a bundle -------------------------------------------------------------------
 
 
-def segment_costs(manifest, bench: dict | None = None) -> tuple[list[float], str]:
-    """Per-segment costs for calibration: measured mean microseconds from a ``bench`` JSON report
-    (``latency_us.segments``) when given, else the manifest's MACs."""
+COSTS = ("latency", "energy")
+
+
+def segment_costs(manifest, bench: dict | None = None, cost: str = "latency") -> tuple[list[float], str]:
+    """Per-segment costs for calibration: from a ``bench`` JSON report when given, its measured
+    mean microseconds (``cost="latency"``: ``latency_us.segments``) or its energy above idle
+    (``cost="energy"``: ``energy.per_segment_mj.above_idle``, in mJ); else the manifest's MACs."""
+    if cost not in COSTS:
+        raise ConfigError(f"cost must be one of {', '.join(COSTS)}, got {cost!r}")
     if bench is None:
+        if cost == "energy":
+            raise ConfigError("calibrating for energy needs a bench report with energy: "
+                              "`edgeexit bench BUNDLE --meter auto --json > bench.json`, then --bench")
         return [float(s.macs) for s in manifest.segments], "MACs"
+    if cost == "energy":
+        e = bench.get("energy") or {}
+        if "error" in e:
+            raise ConfigError(f"the bench report's energy was not measured ({e['error']})")
+        try:
+            costs = [float(v) for v in e["per_segment_mj"]["above_idle"]]
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError("the bench report has no per-segment energy: bench with --meter "
+                              "(auto, estimate, rapl, ...)") from None
+        if len(costs) != manifest.num_exits:
+            raise ConfigError(f"the bench report has {len(costs)} segments, the bundle "
+                              f"{manifest.num_exits}: bench this bundle")
+        if sum(costs) <= 0:
+            raise ConfigError("the bench report's per-segment energy is all zero: bench longer "
+                              "(--energy-seconds) or with another meter")
+        kind = "measured" if e.get("kind") == "measured" else "estimated"
+        return costs, f"mJ above idle ({kind} by edgeexit bench, meter {e.get('meter')})"
     try:
         segs = bench["latency_us"]["segments"]
         costs = [float(s["mean"]) for s in segs]
@@ -425,6 +586,9 @@ def calibrate_bundle(
     weights="auto",
     probs: list[np.ndarray] | None = None,
     provenance: dict | None = None,
+    cost: str = "latency",
+    budget: float | None = None,
+    pareto_plot: str | os.PathLike | None = None,
 ) -> dict:
     """Recalibrate the thresholds of ``bundle`` on labelled windows ``x``/``y`` (e.g. the user's own
     records from the target population) with the bundle's own files, and write them into its
@@ -445,6 +609,14 @@ def calibrate_bundle(
         probs: every exit's softmax on the samples, computed elsewhere (cross-fitted models,
             :mod:`edgeexit.crossfit`), instead of running ``x`` through the bundle (``x`` None).
         provenance: recorded with the calibration (e.g. the cross-fit's folds).
+        cost: with ``bench``: minimise its measured ``latency`` or ``energy`` (above idle) per
+            segment.
+        budget: maximise accuracy with the expected cost per inference within this (in the
+            costs' unit: us, mJ, or MACs without ``bench``) instead of holding ``margin``.
+        pareto_plot: also write the accuracy/cost curve of the calibration data as this PNG.
+
+    The calibration record in the manifest keeps the per-segment costs (``segment_costs``, which
+    the ``budget`` policy can use) and the accuracy/cost Pareto curve (``pareto``).
     """
     from edgeexit.runtime.backends import get_backend
     from edgeexit.runtime.engine import Engine
@@ -475,9 +647,11 @@ def calibrate_bundle(
     elif len(probs) != manifest.num_exits or any(len(p) != len(y) for p in probs):
         raise DataError(f"give {manifest.num_exits} probability arrays of {len(y)} rows (one per "
                         "segment of the bundle)")
-    costs, unit = segment_costs(manifest, bench)
+    costs, unit = segment_costs(manifest, bench, cost)
     cal = calibrate_thresholds(probs, y, costs, name, margin, groups=groups, confidence=confidence,
-                               cost_unit=unit, weights=weights)
+                               cost_unit=unit, weights=weights, budget=budget)
+    pareto = pareto_curve(probs, y, costs, name, weights=cal.weights)
+    short = "MACs" if bench is None else ("mJ" if cost == "energy" else "us")
     spec = PolicySpec(
         name=name,
         thresholds=tuple(round(t, 6) for t in cal.thresholds),
@@ -485,11 +659,16 @@ def calibrate_bundle(
         calibration={**cal.to_dict(), "data": source, "split": "given to edgeexit calibrate",
                      **(provenance or {}),
                      "format": get_backend(engine.backend).file_format,
+                     "segment_costs": {"unit": short, "values": [round(c, 8) for c in costs]},
+                     "pareto": pareto,
                      "previous": _without_history(manifest.policy.to_dict())},
     )
     report = {"bundle": str(root), "backend": engine.backend, "policy": spec.to_dict(),
               "written": not dry_run}
-    if bench is not None and manifest.num_exits > 1:
+    if pareto_plot is not None:
+        png = plot_pareto(pareto, cal.to_dict(), unit, pareto_plot)
+        report["pareto_plot"] = None if png is None else str(png)
+    if bench is not None and cost == "latency" and manifest.num_exits > 1:
         lat = bench.get("latency_us", {})
         try:
             choice = choose_exits(probs, y, costs, float(lat["monolithic"]["mean"]),

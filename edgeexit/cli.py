@@ -575,14 +575,36 @@ def _parse_exits(text):
     return vals
 
 
-def _policy_args(policy, thresholds, exit_index):
+def _read_json_file(path, option):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.loads(f.read())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise click.BadParameter(f"not a JSON report ({e})", param_hint=option)
+
+
+def _policy_args(policy, thresholds, exit_index, budget=None, costs_file=None, bundle=None):
     t = None
     if thresholds:
         try:
             t = [float(v) for v in thresholds.split(",")]
         except ValueError:
             raise click.BadParameter("thresholds are comma-separated numbers", param_hint="--thresholds")
-    return {"policy": policy, "thresholds": t, "exit_index": exit_index}
+    args = {"policy": policy, "thresholds": t, "exit_index": exit_index}
+    if (budget is not None or costs_file is not None) and policy != "budget":
+        raise click.UsageError("--budget and --costs go with --policy budget")
+    if policy == "budget":
+        from edgeexit.runtime.manifest import load_manifest
+        from edgeexit.runtime.profile import budget_costs, parse_budget
+
+        if budget is None:
+            raise click.UsageError("--policy budget needs --budget LIMIT (e.g. 40us or 0.05mJ)")
+        limit, unit = parse_budget(budget)
+        bench = None if costs_file is None else _read_json_file(costs_file, "--costs")
+        manifest = load_manifest(bundle, check_hashes=False)
+        args["budget"] = {"limit": limit, "unit": unit,
+                          "segment_costs": budget_costs(unit, bench, manifest)}
+    return args
 
 
 _backend_option = click.option(
@@ -591,10 +613,16 @@ _backend_option = click.option(
 _threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
                                help="Threads (default: the target's, capped at the CPUs here).")
 _policy_options = [
-    click.option("--policy", type=click.Choice(["max_prob", "entropy", "ensemble", "fixed"]),
+    click.option("--policy", type=click.Choice(["max_prob", "entropy", "ensemble", "fixed", "budget"]),
                  default=None, help="Exit policy (default: the bundle's calibrated one)."),
     click.option("--thresholds", default=None, help="Override thresholds, e.g. 0.9,0.9,0.95."),
     click.option("--exit", "exit_index", type=int, default=None, help="The exit of --policy fixed."),
+    click.option("--budget", "budget", default=None, metavar="LIMIT",
+                 help="The limit of --policy budget per input: latency (40us, 0.1ms: the live "
+                      "clock) or energy (0.05mJ, 50uJ: predicted per-segment energy)."),
+    click.option("--costs", "costs_file", default=None, type=click.Path(dir_okay=False),
+                 help="--policy budget: a `bench --json` report whose per-segment latency/energy "
+                      "predicts each segment's cost (default: the costs the bundle records)."),
 ]
 
 
@@ -643,8 +671,8 @@ def _stream_options(f):
     return f
 
 
-def _run_stream(bundle, input_path, backend, threads, policy, thresholds, exit_index, trusted_keys,
-                stream, fs, units, adc_gain, adc_zero, dtype, n_channels, channel, block_seconds,
+def _run_stream(bundle, input_path, backend, threads, policy, thresholds, exit_index, budget,
+                costs_file, trusted_keys, stream, fs, units, adc_gain, adc_zero, dtype, n_channels, channel, block_seconds,
                 realtime, summary_only, as_json):
     """``run --stream``: one JSON line per beat (one beat late), then the summary."""
     from edgeexit.runtime.engine import Engine
@@ -655,7 +683,7 @@ def _run_stream(bundle, input_path, backend, threads, policy, thresholds, exit_i
     if input_path is not None:
         raise click.UsageError("--input and --stream exclude each other: give one")
     engine = Engine.from_bundle(bundle, backend=backend, threads=threads, trusted_keys=trusted_keys,
-                                **_policy_args(policy, thresholds, exit_index))
+                                **_policy_args(policy, thresholds, exit_index, budget, costs_file, bundle))
     src = open_source(stream, fs=fs, units=units, dtype=dtype, channel=channel, channels=n_channels,
                       adc_gain=adc_gain, adc_zero=adc_zero, block_seconds=block_seconds)
     for ev in stream_classify(engine, src, realtime=realtime):
@@ -696,8 +724,8 @@ def _run_stream(bundle, input_path, backend, threads, policy, thresholds, exit_i
               help="Stop at the first window that cannot be answered (default: answer all others).")
 @_trusted_option
 @_stream_options
-def run(bundle, input_path, backend, threads, policy, thresholds, exit_index, batch, fail_fast,
-        trusted_keys, **stream_options):
+def run(bundle, input_path, backend, threads, policy, thresholds, exit_index, budget, costs_file,
+        batch, fail_fast, trusted_keys, **stream_options):
     """Classify windows with a bundle; print one JSON line per window.
 
     Each line: label, exit taken, class probabilities, and the microseconds of every segment
@@ -708,14 +736,14 @@ def run(bundle, input_path, backend, threads, policy, thresholds, exit_index, ba
     """
     if stream_options["stream"] is not None or input_path is None:  # --stream SOURCE
         return _run_stream(bundle, input_path, backend, threads, policy, thresholds, exit_index,
-                           trusted_keys, **stream_options)
+                           budget, costs_file, trusted_keys, **stream_options)
     import numpy as np
 
     from edgeexit.runtime.engine import Engine, InputError
     from edgeexit.runtime.io import read_windows
 
     engine = Engine.from_bundle(bundle, backend=backend, threads=threads, trusted_keys=trusted_keys,
-                                **_policy_args(policy, thresholds, exit_index))
+                                **_policy_args(policy, thresholds, exit_index, budget, costs_file, bundle))
     problems: dict[int, str] = {}
     x = read_windows(input_path, engine.input_shape, errors=problems)
     answers: dict[int, dict] = {}
@@ -817,43 +845,92 @@ def verify(bundle, backend, threads, trusted_keys, strict, as_json):
 @_backend_option
 @_threads_option
 @_with_policy_options
+@click.option("--meter", default="auto", show_default=True, metavar="METER",
+              help="Energy meter: auto (the best present, and it says which), rapl, ina2xx, "
+                   "ina3221, csv:LOG.csv (an external meter's timestamped watts), estimate (CPU "
+                   "time x the target's power model), or none.")
+@click.option("--energy-seconds", type=click.FloatRange(min=0, min_open=True), default=0.5,
+              show_default=True, help="Metered seconds per path (policy, monolithic, each prefix).")
+@click.option("--power-target", default=None, metavar="TARGET",
+              help="--meter estimate: the preset whose power model is used (default: the "
+                   "bundle's target; x86_64 on a PC host).")
+@click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False),
+              help="Also write DIR/report.md, report.json and PNG plots (host: needs matplotlib).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @_trusted_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def bench(bundle, source, split, limit, warmup, backend, threads, policy, thresholds, exit_index,
-          progress, trusted_keys, as_json):
-    """Accuracy, per-segment latency (p50/p95/p99), exit histogram, and early-exit savings.
+          budget, costs_file, meter, energy_seconds, power_target, report_dir, progress,
+          trusted_keys, as_json):
+    """Accuracy, per-segment latency (p50/p95/p99), exit histogram, energy, early-exit savings.
 
     Batch 1. For every window the exit policy, the all-exits segmented path and the monolithic
-    model run back to back, so their ratios are measured side by side in one run.
+    model run back to back, so their ratios are measured side by side in one run. Then each
+    path runs alone under the energy meter (--energy-seconds each): energy per inference and per
+    segment, gross and above idle, labelled measured or estimated.
     """
     from edgeexit.runtime.engine import Engine
     from edgeexit.runtime.profile import bench_data, bench_engine
 
     engine = Engine.from_bundle(bundle, backend=backend, threads=threads, load_monolithic=True,
                                 trusted_keys=trusted_keys,
-                                **_policy_args(policy, thresholds, exit_index))
+                                **_policy_args(policy, thresholds, exit_index, budget, costs_file, bundle))
+    energy_meter, why = _open_meter(meter, engine, power_target)
     x, y, described = bench_data(engine, source, split, limit)
-    bar = None
-    if progress and sys.stderr.isatty():
-        from tqdm import tqdm
+    bars = {}
+    show = progress and sys.stderr.isatty()
 
-        bar = tqdm(total=len(x), desc="bench", unit="beat", leave=False)
+    def ticker(name, unit):
+        def tick(done, total):
+            if not show:
+                return
+            if name not in bars:
+                from tqdm import tqdm
 
-    def tick(done, total):
-        if bar is not None:
-            bar.update(done - bar.n)
+                bars[name] = tqdm(total=total, desc=name, unit=unit, leave=False)
+            bars[name].update(done - bars[name].n)
+        return tick
 
     try:
-        report = bench_engine(engine, x, y, warmup=warmup, progress=tick).to_dict()
+        report = bench_engine(engine, x, y, warmup=warmup, progress=ticker("bench", "beat"),
+                              meter=energy_meter, energy_seconds=energy_seconds,
+                              energy_progress=ticker("energy", "window")).to_dict()
     finally:
-        if bar is not None:
-            bar.close()
+        for b in bars.values():
+            b.close()
+        if energy_meter is not None:
+            energy_meter.close()
+    report["bundle"] = str(bundle)
     report["data"] = described
+    if energy_meter is not None:
+        report["energy"]["chosen"] = why
+    written = None
+    if report_dir is not None:
+        from edgeexit.report import write_bench_report
+
+        written = write_bench_report(report, report_dir)
     if as_json:
         _echo_json(report)
         return
     _print_bench(report)
+    if written:
+        click.echo(f"report: {written['dir']}/report.md ({len(written['files'])} files)")
+
+
+def _open_meter(spec, engine, power_target):
+    """(meter or None, one line saying which meter and why) for ``--meter``."""
+    if spec == "none":
+        return None, "no energy phase (--meter none)"
+    from edgeexit.runtime.energy import auto_meter, make_meter
+
+    power = engine.manifest.target.get("power") or {}
+    if power_target is not None:
+        from edgeexit.targets import load_target
+
+        power = load_target(power_target).power.to_dict()
+    if spec == "auto":
+        return auto_meter(power=power, threads=engine.threads)
+    return make_meter(spec, power=power, threads=engine.threads), f"--meter {spec}"
 
 
 def _print_bench(r):
@@ -880,10 +957,56 @@ def _print_bench(r):
     ra = r["ratios"]
     click.echo(f"ratios (mean latency): all exits / monolithic {ra['all_exits_vs_monolithic']:.3f}, "
                f"policy / monolithic {ra['policy_vs_monolithic']:.3f}")
-    if "energy_estimate_mj" in r:
-        e = r["energy_estimate_mj"]["above_idle"]
-        click.echo(f"energy above idle (estimate, target power model) mJ: policy {e['policy']:.4f}, "
-                   f"all exits {e['all_exits']:.4f}, monolithic {e['monolithic']:.4f}")
+    e = r.get("energy")
+    if e and "error" in e:
+        click.echo(f"energy: NOT measured: {e['error']}")
+    elif e:
+        pe, er = e["per_inference_mj"], e["ratios"]
+        click.echo(f"energy meter: {e.get('chosen') or e['meter']}")
+        click.echo(f"energy per inference, mJ, {e['label']}; idle {e['idle_w']:.2f} W ({e['idle']}):")
+        for name in ("policy", "all_exits", "monolithic"):
+            click.echo(f"  {name.replace('_', ' '):12} gross {pe[name]['gross']:.5f}  above idle "
+                       f"{pe[name]['above_idle']:.5f}")
+        click.echo("  per segment above idle " + " ".join(f"{v:.5f}" for v in e["per_segment_mj"]["above_idle"])
+                   + f"; ratio policy / monolithic {er['policy_vs_monolithic']} above idle, "
+                   f"{er['policy_vs_monolithic_gross']} gross")
+
+
+# --------------------------------------------------------------------------------------- report
+@main.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path())
+@click.option("--name", "names", multiple=True,
+              help="A label per result, in order (default: the file or directory name).")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Write DIR/compare.md and comparison plots (PNG) there.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def report(results, names, out_dir, as_json):
+    """Compare several bench results (two devices, fp32 vs int8, ...) in one table and plot.
+
+    RESULTS: `edgeexit bench --json` files or `bench --report` directories (results made on a
+    device are plotted here from their JSON). With one result and --out, that result's full
+    report (report.md and its plots) is written.
+    """
+    from pathlib import Path
+
+    from edgeexit.report import compare_results, load_result, write_bench_report
+
+    if names and len(names) != len(results):
+        raise click.UsageError(f"{len(names)} --name for {len(results)} results: give one each")
+    loaded = []
+    for i, path in enumerate(results):
+        p = Path(path)
+        label = names[i] if names else (p.name if p.is_dir() else p.stem)
+        loaded.append((label, load_result(path)))
+    out = compare_results(loaded, out_dir)
+    if len(loaded) == 1 and out_dir is not None:
+        out["files"] += write_bench_report(loaded[0][1], out_dir)["files"]
+    if as_json:
+        _echo_json(out)
+        return
+    click.echo(out["markdown"], nl=False)
+    if out["files"]:
+        click.echo(f"wrote {len(out['files'])} files into {out_dir}")
 
 
 # ------------------------------------------------------------------------------------ calibrate
@@ -937,12 +1060,21 @@ def _calibration_data(manifest, source, records):
 @_bound_options
 @click.option("--bench", "bench_file", default=None, type=click.Path(dir_okay=False, exists=True),
               help="A `bench --json` report (e.g. made on the device): minimise its measured "
-                   "per-segment latency instead of MACs.")
+                   "per-segment latency (or energy, --cost energy) instead of MACs.")
+@click.option("--cost", type=click.Choice(["latency", "energy"]), default="latency", show_default=True,
+              help="With --bench: the cost to minimise (energy: per segment, above idle, as the "
+                   "bench's meter measured or estimated it).")
+@click.option("--budget", "cost_budget", default=None, type=float,
+              help="Instead of holding --margin: the most accurate thresholds whose expected cost "
+                   "per inference stays within this (us, mJ with --cost energy, MACs without --bench).")
+@click.option("--pareto-plot", default=None, type=click.Path(dir_okay=False),
+              help="Write the accuracy/cost curve of the calibration data as this PNG (the curve "
+                   "itself is always recorded in the manifest).")
 @_backend_option
 @click.option("--dry-run", is_flag=True, help="Report the thresholds, write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, margin, confidence,
-              ensemble_weights, bench_file, backend, dry_run, as_json):
+              ensemble_weights, bench_file, cost, cost_budget, pareto_plot, backend, dry_run, as_json):
     """Recalibrate a bundle's exit thresholds on your own labelled data and write them into it.
 
     Runs the bundle's own files on the beats, chooses the cheapest thresholds whose accuracy
@@ -978,16 +1110,14 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
         y, groups, described = cf.y, cf.groups, cf.source
         probs = [cf.probs[k] for k in manifest.exits]  # the exits the bundle deploys
         extra = {"cross_fit": cf.describe(), "checkpoint": str(ckpt)}
-    bench = None
-    if bench_file:
-        try:
-            with open(bench_file, encoding="utf-8") as f:
-                bench = json.loads(f.read())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise click.BadParameter(f"not a bench JSON report ({e})", param_hint="--bench")
+    bench = None if not bench_file else _read_json_file(bench_file, "--bench")
+    if cost == "energy" and bench is None:
+        raise click.UsageError("--cost energy needs --bench BENCH.json (from `edgeexit bench BUNDLE "
+                               "--meter auto --json`)")
     r = calibrate_bundle(bundle, x, y, groups, policy=policy, probs=probs, provenance=extra,
                          margin=margin, confidence=confidence, source=described, backend=backend,
-                         bench=bench, dry_run=dry_run,
+                         bench=bench, dry_run=dry_run, cost=cost, budget=cost_budget,
+                         pareto_plot=pareto_plot,
                          weights=None if ensemble_weights == "equal" else "auto")
     if as_json:
         _echo_json(r)
@@ -1000,7 +1130,12 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
                f"loss {c['loss_points']:.2f} points, {100 * c['confidence']:g}% interval "
                f"{lo:.2f}..{hi:.2f} ({c['bound']})")
     click.echo("  exits " + " ".join(f"{100 * f:.1f}%" for f in c["exit_fractions"])
-               + f", expected cost {100 * c['cost_ratio']:.0f}% of all exits")
+               + f", expected cost {c['expected_cost']:.4g} ({100 * c['cost_ratio']:.0f}% of all exits)"
+               + ("" if c.get("budget") is None else
+                  f", budget {c['budget']:g}: {'met' if c['feasible'] else 'NOT met'}"))
+    click.echo("  accuracy/cost curve (calibration data): " + ", ".join(
+        f"{100 * p['accuracy']:.2f}% at {100 * p['cost_ratio']:.0f}%" for p in c["pareto"])
+        + (f" (plot: {r['pareto_plot']})" if r.get("pareto_plot") else ""))
     ch = r.get("exit_choice")
     if ch:
         b = ch["best"]
@@ -1040,20 +1175,22 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
 @click.option("--margin", default=0.5, show_default=True,
               help="Allowed accuracy loss of the early-exit policy, in points.")
 @_backend_option
+@click.option("--meter", default="auto", show_default=True, metavar="METER",
+              help="The bench's energy meter (see `edgeexit bench --help`); none: no energy phase.")
 @click.option("--evaluate/--no-evaluate", "run_eval", default=True, show_default=True,
               help="End with a short robustness check of the bundle (policy-aware PGD at 0.1 mV "
                    "and muscle noise at 6 dB, through the runtime).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (tables on stderr).")
 def quickstart(out_dir, model, width, exit_heads, exits, epochs, prune, finetune_epochs, seed,
-               threads, target, margin, backend, run_eval, as_json):
+               threads, target, margin, backend, meter, run_eval, as_json):
     """Train, export, verify, calibrate and benchmark a multi-exit model in one command.
 
     On the built-in synthetic ECG: trains a small model, prunes and fine-tunes it (shown next to
     the original), exports it for TARGET, verifies the
     bundle, recalibrates its exit thresholds on new simulated patients against measured segment
     latency, benchmarks it on the test patients, checks its robustness (one attack, one noise
-    level; `edgeexit evaluate` runs the full check), and writes OUT/summary.json and
-    OUT/summary.md.
+    level; `edgeexit evaluate` runs the full check), and writes OUT/summary.json,
+    OUT/summary.md and the bench's report with plots (OUT/report/report.md).
     """
     from edgeexit.quickstart import QuickstartConfig, run_quickstart
 
@@ -1062,7 +1199,7 @@ def quickstart(out_dir, model, width, exit_heads, exits, epochs, prune, finetune
                               None if exits == "all" else _parse_exits(exits),
                               epochs=epochs, prune=prune, finetune_epochs=finetune_epochs,
                               seed=seed, threads=threads, target=target,
-                              margin=margin, bench_backend=backend, evaluate=run_eval)
+                              margin=margin, bench_backend=backend, evaluate=run_eval, meter=meter)
 
     def show(name, r):
         echo = (lambda s: click.echo(s, err=True)) if as_json else click.echo
@@ -1125,6 +1262,16 @@ def quickstart(out_dir, model, width, exit_heads, exits, epochs, prune, finetune
                  f"{1:7.3f}")
             echo("  exits taken " + " ".join(f"{100 * f:.1f}%" for f in r["exit_fractions"])
                  + f"; policy loss {a['policy_loss_points']} points")
+            en = r.get("energy")
+            if en and "error" not in en:
+                pe = en["per_inference_mj"]
+                echo(f"  energy per inference above idle: policy {pe['policy']['above_idle']:.5f} mJ, "
+                     f"monolithic {pe['monolithic']['above_idle']:.5f} mJ "
+                     f"({en['ratios']['policy_vs_monolithic']}x); {en['chosen']}")
+            elif en:
+                echo(f"  energy: NOT measured: {en['error']}")
+            if r.get("report"):
+                echo(f"  report with plots: {r['report']['dir']}/report.md")
 
     summary = run_quickstart(out_dir, config, on_stage=show, progress=sys.stderr.isatty())
     if as_json:

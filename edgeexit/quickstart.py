@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
-_OURS = {"model.pt", "metrics.json", "compressed", "bundle", "bundle.tar.gz", "evaluate",
+_OURS = {"model.pt", "metrics.json", "compressed", "bundle", "bundle.tar.gz", "evaluate", "report",
          SUMMARY_JSON, SUMMARY_MD}
 # the short robustness check that ends the quick start (edgeexit evaluate runs the full one)
 EVAL_EPS = 0.1
@@ -79,6 +79,9 @@ class QuickstartConfig:
         bench_backend: backend of the latency measurements (``auto``: the target's format).
         bench_threads: inference threads (None: the target's).
         evaluate: end with a short robustness check of the bundle (one attack, one noise level).
+        meter: the bench's energy meter (``auto``: the best present, else the CPU-time estimate
+            from the target's power model; ``none``: no energy phase); see ``edgeexit bench``.
+        energy_seconds: metered seconds per path of the bench's energy phase.
     """
 
     model: str = "resnet1d"
@@ -96,6 +99,8 @@ class QuickstartConfig:
     bench_backend: str = "auto"
     bench_threads: int | None = None
     evaluate: bool = True
+    meter: str = "auto"
+    energy_seconds: float = 0.5
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -127,6 +132,7 @@ def run_quickstart(
 
     out = Path(out)
     check_output_directory(out, _OURS, "quickstart")
+    _check_meter(config.meter)
     from edgeexit.models import ModelConfig, create_model
 
     # refuse a bad width or bad exits before training, not after
@@ -256,8 +262,19 @@ def run_quickstart(
     engine = Engine.from_bundle(bundle, backend=config.bench_backend, threads=config.bench_threads,
                                 load_monolithic=True)
     x, y, described = bench_data(engine, None, "test", None)
-    bench = bench_engine(engine, x, y).to_dict()
+    meter, why = _meter(config, engine)
+    try:
+        bench = bench_engine(engine, x, y, meter=meter, energy_seconds=config.energy_seconds).to_dict()
+    finally:
+        if meter is not None:
+            meter.close()
     bench["data"] = described
+    bench["bundle"] = str(bundle)
+    if meter is not None:
+        bench["energy"]["chosen"] = why
+    from edgeexit.report import write_bench_report
+
+    bench["report"] = write_bench_report(bench, out / "report")
     done("bench", bench, t0)
     if config.evaluate:
         t0 = time.perf_counter()
@@ -278,6 +295,27 @@ def run_quickstart(
     atomic_write(out / SUMMARY_MD, lambda f: f.write(md))
     log.info("wrote %s and %s", out / SUMMARY_JSON, out / SUMMARY_MD)
     return summary
+
+
+def _check_meter(spec: str) -> None:
+    """Refuse an unknown meter before anything is trained."""
+    from edgeexit.runtime.energy import SPECS
+
+    names = {v for v in SPECS if not v.startswith("csv:")} | {"none"}
+    if spec not in names and not (spec.startswith("csv:") and len(spec) > 4):
+        raise ConfigError(f"unknown energy meter {spec!r}: use one of none, {', '.join(SPECS)}")
+
+
+def _meter(config: QuickstartConfig, engine):
+    """The bench's energy meter and why it was chosen (None for ``meter="none"``)."""
+    if config.meter == "none":
+        return None, "no energy phase"
+    from edgeexit.runtime.energy import auto_meter, make_meter
+
+    power = engine.manifest.target.get("power") or {}
+    if config.meter == "auto":
+        return auto_meter(power=power, threads=engine.threads)
+    return make_meter(config.meter, power=power, threads=engine.threads), f"meter {config.meter}"
 
 
 def _compress(checkpoint: Path, spec, out: Path, config: QuickstartConfig, progress: bool) -> dict:
@@ -429,6 +467,16 @@ def summary_markdown(s: dict) -> str:
         f"against the final exit: {a.get('policy_loss_points', float('nan'))} points.",
         "",
     ]
+    en = b.get("energy")
+    if en and "error" not in en:
+        pe = en["per_inference_mj"]
+        lines += [f"Energy per inference above idle ({en['label']}): policy "
+                  f"{pe['policy']['above_idle']:.5f} mJ, monolithic {pe['monolithic']['above_idle']:.5f} mJ "
+                  f"({en['ratios']['policy_vs_monolithic']}x).", ""]
+    elif en:
+        lines += [f"Energy: not measured ({en['error']}).", ""]
+    if b.get("report"):
+        lines += [f"Bench report with plots: `{b['report']['dir']}/report.md`.", ""]
     ev = st.get("evaluate")
     if ev:
         lines += [

@@ -1,5 +1,7 @@
 """Threshold calibration: accuracy within the margin of the final exit, at the lowest cost."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -159,3 +161,56 @@ def test_decision_overhead_from_a_bench_report():
     # half the windows ran 5 us, half 9 us: 7 us of segments over 1.5 runs; 2 us left over
     assert decision_overhead_us(bench) == pytest.approx(2.0 / 1.5)
     assert decision_overhead_us({}) == 0.0
+
+
+def _four_exits(seed=0, n=4000):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 5, n)
+    return [_probs(rng, y, a, c) for a, c in [(0.8, 0.8), (0.9, 0.8), (0.95, 0.85), (0.97, 0.85)]], y
+
+
+@pytest.mark.parametrize("policy", ["max_prob", "ensemble"])
+def test_budget_gives_the_most_accurate_thresholds_within_it(policy):
+    probs, y = _four_exits(n=2000)
+    costs = [1.0, 1.0, 2.0, 4.0]
+    weights = (1.0, 2.0, 3.0, 4.0) if policy == "ensemble" else None
+    curve = []
+    for budget in (1.5, 3.0, 5.0, 8.0):
+        cal = calibrate_thresholds(probs, y, costs, policy, budget=budget, weights=weights)
+        assert cal.feasible and cal.expected_cost <= budget + 1e-9 and cal.budget == budget
+        curve.append(cal.accuracy)
+    # more budget never buys less accuracy, and the full cost buys the final exit's accuracy
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(curve))
+    assert curve[-1] >= calibrate_thresholds(probs, y, costs, policy, budget=8.0).final_accuracy - 1e-9
+    # a budget below segment 0's cost cannot be met: reported, cheapest thresholds kept
+    cal = calibrate_thresholds(probs, y, costs, policy, budget=0.5, weights=weights)
+    assert not cal.feasible and abs(cal.expected_cost - 1.0) < 0.01
+    with pytest.raises(ConfigError, match="budget"):
+        calibrate_thresholds(probs, y, costs, policy, budget=-1.0)
+
+
+def test_budget_beats_the_margin_search_at_equal_cost():
+    """At the cost the margin search reached, the budget search is at least as accurate."""
+    probs, y = _four_exits(1)
+    costs = [1.0, 1.0, 2.0, 4.0]
+    by_margin = calibrate_thresholds(probs, y, costs, "max_prob", margin=2.0, confidence=0.0)
+    by_budget = calibrate_thresholds(probs, y, costs, "max_prob", budget=by_margin.expected_cost)
+    assert by_budget.expected_cost <= by_margin.expected_cost + 1e-9
+    assert by_budget.accuracy >= by_margin.accuracy - 0.002
+
+
+def test_pareto_curve_is_monotone_and_holds_its_margins():
+    from edgeexit.calibrate import pareto_curve
+
+    probs, y = _four_exits(2)
+    costs = [1.0, 1.0, 2.0, 4.0]
+    pts = pareto_curve(probs, y, costs, "max_prob")
+    assert len(pts) >= 3
+    cost = [p["expected_cost"] for p in pts]
+    acc = [p["accuracy"] for p in pts]
+    assert cost == sorted(cost) and all(b > a for a, b in itertools.pairwise(acc))  # no dominated point
+    final = float((probs[-1].argmax(1) == y).mean())
+    for p in pts:  # every point holds its pooled margin on this data
+        assert 100 * (final - p["accuracy"]) <= p["margin"] + 1e-6
+        assert abs(sum(p["exit_fractions"]) - 1) < 1e-3
+    assert pts[-1]["cost_ratio"] <= 1.0 and pts[0]["cost_ratio"] < 0.5

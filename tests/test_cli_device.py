@@ -113,7 +113,9 @@ def test_bench_reports_ratios_side_by_side(bundle_dir):
         assert 0 < s["p50"] <= s["p95"] <= s["p99"]
     assert d["ratios"]["all_exits_vs_monolithic"] > 0
     assert 0 <= d["accuracy"]["policy"] <= 1 and len(d["accuracy"]["exits"]) == 4
-    assert d["energy_estimate_mj"]["kind"].startswith("estimate")
+    # --meter auto: no meter on a CI host, so the CPU-time estimate, and it says so
+    assert d["energy"]["kind"] in ("estimated", "measured") and d["energy"]["chosen"]
+    assert d["energy"]["kind"] == "measured" or "ESTIMATE" in d["energy"]["label"]
     r = run("bench", bundle_dir, "--limit", "10", "--warmup", "1", "--no-progress")
     assert r.exit_code == 0 and "all exits / monolithic" in r.output
 

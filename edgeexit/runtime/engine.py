@@ -184,6 +184,7 @@ class Engine:
         check_hashes: bool = True,
         load_monolithic: bool = False,
         trusted_keys=None,
+        budget: dict | None = None,
     ) -> Engine:
         """Load a bundle directory.
 
@@ -193,6 +194,8 @@ class Engine:
             threads: intra-op threads; None = the target preset's, capped at the available CPUs.
             policy: a policy name or object; None = the bundle's calibrated policy.
             thresholds / exit_index: override the bundle's thresholds / the fixed exit.
+            budget: the ``budget`` policy's ``{"limit", "unit", "segment_costs"}`` (overrides the
+                bundle's).
             check_hashes: refuse files whose sha256 differs from the manifest (default on).
             load_monolithic: also load the whole-model reference graph (for benchmarks).
             trusted_keys: load only a bundle signed by one of these public keys (``.pub`` files
@@ -250,6 +253,7 @@ class Engine:
                 thresholds if thresholds is not None else (spec.thresholds if same else None),
                 exit_index if exit_index is not None else (spec.exit_index if same else None),
                 spec.weights if same else None,
+                budget if budget is not None else (spec.budget if same else None),
             )
         log.info(
             "loaded %s: %d segments, backend %s, %d thread(s), policy %s",
@@ -350,6 +354,9 @@ class Engine:
         step = self.policy.step
         times: list[int] = []
         clock = time.perf_counter_ns
+        begin = self.policy.begin
+        if begin is not None:  # the budget policy's clock starts with the input
+            begin(clock())
         for k, sess in enumerate(self.sessions):
             t0 = clock()
             out = sess.run(h, copy=False)  # views: used before this session runs again

@@ -169,6 +169,8 @@ class PolicySpec:
             the entropy (nats) <= t_k.
         exit_index: for ``fixed``: the exit that always answers.
         weights: for ``ensemble``: one weight per exit of its running weighted mean (None: equal).
+        budget: for ``budget``: ``{"limit", "unit" ("us" or "mJ"), "segment_costs"}`` (one cost per
+            segment, in that unit; :class:`edgeexit.runtime.policy.Budget`).
         calibration: how the thresholds were found (data, samples, margin, accuracy, cost).
     """
 
@@ -177,6 +179,7 @@ class PolicySpec:
     exit_index: int | None = None
     calibration: dict | None = None
     weights: tuple[float, ...] | None = None
+    budget: dict | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -185,6 +188,8 @@ class PolicySpec:
             del d["weights"]  # only the ensemble has them; older runtimes do not know the key
         else:
             d["weights"] = list(self.weights)
+        if self.budget is None:
+            del d["budget"]  # only the budget policy has one
         return d
 
     @classmethod
@@ -196,6 +201,7 @@ class PolicySpec:
             exit_index=d.get("exit_index"),
             calibration=d.get("calibration"),
             weights=None if d.get("weights") is None else tuple(float(v) for v in d["weights"]),
+            budget=d.get("budget"),
         )
 
 

@@ -22,17 +22,22 @@ Both paths compute in float64 and agree up to rounding; the last exit always sto
   softmax of exits 0..k, kept as a running sum; exit when its max is >= t_k. With no thresholds it
   runs every exit.
 - ``fixed``: every sample answers at exit ``exit_index``.
+- ``budget``: stop before a segment whose predicted cost would take the input past a latency
+  (live clock) or energy (predicted per-segment energy) budget, and answer with the deepest exit
+  run so far; with thresholds it also stops at a confident exit (as ``max_prob``).
 """
 
 from __future__ import annotations
 
+import time
 from math import exp, isfinite, log
 
 import numpy as np
 
 from edgeexit.errors import ConfigError
 
-POLICIES = ("max_prob", "entropy", "ensemble", "fixed")
+POLICIES = ("max_prob", "entropy", "ensemble", "fixed", "budget")
+BUDGET_UNITS = ("us", "mJ")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -59,6 +64,7 @@ class Policy:
     """Base class: subclasses implement :meth:`step` and :meth:`decide`."""
 
     name = "base"
+    begin = None  # a policy that needs the inference's start time sets a method here (budget)
 
     def __init__(self, num_exits: int) -> None:
         self.num_exits = num_exits
@@ -236,13 +242,102 @@ class Fixed(Policy):
         return {"name": self.name, "exit_index": self.exit_index}
 
 
+class Budget(Policy):
+    """Stop where the next segment would overrun a per-input budget; answer with the deepest exit.
+
+    Args:
+        num_exits: segments of the bundle.
+        limit: the budget per input, in ``unit``.
+        unit: ``us`` (latency: at batch 1 the engine's clock since the input arrived, plus the
+            next segment's predicted cost, is compared with the limit, so a slow or loaded device
+            stops earlier) or ``mJ`` (energy: the predicted energy of the segments run so far plus
+            the next one; no meter reads a single inference).
+        costs: the predicted cost of every segment on its own, in ``unit`` (an ``edgeexit
+            bench`` report measures them: ``latency_us.segments`` / ``energy.per_segment``).
+        thresholds: optional ``max_prob`` thresholds: stop earlier at a confident exit.
+
+    Segment 0 always runs (an input gets an answer even when the budget is below its cost).
+    The batch path (:meth:`decide`) compares the predicted costs only, for either unit.
+    """
+
+    name = "budget"
+
+    def __init__(self, num_exits: int, limit: float, unit: str, costs, thresholds=None) -> None:
+        super().__init__(num_exits)
+        if unit not in BUDGET_UNITS:
+            raise ConfigError(f"budget unit must be one of {', '.join(BUDGET_UNITS)}, got {unit!r}")
+        limit = float(limit)
+        if not (isfinite(limit) and limit > 0):
+            raise ConfigError(f"the budget must be a positive number of {unit}, got {limit}")
+        costs = tuple(float(c) for c in costs)
+        if len(costs) != num_exits or not all(isfinite(c) and c >= 0 for c in costs):
+            raise ConfigError(f"the budget policy needs {num_exits} non-negative segment costs in "
+                              f"{unit} (one per segment), got {list(costs)}")
+        if thresholds is not None:
+            thresholds = tuple(float(t) for t in thresholds)
+            if len(thresholds) != num_exits - 1 or not all(isfinite(t) for t in thresholds):
+                raise ConfigError(f"policy budget takes {num_exits - 1} finite thresholds, "
+                                  f"got {list(thresholds)}")
+        self.limit, self.unit, self.costs, self.thresholds = limit, unit, costs, thresholds
+        cum, total = [], 0.0
+        for c in costs:
+            total += c
+            cum.append(total)
+        # stop after segment k when the predicted spend through segment k + 1 exceeds the limit
+        self._over = tuple(cum[k + 1] > limit for k in range(num_exits - 1)) + (True,)
+        self._next_ns = tuple(c * 1e3 for c in costs[1:]) + (0.0,)
+        self._limit_ns = limit * 1e3
+        self._t0 = 0
+        if unit == "us":
+            self.begin = self._begin
+
+    def _begin(self, t0_ns: int) -> None:
+        self._t0 = t0_ns
+
+    def step(self, k, z):
+        m = max(z)
+        e = [exp(v - m) for v in z]
+        inv = 1.0 / sum(e)
+        if k < self._last:
+            t = self.thresholds
+            if not (t is not None and inv >= t[k]):  # max softmax = 1 / sum(exp(z - max z))
+                if self.unit == "us":
+                    spent = time.perf_counter_ns() - self._t0
+                    if spent + self._next_ns[k] <= self._limit_ns:
+                        return None
+                elif not self._over[k]:
+                    return None
+        return [v * inv for v in e]
+
+    def decide(self, k, z, carry=None):
+        probs = softmax(z.astype(np.float64))
+        stop = np.full(len(probs), self.last(k) or self._over[k], bool)
+        if self.thresholds is not None and not self.last(k):
+            stop |= probs.max(axis=-1) >= self.thresholds[k]
+        return stop, probs, None
+
+    def describe(self) -> dict:
+        d = {"name": self.name, "limit": self.limit, "unit": self.unit, "segment_costs": list(self.costs)}
+        if self.thresholds is not None:
+            d["thresholds"] = list(self.thresholds)
+        return d
+
+
 def make_policy(
-    name: str, num_exits: int, thresholds=None, exit_index: int | None = None, weights=None
+    name: str, num_exits: int, thresholds=None, exit_index: int | None = None, weights=None,
+    budget: dict | None = None,
 ) -> Policy:
     """Build policy ``name``; raises :class:`ConfigError` for unknown names or bad thresholds.
 
     ``weights``: the ``ensemble``'s per-exit weights (None: equal); ignored by other policies.
+    ``budget``: the ``budget`` policy's ``{"limit", "unit", "segment_costs"}``.
     """
+    if name == "budget":
+        if not budget or "limit" not in budget or not budget.get("segment_costs"):
+            raise ConfigError("policy budget needs a limit (--budget 40us or --budget 0.05mJ) and "
+                              "per-segment costs (--costs BENCH.json from `edgeexit bench --json`)")
+        return Budget(num_exits, budget["limit"], budget.get("unit", "us"), budget["segment_costs"],
+                      thresholds)
     if name == "max_prob":
         return MaxProb(num_exits, thresholds)
     if name == "entropy":

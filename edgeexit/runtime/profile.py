@@ -11,9 +11,20 @@ block, as on a device that runs only one of them:
 - ``monolithic``: the whole model as one graph (the reference a user would deploy without exits).
 
 Latencies are wall-clock (``time.perf_counter_ns``) after ``warmup`` untimed runs of each path.
-Ratios of means compare the paths measured in the same run on the same samples. Energy is an
-estimate from the target's power model (idle watts + active watts per core x threads x latency),
-never a measurement, and is labelled so.
+Ratios of means compare the paths measured in the same run on the same samples.
+
+Energy (:func:`measure_energy`, with a meter of :mod:`edgeexit.runtime.energy`) is a second phase:
+no meter resolves one inference of tens of microseconds, so each path runs on its own for a
+metered window (``seconds`` in all, split over ``rounds`` in an order that rotates from round to
+round): the policy, the monolithic model, and every prefix of the chain (segments 0..k, with the
+engine's own input check and decision, as a ``fixed`` exit k): per-segment energy is the
+difference of neighbouring prefixes. With a real meter, idle power is measured in the same run (a
+metered sleep) and energy above idle is ``gross - idle W x seconds``; the CPU-time estimate takes
+the target preset's idle watts and says so. Every figure is labelled measured or estimated.
+
+The report also holds a threshold sweep (:func:`threshold_sweep`): accuracy and mean latency /
+energy as one shared threshold varies, from every exit's answers and the measured per-segment
+costs, for the accuracy-vs-cost plot of ``edgeexit bench --report``.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import numpy as np
 
 from edgeexit.errors import EdgeExitError
 from edgeexit.runtime.engine import Engine
+from edgeexit.runtime.policy import softmax
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +63,9 @@ class BenchReport:
         return self.data
 
 
+SEGMENT_QUANTILES = (1, 5, 25, 50, 75, 95, 99)  # per-segment latency distribution in the report
+
+
 def bench_engine(
     engine: Engine,
     x: np.ndarray,
@@ -58,6 +73,10 @@ def bench_engine(
     warmup: int = 50,
     progress: Callable[[int, int], None] | None = None,
     block: int = 32,
+    meter=None,
+    energy_seconds: float = 0.5,
+    energy_rounds: int = 3,
+    energy_progress: Callable[[int, int], None] | None = None,
 ) -> BenchReport:
     """Benchmark ``engine`` (loaded with ``load_monolithic=True``) on windows ``x [N, ...]``.
 
@@ -68,6 +87,9 @@ def bench_engine(
         progress: called with ``(done, total)`` after every block.
         block: windows per block: each path classifies a block, then the next path the same
             block, in an order that rotates from block to block.
+        meter: an energy meter (:func:`edgeexit.runtime.energy.make_meter`), or None: no energy
+            phase. ``energy_seconds``, ``energy_rounds``, ``energy_progress``: see
+            :func:`measure_energy`.
     """
     if engine.monolithic is None:
         raise EdgeExitError("bench needs the bundle's monolithic graph (re-export without --no-monolithic)")
@@ -86,6 +108,7 @@ def bench_engine(
     exits = np.zeros(n, np.int64)
     pred_policy = np.zeros(n, np.int64)
     pred_exit = np.zeros((n, m), np.int64)
+    probs_exit = np.zeros((n, m, len(engine.classes)), np.float32)
     pred_mono = np.zeros(n, np.int64)
     clock = time.perf_counter_ns
 
@@ -101,7 +124,8 @@ def bench_engine(
         logits, seg = engine.run_all(xb)
         t_all[i] = clock() - t0
         seg_ns[i] = seg
-        pred_exit[i] = [int(z[0].argmax()) for z in logits]
+        for k, z in enumerate(logits):
+            probs_exit[i, k] = z[0]
 
     def run_mono(i):
         xb = x[i : i + 1]
@@ -120,11 +144,14 @@ def bench_engine(
         if progress:
             progress(idx[-1] + 1, n)
 
+    probs_exit = softmax(probs_exit.astype(np.float64))
+    pred_exit = probs_exit.argmax(axis=-1)
     mono_mean = float(t_mono.mean())
     hist = np.bincount(exits, minlength=m)
     macs = [s.macs for s in engine.manifest.segments]
     cum_macs = np.cumsum(macs)
     report: dict = {
+        "host": host_info(),
         "samples": n,
         "backend": engine.backend,
         "threads": engine.threads,
@@ -140,6 +167,11 @@ def bench_engine(
             "monolithic": _stats_us(t_mono),
             "segments": [_stats_us(seg_ns[:, k]) for k in range(m)],
         },
+        "segment_quantiles_us": {
+            "q": list(SEGMENT_QUANTILES),
+            "segments": [[round(float(v), 2) for v in np.percentile(seg_ns[:, k] / 1e3, SEGMENT_QUANTILES)]
+                         for k in range(m)],
+        },
         "ratios": {
             "all_exits_vs_monolithic": round(float(t_all.mean()) / mono_mean, 4),
             "policy_vs_monolithic": round(float(t_policy.mean()) / mono_mean, 4),
@@ -153,18 +185,9 @@ def bench_engine(
         "all_exits_macs": int(cum_macs[-1]),
         "monolithic_macs": int(engine.manifest.monolithic.macs) if engine.manifest.monolithic else None,
     }
-    power = engine.manifest.target.get("power") or {}
-    if "active_w_per_core" in power:
-        active = float(power["active_w_per_core"]) * engine.threads
-        idle = float(power.get("idle_w", 0.0))
-        report["energy_estimate_mj"] = {
-            "kind": "estimate from the target's power model, not a measurement",
-            "source": power.get("source"),
-            "above_idle": {k: round(active * float(t.mean()) * 1e-6, 6)
-                           for k, t in (("policy", t_policy), ("all_exits", t_all), ("monolithic", t_mono))},
-            "gross": {k: round((active + idle) * float(t.mean()) * 1e-6, 6)
-                      for k, t in (("policy", t_policy), ("all_exits", t_all), ("monolithic", t_mono))},
-        }
+    if meter is not None:
+        report["energy"] = measure_energy(engine, x, meter, energy_seconds, energy_rounds,
+                                          progress=energy_progress)
     if y is not None:
         y = np.asarray(y)
         acc = {
@@ -176,8 +199,257 @@ def bench_engine(
         acc["policy_loss_points"] = round(100 * (acc["final_exit"] - acc["policy"]), 3)
         report["accuracy"] = {k: (round(v, 6) if isinstance(v, float) else [round(a, 6) for a in v])
                               if k != "policy_loss_points" else v for k, v in acc.items()}
+        report["threshold_sweep"] = threshold_sweep(
+            engine, list(probs_exit.transpose(1, 0, 2)), y,
+            [float(v) for v in seg_ns.mean(axis=0) / 1e3],
+            _per_segment_energy(report.get("energy")))
     log.info("bench: %s", report["ratios"])
     return BenchReport(report)
+
+
+def _per_segment_energy(energy: dict | None) -> list[float] | None:
+    if not energy or "per_segment_mj" not in energy:
+        return None
+    return [float(v) for v in energy["per_segment_mj"]["above_idle"]]
+
+
+def threshold_sweep(engine: Engine, probs_per_exit: list[np.ndarray], y: np.ndarray,
+                    segment_us: list[float], segment_mj: list[float] | None = None,
+                    points: int = 41) -> dict:
+    """Accuracy, exit fractions and mean latency / energy of the bundle's policy as one shared
+    threshold varies (every early exit gets the same one), with costs summed from the measured
+    per-segment means: the data of the accuracy-vs-cost plot. Nothing is fitted to ``y``.
+
+    ``max_prob``/``ensemble`` (and ``fixed`` and ``budget``, swept as ``max_prob``): the
+    threshold is a probability from 1/K to 1; ``entropy``: nats, from log K down to 0.
+    """
+    from edgeexit.runtime.policy import ensemble_probs, exit_scores
+
+    name = engine.policy.name
+    kind = name if name in ("max_prob", "entropy", "ensemble") else "max_prob"
+    weights = getattr(engine.policy, "weights", None)
+    answers = ensemble_probs(probs_per_exit, weights) if kind == "ensemble" else probs_per_exit
+    scores = np.stack(exit_scores(kind, probs_per_exit, weights), axis=1)
+    correct = np.stack([a.argmax(axis=-1) == y for a in answers], axis=1)
+    n, m = scores.shape
+    k_classes = probs_per_exit[0].shape[-1]
+    if kind == "entropy":
+        grid = -np.linspace(np.log(k_classes), 0.0, points)  # scores are negative entropies
+    else:
+        grid = np.linspace(1.0 / k_classes, 1.0, points)
+    cum_us = np.cumsum(segment_us)
+    cum_mj = None if segment_mj is None else np.cumsum(segment_mj)
+    rows = []
+    for t in grid:
+        hit = np.concatenate([scores[:, :-1] >= t, np.ones((n, 1), bool)], axis=1)
+        idx = hit.argmax(axis=1)
+        row = {"threshold": round(float(-t if kind == "entropy" else t), 6),
+               "accuracy": round(float(correct[np.arange(n), idx].mean()), 6),
+               "latency_us": round(float(cum_us[idx].mean()), 3),
+               "exit_fractions": [round(float(f), 6) for f in np.bincount(idx, minlength=m) / n]}
+        if cum_mj is not None:
+            row["energy_mj"] = round(float(cum_mj[idx].mean()), 8)
+        rows.append(row)
+    return {"policy": kind, "shared_threshold": True,
+            "cost": "sums of the measured per-segment means (the engine's time between segments "
+                    "is in them; energy: above idle)",
+            "points": rows}
+
+
+def _prefix_policy(m: int, k: int):
+    from edgeexit.runtime.policy import Fixed
+
+    return Fixed(m, k)
+
+
+def measure_energy(engine: Engine, x: np.ndarray, meter, seconds: float = 0.5, rounds: int = 3,
+                   idle_seconds: float | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> dict:
+    """Energy per inference of the policy, the monolithic model and every prefix of the chain.
+
+    Args:
+        engine: loaded with the monolithic graph.
+        x: windows, cycled through for as long as each path's window lasts.
+        meter: an :class:`edgeexit.runtime.energy.Meter`.
+        seconds: metered time per path, split over ``rounds``.
+        rounds: the paths run in an order that rotates from round to round.
+        idle_seconds: a real meter's metered sleep for idle power (default ``seconds / rounds``,
+            at least 0.2 s).
+        progress: called with ``(done, total)`` metered windows.
+
+    Returns the report's ``energy`` section (mJ per inference, gross and above idle). A meter that
+    fails mid-run (:class:`edgeexit.runtime.energy.MeterError`) gives ``{"error": ...}`` and a
+    warning: the latency results are kept.
+    """
+    from edgeexit.runtime.energy import MeterError
+
+    if not seconds > 0 or rounds < 1:
+        raise EdgeExitError(f"energy seconds must be > 0 and rounds >= 1, got {seconds}, {rounds}")
+    m = engine.manifest.num_exits
+    n = len(x)
+    windows = [x[i] for i in range(n)]
+    batches = [x[i : i + 1] for i in range(n)]
+    own_policy = engine.policy
+    prefixes = [_prefix_policy(m, k) for k in range(m)]
+
+    # name -> (the policy the engine runs, or None for the monolithic graph)
+    paths = {"policy": own_policy, "monolithic": None}
+    paths.update({f"prefix_{k}": prefixes[k] for k in range(m)})
+    names = list(paths)
+    slot = seconds / rounds
+    total_j = dict.fromkeys(names, 0.0)
+    total_s = dict.fromkeys(names, 0.0)
+    total_cpu = dict.fromkeys(names, 0.0)
+    count = dict.fromkeys(names, 0)
+    base = {"meter": meter.name, "kind": meter.kind, "description": meter.description}
+    steps = rounds * len(names) + (0 if meter.idle_w is not None else 1)
+    done = 0
+    try:
+        if meter.idle_w is not None:
+            idle_w = float(meter.idle_w)
+            idle_note = "the target preset's idle power (not measured here)"
+        else:
+            wait = max(0.2, slot) if idle_seconds is None else float(idle_seconds)
+            meter.start()
+            time.sleep(wait)
+            r = meter.stop()
+            idle_w = r.watts
+            idle_note = f"measured in this run: a metered {r.seconds:.2f} s sleep before the paths"
+            done += 1
+            if progress:
+                progress(done, steps)
+        for rnd in range(rounds):
+            order = names[rnd % len(names):] + names[: rnd % len(names)]
+            for name in order:
+                pol, i, c = paths[name], 0, 0
+                if pol is None:
+                    go, items = engine.run_monolithic, batches
+                else:
+                    engine.policy = pol
+                    go, items = engine.predict, windows
+                meter.start()
+                t_end = time.perf_counter() + slot
+                while True:
+                    for _ in range(16):
+                        go(items[i])
+                        i = i + 1 if i + 1 < n else 0
+                    c += 16
+                    if time.perf_counter() >= t_end:
+                        break
+                r = meter.stop()
+                total_j[name] += r.joules
+                total_s[name] += r.seconds
+                total_cpu[name] += r.cpu_seconds or 0.0
+                count[name] += c
+                done += 1
+                if progress:
+                    progress(done, steps)
+    except MeterError as e:
+        log.warning("energy not measured: %s", e)
+        return {**base, "error": str(e)}
+    finally:
+        engine.policy = own_policy
+
+    def per_inference(name):
+        gross = 1e3 * total_j[name] / count[name]
+        above = 1e3 * (total_j[name] - idle_w * total_s[name]) / count[name]
+        return {"gross": round(gross, 8), "above_idle": round(above, 8)}
+
+    per = {name: per_inference(name) for name in names}
+    prefix = [per[f"prefix_{k}"] for k in range(m)]
+    seg = {key: [round(max(0.0, prefix[k][key] - (prefix[k - 1][key] if k else 0.0)), 8)
+                 for k in range(m)] for key in ("gross", "above_idle")}
+    mono, pol, alle = per["monolithic"], per["policy"], prefix[-1]
+
+    def ratio(a, b):
+        return round(a / b, 4) if b > 0 else None
+
+    return {
+        **base,
+        "label": (f"MEASURED: {meter.description}" if meter.kind == "measured" else
+                  meter.description if meter.description.upper().startswith("ESTIMATE") else
+                  f"ESTIMATED: {meter.description}"),
+        "idle_w": round(idle_w, 4),
+        "idle": idle_note,
+        "seconds_per_path": seconds,
+        "rounds": rounds,
+        "per_inference_mj": {"policy": pol, "all_exits": alle, "monolithic": mono},
+        "prefix_mj": prefix,
+        "per_segment_mj": {**seg, "note": "differences of neighbouring prefixes (segments 0..k), "
+                                          "clipped at 0"},
+        "inferences": count,
+        "metered_seconds": {name: round(total_s[name], 6) for name in names},
+        "cpu_fraction": {name: round(total_cpu[name] / total_s[name], 4) if total_s[name] else None
+                         for name in names} if meter.kind == "estimated" else None,
+        "ratios": {
+            "policy_vs_monolithic": ratio(pol["above_idle"], mono["above_idle"]),
+            "policy_vs_monolithic_gross": ratio(pol["gross"], mono["gross"]),
+            "policy_vs_all_exits": ratio(pol["above_idle"], alle["above_idle"]),
+        },
+    }
+
+
+def host_info() -> dict:
+    """The machine a result was measured on: CPU model (``/proc/cpuinfo``), architecture, cores."""
+    import os
+    import platform
+
+    cpu = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware", "cpu model") and value.strip():
+                    cpu = value.strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu or platform.processor() or platform.machine(), "machine": platform.machine(),
+            "cores": os.cpu_count()}
+
+
+def parse_budget(text: str) -> tuple[float, str]:
+    """``"40us"`` -> ``(40.0, "us")``, ``"0.05mJ"`` -> ``(0.05, "mJ")`` (also ``ms``, ``uJ``, ``J``)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9.eE+-]+)\s*(us|ms|s|uJ|mJ|J)\s*", text or "")
+    scale = {"us": (1.0, "us"), "ms": (1e3, "us"), "s": (1e6, "us"),
+             "uJ": (1e-3, "mJ"), "mJ": (1.0, "mJ"), "J": (1e3, "mJ")}
+    try:
+        value = float(m.group(1)) if m else float("nan")
+    except ValueError:
+        value = float("nan")
+    if not m or not value > 0 or value == float("inf"):
+        raise EdgeExitError(f"budget {text!r}: give a positive number and a unit, e.g. 40us, 0.1ms, "
+                            "0.05mJ or 50uJ")
+    f, unit = scale[m.group(2)]
+    return value * f, unit
+
+
+def budget_costs(unit: str, bench: dict | None, manifest) -> list[float]:
+    """Per-segment costs in ``unit`` for the budget policy: a bench report's measured means
+    (``latency_us.segments``, or ``energy.per_segment_mj.above_idle``), else the costs recorded
+    by ``edgeexit calibrate --bench`` in the bundle."""
+    m = manifest.num_exits
+    if bench is not None:
+        try:
+            if unit == "us":
+                costs = [float(s["mean"]) for s in bench["latency_us"]["segments"]]
+            else:
+                costs = [float(v) for v in bench["energy"]["per_segment_mj"]["above_idle"]]
+        except (KeyError, TypeError, ValueError):
+            what = "per-segment latencies" if unit == "us" else "per-segment energy (bench with --meter)"
+            raise EdgeExitError(f"the --costs report has no {what}") from None
+        if len(costs) != m:
+            raise EdgeExitError(f"the --costs report has {len(costs)} segments, the bundle {m}: "
+                                "bench this bundle")
+        return costs
+    cal = manifest.policy.calibration or {}
+    rec = cal.get("segment_costs") or {}
+    if rec.get("unit") == unit and len(rec.get("values") or []) == m:
+        return [float(v) for v in rec["values"]]
+    raise EdgeExitError(f"the budget policy needs every segment's cost in {unit}: give --costs "
+                        "BENCH.json (`edgeexit bench BUNDLE --json`; energy needs a --meter)")
 
 
 def _segment_precisions(engine: Engine) -> list[str]:

@@ -109,3 +109,63 @@ def test_extreme_logits_and_thresholds():
         make_policy("max_prob", 3, [0.5, float("nan")])
     with pytest.raises(ConfigError, match="2 thresholds"):
         make_policy("ensemble", 3, [0.5])
+
+
+def test_energy_budget_stops_before_the_segment_that_would_overrun():
+    costs = [1.0, 2.0, 3.0, 4.0]  # cumulative 1, 3, 6, 10
+    logits = _logits(3)
+    for limit, want in ((0.5, 0), (2.9, 0), (3.0, 1), (5.99, 1), (6.0, 2), (9.99, 2), (10.0, 3)):
+        policy = make_policy("budget", 4, budget={"limit": limit, "unit": "mJ", "segment_costs": costs})
+        exit_at, _ = _batch(policy, logits)
+        assert (exit_at == want).all(), (limit, want)
+        for i in range(0, 400, 37):  # the batch-1 path agrees and answers with that exit's softmax
+            k, p = _single(policy, logits, i)
+            assert k == want
+            np.testing.assert_allclose(p, softmax(logits[want][i].astype(np.float64)), atol=1e-9)
+
+
+def test_budget_with_thresholds_also_stops_at_a_confident_exit():
+    logits = _logits(4)
+    t = (0.7, 0.8, 0.9)
+    policy = make_policy("budget", 4, t, budget={"limit": 6.0, "unit": "mJ", "segment_costs": [1, 2, 3, 4]})
+    exit_at, _ = _batch(policy, logits)
+    p0 = softmax(logits[0].astype(np.float64)).max(axis=1)
+    p1 = softmax(logits[1].astype(np.float64)).max(axis=1)
+    want = np.where(p0 >= 0.7, 0, np.where(p1 >= 0.8, 1, 2))
+    np.testing.assert_array_equal(exit_at, want)
+    for i in range(0, 400, 23):
+        assert _single(policy, logits, i)[0] == want[i]
+
+
+def test_latency_budget_reads_the_live_clock(monkeypatch):
+    import edgeexit.runtime.policy as pol
+
+    now = [0]
+    monkeypatch.setattr(pol.time, "perf_counter_ns", lambda: now[0])
+    policy = make_policy("budget", 4, budget={"limit": 100.0, "unit": "us", "segment_costs": [10, 20, 30, 40]})
+    z = [0.0, 1.0, 2.0]
+    policy.begin(0)
+    now[0] = 15_000  # 15 us spent: 15 + 20 (segment 1) <= 100, go on
+    assert policy.step(0, z) is None
+    now[0] = 75_000  # 75 + 30 > 100: stop at exit 1, though the predicted costs (10 + 20) would go on
+    assert policy.step(1, z) is not None
+    policy.begin(0)
+    now[0] = 10_000
+    assert policy.step(0, z) is None
+    now[0] = 30_000
+    assert policy.step(1, z) is None  # 30 + 30 <= 100
+    now[0] = 60_000
+    assert policy.step(2, z) is None  # 60 + 40 <= 100
+    assert policy.step(3, z) is not None  # the last exit always answers
+
+
+@pytest.mark.parametrize("budget, match", [
+    (None, "needs a limit"),
+    ({"limit": 0, "unit": "us", "segment_costs": [1, 1, 1, 1]}, "positive"),
+    ({"limit": 5, "unit": "W", "segment_costs": [1, 1, 1, 1]}, "unit"),
+    ({"limit": 5, "unit": "us", "segment_costs": [1, 1, 1]}, "4 non-negative"),
+    ({"limit": 5, "unit": "us", "segment_costs": [1, -1, 1, 1]}, "non-negative"),
+])
+def test_bad_budgets_are_refused(budget, match):
+    with pytest.raises(ConfigError, match=match):
+        make_policy("budget", 4, budget=budget)
