@@ -432,7 +432,7 @@ def plot_pareto(pareto: list[dict], chosen: dict, unit: str, path: str | os.Path
     ax.set_ylabel("accuracy, % (calibration data)")
     ax.set_title("accuracy vs cost of the exit thresholds (labels: loss margin, points)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     out = atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
@@ -666,7 +666,9 @@ def calibrate_bundle(
     report = {"bundle": str(root), "backend": engine.backend, "policy": spec.to_dict(),
               "written": not dry_run}
     if pareto_plot is not None:
-        png = plot_pareto(pareto, cal.to_dict(), unit, pareto_plot)
+        kind = next((k for k in ("estimated", "measured") if k in unit), "")
+        label = unit.split(" (")[0] + (f" ({kind})" if kind else "")
+        png = plot_pareto(pareto, cal.to_dict(), label, pareto_plot)
         report["pareto_plot"] = None if png is None else str(png)
     if bench is not None and cost == "latency" and manifest.num_exits > 1:
         lat = bench.get("latency_us", {})

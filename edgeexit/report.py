@@ -109,7 +109,7 @@ def _sweep_plot(plt, r: dict, key: str, xlabel: str, points: dict, out: Path) ->
     ax.set_ylabel("accuracy, % (bench data)")
     ax.set_title("accuracy vs cost per inference as the exit threshold varies", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     return _save(plt, fig, out)
 
 

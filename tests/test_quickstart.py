@@ -21,7 +21,9 @@ def test_quickstart_end_to_end(tmp_path):
     s = run_quickstart(out, config, on_stage=lambda name, r: seen.append(name))
     assert seen == ["train", "compress", "export", "verify", "calibrate", "bench", "evaluate"]
     for name in ("model.pt", "metrics.json", "compressed/model.pt", "bundle/manifest.json",
-                 "bundle.tar.gz", "summary.md", "evaluate/report.json", "evaluate/robustness.png"):
+                 "bundle.tar.gz", "summary.md", "evaluate/report.json", "evaluate/robustness.png",
+                 "report/report.md", "report/report.json", "report/accuracy_vs_energy.png",
+                 "report/exit_histogram.png", "report/segment_latency.png"):
         assert (out / name).is_file(), name
     assert json.loads((out / "summary.json").read_text()) == s
     st = s["stages"]
@@ -41,6 +43,11 @@ def test_quickstart_end_to_end(tmp_path):
         (out / "bundle" / "manifest.json").read_text())["policy"]["thresholds"]
     md = (out / "summary.md").read_text()
     assert "## Bench" in md and "## Evaluate" in md and "## Compress" in md
+    # the bench's energy: the CPU-time estimate on a host with no meter, labelled so, in the report
+    en = st["bench"]["energy"]
+    assert en["kind"] == "measured" or "ESTIMATE" in en["label"]
+    assert en["per_inference_mj"]["policy"]["above_idle"] > 0 and "report/report.md" in md
+    assert json.loads((out / "report" / "report.json").read_text())["energy"] == en
     assert s["machine"]["cpu"] in md
     # the short robustness check: clean, policy-aware PGD at 0.1 mV, muscle noise at 6 dB
     ev = st["evaluate"]
@@ -67,6 +74,9 @@ def test_quickstart_end_to_end(tmp_path):
     r = CliRunner().invoke(main, ["quickstart", "--out", str(tmp_path / "new"), "--exits", "0,9"])
     assert r.exit_code == 1 and "out of range" in r.output
     assert not (tmp_path / "new" / "model.pt").exists()  # refused before training
+    r = CliRunner().invoke(main, ["quickstart", "--out", str(tmp_path / "new"), "--meter", "watts"])
+    assert r.exit_code == 1 and "unknown energy meter" in r.output
+    assert not (tmp_path / "new" / "model.pt").exists()
     r = CliRunner().invoke(main, ["quickstart", "--out", str(tmp_path / "new"), "--prune", "1"])
     assert r.exit_code == 1 and "fraction of channels" in r.output
     assert not (tmp_path / "new" / "model.pt").exists()

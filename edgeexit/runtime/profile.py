@@ -218,7 +218,8 @@ def threshold_sweep(engine: Engine, probs_per_exit: list[np.ndarray], y: np.ndar
                     points: int = 41) -> dict:
     """Accuracy, exit fractions and mean latency / energy of the bundle's policy as one shared
     threshold varies (every early exit gets the same one), with costs summed from the measured
-    per-segment means: the data of the accuracy-vs-cost plot. Nothing is fitted to ``y``.
+    per-segment means: the data of the accuracy-vs-cost plot. Nothing is fitted to ``y``. The
+    last point (threshold None) exits early nowhere.
 
     ``max_prob``/``ensemble`` (and ``fixed`` and ``budget``, swept as ``max_prob``): the
     threshold is a probability from 1/K to 1; ``entropy``: nats, from log K down to 0.
@@ -233,22 +234,27 @@ def threshold_sweep(engine: Engine, probs_per_exit: list[np.ndarray], y: np.ndar
     correct = np.stack([a.argmax(axis=-1) == y for a in answers], axis=1)
     n, m = scores.shape
     k_classes = probs_per_exit[0].shape[-1]
+    # the last point is "no early exit": a saturated softmax reaches max 1.0 (entropy 0) exactly
     if kind == "entropy":
         grid = -np.linspace(np.log(k_classes), 0.0, points)  # scores are negative entropies
+        grid = np.append(grid, np.nextafter(0.0, 1.0))
     else:
-        grid = np.linspace(1.0 / k_classes, 1.0, points)
+        grid = np.append(np.linspace(1.0 / k_classes, 1.0, points), np.nextafter(1.0, 2.0))
     cum_us = np.cumsum(segment_us)
     cum_mj = None if segment_mj is None else np.cumsum(segment_mj)
     rows = []
     for t in grid:
         hit = np.concatenate([scores[:, :-1] >= t, np.ones((n, 1), bool)], axis=1)
         idx = hit.argmax(axis=1)
-        row = {"threshold": round(float(-t if kind == "entropy" else t), 6),
+        never = t == grid[-1]
+        row = {"threshold": None if never else round(float(-t if kind == "entropy" else t), 6),
                "accuracy": round(float(correct[np.arange(n), idx].mean()), 6),
                "latency_us": round(float(cum_us[idx].mean()), 3),
                "exit_fractions": [round(float(f), 6) for f in np.bincount(idx, minlength=m) / n]}
         if cum_mj is not None:
             row["energy_mj"] = round(float(cum_mj[idx].mean()), 8)
+        if never:
+            row["note"] = "no early exit"
         rows.append(row)
     return {"policy": kind, "shared_threshold": True,
             "cost": "sums of the measured per-segment means (the engine's time between segments "
