@@ -21,7 +21,8 @@ What it does:
      asserts torch/onnx/tensorflow are not importable there, imports the runtime and both engines,
      checks that ``edgeexit targets rpi4`` reads the presets the wheel ships, runs a tiny
      hand-built ONNX and TFLite model with each engine against numpy (``--smoke`` stops here),
-     then copies the bundle in and runs ``edgeexit verify`` and ``edgeexit run`` on it.
+     then copies the bundle in and runs ``edgeexit verify``, ``edgeexit run`` and ``edgeexit bench
+     --meter auto --report`` (energy and the report on the device side, without matplotlib) on it.
 Only /proc is mounted in the chroot (onnxruntime and LiteRT crash under qemu with /sys mounted);
 it is unmounted in a ``finally``.
 
@@ -987,6 +988,33 @@ def run_checks(root: Path, args: argparse.Namespace, host_python: str) -> list[d
                             ],
                             timeout=args.timeout,
                             expect_lines=n_inputs,
+                        )
+                        # energy on the device side: --meter auto (no meter in the chroot: the
+                        # CPU-time estimate), and the report without matplotlib (no plots)
+                        steps.run(
+                            f"bench-energy[{backend}]",
+                            root,
+                            [
+                                "edgeexit",
+                                "bench",
+                                bundle,
+                                "--data",
+                                f"{RUN_DIR}/input.npy",
+                                "--backend",
+                                backend,
+                                "--warmup",
+                                "2",
+                                "--meter",
+                                "auto",
+                                "--energy-seconds",
+                                "0.3",
+                                "--no-progress",
+                                "--report",
+                                f"{RUN_DIR}/report-{backend}",
+                                "--json",
+                            ],
+                            timeout=args.timeout,
+                            parse_json=True,
                         )
     finally:
         if args.keep:
