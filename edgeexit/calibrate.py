@@ -689,6 +689,13 @@ def calibrate_bundle(
     data = (json.dumps(text, indent=2) + "\n").encode()
     atomic_write(root / MANIFEST, lambda f: f.write(data))
     read_manifest(root)  # the written manifest parses
+    from edgeexit.runtime.signing import SIGNATURE
+
+    if (root / SIGNATURE).exists():  # it signed the old manifest: a device that checks refuses it
+        (root / SIGNATURE).unlink()
+        report["signature_removed"] = True
+        log.warning("%s signed the old manifest and was removed: sign the bundle again "
+                    "(edgeexit sign %s --key KEY)", root / SIGNATURE, root)
     archive = root.with_name(root.name + ".tar.gz")
     if archive.exists():
         pack_directory(root, archive)

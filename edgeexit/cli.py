@@ -1143,6 +1143,9 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
                    f"{','.join(map(str, b['exits']))}, {b['expected_us']:.1f} us expected "
                    f"(monolithic {ch['monolithic_us']:.1f} us; re-export with --exits to use it)")
     click.echo(f"{'not written (--dry-run)' if dry_run else 'wrote ' + bundle + '/manifest.json'}")
+    if r.get("signature_removed"):
+        click.echo(f"its signature covered the old manifest and was removed: sign it again "
+                   f"(edgeexit sign {bundle} --key KEY)")
 
 
 # ----------------------------------------------------------------------------------- quickstart

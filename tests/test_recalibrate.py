@@ -98,6 +98,14 @@ def test_cli_calibrate(bundle, tmp_path):
     assert r.exit_code == 0, r.output
     prev = load_manifest(bundle).policy.calibration["previous"]
     assert prev["calibration"]["cost_unit"].startswith("us") and "previous" not in prev["calibration"]
+    # a signed bundle: the signature covered the old manifest, so it goes (and the user is told)
+    key = tmp_path / "key"
+    assert CliRunner().invoke(main, ["keygen", "--out", str(key)]).exit_code == 0
+    assert CliRunner().invoke(main, ["sign", str(bundle), "--key", str(key)]).exit_code == 0
+    assert (bundle / "manifest.sig").exists()
+    r = CliRunner().invoke(main, ["calibrate", str(bundle), "--data", str(npz), "--margin", "1",
+                                  "--backend", "onnxruntime"])
+    assert r.exit_code == 0 and "sign it again" in r.output and not (bundle / "manifest.sig").exists()
     r = CliRunner().invoke(main, ["calibrate", str(bundle), "--data", str(npz), "--records", "1"])
     assert r.exit_code == 1 and "WFDB directory only" in r.output
     bench.write_text("[]")
