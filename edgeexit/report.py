@@ -315,7 +315,7 @@ def _compare_plots(results, rows, out: Path) -> list[Path]:
         ax.set_ylabel(unit)
         kinds = sorted({w["energy_kind"] for w in rows if w["energy_kind"]})
         note = f" ({', '.join(kinds)})" if key == "mj" else ""
-        ax.set_title(f"{title} per inference: early exits vs the monolithic model{note}", fontsize=10)
+        ax.set_title(f"{title} per inference: early exits vs monolithic{note}", fontsize=10)
         ax.legend(fontsize=8)
         files.append(_save(plt, fig, out / fname))
     if any(_energy(r) for _, r in results):
