@@ -275,7 +275,8 @@ def measure_energy(engine: Engine, x: np.ndarray, meter, seconds: float = 0.5, r
 
     Args:
         engine: loaded with the monolithic graph.
-        x: windows, cycled through for as long as each path's window lasts.
+        x: windows, cycled through (in one seeded shuffle) for as long as each path's metered
+            time lasts; ``windows_covered`` in the result says how many each path saw.
         meter: an :class:`edgeexit.runtime.energy.Meter`.
         seconds: metered time per path, split over ``rounds``.
         rounds: the paths run in an order that rotates from round to round.
@@ -293,8 +294,11 @@ def measure_energy(engine: Engine, x: np.ndarray, meter, seconds: float = 0.5, r
         raise EdgeExitError(f"energy seconds must be > 0 and rounds >= 1, got {seconds}, {rounds}")
     m = engine.manifest.num_exits
     n = len(x)
-    windows = [x[i] for i in range(n)]
-    batches = [x[i : i + 1] for i in range(n)]
+    # every path walks one seeded shuffle of the windows, resuming where its last window stopped:
+    # a path that gets through only part of the data gets a random part, not the first records
+    perm = np.random.default_rng(0).permutation(n)
+    windows = [x[i] for i in perm]
+    batches = [x[i : i + 1] for i in perm]
     own_policy = engine.policy
     prefixes = [_prefix_policy(m, k) for k in range(m)]
 
@@ -307,6 +311,7 @@ def measure_energy(engine: Engine, x: np.ndarray, meter, seconds: float = 0.5, r
     total_s = dict.fromkeys(names, 0.0)
     total_cpu = dict.fromkeys(names, 0.0)
     count = dict.fromkeys(names, 0)
+    cursor = dict.fromkeys(names, 0)
     base = {"meter": meter.name, "kind": meter.kind, "description": meter.description}
     steps = rounds * len(names) + (0 if meter.idle_w is not None else 1)
     done = 0
@@ -327,7 +332,7 @@ def measure_energy(engine: Engine, x: np.ndarray, meter, seconds: float = 0.5, r
         for rnd in range(rounds):
             order = names[rnd % len(names):] + names[: rnd % len(names)]
             for name in order:
-                pol, i, c = paths[name], 0, 0
+                pol, i, c = paths[name], cursor[name], 0
                 if pol is None:
                     go, items = engine.run_monolithic, batches
                 else:
@@ -343,6 +348,7 @@ def measure_energy(engine: Engine, x: np.ndarray, meter, seconds: float = 0.5, r
                     if time.perf_counter() >= t_end:
                         break
                 r = meter.stop()
+                cursor[name] = i
                 total_j[name] += r.joules
                 total_s[name] += r.seconds
                 total_cpu[name] += r.cpu_seconds or 0.0
@@ -384,6 +390,7 @@ def measure_energy(engine: Engine, x: np.ndarray, meter, seconds: float = 0.5, r
         "per_segment_mj": {**seg, "note": "differences of neighbouring prefixes (segments 0..k), "
                                           "clipped at 0"},
         "inferences": count,
+        "windows_covered": {name: min(count[name], n) for name in names},
         "metered_seconds": {name: round(total_s[name], 6) for name in names},
         "cpu_fraction": {name: round(total_cpu[name] / total_s[name], 4) if total_s[name] else None
                          for name in names} if meter.kind == "estimated" else None,
