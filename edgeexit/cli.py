@@ -851,6 +851,9 @@ def verify(bundle, backend, threads, trusted_keys, strict, as_json):
                    "time x the target's power model), or none.")
 @click.option("--energy-seconds", type=click.FloatRange(min=0, min_open=True), default=0.5,
               show_default=True, help="Metered seconds per path (policy, monolithic, each prefix).")
+@click.option("--meter-rate", type=click.FloatRange(min=0, min_open=True), default=None, metavar="HZ",
+              help="Sampling rate of a sampled meter (INA2xx/INA3221: 200 Hz, never faster than "
+                   "its update_interval; Jetson 100 Hz; RAPL polls at 10 Hz for wrap-arounds).")
 @click.option("--power-target", default=None, metavar="TARGET",
               help="--meter estimate: the preset whose power model is used (default: the "
                    "bundle's target; x86_64 on a PC host).")
@@ -860,7 +863,7 @@ def verify(bundle, backend, threads, trusted_keys, strict, as_json):
 @_trusted_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def bench(bundle, source, split, limit, warmup, backend, threads, policy, thresholds, exit_index,
-          budget, costs_file, meter, energy_seconds, power_target, report_dir, progress,
+          budget, costs_file, meter, energy_seconds, meter_rate, power_target, report_dir, progress,
           trusted_keys, as_json):
     """Accuracy, per-segment latency (p50/p95/p99), exit histogram, energy, early-exit savings.
 
@@ -875,7 +878,7 @@ def bench(bundle, source, split, limit, warmup, backend, threads, policy, thresh
     engine = Engine.from_bundle(bundle, backend=backend, threads=threads, load_monolithic=True,
                                 trusted_keys=trusted_keys,
                                 **_policy_args(policy, thresholds, exit_index, budget, costs_file, bundle))
-    energy_meter, why = _open_meter(meter, engine, power_target)
+    energy_meter, why = _open_meter(meter, engine, power_target, meter_rate)
     x, y, described = bench_data(engine, source, split, limit)
     bars = {}
     show = progress and sys.stderr.isatty()
@@ -917,7 +920,7 @@ def bench(bundle, source, split, limit, warmup, backend, threads, policy, thresh
         click.echo(f"report: {written['dir']}/report.md ({len(written['files'])} files)")
 
 
-def _open_meter(spec, engine, power_target):
+def _open_meter(spec, engine, power_target, rate_hz=None):
     """(meter or None, one line saying which meter and why) for ``--meter``."""
     if spec == "none":
         return None, "no energy phase (--meter none)"
@@ -929,8 +932,8 @@ def _open_meter(spec, engine, power_target):
 
         power = load_target(power_target).power.to_dict()
     if spec == "auto":
-        return auto_meter(power=power, threads=engine.threads)
-    return make_meter(spec, power=power, threads=engine.threads), f"--meter {spec}"
+        return auto_meter(power=power, threads=engine.threads, rate_hz=rate_hz)
+    return make_meter(spec, power=power, threads=engine.threads, rate_hz=rate_hz), f"--meter {spec}"
 
 
 def _print_bench(r):
