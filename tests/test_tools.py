@@ -22,7 +22,7 @@ def test_decision_overhead_separates_native_time_from_the_engine(bundle_dir, bac
     # structure only: which variant is faster is a timing, for the tool's own side-by-side run
     # (native < predict, asserted here once, flipped under noise in 1 CI run of 5)
     r = _tool("decision_overhead").measure(str(bundle_dir), backend, 1, "golden", 16, 3, 0.5)
-    assert set(r["policies"]) == {"max_prob", "entropy", "ensemble", "fixed"}
+    assert set(r["policies"]) == {"max_prob", "entropy", "ensemble", "fixed", "budget"}
     for name, p in r["policies"].items():
         u = p["us_per_window"]
         assert min(u["native"], u["predict"], u["decision"], u["check"]) > 0
@@ -30,6 +30,7 @@ def test_decision_overhead_separates_native_time_from_the_engine(bundle_dir, bac
         assert 1 <= p["segments_run_per_window"] <= 4
         assert p["decision_us_per_exit"] == pytest.approx(u["decision"] / p["segments_run_per_window"], rel=1e-2)
     assert r["policies"]["fixed"]["segments_run_per_window"] == 4  # fixed: the last exit
+    assert r["policies"]["budget"]["segments_run_per_window"] == 4  # a budget never reached
 
 
 def test_robust_benchmark_table_gives_mean_and_spread_over_seeds(bundle_dir, tmp_path):

@@ -58,6 +58,9 @@ def _policies(engine: Engine, probs: list[np.ndarray], y, margin: float) -> dict
     for name in POLICIES:
         if name == "fixed":
             out[name] = make_policy("fixed", m, exit_index=m - 1)
+        elif name == "budget":  # a latency budget never reached: every exit reads the clock
+            out[name] = make_policy("budget", m, budget={"limit": 1e12, "unit": "us",
+                                                         "segment_costs": [0.0] * m})
         elif name == spec.name and spec.thresholds is not None:
             out[name] = make_policy(name, m, spec.thresholds)
         elif y is not None:

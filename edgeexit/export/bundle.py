@@ -170,7 +170,7 @@ class ExportConfig:
         PrecisionRule(self.int8_margin)  # validates the margin
         if self.timing_seconds <= 0 or self.timing_threads < 1:
             raise ConfigError("timing seconds must be > 0 and timing threads >= 1")
-        if self.policy not in POLICIES or self.policy == "fixed":
+        if self.policy not in POLICIES or self.policy in ("fixed", "budget"):
             raise ConfigError(f"export calibrates the policy max_prob, entropy or ensemble, got {self.policy!r}")
         if self.ensemble_weights not in ("auto", None):
             raise ConfigError(f"ensemble weights are 'auto' or None (equal), got {self.ensemble_weights!r}")
