@@ -172,3 +172,20 @@ def test_cascade_study_refuses_a_policy_it_has_no_graph_for(bundle_dir):
     tool = _tool("cascade_study")
     with pytest.raises(BackendError, match="no entropy policy"):
         tool.build_cascade([b""] * 4, make_policy("entropy", 4, [0.1, 0.2, 0.3]))
+
+
+def test_logit_offsets_undo_a_known_bias_against_a_class():
+    import numpy as np
+
+    tool = _tool("logit_offset_study")
+    rng = np.random.default_rng(0)
+    classes = ("N", "S", "V", "F")
+    y = rng.choice(4, 4000, p=[0.7, 0.1, 0.1, 0.1])
+    logits = rng.normal(0, 1, (4000, 4)) + 3 * np.eye(4)[y]
+    logits[:, 1] -= 2.5  # S under-predicted by a known shift
+    off, best = tool.fit_offsets(y, logits, classes, np.round(np.arange(-4, 4.01, 0.25), 2))
+    before = tool.score(y, logits, np.zeros(4), classes)
+    after = tool.score(y, logits, off, classes)
+    assert after["score"] == best > before["score"] + 0.05
+    assert 1.5 <= off[1] <= 3.5 and off[0] == 0.0  # N is the reference
+    assert after["S"]["se"] > before["S"]["se"] + 0.2
