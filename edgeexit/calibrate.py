@@ -251,42 +251,30 @@ def calibrate_thresholds(
         return max(0.0, (hi if confidence > 0 else pooled) - margin - 1e-9)
 
     grids = [_candidates(scores[:, k], candidates) for k in range(m - 1)]
-    t = np.full(m - 1, NEVER)
-    if budget is not None:
-        return _calibrate_for_budget(locals())
-    _, d, best_cost = evaluate(t)
-    best_loss, best_excess = float(d.mean()), excess(d)
-    # "never exit early" is feasible unless the policy's own answer at the last exit is worse than
-    # the final exit's (an ensemble of weak exits): then the bound's excess is minimised first
-    for _ in range(passes):
-        improved = False
-        for k in range(m - 1):
-            for c in grids[k]:
-                if c == t[k]:
-                    continue
-                trial = t.copy()
-                trial[k] = c
-                _, d, cost = evaluate(trial)
-                loss = float(d.mean())
-                if best_excess > 0:
-                    ex = excess(d)
-                    better = ex < best_excess - 1e-9 or (abs(ex - best_excess) <= 1e-9 and cost < best_cost - 1e-9)
-                else:
-                    better = cost < best_cost - 1e-9 or (abs(cost - best_cost) <= 1e-9 and loss < best_loss)
-                    ex = excess(d) if better else 1.0
-                    better = better and ex == 0
-                if better:
-                    t, best_cost, best_loss, best_excess, improved = trial, cost, loss, ex, True
-        if not improved:
-            break
+    if budget is None:
+        t, best_excess = _cheapest_within_margin(evaluate, excess, grids, passes, m)
+    else:
+        pooled_kw = dict(confidence=0.0, candidates=candidates, passes=passes, weights=weights,
+                         cost_unit=cost_unit)
+        worst = 100 * max(0.0, float(final.mean() - correct.mean(axis=0).min())) + 0.01
+        t = _most_accurate_within_budget(
+            evaluate, grids, passes, budget, worst,
+            lambda mg: calibrate_thresholds(probs_per_exit, y, costs, policy, mg, **pooled_kw))
     exit_idx, d, cost = evaluate(t)
     pooled, lo, hi = bound(d)
-    if best_excess > 0:
-        log.warning(
-            "no %s thresholds keep the accuracy loss within %.2f points (best bound %.2f points): "
-            "the policy's answer at the last exit loses to the final exit itself; use max_prob",
-            policy, margin, hi if confidence > 0 else pooled,
-        )
+    if budget is not None:
+        feasible = cost <= budget * (1 + 1e-9)
+        if not feasible:
+            log.warning("no %s thresholds meet the cost budget %g (cheapest found: %g)", policy,
+                        budget, cost)
+    else:
+        feasible = best_excess == 0
+        if not feasible:
+            log.warning(
+                "no %s thresholds keep the accuracy loss within %.2f points (best bound %.2f "
+                "points): the policy's answer at the last exit loses to the final exit itself; use "
+                "max_prob", policy, margin, hi if confidence > 0 else pooled,
+            )
     fractions = np.bincount(exit_idx, minlength=m) / n
     stored = tuple(float(-v) if policy == "entropy" else float(v) for v in t)
     result = Calibration(
@@ -307,8 +295,9 @@ def calibrate_thresholds(
         records=bound.records,
         worst_record_loss_points=bound.worst(d),
         cost_unit=cost_unit,
-        feasible=best_excess == 0,
+        feasible=feasible,
         weights=weights,
+        budget=None if budget is None else float(budget),
     )
     log.info(
         "calibrated %s thresholds %s: accuracy %.2f%% (final exit %.2f%%), loss %.2f points "
@@ -319,67 +308,92 @@ def calibrate_thresholds(
     return result
 
 
-def _calibrate_for_budget(v: dict) -> Calibration:
-    """The budget branch of :func:`calibrate_thresholds` (``v``: its local variables).
+def _coordinate_descent(t: np.ndarray, grids, passes: int, accept) -> np.ndarray:
+    """Coordinate descent over the candidate thresholds: for each early exit in turn, every
+    candidate with the other thresholds fixed; ``accept(trial)`` says whether ``trial`` improves
+    on the best so far (and records it as the best). Stops after ``passes`` sweeps, or after a
+    sweep that changed nothing; returns the best thresholds."""
+    for _ in range(passes):
+        improved = False
+        for k in range(len(t)):
+            for c in grids[k]:
+                if c == t[k]:
+                    continue
+                trial = t.copy()
+                trial[k] = c
+                if accept(trial):
+                    t, improved = trial, True
+        if not improved:
+            break
+    return t
 
-    A bisection on the pooled-loss margin finds the smallest margin whose cheapest thresholds fit
+
+def _cheapest_within_margin(evaluate, excess, grids, passes: int, m: int) -> tuple[np.ndarray, float]:
+    """The margin search of :func:`calibrate_thresholds`: from "never exit early", the cheapest
+    thresholds whose loss bound holds; returns them and the bound's excess (0: it holds)."""
+    t = np.full(m - 1, NEVER)
+    _, d, cost = evaluate(t)
+    best = {"cost": cost, "loss": float(d.mean()), "excess": excess(d)}
+
+    # "never exit early" is feasible unless the policy's own answer at the last exit is worse than
+    # the final exit's (an ensemble of weak exits): then the bound's excess is minimised first
+    def accept(trial) -> bool:
+        _, d, cost = evaluate(trial)
+        loss = float(d.mean())
+        if best["excess"] > 0:
+            ex = excess(d)
+            better = ex < best["excess"] - 1e-9 or (abs(ex - best["excess"]) <= 1e-9
+                                                    and cost < best["cost"] - 1e-9)
+        else:
+            better = cost < best["cost"] - 1e-9 or (abs(cost - best["cost"]) <= 1e-9
+                                                    and loss < best["loss"])
+            ex = excess(d) if better else 1.0  # the bound (a bootstrap) only where it matters
+            better = better and ex == 0
+        if better:
+            best.update(cost=cost, loss=loss, excess=ex)
+        return better
+
+    t = _coordinate_descent(t, grids, passes, accept)
+    return t, best["excess"]
+
+
+def _most_accurate_within_budget(evaluate, grids, passes: int, budget: float, worst: float,
+                                 at_margin) -> np.ndarray:
+    """The budget search of :func:`calibrate_thresholds`.
+
+    A bisection on the pooled-loss margin (``at_margin(margin)``: the margin search's
+    calibration, up to ``worst`` points) finds the smallest margin whose cheapest thresholds fit
     the budget (the margin search is what finds good trade-offs; a greedy descent on the budget
     alone sends everything out at exit 0 first and stays there); coordinate descent on (cost
     beyond the budget, pooled loss, cost), compared in that order, then refines it."""
-    evaluate, grids, passes = v["evaluate"], v["grids"], v["passes"]
-    budget, bound, m, n, policy = v["budget"], v["bound"], v["m"], v["n"], v["policy"]
-    kw = dict(confidence=0.0, candidates=v["candidates"], passes=passes, weights=v["weights"],
-              cost_unit=v["cost_unit"])
-    args = (v["probs_per_exit"], v["y"], v["costs"], policy)
-    worst = 100 * max(0.0, float(v["final"].mean() - v["correct"].mean(axis=0).min())) + 0.01
     lo, hi = 0.0, min(worst, 99.99)
-    if calibrate_thresholds(*args, 0.0, **kw).expected_cost <= budget:
+    if at_margin(0.0).expected_cost <= budget:
         hi = 0.0
     for _ in range(12 if hi > 0 else 0):
         mid = (lo + hi) / 2
-        if calibrate_thresholds(*args, mid, **kw).expected_cost <= budget:
+        if at_margin(mid).expected_cost <= budget:
             hi = mid
         else:
             lo = mid
-    t = np.asarray(calibrate_thresholds(*args, hi, **kw).thresholds, np.float64)
-    if policy == "entropy":
+    found = at_margin(hi)
+    t = np.asarray(found.thresholds, np.float64)
+    if found.policy == "entropy":
         t = -t  # stored as entropies; the search compares negative entropies
 
     def key(tt):
         _, d, cost = evaluate(tt)
         return (max(0.0, cost - budget), float(d.mean()), cost)
 
-    best = key(t)
-    for _ in range(passes):
-        improved = False
-        for k in range(m - 1):
-            for c in grids[k]:
-                if c == t[k]:
-                    continue
-                trial = t.copy()
-                trial[k] = c
-                kk = key(trial)
-                if kk < best:
-                    t, best, improved = trial, kk, True
-        if not improved:
-            break
-    exit_idx, d, cost = evaluate(t)
-    pooled, lo, hi = bound(d)
-    feasible = cost <= budget * (1 + 1e-9)
-    if not feasible:
-        log.warning("no %s thresholds meet the cost budget %g (cheapest found: %g)", policy, budget, cost)
-    stored = tuple(float(-x) if policy == "entropy" else float(x) for x in t)
-    confidence = v["confidence"]
-    return Calibration(
-        policy=policy, thresholds=stored, accuracy=float(v["correct"][v["rows"], exit_idx].mean()),
-        final_accuracy=float(v["final"].mean()), margin=v["margin"], expected_cost=cost,
-        full_cost=float(v["cum_cost"][-1]),
-        exit_fractions=tuple(float(f) for f in np.bincount(exit_idx, minlength=m) / n),
-        samples=int(n), loss_points=pooled, loss_interval=(lo, hi),
-        loss_bound=hi if confidence > 0 else pooled, confidence=confidence, bound=bound.bound,
-        records=bound.records, worst_record_loss_points=bound.worst(d), cost_unit=v["cost_unit"],
-        feasible=feasible, weights=v["weights"], budget=float(budget),
-    )
+    best = [key(t)]
+
+    def accept(trial) -> bool:
+        k = key(trial)
+        if k < best[0]:
+            best[0] = k
+            return True
+        return False
+
+    return _coordinate_descent(t, grids, passes, accept)
 
 
 PARETO_MARGINS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0)

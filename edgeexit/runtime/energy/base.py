@@ -190,6 +190,23 @@ class Ticker:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
 
+    def finish(self, meter: str, t0: float, last_read: Callable[[], None],
+               error: Callable[[OSError, float], MeterError]) -> None:
+        """End a metered window that began at ``t0`` (``time.monotonic()``): stop the thread,
+        then take the window's last read with ``last_read()``. A failed read, the thread's or
+        the last one, raises ``error(oserror, seconds into the window)``; any other exception of
+        the thread a :class:`MeterError` naming ``meter``."""
+        self.stop()
+        err = self.error
+        if err is not None:
+            if not isinstance(err, OSError):
+                raise MeterError(f"{meter} meter: sampling thread failed: {err!r}") from err
+            raise error(err, self.error_at - t0) from err
+        try:
+            last_read()
+        except OSError as e:
+            raise error(e, time.monotonic() - t0) from e
+
 
 def integrate(ts: Sequence[float], ws: Sequence[float], t_end: float) -> float:
     """Energy, J, over the window [0, ``t_end``] s from power samples ``ws`` (W) at times ``ts``
@@ -281,16 +298,7 @@ class SampledMeter(Meter):
         t0 = self._t0
         ticker, self._ticker = self._ticker, None
         try:
-            ticker.stop()
-            if ticker.error is not None:
-                err = ticker.error
-                if not isinstance(err, OSError):
-                    raise MeterError(f"{self.name} meter: sampling thread failed: {err!r}") from err
-                raise self._error(err, ticker.error_at - t0) from err
-            try:
-                self._sample()
-            except OSError as e:
-                raise self._error(e, time.monotonic() - t0) from e
+            ticker.finish(self.name, t0, self._sample, self._error)
         finally:
             self._t0 = None
         t1 = time.monotonic()

@@ -200,16 +200,8 @@ class RaplMeter(Meter):
         t0 = self._t0
         ticker, self._ticker = self._ticker, None
         try:
-            ticker.stop()
-            if ticker.error is not None:
-                err = ticker.error
-                if not isinstance(err, OSError):
-                    raise MeterError(f"rapl meter: sampling thread failed: {err!r}") from err
-                raise self._vanished(err, ticker.error_at - t0, len(self._samples)) from err
-            try:
-                self.poll()
-            except OSError as e:
-                raise self._vanished(e, time.monotonic() - t0, len(self._samples)) from e
+            ticker.finish(self.name, t0, self.poll,
+                          lambda e, elapsed: self._vanished(e, elapsed, len(self._samples)))
             seconds = time.monotonic() - t0
         finally:
             with self._lock:
