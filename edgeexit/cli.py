@@ -921,19 +921,16 @@ def bench(bundle, source, split, limit, warmup, backend, threads, policy, thresh
 
 
 def _open_meter(spec, engine, power_target, rate_hz=None):
-    """(meter or None, one line saying which meter and why) for ``--meter``."""
-    if spec == "none":
-        return None, "no energy phase (--meter none)"
-    from edgeexit.runtime.energy import auto_meter, make_meter
+    """(meter or None, one line saying which meter and why) for ``--meter``; the estimate's
+    power model is the bundle's target's, or ``--power-target``'s."""
+    from edgeexit.runtime.energy import open_meter
 
     power = engine.manifest.target.get("power") or {}
     if power_target is not None:
         from edgeexit.targets import load_target
 
         power = load_target(power_target).power.to_dict()
-    if spec == "auto":
-        return auto_meter(power=power, threads=engine.threads, rate_hz=rate_hz)
-    return make_meter(spec, power=power, threads=engine.threads, rate_hz=rate_hz), f"--meter {spec}"
+    return open_meter(spec, power=power, threads=engine.threads, rate_hz=rate_hz)
 
 
 def _print_bench(r):

@@ -132,7 +132,9 @@ def run_quickstart(
 
     out = Path(out)
     check_output_directory(out, _OURS, "quickstart")
-    _check_meter(config.meter)
+    from edgeexit.runtime.energy import check_spec
+
+    check_spec(config.meter, allow_none=True)  # a bad meter is refused before training
     from edgeexit.models import ModelConfig, create_model
 
     # refuse a bad width or bad exits before training, not after
@@ -297,25 +299,12 @@ def run_quickstart(
     return summary
 
 
-def _check_meter(spec: str) -> None:
-    """Refuse an unknown meter before anything is trained."""
-    from edgeexit.runtime.energy import SPECS
-
-    names = {v for v in SPECS if not v.startswith("csv:")} | {"none"}
-    if spec not in names and not (spec.startswith("csv:") and len(spec) > 4):
-        raise ConfigError(f"unknown energy meter {spec!r}: use one of none, {', '.join(SPECS)}")
-
-
 def _meter(config: QuickstartConfig, engine):
     """The bench's energy meter and why it was chosen (None for ``meter="none"``)."""
-    if config.meter == "none":
-        return None, "no energy phase"
-    from edgeexit.runtime.energy import auto_meter, make_meter
+    from edgeexit.runtime.energy import open_meter
 
-    power = engine.manifest.target.get("power") or {}
-    if config.meter == "auto":
-        return auto_meter(power=power, threads=engine.threads)
-    return make_meter(config.meter, power=power, threads=engine.threads), f"meter {config.meter}"
+    return open_meter(config.meter, power=engine.manifest.target.get("power") or {},
+                      threads=engine.threads)
 
 
 def _compress(checkpoint: Path, spec, out: Path, config: QuickstartConfig, progress: bool) -> dict:

@@ -602,3 +602,21 @@ def test_importing_the_meters_loads_no_torch_or_onnx():
             " if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_open_meter_reads_the_meter_option(tmp_path):
+    from edgeexit.runtime.energy import check_spec, open_meter
+
+    power = {"idle_w": 1.0, "active_w_per_core": 2.0, "source": "test"}
+    assert open_meter("none", power=power) == (None, "no energy phase (--meter none)")
+    meter, why = open_meter("Auto", power=power, root=str(tmp_path))  # an empty tree: the estimate
+    assert meter.name == "estimate" and "CPU-time estimate" in why
+    meter, why = open_meter("estimate", power=power)
+    assert meter.name == "estimate" and why == "--meter estimate"
+    check_spec("CSV:log.csv")  # a name is checked without opening anything
+    for bad, match in (("watts", "unknown energy meter 'watts': use one of none, auto"),
+                       ("csv:", "needs the path")):
+        with pytest.raises(ConfigError, match=match):
+            open_meter(bad, power=power)
+    with pytest.raises(ConfigError, match="unknown energy meter 'none'"):
+        check_spec("none")  # only where no energy phase is a choice

@@ -23,7 +23,14 @@ from edgeexit.runtime.energy.base import (
 )
 from edgeexit.runtime.energy.csvlog import CsvMeter
 from edgeexit.runtime.energy.estimate import EstimateMeter
-from edgeexit.runtime.energy.factory import SPECS, auto_meter, detect_meters, make_meter
+from edgeexit.runtime.energy.factory import (
+    SPECS,
+    auto_meter,
+    check_spec,
+    detect_meters,
+    make_meter,
+    open_meter,
+)
 from edgeexit.runtime.energy.hwmon import Ina2xxMeter, Ina3221Meter, JetsonIna3221Meter
 from edgeexit.runtime.energy.rapl import RaplMeter
 
@@ -42,7 +49,9 @@ __all__ = [
     "RaplMeter",
     "SampledMeter",
     "auto_meter",
+    "check_spec",
     "detect_meters",
     "integrate",
     "make_meter",
+    "open_meter",
 ]

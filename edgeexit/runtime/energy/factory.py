@@ -1,5 +1,6 @@
 """Choosing a meter: :func:`make_meter` by name, :func:`auto_meter` the best one present,
-:func:`detect_meters` what the machine has."""
+:func:`open_meter` what ``--meter`` names (``none`` too), :func:`check_spec` a name before any
+work, :func:`detect_meters` what the machine has."""
 
 from __future__ import annotations
 
@@ -14,6 +15,38 @@ from edgeexit.runtime.energy.estimate import EstimateMeter
 log = logging.getLogger(__name__)
 
 SPECS = ("auto", "rapl", "ina2xx", "ina3221", "jetson-ina3221", "estimate", "csv:PATH")
+NONE = "none"  # open_meter: no energy phase
+
+
+def check_spec(spec: str, allow_none: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``spec`` names a meter (as :func:`make_meter` reads it,
+    case-insensitively; ``none`` too with ``allow_none``), without opening it: a bad name is
+    refused before any work."""
+    raw = str(spec).strip()
+    key = raw.lower()
+    if key.startswith("csv:"):
+        if not raw[4:].strip():
+            raise ConfigError("--meter csv:PATH needs the path of the external meter's log, "
+                              "e.g. csv:power.csv")
+        return
+    if key in SPECS or (allow_none and key == NONE):
+        return
+    names = ((NONE,) if allow_none else ()) + SPECS
+    raise ConfigError(f"unknown energy meter {raw!r}: use one of {', '.join(names)}")
+
+
+def open_meter(spec: str, *, power: dict | None = None, threads: int = 1, root: str = "/",
+               rate_hz: float | None = None) -> tuple[Meter | None, str]:
+    """The meter ``--meter spec`` asks for and one line saying which and why: ``(None, ...)``
+    for ``none`` (no energy phase), :func:`auto_meter` for ``auto``, else :func:`make_meter`."""
+    check_spec(spec, allow_none=True)
+    key = str(spec).strip().lower()
+    if key == NONE:
+        return None, "no energy phase (--meter none)"
+    if key == "auto":
+        return auto_meter(power=power, threads=threads, root=root, rate_hz=rate_hz)
+    return (make_meter(spec, power=power, threads=threads, root=root, rate_hz=rate_hz),
+            f"--meter {spec}")
 
 
 def make_meter(spec: str, *, power: dict | None = None, threads: int = 1, root: str = "/",
@@ -33,6 +66,7 @@ def make_meter(spec: str, *, power: dict | None = None, threads: int = 1, root: 
     Raises :class:`ConfigError` for an unknown spec, :class:`MeterError` when the meter is
     missing or unreadable.
     """
+    check_spec(spec)
     raw = str(spec).strip()
     key = raw.lower()
     if rate_hz is not None and not rate_hz > 0:
@@ -42,11 +76,7 @@ def make_meter(spec: str, *, power: dict | None = None, threads: int = 1, root: 
         log.info("energy meter: %s", why)
         return meter
     if key.startswith("csv:"):
-        path = raw[4:].strip()
-        if not path:
-            raise ConfigError("--meter csv:PATH needs the path of the external meter's log, "
-                              "e.g. csv:power.csv")
-        return CsvMeter(path)
+        return CsvMeter(raw[4:].strip())
     if key == "rapl":
         return rapl.RaplMeter(root=root, rate_hz=rate_hz)
     if key == "ina2xx":
@@ -61,9 +91,7 @@ def make_meter(spec: str, *, power: dict | None = None, threads: int = 1, root: 
         return hwmon.JetsonIna3221Meter(root=root, rate_hz=rate_hz)
     if key == "jetson-ina3221":
         return hwmon.JetsonIna3221Meter(root=root, rate_hz=rate_hz)
-    if key == "estimate":
-        return EstimateMeter(power, threads=threads)
-    raise ConfigError(f"unknown energy meter {raw!r}: use one of {', '.join(SPECS)}")
+    return EstimateMeter(power, threads=threads)  # "estimate": check_spec allows nothing else
 
 
 def auto_meter(*, power: dict | None, threads: int = 1, root: str = "/",
