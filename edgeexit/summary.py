@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import platform
 from pathlib import Path
 
 from edgeexit.errors import ConfigError
 from edgeexit.runtime.preprocess import RR_FEATURES
+from edgeexit.runtime.profile import machine_info  # noqa: F401 (re-exported: it lives with the runtime)
 
 DEFAULT_INPUT_SHAPE = (1 + len(RR_FEATURES), 256)  # one ECG lead + RR context, 256 samples
 DEFAULT_NUM_CLASSES = 5
@@ -63,21 +62,3 @@ def describe_target(target: str, exit_heads: str = "conv") -> dict:
             k: compression.get(k) for k in ("source_checkpoint", "prune", "finetune", "pruning")},
         "architecture": str(model),
     }
-
-
-def machine_info() -> dict:
-    """The CPU and platform the figures were measured on (results differ across machines)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count()
-    return {"cpu": cpu, "cpus": cpus, "machine": platform.machine(), "python": platform.python_version()}

@@ -38,7 +38,7 @@ import numpy as np
 
 from edgeexit.errors import EdgeExitError
 from edgeexit.runtime.engine import Engine
-from edgeexit.runtime.policy import softmax
+from edgeexit.runtime.policy import Fixed, ensemble_probs, exit_scores, softmax
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +147,12 @@ def bench_engine(
     probs_exit = softmax(probs_exit.astype(np.float64))
     pred_exit = probs_exit.argmax(axis=-1)
     mono_mean = float(t_mono.mean())
+    machine = machine_info()
     hist = np.bincount(exits, minlength=m)
     macs = [s.macs for s in engine.manifest.segments]
     cum_macs = np.cumsum(macs)
     report: dict = {
-        "host": host_info(),
+        "host": {"cpu": machine["cpu"], "machine": machine["machine"], "cores": machine["cpus"]},
         "samples": n,
         "backend": engine.backend,
         "threads": engine.threads,
@@ -224,8 +225,6 @@ def threshold_sweep(engine: Engine, probs_per_exit: list[np.ndarray], y: np.ndar
     ``max_prob``/``ensemble`` (and ``fixed`` and ``budget``, swept as ``max_prob``): the
     threshold is a probability from 1/K to 1; ``entropy``: nats, from log K down to 0.
     """
-    from edgeexit.runtime.policy import ensemble_probs, exit_scores
-
     name = engine.policy.name
     kind = name if name in ("max_prob", "entropy", "ensemble") else "max_prob"
     weights = getattr(engine.policy, "weights", None)
@@ -262,12 +261,6 @@ def threshold_sweep(engine: Engine, probs_per_exit: list[np.ndarray], y: np.ndar
             "points": rows}
 
 
-def _prefix_policy(m: int, k: int):
-    from edgeexit.runtime.policy import Fixed
-
-    return Fixed(m, k)
-
-
 def measure_energy(engine: Engine, x: np.ndarray, meter, seconds: float = 0.5, rounds: int = 3,
                    idle_seconds: float | None = None,
                    progress: Callable[[int, int], None] | None = None) -> dict:
@@ -300,7 +293,7 @@ def measure_energy(engine: Engine, x: np.ndarray, meter, seconds: float = 0.5, r
     windows = [x[i] for i in perm]
     batches = [x[i : i + 1] for i in perm]
     own_policy = engine.policy
-    prefixes = [_prefix_policy(m, k) for k in range(m)]
+    prefixes = [Fixed(m, k) for k in range(m)]
 
     # name -> (the policy the engine runs, or None for the monolithic graph)
     paths = {"policy": own_policy, "monolithic": None}
@@ -402,23 +395,25 @@ def measure_energy(engine: Engine, x: np.ndarray, meter, seconds: float = 0.5, r
     }
 
 
-def host_info() -> dict:
-    """The machine a result was measured on: CPU model (``/proc/cpuinfo``), architecture, cores."""
+def machine_info() -> dict:
+    """The CPU and platform the figures were measured on (results differ across machines)."""
     import os
     import platform
 
-    cpu = None
+    cpu = platform.processor() or platform.machine()
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        with open("/proc/cpuinfo") as f:
             for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware", "cpu model") and value.strip():
-                    cpu = value.strip()
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    cpu = line.split(":", 1)[1].strip()
                     break
     except OSError:
         pass
-    return {"cpu": cpu or platform.processor() or platform.machine(), "machine": platform.machine(),
-            "cores": os.cpu_count()}
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count()
+    return {"cpu": cpu, "cpus": cpus, "machine": platform.machine(), "python": platform.python_version()}
 
 
 def parse_budget(text: str) -> tuple[float, str]:
