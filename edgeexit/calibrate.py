@@ -470,33 +470,16 @@ def segment_costs(manifest, bench: dict | None = None, cost: str = "latency") ->
             raise ConfigError("calibrating for energy needs a bench report with energy: "
                               "`edgeexit bench BUNDLE --meter auto --json > bench.json`, then --bench")
         return [float(s.macs) for s in manifest.segments], "MACs"
+    from edgeexit.runtime.profile import bench_segment_costs
+
     if cost == "energy":
-        e = bench.get("energy") or {}
-        if "error" in e:
-            raise ConfigError(f"the bench report's energy was not measured ({e['error']})")
-        try:
-            costs = [float(v) for v in e["per_segment_mj"]["above_idle"]]
-        except (KeyError, TypeError, ValueError):
-            raise ConfigError("the bench report has no per-segment energy: bench with --meter "
-                              "(auto, estimate, rapl, ...)") from None
-        if len(costs) != manifest.num_exits:
-            raise ConfigError(f"the bench report has {len(costs)} segments, the bundle "
-                              f"{manifest.num_exits}: bench this bundle")
+        costs = bench_segment_costs(bench, "mJ", manifest.num_exits)
         if sum(costs) <= 0:
             raise ConfigError("the bench report's per-segment energy is all zero: bench longer "
                               "(--energy-seconds) or with another meter")
-        kind = "measured" if e.get("kind") == "measured" else "estimated"
-        return costs, f"mJ above idle ({kind} by edgeexit bench, meter {e.get('meter')})"
-    try:
-        segs = bench["latency_us"]["segments"]
-        costs = [float(s["mean"]) for s in segs]
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConfigError(f"the bench report has no per-segment latencies ({e}); give the JSON of "
-                          "`edgeexit bench --json`") from e
-    if len(costs) != manifest.num_exits:
-        raise ConfigError(f"the bench report has {len(costs)} segments, the bundle "
-                          f"{manifest.num_exits}: bench this bundle")
-    return costs, "us (measured by edgeexit bench)"
+        kind = "measured" if bench["energy"].get("kind") == "measured" else "estimated"
+        return costs, f"mJ above idle ({kind} by edgeexit bench, meter {bench['energy'].get('meter')})"
+    return bench_segment_costs(bench, "us", manifest.num_exits), "us (measured by edgeexit bench)"
 
 
 def choose_exits(

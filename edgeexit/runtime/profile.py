@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edgeexit.errors import EdgeExitError
+from edgeexit.errors import ConfigError, EdgeExitError
 from edgeexit.runtime.engine import Engine
 from edgeexit.runtime.policy import Fixed, ensemble_probs, exit_scores, softmax
 
@@ -434,24 +434,39 @@ def parse_budget(text: str) -> tuple[float, str]:
     return value * f, unit
 
 
+def bench_segment_costs(bench, unit: str, num_exits: int, what: str = "the bench report") -> list[float]:
+    """Every segment's cost from a ``bench --json`` report ``bench`` (``what`` names it in
+    errors): mean microseconds for ``unit="us"`` (``latency_us.segments``), mJ above idle for
+    ``unit="mJ"`` (``energy.per_segment_mj.above_idle``). Raises :class:`ConfigError` saying what
+    is missing, or that the report has another number of segments than the bundle."""
+    if unit == "mJ":
+        e = (bench.get("energy") if isinstance(bench, dict) else None) or {}
+        if "error" in e:
+            raise ConfigError(f"{what}'s energy was not measured ({e['error']})")
+        try:
+            costs = [float(v) for v in e["per_segment_mj"]["above_idle"]]
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"{what} has no per-segment energy: bench with --meter (auto, "
+                              "estimate, rapl, ...)") from None
+    else:
+        try:
+            costs = [float(s["mean"]) for s in bench["latency_us"]["segments"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"{what} has no per-segment latencies ({e}); give the JSON of "
+                              "`edgeexit bench --json`") from e
+    if len(costs) != num_exits:
+        raise ConfigError(f"{what} has {len(costs)} segments, the bundle {num_exits}: bench this "
+                          "bundle")
+    return costs
+
+
 def budget_costs(unit: str, bench: dict | None, manifest) -> list[float]:
     """Per-segment costs in ``unit`` for the budget policy: a bench report's measured means
-    (``latency_us.segments``, or ``energy.per_segment_mj.above_idle``), else the costs recorded
-    by ``edgeexit calibrate --bench`` in the bundle."""
+    (:func:`bench_segment_costs`), else the costs recorded by ``edgeexit calibrate --bench`` in
+    the bundle."""
     m = manifest.num_exits
     if bench is not None:
-        try:
-            if unit == "us":
-                costs = [float(s["mean"]) for s in bench["latency_us"]["segments"]]
-            else:
-                costs = [float(v) for v in bench["energy"]["per_segment_mj"]["above_idle"]]
-        except (KeyError, TypeError, ValueError):
-            what = "per-segment latencies" if unit == "us" else "per-segment energy (bench with --meter)"
-            raise EdgeExitError(f"the --costs report has no {what}") from None
-        if len(costs) != m:
-            raise EdgeExitError(f"the --costs report has {len(costs)} segments, the bundle {m}: "
-                                "bench this bundle")
-        return costs
+        return bench_segment_costs(bench, unit, m, "the --costs report")
     cal = manifest.policy.calibration or {}
     rec = cal.get("segment_costs") or {}
     if rec.get("unit") == unit and len(rec.get("values") or []) == m:
