@@ -426,13 +426,10 @@ def pareto_curve(probs_per_exit: list[np.ndarray], y: np.ndarray, costs: list[fl
 def plot_pareto(pareto: list[dict], chosen: dict, unit: str, path: str | os.PathLike) -> Path | None:
     """A PNG of the calibration's accuracy/cost curve with the chosen thresholds marked (host side:
     None without matplotlib)."""
-    try:
-        import matplotlib
+    from edgeexit.plots import pyplot, save_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no Pareto plot (pip install matplotlib)")
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ax.plot([p["expected_cost"] for p in pareto], [100 * p["accuracy"] for p in pareto], "-o", ms=4,
@@ -447,10 +444,7 @@ def plot_pareto(pareto: list[dict], chosen: dict, unit: str, path: str | os.Path
     ax.set_title("accuracy vs cost of the exit thresholds (labels: loss margin, points)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    out = atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
-    return out
+    return save_png(fig, path)
 
 
 # -- recalibrating a bundle -------------------------------------------------------------------

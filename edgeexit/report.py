@@ -28,6 +28,7 @@ import numpy as np
 
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.fileio import atomic_write
+from edgeexit.plots import pyplot, save_png
 
 log = logging.getLogger(__name__)
 
@@ -65,25 +66,6 @@ def _energy_label(e: dict, above_idle: bool = True) -> str:
     return f"energy per inference, mJ ({'above idle' if above_idle else 'gross'}; {kind})"
 
 
-def _plt():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no plots (pip install matplotlib)")
-        return None
-    return plt
-
-
-def _save(plt, fig, path: Path) -> Path:
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
-    return path
-
-
 def _title(r: dict) -> str:
     host = r.get("host", {}).get("cpu") or "?"
     return f"{r.get('bundle', 'bundle')} ({r['backend']}, {r['precision']}, {host})"
@@ -110,12 +92,12 @@ def _sweep_plot(plt, r: dict, key: str, xlabel: str, points: dict, out: Path) ->
     ax.set_title("accuracy vs cost per inference as the exit threshold varies", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    return _save(plt, fig, out)
+    return save_png(fig, out)
 
 
 def plot_bench(r: dict, out: Path) -> list[Path]:
     """The PNG plots of one bench result into ``out`` (what exists: no energy, no sweep plot)."""
-    plt = _plt()
+    plt = pyplot()
     if plt is None:
         return []
     files = []
@@ -148,7 +130,7 @@ def plot_bench(r: dict, out: Path) -> list[Path]:
     ax.set_xlabel("exit (model exit index)")
     ax.set_title(f"where the inputs left (policy {r['policy'].get('name')}, {r['samples']} inputs)",
                  fontsize=10)
-    files.append(_save(plt, fig, out / "exit_histogram.png"))
+    files.append(save_png(fig, out / "exit_histogram.png"))
 
     q = r.get("segment_quantiles_us")
     if q:
@@ -163,7 +145,7 @@ def plot_bench(r: dict, out: Path) -> list[Path]:
         ax.set_ylabel("latency, us (batch 1)")
         ax.set_title(f"per-segment latency: box 25-75%, whiskers {min(qs)}-{max(qs)}%", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-        files.append(_save(plt, fig, out / "segment_latency.png"))
+        files.append(save_png(fig, out / "segment_latency.png"))
 
     if e is not None:
         pe = e["per_inference_mj"]
@@ -177,7 +159,7 @@ def plot_bench(r: dict, out: Path) -> list[Path]:
         ax.set_ylabel("energy per inference, mJ")
         ax.set_title(f"energy per inference ({kind}, meter {e['meter']})", fontsize=10)
         ax.legend(fontsize=8)
-        files.append(_save(plt, fig, out / "energy_per_inference.png"))
+        files.append(save_png(fig, out / "energy_per_inference.png"))
     return files
 
 
@@ -229,13 +211,19 @@ def bench_markdown(r: dict, plots: list[Path] = ()) -> str:
     return "\n".join(lines)
 
 
+def _out_dir(out: str | os.PathLike, option: str) -> Path:
+    """``out`` as a directory, created if needed; a file there is refused (naming ``option``)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a directory; choose another {option}")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def write_bench_report(r: dict, out: str | os.PathLike) -> dict:
     """Write ``report.json``, ``report.md`` and the plots of bench result ``r`` into ``out``;
     returns ``{"dir", "files"}``."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} exists and is not a directory; choose another --report")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(out, "--report")
     data = (json.dumps(r, indent=2) + "\n").encode()
     atomic_write(out / "report.json", lambda f: f.write(data))
     plots = plot_bench(r, out)
@@ -281,10 +269,7 @@ def compare_results(results: list[tuple[str, dict]], out: str | os.PathLike | No
     text = "\n".join(md) + "\n"
     files: list[str] = []
     if out is not None:
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"{out} exists and is not a directory; choose another --out")
-        out.mkdir(parents=True, exist_ok=True)
+        out = _out_dir(out, "--out")
         files = [str(f) for f in _compare_plots(results, rows, out)]
         body = ("# Bench comparison\n\nEnergy above idle; 'estimated' figures come from CPU time and "
                 "a target power model, not a meter.\n\n" + text
@@ -295,7 +280,7 @@ def compare_results(results: list[tuple[str, dict]], out: str | os.PathLike | No
 
 
 def _compare_plots(results, rows, out: Path) -> list[Path]:
-    plt = _plt()
+    plt = pyplot()
     if plt is None:
         return []
     files = []
@@ -317,7 +302,7 @@ def _compare_plots(results, rows, out: Path) -> list[Path]:
         note = f" ({', '.join(kinds)})" if key == "mj" else ""
         ax.set_title(f"{title} per inference: early exits vs monolithic{note}", fontsize=10)
         ax.legend(fontsize=8)
-        files.append(_save(plt, fig, out / fname))
+        files.append(save_png(fig, out / fname))
     if any(_energy(r) for _, r in results):
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         for name, r in results:
@@ -336,5 +321,5 @@ def _compare_plots(results, rows, out: Path) -> list[Path]:
         ax.set_title("accuracy vs energy per inference, every result", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        files.append(_save(plt, fig, out / "compare_accuracy_vs_energy.png"))
+        files.append(save_png(fig, out / "compare_accuracy_vs_energy.png"))
     return files

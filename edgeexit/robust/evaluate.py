@@ -45,6 +45,7 @@ from edgeexit.data import BeatDataset, load_split, stratified_sample
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.fileio import atomic_write
 from edgeexit.metrics import classification_report, headline_macro_f1
+from edgeexit.plots import pyplot, save_png
 from edgeexit.robust.attacks import PGD, MaxAvgPGD, PolicyCE
 from edgeexit.summary import machine_info
 
@@ -699,13 +700,8 @@ def format_markdown(report: dict) -> str:
 
 
 def _plots(report: dict, out: Path) -> list[Path]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no plots (pip install matplotlib)")
+    plt = pyplot()
+    if plt is None:
         return []
     files = []
     names = sorted({a["attack"] for a in report["attacks"]
@@ -730,9 +726,7 @@ def _plots(report: dict, out: Path) -> list[Path]:
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
         fig.suptitle(f"{report['target']['path']}: {report['target']['policy']}")
-        fig.tight_layout()
-        files.append(_savefig(fig, out / "robustness.png"))
-        plt.close(fig)
+        files.append(save_png(fig, out / "robustness.png"))
     hist = [("clean", report["clean"])] + [
         (f"{a['attack']} {a['eps']:g}", a) for a in report["attacks"]
         if a["attack"] in ("slowdown", "universal_slowdown")]
@@ -747,11 +741,6 @@ def _plots(report: dict, out: Path) -> list[Path]:
         ax.set_ylabel("share of windows")
         ax.legend(fontsize=8)
         ax.set_title("exits taken, clean vs slowdown attack")
-        fig.tight_layout()
-        files.append(_savefig(fig, out / "exits.png"))
-        plt.close(fig)
+        files.append(save_png(fig, out / "exits.png"))
     return files
 
-
-def _savefig(fig, path: Path) -> Path:
-    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
