@@ -1335,10 +1335,15 @@ _ATTACK_NAMES = ("max_avg", "policy", "universal", "square", "slowdown", "univer
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="Torch and runtime threads.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--morph", type=click.Choice(["follows", "held"]), default="follows",
+              show_default=True,
+              help="With morphology context channels: follows = recomputed from every attacked "
+                   "or noisy waveform, as the device does; held = kept at their clean values "
+                   "(a threat model that gives them away; only to compare).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks, steps, vae, eta,
-             noise, snr, noise_dir, limit, square_queries, backend, threads, seed, progress,
+             noise, snr, noise_dir, limit, square_queries, backend, threads, seed, morph, progress,
              as_json):
     """Attack a checkpoint or a deployed bundle and report robustness.
 
@@ -1357,7 +1362,7 @@ def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks
                         noise=_names(noise),
                         snr_db=_floats(snr), noise_dir=noise_dir, limit=limit or None,
                         square_queries=square_queries, backend=backend, threads=threads,
-                        seed=seed)
+                        seed=seed, morph_follows=morph == "follows")
     bar = None
 
     def show(what, done, total):

@@ -58,6 +58,25 @@ def test_robust_benchmark_table_gives_mean_and_spread_over_seeds(bundle_dir, tmp
     assert "1 mV" in text and "6 dB" in text
 
 
+def test_robust_benchmark_recipe_trains_with_the_cross_validated_settings():
+    from edgeexit.train import TrainConfig
+
+    rb = _tool("robust_benchmark")
+    default = rb.Plan.make(False, 0.1)
+    assert not default.morph_context and default.train_overrides() == {"epochs": 6}
+    full = rb.Plan.make(False, 0.1, "ranked-first")
+    cfg = TrainConfig(model="resnet1d", **full.train_overrides())
+    assert full.morph_context
+    assert (cfg.epochs, cfg.schedule_epochs, cfg.select) == (10, 16, "last")
+    assert (cfg.rr_scale, cfg.rr_augment) == (0.3, 0.5)
+    assert "10 epochs of a 16-epoch schedule" in full.describe()
+    quick = rb.Plan.make(True, 0.1, "ranked-first").train_overrides()
+    assert quick["epochs"] == 3 and "schedule_epochs" not in quick
+    TrainConfig(model="resnet1d", **quick)  # a valid config: no schedule shorter than epochs
+    with pytest.raises(ValueError, match="unknown recipe"):
+        rb.Plan.make(False, 0.1, "nope")
+
+
 def test_context_reliance_sees_a_model_that_reads_the_waveform(tiny_checkpoint, tmp_path):
     from tests.conftest import make_separable
 

@@ -25,6 +25,7 @@ from edgeexit.data.dataset import (
     BeatDataset,
     load_csv,
     load_npz,
+    stratified_index,
     stratified_sample,
     stratified_split,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "load_source",
     "load_split",
     "load_train_test",
+    "stratified_index",
     "stratified_sample",
     "stratified_split",
 ]

@@ -268,10 +268,16 @@ def stratified_split(
     return keep, held
 
 
+def stratified_index(data: BeatDataset, limit: int | None, seed: int) -> np.ndarray | None:
+    """The indices (increasing) of :func:`stratified_sample`'s beats; None = all of ``data``."""
+    if limit is None or limit >= len(data):
+        return None
+    _, held = stratified_split(data.y, limit / len(data), seed)
+    return np.sort(held)
+
+
 def stratified_sample(data: BeatDataset, limit: int | None, seed: int) -> BeatDataset:
     """About ``limit`` beats of ``data``, every class in proportion (seeded), in their original
     order; all of ``data`` when ``limit`` is None or not smaller."""
-    if limit is None or limit >= len(data):
-        return data
-    _, held = stratified_split(data.y, limit / len(data), seed)
-    return data.subset(np.sort(held))
+    index = stratified_index(data, limit, seed)
+    return data if index is None else data.subset(index)

@@ -10,6 +10,12 @@ Per exit and per exit policy: clean and attacked accuracy, macro-F1 (over N/S/V/
 are AAMI's) and per-class sensitivity, at every eps; for a bundle also the exit distribution, the
 mean MACs and the measured batch-1 latency, clean vs attacked, so that a slowdown shows.
 
+The RR channels come from R-peak timing and are never attacked. The morphology channels (when
+the model takes them) are computed on the device from the beat's own waveform, so here they are
+recomputed from every attacked or noisy waveform against the template of the record's previous
+clean beats, and the white-box attacks differentiate through that recomputation
+(:mod:`edgeexit.robust.context`; ``morph_follows=False`` holds them at their clean values).
+
 Sanity flags, as AutoAttack reports them (signs of gradient masking): a black-box attack that
 beats the white-box one on the same output, accuracy that does not fall toward 0 at a large eps
 (or, with RR-context channels the attacker may not touch, does not fall below what the model
@@ -41,12 +47,13 @@ import torch
 
 from edgeexit.checkpoint import Checkpoint, load_checkpoint
 from edgeexit.config import dataclass_from_dict
-from edgeexit.data import BeatDataset, load_split, stratified_sample
+from edgeexit.data import BeatDataset, load_split, stratified_index
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.fileio import atomic_write
 from edgeexit.metrics import classification_report, headline_macro_f1
 from edgeexit.plots import pyplot, save_png
 from edgeexit.robust.attacks import PGD, MaxAvgPGD, PolicyCE
+from edgeexit.robust.context import MorphContext, record_templates
 from edgeexit.summary import machine_info
 
 log = logging.getLogger(__name__)
@@ -89,6 +96,10 @@ class EvalConfig:
         backend: runtime backend for a bundle (``auto``, ``onnxruntime``, ``litert``).
         threads: torch and runtime threads.
         seed: seeds the sample, the attacks' random starts and the noise.
+        morph_follows: with morphology context channels in the data, recompute them from every
+            attacked or noisy waveform, as the device would (``edgeexit.robust.context``), and
+            let the white-box gradients flow through them; False = hold them at their clean
+            values, like the RR channels (a threat model that gives them away: only to compare).
     """
 
     eps: tuple[float, ...] = (0.05, 0.1, 0.2)
@@ -109,6 +120,7 @@ class EvalConfig:
     backend: str = "auto"
     threads: int = 1
     seed: int = 0
+    morph_follows: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eps", tuple(float(e) for e in self.eps))
@@ -235,6 +247,13 @@ def _recorded_checkpoint(bundle: Path, prov: dict) -> Path:
 
 
 
+def _templates(full: BeatDataset, index: np.ndarray | None, ctx: MorphContext) -> np.ndarray:
+    """The morphology templates of ``full``'s windows at ``index`` (None = all), rebuilt from
+    the whole split (each window's template is its record's previous beats)."""
+    t = record_templates(full, ctx.r_offset)
+    return t if index is None else t[index]
+
+
 def _check_shape(data: BeatDataset, ckpt: Checkpoint, what: str) -> None:
     if tuple(data.input_shape) != tuple(ckpt.input_spec["shape"]):
         raise DataError(
@@ -326,9 +345,57 @@ def _in_batches(fn, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> np.nd
     return torch.cat([fn(x[i : i + batch], y[i : i + batch]) for i in range(0, len(x), batch)]).numpy()
 
 
-def _run_attacks(target: _Target, test: BeatDataset, train: BeatDataset | None,
-                 config: EvalConfig, measure: _Measure, tick, vae=None) -> list[dict]:
-    model = target.ckpt.model
+class _Inputs:
+    """The windows the attacks work on, and what is scored. Without a :class:`MorphContext`,
+    the windows as they are; with one, each window carries its morphology template as a
+    trailing channel, the model the attacks differentiate recomputes the morphology channels
+    from the attacked signal, and :meth:`scored` does so with the device's code."""
+
+    def __init__(self, data: BeatDataset, ctx: MorphContext | None = None,
+                 templates: np.ndarray | None = None) -> None:
+        self.ctx = ctx
+        self.x = data.x if ctx is None else ctx.attach(data, templates)
+        self.y = data.y
+
+    def model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model if self.ctx is None else self.ctx.wrap(model)
+
+    def scored(self, x: np.ndarray) -> np.ndarray:
+        return x if self.ctx is None else self.ctx.finish(x)
+
+    def craft(self, make, base: torch.nn.Module) -> tuple[np.ndarray, dict]:
+        """Adversarial inputs from the gradient attack ``make(model)``, and its stats.
+
+        With a morphology context, two candidates per window, both scored with the channels
+        recomputed: the attack through the recomputation (its gradients flow through the
+        features), and the attack with the channels held (the features' kinks, a median template
+        and max - min amplitudes, can mislead the first); the one with the larger loss of the
+        true pipeline is kept, window by window (``morph_held_chosen``: the share of the second).
+        """
+        y = torch.from_numpy(self.y)
+        follow = make(self.model(base))
+        a = _in_batches(follow, torch.from_numpy(self.x), y)
+        if self.ctx is None:
+            return a, follow.stats
+        held = make(base)
+        b = self.with_templates(_in_batches(held, torch.from_numpy(self.x[:, :-1]), y))
+        with torch.no_grad():
+            la, lb = (torch.cat([follow.losses(torch.from_numpy(c[i : i + 256]), y[i : i + 256])
+                                 for i in range(0, len(c), 256)]).numpy() for c in (a, b))
+        pick = lb > la
+        stats = {**follow.stats, "morph_held_chosen": round(float(pick.mean()), 4)}
+        return np.where(pick[:, None, None], b, a), stats
+
+    def with_templates(self, x: np.ndarray) -> np.ndarray:
+        """Windows of the data's own channels (e.g. with noise added), the templates attached
+        again, for :meth:`scored`."""
+        return x if self.ctx is None else np.concatenate([x, self.x[:, -1:]], axis=1)
+
+
+def _run_attacks(target: _Target, test: _Inputs, train: _Inputs | None,
+                 config: EvalConfig, measure: _Measure, tick, vae=None,
+                 test_data: BeatDataset | None = None) -> list[dict]:
+    base = target.ckpt.model
     s = target.signal_channels
     x = torch.from_numpy(test.x)
     y = torch.from_numpy(test.y)
@@ -336,7 +403,8 @@ def _run_attacks(target: _Target, test: BeatDataset, train: BeatDataset | None,
     entries = []
 
     def record(name: str, eps: float, x_adv, seconds: float, stats: dict | None = None) -> None:
-        entry = {"attack": name, "eps": eps, **measure(x_adv), "seconds": round(seconds, 2)}
+        entry = {"attack": name, "eps": eps, **measure(test.scored(x_adv)),
+                 "seconds": round(seconds, 2)}
         if stats:
             entry["stats"] = stats
         entries.append(entry)
@@ -345,26 +413,27 @@ def _run_attacks(target: _Target, test: BeatDataset, train: BeatDataset | None,
     grid = list(config.eps)
     if config.sanity_eps is not None:  # the final exit's own PGD at a budget nothing survives
         t0 = time.perf_counter()
-        attack = PGD(model, config.sanity_eps, steps=config.steps, seed=config.seed, **common)
-        record("pgd_final_sanity", config.sanity_eps, _in_batches(attack, x, y),
-               time.perf_counter() - t0, attack.stats)
+        adv, stats = test.craft(lambda m: PGD(m, config.sanity_eps, steps=config.steps,
+                                              seed=config.seed, **common), base)
+        record("pgd_final_sanity", config.sanity_eps, adv, time.perf_counter() - t0, stats)
     for eps in grid:
         if "max_avg" in config.attacks:
             t0 = time.perf_counter()
-            attack = MaxAvgPGD(model, eps, steps=config.steps, seed=config.seed, **common)
-            record("max_avg", eps, _in_batches(attack, x, y), time.perf_counter() - t0,
-                   attack.stats)
+            adv, stats = test.craft(lambda m, eps=eps: MaxAvgPGD(
+                m, eps, steps=config.steps, seed=config.seed, **common), base)
+            record("max_avg", eps, adv, time.perf_counter() - t0, stats)
         if "policy" in config.attacks:
             t0 = time.perf_counter()
-            attack = PGD(model, eps, steps=config.steps, seed=config.seed,
-                         objective=target.policy_objective(), **common)
-            adv = _in_batches(attack, x, y)
-            record("policy", eps, adv, time.perf_counter() - t0, attack.stats)
+            adv, stats = test.craft(lambda m, eps=eps: PGD(
+                m, eps, steps=config.steps, seed=config.seed,
+                objective=target.policy_objective(), **common), base)
+            record("policy", eps, adv, time.perf_counter() - t0, stats)
         if "universal" in config.attacks and train is not None:
             from edgeexit.robust.attacks.universal import UniversalPerturbation
 
             t0 = time.perf_counter()
-            uap = UniversalPerturbation(model, eps, objective=target.policy_objective(),
+            uap = UniversalPerturbation(train.model(base), eps,
+                                        objective=target.policy_objective(),
                                         epochs=config.universal_epochs, seed=config.seed, **common)
             uap.fit(torch.from_numpy(train.x), torch.from_numpy(train.y))
             record("universal", eps, uap(x, y).numpy(), time.perf_counter() - t0)
@@ -372,7 +441,8 @@ def _run_attacks(target: _Target, test: BeatDataset, train: BeatDataset | None,
             from edgeexit.robust.attacks.square import SquareAttack, engine_predict
 
             t0 = time.perf_counter()
-            sq = SquareAttack(engine_predict(target.engine), eps, signal_channels=s,
+            predict = engine_predict(target.engine)
+            sq = SquareAttack(lambda xa, predict=predict: predict(test.scored(xa)), eps, signal_channels=s,
                               n_queries=config.square_queries, seed=config.seed)
             record("square", eps, sq(test.x, test.y), time.perf_counter() - t0, sq.stats)
     slow_eps = max(grid)
@@ -380,18 +450,19 @@ def _run_attacks(target: _Target, test: BeatDataset, train: BeatDataset | None,
         from edgeexit.robust.attacks.universal import DeepSloth
 
         t0 = time.perf_counter()
-        attack = DeepSloth(model, slow_eps, steps=config.steps, seed=config.seed, **common)
-        record("slowdown", slow_eps, _in_batches(attack, x, y), time.perf_counter() - t0)
+        adv, _ = test.craft(lambda m: DeepSloth(m, slow_eps, steps=config.steps, seed=config.seed,
+                                                **common), base)
+        record("slowdown", slow_eps, adv, time.perf_counter() - t0)
     if "universal_slowdown" in config.attacks and train is not None:
         from edgeexit.robust.attacks.universal import UniversalDeepSloth
 
         t0 = time.perf_counter()
-        uap = UniversalDeepSloth(model, slow_eps, epochs=config.universal_epochs,
-                                 seed=config.seed, **common)
+        uap = UniversalDeepSloth(train.model(base), slow_eps,
+                                 epochs=config.universal_epochs, seed=config.seed, **common)
         uap.fit(torch.from_numpy(train.x), torch.from_numpy(train.y))
         record("universal_slowdown", slow_eps, uap(x, y).numpy(), time.perf_counter() - t0)
     if "onmanifold" in config.attacks and vae is not None:
-        entry = _onmanifold(target, test, config, vae)
+        entry = _onmanifold(target, test_data, config, vae)
         if entry is not None:
             entries.append(entry)
         tick(f"onmanifold eta {config.eta:g}")
@@ -446,7 +517,7 @@ def _onmanifold(target: _Target, test: BeatDataset, config: EvalConfig, vae) -> 
 
 
 def _run_noise(target: _Target, test: BeatDataset, config: EvalConfig, measure: _Measure,
-               tick) -> list[dict]:
+               tick, inputs: _Inputs | None = None) -> list[dict]:
     from edgeexit.robust.noise import NoiseRecords, add_noise
 
     records = NoiseRecords(config.noise_dir) if config.noise_dir else None
@@ -456,6 +527,8 @@ def _run_noise(target: _Target, test: BeatDataset, config: EvalConfig, measure: 
         for snr in config.snr_db:
             noisy = add_noise(test.x, kind, snr, fs=test.fs, signal_channels=s,
                               seed=config.seed, records=records)
+            if inputs is not None:  # the morphology channels follow the noisy waveform
+                noisy = inputs.scored(inputs.with_templates(noisy))
             out.append({"noise": kind, "snr_db": snr,
                         "source": "records" if records else "synthetic", **measure(noisy)})
             tick(f"noise {kind} {snr:g} dB")
@@ -537,8 +610,12 @@ def evaluate(
     t = _load_target(target, checkpoint, config)
     t.ckpt.model.eval()
     spec = t.ckpt.data_spec(data, "; give the test data with --data")
-    test = stratified_sample(load_split(spec, "test"), config.limit, config.seed)
+    test_full = load_split(spec, "test")
+    test_index = stratified_index(test_full, config.limit, config.seed)
+    test = test_full if test_index is None else test_full.subset(test_index)
     _check_shape(test, t.ckpt, "test")
+    r_offset = t.ckpt.input_spec.get("r_offset")
+    ctx = MorphContext.of(test, r_offset) if config.morph_follows else None
     vae, notes = None, []
     if "onmanifold" in config.attacks:
         if config.vae:
@@ -551,10 +628,18 @@ def evaluate(
             notes.append("onmanifold skipped: no VAE given (--vae FILE)")
             log.info("evaluate: the onmanifold attack is skipped: no VAE given (--vae FILE)")
     needs_train = {"universal", "universal_slowdown"} & set(config.attacks)
-    train = None
+    train = train_inputs = None
     if needs_train:
-        train = stratified_sample(load_split(spec, "train"), config.universal_limit, config.seed + 1)
+        train_full = load_split(spec, "train")
+        train_index = stratified_index(train_full, config.universal_limit, config.seed + 1)
+        train = train_full if train_index is None else train_full.subset(train_index)
         _check_shape(train, t.ckpt, "training")
+        train_inputs = _Inputs(train, ctx, None if ctx is None else _templates(
+            train_full, train_index, ctx))
+    test_inputs = _Inputs(test, ctx, None if ctx is None else _templates(test_full, test_index, ctx))
+    if ctx is not None:
+        log.info("evaluate: the morphology channels are recomputed from every attacked and noisy "
+                 "waveform (templates rebuilt from each record's previous clean beats)")
     n_eps = len(config.eps)
     total = (sum(a in config.attacks for a in ("policy", "universal")) * n_eps
              + ("max_avg" in config.attacks) * n_eps + (config.sanity_eps is not None)
@@ -579,8 +664,15 @@ def evaluate(
         flat = test.x.copy()
         flat[:, :s] = 0.0
         context_only = measure(flat)
-    attacks = _run_attacks(t, test, train, config, measure, tick, vae)
-    noise = _run_noise(t, test, config, measure, tick) if config.noise and config.snr_db else []
+    if ctx is not None and vae is not None:
+        notes.append("onmanifold: the morphology channels are held at their clean values (the "
+                     "VAE decodes the signal only)")
+    attacks = _run_attacks(t, test_inputs, train_inputs, config, measure, tick, vae, test)
+    noise = (_run_noise(t, test, config, measure, tick, test_inputs if ctx else None)
+             if config.noise and config.snr_db else [])
+    if ctx is not None:
+        notes.append("morphology channels recomputed from each attacked or noisy waveform against "
+                     "the template of its record's previous clean beats (per-beat threat model)")
     report = {
         "target": {
             "kind": t.kind,

@@ -72,7 +72,7 @@ TEMPLATE_BEATS = 8
 QRS_HALF_S = 0.08
 """Half-width in seconds of the QRS region that ``qrs_corr`` and ``qrs_amp_ratio`` look at."""
 
-_MORPH_CLIP = 10.0  # ratios are clipped to [0, 10]: an electrode pop must not dominate
+MORPH_CLIP = 10.0  # ratios are clipped to [0, 10]: an electrode pop must not dominate
 
 
 class BeatTemplate:
@@ -99,12 +99,24 @@ class BeatTemplate:
         w = np.asarray(w, dtype=np.float32)
         if not np.isfinite(w).all():
             return np.array([1.0, 1.0, 0.0], np.float32)
-        t = np.median(self._past[: self._n], axis=0) if self._n else w
-        out = _morph(w, t, self.qrs)
+        out = _morph(w, self.template(w), self.qrs)
+        self.add(w)
+        return out
+
+    def template(self, w: np.ndarray) -> np.ndarray:
+        """What beat ``w`` is compared with: the median of the previous beats' windows (``w``
+        itself for the first beat)."""
+        return np.median(self._past[: self._n], axis=0) if self._n else np.asarray(w, np.float32)
+
+    def add(self, w: np.ndarray) -> None:
+        """``w`` (finite, ``[window]``) joins the template's beats, the oldest leaving."""
         self._past[self._next] = w
         self._next = (self._next + 1) % TEMPLATE_BEATS
         self._n = min(self._n + 1, TEMPLATE_BEATS)
-        return out
+
+    def compare(self, w: np.ndarray, template: np.ndarray) -> np.ndarray:
+        """The :data:`MORPH_FEATURES` of ``w`` against a given ``template`` (no state change)."""
+        return _morph(np.asarray(w, np.float32), np.asarray(template, np.float32), self.qrs)
 
 
 def _morph(w: np.ndarray, t: np.ndarray, qrs: slice) -> np.ndarray:
@@ -118,7 +130,7 @@ def _morph(w: np.ndarray, t: np.ndarray, qrs: slice) -> np.ndarray:
     tc = t.astype(np.float64) - float(t.mean())
     rms_t = float(np.sqrt((tc * tc).mean()))
     dev = float(np.sqrt(((wc - tc) ** 2).mean())) / rms_t if rms_t > 1e-6 else 0.0
-    return np.array([corr, min(amp, _MORPH_CLIP), min(dev, _MORPH_CLIP)], np.float32)
+    return np.array([corr, min(amp, MORPH_CLIP), min(dev, MORPH_CLIP)], np.float32)
 
 
 def morph_features(signal_windows: np.ndarray, r_offset: int, fs: float) -> np.ndarray:

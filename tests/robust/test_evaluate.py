@@ -127,3 +127,28 @@ def test_cli_json_and_errors(bundle_dir, tmp_path):
     if archive.is_file():
         res = runner.invoke(main, ["evaluate", str(archive), "--out", str(tmp_path / "e3")])
         assert res.exit_code == 1 and "unpack" in res.output
+
+
+def test_morphology_channels_follow_the_attacked_waveform(tmp_path):
+    from edgeexit.data import DataSpec, load_split
+    from edgeexit.train import TrainConfig, train
+
+    spec = DataSpec(source="synthetic", n_beats=600, morph_context=True, seed=0)
+    r = train(load_split(spec, "train"), TrainConfig(model="test_resnet1d", epochs=2,
+              batch_size=32, threads=1, seed=0), out_dir=tmp_path / "run", data_spec=spec)
+    cfg = dict(SMALL, attacks=("max_avg", "universal", "slowdown"), eps=(0.3,), sanity_eps=None,
+               limit=40, universal_limit=60)
+    follows = evaluate(r.checkpoint, config=EvalConfig(**cfg)).report
+    fixed = evaluate(r.checkpoint, config=EvalConfig(**cfg, morph_follows=False)).report
+    assert follows["config"]["morph_follows"] and not fixed["config"]["morph_follows"]
+    assert any("morphology channels recomputed" in n for n in follows["notes"])
+    assert not any("morphology" in n for n in fixed["notes"])
+    # clean windows scored through the device's recomputation: the very same answers
+    assert follows["clean"] == fixed["clean"]
+    # attacked and noisy windows are scored as the device sees them: their morphology channels
+    # moved with the waveform (this seeded model answers differently for both)
+    attacked = _entry(follows, "max_avg", 0.3)
+    assert attacked["exits"] != _entry(fixed, "max_avg", 0.3)["exits"]
+    assert follows["noise"] != fixed["noise"]
+    assert 0.0 <= attacked["stats"]["morph_held_chosen"] <= 1.0
+    assert "morph_held_chosen" not in _entry(fixed, "max_avg", 0.3)["stats"]
