@@ -142,7 +142,7 @@ def run_name(method: str, plan: Plan) -> str:
 
 
 def run_one(method: str, seed: int, policy: str, train_path: Path, test_path: Path, out: Path,
-            plan: Plan, threads: int) -> Path:
+            plan: Plan, threads: int, morph_follows: bool = True) -> Path:
     """Train (or reuse), export and evaluate one (method, seed); returns the report path."""
     from edgeexit.data import DataSpec
     from edgeexit.export.bundle import ExportConfig, export_bundle
@@ -150,7 +150,8 @@ def run_one(method: str, seed: int, policy: str, train_path: Path, test_path: Pa
     from edgeexit.train import TrainConfig, run_training
 
     run = out / f"{run_name(method, plan)}-seed{seed}"
-    report_path = run / f"eval-{policy}" / "report.json"
+    eval_dir = run / (f"eval-{policy}" if morph_follows else f"eval-{policy}-held")
+    report_path = eval_dir / "report.json"
     if report_path.is_file():
         log.info("%s exists: skipped", report_path)
         return report_path
@@ -169,8 +170,8 @@ def run_one(method: str, seed: int, policy: str, train_path: Path, test_path: Pa
     ec = EvalConfig(limit=plan.eval_limit, steps=plan.eval_steps,
                     square_queries=plan.square_queries, universal_limit=plan.universal_limit,
                     noise=("ma",), snr_db=(6.0, 0.0), backend="onnxruntime", threads=threads,
-                    seed=seed)
-    evaluate(bundle, config=ec, out_dir=run / f"eval-{policy}")
+                    seed=seed, morph_follows=morph_follows)
+    evaluate(bundle, config=ec, out_dir=eval_dir)
     log.info("%s seed %d %s: done in %.0f s", method, seed, policy, time.perf_counter() - t0)
     return report_path
 
@@ -314,6 +315,10 @@ def main(argv=None) -> int:
                     help="skip the standard model's ensemble-policy bundle")
     ap.add_argument("--recipe", choices=tuple(RECIPES), default="default",
                     help="how every model is trained (see above); give each recipe its own --out")
+    ap.add_argument("--morph", choices=("follows", "held"), default="follows",
+                    help="the morphology channels under attack and noise: recomputed from the "
+                         "waveform (follows, as the device does) or held at their clean values; "
+                         "held reports go to eval-POLICY-held/ (table rows POLICY-held)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table-only", action="store_true", help="only (re)write the table")
     args = ap.parse_args(argv)
@@ -334,11 +339,10 @@ def main(argv=None) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         for seed in [int(s) for s in args.seeds.split(",")]:
             for method in methods:
-                run_one(method, seed, "max_prob", train_path, test_path, args.out, plan,
-                        args.threads)
-                if method == "standard" and not args.no_ensemble:
-                    run_one(method, seed, "ensemble", train_path, test_path, args.out, plan,
-                            args.threads)
+                for policy in ("max_prob", "ensemble"):
+                    if policy == "max_prob" or (method == "standard" and not args.no_ensemble):
+                        run_one(method, seed, policy, train_path, test_path, args.out, plan,
+                                args.threads, args.morph == "follows")
     text = table(args.out, note)
     (args.out / "table.md").write_text(text)
     (args.out / "table.json").write_text(json.dumps(

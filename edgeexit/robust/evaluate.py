@@ -364,27 +364,13 @@ class _Inputs:
         return x if self.ctx is None else self.ctx.finish(x)
 
     def craft(self, make, base: torch.nn.Module) -> tuple[np.ndarray, dict]:
-        """Adversarial inputs from the gradient attack ``make(model)``, and its stats.
-
-        With a morphology context, two candidates per window, both scored with the channels
-        recomputed: the attack through the recomputation (its gradients flow through the
-        features), and the attack with the channels held (the features' kinks, a median template
-        and max - min amplitudes, can mislead the first); the one with the larger loss of the
-        true pipeline is kept, window by window (``morph_held_chosen``: the share of the second).
-        """
-        y = torch.from_numpy(self.y)
-        follow = make(self.model(base))
-        a = _in_batches(follow, torch.from_numpy(self.x), y)
-        if self.ctx is None:
-            return a, follow.stats
-        held = make(base)
-        b = self.with_templates(_in_batches(held, torch.from_numpy(self.x[:, :-1]), y))
-        with torch.no_grad():
-            la, lb = (torch.cat([follow.losses(torch.from_numpy(c[i : i + 256]), y[i : i + 256])
-                                 for i in range(0, len(c), 256)]).numpy() for c in (a, b))
-        pick = lb > la
-        stats = {**follow.stats, "morph_held_chosen": round(float(pick.mean()), 4)}
-        return np.where(pick[:, None, None], b, a), stats
+        """Adversarial inputs from the gradient attack ``make(model)``, and its stats; with a
+        morphology context, its gradients flow through the recomputed channels. (Measured on a
+        MIT-BIH model at 0.2 mV, that attack left 12.5% final-exit accuracy, the one with the
+        channels held 24.1%, straight-through gradients 13.5%, and keeping per window the
+        candidate of larger loss 58%: the surrogate loss does not rank candidates.)"""
+        attack = make(self.model(base))
+        return _in_batches(attack, torch.from_numpy(self.x), torch.from_numpy(self.y)), attack.stats
 
     def with_templates(self, x: np.ndarray) -> np.ndarray:
         """Windows of the data's own channels (e.g. with noise added), the templates attached
