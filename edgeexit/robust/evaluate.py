@@ -247,13 +247,6 @@ def _recorded_checkpoint(bundle: Path, prov: dict) -> Path:
 
 
 
-def _templates(full: BeatDataset, index: np.ndarray | None, ctx: MorphContext) -> np.ndarray:
-    """The morphology templates of ``full``'s windows at ``index`` (None = all), rebuilt from
-    the whole split (each window's template is its record's previous beats)."""
-    t = record_templates(full, ctx.r_offset)
-    return t if index is None else t[index]
-
-
 def _check_shape(data: BeatDataset, ckpt: Checkpoint, what: str) -> None:
     if tuple(data.input_shape) != tuple(ckpt.input_spec["shape"]):
         raise DataError(
@@ -351,11 +344,19 @@ class _Inputs:
     trailing channel, the model the attacks differentiate recomputes the morphology channels
     from the attacked signal, and :meth:`scored` does so with the device's code."""
 
-    def __init__(self, data: BeatDataset, ctx: MorphContext | None = None,
-                 templates: np.ndarray | None = None) -> None:
-        self.ctx = ctx
-        self.x = data.x if ctx is None else ctx.attach(data, templates)
-        self.y = data.y
+    def __init__(self, full: BeatDataset, limit: int | None, seed: int,
+                 morph_follows: bool = True, r_offset: int | None = None) -> None:
+        """A class-stratified sample of ``full`` (``limit`` windows, ``seed``); the templates
+        are rebuilt from the whole split, each window's from its record's previous beats."""
+        index = stratified_index(full, limit, seed)
+        self.data = full if index is None else full.subset(index)
+        self.ctx = MorphContext.of(self.data, r_offset) if morph_follows else None
+        if self.ctx is None:
+            self.x = self.data.x
+        else:
+            templates = record_templates(full, self.ctx.r_offset)
+            self.x = self.ctx.attach(self.data, templates if index is None else templates[index])
+        self.y = self.data.y
 
     def model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model if self.ctx is None else self.ctx.wrap(model)
@@ -379,8 +380,7 @@ class _Inputs:
 
 
 def _run_attacks(target: _Target, test: _Inputs, train: _Inputs | None,
-                 config: EvalConfig, measure: _Measure, tick, vae=None,
-                 test_data: BeatDataset | None = None) -> list[dict]:
+                 config: EvalConfig, measure: _Measure, tick, vae=None) -> list[dict]:
     base = target.ckpt.model
     s = target.signal_channels
     x = torch.from_numpy(test.x)
@@ -448,7 +448,7 @@ def _run_attacks(target: _Target, test: _Inputs, train: _Inputs | None,
         uap.fit(torch.from_numpy(train.x), torch.from_numpy(train.y))
         record("universal_slowdown", slow_eps, uap(x, y).numpy(), time.perf_counter() - t0)
     if "onmanifold" in config.attacks and vae is not None:
-        entry = _onmanifold(target, test_data, config, vae)
+        entry = _onmanifold(target, test.data, config, vae)
         if entry is not None:
             entries.append(entry)
         tick(f"onmanifold eta {config.eta:g}")
@@ -502,8 +502,8 @@ def _onmanifold(target: _Target, test: BeatDataset, config: EvalConfig, vae) -> 
     return entry
 
 
-def _run_noise(target: _Target, test: BeatDataset, config: EvalConfig, measure: _Measure,
-               tick, inputs: _Inputs | None = None) -> list[dict]:
+def _run_noise(target: _Target, inputs: _Inputs, config: EvalConfig, measure: _Measure,
+               tick) -> list[dict]:
     from edgeexit.robust.noise import NoiseRecords, add_noise
 
     records = NoiseRecords(config.noise_dir) if config.noise_dir else None
@@ -511,10 +511,9 @@ def _run_noise(target: _Target, test: BeatDataset, config: EvalConfig, measure: 
     out = []
     for kind in config.noise:
         for snr in config.snr_db:
-            noisy = add_noise(test.x, kind, snr, fs=test.fs, signal_channels=s,
+            noisy = add_noise(inputs.data.x, kind, snr, fs=inputs.data.fs, signal_channels=s,
                               seed=config.seed, records=records)
-            if inputs is not None:  # the morphology channels follow the noisy waveform
-                noisy = inputs.scored(inputs.with_templates(noisy))
+            noisy = inputs.scored(inputs.with_templates(noisy))  # morphology follows the noise
             out.append({"noise": kind, "snr_db": snr,
                         "source": "records" if records else "synthetic", **measure(noisy)})
             tick(f"noise {kind} {snr:g} dB")
@@ -596,12 +595,11 @@ def evaluate(
     t = _load_target(target, checkpoint, config)
     t.ckpt.model.eval()
     spec = t.ckpt.data_spec(data, "; give the test data with --data")
-    test_full = load_split(spec, "test")
-    test_index = stratified_index(test_full, config.limit, config.seed)
-    test = test_full if test_index is None else test_full.subset(test_index)
-    _check_shape(test, t.ckpt, "test")
     r_offset = t.ckpt.input_spec.get("r_offset")
-    ctx = MorphContext.of(test, r_offset) if config.morph_follows else None
+    test_inputs = _Inputs(load_split(spec, "test"), config.limit, config.seed,
+                          config.morph_follows, r_offset)
+    test, ctx = test_inputs.data, test_inputs.ctx
+    _check_shape(test, t.ckpt, "test")
     vae, notes = None, []
     if "onmanifold" in config.attacks:
         if config.vae:
@@ -614,15 +612,11 @@ def evaluate(
             notes.append("onmanifold skipped: no VAE given (--vae FILE)")
             log.info("evaluate: the onmanifold attack is skipped: no VAE given (--vae FILE)")
     needs_train = {"universal", "universal_slowdown"} & set(config.attacks)
-    train = train_inputs = None
+    train_inputs = None
     if needs_train:
-        train_full = load_split(spec, "train")
-        train_index = stratified_index(train_full, config.universal_limit, config.seed + 1)
-        train = train_full if train_index is None else train_full.subset(train_index)
-        _check_shape(train, t.ckpt, "training")
-        train_inputs = _Inputs(train, ctx, None if ctx is None else _templates(
-            train_full, train_index, ctx))
-    test_inputs = _Inputs(test, ctx, None if ctx is None else _templates(test_full, test_index, ctx))
+        train_inputs = _Inputs(load_split(spec, "train"), config.universal_limit,
+                               config.seed + 1, config.morph_follows, r_offset)
+        _check_shape(train_inputs.data, t.ckpt, "training")
     if ctx is not None:
         log.info("evaluate: the morphology channels are recomputed from every attacked and noisy "
                  "waveform (templates rebuilt from each record's previous clean beats)")
@@ -653,8 +647,8 @@ def evaluate(
     if ctx is not None and vae is not None:
         notes.append("onmanifold: the morphology channels are held at their clean values (the "
                      "VAE decodes the signal only)")
-    attacks = _run_attacks(t, test_inputs, train_inputs, config, measure, tick, vae, test)
-    noise = (_run_noise(t, test, config, measure, tick, test_inputs if ctx else None)
+    attacks = _run_attacks(t, test_inputs, train_inputs, config, measure, tick, vae)
+    noise = (_run_noise(t, test_inputs, config, measure, tick)
              if config.noise and config.snr_db else [])
     if ctx is not None:
         notes.append("morphology channels recomputed from each attacked or noisy waveform against "
@@ -672,7 +666,7 @@ def evaluate(
             "backend": None if t.engine is None else t.engine.backend,
         },
         "data": {"spec": spec.to_dict(), "test": test.describe(),
-                 "train_for_universal": None if train is None else len(train),
+                 "train_for_universal": None if train_inputs is None else len(train_inputs.data),
                  "sampled": config.limit is not None},
         "config": config.to_dict(),
         "host": {**machine_info(), "threads": config.threads},
