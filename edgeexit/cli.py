@@ -204,6 +204,11 @@ def _method_config(method: str, ctx: click.Context):
               help="onmanifold: latent Linf budget of the on-manifold examples [default 0.5].")
 @click.option("--latent-steps", type=int, default=None,
               help="onmanifold: latent PGD steps per batch [default 5].")
+@click.option("--attack-morph", type=click.Choice(["follows", "held"]), default="follows",
+              show_default=True,
+              help="rdi, neokd, ima, onmanifold on data with --morph-context: the training "
+                   "attacks recompute the morphology channels from the perturbed waveform, as "
+                   "the device and `edgeexit evaluate` do (follows), or hold them (held).")
 @click.option("--epochs", default=12, show_default=True, help="Maximum epochs.")
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--lr", default=3e-3, show_default=True, help="Peak learning rate (cosine decay).")
@@ -255,7 +260,7 @@ def _method_config(method: str, ctx: click.Context):
 def train(source, test_data, split, n_beats, window, rr_context, morph_context, model, width, exit_heads,
           method, eps, norm, attack_steps, attack_step_size, attack_kind, kd_alpha, kd_beta,
           kd_temperature, ima_eps_max, ima_eps_step, ima_eps_init, ima_beta, ima_bisection_steps,
-          ima_criterion, vae, eta, latent_steps, epochs,
+          ima_criterion, vae, eta, latent_steps, attack_morph, epochs,
           batch_size, lr, class_weighting, max_class_weight, val_split, val_fraction, patience,
           cv_folds, augment, rr_augment, rr_scale, time_warp, signal_dropout, ema, bn_recalibrate,
           bn_recalibrate_augmented, seed, threads, out_dir, progress, as_json):
@@ -272,7 +277,7 @@ def train(source, test_data, split, n_beats, window, rr_context, morph_context, 
                     seed=seed, window=window, rr_context=rr_context, morph_context=morph_context)
     config = TrainConfig(model=model, width=width, exit_heads=exit_heads, method=method,
                          method_config=_method_config(method, click.get_current_context()),
-                         epochs=epochs,
+                         attack_morph=attack_morph, epochs=epochs,
                          batch_size=batch_size, lr=lr, class_weighting=class_weighting,
                          max_class_weight=max_class_weight,
                          val_split=val_split, val_fraction=val_fraction, patience=patience,

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 CLASS_WEIGHTINGS = ("none", "sqrt", "balanced")
 VAL_SPLITS = ("auto", "record", "beat")
+ATTACK_MORPH = ("follows", "held")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,13 @@ class TrainConfig:
         method: registered training method (``standard``, ``rdi``, ``neokd``, ``ima``).
         method_config: the method's own frozen settings (its ``config_class``; eps, steps, ...);
             None = the method's defaults.
+        attack_morph: how an adversarial method's training attacks treat the morphology
+            channels (data with morphology context): ``follows`` recomputes them from the
+            perturbed (and augmented) waveform against each window's template, as the device
+            and ``edgeexit evaluate`` do, so the model cannot lean on channels an attacker moves;
+            the clean half of each batch then has them recomputed from its augmented waveform
+            too. ``held`` keeps the stored values (the behaviour before 2026-12-02). Ignored by
+            ``standard`` and by data without morphology channels.
         epochs: maximum number of epochs.
         batch_size: samples per optimiser step (over all processes when distributed).
         lr: peak learning rate of AdamW (cosine-decayed to zero over ``epochs``).
@@ -116,6 +124,7 @@ class TrainConfig:
     exit_heads: str = "conv"
     method: str = "standard"
     method_config: MethodConfig | None = None
+    attack_morph: str = "follows"
     epochs: int = 12
     batch_size: int = 128
     lr: float = 3e-3
@@ -150,6 +159,9 @@ class TrainConfig:
                 f"method {self.method!r} takes a {expected.__name__}, "
                 f"got a {type(self.method_config).__name__}"
             )
+        if self.attack_morph not in ATTACK_MORPH:
+            raise ConfigError(f"unknown attack_morph {self.attack_morph!r}; choose "
+                              f"{' or '.join(ATTACK_MORPH)}")
         if self.class_weighting not in CLASS_WEIGHTINGS:
             raise ConfigError(
                 f"unknown class weighting {self.class_weighting!r}; "
@@ -290,12 +302,16 @@ def evaluate_exits(model: MultiExitNet, data: BeatDataset, batch_size: int = 512
     return [classification_report(data.y, z.argmax(axis=1), data.classes) for z in logits]
 
 
-def _augment(x: torch.Tensor, signal_channels: int, gen: torch.Generator) -> torch.Tensor:
+def _augment(x: torch.Tensor, signal_channels: int, gen: torch.Generator,
+             template: torch.Tensor | None = None):
     """Patient- and sensor-like variation of the signal channels (context channels untouched).
 
     Gain 0.6-1.5 (electrode placement, body habitus), a baseline offset and linear drift up to
     +-0.3 mV (wander), Gaussian noise up to 0.05 mV rms (muscle, electronics), and a shift of the
-    beat by up to +-6 samples (R-peak detection jitter on the device).
+    beat by up to +-6 samples (R-peak detection jitter on the device). With the windows'
+    morphology ``template`` ``[N, L]`` it returns ``(x, template)``, the template scaled by the
+    same gain (a recording's gain moves its earlier beats alike; the noise, wander and jitter are
+    the beat's own).
     """
     n, s, length = x.shape[0], signal_channels, x.shape[-1]
     sig = x[:, :s]
@@ -306,7 +322,8 @@ def _augment(x: torch.Tensor, signal_channels: int, gen: torch.Generator) -> tor
     noise = 0.05 * torch.rand(n, 1, 1, generator=gen) * torch.randn(sig.shape, generator=gen)
     shift = int(torch.randint(-6, 7, (1,), generator=gen))
     sig = torch.roll(sig, shifts=shift, dims=-1) * gain + offset + drift + noise
-    return torch.cat([sig, x[:, s:]], dim=1)
+    out = torch.cat([sig, x[:, s:]], dim=1)
+    return out if template is None else (out, template * gain.view(n, 1))
 
 
 def _rr_channels(channels: tuple[str, ...] | list[str]) -> dict[str, int] | None:
@@ -372,6 +389,23 @@ def _time_warp(x: torch.Tensor, signal_channels: int, amount: float, gen: torch.
     a = sig.gather(-1, i0.unsqueeze(1).expand(-1, s, -1))
     b = sig.gather(-1, (i0 + 1).unsqueeze(1).expand(-1, s, -1))
     return torch.cat([a + (b - a) * frac, x[:, s:]], dim=1)
+
+
+def _attack_morph(method, train_set: BeatDataset, config: TrainConfig):
+    """``(MorphContext, templates [N, L])`` when ``method``'s training attacks recompute the
+    morphology channels (:attr:`TrainConfig.attack_morph`), else ``(None, None)``."""
+    from edgeexit.robust.context import MorphContext, has_morph_context, record_templates
+
+    if not (method.crafts_attacks and config.attack_morph == "follows" and has_morph_context(train_set)):
+        return None, None
+    morph = MorphContext.of(train_set)
+    try:
+        templates = record_templates(train_set, morph.r_offset)
+    except DataError as e:
+        raise ConfigError(f"{e}; or train with attack_morph 'held' (--attack-morph held)") from e
+    log.info("training attacks recompute the morphology channels (templates of %d windows)",
+                len(templates))
+    return morph, templates
 
 
 def split_validation(data: BeatDataset, config: TrainConfig) -> tuple[BeatDataset, BeatDataset]:
@@ -516,6 +550,7 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
         raise ConfigError(f"{len(exit_w)} exit weights given for {model.num_exits} exits")
     cw = class_weights(train_set.y, len(data.classes), config.class_weighting, config.max_class_weight)
     method = create_method(config.method, config.method_config)
+    morph, templates = _attack_morph(method, train_set, config)
     method.setup(
         TrainContext(
             model=model,
@@ -524,6 +559,7 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
             num_samples=len(train_set),
             signal_channels=data.signal_channels,
             world=dist.world,
+            morph=morph,
         )
     )
     costs = profile_model(model, data.input_shape)
@@ -535,6 +571,7 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
         torch.from_numpy(train_set.x),
         torch.from_numpy(train_set.y),
         torch.arange(len(train_set)),
+        *([] if templates is None else [torch.from_numpy(templates)]),
     )
     per_rank_batch = max(2, config.batch_size // dist.world)
     sampler = None
@@ -572,10 +609,15 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
     scored = model if ema is None else ema.module
 
-    def augmented(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """A training batch through every augmentation the config turns on."""
+    def augmented(x: torch.Tensor, gen: torch.Generator, template: torch.Tensor | None = None):
+        """A training batch through every augmentation the config turns on; with the windows'
+        morphology templates, ``(x, templates)`` with the morphology channels recomputed from
+        the augmented waveform (the templates scaled with it)."""
         if config.augment:
-            x = _augment(x, data.signal_channels, gen)
+            if template is None:
+                x = _augment(x, data.signal_channels, gen)
+            else:
+                x, template = _augment(x, data.signal_channels, gen, template)
         if config.time_warp > 0:
             x = _time_warp(x, data.signal_channels, config.time_warp, gen)
         if config.signal_dropout > 0:
@@ -584,7 +626,9 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
             x = _rr_augment(x, rr_idx, config.rr_augment, gen)
         if rr_idx is not None and config.rr_scale > 0:
             x = _rr_rescale(x, rr_idx, config.rr_scale, gen)
-        return x
+        if template is None:
+            return x
+        return morph.recompute_torch(morph.with_template(x, template)), template
 
     history = []
     for epoch in range(config.epochs):
@@ -597,9 +641,13 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
             from tqdm import tqdm
 
             batches = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
-        for x, y, idx in batches:
-            x = augmented(x, aug_gen)
-            loss = method.loss(net, Batch(x=x, y=y, index=idx))
+        for x, y, idx, *tmpl in batches:
+            if tmpl:
+                x, t = augmented(x, aug_gen, tmpl[0])
+                batch = Batch(x=x, y=y, index=idx, template=t)
+            else:
+                batch = Batch(x=augmented(x, aug_gen), y=y, index=idx)
+            loss = method.loss(net, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

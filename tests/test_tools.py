@@ -63,13 +63,21 @@ def test_robust_benchmark_recipe_trains_with_the_cross_validated_settings():
 
     rb = _tool("robust_benchmark")
     default = rb.Plan.make(False, 0.1)
-    assert not default.morph_context and default.train_overrides() == {"epochs": 6}
+    assert not default.morph_context
+    assert default.train_overrides() == {"epochs": 6, "attack_morph": "follows"}
     full = rb.Plan.make(False, 0.1, "ranked-first")
     cfg = TrainConfig(model="resnet1d", **full.train_overrides())
     assert full.morph_context
     assert (cfg.epochs, cfg.schedule_epochs, cfg.select) == (10, 16, "last")
     assert (cfg.rr_scale, cfg.rr_augment) == (0.3, 0.5)
     assert "10 epochs of a 16-epoch schedule" in full.describe()
+    assert cfg.attack_morph == "follows" and rb.run_name("neokd", full) == "neokd"
+    held = rb.Plan.make(False, 0.2, "ranked-first", "held")
+    assert TrainConfig(model="resnet1d", **held.train_overrides()).attack_morph == "held"
+    assert rb.run_name("neokd", held) == "neokd-eps0.2-trainheld"
+    assert rb.run_name("standard", held) == "standard"
+    assert rb.run_name("neokd", rb.Plan.make(False, 0.2, "default", "held")) == "neokd-eps0.2"
+    assert "held by the training attacks" in held.describe()
     quick = rb.Plan.make(True, 0.1, "ranked-first").train_overrides()
     assert quick["epochs"] == 3 and "schedule_epochs" not in quick
     TrainConfig(model="resnet1d", **quick)  # a valid config: no schedule shorter than epochs

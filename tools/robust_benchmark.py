@@ -63,14 +63,16 @@ class Plan:
     universal_limit: int
     train_eps: float
     recipe: str = "default"
+    attack_morph: str = "follows"
 
     @classmethod
-    def make(cls, quick: bool, train_eps: float, recipe: str = "default") -> Plan:
+    def make(cls, quick: bool, train_eps: float, recipe: str = "default",
+             attack_morph: str = "follows") -> Plan:
         if recipe not in RECIPES:
             raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
         if quick:
-            return cls(3, 1 / 3, 2, 300, 10, 100, 1000, train_eps, recipe)
-        return cls(6, 1.0, 5, 1000, 20, 300, 2000, train_eps, recipe)
+            return cls(3, 1 / 3, 2, 300, 10, 100, 1000, train_eps, recipe, attack_morph)
+        return cls(6, 1.0, 5, 1000, 20, 300, 2000, train_eps, recipe, attack_morph)
 
     @property
     def morph_context(self) -> bool:
@@ -79,6 +81,7 @@ class Plan:
     def train_overrides(self) -> dict:
         """TrainConfig fields of the recipe; a quick plan keeps its own (short) epoch count."""
         ov = {k: v for k, v in RECIPES[self.recipe].items() if k != "morph_context"}
+        ov["attack_morph"] = self.attack_morph
         ov.setdefault("epochs", self.epochs)
         if self.train_fraction < 1.0:  # quick
             ov["epochs"] = self.epochs
@@ -89,9 +92,14 @@ class Plan:
         if self.recipe == "default":
             return f"{self.epochs} epochs"
         ov = self.train_overrides()
-        extra = ", ".join(f"{k} {v}" for k, v in ov.items() if k not in ("epochs", "schedule_epochs", "select"))
+        extra = ", ".join(f"{k} {v}" for k, v in ov.items()
+                          if k not in ("epochs", "schedule_epochs", "select", "attack_morph"))
         sched = f" of a {ov['schedule_epochs']}-epoch schedule" if "schedule_epochs" in ov else ""
-        morph = "morphology context, " if self.morph_context else ""
+        morph = ""
+        if self.morph_context:
+            morph = ("morphology context (the training attacks recompute it), "
+                     if self.attack_morph == "follows" else
+                     "morphology context (held by the training attacks), ")
         return f"recipe {self.recipe}: {morph}{extra}, {ov['epochs']} epochs{sched}"
 
 
@@ -135,10 +143,14 @@ DEFAULT_TRAIN_EPS = 0.1
 
 
 def run_name(method: str, plan: Plan) -> str:
-    """``rdi``, or ``rdi-eps0.2`` for a training budget other than the default."""
-    if method == "standard" or plan.train_eps == DEFAULT_TRAIN_EPS:
+    """``rdi``, or ``rdi-eps0.2`` for a training budget other than the default; ``-trainheld``
+    when its training attacks held the morphology channels (``--train-morph held``)."""
+    if method == "standard":
         return method
-    return f"{method}-eps{plan.train_eps:g}"
+    name = method if plan.train_eps == DEFAULT_TRAIN_EPS else f"{method}-eps{plan.train_eps:g}"
+    if plan.morph_context and plan.attack_morph == "held":
+        name += "-trainheld"
+    return name
 
 
 def run_one(method: str, seed: int, policy: str, train_path: Path, test_path: Path, out: Path,
@@ -319,11 +331,15 @@ def main(argv=None) -> int:
                     help="the morphology channels under attack and noise: recomputed from the "
                          "waveform (follows, as the device does) or held at their clean values; "
                          "held reports go to eval-POLICY-held/ (table rows POLICY-held)")
+    ap.add_argument("--train-morph", choices=("follows", "held"), default="follows",
+                    help="with --recipe ranked-first: the training attacks of rdi/neokd/ima "
+                         "recompute the morphology channels from the perturbed waveform "
+                         "(follows) or hold them (held; runs named METHOD-trainheld)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table-only", action="store_true", help="only (re)write the table")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    plan = Plan.make(args.quick, args.train_eps, args.recipe)
+    plan = Plan.make(args.quick, args.train_eps, args.recipe, args.train_morph)
     note = ("QUICK: a third of the DS1 beats of every record, " + plan.describe() + ", 2-step "
             "training attacks, 300 attacked windows, 10 PGD steps, 100 Square queries" if args.quick else
             "full: all of DS1, " + plan.describe() + ", 5-step training attacks, 1000 attacked "

@@ -45,6 +45,11 @@ class BeatDataset:
         signal_channels: how many leading channels are signal in ``units`` (the rest is context).
         units: physical units of the signal channels.
         source: a short description of where the data came from (logged and stored in checkpoints).
+        templates: with the morphology channels, every window's template (float32 ``[N, L]``:
+            the median of the previous windows of its recording, which the channels were computed
+            against), so that an attack or a noise on the waveform can recompute them
+            (:mod:`edgeexit.robust.context`), on any sample of the data; kept by :meth:`subset`
+            and the ``.npz`` files. None when unknown.
     """
 
     x: np.ndarray
@@ -56,6 +61,7 @@ class BeatDataset:
     signal_channels: int = 1
     units: str = "mV"
     source: str = ""
+    templates: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -99,11 +105,16 @@ class BeatDataset:
             )
         if self.groups is not None and self.groups.shape != self.y.shape:
             raise DataError(f"groups must have shape {self.y.shape}, got {self.groups.shape}{where}")
+        if self.templates is not None and self.templates.shape != (len(self), self.x.shape[2]):
+            raise DataError(f"templates must have shape {(len(self), self.x.shape[2])}, got "
+                            f"{self.templates.shape}{where}")
 
     def subset(self, index: np.ndarray) -> BeatDataset:
         """The beats at ``index`` (an index array or boolean mask), all metadata kept."""
         groups = None if self.groups is None else self.groups[index]
-        return dataclasses.replace(self, x=self.x[index], y=self.y[index], groups=groups)
+        templates = None if self.templates is None else self.templates[index]
+        return dataclasses.replace(self, x=self.x[index], y=self.y[index], groups=groups,
+                                   templates=templates)
 
     def class_counts(self) -> dict[str, int]:
         """Number of beats of every class, in class order (classes with no beats included)."""
@@ -137,6 +148,8 @@ class BeatDataset:
         }
         if self.groups is not None:
             arrays["groups"] = np.asarray(self.groups).astype(str)
+        if self.templates is not None:
+            arrays["templates"] = np.asarray(self.templates, np.float32)
         atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
         log.info("wrote %d beats to %s", len(self), path)
         return path
@@ -180,6 +193,7 @@ def load_npz(path: str | os.PathLike) -> BeatDataset:
         signal_channels=int(data.get("signal_channels", x.shape[1])),
         units=str(data.get("units", "mV")),
         source=str(path),
+        templates=np.asarray(data["templates"], np.float32) if "templates" in data else None,
     )
 
 
@@ -281,3 +295,79 @@ def stratified_sample(data: BeatDataset, limit: int | None, seed: int) -> BeatDa
     order; all of ``data`` when ``limit`` is None or not smaller."""
     index = stratified_index(data, limit, seed)
     return data if index is None else data.subset(index)
+
+
+_TEMPLATE_TOLERANCE = 1e-4  # recomputed vs stored morphology features on clean windows (float32)
+
+
+def rebuild_templates(data: BeatDataset, r_offset: int) -> np.ndarray:
+    """Every window's morphology template, float32 ``[N, L]``, rebuilt from the data set itself.
+
+    The windows of a recording must lie together and in recording order, as the loaders write
+    them; the template of each is the median of the previous windows of its recording, as
+    :class:`~edgeexit.runtime.preprocess.BeatTemplate` keeps them on the device. Exact for
+    MIT-BIH; where the data leaves out a record's first beats (the synthetic generator's lead-in),
+    the templates of its first ``TEMPLATE_BEATS`` windows are built from fewer beats.
+
+    Raises:
+        DataError: the data has no groups (records), a record's windows are not contiguous, or
+            the features recomputed from the rebuilt templates differ from the stored ones (the
+            windows are not every beat of their recordings in order, e.g. a sample).
+    """
+    from edgeexit.runtime.preprocess import morph_templates
+
+    if data.groups is None:
+        raise DataError("the morphology channels cannot be recomputed under attack: the data "
+                        "names no record per window (groups)")
+    x = np.asarray(data.x, np.float32)
+    g = np.asarray(data.groups)
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    if len(starts) != len(np.unique(g)):
+        raise DataError("the morphology channels cannot be recomputed under attack: the windows "
+                        "of a record are not contiguous (the data must hold each recording's "
+                        "beats in order, as `edgeexit data generate` writes them)")
+    out = np.empty((len(x), x.shape[-1]), np.float32)
+    bounds = [*starts.tolist(), len(x)]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        out[a:b] = morph_templates(x[a:b, 0], r_offset, data.fs)
+    check_templates(data, out, r_offset, starts)
+    return out
+
+
+def check_templates(data: BeatDataset, templates: np.ndarray, r_offset: int,
+                    starts: np.ndarray | None = None) -> None:
+    """Raise :class:`DataError` unless ``templates`` give back the data's stored morphology
+    channels (on up to 500 windows, past the first ``TEMPLATE_BEATS`` of each record when
+    ``starts``, the first window of every record, is given; at most 1% may differ)."""
+    from edgeexit.runtime.preprocess import MORPH_FEATURES, TEMPLATE_BEATS, BeatTemplate
+
+    x = data.x
+    n = len(x)
+    pool = np.arange(n)
+    if starts is not None:
+        # A record's first beats may have had earlier beats behind them that the data does not
+        # hold (the synthetic generator's lead-in): their rebuilt templates are not exact.
+        first = np.repeat(starts, np.diff([*starts.tolist(), n]))
+        settled = np.flatnonzero(pool - first >= TEMPLATE_BEATS)
+        pool = settled if len(settled) else pool
+    probe = pool[np.linspace(0, len(pool) - 1, min(len(pool), 500)).astype(int)]
+    idx = [list(data.channels).index(c) for c in MORPH_FEATURES]
+    beat = BeatTemplate(x.shape[-1], r_offset, data.fs)
+    got = np.stack([beat.compare(x[i, 0], templates[i]) for i in probe])
+    bad = np.abs(got - x[probe][:, idx, 0]).max(axis=1) > _TEMPLATE_TOLERANCE
+    if bad.mean() > 0.01:
+        raise DataError(
+            f"the morphology channels cannot be recomputed under attack: for {bad.mean():.0%} of "
+            "the windows probed, the templates do not give the stored features (the data must "
+            "hold every beat of each recording, in order, or carry its templates: write it "
+            "again with this version)")
+
+
+def with_templates(data: BeatDataset, r_offset: int) -> BeatDataset:
+    """``data`` with its morphology templates (:attr:`BeatDataset.templates`) rebuilt, for the
+    loaders; data without the morphology channels is returned as it is."""
+    from edgeexit.runtime.preprocess import MORPH_FEATURES
+
+    if not set(MORPH_FEATURES) <= set(data.channels):
+        return data
+    return dataclasses.replace(data, templates=rebuild_templates(data, r_offset))

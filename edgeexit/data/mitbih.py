@@ -33,7 +33,13 @@ import numpy as np
 
 from edgeexit.data.dataset import AAMI_CLASSES, BeatDataset, stratified_split
 from edgeexit.errors import ConfigError, DataError
-from edgeexit.runtime.preprocess import MORPH_FEATURES, RR_FEATURES, beat_windows, default_r_offset
+from edgeexit.runtime.preprocess import (
+    MORPH_FEATURES,
+    RR_FEATURES,
+    beat_windows,
+    default_r_offset,
+    morph_templates,
+)
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +293,8 @@ def _load(
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     gs: list[np.ndarray] = []
+    ts: list[np.ndarray] = []  # morphology templates, with morph_context
+    off = default_r_offset(window) if r_offset is None else r_offset
     leads: list[str] = []
     fs: float | None = None
     for i, name in enumerate(names, start=1):
@@ -325,7 +333,11 @@ def _load(
                 signal, peaks, fs, window=window, r_offset=r_offset, rr_context=rr_context,
                 morph_context=morph_context,
             )
+            if morph_context:  # what each beat's morphology channels were computed against
+                ts.append(morph_templates(x[:, 0], off, fs))
             finite = np.isfinite(x).all(axis=(1, 2))
+            if morph_context and not finite.all():
+                ts[-1] = ts[-1][finite]
             if not finite.all():
                 # wfdb turns invalid samples into NaN; such windows cannot be used.
                 log.warning(
@@ -364,6 +376,7 @@ def _load(
         signal_channels=1,
         units="mV",
         source=source,
+        templates=np.concatenate(ts) if morph_context else None,
     )
     log.info(
         "loaded %d beats from %s in %.1f s (window %d, R at %d): %s",

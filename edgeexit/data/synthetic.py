@@ -48,7 +48,13 @@ import numpy as np
 from edgeexit.config import dataclass_from_dict
 from edgeexit.data.dataset import AAMI_CLASSES, BeatDataset
 from edgeexit.errors import ConfigError
-from edgeexit.runtime.preprocess import MORPH_FEATURES, RR_FEATURES, beat_windows, default_r_offset
+from edgeexit.runtime.preprocess import (
+    MORPH_FEATURES,
+    RR_FEATURES,
+    beat_windows,
+    default_r_offset,
+    morph_templates,
+)
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +210,7 @@ def generate_synthetic(config: SyntheticECGConfig = SyntheticECGConfig()) -> Bea
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     groups: list[np.ndarray] = []
+    ts: list[np.ndarray] = []  # morphology templates, with morph_context
     for r in range(config.n_records):
         if counts[r].sum() == 0:
             continue
@@ -218,6 +225,9 @@ def generate_synthetic(config: SyntheticECGConfig = SyntheticECGConfig()) -> Bea
         if kept.size != peaks.size:  # the margins are sized from the window: cannot happen
             raise RuntimeError(f"record {r}: {peaks.size - kept.size} beats fell off its edges")
         xs.append(x[_LEAD_IN : _LEAD_IN + labels.size])  # drop the lead-in and lead-out beats
+        if config.morph_context:  # what each beat's morphology channels were computed against
+            ts.append(morph_templates(x[:, 0], default_r_offset(config.window), config.fs)
+                      [_LEAD_IN : _LEAD_IN + labels.size])
         ys.append(labels.astype(np.int64))
         groups.append(np.full(labels.size, f"syn{r:03d}"))
     channels = (("ecg",) + (RR_FEATURES if config.rr_context else ())
@@ -232,6 +242,7 @@ def generate_synthetic(config: SyntheticECGConfig = SyntheticECGConfig()) -> Bea
         signal_channels=1,
         units="mV",
         source=f"synthetic(seed={config.seed}, n_beats={config.n_beats})",
+        templates=np.concatenate(ts) if config.morph_context else None,
     )
     log.info(
         "generated %d synthetic beats from %d records in %.2f s: %s",

@@ -25,76 +25,37 @@ comes from the clean beats before it.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import torch
 from torch import nn
 
 from edgeexit.data import BeatDataset
-from edgeexit.errors import DataError
+from edgeexit.data.dataset import check_templates, rebuild_templates
 from edgeexit.runtime.preprocess import (
     MORPH_CLIP,
     MORPH_FEATURES,
-    TEMPLATE_BEATS,
     BeatTemplate,
     default_r_offset,
 )
-
-_TOLERANCE = 1e-4  # recomputed vs stored features on clean windows (float32 rounding)
-
 
 def has_morph_context(data: BeatDataset) -> bool:
     return data.channels is not None and set(MORPH_FEATURES) <= set(data.channels)
 
 
 def record_templates(data: BeatDataset, r_offset: int) -> np.ndarray:
-    """Every window's morphology template, float32 ``[N, L]``, rebuilt from the data set itself.
-
-    The windows of a recording must lie together and in recording order, as the loaders write
-    them; the template of each is the median of the previous windows of its recording, as
-    :class:`~edgeexit.runtime.preprocess.BeatTemplate` keeps them on the device. Exact for
-    MIT-BIH; where the data leaves out a record's first beats (the synthetic generator's lead-in),
-    the templates of its first :data:`TEMPLATE_BEATS` windows are built from fewer beats.
+    """Every window's morphology template, float32 ``[N, L]``: the data's own
+    (:attr:`BeatDataset.templates`, written by the loaders, so any sample of a split has them),
+    else rebuilt from the data (:func:`~edgeexit.data.dataset.rebuild_templates`: every beat of
+    each recording, in order). Either way checked against the stored features.
 
     Raises:
-        DataError: the data has no groups (records), a record's windows are not contiguous, or
-            the features recomputed from the rebuilt templates differ from the stored ones (the
-            windows are not every beat of their recordings in order, e.g. a sample).
+        DataError: no templates and they cannot be rebuilt, or they do not give the stored
+            morphology channels.
     """
-    if data.groups is None:
-        raise DataError("the morphology channels cannot be recomputed under attack: the data "
-                        "names no record per window (groups)")
-    x = np.asarray(data.x, np.float32)
-    g = np.asarray(data.groups)
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    if len(starts) != len(np.unique(g)):
-        raise DataError("the morphology channels cannot be recomputed under attack: the windows "
-                        "of a record are not contiguous (the data must hold each recording's "
-                        "beats in order, as `edgeexit data generate` writes them)")
-    out = np.empty((len(x), x.shape[-1]), np.float32)
-    bounds = list(starts) + [len(x)]
-    for a, b in itertools.pairwise(bounds):
-        tmpl = BeatTemplate(x.shape[-1], r_offset, data.fs)
-        for i in range(a, b):
-            out[i] = tmpl.template(x[i, 0])
-            tmpl.add(x[i, 0])
-    idx = [list(data.channels).index(c) for c in MORPH_FEATURES]
-    # The first beats of a record may have had earlier beats behind them that the data does not
-    # hold (the synthetic generator's lead-in): their templates are rebuilt from fewer beats.
-    # Every later window's template is exact, and the check looks at those.
-    settled = np.flatnonzero(np.arange(len(x)) - np.repeat(starts, np.diff(bounds)) >= TEMPLATE_BEATS)
-    pool = settled if len(settled) else np.arange(len(x))
-    probe = pool[np.linspace(0, len(pool) - 1, min(len(pool), 500)).astype(int)]
-    tmpl = BeatTemplate(x.shape[-1], r_offset, data.fs)
-    got = np.stack([tmpl.compare(x[i, 0], out[i]) for i in probe])
-    bad = np.abs(got - x[probe][:, idx, 0]).max(axis=1) > _TOLERANCE
-    if bad.mean() > 0.01:
-        raise DataError(
-            f"the morphology channels cannot be recomputed under attack: for {bad.mean():.0%} of "
-            "the windows probed, the templates rebuilt from the data do not give the stored "
-            "features (the data must hold every beat of each recording, in order)")
-    return out
+    if data.templates is None:
+        return rebuild_templates(data, r_offset)
+    check_templates(data, data.templates, r_offset)
+    return np.asarray(data.templates, np.float32)
 
 
 class MorphContext:
@@ -160,8 +121,13 @@ class MorphContext:
         return x
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """``model`` as the attacks see it: it takes windows with the template channel."""
+        """``model`` as the attacks see it: it takes windows with the template channel (its
+        train/eval mode is ``model``'s)."""
         return _WithMorph(model, self)
+
+    def with_template(self, x: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+        """``[N, C, L]`` windows and their ``[N, L]`` templates -> ``[N, C + 1, L]``."""
+        return torch.cat([x, template.to(x.dtype).unsqueeze(1)], dim=1)
 
 
 class _WithMorph(nn.Module):
@@ -170,6 +136,15 @@ class _WithMorph(nn.Module):
         self.model = model
         self.ctx = ctx
         self.config = getattr(model, "config", None)  # signal_channels, for the attacks
+
+    @property
+    def training(self) -> bool:  # the wrapped model's mode is the mode (eval_mode restores it)
+        model = self.__dict__.get("_modules", {}).get("model")
+        return True if model is None else model.training
+
+    @training.setter
+    def training(self, mode: bool) -> None:  # nn.Module.train sets the children's modes
+        pass
 
     @property
     def num_exits(self) -> int:

@@ -142,6 +142,20 @@ def morph_features(signal_windows: np.ndarray, r_offset: int, fs: float) -> np.n
     return np.stack([tmpl.features(w) for w in sw])
 
 
+def morph_templates(signal_windows: np.ndarray, r_offset: int, fs: float) -> np.ndarray:
+    """The template each of consecutive beats of one recording is compared with by
+    :func:`morph_features` (the median of its previous beats; non-finite windows do not join):
+    ``[B, L] -> [B, L]``, float32."""
+    sw = np.asarray(signal_windows, dtype=np.float32)
+    tmpl = BeatTemplate(sw.shape[-1], r_offset, fs)
+    out = np.empty_like(sw)
+    for i, w in enumerate(sw):
+        out[i] = tmpl.template(w)
+        if np.isfinite(w).all():
+            tmpl.add(w)
+    return out
+
+
 def default_r_offset(window: int) -> int:
     """Samples before the R peak in a window of ``window`` samples (3/8 of it: room for P and T)."""
     return (window * 3) // 8

@@ -115,3 +115,19 @@ def test_morph_context_on_a_file_without_its_channels_is_a_clear_error(tmp_path)
     load_source("synthetic", DataSpec(n_beats=120, morph_context=True)).save_npz(morph)
     data = load_source(str(morph), DataSpec(source=str(morph), morph_context=True))
     assert data.channels[-3:] == ("qrs_corr", "qrs_amp_ratio", "beat_dev")
+
+
+def test_morphology_templates_survive_samples_and_npz_files(tmp_path):
+    from edgeexit.data.dataset import check_templates, stratified_sample
+    from edgeexit.runtime.preprocess import default_r_offset
+
+    data = load_source("synthetic", DataSpec(n_beats=300, morph_context=True, seed=1))
+    assert data.templates is not None and data.templates.shape == (len(data), data.x.shape[-1])
+    assert load_source("synthetic", DataSpec(n_beats=300, seed=1)).templates is None
+    sample = stratified_sample(data, 120, seed=0)
+    back = load_npz(sample.save_npz(tmp_path / "s.npz"))
+    np.testing.assert_array_equal(back.templates, sample.templates)
+    check_templates(back, back.templates, default_r_offset(data.x.shape[-1]))
+    with pytest.raises(DataError, match="templates must have shape"):
+        BeatDataset(x=data.x, y=data.y, classes=data.classes, channels=data.channels,
+                    templates=data.templates[:-1])

@@ -191,6 +191,17 @@ def test_synthetic_record_labels_windows_and_context(tmp_path):
     assert beats.size == len(BEAT_SYMBOLS)
 
 
+def test_morph_context_carries_the_templates_its_channels_were_computed_against(tmp_path):
+    from edgeexit.data.dataset import check_templates, rebuild_templates
+
+    write_record(tmp_path, "900")
+    data = load_mitbih(tmp_path, ["900"], morph_context=True)
+    assert data.templates.shape == (len(data), 256)
+    check_templates(data, data.templates, default_r_offset(256))
+    np.testing.assert_allclose(rebuild_templates(data, default_r_offset(256)), data.templates)
+    assert load_mitbih(tmp_path, ["900"]).templates is None
+
+
 def test_rr_context_uses_all_beats_including_q(tmp_path):
     # A Q beat between two N beats: without it, the next N beat would see a doubled RR interval.
     write_record(tmp_path, "900", symbols=["N", "N", "N", "Q", "N", "N"])

@@ -36,7 +36,7 @@ from edgeexit.robust.attacks.square import SquareAttack, engine_predict, margin,
 
 EPS = 0.1  # mV, Linf: the tiny model's final-exit accuracy falls from ~94% to ~51% under PGD
 EPS_L2 = l2_eps(0.05, 128)  # an RMS of 0.05 mV over the 128-sample window
-THRESHOLDS = [0.8, 0.8, 0.8]  # max_prob: about 40% of the clean beats leave before the last exit
+THRESHOLDS = [0.8, 0.8, 0.8]  # max_prob, for the attacks' objectives
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,13 @@ def tiny():
         loss.backward()
         opt.step()
     model.eval()
+    # max_prob thresholds that send 40% of the held-out beats out before the last exit (a fixed
+    # 0.8 did on one host and 25% on another: the trained weights differ across CPUs)
+    with torch.no_grad():
+        best_early = torch.stack([z.softmax(1).amax(1) for z in model(x[600:728])[:-1]], 1).amax(1)
+    t = float(torch.quantile(best_early, 0.6))
     return SimpleNamespace(model=model, x_train=x[:600], y_train=y[:600], x=x[600:728],
-                           y=y[600:728], s=data.signal_channels)
+                           y=y[600:728], s=data.signal_channels, thresholds=[t] * 3)
 
 
 def accuracy(model, x, y, k=-1) -> float:
@@ -206,7 +211,7 @@ def test_our_pgd_is_at_least_as_strong_as_art(tiny):
 
 def test_slowdown_moves_the_exits_later(tiny):
     m, x = tiny.model, tiny.x
-    policy = PolicyCE("max_prob", THRESHOLDS)
+    policy = PolicyCE("max_prob", tiny.thresholds)
     x_slow = DeepSloth(m, EPS, steps=10)(x)
     with torch.no_grad():
         _, clean_exit = policy.answers(m(x))
@@ -254,7 +259,7 @@ def test_universal_deepsloth_slows_unseen_beats(tiny):
     m = tiny.model
     attack = UniversalDeepSloth(m, EPS, epochs=3, batch_size=64)
     attack.fit(tiny.x_train)  # no labels
-    policy = PolicyCE("max_prob", THRESHOLDS)
+    policy = PolicyCE("max_prob", tiny.thresholds)
     with torch.no_grad():
         _, clean_exit = policy.answers(m(tiny.x))
         _, slow_exit = policy.answers(m(attack(tiny.x)))

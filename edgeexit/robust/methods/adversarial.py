@@ -93,26 +93,55 @@ def rank_seed_generator(context: TrainContext) -> torch.Generator:
     return torch.Generator().manual_seed(torch.initial_seed() + 7919 * rank)
 
 
+def attack_model(context: TrainContext) -> torch.nn.Module:
+    """The model a training attack differentiates: the bare model, or, with a morphology
+    context, the model that takes windows with their template channel and recomputes the
+    morphology channels from the (perturbed) waveform."""
+    return context.model if context.morph is None else context.morph.wrap(context.model)
+
+
+def attack_input(context: TrainContext, x: torch.Tensor, template: torch.Tensor | None) -> torch.Tensor:
+    """What a training attack perturbs: ``x``, with its template channel when the attacks
+    recompute the morphology channels (see :func:`attacked`)."""
+    if context.morph is None:
+        return x
+    if template is None:
+        raise ConfigError("the training attacks recompute the morphology channels, and the batch "
+                          "carries no template (Batch.template)")
+    return context.morph.with_template(x, template)
+
+
+def attacked(context: TrainContext, xa: torch.Tensor) -> torch.Tensor:
+    """The model's input for attacked windows from :func:`attack_input`: with a morphology
+    context, the channels recomputed from the perturbed waveform and the template dropped."""
+    return xa if context.morph is None else context.morph.recompute_torch(xa).detach()
+
+
 class TrainingAttack:
     """The attack of an :class:`AdversarialConfig` on the bare model, with fresh random starts
-    every call (drawn from ``gen``)."""
+    every call (drawn from ``gen``); with a morphology context (:attr:`TrainContext.morph`) it
+    differentiates through the recomputed morphology channels, as ``edgeexit evaluate`` does."""
 
     def __init__(self, config: AdversarialConfig, context: TrainContext) -> None:
         kwargs = {"steps": config.steps, "step_size": config.resolved_step_size,
                   "norm": config.norm, "signal_channels": context.signal_channels, "seed": 0}
+        model = attack_model(context)
         if config.attack == "avg":
-            self.attack: Attack = PGD(context.model, config.eps, objective="mean", **kwargs)
+            self.attack: Attack = PGD(model, config.eps, objective="mean", **kwargs)
             self._pgds = [self.attack]
         else:
-            self.attack = MaxAvgPGD(context.model, config.eps, **kwargs)
+            self.attack = MaxAvgPGD(model, config.eps, **kwargs)
             self._pgds = list(self.attack.per_exit)
+        self.context = context
         self.gen = rank_seed_generator(context)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor,
+                 template: torch.Tensor | None = None) -> torch.Tensor:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen))
         for pgd in self._pgds:
             pgd.seed = seed
-        return self.attack(x, y)
+        xa = attack_input(self.context, x, template)
+        return attacked(self.context, self.attack(xa, y))
 
 
 def split_logits(logits: list[torch.Tensor], n: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

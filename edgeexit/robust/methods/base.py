@@ -50,11 +50,15 @@ class Batch:
         y: labels, ``[B]``.
         index: stable, unique index of every sample in the training set, ``[B]`` (methods that
             keep per-sample state, such as IMA's margins, key it by this).
+        template: every window's morphology template ``[B, L]`` (the median of its recording's
+            previous beats, scaled like the augmented beat), when the training attacks recompute
+            the morphology channels (:attr:`TrainContext.morph`); else None.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     index: torch.Tensor
+    template: torch.Tensor | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +90,10 @@ class TrainContext:
         signal_channels: the leading input channels that are signal (attackable, in mV); the
             rest are RR context and are never perturbed.
         world: number of training processes (1 unless under torchrun).
+        morph: the :class:`~edgeexit.robust.context.MorphContext` through which the training
+            attacks recompute the morphology channels from the perturbed waveform, as the device
+            does (every batch then carries its ``template``); None: the attacks hold them at
+            the batch's values (data without morphology channels, or ``attack_morph="held"``).
     """
 
     model: nn.Module
@@ -94,6 +102,7 @@ class TrainContext:
     num_samples: int
     signal_channels: int
     world: int = 1
+    morph: Any = None
 
 
 class TrainingMethod(abc.ABC):
@@ -105,6 +114,8 @@ class TrainingMethod(abc.ABC):
 
     name: str = ""
     config_class: type[MethodConfig] = MethodConfig
+    #: the method perturbs the waveform (its attacks then recompute the morphology channels)
+    crafts_attacks: bool = False
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         if config is None:

@@ -39,7 +39,13 @@ from torch.nn import functional as F
 from edgeexit.errors import ConfigError
 from edgeexit.robust.attacks.base import NORMS, Attack, eval_mode
 from edgeexit.robust.attacks.objectives import ExitCE, MeanCE
-from edgeexit.robust.methods.adversarial import rank_seed_generator, split_logits
+from edgeexit.robust.methods.adversarial import (
+    attack_input,
+    attack_model,
+    attacked,
+    rank_seed_generator,
+    split_logits,
+)
 from edgeexit.robust.methods.base import (
     Batch,
     MethodConfig,
@@ -228,6 +234,7 @@ class IMA(TrainingMethod):
     """IMA training: per-sample margins, boundary points by bisection, mixed clean/boundary loss."""
 
     config_class = IMAConfig
+    crafts_attacks = True
 
     def setup(self, context: TrainContext) -> None:
         super().setup(context)
@@ -236,17 +243,22 @@ class IMA(TrainingMethod):
         self._epoch_start = self.margins.clone()
         self._touched = torch.zeros(n, dtype=torch.bool)
         self.gen = rank_seed_generator(context)
+        self._attack_model = attack_model(context)
         self._counts = {"grown": 0, "shrunk": 0, "found": 0, "misclassified": 0, "seen": 0}
         self.epoch_counts: dict = {}
 
     def training_points(self, batch: Batch) -> torch.Tensor:
         """The training points of ``batch`` (boundary, PGD or clean), updating its margins."""
         cfg, s = self.config, self.context.signal_channels
-        x, y, idx = batch.x.detach().float(), batch.y, batch.index.long()
+        # With a morphology context the attack, the bisection and the answers all see windows
+        # with their template channel, the morphology channels recomputed from the waveform.
+        model = self._attack_model
+        x = attack_input(self.context, batch.x.detach().float(), batch.template)
+        y, idx = batch.y, batch.index.long()
         eps = self.margins[idx]
-        with eval_mode(self.model):
-            correct = predict(self.model, x, cfg.criterion) == y
-        attack = MarginPGD(self.model, eps, steps=cfg.steps, norm=cfg.norm,
+        with eval_mode(model):
+            correct = predict(model, x, cfg.criterion) == y
+        attack = MarginPGD(model, eps, steps=cfg.steps, norm=cfg.norm,
                            criterion=cfg.criterion, signal_channels=s, gen=self.gen)
         x_pgd = attack(x, y)
         found = attack.found & correct
@@ -254,7 +266,7 @@ class IMA(TrainingMethod):
         dist = torch.zeros(len(x))
         if found.any():
             f = found.nonzero().squeeze(1)
-            x_bd, _ = bisect_boundary(self.model, x[f], x_pgd[f], y[f], cfg.bisection_steps,
+            x_bd, _ = bisect_boundary(model, x[f], x_pgd[f], y[f], cfg.bisection_steps,
                                       cfg.criterion)
             x_train[f] = x_bd
             dist[f] = distance(x_bd - x[f], cfg.norm, s)
@@ -267,7 +279,7 @@ class IMA(TrainingMethod):
         c["shrunk"] += int((new < eps).sum())
         c["found"] += int(found.sum())
         c["misclassified"] += int((~correct).sum())
-        return x_train.detach()
+        return attacked(self.context, x_train.detach())
 
     def loss(self, net: nn.Module, batch: Batch) -> torch.Tensor:
         x_train = self.training_points(batch)

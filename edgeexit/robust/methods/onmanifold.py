@@ -30,7 +30,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from edgeexit.errors import CheckpointError, ConfigError
-from edgeexit.robust.methods.adversarial import AdversarialConfig, TrainingAttack
+from edgeexit.robust.methods.adversarial import (
+    AdversarialConfig,
+    TrainingAttack,
+    attack_input,
+    attacked,
+)
 from edgeexit.robust.methods.base import Batch, TrainContext, TrainingMethod, register_method
 
 
@@ -88,6 +93,7 @@ class OnManifold(TrainingMethod):
     """Clean + off-manifold PGD + label-preserved on-manifold examples, in one forward pass."""
 
     config_class = OnManifoldConfig
+    crafts_attacks = True
 
     def setup(self, context: TrainContext) -> None:
         super().setup(context)
@@ -124,13 +130,16 @@ class OnManifold(TrainingMethod):
     def examples(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(x_pgd, x_man, kept)`` for ``batch``: detached inputs ``[B, C, L]`` and the bool
         label-preservation mask ``[B]`` of the on-manifold ones."""
-        x_pgd = self.attack(batch.x, batch.y)
+        x_pgd = self.attack(batch.x, batch.y, batch.template)
         stats = self.attack.attack.stats
         if "mean_loss" in stats:
             self._pgd_losses.append(stats["mean_loss"])
         self._zero_grad = max(self._zero_grad, stats.get("zero_grad_fraction", 0.0))
         self.latent.seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen))
         x_man, kept = self.latent.craft(batch.x, batch.y)
+        # The latent attack differentiates with the morphology channels held; what the model
+        # trains on has them recomputed from the decoded waveform, as the device would.
+        x_man = attacked(self.context, attack_input(self.context, x_man, batch.template))
         self._latent_losses.append(self.latent.stats["mean_loss"])
         self._kept += int(kept.sum())
         self._seen += len(kept)

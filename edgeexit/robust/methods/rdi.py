@@ -26,6 +26,7 @@ class RDI(TrainingMethod):
     """RDI-Nets: the mean of the clean and the adversarial weighted multi-exit cross-entropy."""
 
     config_class = AdversarialConfig
+    crafts_attacks = True
 
     def setup(self, context: TrainContext) -> None:
         super().setup(context)
@@ -35,7 +36,7 @@ class RDI(TrainingMethod):
 
     def adversarial(self, batch: Batch) -> torch.Tensor:
         """The training attack's adversarial inputs for ``batch`` (detached)."""
-        x_adv = self.attack(batch.x, batch.y)
+        x_adv = self.attack(batch.x, batch.y, batch.template)
         stats = self.attack.attack.stats
         if "mean_loss" in stats:
             self._attack_losses.append(stats["mean_loss"])
