@@ -129,7 +129,24 @@ def load_source(source: str, spec: DataSpec | None = None, progress: Progress = 
             f"({', '.join(MORPH_FEATURES)}) that --morph-context asks for: write the file with "
             "`edgeexit data generate --morph-context`, or train on a WFDB directory"
         )
+    if data.templates is None and set(MORPH_FEATURES) <= set(data.channels):
+        data = _rebuilt_templates(data)
     return data
+
+
+def _rebuilt_templates(data: BeatDataset) -> BeatDataset:
+    """A file with morphology channels but no templates (written before they were kept): rebuilt
+    from its records' beats, or left without (a warning) where the file is not every beat of
+    each recording in order."""
+    from edgeexit.data.dataset import with_templates
+    from edgeexit.runtime.preprocess import default_r_offset
+
+    try:
+        return with_templates(data, default_r_offset(data.x.shape[-1]))
+    except DataError as e:
+        log.warning("%s: no morphology templates (%s); attacks on a sample of it cannot "
+                    "recompute the morphology channels", data.source, e)
+        return data
 
 
 def load_split(spec: DataSpec, which: str, progress: Progress = None) -> BeatDataset:
