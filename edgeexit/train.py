@@ -303,14 +303,13 @@ def evaluate_exits(model: MultiExitNet, data: BeatDataset, batch_size: int = 512
 
 
 def _augment(x: torch.Tensor, signal_channels: int, gen: torch.Generator,
-             template: torch.Tensor | None = None):
+             template: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Patient- and sensor-like variation of the signal channels (context channels untouched).
 
     Gain 0.6-1.5 (electrode placement, body habitus), a baseline offset and linear drift up to
     +-0.3 mV (wander), Gaussian noise up to 0.05 mV rms (muscle, electronics), and a shift of the
-    beat by up to +-6 samples (R-peak detection jitter on the device). With the windows'
-    morphology ``template`` ``[N, L]`` it returns ``(x, template)``, the template scaled by the
-    same gain (a recording's gain moves its earlier beats alike; the noise, wander and jitter are
+    beat by up to +-6 samples (R-peak detection jitter on the device). Returns ``(x, template)``:
+    the windows' morphology ``template`` ``[N, L]`` (None passes through) scaled by the same gain (a recording's gain moves its earlier beats alike; the noise, wander and jitter are
     the beat's own).
     """
     n, s, length = x.shape[0], signal_channels, x.shape[-1]
@@ -322,8 +321,8 @@ def _augment(x: torch.Tensor, signal_channels: int, gen: torch.Generator,
     noise = 0.05 * torch.rand(n, 1, 1, generator=gen) * torch.randn(sig.shape, generator=gen)
     shift = int(torch.randint(-6, 7, (1,), generator=gen))
     sig = torch.roll(sig, shifts=shift, dims=-1) * gain + offset + drift + noise
-    out = torch.cat([sig, x[:, s:]], dim=1)
-    return out if template is None else (out, template * gain.view(n, 1))
+    return (torch.cat([sig, x[:, s:]], dim=1),
+            None if template is None else template * gain.view(n, 1))
 
 
 def _rr_channels(channels: tuple[str, ...] | list[str]) -> dict[str, int] | None:
@@ -394,17 +393,17 @@ def _time_warp(x: torch.Tensor, signal_channels: int, amount: float, gen: torch.
 def _attack_morph(method, train_set: BeatDataset, config: TrainConfig):
     """``(MorphContext, templates [N, L])`` when ``method``'s training attacks recompute the
     morphology channels (:attr:`TrainConfig.attack_morph`), else ``(None, None)``."""
-    from edgeexit.robust.context import MorphContext, has_morph_context, record_templates
+    from edgeexit.robust.context import MorphContext, record_templates
 
-    if not (method.crafts_attacks and config.attack_morph == "follows" and has_morph_context(train_set)):
+    morph = MorphContext.of(train_set)  # None: no morphology channels
+    if morph is None or not method.crafts_attacks or config.attack_morph != "follows":
         return None, None
-    morph = MorphContext.of(train_set)
     try:
         templates = record_templates(train_set, morph.r_offset)
     except DataError as e:
         raise ConfigError(f"{e}; or train with attack_morph 'held' (--attack-morph held)") from e
     log.info("training attacks recompute the morphology channels (templates of %d windows)",
-                len(templates))
+             len(templates))
     return morph, templates
 
 
@@ -610,14 +609,11 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
     scored = model if ema is None else ema.module
 
     def augmented(x: torch.Tensor, gen: torch.Generator, template: torch.Tensor | None = None):
-        """A training batch through every augmentation the config turns on; with the windows'
-        morphology templates, ``(x, templates)`` with the morphology channels recomputed from
-        the augmented waveform (the templates scaled with it)."""
+        """``(x, template)``: a training batch through every augmentation the config turns on;
+        with the windows' morphology templates (scaled with the beats), the morphology channels
+        recomputed from the augmented waveform."""
         if config.augment:
-            if template is None:
-                x = _augment(x, data.signal_channels, gen)
-            else:
-                x, template = _augment(x, data.signal_channels, gen, template)
+            x, template = _augment(x, data.signal_channels, gen, template)
         if config.time_warp > 0:
             x = _time_warp(x, data.signal_channels, config.time_warp, gen)
         if config.signal_dropout > 0:
@@ -627,7 +623,7 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
         if rr_idx is not None and config.rr_scale > 0:
             x = _rr_rescale(x, rr_idx, config.rr_scale, gen)
         if template is None:
-            return x
+            return x, None
         return morph.recompute_torch(morph.with_template(x, template)), template
 
     history = []
@@ -641,13 +637,9 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
             from tqdm import tqdm
 
             batches = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
-        for x, y, idx, *tmpl in batches:
-            if tmpl:
-                x, t = augmented(x, aug_gen, tmpl[0])
-                batch = Batch(x=x, y=y, index=idx, template=t)
-            else:
-                batch = Batch(x=augmented(x, aug_gen), y=y, index=idx)
-            loss = method.loss(net, batch)
+        for x, y, idx, *tmpl in batches:  # tmpl: the templates, when the attacks recompute
+            x, t = augmented(x, aug_gen, tmpl[0] if tmpl else None)
+            loss = method.loss(net, Batch(x=x, y=y, index=idx, template=t))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -662,7 +654,7 @@ def _train(data, config, test, out_dir, progress, data_spec, dist, model, extra_
             bn_gen = torch.Generator().manual_seed(config.seed + 7919)
             recalibrate_batchnorm(scored, train_set.x, config.bn_recalibrate, config.batch_size,
                                   seed=config.seed,
-                                  transform=(lambda b, g=bn_gen: augmented(b, g))
+                                  transform=(lambda b, g=bn_gen: augmented(b, g)[0])
                                   if config.bn_recalibrate_augmented else None)
         if dist.world > 1:  # BatchNorm statistics drift apart per rank: take rank 0's, so that
             for buf in [*model.buffers(), *([] if ema is None else ema.module.buffers())]:

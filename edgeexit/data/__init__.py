@@ -138,11 +138,12 @@ def _rebuilt_templates(data: BeatDataset) -> BeatDataset:
     """A file with morphology channels but no templates (written before they were kept): rebuilt
     from its records' beats, or left without (a warning) where the file is not every beat of
     each recording in order."""
-    from edgeexit.data.dataset import with_templates
+    from edgeexit.data.dataset import rebuild_templates
     from edgeexit.runtime.preprocess import default_r_offset
 
     try:
-        return with_templates(data, default_r_offset(data.x.shape[-1]))
+        return dataclasses.replace(
+            data, templates=rebuild_templates(data, default_r_offset(data.x.shape[-1])))
     except DataError as e:
         log.warning("%s: no morphology templates (%s); attacks on a sample of it cannot "
                     "recompute the morphology channels", data.source, e)

@@ -361,13 +361,3 @@ def check_templates(data: BeatDataset, templates: np.ndarray, r_offset: int,
             "the windows probed, the templates do not give the stored features (the data must "
             "hold every beat of each recording, in order, or carry its templates: write it "
             "again with this version)")
-
-
-def with_templates(data: BeatDataset, r_offset: int) -> BeatDataset:
-    """``data`` with its morphology templates (:attr:`BeatDataset.templates`) rebuilt, for the
-    loaders; data without the morphology channels is returned as it is."""
-    from edgeexit.runtime.preprocess import MORPH_FEATURES
-
-    if not set(MORPH_FEATURES) <= set(data.channels):
-        return data
-    return dataclasses.replace(data, templates=rebuild_templates(data, r_offset))

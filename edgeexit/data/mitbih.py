@@ -336,8 +336,6 @@ def _load(
             if morph_context:  # what each beat's morphology channels were computed against
                 ts.append(morph_templates(x[:, 0], off, fs))
             finite = np.isfinite(x).all(axis=(1, 2))
-            if morph_context and not finite.all():
-                ts[-1] = ts[-1][finite]
             if not finite.all():
                 # wfdb turns invalid samples into NaN; such windows cannot be used.
                 log.warning(
@@ -345,6 +343,8 @@ def _load(
                     name, int((~finite).sum()),
                 )
                 x, kept = x[finite], kept[finite]
+                if morph_context:
+                    ts[-1] = ts[-1][finite]
             if peaks.size - kept.size:
                 log.debug(
                     "record %s: %d beats too close to the ends dropped",
