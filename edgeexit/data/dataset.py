@@ -108,6 +108,10 @@ class BeatDataset:
         if self.templates is not None and self.templates.shape != (len(self), self.x.shape[2]):
             raise DataError(f"templates must have shape {(len(self), self.x.shape[2])}, got "
                             f"{self.templates.shape}{where}")
+        if self.templates is not None and not np.isfinite(self.templates).all():
+            raise DataError(f"{int((~np.isfinite(self.templates)).sum())} NaN/Inf values in the "
+                            f"morphology templates{where}: write the file again (or drop its "
+                            "'templates' array to have them rebuilt from the beats)")
 
     def subset(self, index: np.ndarray) -> BeatDataset:
         """The beats at ``index`` (an index array or boolean mask), all metadata kept."""

@@ -131,6 +131,11 @@ def test_morphology_templates_survive_samples_and_npz_files(tmp_path):
     with pytest.raises(DataError, match="templates must have shape"):
         BeatDataset(x=data.x, y=data.y, classes=data.classes, channels=data.channels,
                     templates=data.templates[:-1])
+    bad = data.templates.copy()
+    bad[3, 7] = np.nan
+    with pytest.raises(DataError, match="1 NaN/Inf values in the morphology templates"):
+        BeatDataset(x=data.x, y=data.y, classes=data.classes, channels=data.channels,
+                    templates=bad)
 
 
 def test_an_older_file_without_templates_gets_them_rebuilt_or_a_warning(tmp_path, caplog):
