@@ -162,6 +162,9 @@ def _method_config(method: str, ctx: click.Context):
               show_default=True,
               help="Early exits: conv (small conv adapter, more accurate) or linear (pooling + "
                    "linear only: cheapest, the all-exits path costs least).")
+@click.option("--context-fusion", is_flag=True,
+              help="Give every exit a linear term in the input's context scalars (RR and "
+                   "morphology channels), beside what the network makes of them.")
 @click.option("--method", default="standard", show_default=True,
               help="Training method: standard, rdi (RDI-Nets adversarial training), neokd (NEO-KD: "
                    "RDI plus neighbour and exit-wise orthogonal distillation), ima (increasing-"
@@ -258,7 +261,7 @@ def _method_config(method: str, ctx: click.Context):
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full metrics as JSON.")
 def train(source, test_data, split, n_beats, window, rr_context, morph_context, model, width, exit_heads,
-          method, eps, norm, attack_steps, attack_step_size, attack_kind, kd_alpha, kd_beta,
+          context_fusion, method, eps, norm, attack_steps, attack_step_size, attack_kind, kd_alpha, kd_beta,
           kd_temperature, ima_eps_max, ima_eps_step, ima_eps_init, ima_beta, ima_bisection_steps,
           ima_criterion, vae, eta, latent_steps, attack_morph, epochs,
           batch_size, lr, class_weighting, max_class_weight, val_split, val_fraction, patience,
@@ -275,7 +278,8 @@ def train(source, test_data, split, n_beats, window, rr_context, morph_context, 
 
     spec = DataSpec(source=source, test_source=test_data, split=split, n_beats=n_beats,
                     seed=seed, window=window, rr_context=rr_context, morph_context=morph_context)
-    config = TrainConfig(model=model, width=width, exit_heads=exit_heads, method=method,
+    config = TrainConfig(model=model, width=width, exit_heads=exit_heads,
+                         context_fusion=context_fusion, method=method,
                          method_config=_method_config(method, click.get_current_context()),
                          attack_morph=attack_morph, epochs=epochs,
                          batch_size=batch_size, lr=lr, class_weighting=class_weighting,

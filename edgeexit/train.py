@@ -61,6 +61,8 @@ class TrainConfig:
         model: registered model family (``edgeexit info --models`` lists them).
         width: channel-width multiplier of the family.
         exit_heads: early-exit classifiers, ``conv`` or ``linear`` (``ModelConfig.exit_heads``).
+        context_fusion: every exit also gets a linear term in the input's context scalars (RR and
+            morphology channels; ``ModelConfig.context_fusion``).
         method: registered training method (``standard``, ``rdi``, ``neokd``, ``ima``).
         method_config: the method's own frozen settings (its ``config_class``; eps, steps, ...);
             None = the method's defaults.
@@ -122,6 +124,7 @@ class TrainConfig:
     model: str = "resnet1d"
     width: float = 1.0
     exit_heads: str = "conv"
+    context_fusion: bool = False
     method: str = "standard"
     method_config: MethodConfig | None = None
     attack_morph: str = "follows"
@@ -504,6 +507,7 @@ def _build_model(data: BeatDataset, config: TrainConfig, train_set: BeatDataset)
             signal_channels=data.signal_channels,
             width=config.width,
             exit_heads=config.exit_heads,
+            context_fusion=config.context_fusion,
         )
     )
     model.fit_input_norm(torch.from_numpy(train_set.x))

@@ -37,6 +37,7 @@ from torch import nn
 from edgeexit.config import dataclass_from_dict
 from edgeexit.errors import ConfigError
 from edgeexit.models import MultiExitNet, profile_model
+from edgeexit.models.fusion import without_context
 
 log = logging.getLogger(__name__)
 
@@ -232,17 +233,18 @@ def prune_model(
     model.eval()
     before = profile_model(model, shape)
     params_before = sum(p.numel() for p in model.parameters())
-    channels_before = _stage_channels(model, example)
+    net = without_context(model)  # the context path (models.fusion) is not pruned
+    channels_before = _stage_channels(net, example)
     if config.importance == "taylor" and data is None:
         raise ConfigError("taylor importance needs training data (x, y) to take gradients on")
     ratios = _stage_ratios(config, channels_before, model.num_exits)
     ratio_dict = None
     if config.scope == "per-stage" and ratios != (config.ratio,) * model.num_exits:
-        ratio_dict = {(stage, head): r for stage, head, r in zip(model.stages, model.exits, ratios)}
+        ratio_dict = {(stage, head): r for stage, head, r in zip(net.stages, net.exits, ratios)}
     if config.active:
         try:
             pruner = tp.pruner.BasePruner(
-                model,
+                net,
                 example,
                 importance=_importance(config.importance),
                 pruning_ratio=config.ratio,
@@ -250,7 +252,7 @@ def prune_model(
                 global_pruning=config.scope == "global",
                 max_pruning_ratio=config.max_layer_ratio,
                 iterative_steps=config.steps,
-                ignored_layers=classifier_layers(model),
+                ignored_layers=classifier_layers(net),
                 round_to=config.round_to,
             )
         except Exception as e:  # torch-pruning raises plain exceptions on graphs it cannot trace
@@ -276,7 +278,7 @@ def prune_model(
         macs_before=tuple(c.cumulative_macs for c in before),
         macs_after=tuple(c.cumulative_macs for c in after),
         channels_before=channels_before,
-        channels_after=_stage_channels(model, example),
+        channels_after=_stage_channels(net, example),
         config=config,
     )
     log.info("pruned to %.1f%% of the parameters and %.1f%% of the MACs (stage channels %s -> %s)",

@@ -43,6 +43,8 @@ class ModelConfig:
             pooling, SDN-style: more accurate early exits) or ``linear`` (global average pooling
             and a linear layer only: the cheapest exits, for when the early heads' cost matters
             more than their accuracy). The final exit is pooling + linear either way.
+        context_fusion: pass the context channels' scalars on to every exit, which adds a linear
+            term in them to its logits (:mod:`edgeexit.models.fusion`); needs context channels.
     """
 
     family: str
@@ -52,6 +54,7 @@ class ModelConfig:
     signal_channels: int = 1
     width: float = 1.0
     exit_heads: str = "conv"
+    context_fusion: bool = False
 
     def __post_init__(self) -> None:
         if self.in_channels < 1 or self.num_classes < 2 or self.input_length < 16:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from edgeexit.errors import ConfigError
 from edgeexit.models.base import ModelConfig, MultiExitNet
+from edgeexit.models.fusion import fuse_context
 
 Builder = Callable[[ModelConfig], MultiExitNet]
 _REGISTRY: dict[str, Builder] = {}
@@ -45,5 +46,7 @@ def create_model(config: ModelConfig) -> MultiExitNet:
     """Build the registered model described by ``config`` (weights freshly initialised)."""
     check_model_name(config.family)
     model = _REGISTRY[config.family](config)
+    if config.context_fusion:
+        model = fuse_context(model, config)
     model.config = config
     return model
