@@ -129,3 +129,21 @@ def test_targets_lists_presets_and_names_unknown_ones():
     assert json.loads(r.output)["cpu"]["dotprod"] is False
     r = run("targets", "rpi9")
     assert r.exit_code == 1 and "rpi4" in r.output and "Traceback" not in r.output
+
+
+def test_verify_holds_the_monolithic_graph_to_its_own_tolerance(bundle_dir, tmp_path):
+    # an int8 monolithic graph is quantized as a whole: its error is not the segment chain's, so
+    # export records a tolerance for it (older bundles without one use the chain's)
+    m = json.loads((bundle_dir / "manifest.json").read_text())
+    assert set(m["golden"]["monolithic_tolerance"]) == set(m["golden"]["tolerance"])
+    bad = tmp_path / "b"
+    shutil.copytree(bundle_dir, bad)
+    m["golden"]["monolithic_tolerance"] = {f: 1e-12 for f in m["golden"]["tolerance"]}
+    (bad / "manifest.json").write_text(json.dumps(m))
+    report = json.loads(run("verify", bad, "--json").output)
+    ok = {c["check"].split("[")[0]: c["ok"] for c in report["checks"] if "[" in c["check"]}
+    assert ok["golden"] and not ok["monolithic"]
+    assert [c["tolerance"] for c in report["checks"] if c["check"].startswith("monolithic")] == [1e-12] * 2
+    del m["golden"]["monolithic_tolerance"]
+    (bad / "manifest.json").write_text(json.dumps(m))
+    assert run("verify", bad).exit_code == 0

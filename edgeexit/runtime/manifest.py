@@ -219,7 +219,9 @@ class Manifest:
             auto``: each artifact says its own, each segment's ``precision_choices`` why).
         segments: the chain, in order.
         monolithic: the whole-model reference graph (input -> final logits), or None.
-        golden: ``file``, ``sha256``, ``samples`` and per-format ``tolerance`` (max abs logit error).
+        golden: ``file``, ``sha256``, ``samples``, per-format ``tolerance`` (max abs logit error
+            of the segment chain) and ``monolithic_tolerance`` (of the monolithic graph; bundles
+            written before it use ``tolerance``).
         provenance: where the calibration and golden data came from, tool versions, time.
         bundle_version: a monotonic integer set at export (``--bundle-version``, default 1) or
             by ``edgeexit sign --bundle-version``; ``edgeexit install`` refuses a bundle whose
