@@ -375,6 +375,7 @@ class _AutoPlan:
     threads: int
     val_x: np.ndarray  # validation beats the agreements are measured on
     val_ref: list[np.ndarray]  # PyTorch's logits of the deployed exits on them (segment order)
+    min_agreement: float = 0.0  # what every exit of the chosen chain must keep (_parity's bound)
 
     def timing_note(self) -> str:
         if self.timings is not None:
@@ -405,11 +406,37 @@ def _write_chain_auto(model, specs, root: Path, fmt: str, calib_x: np.ndarray, o
                       progress: Progress, exits, quant: QuantOptions,
                       plan: _AutoPlan) -> tuple[list[Artifact], list[PrecisionChoice]]:
     """Per segment: write the fp32 and the int8 file (int8 calibrated on what the chosen files
-    before it output), time both, measure their exit's agreement, keep the one the rule picks."""
+    before it output), time both, measure their exit's agreement, keep the one the rule picks.
+
+    The rule sees one segment at a time, and an int8 segment's features can cost a later exit
+    more than its own: where a later exit then falls below ``plan.min_agreement`` (with either
+    file of its own), the last int8 segment at or before it is made fp32 and the chain chosen
+    again (at most once per segment)."""
+    forced: dict[int, str] = {}
+    while True:
+        artifacts, choices, agreement = _chain_auto_pass(model, specs, root, fmt, calib_x, opset,
+                                                         progress, exits, quant, plan, forced)
+        low = next((j for j, a in enumerate(agreement) if a < plan.min_agreement), None)
+        culprit = None if low is None else next(
+            (i for i in range(low, -1, -1) if choices[i].precision == "int8"), None)
+        if culprit is None:  # all is well, or fp32 itself falls short (_parity says so)
+            return artifacts, choices
+        forced[culprit] = (f"int8 here left exit {specs[low].exit} (segment {low}) at "
+                           f"{100 * agreement[low]:.1f}% agreement, below the "
+                           f"{100 * plan.min_agreement:.0f}% every exit must keep")
+        log.info("segment %d %s: %s; choosing the chain again with it fp32", culprit, fmt,
+                 forced[culprit])
+
+
+def _chain_auto_pass(model, specs, root: Path, fmt: str, calib_x: np.ndarray, opset: int,
+                     progress: Progress, exits, quant: QuantOptions, plan: _AutoPlan,
+                     forced: dict[int, str]) -> tuple[list[Artifact], list[PrecisionChoice], list[float]]:
+    """One pass of :func:`_write_chain_auto`; ``forced``: segments kept fp32, with the reason.
+    Also returns the kept file's agreement of every segment."""
     segments = split_model(model, exits)
     backend = backend_for_format(fmt)
     h, hv = calib_x, plan.val_x
-    artifacts, choices = [], []
+    artifacts, choices, kept = [], [], []
     for seg, spec, ref in zip(segments, specs, plan.val_ref):
         path = root / f"segment_{spec.index}.{fmt}"
         cand = {p: root / f"segment_{spec.index}.{p}.{fmt}" for p in PRECISIONS}
@@ -425,6 +452,8 @@ def _write_chain_auto(model, specs, root: Path, fmt: str, calib_x: np.ndarray, o
         t32, t8 = plan.latency(fmt, spec.index, sess["fp32"], sess["int8"], hv[:1])
         choice = choose_precision(fmt, t32, t8, agree["fp32"], agree["int8"], plan.rule,
                                   plan.timing_note())
+        if spec.index in forced:
+            choice = dataclasses.replace(choice, precision="fp32", reason=forced[spec.index])
         log.info("segment %d %s: fp32 %.1f us, int8 %.1f us, agreement %.4f / %.4f -> %s (%s)",
                  spec.index, fmt, t32, t8, agree["fp32"], agree["int8"], choice.precision,
                  choice.reason)
@@ -433,10 +462,11 @@ def _write_chain_auto(model, specs, root: Path, fmt: str, calib_x: np.ndarray, o
         cand[next(p for p in PRECISIONS if p != keep)].unlink()
         artifacts.append(Artifact(path.name, fmt, keep, sha256_file(path)))
         choices.append(choice)
+        kept.append(agree[keep])
         if not seg.last:
             hv = outs[keep][0]
             h = _run_session(backend.load(path, 1), h)[0]  # the features the device will see
-    return artifacts, choices
+    return artifacts, choices, kept
 
 
 def _write_monolithic_auto(model, root: Path, fmt: str, calib_x: np.ndarray, opset: int,
@@ -675,7 +705,7 @@ def export_bundle(
         choices: dict[str, list[PrecisionChoice]] = {}
         mono_choice: dict[str, dict] = {}
         plan = _AutoPlan(rule, bench_timings, config.timing_seconds, config.timing_threads,
-                         val_x[:n_parity], parity_ref)
+                         val_x[:n_parity], parity_ref, config.int8_min_agreement)
         for fmt in formats:
             if precision == "auto":
                 files[fmt], choices[fmt] = _write_chain_auto(model, specs, tmp, fmt, calib_x,
