@@ -216,3 +216,24 @@ def test_logit_offsets_undo_a_known_bias_against_a_class():
     assert after["score"] == best > before["score"] + 0.05
     assert 1.5 <= off[1] <= 3.5 and off[0] == 0.0  # N is the reference
     assert after["S"]["se"] > before["S"]["se"] + 0.2
+
+
+def test_context_probe_reads_the_scalars_and_balances_rare_classes():
+    from edgeexit.runtime.preprocess import MORPH_FEATURES, RR_FEATURES
+
+    cp = _tool("context_probe")
+    names = ("MLII", *RR_FEATURES, *MORPH_FEATURES)
+    x = np.ones((3, len(names), 8), np.float32)
+    x[:, names.index("pre_rr_ratio")] = 0.5
+    x[:, names.index("qrs_corr")] = 0.9
+    x[:, names.index("beat_dev")] = 0.25
+    f = cp.scalars(x, names)
+    assert f.shape == (3, 10)
+    assert f[0, RR_FEATURES.index("pre_rr_ratio")] == pytest.approx(np.log(0.5))
+    assert f[0, 7] == pytest.approx(0.9) and f[0, 9] == pytest.approx(np.log1p(0.25))
+    # a rare class (2% of the beats) that overlaps the common one: balanced weights find more of it
+    rng = np.random.default_rng(0)
+    y = (rng.random(4000) < 0.02).astype(np.int64)
+    feats = rng.normal(0, 1, (4000, 2)) + y[:, None] * 1.5
+    recall = [(cp.fit(feats, y, 2, w, seed=0)(feats)[y == 1] == 1).mean() for w in (0.0, 10.0)]
+    assert recall[0] < 0.3 and recall[1] > 0.6
