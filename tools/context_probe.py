@@ -3,7 +3,8 @@
 Every MIT-BIH window with ``--morph-context`` carries ten constant channels (seven RR features,
 three morphology features; ``edgeexit.runtime.preprocess``). This fits a multinomial logistic
 regression on them alone (log of the RR values and ratios, standardised on the training side;
-full-batch Adam, seeded), with plain or class-balanced cross-entropy (``--max-class-weight``),
+full-batch Adam, seeded), with plain or class-balanced cross-entropy (``--max-class-weight``;
+see :func:`fit` for how these weights differ from ``edgeexit train --class-weighting balanced``),
 and reports it two ways:
 
 - leave-records-out cross-validation on DS1 (the folds of ``edgeexit train --cv``: mean over
@@ -27,7 +28,8 @@ import numpy as np
 import torch
 
 from edgeexit.crossfit import assign_folds
-from edgeexit.data.mitbih import load_mitbih_split
+from edgeexit.cv import compact_report
+from edgeexit.data.mitbih import DS1, DS2, load_mitbih
 from edgeexit.metrics import classification_report, headline_macro_f1
 from edgeexit.runtime.preprocess import MORPH_FEATURES, RR_FEATURES
 from edgeexit.summary import machine_info
@@ -52,13 +54,16 @@ def fit(x: np.ndarray, y: np.ndarray, classes: int, max_weight: float, seed: int
     torch.manual_seed(seed)
     mu, sd = x.mean(0), x.std(0) + 1e-6
     xt = torch.tensor((x - mu) / sd, dtype=torch.float32)
-    counts = np.bincount(y, minlength=classes).astype(float)
-    w = np.ones(classes)
-    if max_weight > 0:  # balanced, capped (as TrainConfig's class_weighting="balanced")
-        w = np.minimum(np.where(counts > 0, counts.sum() / (classes * np.maximum(counts, 1)), 0.0), max_weight)
+    w = None
+    if max_weight > 0:  # inverse frequency with mean 1 over the classes, capped at max_weight; N
+        # then weighs about 0.2, so S can weigh ~50x N: more than training's class_weights
+        # ("balanced": N weighs 1, the cap is relative to it), which found less S (README)
+        counts = np.bincount(y, minlength=classes).astype(np.float64)
+        w = np.minimum(np.where(counts > 0, counts.sum() / (classes * np.maximum(counts, 1)), 0.0),
+                       max_weight).astype(np.float32)
     lin = torch.nn.Linear(x.shape[1], classes)
     opt = torch.optim.Adam(lin.parameters(), lr=1e-2)
-    loss = torch.nn.CrossEntropyLoss(weight=torch.tensor(w, dtype=torch.float32))
+    loss = torch.nn.CrossEntropyLoss(weight=None if w is None else torch.from_numpy(w))
     yt = torch.from_numpy(y)
     for _ in range(steps):
         opt.zero_grad()
@@ -72,12 +77,6 @@ def fit(x: np.ndarray, y: np.ndarray, classes: int, max_weight: float, seed: int
     return predict
 
 
-def summary(report: dict) -> dict:
-    pc = report["per_class"]
-    return {"macro_f1_nsvf": round(headline_macro_f1(report), 4), "accuracy": round(report["accuracy"], 4),
-            **{c: {"se": round(pc[c]["sensitivity"], 4), "ppv": round(pc[c]["precision"], 4)} for c in "NSVF"}}
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mitdb", default="../shared/data/mitdb")
@@ -88,9 +87,10 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     torch.set_num_threads(1)
-    train, test = load_mitbih_split(a.mitdb, morph_context=True)
+    train = load_mitbih(a.mitdb, DS1, morph_context=True)
+    test = load_mitbih(a.mitdb, DS2, morph_context=True) if a.test else None
     classes = len(train.classes)
-    xtr, xte = scalars(train.x, train.channels), scalars(test.x, test.channels)
+    xtr = scalars(train.x, train.channels)
     fold_of = assign_folds(train.y, train.groups, a.folds)
     fold = np.array([fold_of[str(g)] for g in train.groups])
     out = {"host": machine_info()["cpu"], "features": [*RR_FEATURES, *MORPH_FEATURES], "runs": []}
@@ -101,15 +101,15 @@ def main() -> int:
             oof[held] = fit(xtr[~held], train.y[~held], classes, mw, a.seed)(xtr[held])
             per_fold.append(round(headline_macro_f1(classification_report(train.y[held], oof[held], train.classes)), 4))
         run = {"max_class_weight": mw, "cv_fold_macro_f1": per_fold, "cv_mean": round(float(np.mean(per_fold)), 4),
-               "cv_pooled": summary(classification_report(train.y, oof, train.classes))}
-        if a.test:
-            pred = fit(xtr, train.y, classes, mw, a.seed)(xte)
-            run["ds2"] = summary(classification_report(test.y, pred, test.classes))
+               "cv_pooled": compact_report(classification_report(train.y, oof, train.classes))}
+        if test is not None:
+            pred = fit(xtr, train.y, classes, mw, a.seed)(scalars(test.x, test.channels))
+            run["ds2"] = compact_report(classification_report(test.y, pred, test.classes))
         out["runs"].append(run)
         print(f"max class weight {mw:g}: CV mean {run['cv_mean']:.3f} (folds {per_fold}), pooled "
-              f"{run['cv_pooled']['macro_f1_nsvf']:.3f}, S {run['cv_pooled']['S']}"
-              + (f"; DS2 {run['ds2']['macro_f1_nsvf']:.3f}, S {run['ds2']['S']}, V {run['ds2']['V']}"
-                 if a.test else ""), file=sys.stderr)
+              f"{run['cv_pooled']['score']:.3f}, S {run['cv_pooled']['S']}"
+              + (f"; DS2 {run['ds2']['score']:.3f}, S {run['ds2']['S']}, V {run['ds2']['V']}"
+                 if test is not None else ""), file=sys.stderr)
     print(json.dumps(out, indent=1))
     return 0
 

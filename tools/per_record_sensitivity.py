@@ -21,12 +21,7 @@ import torch
 
 from edgeexit.checkpoint import load_checkpoint
 from edgeexit.data.mitbih import DS2, load_mitbih
-
-
-def final_exit_labels(model, x: np.ndarray, batch: int = 2048) -> np.ndarray:
-    with torch.no_grad():
-        return torch.cat([model(torch.from_numpy(x[i:i + batch]))[-1].argmax(1)
-                          for i in range(0, len(x), batch)]).numpy()
+from edgeexit.train import predict_exits
 
 
 def main() -> int:
@@ -53,7 +48,7 @@ def main() -> int:
             shown = [r for r in records if counts[r] >= a.min_beats]
             out["beats"] = {r: counts[r] for r in shown}
             out["beats"]["others"] = sum(n for r, n in counts.items() if r not in shown)
-        pred = final_exit_labels(ckpt.model.eval(), data.x)
+        pred = predict_exits(ckpt.model, data.x)[-1].argmax(-1)  # the final exit's labels
         row = {}
         for r in [*shown, "others"]:
             k = (~np.isin(data.groups, shown) if r == "others" else data.groups == r) & (data.y == c)

@@ -54,12 +54,14 @@ class CarryContext(nn.Module):
         k = self.context
         if self.norm is not None:
             h = self.stage(x)
-            ctx = self.norm(x)[:, -k:]
+            # InputNorm leaves context channels uncentred, so normalising their window mean is
+            # the normalised channels' mean; the signal channels need not be normalised again
+            n = self.norm
+            ctx = (x[:, -k:].mean(dim=-1, keepdim=True) - n.mean[:, -k:]) * n.inv_std[:, -k:]
         else:
             h = self.stage(x[:, :-k])
-            ctx = x[:, -k:]
-        ctx = ctx.mean(dim=-1, keepdim=True)  # constant over time: [N, K, 1]
-        return torch.cat([h, ctx.expand(-1, -1, h.shape[-1])], dim=1)
+            ctx = x[:, -k:, :1]  # carried: constant over time already
+        return torch.cat([h, ctx.expand(-1, -1, h.shape[-1])], dim=1)  # ctx [N, K, 1]
 
 
 class ContextHead(nn.Module):
@@ -77,7 +79,7 @@ class ContextHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.context
-        return self.head(x[:, :-k]) + self.context_fc(x[:, -k:].mean(dim=-1))
+        return self.head(x[:, :-k]) + self.context_fc(x[:, -k:, 0])
 
 
 def fuse_context(model: MultiExitNet, config: ModelConfig) -> MultiExitNet:
