@@ -115,4 +115,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from edgeexit.errors import EdgeExitError
+
+    try:
+        sys.exit(main())
+    except EdgeExitError as e:  # a missing directory or checkpoint: one line, not a traceback
+        raise SystemExit(f"error: {e}") from None
