@@ -1,7 +1,10 @@
-"""Shared fixtures: small seeded data sets that a tiny model can learn in a second or two."""
+"""Shared fixtures: small seeded data sets that a tiny model can learn in a second or two, and
+tiny trained models loaded from files (trained by tools/make_test_fixtures.py, not in the tests:
+training comes out differently on different CPUs)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,16 @@ from edgeexit.data import AAMI_CLASSES, BeatDataset
 
 REPO = Path(__file__).resolve().parents[1]
 MITDB = REPO.parent / "shared" / "data" / "mitdb"  # development copy; tests that need it skip without
+# the committed fixtures; point EDGEEXIT_TEST_FIXTURES at fixtures of another seed to check margins
+FIXTURES = Path(os.environ.get("EDGEEXIT_TEST_FIXTURES") or REPO / "tests" / "data" / "fixtures")
+
+
+def fixture_path(name: str) -> Path:
+    """The committed tiny model ``name`` (an edgeexit checkpoint; see tools/make_test_fixtures.py)."""
+    path = FIXTURES / f"{name}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: make it with `python tools/make_test_fixtures.py {name}`")
+    return path
 
 
 def make_separable(n: int = 600, seed: int = 0, channels: int = 6, length: int = 256) -> BeatDataset:

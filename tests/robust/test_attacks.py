@@ -13,12 +13,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, make_separable
+from conftest import REPO, fixture_path, make_separable
 from torch.nn import functional as F
 
+from edgeexit.checkpoint import load_checkpoint
 from edgeexit.data import DataSpec, load_source
 from edgeexit.errors import ConfigError
-from edgeexit.models import ModelConfig, create_model
 from edgeexit.robust.attacks import (
     FGSM,
     PGD,
@@ -34,7 +34,11 @@ from edgeexit.robust.attacks import (
 )
 from edgeexit.robust.attacks.square import SquareAttack, engine_predict, margin, p_schedule
 
-EPS = 0.1  # mV, Linf: the tiny model's final-exit accuracy falls from ~94% to ~51% under PGD
+EPS = 0.1  # mV, Linf: the tiny model's final-exit accuracy falls from ~94% to ~41% under PGD
+
+# Every bound below was set from the values measured on the fixture trained with seeds 0-4
+# (tools/make_test_fixtures.py; the committed file is seed 0), about half the worst seed's or
+# further inside it; the measured range is written beside each.
 EPS_L2 = l2_eps(0.05, 128)  # an RMS of 0.05 mV over the 128-sample window
 THRESHOLDS = [0.8, 0.8, 0.8]  # max_prob, for the attacks' objectives
 
@@ -42,25 +46,14 @@ THRESHOLDS = [0.8, 0.8, 0.8]  # max_prob, for the attacks' objectives
 @pytest.fixture(scope="module")
 def tiny():
     """A 4-exit resnet1d (width 0.25) trained 80 steps on 600 synthetic beats (128 samples, one
-    ECG channel and 7 RR-context channels); 128 held-out beats to attack."""
+    ECG channel and 7 RR-context channels), loaded from its committed file; 128 held-out beats to
+    attack."""
     torch.set_num_threads(1)
     data = load_source("synthetic", DataSpec(n_beats=900, window=128, seed=0))
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
-    torch.manual_seed(0)
-    model = create_model(ModelConfig("resnet1d", in_channels=x.shape[1], num_classes=5,
-                                     input_length=128, signal_channels=1, width=0.25))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(80):
-        idx = torch.randint(0, 600, (64,), generator=gen)
-        loss = sum(F.cross_entropy(z, y[idx]) for z in model(x[idx]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    model = load_checkpoint(fixture_path("attack_resnet1d")).model
     # max_prob thresholds that send 40% of the held-out beats out before the last exit (a fixed
-    # 0.8 did on one host and 25% on another: the trained weights differ across CPUs)
+    # 0.8 sends from 25% to 67%, depending on the training seed)
     with torch.no_grad():
         best_early = torch.stack([z.softmax(1).amax(1) for z in model(x[600:728])[:-1]], 1).amax(1)
     t = float(torch.quantile(best_early, 0.6))
@@ -87,32 +80,39 @@ def bn_buffers(model):
     return [b.clone() for name, b in model.named_buffers() if "running" in name]
 
 
-# name -> (attack factory, norm, eps); each is checked on the objective it maximises
+# name -> (attack factory, norm, eps, least rise), each checked on the objective it maximises. The
+# least rise is of the mean loss (adv - clean) for the label attacks; for the slowdown attacks it
+# is the fraction of the gap to the objective's maximum (every early exit uniform) they close.
 ATTACKS = {
-    "fgsm": (lambda m: FGSM(m, EPS), "linf", EPS),
-    "pgd_linf": (lambda m: PGD(m, EPS, steps=10), "linf", EPS),
-    "pgd_l2": (lambda m: PGD(m, EPS_L2, norm="l2", steps=10), "l2", EPS_L2),
-    "single_exit": (lambda m: PGD(m, EPS, steps=10, objective=ExitCE(1)), "linf", EPS),
-    "average_exit": (lambda m: PGD(m, EPS, steps=10, objective="mean"), "linf", EPS),
-    "max_average": (lambda m: MaxAvgPGD(m, EPS, steps=10), "linf", EPS),
+    "fgsm": (lambda m: FGSM(m, EPS), "linf", EPS, 0.35),  # 0.71-1.51
+    "pgd_linf": (lambda m: PGD(m, EPS, steps=10), "linf", EPS, 0.6),  # 1.31-3.02
+    "pgd_l2": (lambda m: PGD(m, EPS_L2, norm="l2", steps=10), "l2", EPS_L2, 0.5),  # 1.01-2.15
+    "single_exit": (lambda m: PGD(m, EPS, steps=10, objective=ExitCE(1)), "linf", EPS,
+                    0.08),  # 0.18-0.62 (of a clean 0.8-1.1 on this weak exit)
+    "average_exit": (lambda m: PGD(m, EPS, steps=10, objective="mean"), "linf", EPS,
+                     0.25),  # 0.52-0.92
+    "max_average": (lambda m: MaxAvgPGD(m, EPS, steps=10), "linf", EPS, 1.0),  # 2.15-3.75
     "policy_ensemble": (lambda m: PGD(m, EPS, steps=10, objective=PolicyCE("ensemble")),
-                        "linf", EPS),
+                        "linf", EPS, 0.15),  # 0.34-0.84
     "policy_max_prob": (lambda m: PGD(m, EPS, steps=10,
-                                      objective=PolicyCE("max_prob", THRESHOLDS)), "linf", EPS),
-    "deepsloth": (lambda m: DeepSloth(m, EPS, steps=10), "linf", EPS),
-    "deepsloth_l2": (lambda m: DeepSloth(m, EPS_L2, norm="l2", steps=10), "l2", EPS_L2),
+                                      objective=PolicyCE("max_prob", THRESHOLDS)), "linf", EPS,
+                        0.5),  # 1.16-2.60
+    "deepsloth": (lambda m: DeepSloth(m, EPS, steps=10), "linf", EPS, 0.25),  # 0.46-0.73 of the gap
+    "deepsloth_l2": (lambda m: DeepSloth(m, EPS_L2, norm="l2", steps=10), "l2", EPS_L2,
+                     0.2),  # 0.38-0.65 of the gap
     "universal_linf": (lambda m: UniversalPerturbation(m, EPS, epochs=3, batch_size=64),
-                       "linf", EPS),
+                       "linf", EPS, 0.04),  # 0.081-0.83
     "universal_l2": (lambda m: UniversalPerturbation(m, EPS_L2, norm="l2", epochs=3,
-                                                     batch_size=64), "l2", EPS_L2),
+                                                     batch_size=64), "l2", EPS_L2,
+                     0.025),  # 0.053-0.43
     "universal_deepsloth": (lambda m: UniversalDeepSloth(m, EPS, epochs=3, batch_size=64),
-                            "linf", EPS),
+                            "linf", EPS, 0.1),  # 0.23-0.53 of the gap
 }
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_attack_raises_its_loss_inside_the_budget_in_eval_mode(tiny, name):
-    factory, norm, eps = ATTACKS[name]
+    factory, norm, eps, least = ATTACKS[name]
     model = tiny.model
     attack = factory(model)
     y = tiny.y
@@ -131,28 +131,27 @@ def test_attack_raises_its_loss_inside_the_budget_in_eval_mode(tiny, name):
     with torch.no_grad():
         clean = attack.losses(tiny.x, y).mean()
         adv = attack.losses(x_adv, y).mean()
-    assert adv > clean + 0.05, f"{name}: {clean:.4f} -> {adv:.4f}"  # a real rise, not noise
     if isinstance(attack.objective, Slowdown):  # it closes a good part of the gap to its maximum
         top = -(model.num_exits - 1) * math.log(5)  # every early exit uniform
-        assert (adv - clean) / (top - clean) > 0.15, f"{name}: {clean:.4f} -> {adv:.4f} of {top:.4f}"
+        assert (adv - clean) / (top - clean) > least, f"{name}: {clean:.4f} -> {adv:.4f} of {top:.4f}"
     else:
-        assert adv > 1.2 * clean, f"{name}: {clean:.4f} -> {adv:.4f}"
+        assert adv - clean > least, f"{name}: {clean:.4f} -> {adv:.4f}"
 
 
 def test_gradient_attacks_lower_the_accuracy_they_target(tiny):
     m, x, y = tiny.model, tiny.x, tiny.y
     clean = accuracy(m, x, y)
-    assert clean > 0.85  # the tiny model has learned something to break
-    assert accuracy(m, FGSM(m, EPS)(x, y), y) < clean - 0.05
+    assert clean > 0.8  # the tiny model has learned something to break (0.88-0.99)
+    assert accuracy(m, FGSM(m, EPS)(x, y), y) < clean - 0.08  # falls 0.17-0.46
     pgd = accuracy(m, PGD(m, EPS, steps=10)(x, y), y)
-    assert pgd < clean - 0.25
-    assert accuracy(m, PGD(m, EPS_L2, norm="l2", steps=10)(x, y), y) < clean - 0.05
+    assert pgd < clean - 0.1  # falls 0.23-0.79
+    assert accuracy(m, PGD(m, EPS_L2, norm="l2", steps=10)(x, y), y) < clean - 0.1  # 0.21-0.72
     ens = PolicyCE("ensemble")
     x_adv = PGD(m, EPS, steps=10, objective=ens)(x, y)
     with torch.no_grad():
         ens_clean = float((ens.answers(m(x))[0].argmax(1) == y).float().mean())
         ens_adv = float((ens.answers(m(x_adv))[0].argmax(1) == y).float().mean())
-    assert ens_adv < ens_clean - 0.15
+    assert ens_adv < ens_clean - 0.1  # falls 0.22-0.60
 
 
 def test_max_average_keeps_the_per_sample_max_of_the_summed_loss(tiny):
@@ -166,7 +165,8 @@ def test_max_average_keeps_the_per_sample_max_of_the_summed_loss(tiny):
         candidates = torch.stack([summed(m(c), y) for c in cands])  # [E, B]
     assert torch.all(best >= candidates.max(0).values - 1e-5)
     assert torch.allclose(best, candidates.max(0).values, atol=1e-5)
-    # the chosen candidate differs between samples (else the test would not tell max from any k)
+    # the chosen candidate differs between samples (else the test would not tell max from any k):
+    # two or three exits chosen, the least chosen of them by 11-23 of the 64 samples
     assert len([c for c in attack.stats["chosen_exit"] if c]) >= 2
 
 
@@ -205,8 +205,10 @@ def test_our_pgd_is_at_least_as_strong_as_art(tiny):
     m.eval()
     ours = accuracy(m, PGD(m, EPS, steps=steps, step_size=step)(x, y), y)
     theirs = accuracy(m, x_art, y)
-    assert theirs < accuracy(m, x, y) - 0.25  # ART's attack works too (the comparison means something)
-    assert ours <= theirs + 0.02, f"our PGD {ours:.3f} vs ART {theirs:.3f}"
+    # ART's attack works too (the comparison means something): accuracy falls 0.24-0.80
+    assert theirs < accuracy(m, x, y) - 0.1
+    # two random starts: ours - theirs was -0.023-0.039 (up to 5 of the 128 beats)
+    assert ours <= theirs + 0.08, f"our PGD {ours:.3f} vs ART {theirs:.3f}"
 
 
 def test_slowdown_moves_the_exits_later(tiny):
@@ -216,11 +218,11 @@ def test_slowdown_moves_the_exits_later(tiny):
     with torch.no_grad():
         _, clean_exit = policy.answers(m(x))
         _, slow_exit = policy.answers(m(x_slow))
-    assert float((clean_exit < m.num_exits - 1).float().mean()) > 0.3  # many leave early
-    assert slow_exit.float().mean() > clean_exit.float().mean() + 0.3
+    assert float((clean_exit < m.num_exits - 1).float().mean()) > 0.3  # many leave early (40%)
+    assert slow_exit.float().mean() > clean_exit.float().mean() + 0.15  # 0.32-0.47 exits later
     early_clean = float((clean_exit < m.num_exits - 1).float().mean())
     early_slow = float((slow_exit < m.num_exits - 1).float().mean())
-    assert early_slow < 0.5 * early_clean  # the attack keeps most of them from leaving early
+    assert early_slow < 0.5 * early_clean  # it keeps most of them from leaving early (76-94%)
 
 
 def test_universal_perturbation_is_one_delta_that_transfers(tiny):
@@ -230,14 +232,14 @@ def test_universal_perturbation_is_one_delta_that_transfers(tiny):
         attack(tiny.x)
     delta = attack.fit(tiny.x_train, tiny.y_train)
     assert torch.all(delta[:, tiny.s :] == 0) and float(delta.abs().max()) <= EPS + 1e-6
-    assert float(delta.abs().max()) > 0.9 * EPS  # it uses its budget
+    assert float(delta.abs().max()) > 0.9 * EPS  # it uses its budget (all of it, every seed)
     x_adv = attack(tiny.x)
     assert torch.allclose(x_adv - tiny.x, delta.expand_as(tiny.x), atol=1e-6)  # one for all
     with torch.no_grad():  # on beats it never saw
         clean = F.cross_entropy(m(tiny.x)[-1], tiny.y)
         adv = F.cross_entropy(m(x_adv)[-1], tiny.y)
-    assert adv > clean * 1.2
-    assert accuracy(m, x_adv, tiny.y) < accuracy(m, tiny.x, tiny.y)
+    assert adv > clean * 1.2  # 1.5-5.8 times
+    assert accuracy(m, x_adv, tiny.y) < accuracy(m, tiny.x, tiny.y)  # falls 0.04-0.30
     assert len(attack.stats["loss_history"]) == 3
     assert attack.stats["loss_history"][-1] > attack.stats["loss_history"][0]
     # the same seed fits the same delta; labels are required for a label-based objective
@@ -263,7 +265,7 @@ def test_universal_deepsloth_slows_unseen_beats(tiny):
     with torch.no_grad():
         _, clean_exit = policy.answers(m(tiny.x))
         _, slow_exit = policy.answers(m(attack(tiny.x)))
-    assert slow_exit.float().mean() > clean_exit.float().mean()
+    assert slow_exit.float().mean() > clean_exit.float().mean() + 0.1  # 0.23-0.42 exits later
     with pytest.raises(ConfigError, match="fixed"):
         UniversalDeepSloth(m, EPS, objective="final")
 
@@ -304,18 +306,19 @@ def test_square_attack_lowers_accuracy_through_numpy_predict(tiny):
     assert np.abs(x_adv[:, : tiny.s] - x[:, : tiny.s]).max() <= EPS + 1e-6
     predict = numpy_predict(m)
     m_clean, m_adv = margin(predict(x), y), margin(predict(x_adv), y)
-    assert m_adv.mean() < m_clean.mean() - 0.5
+    assert m_adv.mean() < m_clean.mean() - 0.5  # falls 2.5-4.3
     assert np.all(m_adv <= m_clean + 1e-4)  # random search only accepts improvements
     st = attack.stats
-    assert st["accuracy_adv"] < st["accuracy_clean"] - 0.05
+    assert st["accuracy_adv"] < st["accuracy_clean"] - 0.05  # falls 0.18-0.67
     assert st["accuracy_clean"] == pytest.approx(accuracy(m, tiny.x, tiny.y))
     assert st["accuracy_adv"] == pytest.approx(float((m_adv > 0).mean()))
     assert 0 < st["success_rate"] <= 1
     # every query is counted, and a sample stops querying once it is misclassified
     assert sum(calls) == pytest.approx(st["queries_mean"] * len(x))
-    assert st["queries_mean"] < 200
+    assert st["queries_mean"] < 200  # 115-170
     wrong = m_clean <= 0
-    assert wrong.any() and np.array_equal(x_adv[wrong], x[wrong])  # nothing to do for them
+    # nothing to do for them (8 of the 128 beats on the committed fixture; 1-16 over seeds)
+    assert wrong.any() and np.array_equal(x_adv[wrong], x[wrong])
 
 
 def test_square_attack_is_deterministic_and_checks_its_inputs(tiny):
