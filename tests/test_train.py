@@ -109,23 +109,23 @@ def test_rr_augment_sets_the_local_rhythm_to_the_beats_own_interval():
     import torch
 
     from edgeexit.runtime.preprocess import RR_FEATURES
-    from edgeexit.train import _rr_augment, _rr_channels
+    from edgeexit.training.augment import rr_augment, rr_channels
 
     channels = ("MLII", *RR_FEATURES)
-    idx = _rr_channels(channels)
+    idx = rr_channels(channels)
     x = torch.zeros(200, len(channels), 4)
     x[:, idx["pre_rr"]] = 0.5
     x[:, idx["post_rr"]] = 1.0
     x[:, idx["local_rr"]] = 0.8
     before = x.clone()
-    y = _rr_augment(x, idx, 0.5, torch.Generator().manual_seed(0))
+    y = rr_augment(x, idx, 0.5, torch.Generator().manual_seed(0))
     changed = (y != before).any(dim=(1, 2))
     assert 60 < int(changed.sum()) < 140 and torch.equal(x, before)  # the input is not modified
     c = y[changed]
     assert torch.all(c[:, idx["local_rr"]] == 0.5) and torch.all(c[:, idx["pre_rr_ratio"]] == 1.0)
     assert torch.all(c[:, idx["post_rr_ratio"]] == 2.0)
     assert torch.equal(y[~changed], before[~changed])
-    assert _rr_channels(("MLII",)) is None
+    assert rr_channels(("MLII",)) is None
     with pytest.raises(ConfigError, match="probability"):
         TrainConfig(rr_augment=1.5)
 
@@ -145,13 +145,13 @@ def test_ema_keeps_the_running_average_of_the_weights():
 
 def test_time_warp_stretches_the_signal_about_the_r_peak_and_leaves_the_context():
     from edgeexit.runtime.preprocess import default_r_offset
-    from edgeexit.train import _time_warp
+    from edgeexit.training.augment import time_warp
 
     length = 64
     r = default_r_offset(length)
     t = torch.arange(length, dtype=torch.float32)
     x = torch.stack([t, torch.full((length,), 7.0)])[None].repeat(50, 1, 1)  # signal = time index
-    y = _time_warp(x, 1, 0.2, torch.Generator().manual_seed(0))
+    y = time_warp(x, 1, 0.2, torch.Generator().manual_seed(0))
     assert torch.equal(y[:, 1], x[:, 1])  # context channel untouched
     assert torch.allclose(y[:, 0, r], torch.full((50,), float(r)))  # the R peak stays put
     slopes = y[:, 0, r + 1] - y[:, 0, r]  # 1 / scale: between 1/1.2 and 1/0.8
@@ -162,12 +162,12 @@ def test_time_warp_stretches_the_signal_about_the_r_peak_and_leaves_the_context(
 
 def test_rr_scale_changes_the_heart_rate_and_keeps_the_ratios():
     from edgeexit.runtime.preprocess import RR_FEATURES
-    from edgeexit.train import _rr_channels, _rr_rescale
+    from edgeexit.training.augment import rr_channels, rr_rescale
 
     channels = ("MLII", *RR_FEATURES)
-    idx = _rr_channels(channels)
+    idx = rr_channels(channels)
     x = torch.rand(100, len(channels), 4) + 0.5
-    y = _rr_rescale(x, idx, 0.3, torch.Generator().manual_seed(1))
+    y = rr_rescale(x, idx, 0.3, torch.Generator().manual_seed(1))
     k = y[:, idx["pre_rr"], 0] / x[:, idx["pre_rr"], 0]
     assert k.min() >= 1 / 1.3 - 1e-5 and k.max() <= 1.3 + 1e-5 and k.std() > 0.05
     for name in ("post_rr", "local_rr", "avg_rr"):
@@ -178,10 +178,10 @@ def test_rr_scale_changes_the_heart_rate_and_keeps_the_ratios():
 
 
 def test_signal_dropout_flattens_the_waveform_of_some_beats_and_keeps_the_context():
-    from edgeexit.train import _signal_dropout
+    from edgeexit.training.augment import signal_dropout
 
     x = torch.randn(200, 3, 16)
-    y = _signal_dropout(x, 1, 0.3, torch.Generator().manual_seed(0))
+    y = signal_dropout(x, 1, 0.3, torch.Generator().manual_seed(0))
     flat = (y[:, 0].std(dim=-1) == 0)
     assert 30 < int(flat.sum()) < 90
     assert torch.allclose(y[flat, 0, 0], x[flat, 0].mean(dim=-1))
@@ -237,18 +237,18 @@ def test_training_with_bn_recalibration_keeps_recomputed_statistics():
 
 
 def test_a_last_epoch_far_below_an_earlier_one_is_warned_about(monkeypatch, caplog):
-    import edgeexit.train as tr
+    import edgeexit.training.loop as tr
 
     scores = iter([0.8, 0.9, 0.5])  # the kept (last) epoch falls 0.4 below epoch 2
     monkeypatch.setattr(tr, "headline_macro_f1", lambda report: next(scores))
     data = make_separable(n=120, seed=2, channels=6)
-    with caplog.at_level("WARNING", logger="edgeexit.train"):
+    with caplog.at_level("WARNING", logger="edgeexit.training.loop"):
         train(data, TrainConfig(model="test_resnet1d", epochs=3, batch_size=32, threads=1,
                                 select="last", patience=0))
     assert any("below epoch 2's 0.900" in r.getMessage() for r in caplog.records)
     scores = iter([0.8, 0.9, 0.85])  # a small dip is not a collapse
     caplog.clear()
-    with caplog.at_level("WARNING", logger="edgeexit.train"):
+    with caplog.at_level("WARNING", logger="edgeexit.training.loop"):
         train(data, TrainConfig(model="test_resnet1d", epochs=3, batch_size=32, threads=1,
                                 select="last", patience=0))
     assert not [r for r in caplog.records if "collapsed" in r.getMessage()]

@@ -1,0 +1,13 @@
+"""The pieces of the training loop behind :func:`edgeexit.train.train`, one concern per module.
+
+- :mod:`~edgeexit.training.loop`: the loop itself, as named steps (setup, epochs, evaluate,
+  checkpoint), in the manner of nanoGPT's ``train.py``.
+- :mod:`~edgeexit.training.data`: the validation split, class weights and the batch loader.
+- :mod:`~edgeexit.training.augment`: the training-time augmentations (:class:`Augmentation`).
+- :mod:`~edgeexit.training.evaluation`: every exit's logits and per-exit reports.
+- :mod:`~edgeexit.training.batchnorm`: precise BatchNorm statistics.
+- :mod:`~edgeexit.training.distributed`: rank and world size under ``torchrun``.
+
+The configuration (:class:`edgeexit.train.TrainConfig`) and the entry points (``train``,
+``run_training``) stay in :mod:`edgeexit.train`.
+"""

@@ -1,0 +1,74 @@
+"""What training makes of its data: the validation split, the class weights, the batch loader."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from edgeexit.data import BeatDataset, stratified_split
+from edgeexit.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def split_validation(data: BeatDataset, config) -> tuple[BeatDataset, BeatDataset]:
+    """The (training, validation) split that :func:`edgeexit.train.train` makes of ``data``
+    under ``config`` (a :class:`~edgeexit.train.TrainConfig`: ``val_split``, ``val_fraction``,
+    ``seed``).
+
+    Deterministic under ``config.seed``: export calls it again to calibrate exit thresholds on the
+    very beats the model was validated on (never on test data).
+    """
+    n_records = 0 if data.groups is None else int(np.unique(data.groups).size)
+    by_record = config.val_split == "record" or (config.val_split == "auto" and n_records >= 5)
+    if by_record and data.groups is None:
+        raise DataError("val split 'record' needs record ids (groups) in the data; use 'beat'")
+    groups = data.groups if by_record else None
+    keep, held = stratified_split(data.y, config.val_fraction, config.seed, groups)
+    log.info(
+        "validation: %d beats held out by %s, %d left for training",
+        held.size,
+        "record" if by_record else "beat",
+        keep.size,
+    )
+    return data.subset(keep), data.subset(held)
+
+
+def class_weights(y: np.ndarray, num_classes: int, mode: str, cap: float) -> np.ndarray | None:
+    """Cross-entropy weights per class (``mode``: ``none``, ``sqrt`` or ``balanced``), or None."""
+    if mode == "none":
+        return None
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    power = 0.5 if mode == "sqrt" else 1.0
+    w = np.where(counts > 0, (counts.max() / np.maximum(counts, 1.0)) ** power, 1.0)
+    return np.minimum(w, cap).astype(np.float32)
+
+
+def make_loader(train_set: BeatDataset, templates: np.ndarray | None, config, dist):
+    """``(loader, sampler)``: shuffled batches of ``(x, y, index[, template])``; under torchrun a
+    :class:`~torch.utils.data.DistributedSampler` (returned, so that every epoch sets its seed)
+    gives each rank its share, else the sampler is None."""
+    dataset = torch.utils.data.TensorDataset(
+        torch.from_numpy(train_set.x),
+        torch.from_numpy(train_set.y),
+        torch.arange(len(train_set)),
+        *([] if templates is None else [torch.from_numpy(templates)]),
+    )
+    per_rank_batch = max(2, config.batch_size // dist.world)
+    sampler = None
+    gen = torch.Generator().manual_seed(config.seed)
+    if dist.world > 1:
+        sampler = torch.utils.data.DistributedSampler(
+            dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=config.seed
+        )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=per_rank_batch,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=len(dataset) > per_rank_batch,  # BatchNorm cannot train on a batch of one
+        generator=gen,
+    )
+    return loader, sampler
