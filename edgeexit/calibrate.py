@@ -611,7 +611,7 @@ def calibrate_bundle(
     """
     from edgeexit.runtime.backends import get_backend
     from edgeexit.runtime.engine import Engine
-    from edgeexit.runtime.manifest import MANIFEST, PolicySpec, read_manifest
+    from edgeexit.runtime.manifest import MANIFEST, CalibrationRecord, PolicySpec, read_manifest
 
     root = Path(bundle)
     engine = Engine.from_bundle(root, backend=backend, threads=1, policy="fixed")
@@ -647,12 +647,13 @@ def calibrate_bundle(
         name=name,
         thresholds=tuple(round(t, 6) for t in cal.thresholds),
         weights=cal.weights,
-        calibration={**cal.to_dict(), "data": source, "split": "given to edgeexit calibrate",
-                     **(provenance or {}),
-                     "format": get_backend(engine.backend).file_format,
-                     "segment_costs": {"unit": short, "values": [round(c, 8) for c in costs]},
-                     "pareto": pareto,
-                     "previous": _without_history(manifest.policy.to_dict())},
+        calibration=CalibrationRecord.from_dict({
+            **cal.to_dict(), "data": source, "split": "given to edgeexit calibrate",
+            **(provenance or {}),
+            "format": get_backend(engine.backend).file_format,
+            "segment_costs": {"unit": short, "values": [round(c, 8) for c in costs]},
+            "pareto": pareto,
+            "previous": _without_history(manifest.policy.to_dict())}),
     )
     report = {"bundle": str(root), "backend": engine.backend, "policy": spec.to_dict(),
               "written": not dry_run}

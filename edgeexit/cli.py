@@ -934,7 +934,7 @@ def _open_meter(spec, engine, power_target, rate_hz=None):
     power model is the bundle's target's, or ``--power-target``'s."""
     from edgeexit.runtime.energy import open_meter
 
-    power = engine.manifest.target.get("power") or {}
+    power = engine.manifest.target.power.to_dict()
     if power_target is not None:
         from edgeexit.targets import load_target
 
@@ -1026,7 +1026,7 @@ def _calibration_data(manifest, source, records):
     from edgeexit.data import DataSpec, load_source, load_split
     from edgeexit.errors import DataError
 
-    recorded = manifest.provenance.get("data")
+    recorded = manifest.provenance.data
     spec = DataSpec.from_dict(recorded) if recorded else DataSpec()
     if source == "synthetic":
         return load_split(dataclasses.replace(spec, source="synthetic", test_source=None), "calibration")
@@ -1111,7 +1111,7 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
     else:
         from edgeexit.crossfit import cross_fit as run_cross_fit
 
-        ckpt = checkpoint or manifest.provenance.get("checkpoint")
+        ckpt = checkpoint or manifest.provenance.checkpoint
         if not ckpt:
             raise click.UsageError("give --checkpoint (the bundle records none)")
         cf = run_cross_fit(ckpt, cross_fit, threads=threads,

@@ -303,7 +303,7 @@ def _meter(config: QuickstartConfig, engine):
     """The bench's energy meter and why it was chosen (None for ``meter="none"``)."""
     from edgeexit.runtime.energy import open_meter
 
-    return open_meter(config.meter, power=engine.manifest.target.get("power") or {},
+    return open_meter(config.meter, power=engine.manifest.target.power.to_dict(),
                       threads=engine.threads)
 
 

@@ -33,9 +33,9 @@ def test_recalibrates_and_rewrites_the_bundle(bundle):
     after = load_manifest(bundle)  # hashes still match: only manifest.json changed
     assert after.policy.name == "max_prob" and len(after.policy.thresholds) == 3
     cal = after.policy.calibration
-    assert cal["records"] == 10 and cal["samples"] == 600 and cal["data"] == "separable(seed=11)"
-    assert cal["feasible"] and cal["loss_interval"][1] <= 1.0 + 1e-6
-    assert cal["previous"] == before.to_dict()
+    assert cal.records == 10 and cal.samples == 600 and cal.data == "separable(seed=11)"
+    assert cal.feasible and cal.loss_interval[1] <= 1.0 + 1e-6
+    assert cal.previous == before
     assert r["written"] and r["archive"].endswith("tiny.tar.gz")
     with tarfile.open(r["archive"]) as tar:
         packed = json.load(tar.extractfile("tiny/manifest.json"))
@@ -43,8 +43,8 @@ def test_recalibrates_and_rewrites_the_bundle(bundle):
     # the engine uses them, and on the calibration data they reproduce the calibrated accuracy
     engine = Engine.from_bundle(bundle, backend="onnxruntime")
     b = engine.predict_batch(data.x)
-    assert abs(float((b.labels == data.y).mean()) - cal["accuracy"]) < 1e-6
-    assert np.allclose(np.bincount(b.exit_index, minlength=4) / 600, cal["exit_fractions"], atol=1e-6)
+    assert abs(float((b.labels == data.y).mean()) - cal.accuracy) < 1e-6
+    assert np.allclose(np.bincount(b.exit_index, minlength=4) / 600, cal.exit_fractions, atol=1e-6)
 
 
 def test_an_ensemble_worse_than_the_final_exit_is_reported(bundle):
@@ -96,8 +96,8 @@ def test_cli_calibrate(bundle, tmp_path):
     r = CliRunner().invoke(main, ["calibrate", str(bundle), "--data", str(npz), "--margin", "1",
                                   "--backend", "onnxruntime"])
     assert r.exit_code == 0, r.output
-    prev = load_manifest(bundle).policy.calibration["previous"]
-    assert prev["calibration"]["cost_unit"].startswith("us") and "previous" not in prev["calibration"]
+    prev = load_manifest(bundle).policy.calibration.previous
+    assert prev.calibration.cost_unit.startswith("us") and prev.calibration.previous is None
     # a signed bundle: the signature covered the old manifest, so it goes (and the user is told)
     key = tmp_path / "key"
     assert CliRunner().invoke(main, ["keygen", "--out", str(key)]).exit_code == 0
@@ -133,7 +133,7 @@ def test_cross_fit_calibrates_on_every_training_record(bundle, tiny_checkpoint):
     assert r.exit_code == 0, r.output
     d = json.loads(r.output[r.output.index("{"):])
     cal = load_manifest(bundle).policy.calibration
-    assert cal["records"] == 8 and cal["samples"] == 640 and cal["cross_fit"]["records"] == 8
+    assert cal.records == 8 and cal.samples == 640 and cal.extra["cross_fit"]["records"] == 8
     assert d["policy"]["thresholds"] == list(load_manifest(bundle).policy.thresholds)
     r = CliRunner().invoke(main, ["calibrate", str(bundle)])
     assert r.exit_code == 2 and "either --data or --cross-fit" in r.output

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     manifest = load_manifest(args.bundle)
-    spec = DataSpec.from_dict(manifest.provenance["data"])
+    spec = DataSpec.from_dict(manifest.provenance.data)
     data = load_split(spec, args.split)
     x, y = data.x.astype(np.float32), data.y
     if args.limit and args.limit < len(x):

@@ -61,7 +61,7 @@ def main() -> None:
         src = open_source(a.record, block_seconds=60.0)
         fs, sig = src.fs, np.concatenate(list(src.blocks))
     else:
-        fs = float(engine.manifest.input.get("fs", 360.0))
+        fs = engine.manifest.input.fs or 360.0
         sig = synthetic(fs)
     source = Source(a.record or "synthetic", fs, repeat_blocks(sig, max(1, round(a.block_seconds * fs))))
     rows = [{"beats": 0, "rss_kb": resident_kb(), "signal_s": 0.0, "wall_s": 0.0}]

@@ -74,10 +74,16 @@ from edgeexit.runtime.manifest import (
     MIXED,
     PRECISIONS,
     Artifact,
+    CalibrationRecord,
+    Golden,
+    InputSpec,
     Manifest,
+    ModelInfo,
     PolicySpec,
     PrecisionChoice,
+    Provenance,
     SegmentEntry,
+    TargetInfo,
     add_sizes,
     read_manifest,
     sha256_file,
@@ -754,21 +760,21 @@ def export_bundle(
                                                             if i != 1))],
         }
         draft = Manifest(
-            model={
+            model=ModelInfo.from_dict({
                 "name": model.config.family if model.config else type(model).__name__,
                 "config": model.config.to_dict() if model.config else None,
                 "params": sum(p.numel() for p in model.parameters()),
                 "num_exits": model.num_exits,
-            },
+            }),
             classes=tuple(ckpt.classes),
-            input=input_info,
-            target=target.to_dict(),
+            input=InputSpec.from_dict(input_info),
+            target=TargetInfo.from_dict(target.to_dict()),
             policy=PolicySpec(name="ensemble"),  # placeholder while checking: runs every exit
             precision=bundle_precision,
             segments=segments,
             monolithic=monolithic,
-            golden={},
-            provenance={},
+            golden=Golden(),
+            provenance=Provenance(),
         )
 
         parity, golden_tol, mono_tol, val_probs = {}, {}, {}, None
@@ -811,7 +817,7 @@ def export_bundle(
             name=config.policy,
             thresholds=tuple(round(t, 6) for t in calib.thresholds),
             weights=calib.weights,
-            calibration={
+            calibration=CalibrationRecord.from_dict({
                 **calib.to_dict(),
                 "data": spec.source,
                 "split": "validation (training's held-out part; never test)",
@@ -819,7 +825,7 @@ def export_bundle(
                 else sorted(str(g) for g in np.unique(val_groups)),
                 "format": preferred,
                 "cost": "MACs per inference (stages and exit heads run)",
-            },
+            }),
         )
         make_policy(policy.name, len(segments), policy.thresholds, weights=policy.weights)  # validates
 
@@ -832,15 +838,15 @@ def export_bundle(
         manifest = dataclasses.replace(
             draft,
             policy=policy,
-            golden={
+            golden=Golden.from_dict({
                 "file": GOLDEN,
                 "sha256": sha256_file(tmp / GOLDEN),
                 "samples": len(golden_x),
                 "tolerance": golden_tol,
                 **({"monolithic_tolerance": mono_tol} if mono_tol else {}),
                 "tolerance_rule": "2 x the max abs logit error measured at export + 1e-4 x (1 + logit scale)",
-            },
-            provenance={
+            }),
+            provenance=Provenance.from_dict({
                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "checkpoint": str(checkpoint),
                 "checkpoint_sha256": sha256_file(checkpoint),
@@ -865,7 +871,7 @@ def export_bundle(
                 "parity": parity,
                 "export_config": config.to_dict(),
                 "versions": _versions(),
-            },
+            }),
         )
         manifest = dataclasses.replace(manifest, bundle_version=config.bundle_version)
         (tmp / MANIFEST).write_text(json.dumps(add_sizes(manifest.to_dict(), tmp), indent=2) + "\n")

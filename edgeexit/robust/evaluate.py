@@ -205,9 +205,9 @@ def _load_target(target: str | os.PathLike, checkpoint: str | os.PathLike | None
 
         engine = Engine.from_bundle(path, backend=config.backend, threads=config.threads)
         manifest = engine.manifest
-        prov = manifest.provenance or {}
+        prov = manifest.provenance
         ckpt_path = Path(checkpoint) if checkpoint is not None else _recorded_checkpoint(path, prov)
-        want = prov.get("checkpoint_sha256")
+        want = prov.checkpoint_sha256
         if want is None:
             raise ConfigError(f"{path}'s manifest records no checkpoint sha256: re-export the bundle")
         got = mf.sha256_file(ckpt_path)
@@ -228,8 +228,8 @@ def _load_target(target: str | os.PathLike, checkpoint: str | os.PathLike | None
     return _Target("checkpoint", path, ckpt, path, None, tuple(range(ckpt.model.num_exits)))
 
 
-def _recorded_checkpoint(bundle: Path, prov: dict) -> Path:
-    rec = prov.get("checkpoint")
+def _recorded_checkpoint(bundle: Path, prov) -> Path:
+    rec = prov.checkpoint
     if not rec:
         raise ConfigError(f"{bundle}'s manifest names no source checkpoint: give it with --checkpoint")
     p = Path(rec)

@@ -24,7 +24,7 @@ import numpy as np
 from edgeexit.errors import EdgeExitError
 from edgeexit.runtime.backends import Session, backend_for_format, get_backend
 from edgeexit.runtime.backends.base import BACKENDS, BackendError
-from edgeexit.runtime.manifest import BundleError, Manifest, load_manifest
+from edgeexit.runtime.manifest import BudgetSpec, BundleError, Manifest, load_manifest
 from edgeexit.runtime.policy import Policy, make_policy
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def _pick_backend(manifest: Manifest, backend: str) -> str:
                 f"re-export with --formats {fmt} or pick another backend"
             )
         return backend
-    preferred = manifest.target.get("runtime", {}).get("format")
+    preferred = manifest.target.runtime.format
     order = sorted(formats, key=lambda f: f != preferred)
     for fmt in order:
         b = backend_for_format(fmt)
@@ -130,12 +130,64 @@ def _pick_backend(manifest: Manifest, backend: str) -> str:
 
 def default_threads(manifest: Manifest) -> int:
     """The target's thread count, capped at the CPUs this process may use."""
-    want = int(manifest.target.get("runtime", {}).get("threads", 1) or 1)
+    want = int(manifest.target.runtime.threads or 1)
     try:
         have = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         have = os.cpu_count() or 1
     return max(1, min(want, have))
+
+
+def _unpack(path: str | os.PathLike):
+    """``(bundle directory, None)``, or for a ``.tar.gz`` the directory it was unpacked into and
+    the temporary directory holding it (removed when that object is)."""
+    from edgeexit.runtime.install import extract_archive, is_archive
+
+    if not is_archive(path):
+        return Path(path), None
+    import tempfile
+
+    tmp = tempfile.TemporaryDirectory(prefix="edgeexit-bundle-")
+    return extract_archive(path, tmp.name), tmp
+
+
+def _installed_backend(name: str):
+    be = get_backend(name)
+    if not be.available():
+        raise BackendError(
+            f"backend {name} is not installed here: pip install "
+            f"{'onnxruntime' if name == 'onnxruntime' else 'ai-edge-litert'}"
+        )
+    return be
+
+
+def _load_monolithic(root: Path, manifest: Manifest, be, threads: int) -> Session:
+    entry = manifest.monolithic
+    art = None if entry is None else entry.artifact(be.file_format)
+    if art is None:
+        raise BundleError(f"the bundle holds no {be.file_format} monolithic reference graph")
+    return be.load(root / art.file, threads)
+
+
+def _bundle_policy(manifest: Manifest, name: str | None, thresholds, exit_index: int | None,
+                   budget: BudgetSpec | dict | None) -> Policy:
+    """Policy ``name`` (None: the bundle's) with the bundle's settings where it is the bundle's
+    policy, and the given overrides (None: not overridden)."""
+    spec = manifest.policy
+    name = name or spec.name
+    same = name == spec.name
+    if budget is None and same:
+        budget = spec.budget
+    if isinstance(budget, BudgetSpec):
+        budget = budget.to_dict()
+    return make_policy(
+        name,
+        manifest.num_exits,
+        thresholds if thresholds is not None else (spec.thresholds if same else None),
+        exit_index if exit_index is not None else (spec.exit_index if same else None),
+        spec.weights if same else None,
+        budget,
+    )
 
 
 class Engine:
@@ -160,7 +212,7 @@ class Engine:
         self.input_shape = manifest.input_shape
         self._rank = len(self.input_shape)
         self._one = (1, *self.input_shape)
-        abs_max = manifest.input.get("abs_max")
+        abs_max = manifest.input.abs_max
         self._limits = None  # per-channel largest magnitude accepted, or None (an older bundle)
         # a window whose energy x . x stays under this bound needs no further look: every value
         # within its channel's limit bounds it; NaN fails the comparison and takes the slow path
@@ -184,7 +236,7 @@ class Engine:
         check_hashes: bool = True,
         load_monolithic: bool = False,
         trusted_keys=None,
-        budget: dict | None = None,
+        budget: BudgetSpec | dict | None = None,
     ) -> Engine:
         """Load a bundle directory.
 
@@ -194,8 +246,8 @@ class Engine:
             threads: intra-op threads; None = the target preset's, capped at the available CPUs.
             policy: a policy name or object; None = the bundle's calibrated policy.
             thresholds / exit_index: override the bundle's thresholds / the fixed exit.
-            budget: the ``budget`` policy's ``{"limit", "unit", "segment_costs"}`` (overrides the
-                bundle's).
+            budget: the ``budget`` policy's limit and segment costs (a :class:`BudgetSpec` or its
+                ``{"limit", "unit", "segment_costs"}``; overrides the bundle's).
             check_hashes: refuse files whose sha256 differs from the manifest (default on).
             load_monolithic: also load the whole-model reference graph (for benchmarks).
             trusted_keys: load only a bundle signed by one of these public keys (``.pub`` files
@@ -206,26 +258,12 @@ class Engine:
         ``path`` may also be a ``.tar.gz``: it is unpacked safely into a temporary directory
         that lives as long as the engine.
         """
-        from edgeexit.runtime.install import extract_archive, is_archive
         from edgeexit.runtime.signing import check_signature, resolve_trust
 
-        tmp = None
-        if is_archive(path):
-            import tempfile
-
-            tmp = tempfile.TemporaryDirectory(prefix="edgeexit-bundle-")
-            root = extract_archive(path, tmp.name)
-        else:
-            root = Path(path)
+        root, tmp = _unpack(path)
         manifest = load_manifest(root, check_hashes=check_hashes)
         check_signature(root, resolve_trust(trusted_keys))
-        name = _pick_backend(manifest, backend)
-        be = get_backend(name)
-        if not be.available():
-            raise BackendError(
-                f"backend {name} is not installed here: pip install "
-                f"{'onnxruntime' if name == 'onnxruntime' else 'ai-edge-litert'}"
-            )
+        be = _installed_backend(_pick_backend(manifest, backend))
         threads = default_threads(manifest) if threads is None else int(threads)
         if threads < 1:
             raise EdgeExitError(f"threads must be >= 1, got {threads}")
@@ -234,32 +272,12 @@ class Engine:
         problems = shape_problems(manifest, sessions, files)
         if problems:  # refused before any window is answered
             raise ShapeError(problems, f"bundle {path}: ")
-        mono = None
-        if load_monolithic:
-            entry = manifest.monolithic
-            art = None if entry is None else entry.artifact(be.file_format)
-            if art is None:
-                raise BundleError(f"the bundle holds no {be.file_format} monolithic reference graph")
-            mono = be.load(root / art.file, threads)
-        if isinstance(policy, Policy):
-            pol = policy
-        else:
-            spec = manifest.policy
-            name_ = policy or spec.name
-            same = name_ == spec.name
-            pol = make_policy(
-                name_,
-                manifest.num_exits,
-                thresholds if thresholds is not None else (spec.thresholds if same else None),
-                exit_index if exit_index is not None else (spec.exit_index if same else None),
-                spec.weights if same else None,
-                budget if budget is not None else (spec.budget if same else None),
-            )
-        log.info(
-            "loaded %s: %d segments, backend %s, %d thread(s), policy %s",
-            root, manifest.num_exits, name, threads, pol.describe(),
-        )
-        engine = cls(manifest, sessions, pol, name, threads, mono)
+        mono = _load_monolithic(root, manifest, be, threads) if load_monolithic else None
+        if not isinstance(policy, Policy):
+            policy = _bundle_policy(manifest, policy, thresholds, exit_index, budget)
+        log.info("loaded %s: %d segments, backend %s, %d thread(s), policy %s",
+                 root, manifest.num_exits, be.name, threads, policy.describe())
+        engine = cls(manifest, sessions, policy, be.name, threads, mono)
         engine._unpacked = tmp  # removed with the engine
         return engine
 
@@ -288,7 +306,7 @@ class Engine:
         elif shape != self.input_shape:
             raise InputError(
                 f"input must be one window of shape {list(self.input_shape)} "
-                f"({self.manifest.input.get('units', '')}), got {list(shape)}"
+                f"({self.manifest.input.units}), got {list(shape)}"
             )
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
@@ -315,9 +333,9 @@ class Engine:
         over = peaks > self._limits
         if over.any():
             i, c = (int(v) for v in np.argwhere(over)[0])
-            names = self.manifest.input.get("channels") or []
+            names = self.manifest.input.channels
             name = names[c] if c < len(names) else f"channel {c}"
-            units = self.manifest.input.get("units", "")
+            units = self.manifest.input.units
             where = f"window {i}: " if len(x) > 1 else ""
             raise InputError(
                 f"{where}{name} reaches {peaks[i, c]:.4g} {units}, beyond {RANGE_FACTOR:g}x the "

@@ -244,7 +244,7 @@ def check_bundle(root: Path, trusted, strict: bool = False, threads: int | None 
         why = bad.get("error") or ", ".join(f"{k}={v}" for k, v in bad.items() if k not in ("check", "ok"))
         raise BundleError(f"{root} fails verification ({bad['check']}: {why}); it was not installed: "
                           "re-export the bundle")
-    return {"bundle_version": manifest.bundle_version, "model": manifest.model.get("name"),
+    return {"bundle_version": manifest.bundle_version, "model": manifest.model.name,
             "signature": sig, "unchecked": list(report.unchecked),
             "checks": [c["check"] for c in report.checks]}
 
@@ -277,7 +277,7 @@ def _describe(root: Path | None) -> dict | None:
     except BundleError:
         sig = None
     return {"path": str(root), "name": root.name, "bundle_version": m.bundle_version,
-            "model": m.model.get("name"), "formats": list(m.formats), "precision": m.precision,
+            "model": m.model.name, "formats": list(m.formats), "precision": m.precision,
             "key_fingerprint": None if sig is None else sig["key_fingerprint"]}
 
 

@@ -17,18 +17,27 @@ segment records the model exit it answers (``exit``; absent in older manifests, 
 segment's index) and tensor names carry that model exit index (segment 1 of exits 0,3 takes
 ``feat_0`` and returns ``logits_3``). Everything else is indexed by segment position: the policy's
 thresholds (one per segment but the last), the engine's ``exit_index``, and ``golden.npz``'s
-``logits_{j}`` (PyTorch's logits of the model exit that segment j answers). :func:`load_manifest` checks the schema version, every file's
-hash and that the segment shapes chain, and raises :class:`BundleError` naming the file and the fix.
-This module needs only the standard library and numpy (it never imports export code).
+``logits_{j}`` (PyTorch's logits of the model exit that segment j answers).
+:func:`load_manifest` checks the schema version, every file's hash and that the segment shapes
+chain, and raises :class:`BundleError` naming the file and the fix.
+
+Every section is a frozen dataclass (:class:`ModelInfo`, :class:`InputSpec`, :class:`TargetInfo`,
+:class:`PolicySpec` with its :class:`CalibrationRecord` and :class:`BudgetSpec`,
+:class:`SegmentEntry`, :class:`Golden`, :class:`Provenance`) with ``from_dict``/``to_dict``; this
+module is the only one that reads or writes the JSON's keys. This module needs only the standard
+library (it never imports export code).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, ClassVar
 
 from edgeexit.errors import EdgeExitError
 
@@ -157,51 +166,354 @@ class SegmentEntry:
         )
 
 
+# -- the manifest's free-form sections, typed --------------------------------------------------
+#
+# Every section below was a plain dict and grew keys while the schema version stayed 1, so each
+# reads what a manifest holds and tolerates what it lacks: a field whose key may be absent has a
+# default (None, or an empty section), keys this runtime does not know are kept in ``extra``, and
+# a section read from JSON remembers its keys in their order (``_keys``), so that reading and
+# writing a manifest gives back the same JSON (absent keys stay absent, nulls stay null). Writers
+# that compose a section as a dict build it with ``from_dict`` for the same reason.
+
+
+def _copy(v: Any) -> Any:
+    return copy.deepcopy(v)
+
+
+def _floats(v: Any) -> tuple[float, ...]:
+    return tuple(float(x) for x in v)
+
+
+def _ints(v: Any) -> tuple[int, ...]:
+    return tuple(int(x) for x in v)
+
+
+def _strs(v: Any) -> tuple[str, ...]:
+    return tuple(str(x) for x in v)
+
+
+def _float_map(v: Any) -> dict[str, float]:
+    return {str(k): float(x) for k, x in v.items()}
+
+
+def _plain(v: Any) -> Any:
+    """``v`` as JSON data: sections by their ``to_dict``, tuples as lists, containers copied."""
+    if hasattr(v, "to_dict"):
+        return v.to_dict()
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    if isinstance(v, Mapping):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+@dataclasses.dataclass(frozen=True)
+class _Section:
+    """Base of the typed sections (see the comment above): ``from_dict`` / ``to_dict``.
+
+    A subclass lists its fields and, in ``_PARSE``, how a JSON value becomes a field's value (a
+    value left out is deep-copied as it is; None stays None). ``extra``: the keys it does not
+    know, verbatim."""
+
+    _PARSE: ClassVar[dict[str, Callable[[Any], Any]]] = {}
+
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict, kw_only=True)
+    _keys: tuple[str, ...] = dataclasses.field(default=(), kw_only=True, compare=False, repr=False)
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("extra", "_keys"))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        if not isinstance(d, Mapping):
+            raise TypeError(f"{cls.__name__} must be a JSON object, got {type(d).__name__}")
+        names = cls._names()
+        kw = {k: None if v is None else cls._PARSE.get(k, _copy)(v)
+              for k, v in d.items() if k in names}
+        extra = {k: copy.deepcopy(v) for k, v in d.items() if k not in names}
+        return cls(**kw, extra=extra, _keys=tuple(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as JSON data: the keys it was read with, in their order, and any field set
+        since (a field at its default whose key was never there is left out)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name in ("extra", "_keys"):
+                continue
+            v = getattr(self, f.name)
+            if f.name in self._keys or _default(f) is dataclasses.MISSING or v != _default(f):
+                out[f.name] = _plain(v)
+        out.update(_plain(self.extra))
+        if not self._keys:
+            return out
+        ordered = {k: out.pop(k) for k in self._keys if k in out}
+        return {**ordered, **out}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo(_Section):
+    """The exported model: ``name`` (its family), ``config`` (its model config, to rebuild it),
+    ``params`` and ``num_exits`` (the model's exits; a bundle may deploy fewer)."""
+
+    name: str | None = None
+    config: dict[str, Any] | None = None
+    params: int | None = None
+    num_exits: int | None = None
+
+    _PARSE = {"name": str, "params": int, "num_exits": int}
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec(_Section):
+    """What one input window is: ``shape`` (per sample), ``dtype``, sampling rate ``fs`` (Hz),
+    ``units``, channel names, and the facts streaming needs to cut windows itself (``window``
+    samples, ``r_offset`` of the R peak, ``rr_context``/``morph_context`` channels).
+    ``abs_max``: per channel, the largest magnitude of the training data (None in older
+    bundles): the engine refuses a window far beyond it."""
+
+    shape: tuple[int, ...]
+    name: str = "input"
+    dtype: str = "float32"
+    fs: float | None = None
+    units: str = ""
+    channels: tuple[str, ...] = ()
+    signal_channels: int | None = None
+    window: int | None = None
+    r_offset: int | None = None
+    rr_context: bool | None = None
+    morph_context: bool | None = None
+    abs_max: tuple[float, ...] | None = None
+
+    _PARSE = {"shape": _ints, "name": str, "dtype": str, "fs": float, "units": str,
+              "channels": _strs, "signal_channels": int, "window": int, "r_offset": int,
+              "rr_context": bool, "morph_context": bool, "abs_max": _floats}
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetRuntime(_Section):
+    """How the target runs bundles: file ``format``, ``backend``, ``precision``, ``threads``."""
+
+    format: str | None = None
+    backend: str | None = None
+    precision: str | None = None
+    threads: int | None = None
+
+    _PARSE = {"format": str, "backend": str, "precision": str, "threads": int}
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetPower(_Section):
+    """The target's power model (``idle_w + active_w_per_core`` x busy cores, W); its
+    ``to_dict()`` is what :func:`edgeexit.runtime.energy.open_meter` takes as ``power``."""
+
+    idle_w: float | None = None
+    active_w_per_core: float | None = None
+    source: str | None = None
+
+    _PARSE = {"idle_w": float, "active_w_per_core": float, "source": str}
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetInfo(_Section):
+    """The resolved target preset, copied in at export (the device needs no preset files):
+    ``cpu`` and ``python`` are descriptive facts; ``runtime`` and ``power`` are read."""
+
+    id: str | None = None
+    name: str | None = None
+    description: str | None = None
+    cpu: dict[str, Any] | None = None
+    runtime: TargetRuntime = dataclasses.field(default_factory=TargetRuntime)
+    python: dict[str, Any] | None = None
+    power: TargetPower = dataclasses.field(default_factory=TargetPower)
+
+    _PARSE = {"id": str, "name": str, "description": str,
+              "runtime": lambda v: TargetRuntime.from_dict(v),
+              "power": lambda v: TargetPower.from_dict(v)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Golden(_Section):
+    """``golden.npz``: its ``file``, ``sha256``, ``size`` and ``samples``; per file format the
+    ``tolerance`` (max abs logit error of the segment chain) and ``monolithic_tolerance`` (of the
+    monolithic graph; None in bundles written before it, which use ``tolerance``)."""
+
+    file: str | None = None
+    sha256: str | None = None
+    samples: int | None = None
+    tolerance: dict[str, float] = dataclasses.field(default_factory=dict)
+    monolithic_tolerance: dict[str, float] | None = None
+    tolerance_rule: str | None = None
+    size: int | None = None
+
+    _PARSE = {"file": str, "sha256": str, "samples": int, "tolerance": _float_map,
+              "monolithic_tolerance": _float_map, "tolerance_rule": str, "size": int}
+
+    def tolerance_for(self, file_format: str) -> float | None:
+        """The segment chain's tolerance for ``file_format``, or None when the manifest has none."""
+        return self.tolerance.get(file_format)
+
+    def monolithic_tolerance_for(self, file_format: str) -> float | None:
+        """The monolithic graph's tolerance (the chain's in bundles written before it had one)."""
+        own = (self.monolithic_tolerance or {}).get(file_format)
+        return own if own is not None else self.tolerance_for(file_format)
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance(_Section):
+    """Where the bundle came from: ``created`` (ISO time), the source ``checkpoint`` and its
+    ``checkpoint_sha256``, the training ``data`` spec (``DataSpec.to_dict()``), the int8
+    ``quantization`` and ``--precision auto`` records (None when not used), the number of
+    ``validation_samples``, the export's ``parity`` with PyTorch, its ``export_config`` and the
+    tool ``versions``. The records inside are reports, kept as dicts."""
+
+    created: str | None = None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    data: dict[str, Any] | None = None
+    quantization: dict[str, Any] | None = None
+    precision: dict[str, Any] | None = None
+    validation_samples: int | None = None
+    parity: dict[str, Any] | None = None
+    export_config: dict[str, Any] | None = None
+    versions: dict[str, Any] | None = None
+
+    _PARSE = {"created": str, "checkpoint": str, "checkpoint_sha256": str,
+              "validation_samples": int}
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetSpec(_Section):
+    """The ``budget`` policy's limit per input, in ``unit`` (``us`` or ``mJ``), and one cost per
+    segment in that unit (:class:`edgeexit.runtime.policy.Budget`)."""
+
+    limit: float
+    segment_costs: tuple[float, ...]
+    unit: str = "us"
+
+    _PARSE = {"limit": float, "segment_costs": _floats, "unit": str}
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentCosts(_Section):
+    """Per-segment costs recorded by ``edgeexit calibrate`` (``unit``: MACs, us or mJ)."""
+
+    unit: str
+    values: tuple[float, ...]
+
+    _PARSE = {"unit": str, "values": _floats}
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationRecord(_Section):
+    """How a policy's thresholds were found (:class:`edgeexit.calibrate.Calibration` as written,
+    plus where its data came from). Every field may be absent in older manifests (None).
+
+    ``margin``: the allowed accuracy loss (points) versus the final exit; ``loss_bound`` the upper
+    end of its ``confidence`` interval that was held within it; ``expected_cost``/``full_cost``
+    in ``cost_unit``; ``data``/``split``: the calibration samples' source; ``format``: the file
+    format whose outputs were calibrated on; ``segment_costs``: the costs used (by
+    ``edgeexit calibrate``; the ``budget`` policy can take them); ``pareto``: accuracy versus
+    cost over margins; ``previous``: the policy before this calibration (without its own
+    ``previous``)."""
+
+    policy: str | None = None
+    thresholds: tuple[float, ...] | None = None
+    accuracy: float | None = None
+    final_accuracy: float | None = None
+    margin: float | None = None
+    expected_cost: float | None = None
+    full_cost: float | None = None
+    exit_fractions: tuple[float, ...] | None = None
+    samples: int | None = None
+    loss_points: float | None = None
+    loss_interval: tuple[float, ...] | None = None
+    loss_bound: float | None = None
+    confidence: float | None = None
+    bound: str | None = None
+    records: int | None = None
+    worst_record_loss_points: float | None = None
+    cost_unit: str | None = None
+    feasible: bool | None = None
+    weights: tuple[float, ...] | None = None
+    budget: float | None = None
+    cost_ratio: float | None = None
+    data: str | None = None
+    split: str | None = None
+    validation_records: tuple[str, ...] | None = None
+    format: str | None = None
+    cost: str | None = None
+    segment_costs: SegmentCosts | None = None
+    pareto: tuple[dict[str, Any], ...] | None = None
+    previous: PolicySpec | None = None
+
+    _PARSE = {
+        "policy": str, "thresholds": _floats, "accuracy": float, "final_accuracy": float,
+        "margin": float, "expected_cost": float, "full_cost": float, "exit_fractions": _floats,
+        "samples": int, "loss_points": float, "loss_interval": _floats, "loss_bound": float,
+        "confidence": float, "bound": str, "records": int, "worst_record_loss_points": float,
+        "cost_unit": str, "feasible": bool, "weights": _floats, "budget": float,
+        "cost_ratio": float, "data": str, "split": str, "validation_records": _strs,
+        "format": str, "cost": str, "segment_costs": lambda v: SegmentCosts.from_dict(v),
+        "pareto": lambda v: tuple(copy.deepcopy(dict(p)) for p in v),
+        "previous": lambda v: PolicySpec.from_dict(v),
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class PolicySpec:
     """The exit policy the bundle was calibrated for.
 
     Attributes:
-        name: ``max_prob``, ``entropy``, ``ensemble`` or ``fixed``.
+        name: ``max_prob``, ``entropy``, ``ensemble``, ``fixed`` or ``budget``.
         thresholds: one per early exit (``num_exits - 1`` values, one per segment but the last,
             indexed by segment position; the last exit always answers).
             ``max_prob``/``ensemble``: exit when the max probability >= t_k; ``entropy``: exit when
             the entropy (nats) <= t_k.
         exit_index: for ``fixed``: the exit that always answers.
         weights: for ``ensemble``: one weight per exit of its running weighted mean (None: equal).
-        budget: for ``budget``: ``{"limit", "unit" ("us" or "mJ"), "segment_costs"}`` (one cost per
-            segment, in that unit; :class:`edgeexit.runtime.policy.Budget`).
+        budget: for ``budget``: its limit and per-segment costs.
         calibration: how the thresholds were found (data, samples, margin, accuracy, cost).
     """
 
     name: str = "max_prob"
     thresholds: tuple[float, ...] | None = None
     exit_index: int | None = None
-    calibration: dict | None = None
+    calibration: CalibrationRecord | None = None
     weights: tuple[float, ...] | None = None
-    budget: dict | None = None
+    budget: BudgetSpec | None = None
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["thresholds"] = None if self.thresholds is None else list(self.thresholds)
-        if self.weights is None:
-            del d["weights"]  # only the ensemble has them; older runtimes do not know the key
-        else:
+        d = {
+            "name": self.name,
+            "thresholds": None if self.thresholds is None else list(self.thresholds),
+            "exit_index": self.exit_index,
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
+        }
+        if self.weights is not None:  # only the ensemble has them (older runtimes lack the key)
             d["weights"] = list(self.weights)
-        if self.budget is None:
-            del d["budget"]  # only the budget policy has one
+        if self.budget is not None:  # only the budget policy has one
+            d["budget"] = self.budget.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> PolicySpec:
-        t = d.get("thresholds")
+        t, cal, budget = d.get("thresholds"), d.get("calibration"), d.get("budget")
         return cls(
             name=str(d.get("name", "max_prob")),
             thresholds=None if t is None else tuple(float(v) for v in t),
             exit_index=d.get("exit_index"),
-            calibration=d.get("calibration"),
+            calibration=None if cal is None else CalibrationRecord.from_dict(cal),
             weights=None if d.get("weights") is None else tuple(float(v) for v in d["weights"]),
-            budget=d.get("budget"),
+            budget=None if budget is None else BudgetSpec.from_dict(budget),
         )
 
 
@@ -210,7 +522,7 @@ class Manifest:
     """The parsed ``manifest.json`` of a bundle (see the module docstring for the layout).
 
     Attributes:
-        model: name, config and parameter count of the exported model.
+        model: name, config, parameter count and number of exits of the exported model.
         classes: class names, in logit order.
         input: ``name``, ``shape`` (per sample), ``dtype``, ``fs``, ``units`` and channel facts.
         target: the resolved target preset (copied in at export, so the device needs no preset files).
@@ -219,25 +531,23 @@ class Manifest:
             auto``: each artifact says its own, each segment's ``precision_choices`` why).
         segments: the chain, in order.
         monolithic: the whole-model reference graph (input -> final logits), or None.
-        golden: ``file``, ``sha256``, ``samples``, per-format ``tolerance`` (max abs logit error
-            of the segment chain) and ``monolithic_tolerance`` (of the monolithic graph; bundles
-            written before it use ``tolerance``).
+        golden: ``golden.npz`` and the per-format tolerances its replay is held to.
         provenance: where the calibration and golden data came from, tool versions, time.
         bundle_version: a monotonic integer set at export (``--bundle-version``, default 1) or
             by ``edgeexit sign --bundle-version``; ``edgeexit install`` refuses a bundle whose
             version is not newer than the installed one. 0 in manifests written before it existed.
     """
 
-    model: dict
+    model: ModelInfo
     classes: tuple[str, ...]
-    input: dict
-    target: dict
+    input: InputSpec
+    target: TargetInfo
     policy: PolicySpec
     precision: str
     segments: tuple[SegmentEntry, ...]
     monolithic: SegmentEntry | None
-    golden: dict
-    provenance: dict
+    golden: Golden
+    provenance: Provenance
     schema_version: int = SCHEMA_VERSION
     bundle_version: int = 1
 
@@ -254,7 +564,7 @@ class Manifest:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(v) for v in self.input["shape"])
+        return self.input.shape
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -266,16 +576,16 @@ class Manifest:
             "format": FORMAT,
             "schema_version": self.schema_version,
             "bundle_version": self.bundle_version,
-            "model": self.model,
+            "model": self.model.to_dict(),
             "classes": list(self.classes),
-            "input": self.input,
-            "target": self.target,
+            "input": self.input.to_dict(),
+            "target": self.target.to_dict(),
             "policy": self.policy.to_dict(),
             "precision": self.precision,
             "segments": [s.to_dict() for s in self.segments],
             "monolithic": None if self.monolithic is None else self.monolithic.to_dict(),
-            "golden": self.golden,
-            "provenance": self.provenance,
+            "golden": self.golden.to_dict(),
+            "provenance": self.provenance.to_dict(),
         }
 
     @classmethod
@@ -296,16 +606,16 @@ class Manifest:
                 raise ValueError(f"bundle_version must be an integer >= 0, got {bundle_version!r}")
             mono = d.get("monolithic")
             return cls(
-                model=dict(d["model"]),
+                model=ModelInfo.from_dict(d["model"]),
                 classes=tuple(d["classes"]),
-                input=dict(d["input"]),
-                target=dict(d["target"]),
+                input=InputSpec.from_dict(d["input"]),
+                target=TargetInfo.from_dict(d["target"]),
                 policy=PolicySpec.from_dict(d["policy"]),
                 precision=str(d["precision"]),
                 segments=tuple(SegmentEntry.from_dict(s) for s in d["segments"]),
                 monolithic=None if mono is None else SegmentEntry.from_dict(mono),
-                golden=dict(d["golden"]),
-                provenance=dict(d.get("provenance", {})),
+                golden=Golden.from_dict(d["golden"]),
+                provenance=Provenance.from_dict(d.get("provenance", {})),
                 schema_version=int(version),
                 bundle_version=bundle_version,
             )
@@ -317,10 +627,9 @@ class Manifest:
         files = [a for s in self.segments for a in s.artifacts]
         if self.monolithic is not None:
             files += list(self.monolithic.artifacts)
-        if self.golden.get("file"):
-            size = self.golden.get("size")
-            files.append(Artifact(self.golden["file"], "npz", "fp32", self.golden["sha256"],
-                                  None if size is None else int(size)))
+        g = self.golden
+        if g.file:
+            files.append(Artifact(g.file, "npz", "fp32", str(g.sha256), g.size))
         return files
 
 
@@ -361,8 +670,8 @@ def check_chain(manifest: Manifest) -> None:
         raise BundleError(
             f"the segments answer model exits {list(exits)}, which are not increasing; re-export the bundle"
         )
-    n_model = manifest.model.get("num_exits") if isinstance(manifest.model, dict) else None
-    if isinstance(n_model, int) and exits[-1] != n_model - 1:
+    n_model = manifest.model.num_exits
+    if n_model is not None and exits[-1] != n_model - 1:
         raise BundleError(
             f"the last segment answers model exit {exits[-1]} but the model's final exit is "
             f"{n_model - 1}; re-export the bundle"

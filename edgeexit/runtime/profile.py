@@ -467,10 +467,10 @@ def budget_costs(unit: str, bench: dict | None, manifest) -> list[float]:
     m = manifest.num_exits
     if bench is not None:
         return bench_segment_costs(bench, unit, m, "the --costs report")
-    cal = manifest.policy.calibration or {}
-    rec = cal.get("segment_costs") or {}
-    if rec.get("unit") == unit and len(rec.get("values") or []) == m:
-        return [float(v) for v in rec["values"]]
+    cal = manifest.policy.calibration
+    rec = None if cal is None else cal.segment_costs
+    if rec is not None and rec.unit == unit and len(rec.values) == m:
+        return list(rec.values)
     raise EdgeExitError(f"the budget policy needs every segment's cost in {unit}: give --costs "
                         "BENCH.json (`edgeexit bench BUNDLE --json`; energy needs a --meter)")
 
@@ -505,7 +505,7 @@ def bench_data(engine: Engine, source: str | None = None, split: str = "test",
     else:
         from edgeexit.data import DataSpec, load_source, load_split
 
-        recorded = engine.manifest.provenance.get("data")
+        recorded = engine.manifest.provenance.data
         spec = DataSpec.from_dict(recorded) if recorded else None
         if source is None:
             if spec is None:

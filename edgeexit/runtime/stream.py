@@ -625,9 +625,10 @@ class _Scorer:
 def _input_spec(engine, fs: float) -> tuple[int, int | None, bool, bool]:
     spec = engine.manifest.input
     shape = tuple(engine.input_shape)
-    window = int(spec.get("window", shape[-1]))
-    morph = bool(spec.get("morph_context", False))
-    rr = bool(spec.get("rr_context", shape[0] == 1 + len(RR_FEATURES) + (len(MORPH_FEATURES) if morph else 0)))
+    window = shape[-1] if spec.window is None else spec.window
+    morph = bool(spec.morph_context)
+    rr = (shape[0] == 1 + len(RR_FEATURES) + (len(MORPH_FEATURES) if morph else 0)
+          if spec.rr_context is None else spec.rr_context)
     channels = 1 + (len(RR_FEATURES) if rr else 0) + (len(MORPH_FEATURES) if morph else 0)
     if shape != (channels, window):
         raise ConfigError(
@@ -635,11 +636,11 @@ def _input_spec(engine, fs: float) -> tuple[int, int | None, bool, bool]:
             "(one lead" + (" + RR context" if rr else "") + (" + morphology context" if morph else "")
             + "): use a bundle trained on single-lead beats"
         )
-    bfs = spec.get("fs")
-    if bfs is not None and abs(float(bfs) - fs) > 1e-6:
+    bfs = spec.fs
+    if bfs is not None and abs(bfs - fs) > 1e-6:
         raise ConfigError(f"the source is sampled at {fs:g} Hz but the bundle was trained at {float(bfs):g} Hz: "
                           "resample the signal first")
-    return window, spec.get("r_offset"), rr, morph
+    return window, spec.r_offset, rr, morph
 
 
 def stream_classify(

@@ -34,7 +34,7 @@ from edgeexit.runtime.engine import (
     shape_problems,
 )
 from edgeexit.runtime.install import open_bundle
-from edgeexit.runtime.manifest import GOLDEN, check_chain, read_manifest, verify_hashes
+from edgeexit.runtime.manifest import GOLDEN, Manifest, check_chain, read_manifest, verify_hashes
 
 log = logging.getLogger(__name__)
 
@@ -74,131 +74,182 @@ def verify_bundle(path: str | os.PathLike, backend: str = "all", threads: int | 
     return dataclasses.replace(report, bundle=str(path))
 
 
-def _verify(root: Path, backend: str, threads: int | None, strict: bool, trusted_keys,
-            check_signature: bool) -> VerifyReport:
-    checks: list[dict] = []
-    unchecked: list[str] = []
+class _Checks:
+    """The checks recorded so far (each logged as it is recorded)."""
 
-    def check(name: str, ok: bool, **detail) -> bool:
-        checks.append({"check": name, "ok": bool(ok), **detail})
+    def __init__(self) -> None:
+        self.items: list[dict] = []
+        self.unchecked: list[str] = []
+
+    def __call__(self, name: str, ok: bool, **detail) -> bool:
+        self.items.append({"check": name, "ok": bool(ok), **detail})
         (log.info if ok else log.error)("%s: %s %s", name, "ok" if ok else "FAILED", detail or "")
         return ok
 
+    def report(self, root: Path, replayed: bool = True) -> VerifyReport:
+        ok = replayed and all(c["ok"] for c in self.items)
+        return VerifyReport(str(root), ok, tuple(self.items), tuple(self.unchecked))
+
+
+def _verify(root: Path, backend: str, threads: int | None, strict: bool, trusted_keys,
+            check_signature: bool) -> VerifyReport:
+    check = _Checks()
     try:
         manifest = read_manifest(root)
     except EdgeExitError as e:  # nothing else can be read
         check("manifest", False, error=str(e))
-        return VerifyReport(str(root), False, tuple(checks))
-    try:
-        check_chain(manifest)
-        chained = True
-    except EdgeExitError as e:  # the files can still be hashed and their shapes checked
-        chained = False
-        check("manifest", False, error=str(e))
-    if chained:
-        check("manifest", True, schema_version=manifest.schema_version, segments=manifest.num_exits)
-    try:
-        verify_hashes(root, manifest)
-    except EdgeExitError as e:
-        check("sha256", False, error=str(e))
-        return VerifyReport(str(root), False, tuple(checks))
-    check("sha256", True, files=len(manifest.artifacts()))
+        return check.report(root)
+    chained = _check_manifest(manifest, check)
+    if not _check_hashes(root, manifest, check):
+        return check.report(root)
     if check_signature:
-        from edgeexit.runtime import signing
-
         try:
-            trusted_keys = signing.resolve_trust(trusted_keys)  # the engines below reuse them
-            sig = signing.check_signature(root, trusted_keys)
-        except EdgeExitError as e:
-            check("signature", False, error=str(e))
-            return VerifyReport(str(root), False, tuple(checks))
-        if sig["signed"]:
-            check("signature", True, key=sig["key_fingerprint"][:16],
-                  trusted="yes" if sig["trusted"] else "not checked (no trusted keys given)")
-        else:
-            check("signature", True, signed="no")
-
+            trusted_keys = _check_signature(root, trusted_keys, check)  # the engines reuse them
+        except EdgeExitError:
+            return check.report(root)
     golden = _golden(root)
-    x = golden["inputs"].astype(np.float32)
-    ref = [golden[f"logits_{k}"] for k in range(manifest.num_exits)]
-    if backend == "all":
-        names = []
-        for fmt in manifest.formats:
-            be = backend_for_format(fmt)
-            if be.available():
-                names.append(be.name)
-            else:
-                unchecked.append(fmt)
-                check(f"golden[{be.name}]", not strict, skipped=f"{fmt} files not replayed: "
-                      f"{be.name} is not installed here")
-        if not names:
-            check("golden", False, error="no installed backend runs this bundle's formats")
-    else:
-        try:
-            names = [_pick_backend(manifest, backend)]
-        except EdgeExitError as e:
-            check(f"golden[{backend}]", False, error=str(e))
-            names = []
-    not_replayed = "not replayed: the segment files' shapes are wrong (see above)"
+    names = _replay_backends(manifest, backend, strict, check)
     for name in names:
-        if not chained:  # no engine loads such a bundle: check the files' shapes on their own
+        if chained:
+            _replay(root, manifest, name, threads, trusted_keys, golden, check)
+        else:  # no engine loads such a bundle: check the files' shapes on their own
             _check_file_shapes(root, manifest, name, threads, check)
             check(f"golden[{name}]", False,
                   error="not replayed: the manifest's segment shapes do not chain (see above)")
-            continue
-        try:
-            engine = Engine.from_bundle(root, backend=name, threads=threads, check_hashes=False,
-                                        trusted_keys=trusted_keys,
-                                        load_monolithic=manifest.monolithic is not None)
-        except ShapeError as e:
-            for problem in e.problems:
-                check(f"shapes[{name}]", False, error=problem)
-            check(f"golden[{name}]", False, error=not_replayed)
-            continue
-        except EdgeExitError as e:
-            check(f"golden[{name}]", False, error=str(e))
-            continue
-        check(f"shapes[{engine.backend}]", True, files=len(engine.sessions))
-        fmt = get_backend(engine.backend).file_format
-        tol = float(manifest.golden["tolerance"][fmt])
-        try:
-            logits, _ = engine.run_all(x)
-        except EdgeExitError as e:
-            check(f"golden[{engine.backend}]", False, error=str(e))
-            continue
-        errs = [float(np.abs(a - b).max()) for a, b in zip(logits, ref)]
-        agree = [float((a.argmax(-1) == b.argmax(-1)).mean()) for a, b in zip(logits, ref)]
-        detail = {}
-        if max(errs) > tol:
-            k = next(k for k, e in enumerate(errs) if e > tol)
-            seg = next((s for s in manifest.segments if s.exit == k), None)
-            art = seg.artifact(fmt) if seg is not None else None
-            where = f"; {art.file} is the first file off" if art is not None else ""
-            detail["error"] = (f"exit {k} differs from golden.npz by {errs[k]:.3g} "
-                               f"(tolerance {tol:.3g}){where}")
-        check(
-            f"golden[{engine.backend}]",
-            max(errs) <= tol,
-            samples=len(x),
-            max_abs_err=[float(f"{e:.3g}") for e in errs],
-            tolerance=tol,
-            top1_agreement=agree,
-            **detail,
-        )
-        if engine.monolithic is not None:
-            try:
-                err = float(np.abs(engine.run_monolithic(x) - ref[-1]).max())
-            except EdgeExitError as e:
-                check(f"monolithic[{engine.backend}]", False, error=str(e))
-                continue
-            # bundles written before the monolithic graph had a tolerance of its own share the chain's
-            mtol = float(manifest.golden.get("monolithic_tolerance", {}).get(fmt, tol))
-            check(f"monolithic[{engine.backend}]", err <= mtol, max_abs_err=float(f"{err:.3g}"), tolerance=mtol)
-    ok = all(c["ok"] for c in checks) and bool(names)
-    return VerifyReport(str(root), ok, tuple(checks), tuple(unchecked))
+    return check.report(root, replayed=bool(names))
 
 
-def _check_file_shapes(root: Path, manifest, name: str, threads: int | None, check) -> None:
+def _check_manifest(manifest: Manifest, check: _Checks) -> bool:
+    """Record whether the segment chain is consistent; True when it is (the files can be hashed
+    and their shapes checked either way)."""
+    try:
+        check_chain(manifest)
+    except EdgeExitError as e:
+        return check("manifest", False, error=str(e))
+    return check("manifest", True, schema_version=manifest.schema_version,
+                 segments=manifest.num_exits)
+
+
+def _check_hashes(root: Path, manifest: Manifest, check: _Checks) -> bool:
+    try:
+        verify_hashes(root, manifest)
+    except EdgeExitError as e:
+        return check("sha256", False, error=str(e))
+    return check("sha256", True, files=len(manifest.artifacts()))
+
+
+def _check_signature(root: Path, trusted_keys, check: _Checks):
+    """Record the signature check; return the resolved trusted keys, or raise
+    :class:`EdgeExitError` (recorded) when the signature fails."""
+    from edgeexit.runtime import signing
+
+    try:
+        trusted_keys = signing.resolve_trust(trusted_keys)
+        sig = signing.check_signature(root, trusted_keys)
+    except EdgeExitError as e:
+        check("signature", False, error=str(e))
+        raise
+    if sig["signed"]:
+        check("signature", True, key=sig["key_fingerprint"][:16],
+              trusted="yes" if sig["trusted"] else "not checked (no trusted keys given)")
+    else:
+        check("signature", True, signed="no")
+    return trusted_keys
+
+
+def _replay_backends(manifest: Manifest, backend: str, strict: bool, check: _Checks) -> list[str]:
+    """The backends to replay golden with: ``all`` = every installed one for the bundle's formats
+    (a format none runs here is recorded as skipped, a failure when ``strict``)."""
+    if backend != "all":
+        try:
+            return [_pick_backend(manifest, backend)]
+        except EdgeExitError as e:
+            check(f"golden[{backend}]", False, error=str(e))
+            return []
+    names = []
+    for fmt in manifest.formats:
+        be = backend_for_format(fmt)
+        if be.available():
+            names.append(be.name)
+        else:
+            check.unchecked.append(fmt)
+            check(f"golden[{be.name}]", not strict, skipped=f"{fmt} files not replayed: "
+                  f"{be.name} is not installed here")
+    if not names:
+        check("golden", False, error="no installed backend runs this bundle's formats")
+    return names
+
+
+def _replay(root: Path, manifest: Manifest, name: str, threads: int | None, trusted_keys,
+            golden: dict[str, np.ndarray], check: _Checks) -> None:
+    """Load backend ``name``'s engine (its shapes checked) and replay golden through its segment
+    chain and, when the bundle has one, its monolithic graph."""
+    try:
+        engine = Engine.from_bundle(root, backend=name, threads=threads, check_hashes=False,
+                                    trusted_keys=trusted_keys,
+                                    load_monolithic=manifest.monolithic is not None)
+    except ShapeError as e:
+        for problem in e.problems:
+            check(f"shapes[{name}]", False, error=problem)
+        check(f"golden[{name}]", False,
+              error="not replayed: the segment files' shapes are wrong (see above)")
+        return
+    except EdgeExitError as e:
+        check(f"golden[{name}]", False, error=str(e))
+        return
+    check(f"shapes[{engine.backend}]", True, files=len(engine.sessions))
+    x = golden["inputs"].astype(np.float32)
+    ref = [golden[f"logits_{k}"] for k in range(manifest.num_exits)]
+    if _check_golden(engine, manifest, x, ref, check) and engine.monolithic is not None:
+        _check_monolithic(engine, manifest, x, ref[-1], check)
+
+
+def _check_golden(engine: Engine, manifest: Manifest, x: np.ndarray, ref: list[np.ndarray],
+                  check: _Checks) -> bool:
+    """Every exit's logits within the format's tolerance of golden's; False when the chain could
+    not run (then the monolithic graph is not tried)."""
+    name = f"golden[{engine.backend}]"
+    fmt = get_backend(engine.backend).file_format
+    tol = manifest.golden.tolerance_for(fmt)
+    if tol is None:
+        check(name, False,
+              error=f"the manifest lists no golden tolerance for {fmt}; re-export the bundle")
+        return False
+    try:
+        logits, _ = engine.run_all(x)
+    except EdgeExitError as e:
+        check(name, False, error=str(e))
+        return False
+    errs = [float(np.abs(a - b).max()) for a, b in zip(logits, ref)]
+    agree = [float((a.argmax(-1) == b.argmax(-1)).mean()) for a, b in zip(logits, ref)]
+    detail = {}
+    if max(errs) > tol:
+        k = next(k for k, e in enumerate(errs) if e > tol)
+        seg = next((s for s in manifest.segments if s.exit == k), None)
+        art = seg.artifact(fmt) if seg is not None else None
+        where = f"; {art.file} is the first file off" if art is not None else ""
+        detail["error"] = (f"exit {k} differs from golden.npz by {errs[k]:.3g} "
+                           f"(tolerance {tol:.3g}){where}")
+    check(name, max(errs) <= tol, samples=len(x), max_abs_err=[float(f"{e:.3g}") for e in errs],
+          tolerance=tol, top1_agreement=agree, **detail)
+    return True
+
+
+def _check_monolithic(engine: Engine, manifest: Manifest, x: np.ndarray, ref: np.ndarray,
+                      check: _Checks) -> None:
+    name = f"monolithic[{engine.backend}]"
+    try:
+        err = float(np.abs(engine.run_monolithic(x) - ref).max())
+    except EdgeExitError as e:
+        check(name, False, error=str(e))
+        return
+    # bundles written before the monolithic graph had a tolerance of its own share the chain's
+    tol = manifest.golden.monolithic_tolerance_for(get_backend(engine.backend).file_format)
+    check(name, err <= tol, max_abs_err=float(f"{err:.3g}"), tolerance=tol)
+
+
+def _check_file_shapes(root: Path, manifest: Manifest, name: str, threads: int | None,
+                       check: _Checks) -> None:
     """Load backend ``name``'s segment files of bundle ``root`` and record their shapes (against
     the manifest and each other) as ``shapes[name]`` checks: used where no engine can load the
     bundle because its manifest's own shapes do not chain."""

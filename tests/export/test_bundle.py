@@ -3,6 +3,7 @@
 import json
 import shutil
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from edgeexit.checkpoint import load_checkpoint
 from edgeexit.errors import ConfigError
 from edgeexit.export.bundle import ExportConfig, export_bundle
 from edgeexit.export.errors import ExportError
-from edgeexit.runtime.manifest import load_manifest, sha256_file
+from edgeexit.runtime.manifest import Manifest, load_manifest, sha256_file
 
 
 def test_bundle_layout_and_manifest(bundle_dir, tiny_checkpoint):
@@ -24,8 +25,8 @@ def test_bundle_layout_and_manifest(bundle_dir, tiny_checkpoint):
     )
     assert m.schema_version == 1 and m.num_exits == 4 and m.precision == "fp32"
     assert m.classes == ("N", "S", "V", "F", "Q")
-    assert m.input["shape"] == [6, 256] and m.input["units"] == "mV"
-    assert m.target["id"] == "x86_64" and m.target["power"]["idle_w"] >= 0
+    assert m.input.shape == (6, 256) and m.input.units == "mV"
+    assert m.target.id == "x86_64" and m.target.power.idle_w >= 0
     assert m.formats == ("onnx", "tflite")
     assert m.segments[0].input_name == "input" and m.segments[1].input_name == "feat_0"
     assert m.segments[-1].output_names == ("logits_3",)
@@ -37,10 +38,10 @@ def test_bundle_layout_and_manifest(bundle_dir, tiny_checkpoint):
     assert sum(s.params for s in m.segments) == total
     cal = m.policy.calibration
     assert m.policy.name == "max_prob" and len(m.policy.thresholds) == 3
-    assert cal["accuracy"] >= cal["final_accuracy"] - 0.005 - 1e-9
-    assert "never test" in cal["split"]
+    assert cal.accuracy >= cal.final_accuracy - 0.005 - 1e-9
+    assert "never test" in cal.split
     for fmt in ("onnx", "tflite"):
-        assert all(e["max_abs_err"] < 1e-3 for e in m.provenance["parity"][fmt]["exits"])
+        assert all(e["max_abs_err"] < 1e-3 for e in m.provenance.parity[fmt]["exits"])
     archive = bundle_dir.with_name(bundle_dir.name + ".tar.gz")
     with tarfile.open(archive) as tar:
         assert f"{bundle_dir.name}/manifest.json" in tar.getnames()
@@ -90,9 +91,9 @@ def test_reexport_replaces_an_old_bundle(bundle_dir, tiny_checkpoint, tmp_path):
     shutil.copytree(bundle_dir, out)
     r = export_bundle(tiny_checkpoint, out, ExportConfig(target="rpi4", formats=("onnx",), margin=2.0))
     m = load_manifest(out)
-    assert m.target["id"] == "rpi4" and m.formats == ("onnx",)
+    assert m.target.id == "rpi4" and m.formats == ("onnx",)
     assert not (out / "segment_0.tflite").exists()
-    assert r.manifest.policy.calibration["margin"] == 2.0
+    assert r.manifest.policy.calibration.margin == 2.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "b.tar.gz"]
 
 
@@ -118,3 +119,26 @@ def test_unknown_target_lists_the_known_ones(tiny_checkpoint, tmp_path):
 def test_manifest_is_plain_json(bundle_dir):
     d = json.loads((bundle_dir / "manifest.json").read_text())
     assert d["format"] == "edgeexit.bundle" and d["golden"]["tolerance"]["onnx"] > 0
+
+
+def _layout(v):
+    """The keys of a JSON value, recursively, with its leaves' kinds (int and float alike)."""
+    if isinstance(v, dict):
+        return {k: _layout(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_layout(x) for x in v]
+    return "number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__
+
+
+def test_the_manifest_written_is_the_json_written_before_it_was_typed(bundle_dir):
+    """The fixture's export settings are those of tests/data/manifests/full.json, exported by the
+    code before the manifest's sections were typed: the same keys in the same order, the same
+    kinds of values; and reading and writing the new one gives back the same text."""
+    text = (bundle_dir / "manifest.json").read_text()
+    d = json.loads(text)
+    assert json.dumps(Manifest.from_dict(d).to_dict(), indent=2) + "\n" == text
+    before = json.loads((Path(__file__).parents[1] / "data" / "manifests" / "full.json").read_text())
+    for report in ("parity", "versions", "export_config"):  # free-form reports: their keys only
+        assert set(d["provenance"][report]) == set(before["provenance"][report])
+        del d["provenance"][report], before["provenance"][report]
+    assert json.dumps(_layout(d)) == json.dumps(_layout(before))

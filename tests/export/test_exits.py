@@ -116,7 +116,7 @@ def exits_bundle(tiny_checkpoint, tmp_path_factory):
 
 def test_exits_bundle_manifest(exits_bundle, bundle_dir):
     m = load_manifest(exits_bundle)
-    assert m.exits == (1, 3) and m.num_exits == 2 and m.model["num_exits"] == 4
+    assert m.exits == (1, 3) and m.num_exits == 2 and m.model.num_exits == 4
     assert sorted(p.name for p in exits_bundle.iterdir()) == sorted(
         ["manifest.json", "golden.npz", "monolithic.onnx", "monolithic.tflite"]
         + [f"segment_{j}.{f}" for j in range(2) for f in ("onnx", "tflite")])
@@ -128,11 +128,11 @@ def test_exits_bundle_manifest(exits_bundle, bundle_dir):
     assert sum(s.macs for s in m.segments) < sum(s.macs for s in full.segments)
     assert m.monolithic.macs == full.monolithic.macs
     assert len(m.policy.thresholds) == 1
-    assert m.provenance["export_config"]["exits"] == [1, 3]
+    assert m.provenance.export_config["exits"] == [1, 3]
     cal = m.policy.calibration
-    assert cal["cost_ratio"] <= 1.0 and len(cal["exit_fractions"]) == 2
+    assert cal.cost_ratio <= 1.0 and len(cal.exit_fractions) == 2
     for fmt in ("onnx", "tflite"):
-        par = m.provenance["parity"][fmt]["exits"]
+        par = m.provenance.parity[fmt]["exits"]
         assert [(e["segment"], e["exit"]) for e in par] == [(0, 1), (1, 3)]
         assert all(e["max_abs_err"] < 1e-3 for e in par)
     d = json.loads((exits_bundle / "manifest.json").read_text())
@@ -146,7 +146,7 @@ def _head_macs(bundle_dir, k):
 
 
 def _model(bundle_dir):
-    return load_checkpoint(load_manifest(bundle_dir).provenance["checkpoint"]).model.eval()
+    return load_checkpoint(load_manifest(bundle_dir).provenance.checkpoint).model.eval()
 
 
 def test_exits_bundle_runs_with_both_backends(exits_bundle):

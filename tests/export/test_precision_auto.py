@@ -80,8 +80,8 @@ def test_mixed_bundle_exports_verifies_runs_and_benches(tiny_checkpoint, tmp_pat
         (c,) = s.precision_choices
         assert c.precision == want and c.format == "tflite" and "bench p50" in c.timing
         assert 0 <= c.int8_agreement <= 1 and c.fp32_agreement >= 0.9
-    assert m.provenance["precision"]["mode"] == "auto"
-    assert "int8 where" in m.provenance["precision"]["rule"]
+    assert m.provenance.precision["mode"] == "auto"
+    assert "int8 where" in m.provenance.precision["rule"]
 
     v = runner.invoke(main, ["verify", str(out), "--json"])
     assert v.exit_code == 0, v.output

@@ -37,7 +37,7 @@ def _lines(output: str) -> list[dict]:
 
 
 def test_the_manifest_records_the_training_range(bundle_dir, windows):
-    abs_max = load_manifest(bundle_dir).input["abs_max"]
+    abs_max = load_manifest(bundle_dir).input.abs_max
     assert len(abs_max) == windows.shape[1] and all(v > 0 for v in abs_max)
     assert np.abs(windows).max(axis=(0, 2)).tolist() <= [v * RANGE_FACTOR for v in abs_max]
 

@@ -91,7 +91,7 @@ def test_threads_default_from_target_capped_at_cpus(bundle_dir):
     import os
 
     e = Engine.from_bundle(bundle_dir, backend="onnxruntime")
-    want = load_manifest(bundle_dir).target["runtime"]["threads"]
+    want = load_manifest(bundle_dir).target.runtime.threads
     assert e.threads == min(want, len(os.sched_getaffinity(0)))
 
 

@@ -283,7 +283,7 @@ def test_beats_over_samples_held_after_non_finite_input_are_flagged(rr_bundle, e
     events = list(stream_classify(engine, Source("memory", FS, iter(blocks))))
     beats, summary = events[:-1], events[-1]
     window = int(engine.input_shape[-1])
-    beats_ = BeatStream(FS, window, engine.manifest.input.get("r_offset"))
+    beats_ = BeatStream(FS, window, engine.manifest.input.r_offset)
     flagged = {b["r_sample"]: b["held_samples"] for b in beats if "held_samples" in b}
     expected = {}
     for b in beats:
@@ -313,7 +313,7 @@ def test_a_bundle_with_morphology_context_streams_the_offline_windows(tmp_path_f
                                                        golden_samples=4, calibration_samples=16,
                                                        monolithic=False))
     engine = Engine.from_bundle(out, threads=1)
-    assert engine.manifest.input["morph_context"] is True
+    assert engine.manifest.input.morph_context is True
     x, _ = ecg
     src = Source("memory", FS, iter([x[i:i + 360] for i in range(0, 40 * 360, 360)]))
     events = list(stream_classify(engine, src, keep_beats=True))
