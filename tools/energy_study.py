@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from edgeexit.runtime.manifest import read_manifest
+
 
 def edgeexit(*args: str) -> str:
     cmd = [str(Path(sys.executable).with_name("edgeexit")), *map(str, args)]
@@ -43,8 +45,8 @@ def study(bundle: Path, out: Path, args) -> dict:
     if copy.exists():
         shutil.rmtree(copy)
     shutil.copytree(bundle, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    records = manifest["policy"]["calibration"].get("validation_records")
+    cal = read_manifest(copy).policy.calibration
+    records = None if cal is None else cal.validation_records
     if not records:
         sys.exit(f"{bundle}: its manifest lists no validation records to calibrate on")
     common = ["--backend", args.backend, "--threads", "1", "--meter", args.meter,
