@@ -5,6 +5,9 @@ import sys
 
 import pytest
 
+# needs no torch or onnx: tools/aarch64_check.py runs it on the device install
+pytestmark = pytest.mark.device_install
+
 
 @pytest.mark.parametrize("module", ["edgeexit", "edgeexit.cli", "edgeexit.runtime",
                                     "edgeexit.runtime.preprocess", "edgeexit.runtime.stream",

@@ -3,6 +3,9 @@ import pytest
 
 from edgeexit.metrics import classification_report, confusion_matrix
 
+# needs no torch or onnx: tools/aarch64_check.py runs it on the device install
+pytestmark = pytest.mark.device_install
+
 
 def test_confusion_matrix_counts():
     cm = confusion_matrix(np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 2, 0]), 3)

@@ -10,6 +10,9 @@ import pytest
 from edgeexit.errors import ConfigError
 from edgeexit.targets import Target, list_targets, load_target, targets_dir
 
+# needs no torch or onnx: tools/aarch64_check.py runs it on the device install
+pytestmark = pytest.mark.device_install
+
 REQUIRED = {"rpi3", "rpi4", "rpi5", "jetson-nano", "x86_64"}
 RPI4 = Path(__file__).resolve().parents[1] / "targets" / "rpi4.toml"
 

@@ -33,6 +33,9 @@ from edgeexit.runtime.energy import (
     make_meter,
 )
 
+# needs no torch or onnx: tools/aarch64_check.py runs it on the device install
+pytestmark = pytest.mark.device_install
+
 POWER = {"idle_w": 2.5, "active_w_per_core": 1.25, "source": "test preset"}
 
 

@@ -21,6 +21,9 @@ from edgeexit.runtime.backends import get_backend  # noqa: E402
 from edgeexit.runtime.backends.base import BackendError, backend_for_format  # noqa: E402
 from edgeexit.runtime.backends.litert import LiteRTBackend  # noqa: E402
 
+# needs no torch or onnx: tools/aarch64_check.py runs it on the device install
+pytestmark = pytest.mark.device_install
+
 SHAPE = (3, 4)  # per-sample input shape [C, L]
 BIAS = np.arange(12, dtype=np.float32).reshape(1, *SHAPE) / 10.0
 

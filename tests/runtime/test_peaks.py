@@ -24,6 +24,9 @@ from edgeexit.runtime.peaks import (
 )
 from edgeexit.runtime.preprocess import RR_FEATURES, default_r_offset, rr_features
 
+# needs no torch or onnx: tools/aarch64_check.py runs it on the device install
+pytestmark = pytest.mark.device_install
+
 
 def _bump(width: float, amplitude: float, fs: float) -> tuple[np.ndarray, np.ndarray]:
     """A Gaussian of ``width`` seconds (sd) and ``amplitude`` mV: (sample offsets, values)."""

@@ -8,6 +8,9 @@ import pytest
 from edgeexit.errors import ConfigError
 from edgeexit.runtime.policy import entropy, make_policy, softmax, softmax_list
 
+# needs no torch or onnx: tools/aarch64_check.py runs it on the device install
+pytestmark = pytest.mark.device_install
+
 THRESHOLDS = {"max_prob": (0.7, 0.8, 0.9), "entropy": (0.6, 0.4, 0.2), "ensemble": (0.7, 0.75, 0.8)}
 
 

@@ -10,6 +10,9 @@ from edgeexit.runtime.preprocess import (
     rr_features,
 )
 
+# needs no torch or onnx: tools/aarch64_check.py runs it on the device install
+pytestmark = pytest.mark.device_install
+
 
 def test_rr_features_of_a_premature_beat():
     fs = 360.0
