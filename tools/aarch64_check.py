@@ -354,9 +354,12 @@ def _check_arguments(args: argparse.Namespace) -> None:
         s = Path(args.stream).expanduser()
         if not (s.is_file() or s.with_suffix(".hea").is_file() or Path(f"{s}.hea").is_file()):
             raise HostError(f"--stream {args.stream}: no such file or WFDB record")
-    r = env._run([args.host_python, "-m", "pip", "--version"], capture=True, check=False,
-                 what="pip --version")
-    if r.returncode != 0:
+    try:
+        ok = env._run([args.host_python, "-m", "pip", "--version"], capture=True, check=False,
+                      what="pip --version").returncode == 0
+    except CheckError:  # no such interpreter
+        ok = False
+    if not ok:
         raise HostError(f"{args.host_python} cannot run pip: pass --host-python with a venv's "
                         "python (e.g. .venv/bin/python) or install python3-pip")
 

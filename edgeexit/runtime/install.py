@@ -85,6 +85,23 @@ def _fsync_tree(root: Path) -> None:
         _fsync_dir(Path(dirpath))
 
 
+# tarfile's extraction filters came with Python 3.11.4; Debian Bookworm and Raspberry Pi OS ship 3.11.2
+_FILTER_ERRORS = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
+
+
+def _extract(tar: tarfile.TarFile, dest: Path, members: list[tarfile.TarInfo]) -> None:
+    """``extractall`` with the ``data`` filter; where tarfile has none (Python < 3.11.4), what it
+    would do to the members :func:`extract_archive` has already checked (plain files and
+    directories inside ``dest``): plain permissions, owned by this user."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, members=members, filter="data")
+        return
+    for m in members:
+        m.mode = 0o755 if m.isdir() or m.mode & 0o100 else 0o644
+        m.uid, m.gid, m.uname, m.gname = os.geteuid(), os.getegid(), "", ""
+    tar.extractall(dest, members=members)
+
+
 def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike,
                     limits: ArchiveLimits = ArchiveLimits()) -> Path:
     """Unpack bundle archive ``archive`` into the empty directory ``dest``; return the bundle
@@ -129,8 +146,8 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike,
             if len(tops) != 1:
                 raise BundleError(f"{archive} must hold one bundle folder, it holds "
                                   f"{sorted(tops)[:5]}; pack it with `edgeexit export`")
-            tar.extractall(dest, members=members, filter="data")
-        except tarfile.FilterError as e:
+            _extract(tar, dest, members)
+        except _FILTER_ERRORS as e:
             raise BundleError(f"{archive}: {e}; refusing the archive") from None
         except (tarfile.TarError, EOFError, zlib.error) as e:
             raise BundleError(f"{archive} is damaged ({e}); copy it again") from None

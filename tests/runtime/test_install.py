@@ -3,6 +3,7 @@
 import importlib.util
 import io
 import json
+import os
 import shutil
 import sys
 import tarfile
@@ -147,7 +148,7 @@ def _special(name, kind, link=""):
     return info, None
 
 
-@pytest.mark.parametrize("member, why", [
+DANGEROUS = [
     (_file("../evil"), "outside the bundle"),
     (_file("tiny/../../evil"), "outside the bundle"),
     (_file("/etc/evil"), "outside the bundle"),
@@ -156,8 +157,14 @@ def _special(name, kind, link=""):
     (_special("tiny/dev", tarfile.CHRTYPE), "device or special"),
     (_special("tiny/fifo", tarfile.FIFOTYPE), "device or special"),
     (_file("tiny/big", b"y" * 2048), "over the limit"),
-])
-def test_dangerous_archive_members_are_refused(tmp_path, member, why):
+]
+
+
+@pytest.mark.device_install
+@pytest.mark.parametrize("data_filter", [True, False], ids=["data-filter", "no-data-filter"])
+@pytest.mark.parametrize("member, why", DANGEROUS)
+def test_dangerous_archive_members_are_refused(tmp_path, monkeypatch, data_filter, member, why):
+    _with_data_filter(monkeypatch, data_filter)
     archive = _tar(tmp_path / "bad.tar.gz", [_file("tiny/manifest.json", b"{}"), member])
     dest = tmp_path / "out"
     dest.mkdir()
@@ -165,6 +172,39 @@ def test_dangerous_archive_members_are_refused(tmp_path, member, why):
         extract_archive(archive, dest, ArchiveLimits(max_member_bytes=1024))
     assert "\n" not in str(e.value)
     assert not (tmp_path / "evil").exists() and list(dest.iterdir()) == []
+
+
+def _with_data_filter(monkeypatch, wanted: bool) -> None:
+    """Run with or without tarfile's extraction filters (Python >= 3.11.4; Raspberry Pi OS
+    Bookworm's 3.11.2 has none)."""
+    if not wanted and hasattr(tarfile, "data_filter"):  # make this Python look like 3.11.2
+        extractall = tarfile.TarFile.extractall
+
+        def extractall_without_filter(self, path=".", members=None, *, numeric_owner=False):
+            return extractall(self, path, members, numeric_owner=numeric_owner,
+                              filter="fully_trusted")
+
+        monkeypatch.setattr(tarfile.TarFile, "extractall", extractall_without_filter)
+        monkeypatch.delattr(tarfile, "data_filter")
+        monkeypatch.delattr(tarfile, "FilterError")
+    elif wanted and not hasattr(tarfile, "data_filter"):
+        pytest.skip(f"tarfile has no extraction filters in Python {sys.version.split()[0]}")
+
+
+@pytest.mark.device_install
+@pytest.mark.parametrize("data_filter", [True, False], ids=["data-filter", "no-data-filter"])
+def test_an_archive_unpacks_as_plain_files_owned_by_the_installer(tmp_path, monkeypatch,
+                                                                  data_filter):
+    _with_data_filter(monkeypatch, data_filter)
+    members = [_file("tiny/manifest.json", b"{}"), _file("tiny/segment_0.onnx", b"onnx")]
+    members[1][0].mode, members[1][0].uid, members[1][0].uname = 0o4777, 12345, "nobody-here"
+    dest = tmp_path / "out"
+    dest.mkdir()
+    root = extract_archive(_tar(tmp_path / "ok.tar.gz", members), dest)
+    seg = root / "segment_0.onnx"
+    assert root == dest / "tiny" and seg.read_bytes() == b"onnx"
+    assert seg.stat().st_mode & 0o7022 == 0  # no setuid, no group/other write
+    assert seg.stat().st_uid == os.geteuid()
 
 
 def test_archive_total_size_member_count_and_garbage_are_refused(tmp_path):
