@@ -274,7 +274,8 @@ def train(source, test_data, split, n_beats, window, rr_context, morph_context, 
     `torchrun --nproc-per-node 2 -m edgeexit train ...`.
     """
     from edgeexit.data import DataSpec
-    from edgeexit.train import TrainConfig, run_training
+    from edgeexit.cv import run_training
+    from edgeexit.train import TrainConfig
 
     spec = DataSpec(source=source, test_source=test_data, split=split, n_beats=n_beats,
                     seed=seed, window=window, rr_context=rr_context, morph_context=morph_context)

@@ -23,15 +23,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from edgeexit.data.splits import assign_folds
+
+__all__ = ["CrossFit", "assign_folds", "cross_fit"]
+
 log = logging.getLogger(__name__)
-
-
-def assign_folds(y: np.ndarray, groups: np.ndarray, folds: int) -> dict[str, int]:
-    """Record -> fold, spreading the records rich in rare classes (every class but 0) over folds."""
-    names = np.unique(groups)
-    rare = {g: int((y[groups == g] != 0).sum()) for g in names}
-    order = sorted(names, key=lambda g: (-rare[g], str(g)))
-    return {str(g): i % folds for i, g in enumerate(order)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
 A model's own validation split (3-4 of MIT-BIH's 22 DS1 records) does not predict how it does on
 new patients: which records it holds out moves the chosen epoch and the score more than the
 recipe does. Cross-validation by record uses all of them: the training records are cut into
-``folds`` groups (:func:`edgeexit.crossfit.assign_folds`: the records rich in rare classes spread
+``folds`` groups (:func:`edgeexit.data.splits.assign_folds`: the records rich in rare classes spread
 round robin over the folds); for each fold a model is trained on the other groups for every epoch
 up to ``config.epochs``, and every exit is scored on the held-out records after every epoch.
 
@@ -16,23 +16,33 @@ one (``TrainConfig(select="last")``), so that no single hold-out chooses anythin
 confusion matrix) are reported beside the mean: rare classes (F: a few records) make single
 folds noisy.
 
-Host side (trains with torch); ``edgeexit train --cv K`` runs it.
+Host side (trains with torch); ``edgeexit train --cv K`` runs it, through :func:`run_training`
+(what ``edgeexit train`` runs, with or without cross-validation: it sits here, above both).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
+import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgeexit.crossfit import assign_folds
-from edgeexit.data import BeatDataset
+from edgeexit.data import BeatDataset, DataSpec, load_train_test
+from edgeexit.data.splits import assign_folds
 from edgeexit.errors import DataError
+from edgeexit.fileio import atomic_write
 from edgeexit.metrics import classification_report, headline_macro_f1
 
-__all__ = ["CVResult", "compact_report", "cross_validate"]
+if TYPE_CHECKING:
+    from edgeexit.train import TrainConfig, TrainResult
+
+__all__ = ["CVResult", "compact_report", "cross_validate", "run_training"]
 
 log = logging.getLogger(__name__)
 
@@ -188,3 +198,76 @@ def cross_validate(
 def _record_key(name: str):
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
+
+def run_training(
+    spec: DataSpec,
+    config: TrainConfig,
+    out_dir: str | os.PathLike | None,
+    progress: bool = False,
+    cv_folds: int | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Load the data of ``spec`` (train and test) and :func:`edgeexit.train.train` on it: what
+    `edgeexit train` runs.
+
+    ``cv_folds``: first choose the epoch count by leave-records-out cross-validation on the
+    training side (:func:`edgeexit.cv.cross_validate`; written to ``OUT/cv.json`` and
+    ``OUT/cv.md``), then train for exactly that many epochs, keeping the last; the test split is
+    evaluated once, at the end.
+    """
+    from edgeexit.train import train
+
+    train_set, test_set = _load(spec, progress)
+    extra = {}
+    if cv_folds:
+        config, extra["cv"] = _choose_epochs(train_set, config, cv_folds, out_dir, progress, on_stage)
+    return train(train_set, config, test=test_set, out_dir=out_dir, progress=progress, data_spec=spec,
+                 meta=extra)
+
+
+def _load(spec: DataSpec, progress: bool) -> tuple[BeatDataset, BeatDataset]:
+    """The training and test sides of ``spec``, with a progress bar over the records."""
+    t0 = time.perf_counter()
+    bar = None
+
+    def record_progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc="reading records", unit="record", leave=False)
+        bar.update(done - bar.n)
+
+    try:
+        train_set, test_set = load_train_test(spec, progress=record_progress if progress else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    log.info("data: %d training beats %s, %d test beats %s (%.1f s)", len(train_set),
+             train_set.class_counts(), len(test_set), test_set.class_counts(),
+             time.perf_counter() - t0)
+    return train_set, test_set
+
+
+def _choose_epochs(train_set: BeatDataset, config: TrainConfig, folds: int, out_dir,
+                   progress: bool, on_stage) -> tuple[TrainConfig, dict]:
+    """Cross-validate ``config`` over ``folds`` record folds; returns the config that trains for
+    the chosen epochs on the folds' schedule, keeping the last, and the summary for the metrics
+    (``OUT/cv.json`` and ``OUT/cv.md`` written by rank 0)."""
+    cv = cross_validate(train_set, config, folds, progress=on_stage, train_progress=progress)
+    d, table = cv.to_dict(), cv.table()
+    if out_dir is not None and int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes, as train()
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(d, indent=2).encode()
+        atomic_write(out / "cv.json", lambda f: f.write(text))
+        atomic_write(out / "cv.md", lambda f: f.write(table.encode()))
+    summary = {k: d[k] for k in ("source", "folds", "best_epoch", "best_mean_score",
+                                 "fold_scores_at_best", "mean_score_per_epoch")}
+    summary["table"] = table
+    if on_stage:
+        on_stage(f"cross-validation chose {cv.best_epoch} epochs (mean final-exit score "
+                 f"{cv.best_score:.3f}); training the model for them (its validation records "
+                 "choose nothing now; export calibrates on them)")
+    return dataclasses.replace(config, epochs=cv.best_epoch, select="last",
+                               schedule_epochs=config.epochs), summary

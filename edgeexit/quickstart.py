@@ -128,7 +128,8 @@ def run_quickstart(
     from edgeexit.runtime.engine import Engine
     from edgeexit.runtime.profile import bench_data, bench_engine
     from edgeexit.runtime.verify import verify_bundle
-    from edgeexit.train import TrainConfig, run_training
+    from edgeexit.cv import run_training
+    from edgeexit.train import TrainConfig
 
     out = Path(out)
     check_output_directory(out, _OURS, "quickstart")

@@ -17,18 +17,15 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-from edgeexit.data import BeatDataset, DataSpec, load_train_test
+from edgeexit.data import BeatDataset, DataSpec
+from edgeexit.data.splits import ValidationSplit
 from edgeexit.errors import ConfigError
-from edgeexit.fileio import atomic_write
 from edgeexit.models import MultiExitNet, check_model_name
 from edgeexit.robust.methods import (
     MethodConfig,
@@ -43,7 +40,7 @@ from edgeexit.training.evaluation import evaluate_exits, predict_exits
 from edgeexit.training.loop import TrainResult, default_exit_weights, fit
 
 __all__ = [
-    "TrainConfig", "TrainResult", "train", "run_training", "recorded_train_config",
+    "TrainConfig", "TrainResult", "train", "recorded_train_config",
     "split_validation", "class_weights", "default_exit_weights", "predict_exits",
     "evaluate_exits", "recalibrate_batchnorm",
 ]
@@ -51,7 +48,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CLASS_WEIGHTINGS = ("none", "sqrt", "balanced")
-VAL_SPLITS = ("auto", "record", "beat")
 ATTACK_MORPH = ("follows", "held")
 
 
@@ -174,8 +170,6 @@ class TrainConfig:
             )
         if self.select not in ("best", "last"):
             raise ConfigError(f"unknown epoch selection {self.select!r}; choose best or last")
-        if self.val_split not in VAL_SPLITS:
-            raise ConfigError(f"unknown val split {self.val_split!r}; choose {', '.join(VAL_SPLITS)}")
         if self.schedule_epochs is not None and self.schedule_epochs < self.epochs:
             raise ConfigError(f"schedule_epochs ({self.schedule_epochs}) must be at least epochs ({self.epochs})")
         if self.epochs < 1 or self.batch_size < 2 or not self.lr > 0:
@@ -195,8 +189,12 @@ class TrainConfig:
                               "the statistics from, e.g. --bn-recalibrate 100)")
         if not 0.0 <= self.rr_augment <= 1.0:
             raise ConfigError(f"rr_augment is a probability in [0, 1], got {self.rr_augment}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val fraction must lie in (0, 1), got {self.val_fraction}")
+        self.validation_split()  # raises on an unknown val_split or a val_fraction outside (0, 1)
+
+    def validation_split(self) -> ValidationSplit:
+        """How :func:`train` holds validation beats out (export rebuilds the same split from the
+        checkpoint with :meth:`ValidationSplit.recorded`)."""
+        return ValidationSplit(self.val_split, self.val_fraction, self.seed)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -258,76 +256,3 @@ def train(
                    on_epoch=on_epoch)
     finally:
         dist.close()
-
-
-def run_training(
-    spec: DataSpec,
-    config: TrainConfig,
-    out_dir: str | os.PathLike | None,
-    progress: bool = False,
-    cv_folds: int | None = None,
-    on_stage: Callable[[str], None] | None = None,
-) -> TrainResult:
-    """Load the data of ``spec`` (train and test) and :func:`train` on it: what `edgeexit train` runs.
-
-    ``cv_folds``: first choose the epoch count by leave-records-out cross-validation on the
-    training side (:func:`edgeexit.cv.cross_validate`; written to ``OUT/cv.json`` and
-    ``OUT/cv.md``), then train for exactly that many epochs, keeping the last; the test split is
-    evaluated once, at the end.
-    """
-    train_set, test_set = _load(spec, progress)
-    extra = {}
-    if cv_folds:
-        config, extra["cv"] = _choose_epochs(train_set, config, cv_folds, out_dir, progress, on_stage)
-    return train(train_set, config, test=test_set, out_dir=out_dir, progress=progress, data_spec=spec,
-                 meta=extra)
-
-
-def _load(spec: DataSpec, progress: bool) -> tuple[BeatDataset, BeatDataset]:
-    """The training and test sides of ``spec``, with a progress bar over the records."""
-    t0 = time.perf_counter()
-    bar = None
-
-    def record_progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, desc="reading records", unit="record", leave=False)
-        bar.update(done - bar.n)
-
-    try:
-        train_set, test_set = load_train_test(spec, progress=record_progress if progress else None)
-    finally:
-        if bar is not None:
-            bar.close()
-    log.info("data: %d training beats %s, %d test beats %s (%.1f s)", len(train_set),
-             train_set.class_counts(), len(test_set), test_set.class_counts(),
-             time.perf_counter() - t0)
-    return train_set, test_set
-
-
-def _choose_epochs(train_set: BeatDataset, config: TrainConfig, folds: int, out_dir,
-                   progress: bool, on_stage) -> tuple[TrainConfig, dict]:
-    """Cross-validate ``config`` over ``folds`` record folds; returns the config that trains for
-    the chosen epochs on the folds' schedule, keeping the last, and the summary for the metrics
-    (``OUT/cv.json`` and ``OUT/cv.md`` written by rank 0)."""
-    from edgeexit.cv import cross_validate
-
-    cv = cross_validate(train_set, config, folds, progress=on_stage, train_progress=progress)
-    d, table = cv.to_dict(), cv.table()
-    if out_dir is not None and int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes, as train()
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(d, indent=2).encode()
-        atomic_write(out / "cv.json", lambda f: f.write(text))
-        atomic_write(out / "cv.md", lambda f: f.write(table.encode()))
-    summary = {k: d[k] for k in ("source", "folds", "best_epoch", "best_mean_score",
-                                 "fold_scores_at_best", "mean_score_per_epoch")}
-    summary["table"] = table
-    if on_stage:
-        on_stage(f"cross-validation chose {cv.best_epoch} epochs (mean final-exit score "
-                 f"{cv.best_score:.3f}); training the model for them (its validation records "
-                 "choose nothing now; export calibrates on them)")
-    return dataclasses.replace(config, epochs=cv.best_epoch, select="last",
-                               schedule_epochs=config.epochs), summary

@@ -84,7 +84,8 @@ def base_model(args, out: Path) -> Path:
     if path.is_file():
         return path
     from edgeexit.data import DataSpec
-    from edgeexit.train import TrainConfig, run_training
+    from edgeexit.cv import run_training
+    from edgeexit.train import TrainConfig
 
     log.info("training the base model on DS1 (standard resnet1d, 6 epochs)")
     run_training(DataSpec(source=str(args.mitdb)),

@@ -27,7 +27,7 @@ import sys
 import numpy as np
 import torch
 
-from edgeexit.crossfit import assign_folds
+from edgeexit.data.splits import assign_folds
 from edgeexit.cv import compact_report
 from edgeexit.data.mitbih import DS1, DS2, load_mitbih
 from edgeexit.metrics import classification_report, headline_macro_f1

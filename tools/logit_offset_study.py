@@ -51,7 +51,7 @@ def _fold_job(fold: int, a: dict) -> dict:
     """Train fold ``fold`` of the recipe's CV for the best epoch count; its held-out logits."""
     import torch
 
-    from edgeexit.crossfit import assign_folds
+    from edgeexit.data.splits import assign_folds
     from edgeexit.train import train
 
     torch.set_num_threads(1)

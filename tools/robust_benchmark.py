@@ -159,7 +159,8 @@ def run_one(method: str, seed: int, policy: str, train_path: Path, test_path: Pa
     from edgeexit.data import DataSpec
     from edgeexit.export.bundle import ExportConfig, export_bundle
     from edgeexit.robust.evaluate import EvalConfig, evaluate
-    from edgeexit.train import TrainConfig, run_training
+    from edgeexit.cv import run_training
+    from edgeexit.train import TrainConfig
 
     run = out / f"{run_name(method, plan)}-seed{seed}"
     eval_dir = run / (f"eval-{policy}" if morph_follows else f"eval-{policy}-held")

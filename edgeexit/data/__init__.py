@@ -30,6 +30,7 @@ from edgeexit.data.dataset import (
     stratified_split,
 )
 from edgeexit.data.mitbih import DS1, DS2, SPLITS, Progress, load_mitbih, load_mitbih_split
+from edgeexit.data.splits import ValidationSplit, assign_folds
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.runtime.preprocess import MORPH_FEATURES
 
@@ -44,6 +45,8 @@ __all__ = [
     "AAMI_CLASSES",
     "BeatDataset",
     "DataSpec",
+    "ValidationSplit",
+    "assign_folds",
     "load_csv",
     "load_npz",
     "load_source",

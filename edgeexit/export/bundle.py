@@ -3,7 +3,7 @@
 Steps (each logged; ``progress`` sees them):
 
 1. load the checkpoint and the data it was trained on (its recorded data spec); rebuild the very
-   validation split training used (:func:`edgeexit.train.split_validation`);
+   validation split training used (:meth:`edgeexit.data.ValidationSplit.recorded`);
 2. split the model into per-exit segments (:mod:`edgeexit.export.split`; only the exits in
    ``ExportConfig.exits``, the stages between two deployed exits merged into one graph) and write each segment,
    and the whole model as one reference graph, in every requested format (ONNX, TFLite);
@@ -37,7 +37,7 @@ import torch
 
 from edgeexit.calibrate import calibrate_thresholds
 from edgeexit.checkpoint import load_checkpoint
-from edgeexit.data import BeatDataset, DataSpec, load_source, load_split
+from edgeexit.data import BeatDataset, DataSpec, ValidationSplit, load_source, load_split
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.export.errors import ExportError
 from edgeexit.export.precision import (
@@ -228,8 +228,6 @@ class ExportResult:
 
 def _training_data(ckpt, spec: str | DataSpec | None) -> tuple[DataSpec, BeatDataset, BeatDataset]:
     """(spec, training part, validation part) as training split them."""
-    from edgeexit.train import recorded_train_config, split_validation
-
     meta = ckpt.meta or {}
     spec = ckpt.data_spec(spec, "; give it with --data (thresholds are calibrated on "
                                 "validation beats of that data)")
@@ -239,7 +237,7 @@ def _training_data(ckpt, spec: str | DataSpec | None) -> tuple[DataSpec, BeatDat
             f"data {spec.source} has windows {list(data.input_shape)} but the model takes "
             f"{ckpt.input_spec['shape']}; give the data the model was trained on"
         )
-    train_part, val_part = split_validation(data, recorded_train_config(meta))
+    train_part, val_part = ValidationSplit.recorded(meta.get("train_config")).apply(data)
     return spec, train_part, val_part
 
 

@@ -8,6 +8,7 @@
 - :mod:`~edgeexit.training.batchnorm`: precise BatchNorm statistics.
 - :mod:`~edgeexit.training.distributed`: rank and world size under ``torchrun``.
 
-The configuration (:class:`edgeexit.train.TrainConfig`) and the entry points (``train``,
-``run_training``) stay in :mod:`edgeexit.train`.
+The configuration (:class:`edgeexit.train.TrainConfig`) and the entry point (``train``) stay in
+:mod:`edgeexit.train`; ``run_training`` (training with an optional CV epoch choice) is in
+:mod:`edgeexit.cv`.
 """

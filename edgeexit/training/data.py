@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 
-from edgeexit.data import BeatDataset, stratified_split
-from edgeexit.errors import DataError
-
-log = logging.getLogger(__name__)
+from edgeexit.data import BeatDataset
+from edgeexit.data.splits import ValidationSplit
 
 
 def split_validation(data: BeatDataset, config) -> tuple[BeatDataset, BeatDataset]:
     """The (training, validation) split that :func:`edgeexit.train.train` makes of ``data``
     under ``config`` (a :class:`~edgeexit.train.TrainConfig`: ``val_split``, ``val_fraction``,
-    ``seed``).
-
-    Deterministic under ``config.seed``: export calls it again to calibrate exit thresholds on the
-    very beats the model was validated on (never on test data).
-    """
-    n_records = 0 if data.groups is None else int(np.unique(data.groups).size)
-    by_record = config.val_split == "record" or (config.val_split == "auto" and n_records >= 5)
-    if by_record and data.groups is None:
-        raise DataError("val split 'record' needs record ids (groups) in the data; use 'beat'")
-    groups = data.groups if by_record else None
-    keep, held = stratified_split(data.y, config.val_fraction, config.seed, groups)
-    log.info(
-        "validation: %d beats held out by %s, %d left for training",
-        held.size,
-        "record" if by_record else "beat",
-        keep.size,
-    )
-    return data.subset(keep), data.subset(held)
+    ``seed``): :class:`edgeexit.data.splits.ValidationSplit`, which export rebuilds from the
+    checkpoint (never on test data)."""
+    return ValidationSplit(config.val_split, config.val_fraction, config.seed).apply(data)
 
 
 def class_weights(y: np.ndarray, num_classes: int, mode: str, cap: float) -> np.ndarray | None:
