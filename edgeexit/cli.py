@@ -273,8 +273,8 @@ def train(source, test_data, split, n_beats, window, rr_context, morph_context, 
     several processes under torchrun (DDP, gloo backend), e.g.
     `torchrun --nproc-per-node 2 -m edgeexit train ...`.
     """
-    from edgeexit.data import DataSpec
     from edgeexit.cv import run_training
+    from edgeexit.data import DataSpec
     from edgeexit.train import TrainConfig
 
     spec = DataSpec(source=source, test_source=test_data, split=split, n_beats=n_beats,
@@ -882,8 +882,9 @@ def bench(bundle, source, split, limit, warmup, backend, threads, policy, thresh
     path runs alone under the energy meter (--energy-seconds each): energy per inference and per
     segment, gross and above idle, labelled measured or estimated.
     """
+    from edgeexit.data.bench import bench_data
     from edgeexit.runtime.engine import Engine
-    from edgeexit.runtime.profile import bench_data, bench_engine
+    from edgeexit.runtime.profile import bench_engine
 
     engine = Engine.from_bundle(bundle, backend=backend, threads=threads, load_monolithic=True,
                                 trusted_keys=trusted_keys,

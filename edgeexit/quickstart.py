@@ -123,12 +123,13 @@ def run_quickstart(
 ) -> dict:
     """Run every stage (see the module docstring) into ``out``; returns the summary."""
     from edgeexit.calibrate import calibrate_bundle
+    from edgeexit.cv import run_training
     from edgeexit.data import DataSpec, load_split
+    from edgeexit.data.bench import bench_data
     from edgeexit.export.bundle import ExportConfig, export_bundle
     from edgeexit.runtime.engine import Engine
-    from edgeexit.runtime.profile import bench_data, bench_engine
+    from edgeexit.runtime.profile import bench_engine
     from edgeexit.runtime.verify import verify_bundle
-    from edgeexit.cv import run_training
     from edgeexit.train import TrainConfig
 
     out = Path(out)

@@ -37,7 +37,7 @@ def _engine(path):
 
 
 def _windows(engine, n=48):
-    from edgeexit.runtime.profile import bench_data
+    from edgeexit.data.bench import bench_data
 
     return bench_data(engine, None, "test", n)[:2]
 

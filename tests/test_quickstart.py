@@ -6,10 +6,11 @@ import pytest
 from click.testing import CliRunner
 
 from edgeexit.cli import main
+from edgeexit.data.bench import bench_data
 from edgeexit.errors import ConfigError
 from edgeexit.quickstart import QuickstartConfig, run_quickstart
 from edgeexit.runtime.engine import Engine
-from edgeexit.runtime.profile import bench_data, bench_engine
+from edgeexit.runtime.profile import bench_engine
 
 
 @pytest.mark.slow

@@ -294,7 +294,7 @@ def compare(engine, session: CascadeSession, x: np.ndarray) -> tuple[int, float]
 
 def main() -> None:
     from edgeexit.runtime.engine import Engine
-    from edgeexit.runtime.profile import bench_data
+    from edgeexit.data.bench import bench_data
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundle", help="bundle directory with .tflite segments and a monolithic graph")

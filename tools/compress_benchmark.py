@@ -83,8 +83,8 @@ def base_model(args, out: Path) -> Path:
     path = out / "base" / "model.pt"
     if path.is_file():
         return path
-    from edgeexit.data import DataSpec
     from edgeexit.cv import run_training
+    from edgeexit.data import DataSpec
     from edgeexit.train import TrainConfig
 
     log.info("training the base model on DS1 (standard resnet1d, 6 epochs)")

@@ -38,7 +38,7 @@ from edgeexit.calibrate import calibrate_thresholds  # noqa: E402
 from edgeexit.errors import EdgeExitError  # noqa: E402
 from edgeexit.runtime.engine import Engine  # noqa: E402
 from edgeexit.runtime.policy import POLICIES, exit_scores, make_policy, softmax  # noqa: E402
-from edgeexit.runtime.profile import bench_data  # noqa: E402
+from edgeexit.data.bench import bench_data  # noqa: E402
 
 
 def _windows(engine: Engine, bundle: str, data: str | None, limit: int):

@@ -156,10 +156,10 @@ def run_name(method: str, plan: Plan) -> str:
 def run_one(method: str, seed: int, policy: str, train_path: Path, test_path: Path, out: Path,
             plan: Plan, threads: int, morph_follows: bool = True) -> Path:
     """Train (or reuse), export and evaluate one (method, seed); returns the report path."""
+    from edgeexit.cv import run_training
     from edgeexit.data import DataSpec
     from edgeexit.export.bundle import ExportConfig, export_bundle
     from edgeexit.robust.evaluate import EvalConfig, evaluate
-    from edgeexit.cv import run_training
     from edgeexit.train import TrainConfig
 
     run = out / f"{run_name(method, plan)}-seed{seed}"

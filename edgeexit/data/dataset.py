@@ -24,11 +24,9 @@ import numpy as np
 
 from edgeexit.errors import DataError
 from edgeexit.fileio import atomic_write
+from edgeexit.runtime.aami import AAMI_CLASSES
 
 log = logging.getLogger(__name__)
-
-AAMI_CLASSES: tuple[str, ...] = ("N", "S", "V", "F", "Q")
-"""The five AAMI EC57 beat classes, in the label order used throughout edgeexit."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

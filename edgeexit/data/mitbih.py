@@ -33,6 +33,7 @@ import numpy as np
 
 from edgeexit.data.dataset import AAMI_CLASSES, BeatDataset, stratified_split
 from edgeexit.errors import ConfigError, DataError
+from edgeexit.runtime.aami import AAMI_MAP
 from edgeexit.runtime.preprocess import (
     MORPH_FEATURES,
     RR_FEATURES,
@@ -57,15 +58,6 @@ DS2: tuple[str, ...] = (
 
 PACED: tuple[str, ...] = ("102", "104", "107", "217")
 """Records with a pacemaker, left out of both splits (AAMI EC57 recommends so)."""
-
-AAMI_MAP: dict[str, str] = {
-    **dict.fromkeys(("N", "L", "R", "e", "j"), "N"),
-    **dict.fromkeys(("A", "a", "J", "S"), "S"),
-    **dict.fromkeys(("V", "E"), "V"),
-    "F": "F",
-    **dict.fromkeys(("/", "f", "Q"), "Q"),
-}
-"""MIT-BIH beat annotation symbol -> AAMI class; every other symbol (+ ~ | x ! ...) is no beat."""
 
 SPLITS: tuple[str, ...] = ("inter-patient", "random")
 """Valid ``split`` names of :func:`load_mitbih_split`."""

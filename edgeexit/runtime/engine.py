@@ -141,7 +141,7 @@ def default_threads(manifest: Manifest) -> int:
 def _unpack(path: str | os.PathLike):
     """``(bundle directory, None)``, or for a ``.tar.gz`` the directory it was unpacked into and
     the temporary directory holding it (removed when that object is)."""
-    from edgeexit.runtime.install import extract_archive, is_archive
+    from edgeexit.runtime.archive import extract_archive, is_archive
 
     if not is_archive(path):
         return Path(path), None

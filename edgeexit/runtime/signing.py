@@ -30,7 +30,8 @@ import tomllib
 from pathlib import Path
 
 from edgeexit.errors import ConfigError
-from edgeexit.fileio import atomic_write, pack_directory
+from edgeexit.runtime.archive import pack_directory
+from edgeexit.runtime.atomic import atomic_write
 from edgeexit.runtime.manifest import MANIFEST, BundleError, add_sizes, load_manifest
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from edgeexit.runtime.engine import (
     default_threads,
     shape_problems,
 )
-from edgeexit.runtime.install import open_bundle
+from edgeexit.runtime.archive import open_bundle
 from edgeexit.runtime.manifest import GOLDEN, Manifest, check_chain, read_manifest, verify_hashes
 
 log = logging.getLogger(__name__)
