@@ -19,6 +19,7 @@ from edgeexit.data import DataSpec
 from edgeexit.errors import CheckpointError, ConfigError, DataError
 from edgeexit.fileio import atomic_write
 from edgeexit.models import ModelConfig, MultiExitNet, create_model
+from edgeexit.models.payload import read_payload
 from edgeexit.models.plan import apply_channel_plan, channel_plan
 
 CHECKPOINT_FORMAT = "edgeexit.checkpoint"
@@ -105,22 +106,6 @@ def _plan(model: MultiExitNet) -> dict:
     with torch.random.fork_rng(devices=[]):  # the reference build must not move torch's RNG
         reference = create_model(model.config)
     return channel_plan(model, reference=reference)
-
-
-def read_payload(path: Path, what: str):
-    """``torch.load(weights_only=True)`` of ``path`` (plain tensors and literals: no code runs).
-
-    Raises:
-        CheckpointError: one line naming ``path``, ``what`` it should be and torch's error type
-            with the first line of its message (torch's own runs to a page of advice).
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        lines = str(e).strip().splitlines()
-        raise CheckpointError(
-            f"cannot read {path} as {what}: {type(e).__name__}: {lines[0] if lines else ''}"
-        ) from e
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

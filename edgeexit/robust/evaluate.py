@@ -79,7 +79,7 @@ class EvalConfig:
             ``onmanifold`` needs ``vae``: asked for explicitly without one it is an error, in the
             default list it is skipped with a note).
         steps: PGD steps (step size ``2.5 * eps / steps``), also the latent attack's.
-        vae: a VAE file (:func:`edgeexit.compress.manifold.save_vae`) of the model's data, for
+        vae: a VAE file (:func:`edgeexit.models.vae.save_vae`) of the model's data, for
             the on-manifold attack.
         eta: the on-manifold attack's latent Linf budget (latent units, not mV: the VAE's prior
             is N(0, 1) per dimension). Its windows are scored only where the VAE's latent
@@ -460,7 +460,7 @@ def _onmanifold(target: _Target, test: BeatDataset, config: EvalConfig, vae) -> 
     on the windows whose latent label it preserved (the others are no same-class beat any more):
     per exit and policy as the other attacks, plus the clean figures of those same windows and
     the kept fraction. None (with a warning) when no window is kept."""
-    from edgeexit.compress.manifold import LatentPGD
+    from edgeexit.robust.attacks.latent import LatentPGD
 
     t0 = time.perf_counter()
     attack = LatentPGD(target.ckpt.model, vae, config.eta, steps=config.steps, seed=config.seed,
@@ -603,7 +603,7 @@ def evaluate(
     vae, notes = None, []
     if "onmanifold" in config.attacks:
         if config.vae:
-            from edgeexit.compress.manifold import check_vae_fits, load_vae
+            from edgeexit.models.vae import check_vae_fits, load_vae
 
             vae = load_vae(config.vae)
             check_vae_fits(vae, t.signal_channels, test.input_shape[-1], len(t.ckpt.classes),

@@ -12,11 +12,11 @@ where ``L`` is the weighted multi-exit cross-entropy (exit and class weights, as
 ``L_kept`` the same averaged over the kept on-manifold windows only (per exit, class-weighted,
 masked per sample; 0 when none is kept). ``x_pgd`` comes from the training attack of
 :class:`~edgeexit.robust.methods.adversarial.AdversarialConfig` (``avg`` or ``max-avg`` PGD within
-``eps`` mV); ``x_man`` from :class:`~edgeexit.compress.manifold.LatentPGD` (``latent_steps``
+``eps`` mV); ``x_man`` from :class:`~edgeexit.robust.attacks.latent.LatentPGD` (``latent_steps``
 accumulated steps within ``|zeta|_inf <= eta``, the residual rule, a random start in the box per
 batch). All three go through ``net`` in ONE forward pass (DDP allows one forward per backward).
 
-The VAE is trained beforehand (:func:`edgeexit.compress.manifold.train_vae`) and given by path
+The VAE is trained beforehand (:func:`edgeexit.models.vae.train_vae`) and given by path
 (``vae``); it must model the training windows' signal channels.
 """
 
@@ -46,7 +46,7 @@ class OnManifoldConfig(AdversarialConfig):
     Attributes:
         eps, norm, steps, step_size, attack: the off-manifold PGD (see
             :class:`~edgeexit.robust.methods.adversarial.AdversarialConfig`).
-        vae: path of a VAE saved by :func:`edgeexit.compress.manifold.save_vae` (required; checked
+        vae: path of a VAE saved by :func:`edgeexit.models.vae.save_vae` (required; checked
             when training starts).
         eta: the latent Linf budget (latent units; the VAE's prior is N(0, 1) per dimension).
         latent_steps: ascent steps of the latent attack (they accumulate).
@@ -97,7 +97,8 @@ class OnManifold(TrainingMethod):
 
     def setup(self, context: TrainContext) -> None:
         super().setup(context)
-        from edgeexit.compress.manifold import LatentPGD, check_vae_fits, load_vae
+        from edgeexit.models.vae import check_vae_fits, load_vae
+        from edgeexit.robust.attacks.latent import LatentPGD
         from edgeexit.robust.methods.adversarial import rank_seed_generator
 
         cfg = self.config
