@@ -49,8 +49,10 @@ def copy_of_the_package(tmp_path_factory):
 
 @pytest.mark.parametrize(("module", "line", "broken", "shown"), [
     # the runtime reaching up to the CLI breaks the layers and the runtime's isolation
-    ("runtime/policy.py", "import edgeexit.cli", CONTRACTS[0], "edgeexit.runtime.policy -> edgeexit.cli"),
-    ("runtime/policy.py", "import edgeexit.cli", CONTRACTS[1], "edgeexit.runtime.policy -> edgeexit.cli"),
+    ("runtime/policy.py", "import edgeexit.cli", CONTRACTS[0],
+     "edgeexit.runtime.policy -> edgeexit.cli"),
+    ("runtime/policy.py", "import edgeexit.cli", CONTRACTS[1],
+     "edgeexit.runtime.policy -> edgeexit.cli"),
     # data importing training (a layer above it)
     ("data/splits.py", "from edgeexit.train import TrainConfig", CONTRACTS[0],
      "edgeexit.data.splits -> edgeexit.train"),

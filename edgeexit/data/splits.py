@@ -56,7 +56,7 @@ class ValidationSplit:
                    seed=tc.get("seed", default.seed))
 
     def apply(self, data: BeatDataset) -> tuple[BeatDataset, BeatDataset]:
-        """``(training, validation)`` parts of ``data``; the same beats for the same data, always."""
+        """``(training, validation)`` parts of ``data``: the same beats for the same data."""
         n_records = 0 if data.groups is None else int(np.unique(data.groups).size)
         by_record = self.how == "record" or (self.how == "auto" and n_records >= 5)
         if by_record and data.groups is None:

@@ -1,9 +1,10 @@
 """WFDB records read on the device (numpy only): the header, the signal in blocks, and the beat
 annotations (``.atr``) as AAMI classes.
 
-Enough of the format for streaming MIT-BIH style records (:func:`edgeexit.runtime.stream.open_source`):
-one ``.dat`` file per record in format 212 or 16. The host reads records with the ``wfdb`` package
-(:mod:`edgeexit.data.mitbih`); both map annotation symbols with :data:`edgeexit.runtime.aami.AAMI_MAP`.
+Enough of the format to stream MIT-BIH style records (:func:`edgeexit.runtime.stream.open_source`):
+one ``.dat`` file per record in format 212 or 16. The host reads records with the ``wfdb``
+package (:mod:`edgeexit.data.mitbih`); both map annotation symbols to classes with
+:data:`edgeexit.runtime.aami.AAMI_MAP`.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ _TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
 
 
 def read_blocks(base: Path, head: dict, channel: int, frames: int) -> Iterator[np.ndarray]:
-    """Lead ``channel`` of the record in mV, in blocks of about ``frames`` samples (formats 212, 16)."""
+    """Lead ``channel`` of the record in mV, in blocks of about ``frames`` samples (212 or 16)."""
     sig = head["signals"][channel]
     scale = _TO_MV.get(sig["units"].lower())
     if scale is None:
