@@ -13,7 +13,8 @@ pytestmark = pytest.mark.device_install
                                     "edgeexit.runtime.preprocess", "edgeexit.runtime.stream",
                                     "edgeexit.data",
                                     "edgeexit.metrics", "edgeexit.runtime.install",
-                                    "edgeexit.runtime.signing", "edgeexit.runtime.verify"])
+                                    "edgeexit.runtime.signing", "edgeexit.runtime.verify",
+                                    "edgeexit.data.bench"])
 def test_module_imports_without_torch(module):
     code = (
         f"import sys, {module}\n"
