@@ -24,7 +24,6 @@ population (``edgeexit calibrate``); it needs only the runtime (no torch).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -611,7 +610,13 @@ def calibrate_bundle(
     """
     from edgeexit.runtime.backends import get_backend
     from edgeexit.runtime.engine import Engine
-    from edgeexit.runtime.manifest import MANIFEST, CalibrationRecord, PolicySpec, read_manifest
+    from edgeexit.runtime.manifest import (
+        MANIFEST,
+        CalibrationRecord,
+        PolicySpec,
+        manifest_bytes,
+        read_manifest,
+    )
 
     root = Path(bundle)
     engine = Engine.from_bundle(root, backend=backend, threads=1, policy="fixed")
@@ -676,9 +681,7 @@ def calibrate_bundle(
             report["exit_choice"] = choice
     if dry_run:
         return report
-    text = json.loads((root / MANIFEST).read_text())
-    text["policy"] = spec.to_dict()
-    data = (json.dumps(text, indent=2) + "\n").encode()
+    data = manifest_bytes(dataclasses.replace(manifest, policy=spec))
     atomic_write(root / MANIFEST, lambda f: f.write(data))
     read_manifest(root)  # the written manifest parses
     from edgeexit.runtime.signing import SIGNATURE

@@ -15,6 +15,7 @@ staging directory, a temporary link, or a bundle directory neither current nor p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -31,16 +32,15 @@ import numpy as np
 from edgeexit.fileio import pack_directory
 from edgeexit.runtime.engine import Engine
 from edgeexit.runtime.install import CURRENT, STAGING, check_bundle, install_bundle
-from edgeexit.runtime.manifest import MANIFEST, read_manifest
+from edgeexit.runtime.manifest import MANIFEST, manifest_bytes, read_manifest
 
 
 def make_archive(bundle: Path, work: Path, version: int) -> Path:
     """``bundle`` packed as ``work/v{version}.tar.gz`` with manifest bundle_version = version."""
     src = work / "src" / f"v{version}" / bundle.name
     shutil.copytree(bundle, src)
-    d = json.loads((src / MANIFEST).read_text())
-    d["bundle_version"] = version
-    (src / MANIFEST).write_text(json.dumps(d, indent=2) + "\n")
+    manifest = dataclasses.replace(read_manifest(src), bundle_version=version)
+    (src / MANIFEST).write_bytes(manifest_bytes(manifest))
     (src / "manifest.sig").unlink(missing_ok=True)  # the version changed: a signature would not hold
     archive = pack_directory(src, work / f"v{version}.tar.gz")
     shutil.rmtree(src.parent)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 import os
 import shutil
@@ -84,9 +83,10 @@ from edgeexit.runtime.manifest import (
     Provenance,
     SegmentEntry,
     TargetInfo,
-    add_sizes,
+    manifest_bytes,
     read_manifest,
     sha256_file,
+    with_sizes,
 )
 from edgeexit.runtime.policy import POLICIES, make_policy, softmax
 from edgeexit.targets import load_target
@@ -872,7 +872,8 @@ def export_bundle(
             }),
         )
         manifest = dataclasses.replace(manifest, bundle_version=config.bundle_version)
-        (tmp / MANIFEST).write_text(json.dumps(add_sizes(manifest.to_dict(), tmp), indent=2) + "\n")
+        manifest = with_sizes(manifest, tmp)
+        (tmp / MANIFEST).write_bytes(manifest_bytes(manifest))
         os.chmod(tmp, 0o755)
         _install(tmp, out)
     except BaseException:

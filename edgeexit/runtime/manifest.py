@@ -639,19 +639,31 @@ def _artifact(d: dict) -> Artifact:
                     sha256=str(d["sha256"]), size=None if size is None else int(size))
 
 
-def add_sizes(d: dict, root: str | os.PathLike) -> dict:
-    """Set ``size`` (bytes, from the files in ``root``) on every file entry of the manifest dict
-    ``d`` that lacks one (segments, monolithic, golden); returns ``d``, changed in place."""
+def with_sizes(manifest: Manifest, root: str | os.PathLike) -> Manifest:
+    """``manifest`` with ``size`` (bytes, from the files in ``root``) set on every file entry that
+    lacks one (segments, monolithic, golden)."""
     root = Path(root)
-    entries = [a for s in d.get("segments") or () for a in s.get("artifacts") or ()]
-    if d.get("monolithic"):
-        entries += list(d["monolithic"].get("artifacts") or ())
-    if d.get("golden", {}).get("file"):
-        entries.append(d["golden"])
-    for e in entries:
-        if e.get("size") is None:
-            e["size"] = (root / e["file"]).stat().st_size
-    return d
+
+    def sized(a: Artifact) -> Artifact:
+        return a if a.size is not None else dataclasses.replace(a, size=(root / a.file).stat().st_size)
+
+    def segment(s: SegmentEntry) -> SegmentEntry:
+        return dataclasses.replace(s, artifacts=tuple(sized(a) for a in s.artifacts))
+
+    golden = manifest.golden
+    if golden.file and golden.size is None:
+        golden = dataclasses.replace(golden, size=(root / golden.file).stat().st_size)
+    return dataclasses.replace(
+        manifest,
+        segments=tuple(segment(s) for s in manifest.segments),
+        monolithic=None if manifest.monolithic is None else segment(manifest.monolithic),
+        golden=golden,
+    )
+
+
+def manifest_bytes(manifest: Manifest) -> bytes:
+    """The ``manifest.json`` text of ``manifest`` (the only way a manifest is written)."""
+    return (json.dumps(manifest.to_dict(), indent=2) + "\n").encode()
 
 
 def check_chain(manifest: Manifest) -> None:

@@ -32,7 +32,13 @@ from pathlib import Path
 from edgeexit.errors import ConfigError
 from edgeexit.runtime.archive import pack_directory
 from edgeexit.runtime.atomic import atomic_write
-from edgeexit.runtime.manifest import MANIFEST, BundleError, add_sizes, load_manifest
+from edgeexit.runtime.manifest import (
+    MANIFEST,
+    BundleError,
+    load_manifest,
+    manifest_bytes,
+    with_sizes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -248,21 +254,19 @@ def sign_bundle(bundle: str | os.PathLike, key: str | os.PathLike,
         raise ConfigError(f"{root} is a file: sign the bundle directory (unpack the .tar.gz first); "
                           "BUNDLE.tar.gz beside it is packed again")
     priv = load_private_key(key)
-    load_manifest(root)  # never sign a bundle whose files do not match their hashes
-    raw = (root / MANIFEST).read_bytes()
-    d = json.loads(raw)
-    before = json.dumps(d, sort_keys=True)
-    add_sizes(d, root)
+    found = load_manifest(root)  # never sign a bundle whose files do not match their hashes
     if bundle_version is not None:
         if isinstance(bundle_version, bool) or not isinstance(bundle_version, int) or bundle_version < 1:
             raise ConfigError(f"bundle version must be an integer >= 1, got {bundle_version!r}")
-        d["bundle_version"] = bundle_version
-    elif "bundle_version" not in d:
-        d["bundle_version"] = 1
-    if json.dumps(d, sort_keys=True) != before:
-        raw = (json.dumps(d, indent=2) + "\n").encode()
+    elif found.bundle_version == 0:  # written before bundle versions: the first
+        bundle_version = 1
+    manifest = with_sizes(found, root)
+    if bundle_version is not None:
+        manifest = dataclasses.replace(manifest, bundle_version=bundle_version)
+    raw = (root / MANIFEST).read_bytes()
+    if manifest != found:  # sizes or the version added: the manifest signed is the one rewritten
+        raw = manifest_bytes(manifest)
         atomic_write(root / MANIFEST, lambda f: f.write(raw))
-    manifest = load_manifest(root)
     pub = priv.public_key()
     fp = fingerprint(pub)
     sig = {

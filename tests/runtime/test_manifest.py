@@ -19,6 +19,8 @@ from edgeexit.runtime.manifest import (
     InputSpec,
     Manifest,
     load_manifest,
+    manifest_bytes,
+    with_sizes,
 )
 from edgeexit.runtime.verify import verify_bundle
 
@@ -33,6 +35,17 @@ def test_a_manifest_read_and_written_again_is_the_same_json(path):
     m = Manifest.from_dict(json.loads(text))
     assert m.to_dict() == json.loads(text)
     assert json.dumps(m.to_dict(), indent=2) + "\n" == text  # same keys, same order, same nulls
+
+
+def test_sizes_a_manifest_lacks_are_added_where_add_sizes_put_them():
+    text = (OLD_BUNDLE / "manifest.json").read_text()
+    d = json.loads(text)
+    for a in [a for s in d["segments"] for a in s["artifacts"]] + [d["golden"]]:
+        del a["size"]
+    m = Manifest.from_dict(d)
+    assert [a.size for a in m.artifacts()] == [None] * 5
+    assert manifest_bytes(with_sizes(m, OLD_BUNDLE)).decode() == text
+    assert manifest_bytes(load_manifest(OLD_BUNDLE)).decode() == text
 
 
 def test_a_bundle_written_before_the_typed_manifest_loads_verifies_and_runs():
