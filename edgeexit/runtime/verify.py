@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeexit.errors import EdgeExitError
+from edgeexit.runtime.archive import open_bundle
 from edgeexit.runtime.backends import backend_for_format, get_backend
 from edgeexit.runtime.engine import (
     Engine,
@@ -33,7 +34,6 @@ from edgeexit.runtime.engine import (
     default_threads,
     shape_problems,
 )
-from edgeexit.runtime.archive import open_bundle
 from edgeexit.runtime.manifest import GOLDEN, Manifest, check_chain, read_manifest, verify_hashes
 
 log = logging.getLogger(__name__)
