@@ -202,18 +202,25 @@ class TrainConfig:
         d["method_config"] = self.method_config.to_dict()
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """The config :meth:`to_dict` wrote (a checkpoint's record, a recipe's ``[train]``
+        table); missing keys keep their defaults, unknown ones raise :class:`ConfigError`."""
+        from edgeexit.config import dataclass_from_dict
+
+        d = dict(d)
+        if d.get("exit_weights") is not None:
+            d["exit_weights"] = tuple(d["exit_weights"])
+        if d.get("method_config") is not None:
+            d["method_config"] = make_method_config(d.get("method", "standard"), d["method_config"])
+        return dataclass_from_dict(cls, d, "train config keys")
+
 
 def recorded_train_config(meta: dict | None) -> TrainConfig:
     """The :class:`TrainConfig` a checkpoint records in its ``meta`` (defaults where it has none):
     export rebuilds training's validation split with it, cross-fitting retrains with it."""
-    from edgeexit.config import dataclass_from_dict
-
-    tc = dict((meta or {}).get("train_config") or {})
-    if tc.get("exit_weights") is not None:
-        tc["exit_weights"] = tuple(tc["exit_weights"])
-    if tc.get("method_config") is not None:
-        tc["method_config"] = make_method_config(tc.get("method", "standard"), tc["method_config"])
-    return dataclass_from_dict(TrainConfig, tc, "train config keys") if tc else TrainConfig()
+    tc = (meta or {}).get("train_config") or {}
+    return TrainConfig.from_dict(tc) if tc else TrainConfig()
 
 
 def train(

@@ -1,0 +1,218 @@
+"""The ``edgeexit`` group, its error handling and exit codes, and what the commands share: option
+groups in ``--help``, JSON output, list parsing, progress bars and common options.
+
+Imports neither torch nor onnx (a test checks it): the device installs only the runtime, and
+``edgeexit --help`` must work there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterable, Sequence
+
+import click
+
+from edgeexit import __version__
+from edgeexit.errors import EdgeExitError, ExitStatus
+
+# Packages of the [host] extra: a device with only [runtime] installed lacks them.
+_HOST_MODULES = {"torch", "wfdb", "tqdm", "onnx", "onnxscript", "torch_pruning", "litert_torch"}
+
+
+class Failure(click.ClickException):
+    """A one-line ``Error: ...`` and :attr:`ExitStatus.ERROR`."""
+
+    exit_code = ExitStatus.ERROR
+
+
+class GroupedCommand(click.Command):
+    """A command whose ``--help`` lists its options under headings.
+
+    Click has no option groups of its own; this formatter is all ``edgeexit`` needs of them
+    (cloup and click-option-group offer more, at the price of a dependency on the device).
+
+    Args:
+        option_groups: ``(heading, (parameter name, ...))`` pairs, in the order shown; options in
+            no group are listed last, under "Other options".
+    """
+
+    def __init__(self, *args, option_groups: Sequence[tuple[str, Sequence[str]]] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.option_groups = tuple((title, tuple(names)) for title, names in option_groups)
+        known = {p.name for p in self.params}
+        unknown = [n for _, names in self.option_groups for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"{self.name}: option groups name unknown parameters {unknown}")
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        records = {p.name: p.get_help_record(ctx) for p in self.get_params(ctx)
+                   if not isinstance(p, click.Argument)}
+        # one column width for every section, so that the groups line up as one table
+        width = min(max((len(r[0]) for r in records.values() if r), default=0), 30)
+        records = {n: (r[0].ljust(width), r[1]) if r else r for n, r in records.items()}
+        placed: set[str] = set()
+        for title, names in self.option_groups:
+            placed.update(names)
+            rows = [records[n] for n in names if records.get(n)]
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+        rest = [r for n, r in records.items() if r and n not in placed]
+        if rest:
+            with formatter.section("Other options" if self.option_groups else "Options"):
+                formatter.write_dl(rest)
+
+
+class EdgeExitGroup(click.Group):
+    """Turns every :class:`EdgeExitError` into a one-line ``Error: ...`` and exit status 1; a
+    missing host package into a line saying how to install it."""
+
+    command_class = GroupedCommand
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgeExitError as e:
+            raise Failure(str(e)) from None
+        except ModuleNotFoundError as e:
+            if e.name not in _HOST_MODULES:
+                raise
+            raise Failure(
+                f"this command needs {e.name}, part of the host install (the device install has "
+                "only the runtime): pip install -c constraints.txt 'edgeexit[host]'"
+            ) from None
+
+
+EdgeExitGroup.group_class = EdgeExitGroup
+
+
+@click.group(cls=EdgeExitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeexit")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages too.")
+@click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only.")
+def main(verbose: bool, quiet: bool) -> None:
+    """edgeexit: robust multi-exit ECG classifiers, from training to Raspberry Pi-class devices.
+
+    Train a multi-exit model on the built-in synthetic ECG or on MIT-BIH records, inspect data
+    sets and checkpoints. Logs go to stderr; results to stdout (human text, or JSON with --json).
+    """
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    # our own messages at the chosen level; the converters' (onnxscript, torch) chatter only when -v
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("edgeexit").setLevel(level)
+
+
+def exit_with(status: ExitStatus) -> None:
+    """End the command with ``status`` (after its report was printed)."""
+    sys.exit(status)
+
+
+def echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2))
+
+
+def echo_result(as_json: bool, obj, text: Callable[[], str | None]) -> None:
+    """Print ``obj`` as JSON, or the text ``text()`` makes of it (nothing for None)."""
+    if as_json:
+        echo_json(obj)
+        return
+    out = text()
+    if out is not None:
+        click.echo(out)
+
+
+def stage_printer(enabled: bool = True) -> Callable[[str], None] | None:
+    """``... stage`` lines on stderr, or None when ``enabled`` is false."""
+    return (lambda s: click.echo(f"... {s}", err=True)) if enabled else None
+
+
+def names(text: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` -> ``("a", "b", "c")``: a comma-separated option, blanks dropped."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def floats(text: str) -> tuple[float, ...]:
+    """``"0.05,0.1"`` -> ``(0.05, 0.1)``; anything else is a bad parameter."""
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def parse_exits(text: str | None) -> tuple[int, ...] | None:
+    """``--exits 0,2,3`` -> (0, 2, 3); None -> None (all). Range and the final exit are checked
+    against the model by the export."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        vals = tuple(int(p) for p in parts if p)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give comma-separated model exit indices, e.g. 0,3",
+                                 param_hint="--exits") from None
+    if not vals or any(v < 0 for v in vals):
+        raise click.BadParameter(f"{text!r}: give comma-separated model exit indices >= 0, e.g. 0,3",
+                                 param_hint="--exits")
+    return vals
+
+
+def read_json_file(path: str, option: str):
+    """The JSON report at ``path``, or a bad-parameter error naming ``option``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.loads(f.read())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise click.BadParameter(f"not a JSON report ({e})", param_hint=option)
+
+
+class ProgressBars:
+    """tqdm bars on stderr, one per name, made on first use; nothing when not ``enabled`` (e.g.
+    stderr is not a terminal). Use as a context manager, so that the bars close."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bars: dict = {}
+
+    def ticker(self, name: str, unit: str = "it") -> Callable[[int, int], None]:
+        """A ``(done, total)`` callback that moves bar ``name``."""
+        def tick(done: int, total: int) -> None:
+            self.update(name, done, total, unit)
+        return tick
+
+    def update(self, name: str, done: int, total: int, unit: str = "it", note: str | None = None):
+        if not self.enabled:
+            return
+        if name not in self.bars:
+            from tqdm import tqdm
+
+            self.bars[name] = tqdm(total=total, desc=name, unit=unit, leave=False)
+        bar = self.bars[name]
+        if note is not None:
+            bar.set_postfix_str(note)
+        bar.update(done - bar.n)
+
+    def __enter__(self) -> ProgressBars:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for b in self.bars.values():
+            b.close()
+
+
+def apply(options: Iterable[Callable]) -> Callable:
+    """A decorator applying ``options`` (click option decorators) in the order listed."""
+    options = list(options)
+
+    def decorate(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return decorate
+
+
+def interactive(progress: bool) -> bool:
+    """Draw progress bars only when asked and stderr is a terminal."""
+    return progress and sys.stderr.isatty()

@@ -1,0 +1,109 @@
+"""Options several commands share, as decorators (datasette's ``@sqlite_extensions`` pattern),
+and what turns them into library arguments."""
+
+from __future__ import annotations
+
+import click
+
+from edgeexit.cli.app import apply, read_json_file
+
+backend_option = click.option(
+    "--backend", type=click.Choice(["auto", "onnxruntime", "litert"]), default="auto",
+    show_default=True, help="Inference engine (auto: the target's preferred format if installed).")
+threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
+                              help="Threads (default: the target's, capped at the CPUs here).")
+trusted_option = click.option(
+    "--trusted-keys", "trusted_keys", default=None, type=click.Path(exists=True),
+    help="Accept only bundles signed by these public keys (a KEY.pub or a directory of them; "
+         "default: the device config, $EDGEEXIT_CONFIG or /etc/edgeexit/device.toml).")
+into_option = click.option("--into", "into", required=True, type=click.Path(file_okay=False),
+                           help="Install directory (DIR/current is the bundle that serves).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+
+POLICY_PARAMS = ("policy", "thresholds", "exit_index", "budget", "costs_file")
+policy_options = apply([
+    click.option("--policy", type=click.Choice(["max_prob", "entropy", "ensemble", "fixed", "budget"]),
+                 default=None, help="Exit policy (default: the bundle's calibrated one)."),
+    click.option("--thresholds", default=None, help="Override thresholds, e.g. 0.9,0.9,0.95."),
+    click.option("--exit", "exit_index", type=int, default=None, help="The exit of --policy fixed."),
+    click.option("--budget", "budget", default=None, metavar="LIMIT",
+                 help="The limit of --policy budget per input: latency (40us, 0.1ms: the live "
+                      "clock) or energy (0.05mJ, 50uJ: predicted per-segment energy)."),
+    click.option("--costs", "costs_file", default=None, type=click.Path(dir_okay=False),
+                 help="--policy budget: a `bench --json` report whose per-segment latency/energy "
+                      "predicts each segment's cost (default: the costs the bundle records)."),
+])
+
+bound_options = apply([  # shared by export and calibrate
+    click.option("--confidence", default=0.9, show_default=True,
+                 help="The accuracy loss's interval at this level (a bootstrap over "
+                      "records) must stay within the margin; 0: only the pooled loss."),
+    click.option("--ensemble-weights", type=click.Choice(["auto", "equal"]), default="auto",
+                 show_default=True,
+                 help="ensemble policy: auto lets calibration weight later exits more where "
+                      "an equal average would lose to the final exit; equal: the plain mean."),
+])
+
+STREAM_PARAMS = ("stream", "fs", "units", "adc_gain", "adc_zero", "dtype", "n_channels", "channel",
+                 "block_seconds", "realtime", "summary_only", "as_json")
+stream_options = apply([  # `run --stream` (streaming beat classification)
+    click.option("--stream", "stream", default=None, metavar="SOURCE",
+                 help="Classify the beats of a live signal instead of windows: a WFDB record "
+                      "(.../mitdb/100), a .csv/.txt file (one sample per line, or columns and "
+                      "--channel), a raw binary file (--dtype), or - for stdin as it arrives."),
+    click.option("--fs", type=float, default=None, help="[--stream] Sampling rate in Hz (not for WFDB)."),
+    click.option("--units", type=click.Choice(["mV", "uV", "adc"], case_sensitive=False),
+                 default="mV", show_default=True,
+                 help="[--stream] Sample units; adc: (value - --adc-zero) / --adc-gain."),
+    click.option("--adc-gain", type=float, default=200.0, show_default=True,
+                 help="[--stream] ADC units per mV (--units adc)."),
+    click.option("--adc-zero", type=float, default=0.0, show_default=True,
+                 help="[--stream] ADC value of 0 mV (--units adc)."),
+    click.option("--dtype", default=None,
+                 help="[--stream] Raw binary samples of this type (float32, int16, ...)."),
+    click.option("--channels", "n_channels", type=int, default=1, show_default=True,
+                 help="[--stream] Interleaved channels per frame of a raw binary source."),
+    click.option("--channel", type=int, default=None,
+                 help="[--stream] Channel / CSV column to use, from 0 (WFDB default: MLII)."),
+    click.option("--block-seconds", type=float, default=1.0, show_default=True,
+                 help="[--stream] Signal seconds read per block."),
+    click.option("--realtime", is_flag=True, help="[--stream] Pace reading to the sampling rate."),
+    click.option("--summary-only", is_flag=True, help="[--stream] Print only the summary."),
+    click.option("--json", "as_json", is_flag=True,
+                 help="[--stream] Print the summary as a JSON line on stdout (default: text on stderr)."),
+])
+
+
+def policy_args(bundle, policy=None, thresholds=None, exit_index=None, budget=None,
+                costs_file=None) -> dict:
+    """The engine's policy arguments from the policy options (``--policy budget``: its limit and
+    the per-segment costs it is checked against, from ``--costs`` or the bundle)."""
+    t = None
+    if thresholds:
+        try:
+            t = [float(v) for v in thresholds.split(",")]
+        except ValueError:
+            raise click.BadParameter("thresholds are comma-separated numbers", param_hint="--thresholds")
+    args = {"policy": policy, "thresholds": t, "exit_index": exit_index}
+    if (budget is not None or costs_file is not None) and policy != "budget":
+        raise click.UsageError("--budget and --costs go with --policy budget")
+    if policy == "budget":
+        from edgeexit.runtime.manifest import load_manifest
+        from edgeexit.runtime.profile import budget_costs, parse_budget
+
+        if budget is None:
+            raise click.UsageError("--policy budget needs --budget LIMIT (e.g. 40us or 0.05mJ)")
+        limit, unit = parse_budget(budget)
+        bench = None if costs_file is None else read_json_file(costs_file, "--costs")
+        manifest = load_manifest(bundle, check_hashes=False)
+        args["budget"] = {"limit": limit, "unit": unit,
+                          "segment_costs": budget_costs(unit, bench, manifest)}
+    return args
+
+
+def open_engine(bundle, backend, threads, trusted_keys, policy: dict, **kwargs):
+    """:meth:`Engine.from_bundle` with the policy options (``policy``: their values by name)."""
+    from edgeexit.runtime.engine import Engine
+
+    return Engine.from_bundle(bundle, backend=backend, threads=threads, trusted_keys=trusted_keys,
+                              **kwargs, **policy_args(bundle, **policy))
