@@ -54,6 +54,7 @@ from edgeexit.metrics import classification_report, headline_macro_f1
 from edgeexit.plots import pyplot, save_png
 from edgeexit.robust.attacks import PGD, MaxAvgPGD, PolicyCE
 from edgeexit.robust.context import MorphContext, record_templates
+from edgeexit.runtime.manifest import PolicySpec, Provenance
 from edgeexit.summary import machine_info
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class _Target:
     ckpt_path: Path
     engine: object | None = None  # edgeexit.runtime.Engine for a bundle
     exits: tuple[int, ...] = ()  # model exit answered by each deployed segment
-    policy: dict | None = None  # the deployed policy (manifest.policy)
+    policy: PolicySpec | None = None  # the deployed policy (manifest.policy)
     macs: tuple[int, ...] = ()  # cumulative MACs up to each deployed segment
 
     def policy_objective(self) -> PolicyCE:
@@ -183,8 +184,7 @@ class _Target:
         if self.policy is None:
             return PolicyCE("ensemble")
         p = self.policy
-        return PolicyCE(p["name"], p.get("thresholds"), p.get("weights"), p.get("exit_index"),
-                        exits=self.exits)
+        return PolicyCE(p.name, p.thresholds, p.weights, p.exit_index, exits=self.exits)
 
     @property
     def signal_channels(self) -> int:
@@ -192,7 +192,7 @@ class _Target:
         return int(self.ckpt.input_spec.get("signal_channels", 1))
 
     def policy_name(self) -> str:
-        return "ensemble (all exits)" if self.policy is None else f"deployed {self.policy['name']}"
+        return "ensemble (all exits)" if self.policy is None else f"deployed {self.policy.name}"
 
 
 def _load_target(target: str | os.PathLike, checkpoint: str | os.PathLike | None,
@@ -219,7 +219,7 @@ def _load_target(target: str | os.PathLike, checkpoint: str | os.PathLike | None
         ckpt = load_checkpoint(ckpt_path)
         macs = tuple(int(v) for v in np.cumsum([seg.macs for seg in manifest.segments]))
         return _Target("bundle", path, ckpt, ckpt_path, engine, tuple(manifest.exits),
-                       manifest.policy.to_dict(), macs)
+                       manifest.policy, macs)
     if path.is_file() and path.name.endswith(".tar.gz"):
         raise ConfigError(f"{path} is an archive: unpack it and give the bundle directory")
     if path.is_dir():
@@ -228,7 +228,7 @@ def _load_target(target: str | os.PathLike, checkpoint: str | os.PathLike | None
     return _Target("checkpoint", path, ckpt, path, None, tuple(range(ckpt.model.num_exits)))
 
 
-def _recorded_checkpoint(bundle: Path, prov) -> Path:
+def _recorded_checkpoint(bundle: Path, prov: Provenance) -> Path:
     rec = prov.checkpoint
     if not rec:
         raise ConfigError(f"{bundle}'s manifest names no source checkpoint: give it with --checkpoint")
@@ -661,7 +661,7 @@ def evaluate(
             "model": t.ckpt.model.config.to_dict() if t.ckpt.model.config else None,
             "method": ((t.ckpt.meta or {}).get("train_config") or {}).get("method", "standard"),
             "policy": t.policy_name(),
-            "deployed_policy": t.policy,
+            "deployed_policy": None if t.policy is None else t.policy.to_dict(),
             "exits": list(t.exits),
             "backend": None if t.engine is None else t.engine.backend,
         },
