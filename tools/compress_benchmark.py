@@ -263,10 +263,13 @@ def table(out: Path, note: str, latency: dict | None) -> str:
 
 def _macs(row: Path) -> int | None:
     """MACs of a row's model as one graph (the bundle manifest's monolithic entry)."""
-    manifest = row / "bundle" / "manifest.json"
-    if not manifest.is_file():
+    from edgeexit.runtime.manifest import read_manifest
+
+    bundle = row / "bundle"
+    if not (bundle / "manifest.json").is_file():
         return None
-    return int(json.loads(manifest.read_text())["monolithic"]["macs"])
+    mono = read_manifest(bundle).monolithic
+    return None if mono is None else mono.macs
 
 
 def main(argv=None) -> int:
