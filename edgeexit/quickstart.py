@@ -122,24 +122,54 @@ def run_quickstart(
     progress: bool = False,
 ) -> dict:
     """Run every stage (see the module docstring) into ``out``; returns the summary."""
-    from edgeexit.calibrate import calibrate_bundle
-    from edgeexit.cv import run_training
-    from edgeexit.data import DataSpec, load_split
-    from edgeexit.data.bench import bench_data
-    from edgeexit.export.bundle import ExportConfig, export_bundle
-    from edgeexit.runtime.engine import Engine
-    from edgeexit.runtime.profile import bench_engine
-    from edgeexit.runtime.verify import verify_bundle
-    from edgeexit.train import TrainConfig
+    from edgeexit.data import DataSpec
 
     out = Path(out)
-    check_output_directory(out, _OURS, "quickstart")
+    model_config = _check_config(out, config)  # refuse bad options before training, not after
+    spec = DataSpec(seed=config.seed)
+    stages = _Stages(on_stage or (lambda name, result: None))
+    t_all = time.perf_counter()
+    deployed = _train_stage(stages, spec, model_config, config, out, progress)
+    if config.prune > 0:
+        t0 = time.perf_counter()
+        result = _compress(deployed, spec, out / "compressed", config, progress)
+        deployed = Path(result["checkpoint"])
+        stages.done("compress", result, t0)
+    bundle = out / "bundle"
+    _deploy(stages, deployed, bundle, spec, config)
+    _bench_stage(stages, bundle, out, config)
+    if config.evaluate:
+        t0 = time.perf_counter()
+        stages.done("evaluate", _short_evaluate(bundle, deployed, out / "evaluate", config), t0)
+    return _write_summary(out, config, stages, t_all)
+
+
+@dataclasses.dataclass
+class _Stages:
+    """Each finished stage's result and seconds, in order; ``report`` is the caller's hook."""
+
+    report: Callable[[str, dict], None]
+    results: dict[str, dict] = dataclasses.field(default_factory=dict)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def done(self, name: str, result: dict, t0: float) -> dict:
+        """Record stage ``name`` (started at ``t0``), report it, and return its result."""
+        self.seconds[name] = round(time.perf_counter() - t0, 1)
+        result = {**result, "elapsed_s": self.seconds[name]}
+        self.results[name] = result
+        self.report(name, result)
+        return result
+
+
+def _check_config(out: Path, config: QuickstartConfig):
+    """Refuse a used output directory, a bad meter, width, exits or prune ratio before training;
+    returns the model's configuration."""
     from edgeexit.runtime.energy import check_spec
 
-    check_spec(config.meter, allow_none=True)  # a bad meter is refused before training
+    check_output_directory(out, _OURS, "quickstart")
+    check_spec(config.meter, allow_none=True)
     from edgeexit.models import ModelConfig, create_model
 
-    # refuse a bad width or bad exits before training, not after
     model_config = ModelConfig(config.model, in_channels=8, num_classes=5,
                                width=quickstart_width(config), exit_heads=config.exit_heads)
     if isinstance(config.exits, tuple):
@@ -148,29 +178,26 @@ def run_quickstart(
         check_exits(config.exits, create_model(model_config).num_exits)
     elif config.exits not in (None, "auto"):
         raise ConfigError(f"exits must be 'auto', None or model exit indices, got {config.exits!r}")
-    if config.prune:  # refuse a bad ratio before training, not after
+    if config.prune:
         from edgeexit.compress.prune import PruneConfig
 
         PruneConfig(ratio=config.prune)
-    report = on_stage or (lambda name, result: None)
-    spec = DataSpec(seed=config.seed)
+    return model_config
+
+
+def _train_stage(stages: _Stages, spec, model_config, config: QuickstartConfig, out: Path,
+                 progress: bool) -> Path:
+    """Train the model into ``out``; returns its checkpoint."""
+    from edgeexit.cv import run_training
+    from edgeexit.train import TrainConfig
+
     tconf = TrainConfig(model=config.model, width=model_config.width,
                         exit_heads=config.exit_heads, epochs=config.epochs, seed=config.seed,
                         threads=config.threads)
-    stages: dict[str, dict] = {}
-    timings: dict[str, float] = {}
-    t_all = time.perf_counter()
-
-    def done(name: str, result: dict, t0: float) -> None:
-        timings[name] = round(time.perf_counter() - t0, 1)
-        result = {**result, "elapsed_s": timings[name]}
-        stages[name] = result
-        report(name, result)
-
     t0 = time.perf_counter()
     trained = run_training(spec, tconf, out, progress=progress)
     m = trained.metrics
-    done("train", {
+    stages.done("train", {
         "model": m["model"]["family"], "width": m["model"]["width"], "params": m["params"],
         "best_epoch": m["best_epoch"],
         "train_beats": m["data"]["train"]["beats"], "val_beats": m["data"]["val"]["beats"],
@@ -179,88 +206,118 @@ def run_quickstart(
                    "accuracy": e["test"]["accuracy"], "macro_f1": e["test"]["macro_f1"]}
                   for e in m["exits"]],
     }, t0)
+    return trained.checkpoint
 
-    deployed = trained.checkpoint
-    if config.prune > 0:
-        t0 = time.perf_counter()
-        result = _compress(trained.checkpoint, spec, out / "compressed", config, progress)
-        deployed = Path(result["checkpoint"])
-        done("compress", result, t0)
 
-    bundle = out / "bundle"
+def _deploy(stages: _Stages, deployed: Path, bundle: Path, spec, config: QuickstartConfig) -> None:
+    """Export, verify and calibrate the bundle; with ``exits="auto"``, again with the exits the
+    first calibration found worth their call (the first is kept as ``first_calibration``)."""
+    from edgeexit.data import load_split
+
     cal_set = load_split(spec, "calibration")
-
-    def export_verify_calibrate(exits) -> dict:
-        t0 = time.perf_counter()
-        exported = export_bundle(deployed, bundle,
-                                 ExportConfig(target=config.target, margin=config.margin,
-                                              exits=exits))
-        r = exported.report
-        done("export", {
-            "bundle": str(bundle), "archive": r["archive"], "target": r["target"],
-            "precision": r["precision"], "formats": r["formats"],
-            "parity": {fmt: {"samples": p["samples"],
-                             "max_abs_err": [e["max_abs_err"] for e in p["exits"]],
-                             "top1_agreement": [e["top1_agreement"] for e in p["exits"]]}
-                       for fmt, p in r["parity"].items()},
-            "export_thresholds": r["policy"]["thresholds"],
-            "exits": r["exits"],
-        }, t0)
-
-        t0 = time.perf_counter()
-        ver = verify_bundle(bundle)
-        done("verify", {"ok": ver.ok, "checks": [c["check"] for c in ver.checks if c["ok"]],
-                        "failed": [c for c in ver.checks if not c["ok"]]}, t0)
-        if not ver.ok:
-            raise ConfigError(f"the exported bundle {bundle} failed verification: "
-                              f"{[c['check'] for c in ver.checks if not c['ok']]}")
-
-        t0 = time.perf_counter()
-        engine = Engine.from_bundle(bundle, backend=config.bench_backend,
-                                    threads=config.bench_threads, load_monolithic=True)
-        n_cost = min(len(cal_set), 512)
-        cost_bench = bench_engine(engine, cal_set.x[:n_cost].astype("float32"), warmup=50).to_dict()
-        cal = calibrate_bundle(bundle, cal_set.x.astype("float32"), cal_set.y, cal_set.groups,
-                               margin=config.margin, confidence=config.confidence,
-                               source=cal_set.source, backend=config.bench_backend,
-                               bench=cost_bench)
-        c = cal["policy"]["calibration"]
-        choice = cal.get("exit_choice")
-        done("calibrate", {
-            "data": cal_set.source, "beats": len(cal_set), "records": c["records"],
-            "policy": cal["policy"]["name"], "thresholds": cal["policy"]["thresholds"],
-            "exits": r["exits"],
-            "segment_cost_us": [s["mean"] for s in cost_bench["latency_us"]["segments"]],
-            "accuracy": c["accuracy"], "final_accuracy": c["final_accuracy"],
-            "loss_points": c["loss_points"], "loss_interval": c["loss_interval"],
-            "confidence": c["confidence"], "exit_fractions": c["exit_fractions"],
-            "cost_ratio": c["cost_ratio"],
-            "exit_choice": None if choice is None else {
-                "best_exits": choice["best"]["exits"],
-                "best_expected_us": choice["best"]["expected_us"],
-                "monolithic_us": choice["monolithic_us"], "per_call_us": choice["per_call_us"],
-                "decision_us": choice["decision_us"],
-                "options": [{k: o[k] for k in ("exits", "expected_us", "feasible")}
-                            for o in choice["options"]]},
-        }, t0)
-        return stages["calibrate"]
-
     auto = config.exits == "auto"
-    first = export_verify_calibrate(None if auto else config.exits)
-    if auto and first["exit_choice"] is not None:
-        best = first["exit_choice"]["best_exits"]
-        if len(best) == 1:
-            log.warning("early exits do not pay on this machine (estimated %.1f us with any exit "
-                        "set against %.1f us for the monolithic model): deploy the monolithic "
-                        "model; the bundle keeps all exits",
-                        min(o["expected_us"] for o in first["exit_choice"]["options"]
-                            if len(o["exits"]) > 1), first["exit_choice"]["monolithic_us"])
-        elif best != first["exits"]:
-            stages["first_calibration"] = first
-            second = export_verify_calibrate(tuple(best))
-            if second["exit_choice"] is not None and len(second["exit_choice"]["best_exits"]) == 1:
-                log.warning("measured again with exits %s, early exits do not pay on this "
-                            "machine: the monolithic model is the faster deployment", best)
+    first = _export_verify_calibrate(stages, deployed, bundle, cal_set,
+                                     None if auto else config.exits, config)
+    if not auto or first["exit_choice"] is None:
+        return
+    best = first["exit_choice"]["best_exits"]
+    if len(best) == 1:
+        log.warning("early exits do not pay on this machine (estimated %.1f us with any exit "
+                    "set against %.1f us for the monolithic model): deploy the monolithic "
+                    "model; the bundle keeps all exits",
+                    min(o["expected_us"] for o in first["exit_choice"]["options"]
+                        if len(o["exits"]) > 1), first["exit_choice"]["monolithic_us"])
+    elif best != first["exits"]:
+        stages.results["first_calibration"] = first
+        second = _export_verify_calibrate(stages, deployed, bundle, cal_set, tuple(best), config)
+        if second["exit_choice"] is not None and len(second["exit_choice"]["best_exits"]) == 1:
+            log.warning("measured again with exits %s, early exits do not pay on this "
+                        "machine: the monolithic model is the faster deployment", best)
+
+
+def _export_verify_calibrate(stages: _Stages, deployed: Path, bundle: Path, cal_set, exits,
+                             config: QuickstartConfig) -> dict:
+    """The export, verify and calibrate stages with ``exits``; returns the calibrate result."""
+    export = _export_stage(stages, deployed, bundle, exits, config)
+    _verify_stage(stages, bundle)
+    return _calibrate_stage(stages, bundle, cal_set, export["exits"], config)
+
+
+def _export_stage(stages: _Stages, deployed: Path, bundle: Path, exits,
+                  config: QuickstartConfig) -> dict:
+    from edgeexit.export.bundle import ExportConfig, export_bundle
+
+    t0 = time.perf_counter()
+    exported = export_bundle(deployed, bundle,
+                             ExportConfig(target=config.target, margin=config.margin, exits=exits))
+    r = exported.report
+    return stages.done("export", {
+        "bundle": str(bundle), "archive": r["archive"], "target": r["target"],
+        "precision": r["precision"], "formats": r["formats"],
+        "parity": {fmt: {"samples": p["samples"],
+                         "max_abs_err": [e["max_abs_err"] for e in p["exits"]],
+                         "top1_agreement": [e["top1_agreement"] for e in p["exits"]]}
+                   for fmt, p in r["parity"].items()},
+        "export_thresholds": r["policy"]["thresholds"],
+        "exits": r["exits"],
+    }, t0)
+
+
+def _verify_stage(stages: _Stages, bundle: Path) -> None:
+    from edgeexit.runtime.verify import verify_bundle
+
+    t0 = time.perf_counter()
+    ver = verify_bundle(bundle)
+    stages.done("verify", {"ok": ver.ok, "checks": [c["check"] for c in ver.checks if c["ok"]],
+                           "failed": [c for c in ver.checks if not c["ok"]]}, t0)
+    if not ver.ok:
+        raise ConfigError(f"the exported bundle {bundle} failed verification: "
+                          f"{[c['check'] for c in ver.checks if not c['ok']]}")
+
+
+def _calibrate_stage(stages: _Stages, bundle: Path, cal_set, exits, config: QuickstartConfig) -> dict:
+    """Time each segment on the calibration windows, then calibrate the thresholds against it."""
+    from edgeexit.calibrate import calibrate_bundle
+    from edgeexit.runtime.engine import Engine
+    from edgeexit.runtime.profile import bench_engine
+
+    t0 = time.perf_counter()
+    engine = Engine.from_bundle(bundle, backend=config.bench_backend,
+                                threads=config.bench_threads, load_monolithic=True)
+    n_cost = min(len(cal_set), 512)
+    cost_bench = bench_engine(engine, cal_set.x[:n_cost].astype("float32"), warmup=50).to_dict()
+    cal = calibrate_bundle(bundle, cal_set.x.astype("float32"), cal_set.y, cal_set.groups,
+                           margin=config.margin, confidence=config.confidence,
+                           source=cal_set.source, backend=config.bench_backend,
+                           bench=cost_bench)
+    c = cal["policy"]["calibration"]
+    choice = cal.get("exit_choice")
+    return stages.done("calibrate", {
+        "data": cal_set.source, "beats": len(cal_set), "records": c["records"],
+        "policy": cal["policy"]["name"], "thresholds": cal["policy"]["thresholds"],
+        "exits": exits,
+        "segment_cost_us": [s["mean"] for s in cost_bench["latency_us"]["segments"]],
+        "accuracy": c["accuracy"], "final_accuracy": c["final_accuracy"],
+        "loss_points": c["loss_points"], "loss_interval": c["loss_interval"],
+        "confidence": c["confidence"], "exit_fractions": c["exit_fractions"],
+        "cost_ratio": c["cost_ratio"],
+        "exit_choice": None if choice is None else {
+            "best_exits": choice["best"]["exits"],
+            "best_expected_us": choice["best"]["expected_us"],
+            "monolithic_us": choice["monolithic_us"], "per_call_us": choice["per_call_us"],
+            "decision_us": choice["decision_us"],
+            "options": [{k: o[k] for k in ("exits", "expected_us", "feasible")}
+                        for o in choice["options"]]},
+    }, t0)
+
+
+def _bench_stage(stages: _Stages, bundle: Path, out: Path, config: QuickstartConfig) -> None:
+    """The test windows through the policy, all exits and the monolithic model (``edgeexit
+    bench``), with the energy phase and the report with plots (``OUT/report``)."""
+    from edgeexit.data.bench import bench_data
+    from edgeexit.report import write_bench_report
+    from edgeexit.runtime.engine import Engine
+    from edgeexit.runtime.profile import bench_engine
 
     t0 = time.perf_counter()
     engine = Engine.from_bundle(bundle, backend=config.bench_backend, threads=config.bench_threads,
@@ -276,22 +333,20 @@ def run_quickstart(
     bench["bundle"] = str(bundle)
     if meter is not None:
         bench["energy"]["chosen"] = why
-    from edgeexit.report import write_bench_report
-
     bench["report"] = write_bench_report(bench, out / "report")
-    done("bench", bench, t0)
-    if config.evaluate:
-        t0 = time.perf_counter()
-        done("evaluate", _short_evaluate(bundle, deployed, out / "evaluate", config), t0)
+    stages.done("bench", bench, t0)
 
+
+def _write_summary(out: Path, config: QuickstartConfig, stages: _Stages, t_all: float) -> dict:
+    """Write ``OUT/summary.json`` and ``OUT/summary.md``; returns the summary."""
     summary = {
         "command": "edgeexit quickstart",
         "config": config.to_dict(),
         "out": str(out),
         "machine": machine_info(),
         "elapsed_s": round(time.perf_counter() - t_all, 1),
-        "stage_seconds": timings,
-        "stages": stages,
+        "stage_seconds": stages.seconds,
+        "stages": stages.results,
     }
     text = json.dumps(summary, indent=2).encode()
     atomic_write(out / SUMMARY_JSON, lambda f: f.write(text))
@@ -386,48 +441,71 @@ def _pct(v: float) -> str:
 def summary_markdown(s: dict) -> str:
     """The summary as Markdown: one table per stage."""
     st = s["stages"]
-    t, e, c, b = st["train"], st["export"], st["calibrate"], st["bench"]
     mach = s["machine"]
     lines = [
-        f"# edgeexit quickstart: {t['model']} on synthetic ECG for {e['target']}",
+        f"# edgeexit quickstart: {st['train']['model']} on synthetic ECG for {st['export']['target']}",
         "",
         f"Measured on {mach['cpu']} ({mach['cpus']} CPUs, {mach['machine']}, Python {mach['python']}); "
         f"{s['elapsed_s']} s in all. Results differ between machines.",
         "",
+    ]
+    lines += _md_train(st["train"])
+    if st.get("compress"):
+        lines += _md_compress(st["compress"])
+    lines += _md_export(st["export"]) + _md_verify(st["verify"]) + _md_calibrate(st["calibrate"])
+    lines += _md_bench(st["bench"])
+    if st.get("evaluate"):
+        lines += _md_evaluate(st["evaluate"])
+    return "\n".join(lines)
+
+
+def _md_train(t: dict) -> list[str]:
+    lines = [
         f"## Train ({t['elapsed_s']} s): width {t['width']:g}, {t['params']:,} parameters, "
         f"best epoch {t['best_epoch']}, {t['train_beats']} training / {t['val_beats']} validation / {t['test_beats']} test beats",
         "",
         "| exit | MACs to exit | test accuracy | macro-F1 |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {x['index']} | {x['cumulative_macs']:,} | {_pct(x['accuracy'])} | {x['macro_f1']:.3f} |"
-              for x in t["exits"]]
-    cs = st.get("compress")
-    if cs:
-        lines += [
-            "",
-            f"## Compress ({cs['elapsed_s']} s): pruned {cs['prune']:g} of the channels, "
-            f"fine-tuned {cs['finetune_epochs']} epochs (`{cs['checkpoint']}`)",
-            "",
-            "| model | parameters | MACs | test accuracy | macro-F1 | one-graph latency (us, "
-            f"{cs['latency_backend']}, batch 1) |",
-            "|---|---|---|---|---|---|",
-        ]
-        for i, name in enumerate(("original", "compressed")):
-            acc, f1 = cs["accuracy"][i], cs["macro_f1"][i]
-            lines.append(
-                f"| {name} | {cs['params'][i]:,} | {cs['macs'][i]:,} | "
-                f"{'-' if acc is None else _pct(acc)} | {'-' if f1 is None else f'{f1:.3f}'} | "
-                f"{cs['latency_us'][i]:.1f}" + (f" ({cs['latency_ratio']:.2f}x) |" if i else " |"))
-    lines += ["", f"## Export ({e['elapsed_s']} s): {e['precision']}, {', '.join(e['formats'])}", "",
-              "| format | max abs logit error per exit | top-1 agreement per exit |", "|---|---|---|"]
-    lines += [f"| {fmt} | {' / '.join(f'{v:.2g}' for v in p['max_abs_err'])} | "
-              f"{' / '.join(_pct(v) for v in p['top1_agreement'])} |" for fmt, p in e["parity"].items()]
-    v = st["verify"]
-    lines += ["", f"## Verify ({v['elapsed_s']} s): {'verified' if v['ok'] else 'MISMATCH'} "
-              f"({', '.join(v['checks'])})", ""]
+    return lines + [f"| {x['index']} | {x['cumulative_macs']:,} | {_pct(x['accuracy'])} | {x['macro_f1']:.3f} |"
+                    for x in t["exits"]]
+
+
+def _md_compress(cs: dict) -> list[str]:
+    lines = [
+        "",
+        f"## Compress ({cs['elapsed_s']} s): pruned {cs['prune']:g} of the channels, "
+        f"fine-tuned {cs['finetune_epochs']} epochs (`{cs['checkpoint']}`)",
+        "",
+        "| model | parameters | MACs | test accuracy | macro-F1 | one-graph latency (us, "
+        f"{cs['latency_backend']}, batch 1) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, name in enumerate(("original", "compressed")):
+        acc, f1 = cs["accuracy"][i], cs["macro_f1"][i]
+        lines.append(
+            f"| {name} | {cs['params'][i]:,} | {cs['macs'][i]:,} | "
+            f"{'-' if acc is None else _pct(acc)} | {'-' if f1 is None else f'{f1:.3f}'} | "
+            f"{cs['latency_us'][i]:.1f}" + (f" ({cs['latency_ratio']:.2f}x) |" if i else " |"))
+    return lines
+
+
+def _md_export(e: dict) -> list[str]:
+    lines = ["", f"## Export ({e['elapsed_s']} s): {e['precision']}, {', '.join(e['formats'])}", "",
+             "| format | max abs logit error per exit | top-1 agreement per exit |", "|---|---|---|"]
+    return lines + [f"| {fmt} | {' / '.join(f'{v:.2g}' for v in p['max_abs_err'])} | "
+                    f"{' / '.join(_pct(v) for v in p['top1_agreement'])} |"
+                    for fmt, p in e["parity"].items()]
+
+
+def _md_verify(v: dict) -> list[str]:
+    return ["", f"## Verify ({v['elapsed_s']} s): {'verified' if v['ok'] else 'MISMATCH'} "
+            f"({', '.join(v['checks'])})", ""]
+
+
+def _md_calibrate(c: dict) -> list[str]:
     lo, hi = c["loss_interval"]
-    lines += [
+    return [
         f"## Calibrate ({c['elapsed_s']} s): {c['policy']} on {c['beats']} beats of {c['records']} "
         "new simulated patients (neither training nor test)",
         "",
@@ -440,8 +518,11 @@ def summary_markdown(s: dict) -> str:
         f"{lo:.2f} .. {hi:.2f} | {c['cost_ratio']:.2f} |",
         "",
     ]
+
+
+def _md_bench(b: dict) -> list[str]:
     a, lat, ra = b.get("accuracy", {}), b["latency_us"], b["ratios"]
-    lines += [
+    lines = [
         f"## Bench ({b['elapsed_s']} s): {b['samples']} test beats (other patients), {b['backend']}, "
         f"{b['threads']} thread(s), batch 1",
         "",
@@ -468,18 +549,20 @@ def summary_markdown(s: dict) -> str:
         lines += [f"Energy: not measured ({en['error']}).", ""]
     if b.get("report"):
         lines += [f"Bench report with plots: `{b['report']['dir']}/report.md`.", ""]
-    ev = st.get("evaluate")
-    if ev:
-        lines += [
-            f"## Evaluate ({ev['elapsed_s']} s): {ev['windows']} test windows through the runtime, "
-            f"{ev['policy']} (full report: `{ev['command']}`)",
-            "",
-            "| input | accuracy | macro-F1 | final exit accuracy | exits taken | latency (us) |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [f"| {r['input']} | {_pct(r['accuracy'])} | {r['macro_f1']:.3f} | "
-                  f"{_pct(r['final_exit_accuracy'])} | "
-                  f"{' / '.join(_pct(x) for x in r['exit_histogram'])} | {r['latency_us']:.0f} |"
-                  for r in ev["rows"]]
-        lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+def _md_evaluate(ev: dict) -> list[str]:
+    lines = [
+        f"## Evaluate ({ev['elapsed_s']} s): {ev['windows']} test windows through the runtime, "
+        f"{ev['policy']} (full report: `{ev['command']}`)",
+        "",
+        "| input | accuracy | macro-F1 | final exit accuracy | exits taken | latency (us) |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['input']} | {_pct(r['accuracy'])} | {r['macro_f1']:.3f} | "
+              f"{_pct(r['final_exit_accuracy'])} | "
+              f"{' / '.join(_pct(x) for x in r['exit_histogram'])} | {r['latency_us']:.0f} |"
+              for r in ev["rows"]]
+    lines.append("")
+    return lines
