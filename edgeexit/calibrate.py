@@ -139,172 +139,223 @@ def _candidates(scores: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([(u[pos] + u[pos + 1]) / 2, [NEVER]])
 
 
-def calibrate_thresholds(
-    probs_per_exit: list[np.ndarray],
-    y: np.ndarray,
-    costs: list[float],
-    policy: str = "max_prob",
-    margin: float = 0.5,
-    groups: np.ndarray | None = None,
-    confidence: float = 0.9,
-    bootstrap: int = 200,
-    candidates: int = 200,
-    passes: int = 4,
-    seed: int = 0,
-    cost_unit: str = "MACs",
-    weights=None,
-    budget: float | None = None,
-) -> Calibration:
-    """Thresholds for ``policy`` whose accuracy loss versus the final exit stays within ``margin``
-    points at the upper end of its ``confidence`` interval (see the module docstring).
+@dataclasses.dataclass(frozen=True)
+class CalibrationConfig:
+    """What :func:`calibrate_thresholds` holds and how it searches (see the module docstring).
 
-    Args:
-        probs_per_exit: softmax of every exit on the calibration samples, each ``[N, K]``.
-        y: true labels ``[N]``.
-        costs: cost of each exit on its own (stage + head: MACs, or measured microseconds); a
-            sample leaving at exit k pays ``sum(costs[:k + 1])``.
+    Attributes:
         policy: ``max_prob``, ``entropy`` or ``ensemble``.
         margin: allowed accuracy loss versus the final exit, in percentage points.
-        groups: record (patient) id of every sample, for the bootstrap over records; None: the
-            normal bound over samples.
         confidence: two-sided level of the loss interval (its upper end is held within margin;
             0 holds the pooled loss itself).
         bootstrap: resamples of the records.
         candidates: thresholds tried per exit.
         passes: coordinate-descent sweeps over the exits.
         seed: seeds the bootstrap.
-        cost_unit: what ``costs`` measure (recorded).
         weights: ``ensemble`` only: per-exit weights of its running mean (None: equal), or
             ``"auto"``: try equal weights and weights growing as ``(k + 1) ** p`` for p = 1, 2, 3
             and keep the cheapest whose bound holds (the first that comes closest, if none does):
             where the early exits are weaker, an equal average loses to the final exit itself.
+            ``"auto"`` with another policy means None.
         budget: instead of the cheapest thresholds within ``margin``, the most accurate ones
             whose expected cost per inference stays within ``budget`` (in the costs' unit);
             ``feasible`` says whether the budget was met (with ``weights="auto"``: the most
             accurate of the weightings that meet it). The loss bound is reported, not held.
+
+    Example:
+        >>> CalibrationConfig("entropy", margin=1.0).confidence
+        0.9
     """
-    if weights == "auto":
-        if policy != "ensemble":
-            weights = None
-        else:
-            m = len(probs_per_exit)
-            kw = dict(margin=margin, groups=groups, confidence=confidence, bootstrap=bootstrap,
-                      candidates=candidates, passes=passes, seed=seed, cost_unit=cost_unit,
-                      budget=budget)
-            tried = []
-            for p in ENSEMBLE_WEIGHT_POWERS:
-                w = None if p == 0 else tuple(float((k + 1) ** p) for k in range(m))
-                tried.append(calibrate_thresholds(probs_per_exit, y, costs, policy, weights=w, **kw))
-            feasible = [c for c in tried if c.feasible]
-            if budget is not None:  # the most accurate weighting within the budget
-                if feasible:
-                    return max(feasible, key=lambda c: (c.accuracy, -c.expected_cost))
-                return min(tried, key=lambda c: c.expected_cost)
-            if feasible:
-                return min(feasible, key=lambda c: c.expected_cost)  # min keeps the first of ties
-            return min(tried, key=lambda c: c.loss_bound)
+
+    policy: str = "max_prob"
+    margin: float = 0.5
+    confidence: float = 0.9
+    bootstrap: int = 200
+    candidates: int = 200
+    passes: int = 4
+    seed: int = 0
+    weights: tuple[float, ...] | str | None = None
+    budget: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.margin < 100.0:
+            raise ConfigError(f"accuracy margin must lie in [0, 100) points, got {self.margin}")
+        if not 0.0 <= self.confidence < 1.0:
+            raise ConfigError(f"confidence must lie in [0, 1), got {self.confidence}")
+        if self.budget is not None and not (np.isfinite(self.budget) and self.budget > 0):
+            raise ConfigError(f"the cost budget must be a positive number, got {self.budget}")
+        if self.policy not in CALIBRATED_POLICIES:
+            raise ConfigError(f"policy {self.policy!r} has no thresholds to calibrate; choose "
+                              f"{', '.join(CALIBRATED_POLICIES)}")
+        if isinstance(self.weights, str) and self.weights != "auto":
+            raise ConfigError(f"ensemble weights must be 'auto', None or numbers, got {self.weights!r}")
+        if self.weights is not None and not isinstance(self.weights, str):
+            if self.policy != "ensemble":
+                raise ConfigError(f"only the ensemble policy has weights, not {self.policy}")
+            object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+
+
+def calibrate_thresholds(
+    probs_per_exit: list[np.ndarray],
+    y: np.ndarray,
+    costs: list[float],
+    config: CalibrationConfig = CalibrationConfig(),
+    groups: np.ndarray | None = None,
+    cost_unit: str = "MACs",
+) -> Calibration:
+    """Thresholds for ``config.policy`` whose accuracy loss versus the final exit stays within
+    ``config.margin`` points at the upper end of its ``config.confidence`` interval (see the
+    module docstring), or the most accurate within ``config.budget``.
+
+    Args:
+        probs_per_exit: softmax of every exit on the calibration samples, each ``[N, K]``.
+        y: true labels ``[N]``.
+        costs: cost of each exit on its own (stage + head: MACs, or measured microseconds); a
+            sample leaving at exit k pays ``sum(costs[:k + 1])``.
+        config: the policy, margin or budget, and the search's settings.
+        groups: record (patient) id of every sample, for the bootstrap over records; None: the
+            normal bound over samples.
+        cost_unit: what ``costs`` measure (recorded).
+
+    Example:
+        >>> cal = calibrate_thresholds(probs, y, [1.0, 1.0, 2.0], CalibrationConfig(margin=1.0))
+        >>> cal.thresholds, cal.expected_cost / cal.full_cost
+    """
+    if config.weights == "auto":
+        if config.policy == "ensemble":
+            return _best_weighting(probs_per_exit, y, costs, config, groups, cost_unit)
+        config = dataclasses.replace(config, weights=None)
+    search = _ThresholdSearch(probs_per_exit, y, costs, config, groups)
+    grids = [_candidates(search.scores[:, k], config.candidates) for k in range(search.m - 1)]
+    if config.budget is None:
+        t, best_excess = _cheapest_within_margin(search.evaluate, search.excess, grids,
+                                                 config.passes, search.m)
+        return search.result(t, best_excess == 0, cost_unit)
+    pooled = dataclasses.replace(config, confidence=0.0, budget=None, bootstrap=200, seed=0)
+    t = _most_accurate_within_budget(
+        search.evaluate, grids, config.passes, config.budget, search.worst_loss_points(),
+        lambda mg: calibrate_thresholds(probs_per_exit, y, costs,
+                                        dataclasses.replace(pooled, margin=mg), cost_unit=cost_unit))
+    _, _, cost = search.evaluate(t)
+    return search.result(t, cost <= config.budget * (1 + 1e-9), cost_unit)
+
+
+def _best_weighting(probs_per_exit, y, costs, config: CalibrationConfig, groups,
+                    cost_unit: str) -> Calibration:
+    """``weights="auto"``: calibrate with equal weights and with weights ``(k + 1) ** p``; keep
+    the cheapest feasible one (with a budget: the most accurate within it)."""
     m = len(probs_per_exit)
-    if m < 2:
-        raise ConfigError("calibration needs a model with at least two exits")
-    if len(costs) != m:
-        raise ConfigError(f"calibration needs one cost per exit ({m}), got {len(costs)}")
-    if not 0.0 <= margin < 100.0:
-        raise ConfigError(f"accuracy margin must lie in [0, 100) points, got {margin}")
-    if not 0.0 <= confidence < 1.0:
-        raise ConfigError(f"confidence must lie in [0, 1), got {confidence}")
-    if budget is not None and not (np.isfinite(budget) and budget > 0):
-        raise ConfigError(f"the cost budget must be a positive number, got {budget}")
-    if policy not in CALIBRATED_POLICIES:
-        raise ConfigError(f"policy {policy!r} has no thresholds to calibrate; choose "
-                          f"{', '.join(CALIBRATED_POLICIES)}")
-    y = np.asarray(y)
-    n = len(y)
-    if n == 0:
-        raise ConfigError("calibration needs samples, got none")
-    if groups is not None and len(groups) != n:
-        raise ConfigError(f"{len(groups)} record ids given for {n} samples")
-    if weights is not None and policy != "ensemble":
-        raise ConfigError(f"only the ensemble policy has weights, not {policy}")
-    if weights is not None:
-        weights = tuple(float(w) for w in weights)
-        if len(weights) != m or not all(np.isfinite(weights)) or min(weights) <= 0:
+    tried = []
+    for p in ENSEMBLE_WEIGHT_POWERS:
+        w = None if p == 0 else tuple(float((k + 1) ** p) for k in range(m))
+        tried.append(calibrate_thresholds(probs_per_exit, y, costs,
+                                          dataclasses.replace(config, weights=w), groups, cost_unit))
+    feasible = [c for c in tried if c.feasible]
+    if config.budget is not None:  # the most accurate weighting within the budget
+        if feasible:
+            return max(feasible, key=lambda c: (c.accuracy, -c.expected_cost))
+        return min(tried, key=lambda c: c.expected_cost)
+    if feasible:
+        return min(feasible, key=lambda c: c.expected_cost)  # min keeps the first of ties
+    return min(tried, key=lambda c: c.loss_bound)
+
+
+class _ThresholdSearch:
+    """The calibration samples as the search sees them: every exit's score and correctness, the
+    final exit's correctness (the reference), the cumulative costs and the loss bound."""
+
+    def __init__(self, probs_per_exit, y, costs, config: CalibrationConfig, groups) -> None:
+        m = len(probs_per_exit)
+        if m < 2:
+            raise ConfigError("calibration needs a model with at least two exits")
+        if len(costs) != m:
+            raise ConfigError(f"calibration needs one cost per exit ({m}), got {len(costs)}")
+        y = np.asarray(y)
+        n = len(y)
+        if n == 0:
+            raise ConfigError("calibration needs samples, got none")
+        if groups is not None and len(groups) != n:
+            raise ConfigError(f"{len(groups)} record ids given for {n} samples")
+        weights = config.weights
+        if weights is not None and (len(weights) != m or not all(np.isfinite(weights))
+                                    or min(weights) <= 0):
             raise ConfigError(f"ensemble weights must be {m} positive numbers, got {list(weights)}")
-    answers = ensemble_probs(probs_per_exit, weights) if policy == "ensemble" else probs_per_exit
-    scores = np.stack(exit_scores(policy, probs_per_exit, weights), axis=1).astype(np.float64)
-    correct = np.stack([a.argmax(axis=-1) == y for a in answers], axis=1).astype(np.float64)
-    # an ensemble's last answer is the mean of all exits; the reference is the final exit itself
-    final = (probs_per_exit[-1].argmax(axis=-1) == y).astype(np.float64)
-    cum_cost = np.cumsum(np.asarray(costs, np.float64))
-    bound = _LossBound(groups, n, confidence, bootstrap, seed)
-    rows = np.arange(n)
+        policy = config.policy
+        answers = ensemble_probs(probs_per_exit, weights) if policy == "ensemble" else probs_per_exit
+        self.config, self.m, self.n = config, m, n
+        self.scores = np.stack(exit_scores(policy, probs_per_exit, weights), axis=1).astype(np.float64)
+        self.correct = np.stack([a.argmax(axis=-1) == y for a in answers], axis=1).astype(np.float64)
+        # an ensemble's last answer is the mean of all exits; the reference is the final exit itself
+        self.final = (probs_per_exit[-1].argmax(axis=-1) == y).astype(np.float64)
+        self.cum_cost = np.cumsum(np.asarray(costs, np.float64))
+        self.bound = _LossBound(groups, n, config.confidence, config.bootstrap, config.seed)
+        self.rows = np.arange(n)
 
-    def evaluate(t):
-        hit = np.concatenate([scores[:, :-1] >= t[None, :], np.ones((n, 1), bool)], axis=1)
+    def evaluate(self, t):
+        """(exit per sample, loss per sample, mean cost) under the thresholds ``t``."""
+        n = self.n
+        hit = np.concatenate([self.scores[:, :-1] >= t[None, :], np.ones((n, 1), bool)], axis=1)
         idx = hit.argmax(axis=1)
-        d = final - correct[rows, idx]
-        return idx, d, float(cum_cost[idx].mean())
+        d = self.final - self.correct[self.rows, idx]
+        return idx, d, float(self.cum_cost[idx].mean())
 
-    def excess(d):
+    def excess(self, d):
         """How far the loss bound lies beyond the margin (0: feasible)."""
-        pooled, lo, hi = bound(d)
-        return max(0.0, (hi if confidence > 0 else pooled) - margin - 1e-9)
+        pooled, lo, hi = self.bound(d)
+        return max(0.0, (hi if self.config.confidence > 0 else pooled) - self.config.margin - 1e-9)
 
-    grids = [_candidates(scores[:, k], candidates) for k in range(m - 1)]
-    if budget is None:
-        t, best_excess = _cheapest_within_margin(evaluate, excess, grids, passes, m)
-    else:
-        pooled_kw = dict(confidence=0.0, candidates=candidates, passes=passes, weights=weights,
-                         cost_unit=cost_unit)
-        worst = 100 * max(0.0, float(final.mean() - correct.mean(axis=0).min())) + 0.01
-        t = _most_accurate_within_budget(
-            evaluate, grids, passes, budget, worst,
-            lambda mg: calibrate_thresholds(probs_per_exit, y, costs, policy, mg, **pooled_kw))
-    exit_idx, d, cost = evaluate(t)
-    pooled, lo, hi = bound(d)
-    if budget is not None:
-        feasible = cost <= budget * (1 + 1e-9)
-        if not feasible:
+    def worst_loss_points(self) -> float:
+        """The pooled loss (points) of the weakest exit answering everything, plus a hair."""
+        return 100 * max(0.0, float(self.final.mean() - self.correct.mean(axis=0).min())) + 0.01
+
+    def result(self, t, feasible: bool, cost_unit: str) -> Calibration:
+        """The :class:`Calibration` of thresholds ``t`` (in score terms), logged."""
+        config, bound, n, m = self.config, self.bound, self.n, self.m
+        policy, margin, confidence, budget = (config.policy, config.margin, config.confidence,
+                                              config.budget)
+        exit_idx, d, cost = self.evaluate(t)
+        pooled, lo, hi = bound(d)
+        if budget is not None and not feasible:
             log.warning("no %s thresholds meet the cost budget %g (cheapest found: %g)", policy,
                         budget, cost)
-    else:
-        feasible = best_excess == 0
-        if not feasible:
+        elif budget is None and not feasible:
             log.warning(
                 "no %s thresholds keep the accuracy loss within %.2f points (best bound %.2f "
                 "points): the policy's answer at the last exit loses to the final exit itself; use "
                 "max_prob", policy, margin, hi if confidence > 0 else pooled,
             )
-    fractions = np.bincount(exit_idx, minlength=m) / n
-    stored = tuple(float(-v) if policy == "entropy" else float(v) for v in t)
-    result = Calibration(
-        policy=policy,
-        thresholds=stored,
-        accuracy=float(correct[rows, exit_idx].mean()),
-        final_accuracy=float(final.mean()),
-        margin=margin,
-        expected_cost=cost,
-        full_cost=float(cum_cost[-1]),
-        exit_fractions=tuple(float(f) for f in fractions),
-        samples=int(n),
-        loss_points=pooled,
-        loss_interval=(lo, hi),
-        loss_bound=hi if confidence > 0 else pooled,
-        confidence=confidence,
-        bound=bound.bound,
-        records=bound.records,
-        worst_record_loss_points=bound.worst(d),
-        cost_unit=cost_unit,
-        feasible=feasible,
-        weights=weights,
-        budget=None if budget is None else float(budget),
-    )
-    log.info(
-        "calibrated %s thresholds %s: accuracy %.2f%% (final exit %.2f%%), loss %.2f points "
-        "(interval %.2f..%.2f, %s), cost %.1f%% of all exits",
-        policy, [round(v, 4) for v in stored], 100 * result.accuracy, 100 * result.final_accuracy,
-        pooled, lo, hi, bound.bound, 100 * cost / cum_cost[-1],
-    )
-    return result
+        fractions = np.bincount(exit_idx, minlength=m) / n
+        stored = tuple(float(-v) if policy == "entropy" else float(v) for v in t)
+        result = Calibration(
+            policy=policy,
+            thresholds=stored,
+            accuracy=float(self.correct[self.rows, exit_idx].mean()),
+            final_accuracy=float(self.final.mean()),
+            margin=margin,
+            expected_cost=cost,
+            full_cost=float(self.cum_cost[-1]),
+            exit_fractions=tuple(float(f) for f in fractions),
+            samples=int(n),
+            loss_points=pooled,
+            loss_interval=(lo, hi),
+            loss_bound=hi if confidence > 0 else pooled,
+            confidence=confidence,
+            bound=bound.bound,
+            records=bound.records,
+            worst_record_loss_points=bound.worst(d),
+            cost_unit=cost_unit,
+            feasible=feasible,
+            weights=config.weights,
+            budget=None if budget is None else float(budget),
+        )
+        log.info(
+            "calibrated %s thresholds %s: accuracy %.2f%% (final exit %.2f%%), loss %.2f points "
+            "(interval %.2f..%.2f, %s), cost %.1f%% of all exits",
+            policy, [round(v, 4) for v in stored], 100 * result.accuracy,
+            100 * result.final_accuracy, pooled, lo, hi, bound.bound,
+            100 * cost / self.cum_cost[-1],
+        )
+        return result
 
 
 def _coordinate_descent(t: np.ndarray, grids, passes: int, accept) -> np.ndarray:
@@ -407,8 +458,9 @@ def pareto_curve(probs_per_exit: list[np.ndarray], y: np.ndarray, costs: list[fl
     ``thresholds``, ``exit_fractions``. Sorted by cost."""
     pts = []
     for mg in margins:
-        c = calibrate_thresholds(probs_per_exit, y, costs, policy, mg, confidence=0.0,
-                                 candidates=candidates, passes=3, weights=weights)
+        c = calibrate_thresholds(probs_per_exit, y, costs,
+                                 CalibrationConfig(policy, mg, confidence=0.0,
+                                                   candidates=candidates, passes=3, weights=weights))
         pts.append({"margin": mg, "accuracy": round(c.accuracy, 6),
                     "expected_cost": round(c.expected_cost, 8),
                     "cost_ratio": round(c.expected_cost / c.full_cost, 6),
@@ -520,10 +572,12 @@ def choose_exits(
             costs.append(float(sum(segment_us[prev + 1 : e + 1])) - (e - prev - 1) * per_call
                          + decision_us)
             prev = e
-        cal = calibrate_thresholds([probs_per_exit[k] for k in kept], y, costs, policy, margin,
-                                   groups=groups, confidence=confidence,
-                                   weights=weights if weights == "auto" or weights is None else
-                                   tuple(weights[k] for k in kept), cost_unit="us (estimated)")
+        kept_weights = (weights if weights == "auto" or weights is None else
+                        tuple(weights[k] for k in kept))
+        cal = calibrate_thresholds([probs_per_exit[k] for k in kept], y, costs,
+                                   CalibrationConfig(policy, margin, confidence=confidence,
+                                                     weights=kept_weights),
+                                   groups=groups, cost_unit="us (estimated)")
         options.append({"exits": kept, "expected_us": round(cal.expected_cost, 3),
                         "thresholds": [round(t, 6) for t in cal.thresholds],
                         "feasible": cal.feasible, "loss_points": round(cal.loss_points, 4),
@@ -560,25 +614,49 @@ def _without_history(policy: dict) -> dict:
     return policy
 
 
+@dataclasses.dataclass(frozen=True)
+class BundleCalibrationConfig:
+    """Options of :func:`calibrate_bundle`.
+
+    Attributes:
+        policy: ``max_prob``, ``entropy`` or ``ensemble``; None = the bundle's policy.
+        margin, confidence: see :class:`CalibrationConfig`.
+        weights: the ensemble's weights: ``auto`` (calibration chooses), None (equal) or a tuple.
+        cost: with a ``bench`` report: minimise its measured ``latency`` or ``energy`` (above
+            idle) per segment.
+        budget: maximise accuracy with the expected cost per inference within this (in the
+            costs' unit: us, mJ, or MACs without ``bench``) instead of holding ``margin``.
+        backend: the backend whose files are run (``auto``: the target's preferred format).
+        dry_run: compute and report, write nothing.
+        pareto_plot: also write the accuracy/cost curve of the calibration data as this PNG.
+
+    Example:
+        >>> BundleCalibrationConfig(policy="entropy", margin=1.0, dry_run=True).cost
+        'latency'
+    """
+
+    policy: str | None = None
+    margin: float = 0.5
+    confidence: float = 0.9
+    weights: tuple[float, ...] | str | None = "auto"
+    cost: str = "latency"
+    budget: float | None = None
+    backend: str = "auto"
+    dry_run: bool = False
+    pareto_plot: str | os.PathLike | None = None
+
+
 def calibrate_bundle(
     bundle: str | os.PathLike,
     x: np.ndarray | None,
     y: np.ndarray,
     groups: np.ndarray | None = None,
-    policy: str | None = None,
-    margin: float = 0.5,
-    confidence: float = 0.9,
-    source: str = "",
-    backend: str = "auto",
+    config: BundleCalibrationConfig = BundleCalibrationConfig(),
     bench: dict | None = None,
-    dry_run: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-    weights="auto",
     probs: list[np.ndarray] | None = None,
+    source: str = "",
     provenance: dict | None = None,
-    cost: str = "latency",
-    budget: float | None = None,
-    pareto_plot: str | os.PathLike | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Recalibrate the thresholds of ``bundle`` on labelled windows ``x``/``y`` (e.g. the user's own
     records from the target population) with the bundle's own files, and write them into its
@@ -588,68 +666,91 @@ def calibrate_bundle(
         bundle: the bundle directory.
         x, y: windows ``[N, *input_shape]`` (float32, mV) and labels (class indices of the bundle).
         groups: record id per window (for the bootstrap over records), or None.
-        policy: ``max_prob``, ``entropy`` or ``ensemble``; None = the bundle's policy.
-        margin, confidence: see :func:`calibrate_thresholds`.
-        source: where the windows came from (recorded in the manifest).
-        backend: the backend whose files are run (``auto``: the target's preferred format).
+        config: the policy, margin or budget, the cost, the backend and what to write.
         bench: a ``bench --json`` report: calibrate against its measured per-segment latency.
-        dry_run: compute and report, write nothing.
-        progress: called with ``(done, total)`` windows.
-        weights: the ensemble's weights: ``auto`` (calibration chooses), None (equal) or a tuple.
         probs: every exit's softmax on the samples, computed elsewhere (cross-fitted models,
             :mod:`edgeexit.crossfit`), instead of running ``x`` through the bundle (``x`` None).
+        source: where the windows came from (recorded in the manifest).
         provenance: recorded with the calibration (e.g. the cross-fit's folds).
-        cost: with ``bench``: minimise its measured ``latency`` or ``energy`` (above idle) per
-            segment.
-        budget: maximise accuracy with the expected cost per inference within this (in the
-            costs' unit: us, mJ, or MACs without ``bench``) instead of holding ``margin``.
-        pareto_plot: also write the accuracy/cost curve of the calibration data as this PNG.
+        progress: called with ``(done, total)`` windows.
 
     The calibration record in the manifest keeps the per-segment costs (``segment_costs``, which
     the ``budget`` policy can use) and the accuracy/cost Pareto curve (``pareto``).
+
+    Example:
+        >>> r = calibrate_bundle("bundle", x, y, groups, BundleCalibrationConfig(margin=1.0))
+        >>> r["policy"]["thresholds"]
     """
-    from edgeexit.runtime.backends import get_backend
     from edgeexit.runtime.engine import Engine
-    from edgeexit.runtime.manifest import (
-        MANIFEST,
-        CalibrationRecord,
-        PolicySpec,
-        manifest_bytes,
-        read_manifest,
-    )
+    from edgeexit.runtime.manifest import MANIFEST
 
     root = Path(bundle)
-    engine = Engine.from_bundle(root, backend=backend, threads=1, policy="fixed")
+    engine = Engine.from_bundle(root, backend=config.backend, threads=1, policy="fixed")
     manifest = engine.manifest
-    name = policy or manifest.policy.name
+    name = config.policy or manifest.policy.name
     if name not in CALIBRATED_POLICIES:
         raise ConfigError(f"policy {name!r} has no thresholds to calibrate; give --policy "
                           f"{'|'.join(CALIBRATED_POLICIES)}")
     y = np.asarray(y)
+    probs = _bundle_probs(engine, x, y, probs, progress)
+    costs, unit = segment_costs(manifest, bench, config.cost)
+    cal = calibrate_thresholds(probs, y, costs,
+                               CalibrationConfig(name, config.margin, confidence=config.confidence,
+                                                 weights=config.weights, budget=config.budget),
+                               groups=groups, cost_unit=unit)
+    pareto = pareto_curve(probs, y, costs, name, weights=cal.weights)
+    spec = _calibrated_policy(engine, cal, costs, pareto, bench, config, source, provenance)
+    report = {"bundle": str(root), "backend": engine.backend, "policy": spec.to_dict(),
+              "written": not config.dry_run}
+    if config.pareto_plot is not None:
+        kind = next((k for k in ("estimated", "measured") if k in unit), "")
+        label = unit.split(" (")[0] + (f" ({kind})" if kind else "")
+        png = plot_pareto(pareto, cal.to_dict(), label, config.pareto_plot)
+        report["pareto_plot"] = None if png is None else str(png)
+    if bench is not None and config.cost == "latency" and manifest.num_exits > 1:
+        choice = _exit_choice(manifest, probs, y, groups, costs, bench, name, config)
+        if choice is not None:
+            report["exit_choice"] = choice
+    if config.dry_run:
+        return report
+    report.update(_write_policy(root, manifest, spec))
+    log.info("wrote %s thresholds %s into %s", name, list(spec.thresholds), root / MANIFEST)
+    return report
+
+
+def _bundle_probs(engine, x, y: np.ndarray, probs, progress) -> list[np.ndarray]:
+    """Every exit's softmax on the windows ``x``, run through the bundle's own files in chunks
+    (or ``probs`` given, checked against the bundle); labels checked against its classes."""
+    manifest = engine.manifest
     if len(y) and (y.min() < 0 or y.max() >= len(manifest.classes)):
         raise DataError(f"labels must be class indices 0..{len(manifest.classes) - 1} of the bundle's "
                         f"classes {list(manifest.classes)}")
-    if probs is None:
-        x = engine.check_input(np.asarray(x), batch=True)
-        if len(x) != len(y):
-            raise DataError(f"{len(x)} windows but {len(y)} labels")
-        chunks, step = [], 512
-        for i in range(0, len(x), step):
-            chunks.append(engine.run_all(x[i : i + step])[0])
-            if progress:
-                progress(min(i + step, len(x)), len(x))
-        probs = [softmax(np.concatenate([c[k] for c in chunks]).astype(np.float64))
-                 for k in range(manifest.num_exits)]
-    elif len(probs) != manifest.num_exits or any(len(p) != len(y) for p in probs):
-        raise DataError(f"give {manifest.num_exits} probability arrays of {len(y)} rows (one per "
-                        "segment of the bundle)")
-    costs, unit = segment_costs(manifest, bench, cost)
-    cal = calibrate_thresholds(probs, y, costs, name, margin, groups=groups, confidence=confidence,
-                               cost_unit=unit, weights=weights, budget=budget)
-    pareto = pareto_curve(probs, y, costs, name, weights=cal.weights)
-    short = "MACs" if bench is None else ("mJ" if cost == "energy" else "us")
-    spec = PolicySpec(
-        name=name,
+    if probs is not None:
+        if len(probs) != manifest.num_exits or any(len(p) != len(y) for p in probs):
+            raise DataError(f"give {manifest.num_exits} probability arrays of {len(y)} rows (one "
+                            "per segment of the bundle)")
+        return probs
+    x = engine.check_input(np.asarray(x), batch=True)
+    if len(x) != len(y):
+        raise DataError(f"{len(x)} windows but {len(y)} labels")
+    chunks, step = [], 512
+    for i in range(0, len(x), step):
+        chunks.append(engine.run_all(x[i : i + step])[0])
+        if progress:
+            progress(min(i + step, len(x)), len(x))
+    return [softmax(np.concatenate([c[k] for c in chunks]).astype(np.float64))
+            for k in range(manifest.num_exits)]
+
+
+def _calibrated_policy(engine, cal: Calibration, costs, pareto, bench, config, source, provenance):
+    """The bundle's new policy record: thresholds, weights and where they came from (the
+    previous policy kept one step back)."""
+    from edgeexit.runtime.backends import get_backend
+    from edgeexit.runtime.manifest import CalibrationRecord, PolicySpec
+
+    short = "MACs" if bench is None else ("mJ" if config.cost == "energy" else "us")
+    return PolicySpec(
+        name=cal.policy,
         thresholds=tuple(round(t, 6) for t in cal.thresholds),
         weights=cal.weights,
         calibration=CalibrationRecord.from_dict({
@@ -658,42 +759,44 @@ def calibrate_bundle(
             "format": get_backend(engine.backend).file_format,
             "segment_costs": {"unit": short, "values": [round(c, 8) for c in costs]},
             "pareto": pareto,
-            "previous": _without_history(manifest.policy.to_dict())}),
+            "previous": _without_history(engine.manifest.policy.to_dict())}),
     )
-    report = {"bundle": str(root), "backend": engine.backend, "policy": spec.to_dict(),
-              "written": not dry_run}
-    if pareto_plot is not None:
-        kind = next((k for k in ("estimated", "measured") if k in unit), "")
-        label = unit.split(" (")[0] + (f" ({kind})" if kind else "")
-        png = plot_pareto(pareto, cal.to_dict(), label, pareto_plot)
-        report["pareto_plot"] = None if png is None else str(png)
-    if bench is not None and cost == "latency" and manifest.num_exits > 1:
-        lat = bench.get("latency_us", {})
-        try:
-            choice = choose_exits(probs, y, costs, float(lat["monolithic"]["mean"]),
-                                  float(lat["all_exits"]["mean"]), name, margin, groups,
-                                  confidence, weights, decision_us=decision_overhead_us(bench))
-        except (KeyError, TypeError, ValueError):
-            choice = None  # a report without the monolithic path: no recommendation
-        if choice is not None:
-            for o in choice["options"]:  # segment positions -> the model's exit indices
-                o["exits"] = [manifest.exits[k] for k in o["exits"]]
-            report["exit_choice"] = choice
-    if dry_run:
-        return report
+
+
+def _exit_choice(manifest, probs, y, groups, costs, bench: dict, name: str,
+                 config: BundleCalibrationConfig) -> dict | None:
+    """:func:`choose_exits` with the bench's measured paths, in the model's exit indices (None for
+    a report without the monolithic path: no recommendation)."""
+    lat = bench.get("latency_us", {})
+    try:
+        choice = choose_exits(probs, y, costs, float(lat["monolithic"]["mean"]),
+                              float(lat["all_exits"]["mean"]), name, config.margin, groups,
+                              config.confidence, config.weights,
+                              decision_us=decision_overhead_us(bench))
+    except (KeyError, TypeError, ValueError):
+        return None
+    for o in choice["options"]:  # segment positions -> the model's exit indices
+        o["exits"] = [manifest.exits[k] for k in o["exits"]]
+    return choice
+
+
+def _write_policy(root: Path, manifest, spec) -> dict:
+    """Write ``spec`` into the bundle's manifest (atomically), drop a signature of the old one and
+    pack ``BUNDLE.tar.gz`` again where it exists; returns what it did, for the report."""
+    from edgeexit.runtime.manifest import MANIFEST, manifest_bytes, read_manifest
+    from edgeexit.runtime.signing import SIGNATURE
+
+    done = {}
     data = manifest_bytes(dataclasses.replace(manifest, policy=spec))
     atomic_write(root / MANIFEST, lambda f: f.write(data))
     read_manifest(root)  # the written manifest parses
-    from edgeexit.runtime.signing import SIGNATURE
-
     if (root / SIGNATURE).exists():  # it signed the old manifest: a device that checks refuses it
         (root / SIGNATURE).unlink()
-        report["signature_removed"] = True
+        done["signature_removed"] = True
         log.warning("%s signed the old manifest and was removed: sign the bundle again "
                     "(edgeexit sign %s --key KEY)", root / SIGNATURE, root)
     archive = root.with_name(root.name + ".tar.gz")
     if archive.exists():
         pack_directory(root, archive)
-        report["archive"] = str(archive)
-    log.info("wrote %s thresholds %s into %s", name, list(spec.thresholds), root / MANIFEST)
-    return report
+        done["archive"] = str(archive)
+    return done

@@ -277,7 +277,7 @@ def _verify_stage(stages: _Stages, bundle: Path) -> None:
 
 def _calibrate_stage(stages: _Stages, bundle: Path, cal_set, exits, config: QuickstartConfig) -> dict:
     """Time each segment on the calibration windows, then calibrate the thresholds against it."""
-    from edgeexit.calibrate import calibrate_bundle
+    from edgeexit.calibrate import BundleCalibrationConfig, calibrate_bundle
     from edgeexit.runtime.engine import Engine
     from edgeexit.runtime.profile import bench_engine
 
@@ -287,9 +287,10 @@ def _calibrate_stage(stages: _Stages, bundle: Path, cal_set, exits, config: Quic
     n_cost = min(len(cal_set), 512)
     cost_bench = bench_engine(engine, cal_set.x[:n_cost].astype("float32"), warmup=50).to_dict()
     cal = calibrate_bundle(bundle, cal_set.x.astype("float32"), cal_set.y, cal_set.groups,
-                           margin=config.margin, confidence=config.confidence,
-                           source=cal_set.source, backend=config.bench_backend,
-                           bench=cost_bench)
+                           BundleCalibrationConfig(margin=config.margin,
+                                                   confidence=config.confidence,
+                                                   backend=config.bench_backend),
+                           bench=cost_bench, source=cal_set.source)
     c = cal["policy"]["calibration"]
     choice = cal.get("exit_choice")
     return stages.done("calibrate", {

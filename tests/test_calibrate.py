@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from edgeexit.calibrate import calibrate_thresholds
+from edgeexit.calibrate import CalibrationConfig, calibrate_thresholds
 from edgeexit.errors import ConfigError
 from edgeexit.runtime.policy import make_policy
 
@@ -29,7 +29,7 @@ def test_thresholds_keep_accuracy_and_save_cost(policy):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 5, 4000)
     probs = [_probs(rng, y, a, c) for a, c in [(0.8, 0.8), (0.9, 0.8), (0.95, 0.85), (0.97, 0.85)]]
-    cal = calibrate_thresholds(probs, y, [1.0, 1.0, 2.0, 4.0], policy, margin=1.0)
+    cal = calibrate_thresholds(probs, y, [1.0, 1.0, 2.0, 4.0], CalibrationConfig(policy, margin=1.0))
     assert cal.accuracy >= cal.final_accuracy - 0.01
     assert cal.expected_cost < 0.8 * cal.full_cost  # confident early exits are taken
     assert abs(sum(cal.exit_fractions) - 1.0) < 1e-9
@@ -59,7 +59,7 @@ def test_margin_zero_never_loses_accuracy():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 5, 2000)
     probs = [_probs(rng, y, a, 0.8) for a in (0.7, 0.99)]
-    cal = calibrate_thresholds(probs, y, [1.0, 3.0], "max_prob", margin=0.0)
+    cal = calibrate_thresholds(probs, y, [1.0, 3.0], CalibrationConfig("max_prob", margin=0.0))
     assert cal.accuracy >= cal.final_accuracy
 
 
@@ -69,7 +69,7 @@ def test_useless_early_exit_is_never_taken():
     bad = np.full((2000, 5), 0.2) + 0.0
     bad[np.arange(2000), (y + 1) % 5] = 0.9  # confidently wrong
     good = _probs(rng, y, 1.0, 0.9)
-    cal = calibrate_thresholds([bad, good], y, [1.0, 1.0], "max_prob", margin=0.5)
+    cal = calibrate_thresholds([bad, good], y, [1.0, 1.0], CalibrationConfig("max_prob", margin=0.5))
     assert cal.exit_fractions[0] <= 0.005 and cal.accuracy >= 0.995
 
 
@@ -77,11 +77,11 @@ def test_bad_arguments():
     y = np.zeros(3, int)
     p = np.full((3, 2), 0.5)
     with pytest.raises(ConfigError):
-        calibrate_thresholds([p], y, [1.0], "max_prob")
+        calibrate_thresholds([p], y, [1.0], CalibrationConfig("max_prob"))
     with pytest.raises(ConfigError):
-        calibrate_thresholds([p, p], y, [1.0], "max_prob")
+        calibrate_thresholds([p, p], y, [1.0], CalibrationConfig("max_prob"))
     with pytest.raises(ConfigError):
-        calibrate_thresholds([p, p], y, [1.0, 1.0], "fixed")
+        calibrate_thresholds([p, p], y, [1.0, 1.0], CalibrationConfig("fixed"))
 
 
 def _records_with_one_hard_patient(seed=3, per=300, records=12):
@@ -100,8 +100,9 @@ def _records_with_one_hard_patient(seed=3, per=300, records=12):
 
 def test_bound_over_records_is_stricter_than_the_pooled_loss():
     probs, y, groups = _records_with_one_hard_patient()
-    pooled = calibrate_thresholds(probs, y, [1.0, 3.0], margin=5.0, confidence=0.0)
-    records = calibrate_thresholds(probs, y, [1.0, 3.0], margin=5.0, groups=groups, confidence=0.9)
+    pooled = calibrate_thresholds(probs, y, [1.0, 3.0], CalibrationConfig(margin=5.0, confidence=0.0))
+    records = calibrate_thresholds(probs, y, [1.0, 3.0], CalibrationConfig(margin=5.0, confidence=0.9),
+                                   groups=groups)
     assert pooled.loss_points <= 5.0 and records.loss_bound <= 5.0 + 1e-9
     # the pooled mean lets exit 0 answer almost everything (r0 is 1/12 of the beats) ...
     assert pooled.exit_fractions[0] > 0.9
@@ -120,7 +121,7 @@ def test_no_sample_sits_on_a_threshold():
     rng = np.random.default_rng(4)
     y = rng.integers(0, 5, 1000)
     probs = [_probs(rng, y, a, 0.8) for a in (0.85, 0.95, 0.99)]
-    cal = calibrate_thresholds(probs, y, [1.0, 1.0, 1.0], margin=1.0)
+    cal = calibrate_thresholds(probs, y, [1.0, 1.0, 1.0], CalibrationConfig(margin=1.0))
     for p, t in zip(probs, cal.thresholds):
         assert np.min(np.abs(p.max(axis=-1) - t)) > 0
     # without record ids the bound is the normal one over beats
@@ -128,7 +129,7 @@ def test_no_sample_sits_on_a_threshold():
     with pytest.raises(ConfigError, match="record ids"):
         calibrate_thresholds(probs, y, [1.0, 1.0, 1.0], groups=np.zeros(5))
     with pytest.raises(ConfigError, match="confidence"):
-        calibrate_thresholds(probs, y, [1.0, 1.0, 1.0], confidence=1.0)
+        calibrate_thresholds(probs, y, [1.0, 1.0, 1.0], CalibrationConfig(confidence=1.0))
 
 
 def test_choose_exits_drops_exits_not_worth_their_call():
@@ -176,25 +177,30 @@ def test_budget_gives_the_most_accurate_thresholds_within_it(policy):
     weights = (1.0, 2.0, 3.0, 4.0) if policy == "ensemble" else None
     curve = []
     for budget in (1.5, 3.0, 5.0, 8.0):
-        cal = calibrate_thresholds(probs, y, costs, policy, budget=budget, weights=weights)
+        cal = calibrate_thresholds(probs, y, costs,
+                                   CalibrationConfig(policy, budget=budget, weights=weights))
         assert cal.feasible and cal.expected_cost <= budget + 1e-9 and cal.budget == budget
         curve.append(cal.accuracy)
     # more budget never buys less accuracy, and the full cost buys the final exit's accuracy
     assert all(b >= a - 1e-9 for a, b in itertools.pairwise(curve))
-    assert curve[-1] >= calibrate_thresholds(probs, y, costs, policy, budget=8.0).final_accuracy - 1e-9
+    assert curve[-1] >= calibrate_thresholds(
+        probs, y, costs, CalibrationConfig(policy, budget=8.0)).final_accuracy - 1e-9
     # a budget below segment 0's cost cannot be met: reported, cheapest thresholds kept
-    cal = calibrate_thresholds(probs, y, costs, policy, budget=0.5, weights=weights)
+    cal = calibrate_thresholds(probs, y, costs,
+                               CalibrationConfig(policy, budget=0.5, weights=weights))
     assert not cal.feasible and abs(cal.expected_cost - 1.0) < 0.01
     with pytest.raises(ConfigError, match="budget"):
-        calibrate_thresholds(probs, y, costs, policy, budget=-1.0)
+        calibrate_thresholds(probs, y, costs, CalibrationConfig(policy, budget=-1.0))
 
 
 def test_budget_beats_the_margin_search_at_equal_cost():
     """At the cost the margin search reached, the budget search is at least as accurate."""
     probs, y = _four_exits(1)
     costs = [1.0, 1.0, 2.0, 4.0]
-    by_margin = calibrate_thresholds(probs, y, costs, "max_prob", margin=2.0, confidence=0.0)
-    by_budget = calibrate_thresholds(probs, y, costs, "max_prob", budget=by_margin.expected_cost)
+    by_margin = calibrate_thresholds(probs, y, costs,
+                                     CalibrationConfig("max_prob", margin=2.0, confidence=0.0))
+    by_budget = calibrate_thresholds(
+        probs, y, costs, CalibrationConfig("max_prob", budget=by_margin.expected_cost))
     assert by_budget.expected_cost <= by_margin.expected_cost + 1e-9
     assert by_budget.accuracy >= by_margin.accuracy - 0.002
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeexit.calibrate import calibrate_bundle
+from edgeexit.calibrate import BundleCalibrationConfig, calibrate_bundle
 from edgeexit.cli import main
 from edgeexit.errors import DataError
 from edgeexit.runtime.engine import Engine
@@ -28,8 +28,10 @@ def bundle(bundle_dir, tmp_path):
 def test_recalibrates_and_rewrites_the_bundle(bundle):
     data = make_separable(n=600, seed=11)  # records the model never saw
     before = load_manifest(bundle).policy
-    r = calibrate_bundle(bundle, data.x, data.y, data.groups, policy="max_prob", margin=1.0,
-                         source="separable(seed=11)", backend="onnxruntime")
+    r = calibrate_bundle(bundle, data.x, data.y, data.groups,
+                         BundleCalibrationConfig(policy="max_prob", margin=1.0,
+                                                 backend="onnxruntime"),
+                         source="separable(seed=11)")
     after = load_manifest(bundle)  # hashes still match: only manifest.json changed
     assert after.policy.name == "max_prob" and len(after.policy.thresholds) == 3
     cal = after.policy.calibration
@@ -49,15 +51,17 @@ def test_recalibrates_and_rewrites_the_bundle(bundle):
 
 def test_an_ensemble_worse_than_the_final_exit_is_reported(bundle):
     data = make_separable(n=600, seed=11)
-    r = calibrate_bundle(bundle, data.x, data.y, data.groups, policy="ensemble", margin=0.5,
-                         backend="onnxruntime", dry_run=True, weights=None)
+    r = calibrate_bundle(bundle, data.x, data.y, data.groups,
+                         BundleCalibrationConfig(policy="ensemble", margin=0.5, weights=None,
+                                                 backend="onnxruntime", dry_run=True))
     cal = r["policy"]["calibration"]
     # the tiny model's early exits are weak: averaging them in equally loses to the final exit
     assert cal["final_accuracy"] - cal["accuracy"] > 0.005
     assert not cal["feasible"] and cal["loss_bound"] > 0.5 and cal["weights"] is None
     # weights that grow with depth come closer; the chosen ones go into the manifest
-    r = calibrate_bundle(bundle, data.x, data.y, data.groups, policy="ensemble", margin=0.5,
-                         backend="onnxruntime")
+    r = calibrate_bundle(bundle, data.x, data.y, data.groups,
+                         BundleCalibrationConfig(policy="ensemble", margin=0.5,
+                                                 backend="onnxruntime"))
     auto = r["policy"]["calibration"]
     assert auto["loss_bound"] < cal["loss_bound"] and auto["weights"] is not None
     spec = load_manifest(bundle).policy
@@ -71,13 +75,15 @@ def test_an_ensemble_worse_than_the_final_exit_is_reported(bundle):
 def test_dry_run_and_bad_data(bundle):
     data = make_separable(n=200, seed=12)
     text = (bundle / "manifest.json").read_text()
-    r = calibrate_bundle(bundle, data.x, data.y, None, dry_run=True, backend="onnxruntime")
+    r = calibrate_bundle(bundle, data.x, data.y, None,
+                         BundleCalibrationConfig(dry_run=True, backend="onnxruntime"))
     assert not r["written"] and (bundle / "manifest.json").read_text() == text
     assert r["policy"]["calibration"]["records"] == 0  # no record ids: the bound over beats
+    onnx = BundleCalibrationConfig(backend="onnxruntime")
     with pytest.raises(DataError, match="class indices"):
-        calibrate_bundle(bundle, data.x, data.y + 5, None, backend="onnxruntime")
+        calibrate_bundle(bundle, data.x, data.y + 5, None, onnx)
     with pytest.raises(DataError, match="labels"):
-        calibrate_bundle(bundle, data.x, data.y[:-1], None, backend="onnxruntime")
+        calibrate_bundle(bundle, data.x, data.y[:-1], None, onnx)
     assert (bundle / "manifest.json").read_text() == text
 
 

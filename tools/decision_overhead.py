@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgeexit.calibrate import calibrate_thresholds  # noqa: E402
+from edgeexit.calibrate import CalibrationConfig, calibrate_thresholds  # noqa: E402
 from edgeexit.errors import EdgeExitError  # noqa: E402
 from edgeexit.runtime.engine import Engine  # noqa: E402
 from edgeexit.runtime.policy import POLICIES, exit_scores, make_policy, softmax  # noqa: E402
@@ -65,7 +65,7 @@ def _policies(engine: Engine, probs: list[np.ndarray], y, margin: float) -> dict
             out[name] = make_policy(name, m, spec.thresholds)
         elif y is not None:
             cal = calibrate_thresholds(probs, y, [float(s.macs) for s in engine.manifest.segments],
-                                       name, margin)
+                                       CalibrationConfig(name, margin))
             out[name] = make_policy(name, m, cal.thresholds)
         else:
             med = [float(np.median(s)) for s in exit_scores(name, probs)[:-1]]

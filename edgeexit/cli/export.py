@@ -133,7 +133,7 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
     loss against the final exit stays within --margin at the upper end of its --confidence
     interval over records, and rewrites manifest.json (and BUNDLE.tar.gz) atomically.
     """
-    from edgeexit.calibrate import calibrate_bundle
+    from edgeexit.calibrate import BundleCalibrationConfig, calibrate_bundle
     from edgeexit.recalibrate import cross_fitted, labelled_data
     from edgeexit.runtime.manifest import load_manifest
 
@@ -149,10 +149,11 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
     d = (labelled_data(manifest, source, None if records is None else list(names(records)))
          if cross_fit is None else
          cross_fitted(manifest, cross_fit, ckpt, threads=threads, progress=stage_printer()))
-    r = calibrate_bundle(bundle, d.x, d.y, d.groups, policy=policy, probs=d.probs,
-                         provenance=d.provenance, margin=margin, confidence=confidence,
-                         source=d.source, backend=backend, dry_run=dry_run, cost=cost,
+    config = BundleCalibrationConfig(
+        policy=policy, margin=margin, confidence=confidence,
+        weights=None if ensemble_weights == "equal" else "auto", cost=cost, budget=cost_budget,
+        backend=backend, dry_run=dry_run, pareto_plot=pareto_plot)
+    r = calibrate_bundle(bundle, d.x, d.y, d.groups, config,
                          bench=None if not bench_file else read_json_file(bench_file, "--bench"),
-                         budget=cost_budget, pareto_plot=pareto_plot,
-                         weights=None if ensemble_weights == "equal" else "auto")
+                         probs=d.probs, source=d.source, provenance=d.provenance)
     echo_result(as_json, r, lambda: calibrate_text(r, d.source, bundle, dry_run))

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeexit.calibrate import calibrate_thresholds
+from edgeexit.calibrate import CalibrationConfig, calibrate_thresholds
 from edgeexit.checkpoint import load_checkpoint
 from edgeexit.data import BeatDataset, DataSpec, ValidationSplit, load_source, load_split
 from edgeexit.errors import ConfigError, DataError
@@ -808,9 +808,11 @@ def export_bundle(
 
         costs = [float(s.macs) for s in specs]
         val_groups = None if val_part.groups is None else val_part.groups[val_idx]
-        calib = calibrate_thresholds(val_probs, val_y, costs, config.policy, config.margin,
-                                     groups=val_groups, confidence=config.confidence,
-                                     weights=config.ensemble_weights)
+        calib = calibrate_thresholds(val_probs, val_y, costs,
+                                     CalibrationConfig(config.policy, config.margin,
+                                                       confidence=config.confidence,
+                                                       weights=config.ensemble_weights),
+                                     groups=val_groups)
         policy = PolicySpec(
             name=config.policy,
             thresholds=tuple(round(t, 6) for t in calib.thresholds),
