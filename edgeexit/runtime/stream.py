@@ -567,128 +567,167 @@ def stream_classify(
     (``r_samples``, ``labels``) and every committed peak (``all_peaks``): lists that grow, for
     benchmarks and tests.
     """
-    fs = float(source.fs)
-    window, r_offset, rr, morph = _input_spec(engine, fs)
-    det = StreamDetector(fs, **(detector or {}))
-    beats = BeatStream(fs, window, r_offset, rr, morph_context=morph)
-    classes = list(engine.classes)
-    scorer = None
-    if source.annotations is not None:
-        scorer = _Scorer(*source.annotations, round(MATCH_S * fs), len(classes))
-    arrivals: deque[tuple[int, float]] = deque(maxlen=4096)  # (end sample, wall time) of blocks
-    pending_ann: deque[tuple[int, int | None]] = deque(maxlen=4)
-    exits = np.zeros(engine.manifest.num_exits, np.int64)
-    seg_ns = np.zeros(engine.manifest.num_exits, np.int64)
-    kept_r: list[int] = []
-    all_peaks: list[int] = []
-    kept_y: list[int] = []
-    state = {"n": 0, "refused": 0, "held_beats": 0}
-    collected: list[tuple[int, np.ndarray]] = []
-    if det.lookahead < window - beats.r_offset:
-        raise ConfigError(f"stream detector: lookahead_s must cover the {window - beats.r_offset} samples "
-                          "of a window after its R peak")
-
-    def arrived(r: int) -> float:
-        for end, t in arrivals:
-            if end > r:
-                return t
-        return arrivals[0][1] if arrivals else clock()
-
-    def answer(done: list[tuple[int, np.ndarray]], now_end: int, last: bool) -> Iterator[dict]:
-        for r, x in done:
-            a = r - beats.r_offset  # the beat's window: samples a .. a + window - 1
-            held = det.held_in(a, a + window)
-            det.forget_held_before(a)  # beats are answered in order
-            try:
-                res = engine.predict(x)
-            except InputError as e:  # e.g. an electrode pop far beyond the trained range
-                state["refused"] += 1
-                while pending_ann and pending_ann[0][0] <= r:
-                    pending_ann.popleft()
-                yield {"beat": state["n"], "r_sample": r, "r_time_s": round(r / fs, 4),
-                       "error": str(e)}
-                state["n"] += 1
-                continue
-            t = clock()
-            exits[res.exit_index] += 1
-            for k, ns in enumerate(res.segment_ns):
-                seg_ns[k] += ns
-            d = {"beat": state["n"], "r_sample": r, "r_time_s": round(r / fs, 4), **res.to_dict(),
-                 "answered_after": "end of stream" if last else "next R peak",
-                 "delay_s": round((now_end - r) / fs, 3), "delay_wall_s": round(t - arrived(r), 6)}
-            if held:
-                d["held_samples"] = held  # its window holds samples that arrived as NaN / Inf
-                state["held_beats"] += 1
-            while pending_ann and pending_ann[0][0] < r:
-                pending_ann.popleft()
-            if pending_ann and pending_ann[0][0] == r:
-                a = pending_ann.popleft()[1]
-                d["annotation"] = None if a is None else classes[a]
-                if a is not None:
-                    scorer.confusion[a, res.label] += 1
-            if keep_beats:
-                kept_r.append(r)
-                kept_y.append(res.label)
-            state["n"] += 1
-            yield d
-
-    def on_commit(peaks: list[int]) -> None:
-        if scorer is not None:
-            for p in peaks:
-                pending_ann.append((p, scorer.match(p)))
-        if keep_beats:
-            all_peaks.extend(peaks)
-        collected.extend(beats.add(peaks, det.signal, det.signal_start))
-
+    run = _StreamRun(engine, source, detector, keep_beats, clock)
+    fs, det = run.fs, run.det
     t0 = clock()
-    wall_compute = 0.0
     for block in source.blocks:
-        if realtime:
+        if realtime:  # pace the reading to the sampling rate
             ahead = (det.end + block.size) / fs - (clock() - t0)
             if ahead > 0:
                 sleep(ahead)
         now = clock()
-        arrivals.append((det.end + block.size, now))
-        collected.clear()
-        det.push(block, on_commit=on_commit)
-        yield from answer(list(collected), det.end, last=False)
-        wall_compute += clock() - now
+        run.arrivals.append((det.end + block.size, now))
+        run.collected.clear()
+        det.push(block, on_commit=run.on_commit)
+        yield from run.answer(list(run.collected), det.end, last=False)
+        run.compute_s += clock() - now
     now = clock()
-    collected.clear()
-    det.flush(on_commit=on_commit)
-    yield from answer(list(collected), det.end, last=False)
-    yield from answer(beats.finish(), det.end, last=True)
-    wall_compute += clock() - now
-    wall = clock() - t0
-    seconds = det.end / fs
-    summary = {
-        "summary": True, "source": source.name, "lead": source.lead, "fs": fs,
-        "signal_s": round(seconds, 3), "wall_s": round(wall, 4), "compute_s": round(wall_compute, 4),
-        "realtime_factor": round(seconds / wall, 1) if wall > 0 else None,
-        "compute_realtime_factor": round(seconds / wall_compute, 1) if wall_compute > 0 else None,
-        "beats": state["n"], "refused": state["refused"], "peaks": beats.beats, "dropped_at_start": beats.dropped,
-        "filled_samples": det.filled, "beats_over_held_samples": state["held_beats"],
-        "answered": "one beat late: each beat after the next R peak (its RR context needs post_rr)",
-        "detector": {"window_s": det.size / fs, "hop_s": det.hop / fs, "lookahead_s": det.lookahead / fs},
-        "exit_counts": exits.tolist(),
-        "mean_segment_us": [round(float(s) / max(1, int(exits[k:].sum())) / 1e3, 1)
-                            for k, s in enumerate(seg_ns)],
-    }
-    if scorer is not None:
-        scorer.finish(det.end)
+    run.collected.clear()
+    det.flush(on_commit=run.on_commit)
+    yield from run.answer(list(run.collected), det.end, last=False)
+    yield from run.answer(run.beats.finish(), det.end, last=True)
+    run.compute_s += clock() - now
+    yield run.summary(clock() - t0)
+
+
+class _StreamRun:
+    """The state of one :func:`stream_classify`: the detector, the beat cutter, the annotation
+    matching, the arrival times of the blocks and the counts the summary reports."""
+
+    def __init__(self, engine, source: Source, detector: dict | None, keep_beats: bool,
+                 clock) -> None:
+        self.engine, self.source, self.keep_beats, self.clock = engine, source, keep_beats, clock
+        self.fs = fs = float(source.fs)
+        window, r_offset, rr, morph = _input_spec(engine, fs)
+        self.window = window
+        self.det = StreamDetector(fs, **(detector or {}))
+        self.beats = BeatStream(fs, window, r_offset, rr, morph_context=morph)
+        self.classes = list(engine.classes)
+        self.scorer = None
+        if source.annotations is not None:
+            self.scorer = _Scorer(*source.annotations, round(MATCH_S * fs), len(self.classes))
+        self.arrivals: deque[tuple[int, float]] = deque(maxlen=4096)  # (end sample, wall time)
+        self.pending_ann: deque[tuple[int, int | None]] = deque(maxlen=4)
+        self.exits = np.zeros(engine.manifest.num_exits, np.int64)
+        self.seg_ns = np.zeros(engine.manifest.num_exits, np.int64)
+        self.kept_r: list[int] = []
+        self.all_peaks: list[int] = []
+        self.kept_y: list[int] = []
+        self.n = self.refused = self.held_beats = 0
+        self.collected: list[tuple[int, np.ndarray]] = []
+        self.compute_s = 0.0
+        if self.det.lookahead < window - self.beats.r_offset:
+            raise ConfigError(f"stream detector: lookahead_s must cover the "
+                              f"{window - self.beats.r_offset} samples of a window after its R peak")
+
+    def arrived(self, r: int) -> float:
+        """Wall time at which the block holding sample ``r`` arrived."""
+        for end, t in self.arrivals:
+            if end > r:
+                return t
+        return self.arrivals[0][1] if self.arrivals else self.clock()
+
+    def on_commit(self, peaks: list[int]) -> None:
+        """The detector committed ``peaks``: match them to annotations, cut their windows."""
+        if self.scorer is not None:
+            for p in peaks:
+                self.pending_ann.append((p, self.scorer.match(p)))
+        if self.keep_beats:
+            self.all_peaks.extend(peaks)
+        self.collected.extend(self.beats.add(peaks, self.det.signal, self.det.signal_start))
+
+    def answer(self, done: list[tuple[int, np.ndarray]], now_end: int, last: bool) -> Iterator[dict]:
+        """Classify the cut beats ``done`` in order; one dict per beat."""
+        fs, window = self.fs, self.window
+        for r, x in done:
+            a = r - self.beats.r_offset  # the beat's window: samples a .. a + window - 1
+            held = self.det.held_in(a, a + window)
+            self.det.forget_held_before(a)  # beats are answered in order
+            try:
+                res = self.engine.predict(x)
+            except InputError as e:  # e.g. an electrode pop far beyond the trained range
+                yield self._refused(r, e)
+                continue
+            t = self.clock()
+            self.exits[res.exit_index] += 1
+            for k, ns in enumerate(res.segment_ns):
+                self.seg_ns[k] += ns
+            d = {"beat": self.n, "r_sample": r, "r_time_s": round(r / fs, 4), **res.to_dict(),
+                 "answered_after": "end of stream" if last else "next R peak",
+                 "delay_s": round((now_end - r) / fs, 3),
+                 "delay_wall_s": round(t - self.arrived(r), 6)}
+            if held:
+                d["held_samples"] = held  # its window holds samples that arrived as NaN / Inf
+                self.held_beats += 1
+            self._annotate(d, r, res.label)
+            if self.keep_beats:
+                self.kept_r.append(r)
+                self.kept_y.append(res.label)
+            self.n += 1
+            yield d
+
+    def _refused(self, r: int, e: InputError) -> dict:
+        self.refused += 1
+        while self.pending_ann and self.pending_ann[0][0] <= r:
+            self.pending_ann.popleft()
+        d = {"beat": self.n, "r_sample": r, "r_time_s": round(r / self.fs, 4), "error": str(e)}
+        self.n += 1
+        return d
+
+    def _annotate(self, d: dict, r: int, label: int) -> None:
+        """The annotated class of the beat at ``r`` into ``d``, counted against ``label``."""
+        pending = self.pending_ann
+        while pending and pending[0][0] < r:
+            pending.popleft()
+        if pending and pending[0][0] == r:
+            a = pending.popleft()[1]
+            d["annotation"] = None if a is None else self.classes[a]
+            if a is not None:
+                self.scorer.confusion[a, label] += 1
+
+    def summary(self, wall: float) -> dict:
+        """The closing summary (``wall``: seconds since the stream started)."""
+        det, beats, exits, fs = self.det, self.beats, self.exits, self.fs
+        seconds = det.end / fs
+        compute = self.compute_s
+        summary = {
+            "summary": True, "source": self.source.name, "lead": self.source.lead, "fs": fs,
+            "signal_s": round(seconds, 3), "wall_s": round(wall, 4), "compute_s": round(compute, 4),
+            "realtime_factor": round(seconds / wall, 1) if wall > 0 else None,
+            "compute_realtime_factor": round(seconds / compute, 1) if compute > 0 else None,
+            "beats": self.n, "refused": self.refused, "peaks": beats.beats,
+            "dropped_at_start": beats.dropped,
+            "filled_samples": det.filled, "beats_over_held_samples": self.held_beats,
+            "answered": "one beat late: each beat after the next R peak (its RR context needs post_rr)",
+            "detector": {"window_s": det.size / fs, "hop_s": det.hop / fs,
+                         "lookahead_s": det.lookahead / fs},
+            "exit_counts": exits.tolist(),
+            "mean_segment_us": [round(float(s) / max(1, int(exits[k:].sum())) / 1e3, 1)
+                                for k, s in enumerate(self.seg_ns)],
+        }
+        if self.scorer is not None:
+            summary.update(self._scores())
+        if self.keep_beats:
+            summary["r_samples"] = self.kept_r
+            summary["labels"] = self.kept_y
+            summary["all_peaks"] = self.all_peaks
+        return summary
+
+    def _scores(self) -> dict:
+        """Detection (sensitivity, PPV within :data:`MATCH_S`) and classification against the
+        annotations."""
+        scorer = self.scorer
+        scorer.finish(self.det.end)
         tp, fp, fn = scorer.tp, scorer.fp, scorer.fn
         c = scorer.confusion
-        summary["detection"] = {"tolerance_s": MATCH_S, "annotated": tp + fn, "detected": tp + fp,
-                                "tp": tp, "fp": fp, "fn": fn,
-                                "sensitivity": round(tp / max(1, tp + fn), 6),
-                                "ppv": round(tp / max(1, tp + fp), 6)}
-        summary["classification"] = {
-            "classes": classes, "beats": int(c.sum()),
-            "accuracy": round(float(np.trace(c)) / max(1, int(c.sum())), 6),
-            "confusion": c.tolist(),  # rows: annotated class, columns: predicted
+        return {
+            "detection": {"tolerance_s": MATCH_S, "annotated": tp + fn, "detected": tp + fp,
+                          "tp": tp, "fp": fp, "fn": fn,
+                          "sensitivity": round(tp / max(1, tp + fn), 6),
+                          "ppv": round(tp / max(1, tp + fp), 6)},
+            "classification": {
+                "classes": self.classes, "beats": int(c.sum()),
+                "accuracy": round(float(np.trace(c)) / max(1, int(c.sum())), 6),
+                "confusion": c.tolist(),  # rows: annotated class, columns: predicted
+            },
         }
-    if keep_beats:
-        summary["r_samples"] = kept_r
-        summary["labels"] = kept_y
-        summary["all_peaks"] = all_peaks
-    yield summary
