@@ -94,20 +94,52 @@ def bench_engine(
     if engine.monolithic is None:
         raise EdgeExitError("bench needs the bundle's monolithic graph (re-export without --no-monolithic)")
     x = engine.check_input(np.asarray(x), batch=True)
-    n, m = len(x), engine.manifest.num_exits
+    n = len(x)
     for i in range(warmup):
         xi = x[i % n]
         engine.predict(xi)
         engine.run_all(xi[None])
         engine.run_monolithic(xi[None])
+    timed = _time_paths(engine, x, block, progress)
+    report = _latency_report(engine, timed, warmup, block)
+    if meter is not None:
+        report["energy"] = measure_energy(engine, x, meter, energy_seconds, energy_rounds,
+                                          progress=energy_progress)
+    if y is not None:
+        y = np.asarray(y)
+        report["accuracy"] = _accuracy_report(timed, y)
+        report["threshold_sweep"] = threshold_sweep(
+            engine, list(timed.probs_exit.transpose(1, 0, 2)), y,
+            [float(v) for v in timed.seg_ns.mean(axis=0) / 1e3],
+            _per_segment_energy(report.get("energy")))
+    log.info("bench: %s", report["ratios"])
+    return BenchReport(report)
 
+
+@dataclasses.dataclass
+class _Timed:
+    """What the three paths measured and answered on every window (see :func:`_time_paths`)."""
+
+    t_policy: np.ndarray  # [N] ns
+    t_all: np.ndarray  # [N] ns
+    t_mono: np.ndarray  # [N] ns
+    seg_ns: np.ndarray  # [N, M] ns, the all-exits path's segments
+    exits: np.ndarray  # [N] exit the policy took
+    pred_policy: np.ndarray  # [N]
+    probs_exit: np.ndarray  # [N, M, K] softmax of every exit
+    pred_mono: np.ndarray  # [N]
+
+
+def _time_paths(engine: Engine, x: np.ndarray, block: int, progress) -> _Timed:
+    """Every window through the policy, all exits and the monolithic graph, block by block in a
+    rotating order (the module docstring), each call timed alone."""
+    n, m = len(x), engine.manifest.num_exits
     t_policy = np.zeros(n, np.int64)
     t_all = np.zeros(n, np.int64)
     t_mono = np.zeros(n, np.int64)
     seg_ns = np.zeros((n, m), np.int64)
     exits = np.zeros(n, np.int64)
     pred_policy = np.zeros(n, np.int64)
-    pred_exit = np.zeros((n, m), np.int64)
     probs_exit = np.zeros((n, m, len(engine.classes)), np.float32)
     pred_mono = np.zeros(n, np.int64)
     clock = time.perf_counter_ns
@@ -143,15 +175,20 @@ def bench_engine(
                 path(i)
         if progress:
             progress(idx[-1] + 1, n)
+    return _Timed(t_policy, t_all, t_mono, seg_ns, exits, pred_policy,
+                  softmax(probs_exit.astype(np.float64)), pred_mono)
 
-    probs_exit = softmax(probs_exit.astype(np.float64))
-    pred_exit = probs_exit.argmax(axis=-1)
-    mono_mean = float(t_mono.mean())
+
+def _latency_report(engine: Engine, t: _Timed, warmup: int, block: int) -> dict:
+    """The report's host, bundle, latency, ratio, exit and MACs fields."""
+    n, m = len(t.exits), engine.manifest.num_exits
+    mono_mean = float(t.t_mono.mean())
     machine = machine_info()
-    hist = np.bincount(exits, minlength=m)
+    hist = np.bincount(t.exits, minlength=m)
     macs = [s.macs for s in engine.manifest.segments]
     cum_macs = np.cumsum(macs)
-    report: dict = {
+    seg_ns = t.seg_ns
+    return {
         "host": {"cpu": machine["cpu"], "machine": machine["machine"], "cores": machine["cpus"]},
         "samples": n,
         "backend": engine.backend,
@@ -163,9 +200,9 @@ def bench_engine(
         "warmup": warmup,
         "block": block,
         "latency_us": {
-            "policy": _stats_us(t_policy),
-            "all_exits": _stats_us(t_all),
-            "monolithic": _stats_us(t_mono),
+            "policy": _stats_us(t.t_policy),
+            "all_exits": _stats_us(t.t_all),
+            "monolithic": _stats_us(t.t_mono),
             "segments": [_stats_us(seg_ns[:, k]) for k in range(m)],
         },
         "segment_quantiles_us": {
@@ -174,38 +211,32 @@ def bench_engine(
                          for k in range(m)],
         },
         "ratios": {
-            "all_exits_vs_monolithic": round(float(t_all.mean()) / mono_mean, 4),
-            "policy_vs_monolithic": round(float(t_policy.mean()) / mono_mean, 4),
-            "policy_vs_all_exits": round(float(t_policy.mean()) / float(t_all.mean()), 4),
-            "all_exits_vs_monolithic_p50": round(float(np.median(t_all)) / float(np.median(t_mono)), 4),
+            "all_exits_vs_monolithic": round(float(t.t_all.mean()) / mono_mean, 4),
+            "policy_vs_monolithic": round(float(t.t_policy.mean()) / mono_mean, 4),
+            "policy_vs_all_exits": round(float(t.t_policy.mean()) / float(t.t_all.mean()), 4),
+            "all_exits_vs_monolithic_p50": round(float(np.median(t.t_all)) / float(np.median(t.t_mono)), 4),
         },
         "model_exits": list(engine.manifest.exits),  # the model exit each segment answers
         "exit_histogram": [int(v) for v in hist],
         "exit_fractions": [round(float(v) / n, 6) for v in hist],
-        "expected_macs": int(round(float(cum_macs[exits].mean()))),
+        "expected_macs": int(round(float(cum_macs[t.exits].mean()))),
         "all_exits_macs": int(cum_macs[-1]),
         "monolithic_macs": int(engine.manifest.monolithic.macs) if engine.manifest.monolithic else None,
     }
-    if meter is not None:
-        report["energy"] = measure_energy(engine, x, meter, energy_seconds, energy_rounds,
-                                          progress=energy_progress)
-    if y is not None:
-        y = np.asarray(y)
-        acc = {
-            "policy": float((pred_policy == y).mean()),
-            "final_exit": float((pred_exit[:, -1] == y).mean()),
-            "monolithic": float((pred_mono == y).mean()),
-            "exits": [float((pred_exit[:, k] == y).mean()) for k in range(m)],
-        }
-        acc["policy_loss_points"] = round(100 * (acc["final_exit"] - acc["policy"]), 3)
-        report["accuracy"] = {k: (round(v, 6) if isinstance(v, float) else [round(a, 6) for a in v])
-                              if k != "policy_loss_points" else v for k, v in acc.items()}
-        report["threshold_sweep"] = threshold_sweep(
-            engine, list(probs_exit.transpose(1, 0, 2)), y,
-            [float(v) for v in seg_ns.mean(axis=0) / 1e3],
-            _per_segment_energy(report.get("energy")))
-    log.info("bench: %s", report["ratios"])
-    return BenchReport(report)
+
+
+def _accuracy_report(t: _Timed, y: np.ndarray) -> dict:
+    """Accuracy of the policy, the final exit, the monolithic graph and every exit."""
+    pred_exit = t.probs_exit.argmax(axis=-1)
+    acc = {
+        "policy": float((t.pred_policy == y).mean()),
+        "final_exit": float((pred_exit[:, -1] == y).mean()),
+        "monolithic": float((t.pred_mono == y).mean()),
+        "exits": [float((pred_exit[:, k] == y).mean()) for k in range(pred_exit.shape[1])],
+    }
+    acc["policy_loss_points"] = round(100 * (acc["final_exit"] - acc["policy"]), 3)
+    return {k: (round(v, 6) if isinstance(v, float) else [round(a, 6) for a in v])
+            if k != "policy_loss_points" else v for k, v in acc.items()}
 
 
 def _per_segment_energy(energy: dict | None) -> list[float] | None:
@@ -286,113 +317,136 @@ def measure_energy(engine: Engine, x: np.ndarray, meter, seconds: float = 0.5, r
     if not seconds > 0 or rounds < 1:
         raise EdgeExitError(f"energy seconds must be > 0 and rounds >= 1, got {seconds}, {rounds}")
     m = engine.manifest.num_exits
-    n = len(x)
-    # every path walks one seeded shuffle of the windows, resuming where its last window stopped:
-    # a path that gets through only part of the data gets a random part, not the first records
-    perm = np.random.default_rng(0).permutation(n)
-    windows = [x[i] for i in perm]
-    batches = [x[i : i + 1] for i in perm]
     own_policy = engine.policy
-    prefixes = [Fixed(m, k) for k in range(m)]
-
     # name -> (the policy the engine runs, or None for the monolithic graph)
     paths = {"policy": own_policy, "monolithic": None}
-    paths.update({f"prefix_{k}": prefixes[k] for k in range(m)})
-    names = list(paths)
-    slot = seconds / rounds
-    total_j = dict.fromkeys(names, 0.0)
-    total_s = dict.fromkeys(names, 0.0)
-    total_cpu = dict.fromkeys(names, 0.0)
-    count = dict.fromkeys(names, 0)
-    cursor = dict.fromkeys(names, 0)
+    paths.update({f"prefix_{k}": Fixed(m, k) for k in range(m)})
+    runs = _MeteredRuns(engine, x, meter, list(paths), progress,
+                        rounds * len(paths) + (0 if meter.idle_w is not None else 1))
     base = {"meter": meter.name, "kind": meter.kind, "description": meter.description}
-    steps = rounds * len(names) + (0 if meter.idle_w is not None else 1)
-    done = 0
+    slot = seconds / rounds
     try:
-        if meter.idle_w is not None:
-            idle_w = float(meter.idle_w)
-            idle_note = "the target preset's idle power (not measured here)"
-        else:
-            wait = max(0.2, slot) if idle_seconds is None else float(idle_seconds)
-            meter.start()
-            time.sleep(wait)
-            r = meter.stop()
-            idle_w = r.watts
-            idle_note = f"measured in this run: a metered {r.seconds:.2f} s sleep before the paths"
-            done += 1
-            if progress:
-                progress(done, steps)
+        idle_w, idle_note = runs.idle_power(slot, idle_seconds)
         for rnd in range(rounds):
-            order = names[rnd % len(names):] + names[: rnd % len(names)]
+            order = runs.names[rnd % len(runs.names):] + runs.names[: rnd % len(runs.names)]
             for name in order:
-                pol, i, c = paths[name], cursor[name], 0
-                if pol is None:
-                    go, items = engine.run_monolithic, batches
-                else:
-                    engine.policy = pol
-                    go, items = engine.predict, windows
-                meter.start()
-                t_end = time.perf_counter() + slot
-                while True:
-                    for _ in range(16):
-                        go(items[i])
-                        i = i + 1 if i + 1 < n else 0
-                    c += 16
-                    if time.perf_counter() >= t_end:
-                        break
-                r = meter.stop()
-                cursor[name] = i
-                total_j[name] += r.joules
-                total_s[name] += r.seconds
-                total_cpu[name] += r.cpu_seconds or 0.0
-                count[name] += c
-                done += 1
-                if progress:
-                    progress(done, steps)
+                runs.run(name, paths[name], slot)
     except MeterError as e:
         log.warning("energy not measured: %s", e)
         return {**base, "error": str(e)}
     finally:
         engine.policy = own_policy
+    return {**base, **runs.report(idle_w, idle_note, seconds, rounds)}
 
-    def per_inference(name):
-        gross = 1e3 * total_j[name] / count[name]
-        above = 1e3 * (total_j[name] - idle_w * total_s[name]) / count[name]
-        return {"gross": round(gross, 8), "above_idle": round(above, 8)}
 
-    per = {name: per_inference(name) for name in names}
-    prefix = [per[f"prefix_{k}"] for k in range(m)]
-    seg = {key: [round(max(0.0, prefix[k][key] - (prefix[k - 1][key] if k else 0.0)), 8)
-                 for k in range(m)] for key in ("gross", "above_idle")}
-    mono, pol, alle = per["monolithic"], per["policy"], prefix[-1]
+class _MeteredRuns:
+    """The metered windows of :func:`measure_energy`: each path's joules, seconds, CPU seconds and
+    inferences, summed over its rounds, and where in the windows it stopped."""
 
-    def ratio(a, b):
-        return round(a / b, 4) if b > 0 else None
+    def __init__(self, engine: Engine, x: np.ndarray, meter, names: list[str], progress,
+                 steps: int) -> None:
+        self.engine, self.meter, self.names, self.progress = engine, meter, names, progress
+        self.n = len(x)
+        # every path walks one seeded shuffle of the windows, resuming where its last window
+        # stopped: a path that gets through only part of the data gets a random part, not the
+        # first records
+        perm = np.random.default_rng(0).permutation(self.n)
+        self.windows = [x[i] for i in perm]
+        self.batches = [x[i : i + 1] for i in perm]
+        self.total_j = dict.fromkeys(names, 0.0)
+        self.total_s = dict.fromkeys(names, 0.0)
+        self.total_cpu = dict.fromkeys(names, 0.0)
+        self.count = dict.fromkeys(names, 0)
+        self.cursor = dict.fromkeys(names, 0)
+        self.steps, self.done = steps, 0
 
-    return {
-        **base,
-        "label": (f"MEASURED: {meter.description}" if meter.kind == "measured" else
-                  meter.description if meter.description.upper().startswith("ESTIMATE") else
-                  f"ESTIMATED: {meter.description}"),
-        "idle_w": round(idle_w, 4),
-        "idle": idle_note,
-        "seconds_per_path": seconds,
-        "rounds": rounds,
-        "per_inference_mj": {"policy": pol, "all_exits": alle, "monolithic": mono},
-        "prefix_mj": prefix,
-        "per_segment_mj": {**seg, "note": "differences of neighbouring prefixes (segments 0..k), "
-                                          "clipped at 0"},
-        "inferences": count,
-        "windows_covered": {name: min(count[name], n) for name in names},
-        "metered_seconds": {name: round(total_s[name], 6) for name in names},
-        "cpu_fraction": {name: round(total_cpu[name] / total_s[name], 4) if total_s[name] else None
-                         for name in names} if meter.kind == "estimated" else None,
-        "ratios": {
-            "policy_vs_monolithic": ratio(pol["above_idle"], mono["above_idle"]),
-            "policy_vs_monolithic_gross": ratio(pol["gross"], mono["gross"]),
-            "policy_vs_all_exits": ratio(pol["above_idle"], alle["above_idle"]),
-        },
-    }
+    def _step(self) -> None:
+        self.done += 1
+        if self.progress:
+            self.progress(self.done, self.steps)
+
+    def idle_power(self, slot: float, idle_seconds: float | None) -> tuple[float, str]:
+        """Idle watts and where they come from: the meter's preset, or a metered sleep."""
+        meter = self.meter
+        if meter.idle_w is not None:
+            return float(meter.idle_w), "the target preset's idle power (not measured here)"
+        wait = max(0.2, slot) if idle_seconds is None else float(idle_seconds)
+        meter.start()
+        time.sleep(wait)
+        r = meter.stop()
+        self._step()
+        return r.watts, f"measured in this run: a metered {r.seconds:.2f} s sleep before the paths"
+
+    def run(self, name: str, pol, slot: float) -> None:
+        """Path ``name`` (policy ``pol``, or None: the monolithic graph) for ``slot`` metered
+        seconds, 16 windows between looks at the clock."""
+        engine, meter, n = self.engine, self.meter, self.n
+        i, c = self.cursor[name], 0
+        if pol is None:
+            go, items = engine.run_monolithic, self.batches
+        else:
+            engine.policy = pol
+            go, items = engine.predict, self.windows
+        meter.start()
+        t_end = time.perf_counter() + slot
+        while True:
+            for _ in range(16):
+                go(items[i])
+                i = i + 1 if i + 1 < n else 0
+            c += 16
+            if time.perf_counter() >= t_end:
+                break
+        r = meter.stop()
+        self.cursor[name] = i
+        self.total_j[name] += r.joules
+        self.total_s[name] += r.seconds
+        self.total_cpu[name] += r.cpu_seconds or 0.0
+        self.count[name] += c
+        self._step()
+
+    def report(self, idle_w: float, idle_note: str, seconds: float, rounds: int) -> dict:
+        """The energy section: mJ per inference (gross and above idle) per path and segment."""
+        meter, names, count, total_s = self.meter, self.names, self.count, self.total_s
+
+        def per_inference(name):
+            gross = 1e3 * self.total_j[name] / count[name]
+            above = 1e3 * (self.total_j[name] - idle_w * total_s[name]) / count[name]
+            return {"gross": round(gross, 8), "above_idle": round(above, 8)}
+
+        per = {name: per_inference(name) for name in names}
+        m = len(names) - 2
+        prefix = [per[f"prefix_{k}"] for k in range(m)]
+        seg = {key: [round(max(0.0, prefix[k][key] - (prefix[k - 1][key] if k else 0.0)), 8)
+                     for k in range(m)] for key in ("gross", "above_idle")}
+        mono, pol, alle = per["monolithic"], per["policy"], prefix[-1]
+
+        def ratio(a, b):
+            return round(a / b, 4) if b > 0 else None
+
+        return {
+            "label": (f"MEASURED: {meter.description}" if meter.kind == "measured" else
+                      meter.description if meter.description.upper().startswith("ESTIMATE") else
+                      f"ESTIMATED: {meter.description}"),
+            "idle_w": round(idle_w, 4),
+            "idle": idle_note,
+            "seconds_per_path": seconds,
+            "rounds": rounds,
+            "per_inference_mj": {"policy": pol, "all_exits": alle, "monolithic": mono},
+            "prefix_mj": prefix,
+            "per_segment_mj": {**seg, "note": "differences of neighbouring prefixes (segments "
+                                              "0..k), clipped at 0"},
+            "inferences": count,
+            "windows_covered": {name: min(count[name], self.n) for name in names},
+            "metered_seconds": {name: round(total_s[name], 6) for name in names},
+            "cpu_fraction": {name: round(self.total_cpu[name] / total_s[name], 4)
+                             if total_s[name] else None
+                             for name in names} if meter.kind == "estimated" else None,
+            "ratios": {
+                "policy_vs_monolithic": ratio(pol["above_idle"], mono["above_idle"]),
+                "policy_vs_monolithic_gross": ratio(pol["gross"], mono["gross"]),
+                "policy_vs_all_exits": ratio(pol["above_idle"], alle["above_idle"]),
+            },
+        }
 
 
 def machine_info() -> dict:
