@@ -245,107 +245,140 @@ def detect_r_peaks_with_levels(
     if not np.isfinite(refractory_s) or refractory_s <= 0:
         raise ValueError(f"refractory_s must be a positive number of seconds, got {refractory_s}")
     refractory = max(1, int(round(refractory_s * fs)))
-
-    # 1-3. band-pass, five-point derivative, squaring, moving-window integration (all centred)
-    bp = _filter_same(x - np.median(x), _bandpass_kernel(fs))
-    deriv = np.zeros_like(bp)
-    deriv[2:-2] = (2.0 * (bp[3:-1] - bp[1:-3]) + (bp[4:] - bp[:-4])) * (fs / 8.0)
-    slope = np.abs(deriv)
-    width = max(1, int(round(INTEGRATION_S * fs)))
-    mwi = _filter_same(deriv * deriv, np.ones(width | 1) / (width | 1))
-
+    mwi, slope = _integrated_energy(x, fs)
     cand = _candidates(mwi, refractory)
     if cand.size == 0:
         logger.info("no QRS candidates in %.1f s of signal", x.size / fs)
         return np.zeros(0, dtype=np.int64), levels  # nothing learned: pass the input on
-    heights = np.sqrt(mwi[cand])
     # QRS slope near each candidate, for the T-wave test (a T wave has a gentler slope)
     shalf = max(1, int(round(REFINE_S * fs)))
-    s_idx = _neighbourhood(cand, shalf, x.size)
-    slopes = slope[s_idx].max(axis=1)
+    slopes = slope[_neighbourhood(cand, shalf, x.size)].max(axis=1)
+    decide = _Thresholds(cand, np.sqrt(mwi[cand]), slopes, fs, refractory,
+                         levels if levels is not None else _learned_levels(mwi, x.size, fs))
+    qrs, snap = decide.run(levels_at)
+    if not qrs:
+        return np.zeros(0, dtype=np.int64), snap
+    peaks = _refined_peaks(x, cand[np.asarray(qrs)], fs, refractory)
+    logger.debug("detected %d R peaks in %.1f s", peaks.size, x.size / fs)
+    return peaks, snap
 
-    # learning phase (Pan & Tompkins: two seconds): the signal level is the typical largest lump
-    # per second, the noise level the typical lump; the median over the first seconds (up to
-    # LEARN_S) keeps one artefact from setting a threshold no QRS can reach
-    qrs: list[int] = []  # indices into ``cand`` of accepted beats
-    rr_recent: list[float] = []  # the last 8 RR intervals (samples)
-    # typical RR: the median of the last 8 (one second until beats are seen). Pan & Tompkins
-    # average the intervals within 92-116 % of the average; in atrial fibrillation that average
-    # goes stale, and the median resists the odd missed or extra beat just as well.
-    rr_typical = fs
-    if levels is None:
-        n_learn = int(fs) * max(1, min(int(LEARN_S), int(x.size // fs)))
-        blocks = np.sqrt(mwi[:n_learn]).reshape(-1, int(fs))  # [seconds, fs]
-        spk = 0.5 * float(np.median(blocks.max(axis=1)))
-        npk = 0.5 * float(np.median(blocks.mean(axis=1)))
-    else:
-        spk, npk = float(levels.signal), float(levels.noise)
-        rr_recent = [float(r) for r in levels.rr[-8:]]
-        if rr_recent:
-            rr_typical = float(np.median(rr_recent))
-    last_event = 0  # sample of the last beat or threshold decay
-    snap: Levels | None = None  # the levels at ``levels_at``
-    t_wave_gap = int(round(T_WAVE_S * fs))
-    pending: list[int] = []  # candidates rejected since the last beat (for the search-back)
 
-    def accept(i: int, searched_back: bool) -> None:
-        nonlocal spk, rr_typical
-        h = heights[i]
-        spk = 0.25 * h + 0.75 * spk if searched_back else 0.125 * h + 0.875 * spk
+def _integrated_energy(x: np.ndarray, fs: float) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 1-3 of Pan & Tompkins: band-pass, five-point derivative, squaring, moving-window
+    integration (all centred); returns the integrated signal and the absolute slope."""
+    bp = _filter_same(x - np.median(x), _bandpass_kernel(fs))
+    deriv = np.zeros_like(bp)
+    deriv[2:-2] = (2.0 * (bp[3:-1] - bp[1:-3]) + (bp[4:] - bp[:-4])) * (fs / 8.0)
+    width = max(1, int(round(INTEGRATION_S * fs)))
+    mwi = _filter_same(deriv * deriv, np.ones(width | 1) / (width | 1))
+    return mwi, np.abs(deriv)
+
+
+def _learned_levels(mwi: np.ndarray, size: int, fs: float) -> Levels:
+    """The learning phase (Pan & Tompkins: two seconds): the signal level is the typical largest
+    lump per second, the noise level the typical lump; the median over the first seconds (up to
+    LEARN_S) keeps one artefact from setting a threshold no QRS can reach. No RR seen yet."""
+    n_learn = int(fs) * max(1, min(int(LEARN_S), int(size // fs)))
+    blocks = np.sqrt(mwi[:n_learn]).reshape(-1, int(fs))  # [seconds, fs]
+    return Levels(0.5 * float(np.median(blocks.max(axis=1))),
+                  0.5 * float(np.median(blocks.mean(axis=1))), ())
+
+
+class _Thresholds:
+    """The decision phase of Pan & Tompkins over the QRS candidates, in order: adaptive signal
+    and noise levels, the T-wave test, the search-back for a missed beat, and the decay of both
+    levels after seconds without a beat."""
+
+    def __init__(self, cand: np.ndarray, heights: np.ndarray, slopes: np.ndarray, fs: float,
+                 refractory: int, levels: Levels) -> None:
+        self.cand, self.heights, self.slopes = cand, heights, slopes
+        self.fs, self.refractory = fs, refractory
+        self.t_wave_gap = int(round(T_WAVE_S * fs))
+        self.spk, self.npk = float(levels.signal), float(levels.noise)
+        self.rr_recent = [float(r) for r in levels.rr[-8:]]  # the last 8 RR intervals (samples)
+        # typical RR: the median of the last 8 (one second until beats are seen). Pan & Tompkins
+        # average the intervals within 92-116 % of the average; in atrial fibrillation that
+        # average goes stale, and the median resists the odd missed or extra beat just as well.
+        self.rr_typical = float(np.median(self.rr_recent)) if self.rr_recent else fs
+        self.qrs: list[int] = []  # indices into ``cand`` of accepted beats
+        self.pending: list[int] = []  # candidates rejected since the last beat (for search-back)
+        self.last_event = 0  # sample of the last beat or threshold decay
+
+    def run(self, levels_at: int | None) -> tuple[list[int], Levels]:
+        """The accepted candidates, and the levels at sample ``levels_at`` (None: at the end)."""
+        snap: Levels | None = None
+        for i in range(self.cand.size):
+            p = int(self.cand[i])
+            if snap is None and levels_at is not None and p >= levels_at:
+                snap = self.levels()
+            self._search_back(p)
+            self._decay_if_lost(p)
+            self._decide(i)
+        return self.qrs, snap if snap is not None else self.levels()
+
+    def levels(self) -> Levels:
+        return Levels(self.spk, self.npk, tuple(self.rr_recent))
+
+    def _accept(self, i: int, searched_back: bool) -> None:
+        h = self.heights[i]
+        self.spk = 0.25 * h + 0.75 * self.spk if searched_back else 0.125 * h + 0.875 * self.spk
+        qrs = self.qrs
         if qrs:
-            rr_recent.append(float(cand[i] - cand[qrs[-1]]))
-            del rr_recent[:-8]
-            rr_typical = float(np.median(rr_recent))
+            self.rr_recent.append(float(self.cand[i] - self.cand[qrs[-1]]))
+            del self.rr_recent[:-8]
+            self.rr_typical = float(np.median(self.rr_recent))
         qrs.append(i)
 
-    def t_wave(i: int) -> bool:
+    def _t_wave(self, i: int) -> bool:
         """Candidate ``i`` is too close to the last beat, or close with a T wave's gentle slope."""
-        gap = int(cand[i] - cand[qrs[-1]])
-        return gap < refractory or (gap < t_wave_gap and slopes[i] < 0.5 * slopes[qrs[-1]])
+        last = self.qrs[-1]
+        gap = int(self.cand[i] - self.cand[last])
+        return gap < self.refractory or (gap < self.t_wave_gap
+                                         and self.slopes[i] < 0.5 * self.slopes[last])
 
-    for i in range(cand.size):
-        p = int(cand[i])
-        if snap is None and levels_at is not None and p >= levels_at:
-            snap = Levels(spk, npk, tuple(rr_recent))
-        # search-back: an RR gap of more than 1.66 typical RRs means a beat was probably missed;
-        # take the largest candidate in the gap above the lower threshold
-        while qrs and pending and p - cand[qrs[-1]] > SEARCH_BACK_RR * rr_typical:
-            thr2 = SEARCH_BACK_FRACTION * (npk + THRESHOLD_FRACTION * (spk - npk))
-            ok = [j for j in pending if p - cand[j] >= refractory and not t_wave(j)]
+    def _search_back(self, p: int) -> None:
+        """An RR gap of more than 1.66 typical RRs means a beat was probably missed: take the
+        largest candidate in the gap above the lower threshold."""
+        cand, heights = self.cand, self.heights
+        while self.qrs and self.pending and p - cand[self.qrs[-1]] > SEARCH_BACK_RR * self.rr_typical:
+            thr2 = SEARCH_BACK_FRACTION * (self.npk + THRESHOLD_FRACTION * (self.spk - self.npk))
+            ok = [j for j in self.pending if p - cand[j] >= self.refractory and not self._t_wave(j)]
             best = max(ok, key=lambda j: heights[j], default=None)
             if best is None or heights[best] <= thr2:
                 break
-            accept(best, searched_back=True)
-            pending = [j for j in pending if j > best]
-        if p - max(last_event, int(cand[qrs[-1]]) if qrs else 0) > LOST_S * fs:
-            # no beat for seconds although the search-back ran: the levels are likely too high
-            # (an artefact, or the amplitude dropped); decay both until beats pass again
-            spk *= 0.5
-            npk *= 0.5
-            last_event = p
-            logger.debug("no beat for %.1f s at %.1f s: halving the peak levels", LOST_S, p / fs)
-        thr1 = npk + THRESHOLD_FRACTION * (spk - npk)
-        if heights[i] > thr1 and not (qrs and t_wave(i)):
-            accept(i, searched_back=False)
-            pending = []
-        else:
-            npk = 0.125 * heights[i] + 0.875 * npk
-            pending.append(i)
+            self._accept(best, searched_back=True)
+            self.pending = [j for j in self.pending if j > best]
 
-    if snap is None:
-        snap = Levels(spk, npk, tuple(rr_recent))
-    if not qrs:
-        return np.zeros(0, dtype=np.int64), snap
-    refined = _refine(x, cand[np.asarray(qrs)], fs)
-    # refinement moves each detection by up to REFINE_S, so two may end up closer than the
-    # refractory period (or on one peak): keep the first of such pairs
+    def _decay_if_lost(self, p: int) -> None:
+        """No beat for seconds although the search-back ran: the levels are likely too high (an
+        artefact, or the amplitude dropped); decay both until beats pass again."""
+        if p - max(self.last_event, int(self.cand[self.qrs[-1]]) if self.qrs else 0) > LOST_S * self.fs:
+            self.spk *= 0.5
+            self.npk *= 0.5
+            self.last_event = p
+            logger.debug("no beat for %.1f s at %.1f s: halving the peak levels", LOST_S,
+                         p / self.fs)
+
+    def _decide(self, i: int) -> None:
+        """Candidate ``i`` above the upper threshold and no T wave is a beat; else noise."""
+        thr1 = self.npk + THRESHOLD_FRACTION * (self.spk - self.npk)
+        if self.heights[i] > thr1 and not (self.qrs and self._t_wave(i)):
+            self._accept(i, searched_back=False)
+            self.pending = []
+        else:
+            self.npk = 0.125 * self.heights[i] + 0.875 * self.npk
+            self.pending.append(i)
+
+
+def _refined_peaks(x: np.ndarray, beats: np.ndarray, fs: float, refractory: int) -> np.ndarray:
+    """The beats moved to their R peaks (:func:`_refine`); refinement moves each by up to
+    REFINE_S, so two may end up closer than the refractory period (or on one peak): the first of
+    such pairs is kept."""
     kept: list[int] = []
-    for r in refined.tolist():
+    for r in _refine(x, beats, fs).tolist():
         if not kept or r - kept[-1] >= refractory:
             kept.append(r)
-    peaks = np.asarray(kept, dtype=np.int64)
-    logger.debug("detected %d R peaks in %.1f s", peaks.size, x.size / fs)
-    return peaks, snap
+    return np.asarray(kept, dtype=np.int64)
 
 
 def windows_from_signal(
