@@ -270,16 +270,64 @@ def compress(
     Returns:
         A :class:`CompressResult`.
     """
+    t_start = time.perf_counter()
+    say = progress or (lambda stage: None)
+    out = Path(out_dir)
+    job = _load(Path(checkpoint), out, config, data, vae, say)  # step 1
+    vae_path = None
+    if config.onmanifold or config.finetune.kind == "onmanifold":  # step 2
+        say("VAE of the signal" + (" (given)" if vae is not None else " (training)"))
+        vae_path = _vae(vae, job.train_set, job.ckpt, out, config, bars)
+    original = copy.deepcopy(job.ckpt.model)  # the model before pruning (pruning works in place)
+    pruned = _prune(job, config, vae_path, say)  # step 3
+    new_ckpt = _finetune(job, config, vae_path, pruned, out, say, bars)  # step 4
+    measure_vae = vae_path if config.onmanifold else None  # step 5
+    say("measuring the original model")
+    ev_before = _measure(job.ckpt_path, job.spec, config, measure_vae, out / "evaluate-original")
+    say("measuring the compressed model")
+    ev_after = _measure(new_ckpt, job.spec, config, measure_vae, out / "evaluate-compressed")
+    sizes, latency = _sizes_and_latency(original, new_ckpt, job, config, out, say)
+    report = {
+        "checkpoint": str(job.ckpt_path),
+        "compressed": str(new_ckpt),
+        "vae": None if vae_path is None else str(vae_path),
+        "config": config.to_dict(),
+        "data": {"spec": job.spec.to_dict(), "train": job.train_set.describe(),
+                 "test_measured": ev_before["data"]["test"]},
+        "pruning": pruned.to_dict(),
+        "original": _side(ev_before, pruned.params_before, list(pruned.macs_before),
+                          sizes["original"]),
+        "compressed_model": _side(ev_after, pruned.params_after, list(pruned.macs_after),
+                                  sizes["compressed"]),
+        "latency": latency,
+        "host": {**machine_info(), "threads": config.threads},
+        "elapsed_s": round(time.perf_counter() - t_start, 1),
+    }
+    return CompressResult(report, Path(new_ckpt), _write_report(out, report))  # step 6
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What :func:`compress` works on: the checkpoint, its data and the windows' shape."""
+
+    ckpt_path: Path
+    ckpt: object  # edgeexit.checkpoint.Checkpoint
+    spec: object  # edgeexit.data.DataSpec
+    train_set: object  # the (sampled) training side, BeatDataset
+    test: object  # the test side, BeatDataset
+    shape: tuple[int, ...]
+    provenance: dict
+
+
+def _load(ckpt_path: Path, out: Path, config: CompressConfig, data, vae, say) -> _Job:
+    """Step 1: refuse a foreign output directory or a bad VAE file, load the checkpoint and its
+    data, and check that they fit each other."""
     from edgeexit.checkpoint import load_checkpoint
     from edgeexit.data import load_train_test, stratified_sample
     from edgeexit.runtime.manifest import sha256_file
 
-    t_start = time.perf_counter()
-    say = progress or (lambda stage: None)
-    out = Path(out_dir)
     check_output_directory(out, _OURS, "compress")
     torch.set_num_threads(config.threads)
-    ckpt_path = Path(checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     spec = ckpt.data_spec(data, "; give the data with --data")
     if vae is not None:
@@ -293,83 +341,81 @@ def compress(
     if tuple(train_set.input_shape) != shape:
         raise ConfigError(f"the data's windows are {train_set.input_shape}, the model takes {shape}")
     out.mkdir(parents=True, exist_ok=True)
-
-    needs_vae = config.onmanifold or config.finetune.kind == "onmanifold"
-    vae_path = None
-    if needs_vae:
-        say("VAE of the signal" + (" (given)" if vae is not None else " (training)"))
-        vae_path = _vae(vae, train_set, ckpt, out, config, bars)
-
-    model = ckpt.model
-    original = copy.deepcopy(ckpt.model)  # the model before pruning (pruning works in place)
     provenance = {"source_checkpoint": str(ckpt_path), "source_sha256": sha256_file(ckpt_path),
-                  "prune": config.prune.to_dict(), "finetune": config.finetune.to_dict(),
-                  "vae": None if vae_path is None else str(vae_path)}
-    ft = config.finetune
+                  "prune": config.prune.to_dict(), "finetune": config.finetune.to_dict()}
+    return _Job(ckpt_path, ckpt, spec, train_set, test, shape, provenance)
+
+
+def _prune(job: _Job, config: CompressConfig, vae_path: Path | None, say):
+    """Step 3: prune the checkpoint's model in place, fine-tuning between iterative steps;
+    returns the :class:`~edgeexit.compress.prune.PruneResult`."""
+    from edgeexit.data import stratified_sample
+
+    model, ft, train_set = job.ckpt.model, config.finetune, job.train_set
     between = None
     if ft.kind != "none" and config.prune.steps > 1:
         def between(step: int) -> None:
             say(f"fine-tuning after pruning step {step + 1}/{config.prune.steps}")
-            finetune(model, train_set, ft, meta=ckpt.meta, vae=vae_path, epochs=config.step_epochs)
+            finetune(model, train_set, ft, meta=job.ckpt.meta, vae=vae_path,
+                     epochs=config.step_epochs)
 
     say(f"pruning {config.prune.ratio:g} ({config.prune.importance}, {config.prune.scope})")
     example = torch.from_numpy(train_set.x[:2])
     grad_set = stratified_sample(train_set, 256, config.seed)  # taylor importance's gradients
     xy = (torch.from_numpy(grad_set.x), torch.from_numpy(grad_set.y).long())
-    pruned = prune_model(model, config.prune, example, data=xy, between=between)
-    meta = {"compression": {**provenance, "pruning": pruned.to_dict()}}
+    return prune_model(model, config.prune, example, data=xy, between=between)
+
+
+def _finetune(job: _Job, config: CompressConfig, vae_path: Path | None, pruned, out: Path, say,
+              bars: bool) -> Path:
+    """Step 4: fine-tune the pruned model into ``OUT/model.pt`` (saved as is with ``--finetune
+    none``), its provenance recorded; returns the checkpoint."""
+    ckpt, ft = job.ckpt, config.finetune
+    meta = {"compression": {**job.provenance,
+                            "vae": None if vae_path is None else str(vae_path),
+                            "pruning": pruned.to_dict()}}
     if ft.kind != "none":
         say(f"fine-tuning ({ft.kind}, {ft.epochs} epochs)")
-        result = finetune(model, train_set, ft, meta=ckpt.meta, vae=vae_path, test=test,
-                          out_dir=out, data_spec=spec, extra_meta=meta, progress=bars)
-        new_ckpt = result.checkpoint
-    else:
-        from edgeexit.checkpoint import save_checkpoint
+        result = finetune(ckpt.model, job.train_set, ft, meta=ckpt.meta, vae=vae_path,
+                          test=job.test, out_dir=out, data_spec=job.spec, extra_meta=meta,
+                          progress=bars)
+        return result.checkpoint
+    from edgeexit.checkpoint import save_checkpoint
 
-        new_ckpt = save_checkpoint(out / "model.pt", model, classes=ckpt.classes,
-                                   input_spec=ckpt.input_spec, meta={**ckpt.meta, **meta})
+    return save_checkpoint(out / "model.pt", ckpt.model, classes=ckpt.classes,
+                           input_spec=ckpt.input_spec, meta={**ckpt.meta, **meta})
 
-    say("measuring the original model")
-    ev_before = _measure(ckpt_path, spec, config, vae_path if config.onmanifold else None,
-                         out / "evaluate-original")
-    say("measuring the compressed model")
-    ev_after = _measure(new_ckpt, spec, config, vae_path if config.onmanifold else None,
-                        out / "evaluate-compressed")
+
+def _sizes_and_latency(original, new_ckpt: Path, job: _Job, config: CompressConfig, out: Path,
+                       say) -> tuple[dict, dict]:
+    """Step 5, the files: both models exported (fp32, every format of ``config``) for their
+    sizes, and their monolithic graphs timed at batch 1, alternately."""
+    from edgeexit.checkpoint import load_checkpoint
+
     say(f"exporting both models (fp32 {', '.join(config.formats)}) for sizes and latency")
     with tempfile.TemporaryDirectory(prefix=".compress-", dir=out) as tmp:
         mono, sizes = {}, {}
         for name, m in (("original", original), ("compressed", load_checkpoint(new_ckpt).model)):
             root = Path(tmp) / name
-            mono[name] = export_monolithic(m.eval(), shape, root, config.formats)
-            segs = export_segments(m, shape, root, config.formats)
+            mono[name] = export_monolithic(m.eval(), job.shape, root, config.formats)
+            segs = export_segments(m, job.shape, root, config.formats)
             sizes[name] = {fmt: {"segments_bytes": sum(p.stat().st_size for p in segs[fmt]),
                                  "monolithic_bytes": mono[name][fmt].stat().st_size}
                            for fmt in mono[name]}
         say("timing both monolithic models at batch 1, alternately")
-        latency = time_side_by_side(mono, test.x[:64].astype(np.float32), config.latency_runs,
+        latency = time_side_by_side(mono, job.test.x[:64].astype(np.float32), config.latency_runs,
                                     config.threads)
-    report = {
-        "checkpoint": str(ckpt_path),
-        "compressed": str(new_ckpt),
-        "vae": None if vae_path is None else str(vae_path),
-        "config": config.to_dict(),
-        "data": {"spec": spec.to_dict(), "train": train_set.describe(),
-                 "test_measured": ev_before["data"]["test"]},
-        "pruning": pruned.to_dict(),
-        "original": _side(ev_before, pruned.params_before, list(pruned.macs_before),
-                          sizes["original"]),
-        "compressed_model": _side(ev_after, pruned.params_after, list(pruned.macs_after),
-                                  sizes["compressed"]),
-        "latency": latency,
-        "host": {**machine_info(), "threads": config.threads},
-        "elapsed_s": round(time.perf_counter() - t_start, 1),
-    }
+    return sizes, latency
+
+
+def _write_report(out: Path, report: dict) -> tuple[Path, ...]:
+    """Step 6: ``OUT/report.json`` and ``OUT/report.md``."""
     text = json.dumps(report, indent=2).encode()
     files_written = [atomic_write(out / REPORT_JSON, lambda f: f.write(text))]
     md = format_markdown(report).encode()
     files_written.append(atomic_write(out / REPORT_MD, lambda f: f.write(md)))
     log.info("wrote %s", out / REPORT_JSON)
-    return CompressResult(report, Path(new_ckpt), tuple(files_written))
+    return tuple(files_written)
 
 
 def _fmt_pct(v: float | None) -> str:
