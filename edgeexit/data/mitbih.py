@@ -286,66 +286,35 @@ def _load(
     ys: list[np.ndarray] = []
     gs: list[np.ndarray] = []
     ts: list[np.ndarray] = []  # morphology templates, with morph_context
-    off = default_r_offset(window) if r_offset is None else r_offset
     leads: list[str] = []
     fs: float | None = None
     for i, name in enumerate(names, start=1):
         header = headers[name]
         assert header is not None
-        channel = _pick_lead(header, lead)
-        try:
-            rec = wfdb.rdrecord(header.base, channels=[channel])
-        except Exception as e:
-            raise DataError(f"cannot read the signal of record {name} in {path}: {e}") from e
+        signal, rec_fs, lead_read = _read_signal(wfdb, path, header, name, lead)
         if fs is None:
-            fs = float(rec.fs)
-        elif float(rec.fs) != fs:
+            fs = float(rec_fs)
+        elif float(rec_fs) != fs:
             raise DataError(
-                f"record {name} is sampled at {rec.fs} Hz but earlier records at {fs} Hz: "
+                f"record {name} is sampled at {rec_fs} Hz but earlier records at {fs} Hz: "
                 "load records of one sampling rate together"
             )
-        unit = (rec.units[0] if rec.units else "mV") or "mV"
-        scale = _TO_MV.get(unit.strip().lower())
-        if scale is None:
-            raise DataError(
-                f"record {name}, lead {rec.sig_name[0]}: unknown signal units {unit!r} "
-                "(expected mV, uV or V)"
-            )
-        signal = rec.p_signal[:, 0].astype(np.float32)
-        if scale != 1.0:
-            signal *= np.float32(scale)
-        leads.append(rec.sig_name[0])
+        leads.append(lead_read)
         # RR context comes from *all* beats of the record (Q included), exactly as the device
         # sees a continuous beat stream; windows near the ends are dropped afterwards.
         peaks, labels = _read_beats(header.base, name)
         if peaks.size < (2 if rr_context else 1):
             log.warning("record %s has %d beat annotations: skipped", name, peaks.size)
         else:
-            x, kept = beat_windows(
-                signal, peaks, fs, window=window, r_offset=r_offset, rr_context=rr_context,
-                morph_context=morph_context,
-            )
-            if morph_context:  # what each beat's morphology channels were computed against
-                ts.append(morph_templates(x[:, 0], off, fs))
-            finite = np.isfinite(x).all(axis=(1, 2))
-            if not finite.all():
-                # wfdb turns invalid samples into NaN; such windows cannot be used.
-                log.warning(
-                    "record %s: %d beat windows hold invalid samples (NaN): dropped",
-                    name, int((~finite).sum()),
-                )
-                x, kept = x[finite], kept[finite]
-                if morph_context:
-                    ts[-1] = ts[-1][finite]
-            if peaks.size - kept.size:
-                log.debug(
-                    "record %s: %d beats too close to the ends dropped",
-                    name, peaks.size - kept.size,
-                )
+            x, y, t = _cut_beats(signal, peaks, labels, fs, name, window=window,
+                                 r_offset=r_offset, rr_context=rr_context,
+                                 morph_context=morph_context)
             xs.append(x)
-            ys.append(labels[kept])
-            gs.append(np.full(kept.size, name))
-        del signal, rec
+            ys.append(y)
+            gs.append(np.full(y.size, name))
+            if morph_context:
+                ts.append(t)
+        del signal
         if progress is not None:
             progress(done + i, total)
 
@@ -356,9 +325,22 @@ def _load(
     lead_name = leads[0] if len(set(leads)) == 1 else lead
     channels = ((lead_name,) + (RR_FEATURES if rr_context else ())
                 + (MORPH_FEATURES if morph_context else ()))
+    data = _beat_dataset(xs, ys, gs, ts if morph_context else None, fs, channels, source)
+    log.info(
+        "loaded %d beats from %s in %.1f s (window %d, R at %d): %s",
+        len(data), source, time.perf_counter() - start, window,
+        default_r_offset(window) if r_offset is None else r_offset, data.class_counts(),
+    )
+    return data
+
+
+def _beat_dataset(xs: list[np.ndarray], ys, gs, ts, fs: float, channels: tuple[str, ...],
+                  source: str) -> BeatDataset:
+    """The records' beats as one data set (``xs`` is emptied as it is joined, to free the
+    per-record copies before the data set is built)."""
     x = np.concatenate(xs) if len(xs) > 1 else xs[0]
-    del xs  # free the per-record copies before building the data set
-    data = BeatDataset(
+    xs.clear()
+    return BeatDataset(
         x=x,
         y=np.concatenate(ys).astype(np.int64),
         classes=AAMI_CLASSES,
@@ -368,14 +350,60 @@ def _load(
         signal_channels=1,
         units="mV",
         source=source,
-        templates=np.concatenate(ts) if morph_context else None,
+        templates=None if ts is None else np.concatenate(ts),
     )
-    log.info(
-        "loaded %d beats from %s in %.1f s (window %d, R at %d): %s",
-        len(data), source, time.perf_counter() - start, window,
-        default_r_offset(window) if r_offset is None else r_offset, data.class_counts(),
+
+
+def _read_signal(wfdb, path: Path, header, name: str, lead: str) -> tuple[np.ndarray, float, str]:
+    """Lead ``lead`` (or its fallback) of record ``name`` in mV (float32), its sampling rate as
+    the header gives it, and the name of the lead read."""
+    channel = _pick_lead(header, lead)
+    try:
+        rec = wfdb.rdrecord(header.base, channels=[channel])
+    except Exception as e:
+        raise DataError(f"cannot read the signal of record {name} in {path}: {e}") from e
+    unit = (rec.units[0] if rec.units else "mV") or "mV"
+    scale = _TO_MV.get(unit.strip().lower())
+    if scale is None:
+        raise DataError(
+            f"record {name}, lead {rec.sig_name[0]}: unknown signal units {unit!r} "
+            "(expected mV, uV or V)"
+        )
+    signal = rec.p_signal[:, 0].astype(np.float32)
+    if scale != 1.0:
+        signal *= np.float32(scale)
+    return signal, rec.fs, rec.sig_name[0]
+
+
+def _cut_beats(signal: np.ndarray, peaks: np.ndarray, labels: np.ndarray, fs: float, name: str, *,
+               window: int, r_offset: int | None, rr_context: bool,
+               morph_context: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One record's beat windows, their labels and (with ``morph_context``) the morphology
+    templates each was computed against; windows holding invalid samples are dropped."""
+    x, kept = beat_windows(
+        signal, peaks, fs, window=window, r_offset=r_offset, rr_context=rr_context,
+        morph_context=morph_context,
     )
-    return data
+    templates = None
+    if morph_context:  # what each beat's morphology channels were computed against
+        off = default_r_offset(window) if r_offset is None else r_offset
+        templates = morph_templates(x[:, 0], off, fs)
+    finite = np.isfinite(x).all(axis=(1, 2))
+    if not finite.all():
+        # wfdb turns invalid samples into NaN; such windows cannot be used.
+        log.warning(
+            "record %s: %d beat windows hold invalid samples (NaN): dropped",
+            name, int((~finite).sum()),
+        )
+        x, kept = x[finite], kept[finite]
+        if morph_context:
+            templates = templates[finite]
+    if peaks.size - kept.size:
+        log.debug(
+            "record %s: %d beats too close to the ends dropped",
+            name, peaks.size - kept.size,
+        )
+    return x, labels[kept], templates
 
 
 def load_mitbih(

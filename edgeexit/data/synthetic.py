@@ -462,21 +462,40 @@ def _timing(
 def _beat_waves(
     rng: np.random.Generator, p: _Patient, seq: np.ndarray, times: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Amplitude (mV), centre (s, relative to R) and width (s) of every wave slot of every beat."""
+    """Amplitude (mV), centre (s, relative to R) and width (s) of every wave slot of every beat.
+
+    Each class's complexes are drawn in turn (the order of the draws from ``rng`` is part of
+    the data a seed gives), then every beat's T waves follow the rate and every wave jitters."""
     b = seq.size
     amp = np.zeros((b, _N_SLOTS))
     mu = np.zeros((b, _N_SLOTS))
     sig = np.full((b, _N_SLOTS), 0.01)
-    u = rng.uniform
+    waves = (amp, mu, sig)
 
     is_n, is_s, is_v, is_f, is_q = (seq == c for c in range(5))
     sinus = is_n | is_s | is_f  # these start from the patient's sinus complex
-    normal = p.normal
-    amp[sinus] = normal[:, 0]
-    mu[sinus] = normal[:, 1]
-    sig[sinus] = normal[:, 2]
+    amp[sinus] = p.normal[:, 0]
+    mu[sinus] = p.normal[:, 1]
+    sig[sinus] = p.normal[:, 2]
+    _supraventricular_waves(rng, p, waves, is_s)
+    # V: the complex of one of the patient's foci, no P, no sinus QRS-T
+    focus = rng.integers(0, len(p.v_foci), b)
+    for k, template in enumerate(p.v_foci):
+        sel = is_v & (focus == k)
+        amp[sel] = template[:, 0]
+        mu[sel] = template[:, 1]
+        sig[sel] = template[:, 2]
+    _fusion_waves(rng, p, waves, is_f, focus)
+    _paced_waves(rng, p, waves, is_q)
+    _rate_and_jitter(rng, p, waves, times)
+    return amp, mu, sig
 
-    # S: abnormal P (mostly the patient's ectopic-atrial kind), QRS like N but sometimes aberrant
+
+def _supraventricular_waves(rng: np.random.Generator, p: _Patient, waves, is_s: np.ndarray) -> None:
+    """S: abnormal P (mostly the patient's ectopic-atrial kind), QRS like N but sometimes
+    aberrant (in place on the sinus complexes of ``waves``)."""
+    amp, mu, sig = waves
+    u, normal = rng.uniform, p.normal
     n_s = int(is_s.sum())
     kind = np.where(rng.random(n_s) < 0.75, p.s_p_kind, rng.integers(0, 3, n_s))
     p_amp = normal[_P, 0] * np.select(
@@ -488,15 +507,12 @@ def _beat_waves(
     sig[is_s, _R] *= aberrant
     amp[is_s, _R] *= u(0.85, 1.15, n_s)
 
-    # V: the complex of one of the patient's foci, no P, no sinus QRS-T
-    focus = rng.integers(0, len(p.v_foci), b)
-    for k, template in enumerate(p.v_foci):
-        sel = is_v & (focus == k)
-        amp[sel] = template[:, 0]
-        mu[sel] = template[:, 1]
-        sig[sel] = template[:, 2]
 
-    # F: alpha * sinus complex + (1 - alpha) * ventricular complex, the V part slightly early
+def _fusion_waves(rng: np.random.Generator, p: _Patient, waves, is_f: np.ndarray,
+                  focus: np.ndarray) -> None:
+    """F: alpha * sinus complex + (1 - alpha) * ventricular complex, the V part slightly early."""
+    amp, mu, sig = waves
+    u = rng.uniform
     n_f = int(is_f.sum())
     alpha = u(0.35, 0.7, n_f)
     v_part = np.stack([p.v_foci[k] for k in focus[is_f]]) if n_f else np.zeros((0, _N_SLOTS, 3))
@@ -511,7 +527,11 @@ def _beat_waves(
     f_sig[:, _V_SLOTS] = v_part[:, _V_SLOTS, 2]
     amp[is_f], mu[is_f], sig[is_f] = f_amp, f_mu, f_sig
 
-    # Q: pacing spike + paced complex; ~15% are fusions of paced and sinus beats
+
+def _paced_waves(rng: np.random.Generator, p: _Patient, waves, is_q: np.ndarray) -> None:
+    """Q: pacing spike + paced complex; ~15% are fusions of paced and sinus beats."""
+    amp, mu, sig = waves
+    u, normal = rng.uniform, p.normal
     n_q = int(is_q.sum())
     amp[is_q] = p.pace[:, 0]
     mu[is_q] = p.pace[:, 1]
@@ -528,6 +548,11 @@ def _beat_waves(
     q_amp[:, _SPIKE] *= u(0.7, 1.3, n_q)  # spike height varies beat to beat (sampling, filters)
     amp[is_q], mu[is_q], sig[is_q] = q_amp, q_mu, q_sig
 
+
+def _rate_and_jitter(rng: np.random.Generator, p: _Patient, waves, times: np.ndarray) -> None:
+    """QT follows the rate, every wave jitters, respiration and the patient's scale modulate
+    the amplitudes (in place on ``waves``)."""
+    amp, mu, sig = waves
     # QT adapts to the rate: T waves move with sqrt(preceding RR / mean RR)
     pre = np.diff(times, prepend=times[0] - p.base_rr)
     qt = np.clip(np.sqrt(pre / p.base_rr), 0.8, 1.2)
@@ -543,7 +568,6 @@ def _beat_waves(
     # respiration modulates the amplitude (chest impedance, heart axis), then the patient's scale
     resp = 1.0 + p.amp_mod * np.sin(2.0 * np.pi * p.f_resp * times + p.resp_phase + 0.7)
     amp *= (p.scale * resp)[:, None]
-    return amp, mu, sig
 
 
 def _render_waves(
