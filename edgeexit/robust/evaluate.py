@@ -381,78 +381,97 @@ class _Inputs:
 
 def _run_attacks(target: _Target, test: _Inputs, train: _Inputs | None,
                  config: EvalConfig, measure: _Measure, tick, vae=None) -> list[dict]:
-    base = target.ckpt.model
-    s = target.signal_channels
-    x = torch.from_numpy(test.x)
-    y = torch.from_numpy(test.y)
-    common = {"norm": config.norm, "signal_channels": s}
-    entries = []
+    """Every attack of ``config`` in the report's order: the sanity PGD, the window attacks at
+    each budget, the slowdown attacks at the largest, then the on-manifold attack."""
+    run = _AttackRun(target, test, train, config, measure, tick)
+    if config.sanity_eps is not None:  # the final exit's own PGD at a budget nothing survives
+        run.craft("pgd_final_sanity", config.sanity_eps, lambda m: PGD(
+            m, config.sanity_eps, steps=config.steps, seed=config.seed, **run.common))
+    for eps in config.eps:
+        run.window_attacks(eps)
+    run.slowdown_attacks(max(config.eps))
+    if "onmanifold" in config.attacks and vae is not None:
+        entry = _onmanifold(target, test.data, config, vae)
+        if entry is not None:
+            run.entries.append(entry)
+        tick(f"onmanifold eta {config.eta:g}")
+    return run.entries
 
-    def record(name: str, eps: float, x_adv, seconds: float, stats: dict | None = None) -> None:
-        entry = {"attack": name, "eps": eps, **measure(test.scored(x_adv)),
+
+class _AttackRun:
+    """The attacks of one :func:`evaluate`, each measured like the clean windows and recorded
+    (with its seconds and statistics) in order."""
+
+    def __init__(self, target: _Target, test: _Inputs, train: _Inputs | None,
+                 config: EvalConfig, measure: _Measure, tick) -> None:
+        self.target, self.test, self.train, self.config = target, test, train, config
+        self.measure, self.tick = measure, tick
+        self.base = target.ckpt.model
+        self.common = {"norm": config.norm, "signal_channels": target.signal_channels}
+        self.entries: list[dict] = []
+
+    def record(self, name: str, eps: float, x_adv, seconds: float, stats: dict | None = None) -> None:
+        entry = {"attack": name, "eps": eps, **self.measure(self.test.scored(x_adv)),
                  "seconds": round(seconds, 2)}
         if stats:
             entry["stats"] = stats
-        entries.append(entry)
-        tick(f"{name} eps {eps:g}")
+        self.entries.append(entry)
+        self.tick(f"{name} eps {eps:g}")
 
-    grid = list(config.eps)
-    if config.sanity_eps is not None:  # the final exit's own PGD at a budget nothing survives
+    def craft(self, name: str, eps: float, make, record_stats: bool = True) -> None:
+        """A white-box attack ``make(model)`` crafted on the test windows, recorded."""
         t0 = time.perf_counter()
-        adv, stats = test.craft(lambda m: PGD(m, config.sanity_eps, steps=config.steps,
-                                              seed=config.seed, **common), base)
-        record("pgd_final_sanity", config.sanity_eps, adv, time.perf_counter() - t0, stats)
-    for eps in grid:
+        adv, stats = self.test.craft(make, self.base)
+        self.record(name, eps, adv, time.perf_counter() - t0, stats if record_stats else None)
+
+    def window_attacks(self, eps: float) -> None:
+        """Max-average PGD, policy-aware PGD, the universal perturbation and Square at ``eps``."""
+        config, target, common, test = self.config, self.target, self.common, self.test
         if "max_avg" in config.attacks:
-            t0 = time.perf_counter()
-            adv, stats = test.craft(lambda m, eps=eps: MaxAvgPGD(
-                m, eps, steps=config.steps, seed=config.seed, **common), base)
-            record("max_avg", eps, adv, time.perf_counter() - t0, stats)
+            self.craft("max_avg", eps, lambda m: MaxAvgPGD(
+                m, eps, steps=config.steps, seed=config.seed, **common))
         if "policy" in config.attacks:
-            t0 = time.perf_counter()
-            adv, stats = test.craft(lambda m, eps=eps: PGD(
+            self.craft("policy", eps, lambda m: PGD(
                 m, eps, steps=config.steps, seed=config.seed,
-                objective=target.policy_objective(), **common), base)
-            record("policy", eps, adv, time.perf_counter() - t0, stats)
-        if "universal" in config.attacks and train is not None:
+                objective=target.policy_objective(), **common))
+        if "universal" in config.attacks and self.train is not None:
             from edgeexit.robust.attacks.universal import UniversalPerturbation
 
             t0 = time.perf_counter()
-            uap = UniversalPerturbation(train.model(base), eps,
+            uap = UniversalPerturbation(self.train.model(self.base), eps,
                                         objective=target.policy_objective(),
                                         epochs=config.universal_epochs, seed=config.seed, **common)
-            uap.fit(torch.from_numpy(train.x), torch.from_numpy(train.y))
-            record("universal", eps, uap(x, y).numpy(), time.perf_counter() - t0)
+            self._fit_and_record("universal", eps, uap, t0)
         if "square" in config.attacks and target.engine is not None:
             from edgeexit.robust.attacks.square import SquareAttack, engine_predict
 
             t0 = time.perf_counter()
             predict = engine_predict(target.engine)
-            sq = SquareAttack(lambda xa, predict=predict: predict(test.scored(xa)), eps, signal_channels=s,
+            sq = SquareAttack(lambda xa: predict(test.scored(xa)), eps,
+                              signal_channels=target.signal_channels,
                               n_queries=config.square_queries, seed=config.seed)
-            record("square", eps, sq(test.x, test.y), time.perf_counter() - t0, sq.stats)
-    slow_eps = max(grid)
-    if "slowdown" in config.attacks:
-        from edgeexit.robust.attacks.universal import DeepSloth
+            self.record("square", eps, sq(test.x, test.y), time.perf_counter() - t0, sq.stats)
 
-        t0 = time.perf_counter()
-        adv, _ = test.craft(lambda m: DeepSloth(m, slow_eps, steps=config.steps, seed=config.seed,
-                                                **common), base)
-        record("slowdown", slow_eps, adv, time.perf_counter() - t0)
-    if "universal_slowdown" in config.attacks and train is not None:
-        from edgeexit.robust.attacks.universal import UniversalDeepSloth
+    def slowdown_attacks(self, eps: float) -> None:
+        """DeepSloth per window and universal, at ``eps`` (the largest budget)."""
+        config, common = self.config, self.common
+        if "slowdown" in config.attacks:
+            from edgeexit.robust.attacks.universal import DeepSloth
 
-        t0 = time.perf_counter()
-        uap = UniversalDeepSloth(train.model(base), slow_eps,
-                                 epochs=config.universal_epochs, seed=config.seed, **common)
-        uap.fit(torch.from_numpy(train.x), torch.from_numpy(train.y))
-        record("universal_slowdown", slow_eps, uap(x, y).numpy(), time.perf_counter() - t0)
-    if "onmanifold" in config.attacks and vae is not None:
-        entry = _onmanifold(target, test.data, config, vae)
-        if entry is not None:
-            entries.append(entry)
-        tick(f"onmanifold eta {config.eta:g}")
-    return entries
+            self.craft("slowdown", eps, lambda m: DeepSloth(
+                m, eps, steps=config.steps, seed=config.seed, **common), record_stats=False)
+        if "universal_slowdown" in config.attacks and self.train is not None:
+            from edgeexit.robust.attacks.universal import UniversalDeepSloth
+
+            t0 = time.perf_counter()
+            uap = UniversalDeepSloth(self.train.model(self.base), eps,
+                                     epochs=config.universal_epochs, seed=config.seed, **common)
+            self._fit_and_record("universal_slowdown", eps, uap, t0)
+
+    def _fit_and_record(self, name: str, eps: float, uap, t0: float) -> None:
+        uap.fit(torch.from_numpy(self.train.x), torch.from_numpy(self.train.y))
+        x, y = torch.from_numpy(self.test.x), torch.from_numpy(self.test.y)
+        self.record(name, eps, uap(x, y).numpy(), time.perf_counter() - t0)
 
 
 def _onmanifold(target: _Target, test: BeatDataset, config: EvalConfig, vae) -> dict | None:
@@ -600,41 +619,13 @@ def evaluate(
                           config.morph_follows, r_offset)
     test, ctx = test_inputs.data, test_inputs.ctx
     _check_shape(test, t.ckpt, "test")
-    vae, notes = None, []
-    if "onmanifold" in config.attacks:
-        if config.vae:
-            from edgeexit.models.vae import check_vae_fits, load_vae
-
-            vae = load_vae(config.vae)
-            check_vae_fits(vae, t.signal_channels, test.input_shape[-1], len(t.ckpt.classes),
-                           f"the model of {t.ckpt_path}", in_channels=test.input_shape[0])
-        else:
-            notes.append("onmanifold skipped: no VAE given (--vae FILE)")
-            log.info("evaluate: the onmanifold attack is skipped: no VAE given (--vae FILE)")
-    needs_train = {"universal", "universal_slowdown"} & set(config.attacks)
-    train_inputs = None
-    if needs_train:
-        train_inputs = _Inputs(load_split(spec, "train"), config.universal_limit,
-                               config.seed + 1, config.morph_follows, r_offset)
-        _check_shape(train_inputs.data, t.ckpt, "training")
+    notes: list[str] = []
+    vae = _vae_for(t, test, config, notes)
+    train_inputs = _universal_inputs(spec, t, config, r_offset)
     if ctx is not None:
         log.info("evaluate: the morphology channels are recomputed from every attacked and noisy "
                  "waveform (templates rebuilt from each record's previous clean beats)")
-    n_eps = len(config.eps)
-    total = (sum(a in config.attacks for a in ("policy", "universal")) * n_eps
-             + ("max_avg" in config.attacks) * n_eps + (config.sanity_eps is not None)
-             + ("square" in config.attacks and t.engine is not None) * n_eps
-             + ("slowdown" in config.attacks) + ("universal_slowdown" in config.attacks)
-             + (vae is not None) + len(config.noise) * len(config.snr_db) + 1)
-    done = 0
-
-    def tick(what: str) -> None:
-        nonlocal done
-        done += 1
-        log.info("evaluate: %s (%d/%d)", what, done, total)
-        if progress is not None:
-            progress(what, done, total)
-
+    tick = _Ticker(_steps(config, t, vae), progress)
     measure = _Measure(t, test.y, config)
     clean = measure(test.x)
     tick("clean")
@@ -654,17 +645,7 @@ def evaluate(
         notes.append("morphology channels recomputed from each attacked or noisy waveform against "
                      "the template of its record's previous clean beats (per-beat threat model)")
     report = {
-        "target": {
-            "kind": t.kind,
-            "path": str(t.path),
-            "checkpoint": str(t.ckpt_path),
-            "model": t.ckpt.model.config.to_dict() if t.ckpt.model.config else None,
-            "method": ((t.ckpt.meta or {}).get("train_config") or {}).get("method", "standard"),
-            "policy": t.policy_name(),
-            "deployed_policy": None if t.policy is None else t.policy.to_dict(),
-            "exits": list(t.exits),
-            "backend": None if t.engine is None else t.engine.backend,
-        },
+        "target": _describe_target(t),
         "data": {"spec": spec.to_dict(), "test": test.describe(),
                  "train_for_universal": None if train_inputs is None else len(train_inputs.data),
                  "sampled": config.limit is not None},
@@ -680,6 +661,71 @@ def evaluate(
     }
     files = _write(report, out_dir) if out_dir is not None else ()
     return EvalResult(report, files)
+
+
+def _vae_for(t: _Target, test: BeatDataset, config: EvalConfig, notes: list[str]):
+    """The VAE of the on-manifold attack, checked to fit the model and data; None (and a note)
+    when the attack is asked for without one, or not asked for."""
+    if "onmanifold" not in config.attacks:
+        return None
+    if not config.vae:
+        notes.append("onmanifold skipped: no VAE given (--vae FILE)")
+        log.info("evaluate: the onmanifold attack is skipped: no VAE given (--vae FILE)")
+        return None
+    from edgeexit.models.vae import check_vae_fits, load_vae
+
+    vae = load_vae(config.vae)
+    check_vae_fits(vae, t.signal_channels, test.input_shape[-1], len(t.ckpt.classes),
+                   f"the model of {t.ckpt_path}", in_channels=test.input_shape[0])
+    return vae
+
+
+def _universal_inputs(spec, t: _Target, config: EvalConfig, r_offset) -> _Inputs | None:
+    """The training windows the universal perturbations are fitted on (None: none asked for)."""
+    if not {"universal", "universal_slowdown"} & set(config.attacks):
+        return None
+    train_inputs = _Inputs(load_split(spec, "train"), config.universal_limit,
+                           config.seed + 1, config.morph_follows, r_offset)
+    _check_shape(train_inputs.data, t.ckpt, "training")
+    return train_inputs
+
+
+def _steps(config: EvalConfig, t: _Target, vae) -> int:
+    """How many measurements :func:`evaluate` reports progress for (clean, attacks, noise)."""
+    n_eps = len(config.eps)
+    return (sum(a in config.attacks for a in ("policy", "universal")) * n_eps
+            + ("max_avg" in config.attacks) * n_eps + (config.sanity_eps is not None)
+            + ("square" in config.attacks and t.engine is not None) * n_eps
+            + ("slowdown" in config.attacks) + ("universal_slowdown" in config.attacks)
+            + (vae is not None) + len(config.noise) * len(config.snr_db) + 1)
+
+
+class _Ticker:
+    """``tick(what)``: one more measurement done, logged and passed to ``progress``."""
+
+    def __init__(self, total: int, progress: Progress) -> None:
+        self.total, self.progress, self.done = total, progress, 0
+
+    def __call__(self, what: str) -> None:
+        self.done += 1
+        log.info("evaluate: %s (%d/%d)", what, self.done, self.total)
+        if self.progress is not None:
+            self.progress(what, self.done, self.total)
+
+
+def _describe_target(t: _Target) -> dict:
+    """The report's ``target``: what was attacked, with which policy and backend."""
+    return {
+        "kind": t.kind,
+        "path": str(t.path),
+        "checkpoint": str(t.ckpt_path),
+        "model": t.ckpt.model.config.to_dict() if t.ckpt.model.config else None,
+        "method": ((t.ckpt.meta or {}).get("train_config") or {}).get("method", "standard"),
+        "policy": t.policy_name(),
+        "deployed_policy": None if t.policy is None else t.policy.to_dict(),
+        "exits": list(t.exits),
+        "backend": None if t.engine is None else t.engine.backend,
+    }
 
 
 # -- writing -------------------------------------------------------------------------------------
