@@ -352,17 +352,7 @@ def train_vae(x, y, config: VAEConfig = VAEConfig(), *, signal_channels: int, nu
 
     Deterministic under ``config.seed`` (on one thread; torch's global RNG is left as it was).
     """
-    x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).float()
-    y = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y).long()
-    if x.ndim != 3 or len(x) != len(y) or len(x) < 2:
-        raise ConfigError(
-            f"train_vae takes windows [N, C, L] and labels [N] (N >= 2), got {tuple(x.shape)} and "
-            f"{tuple(y.shape)}"
-        )
-    if not torch.isfinite(x).all():
-        raise ConfigError("the VAE's training windows hold NaN or Inf values")
-    if int(y.min()) < 0 or int(y.max()) >= num_classes:
-        raise ConfigError(f"labels must lie in 0..{num_classes - 1}, got {int(y.min())}..{int(y.max())}")
+    x, y = _vae_inputs(x, y, num_classes)
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(x), generator=gen)
@@ -374,11 +364,7 @@ def train_vae(x, y, config: VAEConfig = VAEConfig(), *, signal_channels: int, nu
         ctx = x.shape[1] - signal_channels if config.classifier_context else 0
         vae = SignalVAE(config, signal_channels, num_classes, x.shape[-1], max(ctx, 0))
     vae.fit_scale(x_tr)
-    cw = None
-    if config.class_weighting:
-        counts = torch.bincount(y_tr, minlength=num_classes).double()
-        w = torch.where(counts > 0, counts.max() / counts.clamp_min(1.0), torch.ones_like(counts))
-        cw = w.clamp(max=10.0).float()
+    cw = _class_weights(y_tr, num_classes) if config.class_weighting else None
     opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
     steps_per_epoch = max(1, -(-len(x_tr) // config.batch_size))
     total = config.epochs * steps_per_epoch
@@ -386,23 +372,8 @@ def train_vae(x, y, config: VAEConfig = VAEConfig(), *, signal_channels: int, nu
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     vae.history = []
     for epoch in range(config.epochs):
-        vae.train()
-        perm = torch.randperm(len(x_tr), generator=gen)
-        sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0, "ce": 0.0}
-        batches = range(0, len(x_tr), config.batch_size)
-        if progress:
-            from tqdm import tqdm
-
-            batches = tqdm(batches, desc=f"VAE epoch {epoch + 1}/{config.epochs}", leave=False)
-        for i in batches:
-            idx = perm[i : i + config.batch_size]
-            out = _vae_losses(vae, x_tr[idx], y_tr[idx], cw, gen)
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            opt.step()
-            sched.step()
-            for k in sums:
-                sums[k] += float(out[k].detach()) * len(idx)
+        sums = _vae_epoch(vae, x_tr, y_tr, cw, gen, opt, sched, config,
+                          f"VAE epoch {epoch + 1}/{config.epochs}" if progress else None)
         vae.eval()
         entry = {"epoch": epoch + 1, **{k: v / len(x_tr) for k, v in sums.items()}}
         if n_val:
@@ -417,6 +388,55 @@ def train_vae(x, y, config: VAEConfig = VAEConfig(), *, signal_channels: int, nu
     log.info("trained the VAE on %d windows in %.1f s", len(x_tr), vae.train_seconds)
     vae.eval()
     return vae
+
+
+def _vae_inputs(x, y, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows (float) and labels (long) as tensors, checked: [N, C, L] and [N], finite, labels in
+    range."""
+    x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).float()
+    y = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y).long()
+    if x.ndim != 3 or len(x) != len(y) or len(x) < 2:
+        raise ConfigError(
+            f"train_vae takes windows [N, C, L] and labels [N] (N >= 2), got {tuple(x.shape)} and "
+            f"{tuple(y.shape)}"
+        )
+    if not torch.isfinite(x).all():
+        raise ConfigError("the VAE's training windows hold NaN or Inf values")
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise ConfigError(f"labels must lie in 0..{num_classes - 1}, got {int(y.min())}..{int(y.max())}")
+    return x, y
+
+
+def _class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The latent classifier's class weights: inverse frequency against the largest class, at
+    most 10 (1 for a class with no window)."""
+    counts = torch.bincount(y, minlength=num_classes).double()
+    w = torch.where(counts > 0, counts.max() / counts.clamp_min(1.0), torch.ones_like(counts))
+    return w.clamp(max=10.0).float()
+
+
+def _vae_epoch(vae: SignalVAE, x_tr: torch.Tensor, y_tr: torch.Tensor, cw, gen, opt, sched,
+               config: VAEConfig, bar: str | None) -> dict[str, float]:
+    """One epoch over a fresh permutation of the training windows; returns the summed loss terms
+    (``bar``: the description of a tqdm bar, or None for none)."""
+    vae.train()
+    perm = torch.randperm(len(x_tr), generator=gen)
+    sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0, "ce": 0.0}
+    batches = range(0, len(x_tr), config.batch_size)
+    if bar is not None:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc=bar, leave=False)
+    for i in batches:
+        idx = perm[i : i + config.batch_size]
+        out = _vae_losses(vae, x_tr[idx], y_tr[idx], cw, gen)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+        sched.step()
+        for k in sums:
+            sums[k] += float(out[k].detach()) * len(idx)
+    return sums
 
 
 # ----------------------------------------------------------------------------- save and load
