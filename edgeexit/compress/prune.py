@@ -227,8 +227,6 @@ def prune_model(
         ConfigError: ``taylor`` without data, ``stage_ratios`` not one per stage, or a model that
             torch-pruning cannot trace.
     """
-    import torch_pruning as tp
-
     shape = tuple(example.shape[1:])
     model.eval()
     before = profile_model(model, shape)
@@ -242,24 +240,7 @@ def prune_model(
     if config.scope == "per-stage" and ratios != (config.ratio,) * model.num_exits:
         ratio_dict = {(stage, head): r for stage, head, r in zip(net.stages, net.exits, ratios)}
     if config.active:
-        try:
-            pruner = tp.pruner.BasePruner(
-                net,
-                example,
-                importance=_importance(config.importance),
-                pruning_ratio=config.ratio,
-                pruning_ratio_dict=ratio_dict,
-                global_pruning=config.scope == "global",
-                max_pruning_ratio=config.max_layer_ratio,
-                iterative_steps=config.steps,
-                ignored_layers=classifier_layers(net),
-                round_to=config.round_to,
-            )
-        except Exception as e:  # torch-pruning raises plain exceptions on graphs it cannot trace
-            raise ConfigError(
-                f"torch-pruning could not trace the model ({type(e).__name__}: {e}); "
-                "a MultiExitNet of Conv1d/BatchNorm1d/Linear layers is supported"
-            ) from e
+        pruner = _pruner(net, example, config, ratio_dict)
         for step in range(config.steps):
             if config.importance == "taylor":
                 _taylor_gradients(model, data)
@@ -286,3 +267,27 @@ def prune_model(
              100 * report.macs_after[-1] / max(report.macs_before[-1], 1),
              list(channels_before), list(report.channels_after))
     return report
+
+
+def _pruner(net, example: torch.Tensor, config: PruneConfig, ratio_dict):
+    """torch-pruning's pruner of ``net``'s stages (the exit classifiers kept whole)."""
+    import torch_pruning as tp
+
+    try:
+        return tp.pruner.BasePruner(
+            net,
+            example,
+            importance=_importance(config.importance),
+            pruning_ratio=config.ratio,
+            pruning_ratio_dict=ratio_dict,
+            global_pruning=config.scope == "global",
+            max_pruning_ratio=config.max_layer_ratio,
+            iterative_steps=config.steps,
+            ignored_layers=classifier_layers(net),
+            round_to=config.round_to,
+        )
+    except Exception as e:  # torch-pruning raises plain exceptions on graphs it cannot trace
+        raise ConfigError(
+            f"torch-pruning could not trace the model ({type(e).__name__}: {e}); "
+            "a MultiExitNet of Conv1d/BatchNorm1d/Linear layers is supported"
+        ) from e

@@ -426,31 +426,11 @@ def open_source(
         raise ConfigError(f"--block-seconds must be positive, got {block_seconds}")
     if channel is not None and channel < 0:
         raise ConfigError(f"--channel must be >= 0, got {channel}")
-    scale, offset = 1.0, 0.0
-    u = (units or "mV").lower()
-    if u == "mv":
-        pass
-    elif u in ("uv", "µv"):
-        scale = 1e-3
-    elif u == "adc":
-        if not adc_gain:
-            raise ConfigError("--adc-gain must not be 0")
-        scale, offset = 1.0 / adc_gain, adc_zero
-    else:
-        raise ConfigError(f"--units must be mV, uV or adc, got {units!r}")
+    scale, offset = _to_mv(units, adc_gain, adc_zero)
     p = Path(source)
     base = p.with_suffix("") if p.suffix in (".hea", ".dat", ".atr") else p
     if source != "-" and base.with_suffix(".hea").is_file() and p.suffix not in (".csv", ".txt"):
-        head = read_header(base)
-        names = [s["name"] for s in head["signals"]]
-        ch = channel if channel is not None else (names.index("MLII") if "MLII" in names else 0)
-        if ch >= head["nsig"]:
-            raise ConfigError(f"--channel {ch}: record {base} has {head['nsig']} signals ({', '.join(names)})")
-        if fs is not None and float(fs) != head["fs"]:
-            raise ConfigError(f"--fs {fs:g} contradicts the header of {base} ({head['fs']:g} Hz): drop --fs")
-        frames = max(2, round(block_seconds * head["fs"]))
-        return Source(str(base), head["fs"], read_blocks(base, head, ch, frames),
-                      read_annotations(base), names[ch])
+        return _wfdb_source(base, fs, channel, block_seconds)
     if source != "-" and not p.is_file():
         raise DataError(f"signal file not found: {p} (give a WFDB record, a CSV or raw file, or -)")
     if fs is None:
@@ -458,16 +438,7 @@ def open_source(
     rows = max(1, round(block_seconds * float(fs)))
     ch = channel or 0
     if dtype is not None:
-        try:
-            dt = np.dtype(dtype)
-        except TypeError:
-            raise ConfigError(f"--dtype {dtype!r} is not a numpy dtype (float32, int16, ...)") from None
-        if channels < 1 or ch >= channels:
-            raise ConfigError(f"--channel {ch} must be below the number of interleaved channels ({channels})")
-        if source == "-":
-            f = sys.stdin.buffer
-        else:
-            f = open(p, "rb")  # noqa: SIM115 - closed by the generator's end
+        f, dt = _raw_file(source, p, dtype, channels, ch)
         return Source(source, float(fs), _raw_blocks(f, source, dt, channels, ch, rows, scale, offset))
     if source == "-":
         return Source("stdin", float(fs), _csv_blocks(sys.stdin, "stdin", ch, rows, scale, offset))
@@ -482,6 +453,47 @@ def open_source(
             raise DataError(f"{p} is not UTF-8 text; for binary samples give --dtype") from None
 
     return Source(str(p), float(fs), _csv_blocks(lines(), str(p), ch, rows, scale, offset))
+
+
+def _to_mv(units: str | None, adc_gain: float, adc_zero: float) -> tuple[float, float]:
+    """``(scale, offset)`` that take ``units`` to mV: ``(value - offset) * scale``."""
+    u = (units or "mV").lower()
+    if u == "mv":
+        return 1.0, 0.0
+    if u in ("uv", "µv"):
+        return 1e-3, 0.0
+    if u == "adc":
+        if not adc_gain:
+            raise ConfigError("--adc-gain must not be 0")
+        return 1.0 / adc_gain, adc_zero
+    raise ConfigError(f"--units must be mV, uV or adc, got {units!r}")
+
+
+def _wfdb_source(base: Path, fs: float | None, channel: int | None, block_seconds: float) -> Source:
+    """A WFDB record's lead (``channel``, else MLII, else the first), with its annotations."""
+    head = read_header(base)
+    names = [s["name"] for s in head["signals"]]
+    ch = channel if channel is not None else (names.index("MLII") if "MLII" in names else 0)
+    if ch >= head["nsig"]:
+        raise ConfigError(f"--channel {ch}: record {base} has {head['nsig']} signals ({', '.join(names)})")
+    if fs is not None and float(fs) != head["fs"]:
+        raise ConfigError(f"--fs {fs:g} contradicts the header of {base} ({head['fs']:g} Hz): drop --fs")
+    frames = max(2, round(block_seconds * head["fs"]))
+    return Source(str(base), head["fs"], read_blocks(base, head, ch, frames),
+                  read_annotations(base), names[ch])
+
+
+def _raw_file(source: str, p: Path, dtype: str, channels: int, ch: int):
+    """The open binary stream of ``source`` (stdin for ``-``) and its numpy dtype, checked."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ConfigError(f"--dtype {dtype!r} is not a numpy dtype (float32, int16, ...)") from None
+    if channels < 1 or ch >= channels:
+        raise ConfigError(f"--channel {ch} must be below the number of interleaved channels ({channels})")
+    if source == "-":
+        return sys.stdin.buffer, dt
+    return open(p, "rb"), dt  # noqa: SIM115 - closed by the generator's end
 
 
 # -------------------------------------------------------------------------------- classify
