@@ -163,6 +163,46 @@ class SquareAttack:
     # --------------------------------------------------------------------------------- the call
     def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Adversarial inputs for ``x [B, C, L]`` with labels ``y [B]`` (float32 array)."""
+        x, y = self._check(x, y)
+        n, s, length = len(x), self.signal_channels, x.shape[-1]
+        rng = np.random.default_rng(self.seed)
+        queries = np.ones(n, dtype=np.int64)
+        m_clean = self._query(x, y)
+        # per-sample perturbation of the signal channels; samples already misclassified keep 0
+        delta = np.zeros((n, s, length), dtype=np.float32)
+        m_best = m_clean.copy()
+        todo = np.flatnonzero(m_clean > 0)
+        if self.n_queries > 1 and todo.size:  # start from vertical stripes of +-eps
+            stripes = self.eps * rng.choice([-1.0, 1.0], size=(todo.size, s, length))
+            stripes = self._budget(x[todo], stripes.astype(np.float32))
+            m_init = self._query(self._apply(x[todo], stripes), y[todo])
+            queries[todo] += 1
+            delta[todo] = stripes
+            m_best[todo] = m_init
+        n_iters = self.n_queries - 2
+        for it in range(max(n_iters, 0)):
+            active = np.flatnonzero(m_best > 0)
+            if active.size == 0:
+                break
+            proposal = self._propose(rng, x[active], delta[active], it, n_iters)
+            m_new = self._query(self._apply(x[active], proposal), y[active])
+            queries[active] += 1
+            better = m_new < m_best[active]
+            delta[active[better]] = proposal[better]
+            m_best[active[better]] = m_new[better]
+            if (it + 1) % 100 == 0:
+                log.debug("square attack: iteration %d/%d, %d sample(s) left, mean margin %.3f",
+                          it + 1, n_iters, active.size, float(m_best[active].mean()))
+        self.stats = self._stats(queries, m_clean, m_best)
+        log.info(
+            "square attack (eps %g, %d queries): accuracy %.3f -> %.3f, success rate %.3f, "
+            "%.1f queries per sample", self.eps, self.n_queries, self.stats["accuracy_clean"],
+            self.stats["accuracy_adv"], self.stats["success_rate"], self.stats["queries_mean"],
+        )
+        return self._apply(x, delta)
+
+    def _check(self, x, y) -> tuple[np.ndarray, np.ndarray]:
+        """``x`` as float32 ``[N, C, L]`` and ``y`` as integer ``[N]``, or a ConfigError."""
         x = np.asarray(x)
         y = np.asarray(y)
         s = self.signal_channels
@@ -173,54 +213,34 @@ class SquareAttack:
             )
         if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
             raise ConfigError(f"labels must be integers of shape [{len(x)}], got {y.dtype} {y.shape}")
-        x = x.astype(np.float32)
-        n, _, length = x.shape
-        rng = np.random.default_rng(self.seed)
-        queries = np.ones(n, dtype=np.int64)
-        m_clean = self._query(x, y)
-        # per-sample perturbation of the signal channels; samples already misclassified keep 0
-        delta = np.zeros((n, s, length), dtype=np.float32)
-        m_best = m_clean.copy()
-        todo = np.flatnonzero(m_clean > 0)
-        if self.n_queries > 1 and todo.size:
-            stripes = self.eps * rng.choice([-1.0, 1.0], size=(todo.size, s, length))
-            stripes = self._budget(x[todo], stripes.astype(np.float32))
-            m_init = self._query(self._apply(x[todo], stripes), y[todo])
-            queries[todo] += 1
-            delta[todo] = stripes
-            m_best[todo] = m_init
-        n_iters = self.n_queries - 2
+        return x.astype(np.float32), y
+
+    def _propose(self, rng: np.random.Generator, x: np.ndarray, cur: np.ndarray, it: int,
+                 n_iters: int) -> np.ndarray:
+        """Iteration ``it``'s proposals for the still-correct samples ``x`` with perturbations
+        ``cur``: one window of ``p_schedule`` length set to +-eps per channel."""
+        s, length = self.signal_channels, x.shape[-1]
+        a = len(x)
         t = np.arange(length)
-        for it in range(max(n_iters, 0)):
-            active = np.flatnonzero(m_best > 0)
-            if active.size == 0:
-                break
-            h = min(max(round(p_schedule(self.p_init, it, n_iters) * length), 1), length)
-            start = rng.integers(0, length - h + 1, size=active.size)
-            window = (t[None, :] >= start[:, None]) & (t[None, :] < start[:, None] + h)  # [A, L]
-            signs = rng.choice([-1.0, 1.0], size=(active.size, s)).astype(np.float32)
-            cur = delta[active]
-            # the sign each channel has now at the window's first step: a proposal equal to it on
-            # every channel would change nothing, so flip one channel's sign there
-            now = np.sign(cur[np.arange(active.size), :, start])  # [A, s]
-            same = np.all(signs == now, axis=1)
-            if same.any():
-                flip = rng.integers(0, s, size=int(same.sum()))
-                signs[np.flatnonzero(same), flip] *= -1
-            proposal = np.where(window[:, None, :], self.eps * signs[:, :, None], cur)
-            proposal = self._budget(x[active], proposal)
-            m_new = self._query(self._apply(x[active], proposal), y[active])
-            queries[active] += 1
-            better = m_new < m_best[active]
-            delta[active[better]] = proposal[better]
-            m_best[active[better]] = m_new[better]
-            if (it + 1) % 100 == 0:
-                log.debug("square attack: iteration %d/%d, %d sample(s) left, mean margin %.3f",
-                          it + 1, n_iters, active.size, float(m_best[active].mean()))
-        x_adv = self._apply(x, delta)
+        h = min(max(round(p_schedule(self.p_init, it, n_iters) * length), 1), length)
+        start = rng.integers(0, length - h + 1, size=a)
+        window = (t[None, :] >= start[:, None]) & (t[None, :] < start[:, None] + h)  # [A, L]
+        signs = rng.choice([-1.0, 1.0], size=(a, s)).astype(np.float32)
+        # the sign each channel has now at the window's first step: a proposal equal to it on
+        # every channel would change nothing, so flip one channel's sign there
+        now = np.sign(cur[np.arange(a), :, start])  # [A, s]
+        same = np.all(signs == now, axis=1)
+        if same.any():
+            flip = rng.integers(0, s, size=int(same.sum()))
+            signs[np.flatnonzero(same), flip] *= -1
+        proposal = np.where(window[:, None, :], self.eps * signs[:, :, None], cur)
+        return self._budget(x, proposal)
+
+    @staticmethod
+    def _stats(queries: np.ndarray, m_clean: np.ndarray, m_best: np.ndarray) -> dict:
         correct = m_clean > 0
         flipped = correct & (m_best <= 0)
-        self.stats = {
+        return {
             "queries_mean": float(queries.mean()),
             "queries_mean_success": float(queries[flipped].mean()) if flipped.any() else math.nan,
             "success_rate": float(flipped.sum() / correct.sum()) if correct.any() else math.nan,
@@ -229,12 +249,6 @@ class SquareAttack:
             "margin_clean_mean": float(m_clean.mean()),
             "margin_adv_mean": float(m_best.mean()),
         }
-        log.info(
-            "square attack (eps %g, %d queries): accuracy %.3f -> %.3f, success rate %.3f, "
-            "%.1f queries per sample", self.eps, self.n_queries, self.stats["accuracy_clean"],
-            self.stats["accuracy_adv"], self.stats["success_rate"], self.stats["queries_mean"],
-        )
-        return x_adv
 
     def _budget(self, x: np.ndarray, delta: np.ndarray) -> np.ndarray:
         """``delta`` as it lands after ``clip``, so the stored perturbation is the real one."""
