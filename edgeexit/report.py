@@ -119,6 +119,16 @@ def plot_bench(r: dict, out: Path) -> list[Path]:
         out / "accuracy_vs_latency.png")
     files += [f] if f else []
 
+    files.append(_exit_histogram_plot(plt, r, out / "exit_histogram.png"))
+    if r.get("segment_quantiles_us"):
+        files.append(_segment_latency_plot(plt, r["segment_quantiles_us"],
+                                           out / "segment_latency.png"))
+    if e is not None:
+        files.append(_energy_plot(plt, e, out / "energy_per_inference.png"))
+    return files
+
+
+def _exit_histogram_plot(plt, r: dict, path: Path) -> Path:
     hist = r["exit_histogram"]
     ids = r.get("model_exits") or list(range(len(hist)))
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
@@ -130,37 +140,39 @@ def plot_bench(r: dict, out: Path) -> list[Path]:
     ax.set_xlabel("exit (model exit index)")
     ax.set_title(f"where the inputs left (policy {r['policy'].get('name')}, {r['samples']} inputs)",
                  fontsize=10)
-    files.append(save_png(fig, out / "exit_histogram.png"))
+    return save_png(fig, path)
 
-    q = r.get("segment_quantiles_us")
-    if q:
-        qs = q["q"]
-        stats = []
-        for k, v in enumerate(q["segments"]):
-            at = dict(zip(qs, v))
-            stats.append({"label": f"segment {k}", "whislo": at[min(qs)], "q1": at[25],
-                          "med": at[50], "q3": at[75], "whishi": at[max(qs)], "fliers": []})
-        fig, ax = plt.subplots(figsize=(5.6, 3.8))
-        ax.bxp(stats, showfliers=False)
-        ax.set_ylabel("latency, us (batch 1)")
-        ax.set_title(f"per-segment latency: box 25-75%, whiskers {min(qs)}-{max(qs)}%", fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-        files.append(save_png(fig, out / "segment_latency.png"))
 
-    if e is not None:
-        pe = e["per_inference_mj"]
-        names = ["policy", "all_exits", "monolithic"]
-        fig, ax = plt.subplots(figsize=(5.6, 3.8))
-        xs = np.arange(len(names))
-        ax.bar(xs - 0.2, [pe[n]["gross"] for n in names], 0.4, label="gross", color="tab:gray")
-        ax.bar(xs + 0.2, [pe[n]["above_idle"] for n in names], 0.4, label="above idle", color="tab:green")
-        ax.set_xticks(xs, ["policy", "all exits", "monolithic"])
-        kind = "measured" if e["kind"] == "measured" else "ESTIMATED from CPU time"
-        ax.set_ylabel("energy per inference, mJ")
-        ax.set_title(f"energy per inference ({kind}, meter {e['meter']})", fontsize=10)
-        ax.legend(fontsize=8)
-        files.append(save_png(fig, out / "energy_per_inference.png"))
-    return files
+def _segment_latency_plot(plt, q: dict, path: Path) -> Path:
+    """Per-segment latency as boxes (25-75%) and whiskers (the extreme quantiles recorded)."""
+    qs = q["q"]
+    stats = []
+    for k, v in enumerate(q["segments"]):
+        at = dict(zip(qs, v))
+        stats.append({"label": f"segment {k}", "whislo": at[min(qs)], "q1": at[25],
+                      "med": at[50], "q3": at[75], "whishi": at[max(qs)], "fliers": []})
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    ax.bxp(stats, showfliers=False)
+    ax.set_ylabel("latency, us (batch 1)")
+    ax.set_title(f"per-segment latency: box 25-75%, whiskers {min(qs)}-{max(qs)}%", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    return save_png(fig, path)
+
+
+def _energy_plot(plt, e: dict, path: Path) -> Path:
+    """Gross and above-idle energy per inference of the three paths."""
+    pe = e["per_inference_mj"]
+    names = ["policy", "all_exits", "monolithic"]
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    xs = np.arange(len(names))
+    ax.bar(xs - 0.2, [pe[n]["gross"] for n in names], 0.4, label="gross", color="tab:gray")
+    ax.bar(xs + 0.2, [pe[n]["above_idle"] for n in names], 0.4, label="above idle", color="tab:green")
+    ax.set_xticks(xs, ["policy", "all exits", "monolithic"])
+    kind = "measured" if e["kind"] == "measured" else "ESTIMATED from CPU time"
+    ax.set_ylabel("energy per inference, mJ")
+    ax.set_title(f"energy per inference ({kind}, meter {e['meter']})", fontsize=10)
+    ax.legend(fontsize=8)
+    return save_png(fig, path)
 
 
 def _fmt(v, spec=".3f") -> str:
