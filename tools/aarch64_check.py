@@ -58,8 +58,9 @@ class Steps:
     def __init__(self, root: Path, timeout: float) -> None:
         self.root, self.timeout, self.items = root, timeout, []
 
-    def run(self, name: str, cmd: list[str], *, parse: str = "text", expect_lines: int | None = None,
-            validate=None, cwd: str | None = None, extra_env: dict | None = None) -> dict:
+    def run(self, name: str, cmd: list[str], *, parse: str = "text",
+            expect_lines: int | None = None, validate=None, cwd: str | None = None,
+            extra_env: dict | None = None) -> dict:
         """Run ``cmd``; ``parse``: ``json`` (one document on stdout), ``lines`` (one JSON object
         per line, ``expect_lines`` of them) or ``text``; ``validate(output)`` returns an error
         message or None. A step passes when the command exits 0 and its output checks out."""
@@ -255,7 +256,7 @@ def check_bundle(steps: Steps, run_host: Path, args: argparse.Namespace) -> None
 def run_checks(root: Path, args: argparse.Namespace) -> list[dict]:
     """Install this checkout's wheel in the chroot, then run the project's commands and tests."""
     run_host = root / RUN_DIR.lstrip("/")
-    env._rmtree(run_host)
+    env.remove_tree(run_host)
     run_host.mkdir(parents=True)
     steps = Steps(root, args.timeout)
     try:
@@ -281,7 +282,7 @@ def run_checks(root: Path, args: argparse.Namespace) -> list[dict]:
             log.info("kept %s (enter the chroot with: mount -t proc proc %s/proc && chroot %s "
                      "/bin/bash; umount %s/proc afterwards)", run_host, root, root, root)
         else:
-            env._rmtree(run_host)
+            env.remove_tree(run_host)
     return steps.items
 
 
@@ -355,8 +356,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         if not (s.is_file() or s.with_suffix(".hea").is_file() or Path(f"{s}.hea").is_file()):
             raise HostError(f"--stream {args.stream}: no such file or WFDB record")
     try:
-        ok = env._run([args.host_python, "-m", "pip", "--version"], capture=True, check=False,
-                      what="pip --version").returncode == 0
+        ok = env.run_command([args.host_python, "-m", "pip", "--version"], capture=True,
+                             check=False, what="pip --version").returncode == 0
     except CheckError:  # no such interpreter
         ok = False
     if not ok:
@@ -370,7 +371,7 @@ def build_environment(args: argparse.Namespace, cache: Path, summary: dict) -> P
     rootfs = env.ensure_rootfs(cache, args.mirror, args.rebuild)
     summary["timings_s"]["rootfs"] = round(time.monotonic() - t0, 1)
     root = cache / "rootfs"
-    env._prepare_interpreter(root)
+    env.prepare_interpreter(root)
     t0 = time.monotonic()
     reqs = env.device_requirements()
     venv = env.ensure_venv(root, cache, reqs, args.host_python, args.rebuild or args.rebuild_venv)

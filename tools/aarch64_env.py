@@ -56,7 +56,8 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEVICE_PYTHON = "3.11"  # Bookworm's python3
 DEVICE_GLIBC_MINOR = 36  # Bookworm's glibc 2.36: accepts manylinux_2_17 .. manylinux_2_36 wheels
 VENV = "/opt/edgeexit-venv"
-TEST_DEPS = "/opt/edgeexit-test"  # pytest, installed with --target: on PYTHONPATH for the tests only
+# pytest, installed with --target: on PYTHONPATH for the tests only
+TEST_DEPS = "/opt/edgeexit-test"
 STAMP = ".edgeexit-stamp.json"
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 BINFMT_ENTRY = BINFMT_DIR / "qemu-aarch64"
@@ -85,7 +86,7 @@ class HostError(CheckError):
 # small helpers
 
 
-def _run(
+def run_command(
     cmd: list[str],
     *,
     capture: bool = False,
@@ -171,14 +172,14 @@ def _umount_all_under(path: Path) -> None:
     """Unmount everything mounted at or below ``path``, deepest first."""
     for m in sorted(set(_mounts_under(path)), key=lambda p: len(p.parts), reverse=True):
         log.info("unmounting %s", m)
-        if _run(["umount", m], check=False, capture=True).returncode != 0:
-            _run(["umount", "-l", m], check=False, capture=True)
+        if run_command(["umount", m], check=False, capture=True).returncode != 0:
+            run_command(["umount", "-l", m], check=False, capture=True)
     left = _mounts_under(path)
     if left:
         raise CheckError(f"could not unmount {', '.join(map(str, left))}; unmount them by hand")
 
 
-def _rmtree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """Remove ``path`` after making sure nothing is mounted inside it (never recurse into /proc)."""
     if not path.exists() and not path.is_symlink():
         return
@@ -316,7 +317,7 @@ def check_host(setup: bool) -> dict:
         info["binfmt"] = {"interpreter": fields.get("interpreter", ""), "flags": fields["flags"]}
         qemu = shutil.which("qemu-aarch64-static")
         if qemu:
-            info["qemu"] = _run([qemu, "--version"], capture=True).stdout.splitlines()[0]
+            info["qemu"] = run_command([qemu, "--version"], capture=True).stdout.splitlines()[0]
     info["debootstrap"] = _dpkg_version("debootstrap")
     return info
 
@@ -330,7 +331,7 @@ def _dpkg_version(pkg: str) -> str:
 # the chroot
 
 
-def _prepare_interpreter(root: Path) -> None:
+def prepare_interpreter(root: Path) -> None:
     """Without binfmt's F (fix-binary) flag the kernel looks for qemu in the chroot: copy it in."""
     if _native():
         return
@@ -352,7 +353,7 @@ def proc_mounted(root: Path):
     target.mkdir(exist_ok=True)
     if target.resolve() in _mount_points():
         raise CheckError(f"{target} is already mounted (another check running?); unmount it first")
-    _run(["mount", "-t", "proc", "proc", target], what="mount /proc in the chroot")
+    run_command(["mount", "-t", "proc", "proc", target], what="mount /proc in the chroot")
     try:
         yield
     finally:
@@ -379,7 +380,7 @@ def chroot(
     env: dict | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``cmd`` inside ``root`` with a clean environment (no host variables leak in)."""
-    return _run(
+    return run_command(
         chroot_command(root, cmd, cwd=cwd, env=env),
         capture=capture,
         check=check,
@@ -406,7 +407,7 @@ def ensure_rootfs(cache: Path, mirror: str, rebuild: bool) -> dict:
             log.info(
                 "removing %s (%s)", old, "incomplete build" if old != root else "stale or --rebuild"
             )
-            _rmtree(old)
+            remove_tree(old)
     tmp = cache / f"rootfs.partial-{os.getpid()}"
     cmd = [
         "debootstrap",
@@ -429,7 +430,7 @@ def ensure_rootfs(cache: Path, mirror: str, rebuild: bool) -> dict:
         _run_streamed(cmd, what="debootstrap")
     finally:
         _umount_all_under(tmp)  # debootstrap mounts /proc and /sys while it runs
-    _prepare_interpreter(tmp)
+    prepare_interpreter(tmp)
     with proc_mounted(tmp):
         chroot(tmp, ["apt-get", "clean"])
         py = chroot(
@@ -471,7 +472,7 @@ def _download_wheels(dest: Path, reqs: list[str], host_python: str, constraints:
         cmd += ["--platform", p]
     log.info("downloading aarch64 %s wheels on the host: %s (pinned by %s)", abi, " ".join(reqs),
              constraints.name)
-    _run([*cmd, *reqs], capture=True, what="pip download (aarch64 wheels)")
+    run_command([*cmd, *reqs], capture=True, what="pip download (aarch64 wheels)")
 
 
 def _pip_install_offline(root: Path, args: list[str], constraints: str, what: str) -> None:
@@ -507,9 +508,9 @@ def ensure_venv(root: Path, cache: Path, reqs: list[str], host_python: str, rebu
         if old.exists():
             log.info("removing %s (%s)", old,
                      "--rebuild" if rebuild else "requirements or constraints changed")
-            _rmtree(old)
+            remove_tree(old)
     inside = root / "tmp" / "edgeexit-wheels"
-    _rmtree(inside)
+    remove_tree(inside)
     shutil.copytree(wheels, inside)
     (inside / DEVICE_CONSTRAINTS.name).write_text(constraints)
     (inside / HOST_CONSTRAINTS.name).write_text(test_constraints)
@@ -526,7 +527,7 @@ def ensure_venv(root: Path, cache: Path, reqs: list[str], host_python: str, rebu
                 chroot(root, [f"{VENV}/bin/python", "-m", "pip", "list", "--format=json"]).stdout
             )
     finally:
-        _rmtree(inside)
+        remove_tree(inside)
     packages = {p["name"]: p["version"] for p in listing}
     stamp = {**want, "packages": packages, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "seconds": round(time.monotonic() - t0, 1)}
@@ -540,7 +541,7 @@ def ensure_venv(root: Path, cache: Path, reqs: list[str], host_python: str, rebu
 # the edgeexit wheel
 
 
-def _source_files(repo: Path) -> list[Path]:
+def source_files(repo: Path) -> list[Path]:
     """The checkout's files as git sees them (tracked, plus untracked ones not ignored), so that
     no build/, dist/ or egg-info left in the checkout can leak stale modules into the wheel."""
     p = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others",
@@ -554,15 +555,15 @@ def build_wheel(repo: Path, host_python: str, out: Path) -> Path:
     """The edgeexit wheel, built with ``pip wheel --no-deps`` from a copy of the checkout's
     source files (the checkout itself is not written to)."""
     src = out / "src"
-    for rel in _source_files(repo):
+    for rel in source_files(repo):
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(repo / rel, src / rel)
     log.info("building the edgeexit wheel on the host (pip wheel --no-deps)")
     cmd = [host_python, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", out, src]
     try:  # offline when the host has setuptools; otherwise pip fetches the build backend
-        _run([*cmd, "--no-build-isolation"], capture=True, what="pip wheel")
+        run_command([*cmd, "--no-build-isolation"], capture=True, what="pip wheel")
     except CheckError:
-        _run(cmd, capture=True, what="pip wheel")
+        run_command(cmd, capture=True, what="pip wheel")
     wheels = sorted(out.glob("edgeexit-*.whl"))
     if not wheels:
         raise CheckError(f"pip wheel wrote no edgeexit wheel to {out}")

@@ -24,6 +24,9 @@ from edgeexit.runtime.manifest import (
 )
 from edgeexit.runtime.verify import verify_bundle
 
+# needs no torch or onnx: tools/aarch64_check.py runs it on the device install
+pytestmark = pytest.mark.device_install
+
 DATA = Path(__file__).resolve().parents[1] / "data"
 OLD_BUNDLE = DATA / "bundle_v1"  # exported by main at 2515a11, before the manifest was typed
 OLD_MANIFESTS = sorted((DATA / "manifests").glob("*.json")) + [OLD_BUNDLE / "manifest.json"]
