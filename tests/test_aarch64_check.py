@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeexit.fileio import pack_directory
+from edgeexit.runtime.archive import pack_directory
 from tests.conftest import REPO
 
 HOST_ONLY = ("torch", "onnx", "onnxscript", "tensorflow", "torch_pruning", "litert_torch")

@@ -165,7 +165,7 @@ def stage_bundle(src: Path, run_host: Path) -> tuple[str, int]:
     import numpy as np
 
     from edgeexit.errors import EdgeExitError
-    from edgeexit.runtime.install import is_archive, open_bundle
+    from edgeexit.runtime.archive import is_archive, open_bundle
     from edgeexit.runtime.manifest import GOLDEN
 
     if src.is_dir():
@@ -322,7 +322,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="Python with pip on the host, used for `pip download`/`pip wheel` "
                     "(default: this interpreter)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the rootfs and the venv")
-    ap.add_argument("--rebuild-venv", action="store_true", help="rebuild only the venv")
+    ap.add_argument("--rebuild-venv", action="store_true", help="rebuild only the venv and the test requirements")
     ap.add_argument("--setup-host", dest="setup_host", action="store_true", default=True,
                     help="install qemu-user-static/binfmt-support/debootstrap with apt-get and "
                     "enable binfmt if missing, logging each command (the default)")
@@ -375,12 +375,15 @@ def build_environment(args: argparse.Namespace, cache: Path, summary: dict) -> P
     t0 = time.monotonic()
     reqs = env.device_requirements()
     venv = env.ensure_venv(root, cache, reqs, args.host_python, args.rebuild or args.rebuild_venv)
+    tests = env.ensure_test_deps(root, cache, args.host_python, args.rebuild or args.rebuild_venv)
     summary["timings_s"]["venv"] = round(time.monotonic() - t0, 1)
     summary["rootfs"] = {k: rootfs[k] for k in
                          ("suite", "arch", "python", "glibc", "created", "seconds", "reused")}
     summary["venv"] = {"path": env.VENV, "requirements": reqs,
                        "constraints": env.DEVICE_CONSTRAINTS.name, "packages": venv["packages"],
-                       "test_requirements": list(env.TEST_REQUIREMENTS), "reused": venv["reused"]}
+                       "reused": venv["reused"]}
+    summary["test_deps"] = {"path": env.TEST_DEPS, "packages": tests["packages"],
+                            "reused": tests["reused"]}
     return root
 
 

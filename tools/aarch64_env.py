@@ -14,9 +14,9 @@ Steps, each cached under ``--cache`` and rebuilt when its inputs change:
      ``setup=False``, only printed;
   2. ``ensure_rootfs``: a minbase Bookworm arm64 root file system (debootstrap; built in a
      temporary directory and renamed when complete, so an interrupted build is never reused);
-  3. ``ensure_venv``: the device requirements (from pyproject.toml) and pytest, downloaded as
-     aarch64 cp311 wheels on the host (``pip download --platform``) and installed offline in the
-     chroot with ``--only-binary=:all:`` and the same pins.
+  3. ``ensure_venv``: the device requirements (from pyproject.toml), downloaded as aarch64 cp311
+     wheels on the host (``pip download --platform``) and installed offline in the chroot with
+     ``--only-binary=:all:`` and the same pins; ``ensure_test_deps``: pytest, the same way.
 Only /proc is mounted in the chroot (onnxruntime and LiteRT crash under qemu with /sys mounted);
 ``proc_mounted`` always unmounts it.
 """
@@ -475,26 +475,29 @@ def _download_wheels(dest: Path, reqs: list[str], host_python: str, constraints:
     run_command([*cmd, *reqs], capture=True, what="pip download (aarch64 wheels)")
 
 
-def _pip_install_offline(root: Path, args: list[str], constraints: str, what: str) -> None:
-    """``pip install --no-index`` in the chroot from the wheels in /tmp/edgeexit-wheels."""
-    _run_streamed(
-        chroot_command(root, [f"{VENV}/bin/python", "-m", "pip", "install", "--no-index",
-                              "--find-links", "/tmp/edgeexit-wheels", "--only-binary=:all:",
-                              "--constraint", f"/tmp/edgeexit-wheels/{constraints}", *args]),
-        what=what,
-    )
+@contextlib.contextmanager
+def _wheels_in_chroot(root: Path, wheels: Path, constraints: Path):
+    """The downloaded wheels and ``constraints`` at /tmp/edgeexit-wheels in the chroot, with
+    /proc mounted; yields the ``pip install`` arguments that install offline from them."""
+    inside = root / "tmp" / "edgeexit-wheels"
+    remove_tree(inside)
+    shutil.copytree(wheels, inside)
+    shutil.copy2(constraints, inside / constraints.name)
+    try:
+        with proc_mounted(root):
+            yield [f"{VENV}/bin/python", "-m", "pip", "install", "--no-index", "--find-links",
+                   "/tmp/edgeexit-wheels", "--only-binary=:all:", "--constraint",
+                   f"/tmp/edgeexit-wheels/{constraints.name}"]
+    finally:
+        remove_tree(inside)
 
 
 def ensure_venv(root: Path, cache: Path, reqs: list[str], host_python: str, rebuild: bool) -> dict:
-    """The cached device venv ``/opt/edgeexit-venv`` in the rootfs (``reqs`` pinned by
-    constraints-device.txt) and pytest in ``/opt/edgeexit-test`` (pinned by constraints.txt);
-    rebuilt when any of them changes."""
+    """The cached device venv ``/opt/edgeexit-venv`` in the rootfs: ``reqs`` pinned by
+    constraints-device.txt (rebuilt when either changes)."""
     venv = root / VENV.lstrip("/")
     stamp = _read_stamp(venv / STAMP)
-    constraints = device_constraints()
-    test_constraints = device_constraints(HOST_CONSTRAINTS)
-    want = {"requirements": reqs, "constraints": constraints,
-            "test_requirements": list(TEST_REQUIREMENTS), "test_constraints": test_constraints}
+    want = {"requirements": reqs, "constraints": device_constraints()}
     if stamp and not rebuild and {k: stamp.get(k) for k in want} == want:
         log.info("reusing the cached venv %s (%s)", VENV,
                  ", ".join(f"{k} {v}" for k, v in stamp["packages"].items()))
@@ -503,37 +506,62 @@ def ensure_venv(root: Path, cache: Path, reqs: list[str], host_python: str, rebu
     wheels = cache / "wheels"
     wheels.mkdir(exist_ok=True)
     _download_wheels(wheels, reqs, host_python, DEVICE_CONSTRAINTS)
-    _download_wheels(wheels, list(TEST_REQUIREMENTS), host_python, HOST_CONSTRAINTS)
-    for old in (venv, root / TEST_DEPS.lstrip("/")):
-        if old.exists():
-            log.info("removing %s (%s)", old,
-                     "--rebuild" if rebuild else "requirements or constraints changed")
-            remove_tree(old)
-    inside = root / "tmp" / "edgeexit-wheels"
-    remove_tree(inside)
-    shutil.copytree(wheels, inside)
-    (inside / DEVICE_CONSTRAINTS.name).write_text(constraints)
-    (inside / HOST_CONSTRAINTS.name).write_text(test_constraints)
-    try:
-        with proc_mounted(root):
-            log.info("creating %s in the chroot and installing the device requirements offline",
-                     VENV)
-            chroot(root, ["python3", "-m", "venv", VENV], what="python3 -m venv")
-            _pip_install_offline(root, reqs, DEVICE_CONSTRAINTS.name,
-                                 "pip install (device requirements)")
-            _pip_install_offline(root, ["--target", TEST_DEPS, *TEST_REQUIREMENTS],
-                                 HOST_CONSTRAINTS.name, "pip install --target (test requirements)")
-            listing = json.loads(
-                chroot(root, [f"{VENV}/bin/python", "-m", "pip", "list", "--format=json"]).stdout
-            )
-    finally:
-        remove_tree(inside)
-    packages = {p["name"]: p["version"] for p in listing}
+    if venv.exists():
+        log.info("removing the old venv (%s)",
+                 "--rebuild" if rebuild else "requirements or constraints changed")
+        remove_tree(venv)
+    with _wheels_in_chroot(root, wheels, DEVICE_CONSTRAINTS) as pip_install:
+        log.info("creating %s in the chroot and installing the device requirements offline", VENV)
+        chroot(root, ["python3", "-m", "venv", VENV], what="python3 -m venv")
+        _run_streamed(chroot_command(root, [*pip_install, *reqs]),
+                      what="pip install (device requirements)")
+        packages = installed_packages(root)
     stamp = {**want, "packages": packages, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "seconds": round(time.monotonic() - t0, 1)}
     _write_stamp(venv / STAMP, stamp)
     log.info("venv ready in %.0f s: %s", stamp["seconds"],
              ", ".join(f"{k} {v}" for k, v in packages.items()))
+    return {**stamp, "reused": False}
+
+
+def _normalized(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _pins(text: str) -> dict[str, str]:
+    """``{normalized name: version}`` of a constraints file's ``name==version`` lines."""
+    pins = {}
+    for line in text.splitlines():
+        name, sep, version = line.split("#", 1)[0].strip().partition("==")
+        if sep:
+            pins[_normalized(name.strip())] = version.strip()
+    return pins
+
+
+def ensure_test_deps(root: Path, cache: Path, host_python: str, rebuild: bool) -> dict:
+    """pytest (TEST_REQUIREMENTS) in ``/opt/edgeexit-test``, outside the device venv, pinned by
+    the host's constraints.txt; reinstalled when a pin of what it installed changes."""
+    target = root / TEST_DEPS.lstrip("/")
+    stamp = _read_stamp(target / STAMP)
+    pins = _pins(device_constraints(HOST_CONSTRAINTS))
+    if (stamp and not rebuild and stamp.get("requirements") == list(TEST_REQUIREMENTS)
+            and all(pins.get(n) == v for n, v in stamp["packages"].items())):
+        return {**stamp, "reused": True}
+    wheels = cache / "wheels"
+    wheels.mkdir(exist_ok=True)
+    _download_wheels(wheels, list(TEST_REQUIREMENTS), host_python, HOST_CONSTRAINTS)
+    remove_tree(target)
+    with _wheels_in_chroot(root, wheels, HOST_CONSTRAINTS) as pip_install:
+        _run_streamed(chroot_command(root, [*pip_install, "--target", TEST_DEPS,
+                                            *TEST_REQUIREMENTS]),
+                      what="pip install --target (test requirements)")
+    packages = {}
+    for d in sorted(target.glob("*.dist-info")):  # NAME-VERSION.dist-info
+        name, version = d.name[:-len(".dist-info")].rsplit("-", 1)
+        packages[_normalized(name)] = version
+    stamp = {"requirements": list(TEST_REQUIREMENTS), "packages": packages,
+             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    _write_stamp(target / STAMP, stamp)
     return {**stamp, "reused": False}
 
 
