@@ -91,7 +91,7 @@ def test_stage_stream_copies_every_file_of_a_wfdb_record_or_a_csv(tool, tmp_path
 
 def test_the_wheel_is_built_from_the_checkouts_source_files_only(tool):
     files = {str(p) for p in tool.env.source_files(REPO)}
-    assert {"pyproject.toml", "setup.py", "edgeexit/cli.py", "targets/rpi4.toml"} <= files
+    assert {"pyproject.toml", "setup.py", "edgeexit/__init__.py", "targets/rpi4.toml"} <= files
     assert not [f for f in files if f.startswith((".venv/", "build/", "runs/")) or "__pycache__" in f]
 
 
