@@ -4,7 +4,9 @@ training comes out differently on different CPUs)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +95,74 @@ def bundle_dir(tiny_checkpoint, tmp_path_factory) -> Path:
     export_bundle(tiny_checkpoint, out, ExportConfig(target="x86_64", precision="fp32",
                                                      golden_samples=16, calibration_samples=64))
     return out
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """``build(dir)`` once per test run, even when pytest-xdist runs several workers: the first
+    worker to get here builds it (under a file lock, in the run's temporary directory that every
+    worker shares) and the others wait for it and reuse it. Returns ``dir``; treat it as read-only.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-of-USER/pytest-N: shared by this run's workers
+    out = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not out.is_dir():
+            tmp = root / f"{name}.partial-{os.getpid()}"
+            tmp.mkdir()
+            build(tmp)
+            tmp.rename(out)  # complete or absent: a failed build is retried by the next caller
+    return out
+
+
+def _fixed_checkpoint(root: Path) -> None:
+    """A 4-exit test_resnet1d as initialised from seed 0, never trained (so the same weights on
+    every CPU, up to the rounding of a mean), recording 300 synthetic beats of 128 samples (one ECG
+    lead and 7 RR channels) as its data."""
+    import torch
+
+    from edgeexit.checkpoint import save_checkpoint
+    from edgeexit.data import DataSpec, load_source
+    from edgeexit.models import ModelConfig, create_model
+
+    spec = DataSpec(n_beats=300, window=128, seed=0)
+    data = load_source("synthetic", spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = create_model(ModelConfig("test_resnet1d", in_channels=data.x.shape[1], num_classes=5,
+                                         input_length=128, signal_channels=data.signal_channels))
+    # no gradient step; the input normalisation and the batch-norm statistics set from the data
+    # (one pass), so that the exits' answers vary from beat to beat as a trained model's do
+    x = torch.from_numpy(data.x)
+    model.fit_input_norm(x)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = 1.0
+    with torch.no_grad():
+        model.train()(x)
+    save_checkpoint(root / "model.pt", model.eval(), classes=data.classes, input_spec={
+        "shape": list(data.input_shape), "fs": data.fs, "units": data.units,
+        "channels": list(data.channels), "signal_channels": data.signal_channels, "window": 128,
+        "rr_context": True, "morph_context": False}, meta={"data": {"spec": spec.to_dict()}})
+
+
+@pytest.fixture(scope="session")
+def fixed_checkpoint(tmp_path_factory) -> Path:
+    """An untrained tiny model's checkpoint (no training: identical on every CPU)."""
+    return built_once(tmp_path_factory, "fixed_checkpoint", _fixed_checkpoint) / "model.pt"
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(fixed_checkpoint, tmp_path_factory) -> Path:
+    """An int8 export of the fixed model: ONNX and TFLite files of two segments (exits 1 and 3),
+    8 golden beats (read-only: copy to alter it)."""
+    from edgeexit.export.bundle import ExportConfig, export_bundle
+
+    # an untrained model's top-1 hangs on small margins that int8 moves (~90 % agreement, not
+    # the 97 % asked of a real model): the bound here only guards against a broken quantization
+    config = ExportConfig(target="x86_64", precision="int8", formats=("onnx", "tflite"), exits=(1, 3),
+                          golden_samples=8, calibration_samples=32, monolithic=False,
+                          int8_min_agreement=0.6)
+    return built_once(tmp_path_factory, "int8_bundle",
+                      lambda root: export_bundle(fixed_checkpoint, root / "bundle", config)) / "bundle"
