@@ -1,14 +1,15 @@
 """A regular (non-editable) install works outside the source tree: the wheel ships the presets.
 
 Builds the wheel and the sdist from a copy of the checkout (offline: ``--no-build-isolation``
-with this venv's setuptools), installs the wheel ``--no-deps`` in a fresh venv (numpy and click,
-the only base dependencies, are made importable there through a ``.pth`` file that points at
-links to this venv's copies: no network, and nothing else from this venv leaks in), then runs
-``edgeexit targets`` from a directory outside the source tree. Also: the device constraints pin
-the device requirements at the host's versions.
+with this venv's setuptools), installs the wheel ``--no-deps`` in a fresh venv (its dependencies
+are made importable there through a ``.pth`` file that points at links to this venv's copies: no
+network, and nothing else from this venv leaks in), then, from a directory outside the source
+tree, runs ``edgeexit targets`` with the base dependencies only, and ``edgeexit verify`` and
+``edgeexit run`` on an int8 bundle with the ``[runtime]`` extra's (no torch). Also: the device
+constraints pin the device requirements at the host's versions.
 """
 
-import importlib.util
+import importlib.metadata
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import venv
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,30 +132,44 @@ def test_sdist_carries_the_presets_and_builds_the_same_wheel(tmp_path):
     assert shipped == _expected_presets()
 
 
-def _link_base_dependencies(site: Path, deps_dir: Path) -> None:
-    """Make this venv's numpy and click (and only those) importable in the fresh venv."""
+def _link_dependencies(site: Path, deps_dir: Path, dists) -> None:
+    """Make this venv's copies of the distributions ``dists`` (and nothing else of it) importable in
+    the fresh venv: links to their files in ``deps_dir``, which a ``.pth`` file puts on its path."""
     deps_dir.mkdir()
-    for mod in ("numpy", "click"):
-        spec = importlib.util.find_spec(mod)
-        assert spec is not None and spec.submodule_search_locations, f"{mod} is not installed"
-        pkg = Path(next(iter(spec.submodule_search_locations)))
-        for path in (pkg, pkg.with_name(pkg.name + ".libs")):  # numpy.libs: its bundled BLAS
-            if path.exists():
-                (deps_dir / path.name).symlink_to(path, target_is_directory=True)
+    for name in dists:
+        dist = importlib.metadata.distribution(name)
+        tops = {f.parts[:2] for f in dist.files if f.parts[0] not in ("..", "__pycache__")}
+        for parts in sorted(tops):
+            src = Path(dist.locate_file(parts[0]))
+            if src.is_dir() and not (src / "__init__.py").exists() and len(parts) == 2 \
+                    and not parts[0].endswith((".dist-info", ".libs")):
+                # a namespace package (google/protobuf, backports/strenum): only this dist's part
+                (deps_dir / parts[0]).mkdir(exist_ok=True)
+                src, dst = src / parts[1], deps_dir / parts[0] / parts[1]
+            else:
+                dst = deps_dir / parts[0]
+            if not dst.exists():
+                dst.symlink_to(src, target_is_directory=src.is_dir())
     (site / "edgeexit-test-deps.pth").write_text(f"{deps_dir}\n")
+
+
+def _install(wheel: Path, env_dir: Path, dists) -> tuple[Path, Path]:
+    """A fresh venv with the wheel installed ``--no-deps`` and ``dists`` linked from this venv:
+    its python and its site-packages."""
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(env_dir)
+    py = env_dir / "bin" / "python"
+    _run([sys.executable, "-m", "pip", "--python", py, "install", "--no-deps", "--no-index", wheel],
+         cwd=env_dir.parent)
+    site = Path(_run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                     cwd=env_dir.parent).stdout.strip())
+    _link_dependencies(site, env_dir.parent / "deps", dists)
+    return py, site
 
 
 @pytest.mark.slow
 def test_installed_wheel_lists_and_shows_presets_outside_the_source_tree(wheel, tmp_path):
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=True, symlinks=True).create(env_dir)
-    py = env_dir / "bin" / "python"
-    _run([py, "-m", "pip", "install", "--no-deps", "--no-index", wheel], cwd=tmp_path)
-    site = Path(
-        _run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-             cwd=tmp_path).stdout.strip()
-    )
-    _link_base_dependencies(site, tmp_path / "deps")
+    py, site = _install(wheel, env_dir, ("numpy", "click"))  # the base dependencies only
 
     work = tmp_path / "elsewhere"  # outside the source tree
     work.mkdir()
@@ -186,3 +202,30 @@ def test_installed_wheel_lists_and_shows_presets_outside_the_source_tree(wheel, 
     assert Path(where).resolve().is_relative_to(site.resolve())
     import hashlib
     assert digest == hashlib.sha256((REPO / "calibration" / "default.toml").read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_wheel_with_the_runtime_extra_only_verifies_and_runs_an_int8_bundle(wheel, int8_bundle,
+                                                                             tmp_path):
+    """The device install: the wheel and the [runtime] extra's dependencies (those that
+    constraints-device.txt pins), no torch, no onnx: ``verify`` and ``run`` with both backends."""
+    py, site = _install(wheel, tmp_path / "venv", _pins(REPO / "constraints-device.txt"))
+    exe = tmp_path / "venv" / "bin" / "edgeexit"
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    code = ("import importlib.util as u, edgeexit; "
+            "print(edgeexit.__file__, *(u.find_spec(m) is None for m in ('torch', 'onnx')))")
+    where, *absent = _run([py, "-c", code], cwd=work).stdout.split()
+    assert Path(where).resolve().is_relative_to(site.resolve()) and absent == ["True", "True"]
+
+    archive = int8_bundle.parent / "bundle.tar.gz"
+    report = json.loads(_run([exe, "verify", archive, "--strict", "--json"], cwd=work).stdout)
+    assert report["ok"] and report["unchecked"] == []
+    assert {c["check"] for c in report["checks"]} >= {"golden[onnxruntime]", "golden[litert]"}
+    x = tmp_path / "x.npy"
+    np.save(x, np.load(int8_bundle / "golden.npz")["inputs"].astype(np.float32))
+    for backend in ("onnxruntime", "litert"):
+        out = _run([exe, "run", int8_bundle, "--input", x, "--backend", backend], cwd=work).stdout
+        lines = [json.loads(v) for v in out.splitlines()]
+        assert [v["index"] for v in lines] == list(range(8)), out
+        assert all(v["exit"] in (0, 1) and len(v["probs"]) == 5 for v in lines)
