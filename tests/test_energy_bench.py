@@ -1,11 +1,10 @@
 """Energy in ``edgeexit bench``, reports and plots, energy-aware calibration, the budget policy."""
 
+import errno
 import json
 import math
 import os
 import shutil
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -58,11 +57,17 @@ def test_estimate_energy_comes_from_cpu_time_and_the_power_model(bundle_dir):
         s, c = e["metered_seconds"][key], e["inferences"][key]
         # gross - above idle is the preset's idle power over the path's own wall time
         assert math.isclose(pe["gross"] - pe["above_idle"], 1e3 * 2.0 * s / c, rel_tol=1e-3)
-        # above idle is 5 W x the CPU time, which a single-threaded busy loop nearly fills
-        assert 0.5 < e["cpu_fraction"][key] <= 1.3
+        # above idle is 5 W x the CPU time: some, and never more than every core's (how much of
+        # a core the busy loop gets is timing: tools/timing_benchmarks.py measures it)
+        assert 0 < e["cpu_fraction"][key] <= (os.cpu_count() or 1) + 0.05
     seg = e["per_segment_mj"]["above_idle"]
     assert len(seg) == 4 and all(v >= 0 for v in seg)
-    assert math.isclose(sum(seg), e["prefix_mj"][-1]["above_idle"], rel_tol=0.05)
+    # segment k costs what prefix k costs more than prefix k-1 (nothing where it costs less): the
+    # costs add up to the all-exits one when the prefixes grow, and to more where one does not
+    prefix = [p["above_idle"] for p in e["prefix_mj"]]
+    assert sum(seg) >= prefix[-1] - 1e-6
+    if all(b >= a for a, b in zip(prefix, prefix[1:])):
+        assert math.isclose(sum(seg), prefix[-1], rel_tol=1e-6)
     pol, mono = e["per_inference_mj"]["policy"], e["per_inference_mj"]["monolithic"]
     assert e["ratios"]["policy_vs_monolithic"] == round(pol["above_idle"] / mono["above_idle"], 4)
     # the threshold sweep has both costs, from 1/K (everything leaves at exit 0) to 1 (none does)
@@ -73,75 +78,63 @@ def test_estimate_energy_comes_from_cpu_time_and_the_power_model(bundle_dir):
                         rel_tol=1e-3)
 
 
-def _fake_ina226(root, watts):
+def _fake_ina226(root, watts: float):
+    """An INA226 under ``root`` that reads a constant ``watts``; returns its power file."""
     dev = root / "sys/class/hwmon/hwmon0"
     dev.mkdir(parents=True)
     (dev / "name").write_text("ina226\n")
     (dev / "update_interval").write_text("1\n")
     path = dev / "power1_input"
-
-    def write(w):
-        tmp = dev / ".power1_input.tmp"
-        tmp.write_text(f"{int(w * 1e6)}\n")
-        os.replace(tmp, path)
-
-    write(watts(time.monotonic()))
-    stop = threading.Event()
-
-    def loop():
-        while not stop.is_set():
-            write(watts(time.monotonic()))
-            time.sleep(0.0005)
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    return path, stop, t
+    path.write_text(f"{int(watts * 1e6)}\n")
+    return path
 
 
-def test_bench_against_a_fake_ina226_integrates_its_power_profile(bundle_dir, tmp_path):
-    """Energy per inference within 2% of the integral of the known power profile."""
+def test_bench_against_a_fake_ina226_measures_idle_and_every_path(bundle_dir, tmp_path):
+    """A constant 4 W: idle is 4 W, every path costs 4 W x its metered seconds and nothing above
+    idle. (How closely a changing power is followed is timing: tools/timing_benchmarks.py.)"""
     from edgeexit.runtime.energy import make_meter
     from edgeexit.runtime.profile import bench_engine
 
-    def watts(t):  # 4 W with a 0.5 W ripple of 50 ms: a path's window holds several periods
-        return 4.0 + 0.5 * math.sin(2 * math.pi * t / 0.05)
-
-    _, stop, writer = _fake_ina226(tmp_path, watts)
-    try:
-        meter = make_meter("ina2xx", root=str(tmp_path))
-        engine = _engine(bundle_dir)
-        x, y = _windows(engine, 32)
-        d = bench_engine(engine, x, y, warmup=2, meter=meter, energy_seconds=0.6, energy_rounds=2)
-        meter.close()
-    finally:
-        stop.set()
-        writer.join()
-    e = d.to_dict()["energy"]
-    assert e["kind"] == "measured" and e["meter"] == "ina2xx" and "measured in this run" in e["idle"]
-    assert abs(e["idle_w"] - 4.0) < 0.1
-    for name in ("policy", "monolithic", "prefix_0", "prefix_3"):
-        # the ripple averages out over whole windows to within 0.5 W x 50 ms / (pi x 0.3 s): < 0.7%
-        want_mj = 1e3 * 4.0 * e["metered_seconds"][name] / e["inferences"][name]
-        key = {"prefix_3": "all_exits"}.get(name, name)
-        got = e["per_inference_mj"][key]["gross"] if key in e["per_inference_mj"] else \
-            e["prefix_mj"][0]["gross"]
-        assert abs(got - want_mj) <= 0.02 * want_mj, (name, got, want_mj)
-
-
-def test_a_meter_that_vanishes_mid_bench_keeps_the_latency_results(bundle_dir, tmp_path):
-    from edgeexit.runtime.energy import make_meter
-    from edgeexit.runtime.profile import bench_engine
-
-    path, stop, writer = _fake_ina226(tmp_path, lambda t: 3.0)
+    _fake_ina226(tmp_path, 4.0)
     meter = make_meter("ina2xx", root=str(tmp_path))
-    stop.set()
-    writer.join()
-    threading.Timer(0.3, lambda: path.unlink()).start()
     engine = _engine(bundle_dir)
     x, y = _windows(engine, 32)
-    d = bench_engine(engine, x, y, warmup=2, meter=meter, energy_seconds=1.2, energy_rounds=2).to_dict()
-    meter.close()
-    assert "power1_input" in d["energy"]["error"] and d["latency_us"]["policy"]["mean"] > 0
+    with meter:
+        d = bench_engine(engine, x, y, warmup=2, meter=meter, energy_seconds=0.2, energy_rounds=2)
+    e = d.to_dict()["energy"]
+    assert e["kind"] == "measured" and e["meter"] == "ina2xx" and "measured in this run" in e["idle"]
+    assert e["idle_w"] == 4.0 and e["cpu_fraction"] is None
+    for name in ("policy", "monolithic", "prefix_0", "prefix_3"):
+        want_mj = 1e3 * 4.0 * e["metered_seconds"][name] / e["inferences"][name]
+        key = {"prefix_3": "all_exits"}.get(name, name)
+        got = e["per_inference_mj"][key] if key in e["per_inference_mj"] else e["prefix_mj"][0]
+        assert got["gross"] == pytest.approx(want_mj, rel=1e-5), name
+        assert got["above_idle"] == pytest.approx(0.0, abs=1e-7), name
+
+
+def test_a_meter_that_vanishes_mid_bench_keeps_the_latency_results(bundle_dir, tmp_path, monkeypatch):
+    from edgeexit.runtime.energy import base, make_meter
+    from edgeexit.runtime.profile import bench_engine
+
+    path = str(_fake_ina226(tmp_path, 3.0))
+    meter = make_meter("ina2xx", root=str(tmp_path))
+    real, reads = base.read_sysfs, [0]
+
+    def vanishing(p):  # the sensor goes after 5 reads of its power file: during the energy runs
+        if p == path:
+            reads[0] += 1
+            if reads[0] > 5:
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", p)
+        return real(p)
+
+    monkeypatch.setattr(base, "read_sysfs", vanishing)
+    engine = _engine(bundle_dir)
+    x, y = _windows(engine, 32)
+    with meter:
+        d = bench_engine(engine, x, y, warmup=2, meter=meter, energy_seconds=0.1,
+                         energy_rounds=2).to_dict()
+    assert reads[0] == 6 and "power1_input" in d["energy"]["error"]
+    assert "vanished" in d["energy"]["error"] and d["latency_us"]["policy"]["mean"] > 0
 
 
 def _png(path):

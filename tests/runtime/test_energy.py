@@ -220,35 +220,25 @@ class Writer:
         self.thread.join()
 
 
-def test_ina226_follows_a_known_power_profile(tmp_path):
+def test_ina226_reads_a_changing_power_file_in_watts(tmp_path):
+    """Whatever the thread's timing, every sample is one of the values written (uW -> W) and the
+    energy lies between the lowest and the highest power times the window. How closely it follows
+    a known profile is timing: tools/timing_benchmarks.py measures it."""
     d = hwmon(tmp_path, 0, "ina226")
-    t_ref, period = time.monotonic() + 0.05, 0.6  # the window is about the first half period
-
-    def watts(t):  # 4 W + 2 W sin(2 pi t / 0.6 s): 4 W x seconds would be ~30 % off
-        return 4.0 + 2.0 * math.sin(2 * math.pi * (t - t_ref) / period)
-
-    def energy(a, b):  # the integral of watts over [a, b], J
-        def phase(t):
-            return math.cos(2 * math.pi * (t - t_ref) / period)
-
-        return 4.0 * (b - a) - 2.0 * period / (2 * math.pi) * (phase(b) - phase(a))
-
-    w = Writer(os.path.join(d, "power1_input"), lambda t: round(watts(t) * 1e6))  # uW
+    w = Writer(os.path.join(d, "power1_input"),  # 4 W + 2 W sin(2 pi t / 0.6 s), in uW
+               lambda t: round((4.0 + 2.0 * math.sin(2 * math.pi * t / 0.6)) * 1e6))
     try:
         m = make_meter("ina2xx", root=str(tmp_path))
         assert isinstance(m, Ina2xxMeter) and m.rate_hz == pytest.approx(200.0)
-        while time.monotonic() < t_ref:
-            time.sleep(0.001)
         m.start()
-        time.sleep(0.3)
+        time.sleep(0.1)
         r = m.stop()
     finally:
         w.stop()
-    expect = energy(r.start, r.start + r.seconds)
-    assert r.joules == pytest.approx(expect, rel=0.02)
-    assert len(r.samples) >= 10 and all(1.9 < p < 6.1 for _, p in r.samples)
-    assert r.samples[0][0] >= 0 and r.samples[-1][0] <= r.seconds
-    assert "INA226" in r.meter and r.domains is None
+    assert len(r.samples) >= 2 and all(2.0 <= p <= 6.0 for _, p in r.samples)  # start, stop
+    assert 0 <= r.samples[0][0] <= r.samples[-1][0] <= r.seconds
+    assert 2.0 * r.seconds <= r.joules <= 6.0 * r.seconds
+    assert "INA226" in r.meter and r.domains is None and r.kind == "measured"
 
 
 def test_ina2xx_current_times_voltage_when_there_is_no_power_file(tmp_path):
@@ -493,28 +483,63 @@ def test_csv_bad_header_missing_file_and_empty_spec(tmp_path):
 
 # ------------------------------------------------------------------------------------------ estimate
 
-def test_estimate_of_a_busy_loop_counts_cpu_time(tmp_path):
+class Clocks:
+    """Stands in for the estimate's ``time`` module: wall and CPU clocks that the test moves."""
+
+    def __init__(self):
+        self.wall, self.cpu = 100.0, 7.0
+
+    def monotonic(self):
+        return self.wall
+
+    def process_time(self):
+        return self.cpu
+
+
+@pytest.fixture
+def clocks(monkeypatch):
+    from edgeexit.runtime.energy import estimate
+
+    c = Clocks()
+    monkeypatch.setattr(estimate, "time", c)
+    return c
+
+
+@pytest.mark.parametrize("wall, cpu, joules", [
+    (2.0, 0.0, 5.0),        # asleep: the idle power over the window
+    (2.0, 2.0, 7.5),        # one core busy: + 1.25 W x 2 s
+    (2.0, 4.0, 10.0),       # two threads busy: CPU time counts all the process's threads
+    (0.5, 0.25, 1.5625),
+])
+def test_estimate_is_idle_power_over_the_window_plus_active_power_per_cpu_second(
+        clocks, wall, cpu, joules):
     m = make_meter("estimate", power=POWER, threads=2)
     assert isinstance(m, EstimateMeter) and m.idle_w == 2.5 and m.kind == "estimated"
     m.start()
-    c0 = time.process_time()
-    while time.process_time() - c0 < 0.1:
-        pass
+    clocks.wall += wall
+    clocks.cpu += cpu
     r = m.stop()
-    assert 0.1 <= r.cpu_seconds <= r.seconds * 1.05 + 0.005
-    assert r.joules == pytest.approx(2.5 * r.seconds + 1.25 * r.cpu_seconds, rel=1e-12)
+    assert (r.seconds, r.cpu_seconds, r.start) == (wall, cpu, 100.0)
+    assert r.joules == pytest.approx(joules, rel=1e-12)
+    assert r.joules - m.idle_w * r.seconds == pytest.approx(1.25 * cpu, abs=1e-12)  # above idle
     assert r.samples == () and r.kind == "estimated"
     text = r.meter.lower()
     assert "estimate" in text and "not a measurement" in text and "test preset" in text
 
 
-def test_estimate_of_a_sleep_is_mostly_idle():
+def test_estimate_windows_are_independent_and_stop_needs_a_start(clocks):
     m = make_meter("estimate", power=POWER)
-    r = run_for(m, 0.1)
-    assert r.seconds >= 0.1 and r.cpu_seconds < 0.03
-    assert r.joules == pytest.approx(2.5 * r.seconds + 1.25 * r.cpu_seconds, rel=1e-12)
-    assert r.joules < (2.5 + 1.25 * 0.3) * r.seconds  # not wall time x (idle + active)
-    assert r.joules - m.idle_w * r.seconds == pytest.approx(1.25 * r.cpu_seconds, abs=1e-9)
+    with pytest.raises(MeterError, match="without start"):
+        m.stop()
+    m.start()
+    clocks.wall, clocks.cpu = clocks.wall + 1.0, clocks.cpu + 1.0
+    assert m.stop().joules == pytest.approx(3.75)
+    clocks.wall, clocks.cpu = clocks.wall + 5.0, clocks.cpu + 5.0  # between windows: not counted
+    m.start()
+    clocks.wall += 1.0
+    assert m.stop().joules == pytest.approx(2.5)
+    with pytest.raises(MeterError, match="without start"):
+        m.stop()
 
 
 @pytest.mark.parametrize("power", [None, {}, {"idle_w": 2.0, "source": "x"}])
