@@ -34,12 +34,12 @@ import numpy as np
 
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.fileio import atomic_write, pack_directory
+from edgeexit.runtime.kinds import CALIBRATED_POLICIES
 from edgeexit.runtime.policy import ensemble_probs, exit_scores, softmax
 
 log = logging.getLogger(__name__)
 
 NEVER = 2.0  # a score threshold no max-probability or negative entropy reaches
-CALIBRATED_POLICIES = ("max_prob", "entropy", "ensemble")
 ENSEMBLE_WEIGHT_POWERS = (0, 1, 2, 3)  # weights = (k + 1) ** p tried by weights="auto"
 
 

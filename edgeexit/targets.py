@@ -24,15 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from edgeexit.errors import ConfigError
+from edgeexit.runtime.kinds import FORMAT_BACKEND, PRECISIONS, Format, Precision
 
 ENV_VAR = "EDGEEXIT_TARGETS"
 PACKAGED_DIR = "_targets"  # inside the installed package: see setup.py
 ARCHES = ("aarch64", "armv7l", "x86_64")
-PRECISIONS = ("fp32", "int8")
-FORMAT_BACKEND = {
-    "tflite": "litert",
-    "onnx": "onnxruntime",
-}  # file format -> the backend that runs it
 MIN_PYTHON = (3, 11)  # what edgeexit (numpy 2.x, pyproject requires-python) needs on the device
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _VERSION = re.compile(r"^\d+\.\d+$")
@@ -123,9 +119,9 @@ class RuntimeSpec:
         threads: intra-op threads, 1..cpu.cores.
     """
 
-    format: str
+    format: Format
     backend: str
-    precision: str = "fp32"
+    precision: Precision = Precision.FP32
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -133,11 +129,12 @@ class RuntimeSpec:
             raise ConfigError(
                 f"runtime.format {self.format!r} is not one of {', '.join(FORMAT_BACKEND)}"
             )
+        object.__setattr__(self, "format", Format(self.format))
         _typed(self.backend, str, "runtime.backend")
-        if self.backend != FORMAT_BACKEND[self.format]:
+        if self.backend != self.format.backend:
             raise ConfigError(
-                f"runtime.backend {self.backend!r} cannot run {self.format!r} files; "
-                f"use backend = {FORMAT_BACKEND[self.format]!r} (or change the format)"
+                f"runtime.backend {self.backend!r} cannot run {self.format.value!r} files; "
+                f"use backend = {self.format.backend!r} (or change the format)"
             )
         if _typed(self.precision, str, "runtime.precision") not in PRECISIONS:
             raise ConfigError(
@@ -145,6 +142,7 @@ class RuntimeSpec:
             )
         if _typed(self.threads, int, "runtime.threads") < 1:
             raise ConfigError(f"runtime.threads must be >= 1, got {self.threads}")
+        object.__setattr__(self, "precision", Precision(self.precision))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

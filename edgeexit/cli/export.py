@@ -7,6 +7,7 @@ import click
 from edgeexit.cli.app import echo_result, main, names, parse_exits, read_json_file, stage_printer
 from edgeexit.cli.formats import calibrate_text, export_text
 from edgeexit.cli.options import backend_option, bound_options
+from edgeexit.runtime.kinds import CALIBRATED_POLICIES, EXPORT_PRECISIONS
 
 _EXPORT_GROUPS = (
     ("Bundle", ("target", "out_dir", "formats", "monolithic", "exits", "bundle_version",
@@ -24,7 +25,7 @@ _EXPORT_GROUPS = (
               help="Bundle directory to write (DIR.tar.gz is written beside it).")
 @click.option("--formats", default="onnx,tflite", show_default=True,
               help="Comma-separated file formats: onnx, tflite.")
-@click.option("--precision", type=click.Choice(["fp32", "int8", "auto"]), default=None,
+@click.option("--precision", type=click.Choice([str(p) for p in EXPORT_PRECISIONS]), default=None,
               help="Precision of the segment files (default: the target's). auto: per segment "
                    "and format, int8 only where it is faster (timed here, or --timings) and its "
                    "top-1 agreement stays within --int8-margin of fp32's.")
@@ -36,7 +37,7 @@ _EXPORT_GROUPS = (
 @click.option("--timings", multiple=True, type=click.Path(dir_okay=False),
               help="--precision auto: `edgeexit bench --json` reports made on the device (an fp32 "
                    "and an int8 bundle per format; repeat the option) instead of timing here.")
-@click.option("--policy", type=click.Choice(["max_prob", "entropy", "ensemble"]), default="max_prob",
+@click.option("--policy", type=click.Choice([str(p) for p in CALIBRATED_POLICIES]), default="max_prob",
               show_default=True, help="Exit policy whose thresholds are calibrated.")
 @click.option("--margin", default=0.5, show_default=True,
               help="Allowed validation accuracy loss versus the final exit, in points.")
@@ -105,7 +106,7 @@ _CALIBRATE_GROUPS = (
               help="--cross-fit: training threads.")
 @click.option("--records", default=None,
               help="WFDB data: comma-separated record names to calibrate on (default: all).")
-@click.option("--policy", type=click.Choice(["max_prob", "entropy", "ensemble"]), default=None,
+@click.option("--policy", type=click.Choice([str(p) for p in CALIBRATED_POLICIES]), default=None,
               help="Policy to calibrate (default: the bundle's).")
 @click.option("--margin", default=0.5, show_default=True,
               help="Allowed accuracy loss versus the final exit, in points.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from edgeexit.cli.app import apply, read_json_file
+from edgeexit.runtime.kinds import POLICY_NAMES
 
 backend_option = click.option(
     "--backend", type=click.Choice(["auto", "onnxruntime", "litert"]), default="auto",
@@ -22,7 +23,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the re
 
 POLICY_PARAMS = ("policy", "thresholds", "exit_index", "budget", "costs_file")
 policy_options = apply([
-    click.option("--policy", type=click.Choice(["max_prob", "entropy", "ensemble", "fixed", "budget"]),
+    click.option("--policy", type=click.Choice([str(p) for p in POLICY_NAMES]),
                  default=None, help="Exit policy (default: the bundle's calibrated one)."),
     click.option("--thresholds", default=None, help="Override thresholds, e.g. 0.9,0.9,0.95."),
     click.option("--exit", "exit_index", type=int, default=None, help="The exit of --policy fixed."),

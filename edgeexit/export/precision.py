@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeexit.errors import ConfigError
+from edgeexit.runtime.kinds import FORMAT_BACKEND, Format, Precision
 from edgeexit.runtime.manifest import PrecisionChoice
-from edgeexit.targets import FORMAT_BACKEND
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +72,7 @@ def choose_precision(fmt: str, fp32_us: float, int8_us: float, fp32_agreement: f
     else:
         why = "int8 falls outside the agreement margin"
     return PrecisionChoice(
-        format=fmt, precision="int8" if faster and close else "fp32",
+        format=fmt, precision=(Precision.INT8 if faster and close else Precision.FP32).value,
         fp32_us=round(float(fp32_us), 3), int8_us=round(float(int8_us), 3),
         fp32_agreement=round(float(fp32_agreement), 6),
         int8_agreement=round(float(int8_agreement), 6), reason=why, timing=timing,
@@ -128,7 +128,6 @@ def read_bench_timings(paths: Sequence[str | os.PathLike], num_segments: int,
     Raises:
         ConfigError: a file that is not a bench report, or one made for other segments.
     """
-    fmt_of = {b: f for f, b in FORMAT_BACKEND.items()}
     us: dict = {}
     for p in paths:
         path = Path(p)
@@ -144,12 +143,12 @@ def read_bench_timings(paths: Sequence[str | os.PathLike], num_segments: int,
             raise ConfigError(f"{path} is not an `edgeexit bench --json` report ({type(e).__name__}: "
                               f"{e}); bench the fp32 and the int8 bundle on the device with --json "
                               "and give those files") from e
-        if backend not in fmt_of:
+        if backend not in FORMAT_BACKEND.values():
             raise ConfigError(f"{path}: unknown backend {backend!r} in the bench report")
         got = r.get("model_exits") or list(range(len(segs)))
         if len(segs) != num_segments or list(got) != list(exits):
             raise ConfigError(f"{path} times segments of model exits {list(got)}, this export "
                               f"deploys {list(exits)}: bench a bundle exported with the same --exits")
         for k, (prec, v) in enumerate(zip(precs, segs)):
-            us.setdefault((fmt_of[backend], prec), [None] * num_segments)[k] = v
+            us.setdefault((Format.of_backend(backend), prec), [None] * num_segments)[k] = v
     return BenchTimings(us, tuple(str(p) for p in paths))

@@ -52,15 +52,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeexit.export.errors import ExportError, describe
+from edgeexit.export.errors import ExportError, ValidationError, describe
+from edgeexit.export.validate import Failure, tolerance
 from edgeexit.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
 _INSTALL_HINT = "pip install litert-torch ai-edge-litert"
-
-FP32_RTOL = 1e-4
-"""Export-time check: max abs error of an fp32 file <= FP32_RTOL * (1 + max |torch output|)."""
 
 MAX_CALIBRATION = 2048
 """At most this many calibration windows are run (evenly spaced over the ones given)."""
@@ -365,7 +363,8 @@ def _check_file(path: Path, example: torch.Tensor, ref: tuple[torch.Tensor, ...]
     """Load ``path`` with the device backend, run ``example``, compare with PyTorch's ``ref``.
 
     Checks names and order of inputs/outputs, float32 at the boundary, the output shapes in the
-    module's order, and for fp32 the values (``FP32_RTOL``). Skipped (with a warning) where no
+    module's order, and for fp32 the values (``example_rel_err`` of
+    :func:`edgeexit.export.validate.tolerance`). Skipped (with a warning) where no
     LiteRT interpreter is installed on the host.
     """
     from edgeexit.runtime.backends.base import BackendError
@@ -396,14 +395,16 @@ def _check_file(path: Path, example: torch.Tensor, ref: tuple[torch.Tensor, ...]
             )
         if not np.isfinite(got).all():
             raise ExportError(f"output {i} ({names[i]}) of the converted file is not finite")
-        if not int8:
+        rel = tolerance("tflite", "int8" if int8 else "fp32").example_rel_err
+        if rel is not None:
             err = float(np.abs(got - want_np).max(initial=0.0))
-            tol = FP32_RTOL * (1.0 + float(np.abs(want_np).max(initial=0.0)))
+            tol = rel * (1.0 + float(np.abs(want_np).max(initial=0.0)))
             if not err <= tol:
-                raise ExportError(
-                    f"output {i} ({names[i]}) of the fp32 file differs from PyTorch by {err:.3g} "
-                    f"(> {tol:.3g}): the conversion does not compute what the module computes"
-                )
+                raise ValidationError([Failure(
+                    path.name, "tflite", "max_abs_err", err, tol,
+                    f"output {i} ({names[i]}) of the {'int8' if int8 else 'fp32'} file differs "
+                    f"from PyTorch by {err:.3g} (> {tol:.3g}): the conversion does not compute "
+                    "what the module computes")])
 
 
 # -- the export ------------------------------------------------------------------------------------

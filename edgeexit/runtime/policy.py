@@ -35,8 +35,9 @@ from math import exp, isfinite, log
 import numpy as np
 
 from edgeexit.errors import ConfigError
+from edgeexit.runtime.kinds import POLICY_NAMES
 
-POLICIES = ("max_prob", "entropy", "ensemble", "fixed", "budget")
+POLICIES = POLICY_NAMES  # kinds.PolicyName: the names; make_policy below: the class of each
 BUDGET_UNITS = ("us", "mJ")
 
 

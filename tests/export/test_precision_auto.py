@@ -120,7 +120,7 @@ def test_auto_backs_off_an_int8_segment_that_costs_a_later_exit(monkeypatch):
     # the rule sees one segment at a time: here int8 features out of segment 1 leave exit 2 at
     # 90% whichever file segment 2 has, so the chain is chosen again with segment 2, then
     # segment 1, fp32
-    from edgeexit.export import bundle
+    from edgeexit.export import write
 
     passes = []
     int8 = choose_precision("tflite", 30.0, 12.0, 1.0, 1.0)  # what the rule alone picks
@@ -133,15 +133,15 @@ def test_auto_backs_off_an_int8_segment_that_costs_a_later_exit(monkeypatch):
         agreement = [1.0, 0.99, 0.9 if choices[1].precision == "int8" else 0.99]
         return [f"seg{i}" for i in range(3)], choices, agreement
 
-    monkeypatch.setattr(bundle, "_chain_auto_pass", fake_pass)
+    monkeypatch.setattr(write, "_chain_auto_pass", fake_pass)
     specs = [SimpleNamespace(exit=k) for k in range(3)]
     plan = SimpleNamespace(min_agreement=0.97)
-    _, choices = bundle._write_chain_auto(None, specs, None, "tflite", None, 18, None, None, None, plan)
+    _, choices = write.write_chain_auto(SimpleNamespace(specs=specs), "tflite", plan)
     assert [c.precision for c in choices] == ["int8", "fp32", "fp32"]
     assert passes == [[], [2], [1, 2]]
     assert "left exit 2 (segment 2) at 90.0% agreement, below the 97%" in choices[1].reason
-    # where fp32 itself falls short there is nothing to back off (_parity then refuses the chain)
+    # where fp32 itself falls short there is nothing to back off (validate then refuses the chain)
     fp32 = choose_precision("tflite", 10.0, 12.0, 1.0, 1.0)
-    monkeypatch.setattr(bundle, "_chain_auto_pass", lambda *a: (["seg0"], [fp32], [0.5]))
-    _, choices = bundle._write_chain_auto(None, specs[:1], None, "tflite", None, 18, None, None, None, plan)
+    monkeypatch.setattr(write, "_chain_auto_pass", lambda *a: (["seg0"], [fp32], [0.5]))
+    _, choices = write.write_chain_auto(SimpleNamespace(specs=specs[:1]), "tflite", plan)
     assert choices == [fp32]

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from edgeexit.errors import EdgeExitError
+from edgeexit.runtime.kinds import FORMAT_BACKEND, Format
 
 
 class BackendError(EdgeExitError):
@@ -42,7 +43,7 @@ class Backend(Protocol):
     """An inference engine that loads files of one format."""
 
     name: str
-    file_format: str  # "onnx" or "tflite"
+    file_format: Format  # the files it loads (runtime/kinds.py: FORMAT_BACKEND)
 
     def available(self) -> bool:
         """True if the engine's Python package can be imported here."""
@@ -53,12 +54,12 @@ class Backend(Protocol):
         ...
 
 
-# backend name -> (module, class): imported on first use so a device needs only its own engine
+# backend name -> (module, class): imported on first use so a device needs only its own engine;
+# which format each runs is kinds.FORMAT_BACKEND
 BACKENDS: dict[str, tuple[str, str]] = {
-    "onnxruntime": ("edgeexit.runtime.backends.onnxruntime", "OnnxRuntimeBackend"),
-    "litert": ("edgeexit.runtime.backends.litert", "LiteRTBackend"),
+    FORMAT_BACKEND[Format.ONNX]: ("edgeexit.runtime.backends.onnxruntime", "OnnxRuntimeBackend"),
+    FORMAT_BACKEND[Format.TFLITE]: ("edgeexit.runtime.backends.litert", "LiteRTBackend"),
 }
-_FORMATS = {"onnx": "onnxruntime", "tflite": "litert"}
 
 
 def get_backend(name: str) -> Backend:
@@ -71,6 +72,6 @@ def get_backend(name: str) -> Backend:
 
 def backend_for_format(file_format: str) -> Backend:
     """The backend that runs files of ``file_format`` (``onnx`` or ``tflite``)."""
-    if file_format not in _FORMATS:
-        raise BackendError(f"no backend runs {file_format!r} files; known formats: {', '.join(_FORMATS)}")
-    return get_backend(_FORMATS[file_format])
+    if file_format not in FORMAT_BACKEND:
+        raise BackendError(f"no backend runs {file_format!r} files; known formats: {', '.join(FORMAT_BACKEND)}")
+    return get_backend(FORMAT_BACKEND[Format(file_format)])

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeexit.runtime.backends.base import BackendError
+from edgeexit.runtime.kinds import Format
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +266,7 @@ class LiteRTBackend:
     """Runs ``.tflite`` files with the LiteRT ``Interpreter`` (XNNPACK CPU kernels)."""
 
     name = "litert"
-    file_format = "tflite"
+    file_format = Format.TFLITE
 
     def available(self) -> bool:
         """True if ``ai_edge_litert`` or ``tflite_runtime`` can be imported here."""

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeexit.runtime.backends.base import BackendError
+from edgeexit.runtime.kinds import Format
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class OnnxRuntimeBackend:
     """Runs ``.onnx`` files with onnxruntime's CPU execution provider."""
 
     name = "onnxruntime"
-    file_format = "onnx"
+    file_format = Format.ONNX
 
     def available(self) -> bool:
         """True if the ``onnxruntime`` package can be imported here."""
