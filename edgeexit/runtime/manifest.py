@@ -40,14 +40,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from edgeexit.errors import EdgeExitError
+from edgeexit.runtime.kinds import FILE_FORMATS, MIXED, PRECISIONS  # noqa: F401 (re-exported)
 
 FORMAT = "edgeexit.bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 GOLDEN = "golden.npz"
-FILE_FORMATS = ("onnx", "tflite")
-PRECISIONS = ("fp32", "int8")
-MIXED = "mixed"  # Manifest.precision of a bundle whose segment files differ in precision
 
 
 class BundleError(EdgeExitError):
