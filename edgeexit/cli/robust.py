@@ -13,9 +13,9 @@ from edgeexit.cli.app import (
     names,
     stage_printer,
 )
+from edgeexit.robust.names import EvalAttack
 
-_ATTACK_NAMES = ("max_avg", "policy", "universal", "square", "slowdown", "universal_slowdown",
-                 "onmanifold")
+_ATTACK_NAMES = tuple(str(a) for a in EvalAttack)
 
 _EVALUATE_GROUPS = (
     ("Inputs", ("source", "checkpoint", "limit", "seed", "out_dir")),

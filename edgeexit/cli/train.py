@@ -8,6 +8,7 @@ from click.core import ParameterSource
 from edgeexit.cli.app import echo_result, interactive, main
 from edgeexit.cli.formats import train_text
 from edgeexit.config import EXIT_HEADS
+from edgeexit.robust.names import TRAIN_ATTACKS
 
 # command-line parameter -> DataSpec field
 _DATA = {"source": "source", "test_data": "test_source", "split": "split", "n_beats": "n_beats",
@@ -135,7 +136,8 @@ def _recipe(config_file: str | None, ctx: click.Context, options: dict):
               help="rdi, neokd, ima: PGD steps per batch [default 5].")
 @click.option("--attack-step-size", type=float, default=None,
               help="rdi, neokd: PGD step in mV [default 2.5 * eps / steps].")
-@click.option("--attack", "attack_kind", type=click.Choice(["avg", "max-avg"]), default=None,
+@click.option("--attack", "attack_kind", type=click.Choice([str(a) for a in TRAIN_ATTACKS]),
+              default=None,
               help="rdi, neokd: average-exit PGD, or max-average PGD (one PGD per exit, costs "
                    "that many times more) [default avg].")
 @click.option("--kd-alpha", type=float, default=None,

@@ -54,13 +54,13 @@ from edgeexit.metrics import classification_report, headline_macro_f1
 from edgeexit.plots import pyplot, save_png
 from edgeexit.robust.attacks import PGD, MaxAvgPGD, PolicyCE
 from edgeexit.robust.context import MorphContext, record_templates
+from edgeexit.robust.names import EVAL_ATTACKS, EvalAttack
 from edgeexit.runtime.manifest import PolicySpec, Provenance
 from edgeexit.summary import machine_info
 
 log = logging.getLogger(__name__)
 
-ATTACKS = ("max_avg", "policy", "universal", "square", "slowdown", "universal_slowdown",
-           "onmanifold")
+ATTACKS = tuple(a.value for a in EvalAttack)  # where each runs, what it needs: names.EVAL_ATTACKS
 NOISE_KINDS = ("bw", "ma", "em")
 Progress = Callable[[str, int, int], None] | None
 
@@ -138,7 +138,7 @@ class EvalConfig:
             raise ConfigError(f"unknown noise kind(s) {', '.join(bad)}; known: bw, ma, em")
         if self.norm not in ("linf", "l2"):
             raise ConfigError(f"norm must be linf or l2, got {self.norm!r}")
-        if "onmanifold" in self.attacks and not self.vae and self.attacks != ATTACKS:
+        if EvalAttack.ONMANIFOLD in self.attacks and not self.vae and self.attacks != ATTACKS:
             raise ConfigError(
                 "the onmanifold attack needs the VAE of the model's data: give --vae FILE (the "
                 "OUT/vae.pt of `edgeexit compress`, or a file saved by "
@@ -390,7 +390,7 @@ def _run_attacks(target: _Target, test: _Inputs, train: _Inputs | None,
     for eps in config.eps:
         run.window_attacks(eps)
     run.slowdown_attacks(max(config.eps))
-    if "onmanifold" in config.attacks and vae is not None:
+    if EvalAttack.ONMANIFOLD in config.attacks and vae is not None:
         entry = _onmanifold(target, test.data, config, vae)
         if entry is not None:
             run.entries.append(entry)
@@ -427,22 +427,22 @@ class _AttackRun:
     def window_attacks(self, eps: float) -> None:
         """Max-average PGD, policy-aware PGD, the universal perturbation and Square at ``eps``."""
         config, target, common, test = self.config, self.target, self.common, self.test
-        if "max_avg" in config.attacks:
-            self.craft("max_avg", eps, lambda m: MaxAvgPGD(
+        if EvalAttack.MAX_AVG in config.attacks:
+            self.craft(EvalAttack.MAX_AVG, eps, lambda m: MaxAvgPGD(
                 m, eps, steps=config.steps, seed=config.seed, **common))
-        if "policy" in config.attacks:
-            self.craft("policy", eps, lambda m: PGD(
+        if EvalAttack.POLICY in config.attacks:
+            self.craft(EvalAttack.POLICY, eps, lambda m: PGD(
                 m, eps, steps=config.steps, seed=config.seed,
                 objective=target.policy_objective(), **common))
-        if "universal" in config.attacks and self.train is not None:
+        if EvalAttack.UNIVERSAL in config.attacks and self.train is not None:
             from edgeexit.robust.attacks.universal import UniversalPerturbation
 
             t0 = time.perf_counter()
             uap = UniversalPerturbation(self.train.model(self.base), eps,
                                         objective=target.policy_objective(),
                                         epochs=config.universal_epochs, seed=config.seed, **common)
-            self._fit_and_record("universal", eps, uap, t0)
-        if "square" in config.attacks and target.engine is not None:
+            self._fit_and_record(EvalAttack.UNIVERSAL, eps, uap, t0)
+        if EvalAttack.SQUARE in config.attacks and target.engine is not None:
             from edgeexit.robust.attacks.square import SquareAttack, engine_predict
 
             t0 = time.perf_counter()
@@ -450,23 +450,24 @@ class _AttackRun:
             sq = SquareAttack(lambda xa: predict(test.scored(xa)), eps,
                               signal_channels=target.signal_channels,
                               n_queries=config.square_queries, seed=config.seed)
-            self.record("square", eps, sq(test.x, test.y), time.perf_counter() - t0, sq.stats)
+            self.record(EvalAttack.SQUARE, eps, sq(test.x, test.y), time.perf_counter() - t0,
+                        sq.stats)
 
     def slowdown_attacks(self, eps: float) -> None:
         """DeepSloth per window and universal, at ``eps`` (the largest budget)."""
         config, common = self.config, self.common
-        if "slowdown" in config.attacks:
+        if EvalAttack.SLOWDOWN in config.attacks:
             from edgeexit.robust.attacks.universal import DeepSloth
 
-            self.craft("slowdown", eps, lambda m: DeepSloth(
+            self.craft(EvalAttack.SLOWDOWN, eps, lambda m: DeepSloth(
                 m, eps, steps=config.steps, seed=config.seed, **common), record_stats=False)
-        if "universal_slowdown" in config.attacks and self.train is not None:
+        if EvalAttack.UNIVERSAL_SLOWDOWN in config.attacks and self.train is not None:
             from edgeexit.robust.attacks.universal import UniversalDeepSloth
 
             t0 = time.perf_counter()
             uap = UniversalDeepSloth(self.train.model(self.base), eps,
                                      epochs=config.universal_epochs, seed=config.seed, **common)
-            self._fit_and_record("universal_slowdown", eps, uap, t0)
+            self._fit_and_record(EvalAttack.UNIVERSAL_SLOWDOWN, eps, uap, t0)
 
     def _fit_and_record(self, name: str, eps: float, uap, t0: float) -> None:
         uap.fit(torch.from_numpy(self.train.x), torch.from_numpy(self.train.y))
@@ -508,7 +509,7 @@ def _onmanifold(target: _Target, test: BeatDataset, config: EvalConfig, vae) -> 
     sub = _Measure(target, test.y[kept], config)
     clean_kept = np.ascontiguousarray(test.x[kept])
     sub.clean_rows = [np.ascontiguousarray(r) for r in clean_kept[: config.latency_samples]]
-    entry = {"attack": "onmanifold", "eps": config.eta, "eta": config.eta,
+    entry = {"attack": EvalAttack.ONMANIFOLD, "eps": config.eta, "eta": config.eta,
              "scored": "kept windows only", "kept": merged["kept"],
              "kept_fraction": merged["kept_fraction"], **sub(x_adv[kept])}
     quiet = _Measure(target, test.y[kept], dataclasses.replace(config, latency_samples=0))
@@ -546,9 +547,9 @@ def _sanity(clean: dict, attacks: list[dict], context_only: dict | None = None) 
     flags = []
     by = {(a["attack"], a["eps"]): a for a in attacks}
     for (name, eps), a in by.items():
-        if name != "square" or ("policy", eps) not in by:
+        if name != EvalAttack.SQUARE or (EvalAttack.POLICY, eps) not in by:
             continue
-        white = by[("policy", eps)]["policy"]["accuracy"]
+        white = by[(EvalAttack.POLICY, eps)]["policy"]["accuracy"]
         black = a["policy"]["accuracy"]
         flags.append({
             "check": f"black-box does not beat white-box at eps {eps:g}",
@@ -666,7 +667,7 @@ def evaluate(
 def _vae_for(t: _Target, test: BeatDataset, config: EvalConfig, notes: list[str]):
     """The VAE of the on-manifold attack, checked to fit the model and data; None (and a note)
     when the attack is asked for without one, or not asked for."""
-    if "onmanifold" not in config.attacks:
+    if EvalAttack.ONMANIFOLD not in config.attacks:
         return None
     if not config.vae:
         notes.append("onmanifold skipped: no VAE given (--vae FILE)")
@@ -682,7 +683,7 @@ def _vae_for(t: _Target, test: BeatDataset, config: EvalConfig, notes: list[str]
 
 def _universal_inputs(spec, t: _Target, config: EvalConfig, r_offset) -> _Inputs | None:
     """The training windows the universal perturbations are fitted on (None: none asked for)."""
-    if not {"universal", "universal_slowdown"} & set(config.attacks):
+    if not any(EVAL_ATTACKS[EvalAttack(a)].needs == "train" for a in config.attacks):
         return None
     train_inputs = _Inputs(load_split(spec, "train"), config.universal_limit,
                            config.seed + 1, config.morph_follows, r_offset)
@@ -693,11 +694,17 @@ def _universal_inputs(spec, t: _Target, config: EvalConfig, r_offset) -> _Inputs
 def _steps(config: EvalConfig, t: _Target, vae) -> int:
     """How many measurements :func:`evaluate` reports progress for (clean, attacks, noise)."""
     n_eps = len(config.eps)
-    return (sum(a in config.attacks for a in ("policy", "universal")) * n_eps
-            + ("max_avg" in config.attacks) * n_eps + (config.sanity_eps is not None)
-            + ("square" in config.attacks and t.engine is not None) * n_eps
-            + ("slowdown" in config.attacks) + ("universal_slowdown" in config.attacks)
-            + (vae is not None) + len(config.noise) * len(config.snr_db) + 1)
+
+    def runs(a: EvalAttack) -> int:  # measurements of one attack (EVAL_ATTACKS says where it runs)
+        spec = EVAL_ATTACKS[a]
+        if spec.needs == "bundle" and t.engine is None:
+            return 0
+        if spec.needs == "vae":
+            return int(vae is not None)
+        return n_eps if spec.budget == "eps" else 1
+
+    return (sum(runs(EvalAttack(a)) for a in set(config.attacks)) + (config.sanity_eps is not None)
+            + len(config.noise) * len(config.snr_db) + 1)
 
 
 class _Ticker:
@@ -744,7 +751,7 @@ def _write(report: dict, out_dir: str | os.PathLike) -> tuple[Path, ...]:
 
 
 def _label(a: dict) -> str:
-    if a["attack"] == "onmanifold":
+    if a["attack"] == EvalAttack.ONMANIFOLD:
         return f"onmanifold (eta, kept {100 * a['stats']['kept_fraction']:.0f}%)"
     return a["attack"]
 
@@ -797,7 +804,7 @@ def format_markdown(report: dict) -> str:
         cells = [f"{100 * e['accuracy']:.1f} / {e['macro_f1']:.3f}" for e in m["exits"]]
         lines.append(f"| {name} | {'' if eps is None else f'{eps:g}'} | " + " | ".join(cells) + " |")
     for a in report["attacks"]:
-        if a["attack"] == "onmanifold":
+        if a["attack"] == EvalAttack.ONMANIFOLD:
             st, ck = a["stats"], a["clean_on_kept"]
             lines += ["", (f"onmanifold: PGD in the latent space of the VAE {cfg.get('vae')} "
                            f"({st['attack']['steps']} accumulated steps, |zeta|_inf <= eta "
@@ -817,14 +824,19 @@ def format_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _budget(attack: str) -> str | None:
+    """Where a report's attack ran (:data:`EVAL_ATTACKS`); None: not one of them (the sanity PGD)."""
+    spec = EVAL_ATTACKS.get(attack)
+    return None if spec is None else spec.budget
+
+
 def _plots(report: dict, out: Path) -> list[Path]:
     plt = pyplot()
     if plt is None:
         return []
     files = []
-    names = sorted({a["attack"] for a in report["attacks"]
-                    if a["attack"] not in ("slowdown", "universal_slowdown", "pgd_final_sanity",
-                                           "onmanifold")})  # onmanifold's eta is not in mV
+    # the attacks run at every eps (not the sanity PGD, the cost attacks, onmanifold's eta)
+    names = sorted({a["attack"] for a in report["attacks"] if _budget(a["attack"]) == "eps"})
     if names:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         clean = report["clean"]
@@ -834,7 +846,7 @@ def _plots(report: dict, out: Path) -> list[Path]:
             for ax, key in zip(axes, ("accuracy", "macro_f1")):
                 ax.plot(eps, [clean["policy"][key]] + [p[1]["policy"][key] for p in pts],
                         marker="o", label=f"{name} (policy)")
-                if name == "max_avg":
+                if name == EvalAttack.MAX_AVG:
                     ax.plot(eps, [clean["exits"][-1][key]] + [p[1]["exits"][-1][key] for p in pts],
                             marker="s", linestyle="--", label="max_avg (final exit)")
         for ax, key in zip(axes, ("accuracy", "macro-F1")):
@@ -847,7 +859,7 @@ def _plots(report: dict, out: Path) -> list[Path]:
         files.append(save_png(fig, out / "robustness.png"))
     hist = [("clean", report["clean"])] + [
         (f"{a['attack']} {a['eps']:g}", a) for a in report["attacks"]
-        if a["attack"] in ("slowdown", "universal_slowdown")]
+        if _budget(a["attack"]) == "max_eps"]  # the cost attacks
     if "exit_histogram" in report["clean"] and len(hist) > 1:
         fig, ax = plt.subplots(figsize=(6, 4))
         n = len(report["clean"]["exit_histogram"])

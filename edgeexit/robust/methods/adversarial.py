@@ -23,8 +23,9 @@ from edgeexit.errors import ConfigError
 from edgeexit.robust.attacks.base import NORMS, Attack
 from edgeexit.robust.attacks.pgd import PGD, MaxAvgPGD
 from edgeexit.robust.methods.base import MethodConfig, TrainContext
+from edgeexit.robust.names import TRAIN_ATTACKS, TrainAttack
 
-ATTACKS = ("avg", "max-avg")
+ATTACKS = TRAIN_ATTACKS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +48,7 @@ class AdversarialConfig(MethodConfig):
     norm: str = "linf"
     steps: int = 5
     step_size: float | None = None
-    attack: str = "avg"
+    attack: str = TrainAttack.AVG.value  # a plain str: configs go into checkpoints (weights_only)
 
     def __post_init__(self) -> None:
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not (
@@ -126,7 +127,7 @@ class TrainingAttack:
         kwargs = {"steps": config.steps, "step_size": config.resolved_step_size,
                   "norm": config.norm, "signal_channels": context.signal_channels, "seed": 0}
         model = attack_model(context)
-        if config.attack == "avg":
+        if config.attack == TrainAttack.AVG:
             self.attack: Attack = PGD(model, config.eps, objective="mean", **kwargs)
             self._pgds = [self.attack]
         else:
