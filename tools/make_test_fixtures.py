@@ -23,7 +23,9 @@ and check that the tests still pass on fixtures of other seeds:
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,8 +67,60 @@ def attack_resnet1d(out: Path, seed: int) -> Path:
               "made_by": "tools/make_test_fixtures.py"})
 
 
+def tiny_checkpoint(out: Path, seed: int) -> Path:
+    """The ``tiny_checkpoint`` session fixture of tests/conftest.py: a 4-exit test_resnet1d trained
+    two epochs (``edgeexit.train.train``) on 800 separable beats (tests/conftest.py's
+    ``make_separable(n=800, seed=3)``). Its recorded data source is ``beats.npz``: the fixture
+    writes those beats and records their path."""
+    from conftest import make_separable  # tests/ is on sys.path (main)
+
+    from edgeexit.train import TrainConfig, train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainConfig(model="test_resnet1d", epochs=2, batch_size=32, threads=1, seed=seed)
+        result = train(make_separable(n=800, seed=3), config, out_dir=tmp,
+                       data_spec=DataSpec(source="beats.npz"))
+        path = out / "tiny_checkpoint.pt"
+        shutil.copyfile(result.checkpoint, path)
+    return path
+
+
+def _export_model(family: str, out: Path, seed: int) -> Path:
+    """The export tests' model of ``family`` (8 channels, 256 samples, 5 classes): its input
+    normalisation fitted on 1000 synthetic beats (seed 0), then 80 Adam steps of 64 on them, so
+    its logits separate classes (a random model predicts one class everywhere, and an int8
+    agreement test on it would pass trivially)."""
+    from edgeexit.data.synthetic import SyntheticECGConfig, generate_synthetic
+
+    data = generate_synthetic(SyntheticECGConfig(n_beats=1000, seed=0))
+    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    torch.manual_seed(seed)
+    model = create_model(ModelConfig(family, 8, 5))
+    model.fit_input_norm(x)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(80):
+        idx = torch.randint(0, len(x), (64,), generator=gen)
+        loss = sum(F.cross_entropy(z, y[idx]) for z in model(x[idx]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    name = f"export_{family}"
+    return save_checkpoint(
+        out / f"{name}.pt", model, classes=data.classes,
+        input_spec={"shape": list(data.input_shape), "fs": data.fs, "units": data.units,
+                    "channels": list(data.channels), "signal_channels": data.signal_channels,
+                    "window": 256},
+        meta={"fixture": name, "seed": seed, "made_by": "tools/make_test_fixtures.py"})
+
+
 FIXTURES: dict[str, Callable[[Path, int], Path]] = {
     "attack_resnet1d": attack_resnet1d,
+    "tiny_checkpoint": tiny_checkpoint,
+    "export_test_resnet1d": lambda out, seed: _export_model("test_resnet1d", out, seed),
+    "export_test_mobilenet1d": lambda out, seed: _export_model("test_mobilenet1d", out, seed),
 }
 
 
@@ -80,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         p.error(f"unknown fixture(s) {', '.join(unknown)}; known: {', '.join(FIXTURES)}")
     torch.set_num_threads(1)
+    sys.path.insert(0, str(REPO / "tests"))  # the tests' own data makers (conftest.py)
     a.out.mkdir(parents=True, exist_ok=True)
     for name in a.names or FIXTURES:
         path = FIXTURES[name](a.out, a.seed)

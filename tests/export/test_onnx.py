@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import fixture_path
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from edgeexit.checkpoint import load_checkpoint
 from edgeexit.data.synthetic import SyntheticECGConfig, generate_synthetic
 from edgeexit.export import onnx as onnx_export
 from edgeexit.export.errors import ExportError
@@ -48,35 +50,18 @@ def ecg() -> dict[str, np.ndarray]:
     return {"x": train.x, "y": train.y, "x_test": test.x}
 
 
-def _trained(family: str, x: np.ndarray, y: np.ndarray, steps: int = 80) -> torch.nn.Module:
-    """A tiny model trained for about a second: its logits separate classes (a random model
-    predicts one class everywhere, so an int8 agreement test on it would pass trivially)."""
-    torch.manual_seed(0)
-    model = create_model(ModelConfig(family, 8, 5))
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    model.fit_input_norm(xt)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    gen = torch.Generator().manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny batches: one thread is fastest, and the CPU is shared
-    try:
-        model.train()
-        for _ in range(steps):
-            idx = torch.randint(0, len(xt), (64,), generator=gen)
-            loss = sum(torch.nn.functional.cross_entropy(lg, yt[idx]) for lg in model(xt[idx]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    return model.eval()
+def _trained(family: str) -> torch.nn.Module:
+    """A tiny model trained 80 steps on the ``ecg`` training beats, loaded from its committed file
+    (tools/make_test_fixtures.py): its logits separate classes (a random model predicts one class
+    everywhere, so an int8 agreement test on it would pass trivially)."""
+    return load_checkpoint(fixture_path(f"export_{family}")).model
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def exported(request, ecg, tmp_path_factory) -> dict:
     """One trained tiny model per family, exported (dynamo) as segments + monolithic, fp32+int8."""
     family = request.param
-    model = _trained(family, ecg["x"], ecg["y"])
+    model = _trained(family)
     out = tmp_path_factory.mktemp(family)
     calib = ecg["x"][:200]
     inputs = segment_inputs(model, torch.from_numpy(calib))

@@ -4,9 +4,9 @@ Conversion is slow (1-3 s per file), so every file is converted once per module 
 the tests read them: test_resnet1d gets every segment fp32 and int8 (chained: segment k is
 calibrated on, and run on, what int8 segment k-1 outputs) and its monolithic model fp32 and int8;
 test_mobilenet1d every segment fp32 and its monolithic model fp32 and int8 (every op of that
-family in int8, depthwise convolutions and ReLU6 included). Tiny seeded models,
-briefly trained on synthetic ECG so their logits mean something; inputs are synthetic ECG windows
-in mV (the realistic input distribution).
+family in int8, depthwise convolutions and ReLU6 included). Tiny models briefly trained on
+synthetic ECG so their logits mean something (committed files); inputs are synthetic ECG windows
+in mV (the realistic input distribution). The segment files are written by export's own code.
 
 Tolerances: fp32 max abs error <= FP32_TOL * (1 + max |PyTorch output|); int8 top-1 agreement of
 every exit's logits with PyTorch >= INT8_AGREEMENT on EVAL_N windows.
@@ -17,11 +17,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import fixture_path
 
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 
+from edgeexit.checkpoint import load_checkpoint
 from edgeexit.data.synthetic import SyntheticECGConfig, generate_synthetic
+from edgeexit.export.bundle import _write_chain
 from edgeexit.export.errors import ExportError
 from edgeexit.export.split import (
     Monolithic,
@@ -50,55 +53,29 @@ def _one_torch_thread():
     torch.set_num_threads(old)
 
 
-def _trained(family: str, x: torch.Tensor, y: torch.Tensor, seed: int = 0):
-    """A tiny seeded model, 40 Adam steps on synthetic beats: spread-out, meaningful logits.
-
-    (At random initialisation these models predict one class for every window, which would make
-    a top-1 agreement test meaningless.)
-    """
-    torch.manual_seed(seed)
-    model = create_model(ModelConfig(family, in_channels=8, num_classes=5))
-    model.fit_input_norm(x)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(40):
-        idx = torch.randint(0, len(x), (32,), generator=gen)
-        loss = sum(torch.nn.functional.cross_entropy(z, y[idx]) for z in model(x[idx]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+def _trained(family: str):
+    """A tiny model trained 80 steps on synthetic beats, loaded from its committed file
+    (tools/make_test_fixtures.py): spread-out, meaningful logits. (At random initialisation these
+    models predict one class for every window, which would make a top-1 agreement test
+    meaningless.)"""
+    return load_checkpoint(fixture_path(f"export_{family}")).model
 
 
 @pytest.fixture(scope="module")
-def beats() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(training windows, their labels, held-out windows): synthetic ECG from two seeds."""
-    train = generate_synthetic(SyntheticECGConfig(n_beats=600, n_records=8, seed=11))
+def beats() -> torch.Tensor:
+    """Held-out windows: synthetic ECG of a seed the models were not trained on."""
     held = generate_synthetic(SyntheticECGConfig(n_beats=CALIB_N + EVAL_N, n_records=8, seed=12))
-    return torch.from_numpy(train.x), torch.from_numpy(train.y), torch.from_numpy(held.x)
+    return torch.from_numpy(held.x)
 
 
 def _export_chain(model, calib: torch.Tensor, root, int8: bool) -> list:
-    """Every segment as a file; int8 segment k is calibrated on what int8 segment k-1 outputs."""
-    backend = LiteRTBackend()
-    specs = segment_specs(model, (8, 256))
-    h = segment_inputs(model, calib)[0]
-    paths = []
-    for seg, spec in zip(split_model(model), specs):
-        path = export_tflite(
-            seg, h[:1], root / f"segment_{spec.index}{'_int8' if int8 else ''}.tflite", int8=int8,
-            calibration=h if int8 else None, input_name=spec.input_name,
-            output_names=spec.output_names,
-        )
-        paths.append(path)
-        if not seg.last:
-            if int8:
-                h = torch.from_numpy(backend.load(path, threads=1).run(h.numpy())[0])
-            else:
-                with torch.no_grad():
-                    h = seg(h)[0]
-    return paths
+    """Every segment as a file, as export writes a bundle's: int8 segment k is calibrated on what
+    int8 segment k-1 outputs."""
+    root = root / ("int8" if int8 else "fp32")
+    root.mkdir()
+    artifacts = _write_chain(model, segment_specs(model, (8, 256)), root, "tflite",
+                             "int8" if int8 else "fp32", calib.numpy(), opset=18, progress=None)
+    return [root / a.file for a in artifacts]
 
 
 def _export_monolithic(model, calib: torch.Tensor, root) -> dict:
@@ -113,8 +90,8 @@ def _export_monolithic(model, calib: torch.Tensor, root) -> dict:
 @pytest.fixture(scope="module")
 def resnet(beats, tmp_path_factory):
     """test_resnet1d: fp32 and int8 files of every segment and of the monolithic model."""
-    x, y, held = beats
-    model = _trained("test_resnet1d", x, y)
+    held = beats
+    model = _trained("test_resnet1d")
     calib, xe = held[:CALIB_N], held[CALIB_N:]
     root = tmp_path_factory.mktemp("resnet_tflite")
     return {
@@ -128,8 +105,8 @@ def resnet(beats, tmp_path_factory):
 @pytest.fixture(scope="module")
 def mobilenet(beats, tmp_path_factory):
     """test_mobilenet1d: fp32 files of every segment, fp32 and int8 of the monolithic model."""
-    x, y, held = beats
-    model = _trained("test_mobilenet1d", x, y, seed=1)
+    held = beats
+    model = _trained("test_mobilenet1d")
     calib, xe = held[:CALIB_N], held[CALIB_N:]
     root = tmp_path_factory.mktemp("mobilenet_tflite")
     return {
