@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from edgeexit.checkpoint import load_checkpoint
 from edgeexit.cli import main
 from edgeexit.compress.run import CompressConfig, format_markdown
+from edgeexit.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_bad_settings_are_refused(tiny_checkpoint, tmp_path):
                                   "--vae", str(junk), "--no-progress"])
     assert r.exit_code == 1 and "Error:" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "y").exists()  # refused before the data was read or OUT made
-    with pytest.raises(Exception, match="formats"):
+    with pytest.raises(ConfigError, match="formats must be onnx and/or tflite"):
         CompressConfig(formats=("pb",))
 
 

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from edgeexit.checkpoint import load_checkpoint
+from edgeexit.data import load_split
 from edgeexit.errors import ConfigError
 from edgeexit.export.bundle import ExportConfig, export_bundle
 from edgeexit.export.errors import ExportError
 from edgeexit.runtime.manifest import Manifest, load_manifest, sha256_file
+from edgeexit.train import recorded_train_config, split_validation
 
 
 def test_bundle_layout_and_manifest(bundle_dir, tiny_checkpoint):
@@ -39,7 +41,13 @@ def test_bundle_layout_and_manifest(bundle_dir, tiny_checkpoint):
     cal = m.policy.calibration
     assert m.policy.name == "max_prob" and len(m.policy.thresholds) == 3
     assert cal.accuracy >= cal.final_accuracy - 0.005 - 1e-9
-    assert "never test" in cal.split
+    # calibrated on the records training held out for validation: none trained on, none of test
+    ck = load_checkpoint(tiny_checkpoint)
+    spec = ck.data_spec()
+    fit, val = split_validation(load_split(spec, "train"), recorded_train_config(ck.meta))
+    used = set(cal.validation_records)
+    assert used and used <= set(val.groups)
+    assert not used & (set(fit.groups) | set(load_split(spec, "test").groups))
     for fmt in ("onnx", "tflite"):
         assert all(e["max_abs_err"] < 1e-3 for e in m.provenance.parity[fmt]["exits"])
     archive = bundle_dir.with_name(bundle_dir.name + ".tar.gz")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from edgeexit.data.dataset import check_templates
-from edgeexit.errors import DataError
+from edgeexit.errors import ConfigError, DataError
 from edgeexit.robust.attacks import PGD
 from edgeexit.robust.context import MorphContext, record_templates
 from edgeexit.runtime.preprocess import MORPH_FEATURES, TEMPLATE_BEATS
@@ -145,7 +145,7 @@ def test_training_attacks_move_the_morphology_channels_as_the_device_would(morph
     else:
         acc = (model(follows)[0].argmax(1) == y).float().mean().item()
         assert acc < 0.5, acc
-    with pytest.raises(Exception, match="no template"):
+    with pytest.raises(ConfigError, match="carries no template"):
         m.loss(model, Batch(x=x, y=y, index=torch.arange(len(x))))
 
 

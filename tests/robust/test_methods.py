@@ -89,26 +89,37 @@ def _context(model=None, exit_weights=(0.4, 1.0), class_weights=(1.0, 2.0, 0.5))
                         num_samples=8, signal_channels=1)
 
 
-def _weighted_ce(z, y, w):
-    nll = -(z - z.logsumexp(-1, keepdim=True)).gather(1, y[:, None]).squeeze(1)
-    return (w[y] * nll).sum() / w[y].sum()
+def _logits(y, wrong=(), classes=3):
+    """Logits that answer ``y`` with certainty, except the samples ``wrong``: uniform (CE = log C)."""
+    z = torch.full((len(y), classes), -50.0)
+    z[torch.arange(len(y)), y] = 50.0
+    z[list(wrong)] = 0.0
+    return z
 
 
-def _fixed_logits():
-    g = torch.Generator().manual_seed(0)
-    clean = [torch.randn(6, 3, generator=g) for _ in range(2)]
-    adv = [torch.randn(6, 3, generator=g) for _ in range(2)]
-    return clean, adv, torch.tensor([0, 1, 2, 1, 0, 2])
-
-
-def test_rdi_loss_is_the_formula_on_fixed_logits():
+def test_rdi_loss_halves_clean_and_adversarial_and_weights_exits_and_classes():
+    """Behaviour from first principles: a certain right answer costs 0, a uniform one log C; the
+    clean and the adversarial half count 0.5 each, exit i counts w_i, a class-c beat w_c."""
     rdi = create_method("rdi")
-    rdi.context = _context()  # the loss maths needs no attack
-    clean, adv, y = _fixed_logits()
-    w, cw = rdi.exit_weights, rdi.class_weights
-    expected = sum(w[i] * 0.5 * (_weighted_ce(clean[i], y, cw) + _weighted_ce(adv[i], y, cw))
-                   for i in range(2))
-    assert float(rdi.rdi_loss(clean, adv, y)) == pytest.approx(float(expected), rel=1e-6)
+    rdi.context = _context()  # exit weights (0.4, 1.0), class weights (1, 2, 0.5); no attack
+    y = torch.tensor([0, 1, 2, 1, 0, 2])
+    right, lost = _logits(y), _logits(y, wrong=range(6))
+    log3 = math.log(3)
+    assert float(rdi.rdi_loss([right, right], [right, right], y)) == pytest.approx(0.0, abs=1e-6)
+    assert float(rdi.rdi_loss([lost, lost], [lost, lost], y)) == pytest.approx(1.4 * log3)
+    # a lost adversarial half costs half of a lost clean-and-adversarial pair; clean and
+    # adversarial count alike
+    assert float(rdi.rdi_loss([right, right], [lost, lost], y)) == pytest.approx(0.7 * log3)
+    assert float(rdi.rdi_loss([lost, lost], [right, right], y)) == pytest.approx(0.7 * log3)
+    # exit 0 counts 0.4, exit 1 counts 1.0
+    assert float(rdi.rdi_loss([lost, right], [lost, right], y)) == pytest.approx(0.4 * log3)
+    assert float(rdi.rdi_loss([right, lost], [right, lost], y)) == pytest.approx(1.0 * log3)
+    # one lost class-1 beat (weight 2) costs 4 times one lost class-2 beat (weight 0.5)
+    one_s = rdi.rdi_loss([_logits(y, [1])] * 2, [_logits(y, [1])] * 2, y)
+    one_q = rdi.rdi_loss([_logits(y, [2])] * 2, [_logits(y, [2])] * 2, y)
+    assert float(one_s) == pytest.approx(4 * float(one_q), rel=1e-5)
+    with pytest.raises(ConfigError, match="2 exit weights for a model with 3 exits"):
+        rdi.rdi_loss([right] * 3, [right] * 3, y)
 
 
 def test_neokd_teachers_are_detached_and_the_kl_runs_teacher_to_student():
