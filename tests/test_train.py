@@ -23,7 +23,8 @@ def test_training_learns_and_writes_a_checkpoint(separable, tmp_path):
     result = train(separable, TrainConfig(**FAST), test=separable.subset(np.arange(100)),
                    out_dir=tmp_path)
     m = result.metrics
-    assert m["exits"][-1]["test"]["accuracy"] > 0.9
+    # well above chance (0.2): 0.72-1.00 over seeds 0-4 (training differs across CPUs: no tight bound)
+    assert m["exits"][-1]["test"]["accuracy"] > 0.5
     assert len(m["exits"]) == 4 and len(m["history"]) == 4
     macs = [e["cumulative_macs"] for e in m["exits"]]
     assert macs == sorted(macs)
@@ -56,12 +57,14 @@ def test_validation_is_held_out_by_record(separable):
 def test_early_stopping_keeps_the_best_epoch(separable):
     m = train(separable, TrainConfig(**{**FAST, "epochs": 30, "patience": 1, "lr": 0.05})).metrics
     scores = [h["val_score"] for h in m["history"]]
-    assert len(scores) < 30
+    assert len(scores) < 30  # stopped after 5-7 epochs over seeds 0-4
     assert m["best_epoch"] == int(np.argmax(scores)) + 1
 
 
 def test_mobilenet_family_trains(separable):
-    m = train(separable, TrainConfig(**{**FAST, "model": "test_mobilenet1d", "epochs": 6})).metrics
+    # at the default lr 3e-3 six epochs reached 0.35-0.79 over seeds 0-4; at 1e-2, 0.88-1.00
+    m = train(separable, TrainConfig(**{**FAST, "model": "test_mobilenet1d", "epochs": 6,
+                                        "lr": 1e-2})).metrics
     assert m["exits"][-1]["val"]["accuracy"] > 0.6
 
 
