@@ -24,7 +24,6 @@ pytest.importorskip("ai_edge_litert")
 
 from edgeexit.checkpoint import load_checkpoint
 from edgeexit.data.synthetic import SyntheticECGConfig, generate_synthetic
-from edgeexit.export.bundle import _write_chain
 from edgeexit.export.errors import ExportError
 from edgeexit.export.split import (
     Monolithic,
@@ -33,6 +32,7 @@ from edgeexit.export.split import (
     split_model,
 )
 from edgeexit.export.tflite import export_tflite
+from edgeexit.export.write import WriteJob, write_chain
 from edgeexit.models import ModelConfig, create_model
 from edgeexit.runtime.backends.litert import LiteRTBackend
 
@@ -73,8 +73,9 @@ def _export_chain(model, calib: torch.Tensor, root, int8: bool) -> list:
     int8 segment k-1 outputs."""
     root = root / ("int8" if int8 else "fp32")
     root.mkdir()
-    artifacts = _write_chain(model, segment_specs(model, (8, 256)), root, "tflite",
-                             "int8" if int8 else "fp32", calib.numpy(), opset=18, progress=None)
+    job = WriteJob(model=model, specs=segment_specs(model, (8, 256)), root=root,
+                   calib_x=calib.numpy())
+    artifacts = write_chain(job, "tflite", "int8" if int8 else "fp32")
     return [root / a.file for a in artifacts]
 
 
