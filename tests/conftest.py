@@ -28,6 +28,15 @@ def fixture_path(name: str) -> Path:
     return path
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (one worker per core) each worker's torch / OpenMP / BLAS keep to one
+    thread: a thread per core in every worker would put cores x workers threads on the cores.
+    Set before any test module imports torch (this conftest does not)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+
+
 def make_separable(n: int = 600, seed: int = 0, channels: int = 6, length: int = 256) -> BeatDataset:
     """Noise windows in which every class adds a bump of its own width and sign: easy to learn."""
     rng = np.random.default_rng(seed)
@@ -91,10 +100,9 @@ def bundle_dir(tiny_checkpoint, tmp_path_factory) -> Path:
     """An fp32 bundle of the tiny model with ONNX and TFLite files (read-only: copy to alter it)."""
     from edgeexit.export.bundle import ExportConfig, export_bundle
 
-    out = tmp_path_factory.mktemp("bundle") / "tiny"
-    export_bundle(tiny_checkpoint, out, ExportConfig(target="x86_64", precision="fp32",
-                                                     golden_samples=16, calibration_samples=64))
-    return out
+    config = ExportConfig(target="x86_64", precision="fp32", golden_samples=16, calibration_samples=64)
+    return built_once(tmp_path_factory, "bundle_dir",
+                      lambda root: export_bundle(tiny_checkpoint, root / "tiny", config)) / "tiny"
 
 
 def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:

@@ -43,8 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEVICE_CONSTRAINTS = REPO / "constraints-device.txt"
 # pins everything else (here: pytest and its dependencies) at the host's versions
 HOST_CONSTRAINTS = REPO / "constraints.txt"
-# what the device-side tests need beyond the device install (pure-Python wheels)
-TEST_REQUIREMENTS = ("pytest",)
+# what the device-side tests need beyond the device install (pure-Python wheels); pytest-xdist:
+# pyproject's pytest addopts name its options (-n auto --dist loadfile)
+TEST_REQUIREMENTS = ("pytest", "pytest-xdist")
 
 SUITE = "bookworm"  # Raspberry Pi OS Bookworm is Debian 12
 DEB_ARCH = "arm64"

@@ -12,8 +12,9 @@ import pytest
 from edgeexit.errors import ConfigError
 from edgeexit.export.bundle import ExportConfig, export_bundle
 
+# two segments (the fewest a bundle has): these tests are about the files, not the model
 CFG = ExportConfig(target="x86_64", formats=("onnx",), golden_samples=8, calibration_samples=32,
-                   monolithic=False)
+                   monolithic=False, exits=(1, 3))
 
 
 def _dead_pid() -> int:

@@ -61,21 +61,23 @@ def test_bench_timings_are_read_per_format_and_precision(tmp_path):
 
 
 def test_mixed_bundle_exports_verifies_runs_and_benches(tiny_checkpoint, tmp_path):
-    """Device timings that make int8 pay only for segments 1 and 3: the bundle mixes precisions,
-    and verify, run and bench treat it like any other."""
-    fp = _bench(tmp_path, "fp32.json", "litert", ["fp32"] * 4, [10, 30, 10, 30])
-    i8 = _bench(tmp_path, "int8.json", "litert", ["int8"] * 4, [12, 15, 14, 15])
+    """Device timings that make int8 pay only for the second of three segments: the bundle mixes
+    precisions (fp32 -> int8 -> fp32 boundaries), and verify, run and bench treat it like any
+    other."""
+    exits = (1, 2, 3)
+    fp = _bench(tmp_path, "fp32.json", "litert", ["fp32"] * 3, [10, 30, 10], exits)
+    i8 = _bench(tmp_path, "int8.json", "litert", ["int8"] * 3, [12, 15, 14], exits)
     out = tmp_path / "mixed"
     runner = CliRunner()
     r = runner.invoke(main, ["export", str(tiny_checkpoint), "--target", "x86_64", "--out", str(out),
                              "--formats", "tflite", "--precision", "auto", "--timings", str(fp),
                              "--timings", str(i8), "--int8-margin", "99", "--golden-samples", "8",
-                             "--calibration-samples", "40", "--json"])
+                             "--calibration-samples", "40", "--exits", "1,2,3", "--json"])
     assert r.exit_code == 0, r.output
     m = load_manifest(out)
     assert m.precision == "mixed"
     got = [s.artifact("tflite").precision for s in m.segments]
-    assert got == ["fp32", "int8", "fp32", "int8"]
+    assert got == ["fp32", "int8", "fp32"]
     for s, want in zip(m.segments, got):
         (c,) = s.precision_choices
         assert c.precision == want and c.format == "tflite" and "bench p50" in c.timing
@@ -95,7 +97,7 @@ def test_mixed_bundle_exports_verifies_runs_and_benches(tiny_checkpoint, tmp_pat
     assert b.exit_code == 0, b.output
     rep = json.loads(b.output)
     assert rep["precision"] == "mixed" and rep["segment_precisions"] == got
-    assert len(rep["latency_us"]["segments"]) == 4
+    assert len(rep["latency_us"]["segments"]) == 3
 
 
 def test_auto_times_here_without_timings(tiny_checkpoint, tmp_path):
@@ -103,9 +105,10 @@ def test_auto_times_here_without_timings(tiny_checkpoint, tmp_path):
 
     out = tmp_path / "auto"
     res = export_bundle(tiny_checkpoint, out, ExportConfig(
-        target="x86_64", precision="auto", formats=("onnx",), golden_samples=8,
+        target="x86_64", precision="auto", formats=("onnx",), golden_samples=8, exits=(1, 3),
         calibration_samples=40, timing_seconds=0.05, monolithic=False))
     m = load_manifest(out)
+    assert len(m.segments) == 2
     for s in m.segments:
         (c,) = s.precision_choices
         assert c.fp32_us > 0 and c.int8_us > 0 and "measured at export" in c.timing

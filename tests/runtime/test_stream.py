@@ -94,7 +94,8 @@ def test_windows_and_rr_context_equal_the_offline_ones(morph):
 
 @pytest.fixture(scope="module")
 def rr_bundle(tmp_path_factory):
-    """A tiny bundle taking one lead + the 7 RR channels, 256 samples (fs not recorded)."""
+    """A tiny bundle taking one lead + the 7 RR channels, 256 samples (fs not recorded), two
+    segments (exits 1 and 3)."""
     from edgeexit.data import DataSpec
     from edgeexit.export.bundle import ExportConfig, export_bundle
     from edgeexit.train import TrainConfig, train
@@ -107,7 +108,7 @@ def rr_bundle(tmp_path_factory):
     out = root / "bundle"
     export_bundle(result.checkpoint, out, ExportConfig(target="x86_64", precision="fp32", formats=("onnx",),
                                                        golden_samples=4, calibration_samples=16,
-                                                       monolithic=False))
+                                                       monolithic=False, exits=(1, 3)))
     return out
 
 
@@ -336,7 +337,7 @@ def test_a_bundle_with_morphology_context_streams_the_offline_windows(tmp_path_f
     out = root / "bundle"
     export_bundle(result.checkpoint, out, ExportConfig(target="x86_64", precision="fp32", formats=("onnx",),
                                                        golden_samples=4, calibration_samples=16,
-                                                       monolithic=False))
+                                                       monolithic=False, exits=(1, 3)))
     engine = Engine.from_bundle(out, threads=1)
     assert engine.manifest.input.morph_context is True
     x, _ = ecg
