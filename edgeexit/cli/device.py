@@ -26,6 +26,7 @@ from edgeexit.cli.options import (
     trusted_option,
 )
 from edgeexit.errors import ExitStatus
+from edgeexit.runtime.kinds import FORMAT_BACKEND
 
 _RUN_GROUPS = (
     ("Windows", ("input_path", "batch", "fail_fast")),
@@ -106,7 +107,7 @@ def _run_stream(bundle, input_path, backend, threads, trusted_keys, policy, stre
 
 @main.command()
 @click.argument("bundle", type=click.Path())
-@click.option("--backend", type=click.Choice(["all", "auto", "onnxruntime", "litert"]), default="all",
+@click.option("--backend", type=click.Choice(["all", "auto", *FORMAT_BACKEND.values()]), default="all",
               show_default=True, help="all: every installed backend for the bundle's formats.")
 @threads_option
 @trusted_option

@@ -6,10 +6,10 @@ from __future__ import annotations
 import click
 
 from edgeexit.cli.app import apply, read_json_file
-from edgeexit.runtime.kinds import POLICY_NAMES
+from edgeexit.runtime.kinds import FORMAT_BACKEND, POLICY_NAMES
 
 backend_option = click.option(
-    "--backend", type=click.Choice(["auto", "onnxruntime", "litert"]), default="auto",
+    "--backend", type=click.Choice(["auto", *FORMAT_BACKEND.values()]), default="auto",
     show_default=True, help="Inference engine (auto: the target's preferred format if installed).")
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
                               help="Threads (default: the target's, capped at the CPUs here).")

@@ -456,7 +456,8 @@ def run_reference(s: ExportState) -> ExportState:
     with torch.no_grad():  # PyTorch's logits of the model exit each segment answers
         golden = [z.numpy() for z in _select(p.model(torch.from_numpy(b.golden_x)), p.exits)]
         parity = [z.numpy() for z in _select(p.model(torch.from_numpy(parity_x)), p.exits)]
-    return dataclasses.replace(s, specs=specs, refs=References(parity_x, parity, b.golden_x, golden))
+    refs = References(parity_x, parity, b.golden_x, golden)
+    return dataclasses.replace(s, specs=specs, refs=refs)
 
 
 def write_files(s: ExportState) -> ExportState:
@@ -544,7 +545,8 @@ def calibrate_policy(s: ExportState) -> ExportState:
             **calib.to_dict(),
             "data": b.spec.source,
             "split": "validation (training's held-out part; never test)",
-            "validation_records": None if groups is None else sorted(str(g) for g in np.unique(groups)),
+            "validation_records": None if groups is None
+            else sorted(str(g) for g in np.unique(groups)),
             "format": fmt,
             "cost": "MACs per inference (stages and exit heads run)",
         }),
@@ -558,11 +560,13 @@ def write_manifest(s: ExportState) -> ExportState:
     s.step("writing golden.npz and manifest")
     b, refs = s.beats, s.refs
     golden = {"inputs": refs.golden_x, "labels": b.val_y[b.golden_idx].astype(np.int64)}
-    # logits_{j}: segment j's reference (PyTorch's logits of model exit exits[j]), what verify replays
+    # logits_{j}: segment j's reference (PyTorch's logits of model exit exits[j]): what verify
+    # replays
     golden.update({f"logits_{j}": z.astype(np.float32) for j, z in enumerate(refs.golden)})
     with open(s.tmp / GOLDEN, "wb") as f:
         np.savez(f, **golden)
     checks = s.checks
+    mono_tol = checks.monolithic_tolerance
     manifest = dataclasses.replace(
         s.draft,
         policy=s.policy,
@@ -571,7 +575,7 @@ def write_manifest(s: ExportState) -> ExportState:
             "sha256": sha256_file(s.tmp / GOLDEN),
             "samples": len(refs.golden_x),
             "tolerance": checks.golden_tolerance,
-            **({"monolithic_tolerance": checks.monolithic_tolerance} if checks.monolithic_tolerance else {}),
+            **({"monolithic_tolerance": mono_tol} if mono_tol else {}),
             "tolerance_rule": GOLDEN_RULE,
         }),
         provenance=Provenance.from_dict(_provenance(s)),
@@ -618,7 +622,8 @@ def export_bundle(
     """
     state = run_stages(PREPARE, ExportState(checkpoint, Path(out), config, data, progress))
     state.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=state.out.parent, prefix=f".{state.out.name}.tmp-{os.getpid()}-"))
+    prefix = f".{state.out.name}.tmp-{os.getpid()}-"
+    tmp = Path(tempfile.mkdtemp(dir=state.out.parent, prefix=prefix))
     try:
         state = run_stages(BUILD, dataclasses.replace(state, tmp=tmp))
         _install(tmp, state.out)
@@ -706,8 +711,8 @@ def _report(s: ExportState, archive: Path) -> dict:
         "target": p.target.id,
         "precision": s.manifest.precision,
         "precision_choices": {f: [c.to_dict() for c in cs] for f, cs in w.choices.items()} or None,
-        "calibration": None if p.recipe is None else {"recipe": p.recipe.name, "samples": len(b.calib_x),
-                                                      "sha256": b.cset.sha256},
+        "calibration": None if p.recipe is None else {
+            "recipe": p.recipe.name, "samples": len(b.calib_x), "sha256": b.cset.sha256},
         "formats": list(p.formats),
         "exits": list(p.exits),
         "num_model_exits": int(p.model.num_exits),

@@ -25,8 +25,9 @@ class ValidationError(ExportError):
         if not self.failures:
             raise ValueError("ValidationError needs at least one failure")
         msgs = [f.message for f in self.failures]
+        listed = "\n".join(f"- {m}" for m in msgs)
         super().__init__(msgs[0] if len(msgs) == 1 else
-                         f"{len(msgs)} checks against PyTorch failed:\n" + "\n".join(f"- {m}" for m in msgs))
+                         f"{len(msgs)} checks against PyTorch failed:\n{listed}")
 
     def __reduce__(self):
         return type(self), (self.failures,)

@@ -145,7 +145,8 @@ def check_parity(backend: str, fmt: str, logits: Sequence[np.ndarray], ref: Sequ
     Returns the parity entry (``{"samples", "exits"}``) and the failures, every one of them."""
     rows, failures = [], []
     for j, (k, a, b) in enumerate(zip(exits, logits, ref)):
-        held = Precision.FP32 if all(p == Precision.FP32 for p in precisions[: j + 1]) else Precision.INT8
+        all_fp32 = all(p == Precision.FP32 for p in precisions[: j + 1])
+        held = Precision.FP32 if all_fp32 else Precision.INT8
         tol = tolerance(fmt, held, min_agreement)
         err = float(np.abs(a - b).max())
         scale = float(np.abs(b).max())
@@ -161,7 +162,8 @@ def check_parity(backend: str, fmt: str, logits: Sequence[np.ndarray], ref: Sequ
         if tol.min_agreement is not None and agree < tol.min_agreement:
             failures.append(Failure(files[j], fmt, "top1_agreement", agree, tol.min_agreement, (
                 f"{backend} {held} exit {k} (segment {j}) agrees with PyTorch's top-1 on only "
-                f"{100 * agree:.1f}% of {len(a)} validation beats (< {100 * tol.min_agreement:.0f}%); "
+                f"{100 * agree:.1f}% of {len(a)} validation beats "
+                f"(< {100 * tol.min_agreement:.0f}%); "
                 "export fp32, use --precision auto, or another --calibration recipe "
                 "(calibration/*.toml)")))
     return {"samples": len(logits[0]), "exits": rows}, failures
@@ -232,7 +234,8 @@ def segment_engine(manifest: Manifest, root: Path, backend: str) -> Engine:
     """An engine over ``manifest``'s segment files in ``root`` that runs every exit (one thread)."""
     b = get_backend(backend)
     sessions = [b.load(root / s.artifact(b.file_format).file, 1) for s in manifest.segments]
-    return Engine(manifest, sessions, make_policy(PolicyName.ENSEMBLE, manifest.num_exits), backend, 1)
+    policy = make_policy(PolicyName.ENSEMBLE, manifest.num_exits)
+    return Engine(manifest, sessions, policy, backend, 1)
 
 
 def run_chunked(engine: Engine, x: np.ndarray, batch: int = 512) -> list[np.ndarray]:

@@ -93,7 +93,8 @@ def write_chain(job: WriteJob, fmt: str, precision: str) -> list[Artifact]:
     h = job.calib_x
     artifacts = []
     for seg, spec in zip(segments, job.specs):
-        what = "" if seg.stages == (seg.exit,) else f" (stages {seg.stages[0]}-{seg.stages[-1]}, exit {seg.exit})"
+        what = "" if seg.stages == (seg.exit,) else \
+            f" (stages {seg.stages[0]}-{seg.stages[-1]}, exit {seg.exit})"
         job.say(f"segment {spec.index}{what} -> {fmt} {precision}")
         path = job.root / f"segment_{spec.index}.{fmt}"
         example = torch.from_numpy(np.ascontiguousarray(h[:1]))
@@ -113,8 +114,9 @@ def write_monolithic(job: WriteJob, fmt: str, precision: str, name: str = MONOLI
     """Write the whole model as one graph ``name.fmt`` (the benchmarks' reference)."""
     path = job.root / f"{name}.{fmt}"
     example = torch.from_numpy(np.ascontiguousarray(job.calib_x[:1]))
-    export_file(Monolithic(job.model).eval(), example, path, fmt, (INPUT_NAME, ["logits"]), precision,
-                job.calib_x if precision == Precision.INT8 else None, job.opset, job.quant)
+    export_file(Monolithic(job.model).eval(), example, path, fmt, (INPUT_NAME, ["logits"]),
+                precision, job.calib_x if precision == Precision.INT8 else None, job.opset,
+                job.quant)
     return Artifact(path.name, fmt, precision, sha256_file(path))
 
 
@@ -219,12 +221,14 @@ def _chain_auto_pass(job: WriteJob, fmt: str, plan: AutoPlan,
     return artifacts, choices, kept
 
 
-def write_monolithic_auto(job: WriteJob, fmt: str, plan: AutoPlan) -> tuple[Artifact, PrecisionChoice]:
+def write_monolithic_auto(job: WriteJob, fmt: str,
+                          plan: AutoPlan) -> tuple[Artifact, PrecisionChoice]:
     """The monolithic reference graph under the same rule (final exit's agreement)."""
     backend = backend_for_format(fmt)
     arts = {p: write_monolithic(job, fmt, p, f"{MONOLITHIC}.{p}") for p in PRECISIONS}
     sess = {p: backend.load(job.root / a.file, plan.threads) for p, a in arts.items()}
-    agree = {p: _agreement(run_session(s, plan.val_x)[0], plan.val_ref[-1]) for p, s in sess.items()}
+    agree = {p: _agreement(run_session(s, plan.val_x)[0], plan.val_ref[-1])
+             for p, s in sess.items()}
     t32, t8 = plan.latency(fmt, None, sess["fp32"], sess["int8"], plan.val_x[:1])
     note = plan.timing_note() if plan.timings is None else \
         f"measured at export on this host (bench reports time no monolithic pair): batch 1, " \

@@ -43,7 +43,8 @@ class Format(StrEnum):
         for fmt, name in FORMAT_BACKEND.items():
             if name == backend:
                 return fmt
-        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(FORMAT_BACKEND.values())}")
+        known = ", ".join(FORMAT_BACKEND.values())
+        raise ValueError(f"unknown backend {backend!r}; known: {known}")
 
 
 FORMAT_BACKEND: dict[Format, str] = {

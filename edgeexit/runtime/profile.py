@@ -38,6 +38,7 @@ import numpy as np
 
 from edgeexit.errors import ConfigError, EdgeExitError
 from edgeexit.runtime.engine import Engine
+from edgeexit.runtime.kinds import CALIBRATED_POLICIES, PolicyName
 from edgeexit.runtime.policy import Fixed, ensemble_probs, exit_scores, softmax
 
 log = logging.getLogger(__name__)
@@ -257,7 +258,7 @@ def threshold_sweep(engine: Engine, probs_per_exit: list[np.ndarray], y: np.ndar
     threshold is a probability from 1/K to 1; ``entropy``: nats, from log K down to 0.
     """
     name = engine.policy.name
-    kind = name if name in ("max_prob", "entropy", "ensemble") else "max_prob"
+    kind = name if name in CALIBRATED_POLICIES else PolicyName.MAX_PROB
     weights = getattr(engine.policy, "weights", None)
     answers = ensemble_probs(probs_per_exit, weights) if kind == "ensemble" else probs_per_exit
     scores = np.stack(exit_scores(kind, probs_per_exit, weights), axis=1)

@@ -44,7 +44,8 @@ def test_check_parity_reports_every_exit_and_holds_fp32_after_int8_to_int8():
     assert [(f.file, f.check) for f in failures] == [("s0.onnx", "max_abs_err"),
                                                      ("s2.onnx", "top1_agreement")]
     assert "exceeds the fp32 tolerance" in failures[0].message
-    assert "onnxruntime int8 exit 3 (segment 2) agrees with PyTorch's top-1 on only" in failures[1].message
+    assert ("onnxruntime int8 exit 3 (segment 2) agrees with PyTorch's top-1 on only"
+            in failures[1].message)
     # one ValidationError lists them all
     err = ValidationError(failures)
     assert isinstance(err, ExportError) and err.failures == tuple(failures)

@@ -20,7 +20,8 @@ from edgeexit.runtime.kinds import (
 
 def test_members_are_their_strings_in_json_formatting_and_lookups():
     # manifests written with members are byte for byte the ones written with strings
-    with_members = {"format": Format.TFLITE, "precision": [Precision.INT8], "policy": PolicyName.MAX_PROB}
+    with_members = {"format": Format.TFLITE, "precision": [Precision.INT8],
+                    "policy": PolicyName.MAX_PROB}
     assert json.dumps(with_members) == json.dumps({"format": "tflite", "precision": ["int8"],
                                                    "policy": "max_prob"})
     assert f"segment_0.{Format.ONNX}" == "segment_0.onnx" and f"{Precision.FP32:>5}" == " fp32"

@@ -26,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from edgeexit.errors import ConfigError
+from edgeexit.runtime.kinds import CALIBRATED_POLICIES, PolicyName
 
 
 class Objective:
@@ -97,9 +98,9 @@ class PolicyCE(Objective):
 
     def __init__(self, policy: str, thresholds=None, weights=None, exit_index=None,
                  exits=None) -> None:
-        if policy not in ("max_prob", "entropy", "ensemble", "fixed"):
+        if policy not in (*CALIBRATED_POLICIES, PolicyName.FIXED):
             raise ConfigError(f"no policy-aware objective for policy {policy!r}")
-        if policy in ("max_prob", "entropy") and thresholds is None:
+        if policy in (PolicyName.MAX_PROB, PolicyName.ENTROPY) and thresholds is None:
             raise ConfigError(f"policy {policy} needs its thresholds to be attacked")
         self.policy = policy
         self.thresholds = None if thresholds is None else [float(t) for t in thresholds]
