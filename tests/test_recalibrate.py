@@ -55,7 +55,9 @@ def test_an_ensemble_worse_than_the_final_exit_is_reported(bundle):
                          BundleCalibrationConfig(policy="ensemble", margin=0.5, weights=None,
                                                  backend="onnxruntime", dry_run=True))
     cal = r["policy"]["calibration"]
-    # the tiny model's early exits are weak: averaging them in equally loses to the final exit
+    # the committed tiny model's early exits are weak: averaging them in equally loses to the final
+    # exit (by 0.07; 0.12-0.28 on tiny_checkpoint fixtures of seeds 1, 2 and 4, while seed 3's
+    # ensemble wins: the test needs a model like the committed one, not any model)
     assert cal["final_accuracy"] - cal["accuracy"] > 0.005
     assert not cal["feasible"] and cal["loss_bound"] > 0.5 and cal["weights"] is None
     # weights that grow with depth come closer; the chosen ones go into the manifest

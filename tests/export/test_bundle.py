@@ -40,7 +40,7 @@ def test_bundle_layout_and_manifest(bundle_dir, tiny_checkpoint):
     assert sum(s.params for s in m.segments) == total
     cal = m.policy.calibration
     assert m.policy.name == "max_prob" and len(m.policy.thresholds) == 3
-    assert cal.accuracy >= cal.final_accuracy - 0.005 - 1e-9
+    assert cal.accuracy >= cal.final_accuracy - 0.005 - 1e-9  # equal on fixture seeds 0-4
     # calibrated on the records training held out for validation: none trained on, none of test
     ck = load_checkpoint(tiny_checkpoint)
     spec = ck.data_spec()

@@ -47,10 +47,10 @@ def test_bundle_report_is_complete_and_attacks_bite(bundle_report):
     # the white-box attacks lower macro-F1 of the final exit, more at the larger budget
     f_small = _entry(r, "max_avg", 0.3)["exits"][-1]["macro_f1"]
     f_big = _entry(r, "max_avg", 1.0)["exits"][-1]["macro_f1"]
-    assert f_big < clean["exits"][-1]["macro_f1"] - 0.2
+    assert f_big < clean["exits"][-1]["macro_f1"] - 0.2  # 0.60-0.89 lower over fixture seeds 0-4
     assert f_big <= f_small + 1e-9
     assert _entry(r, "policy", 1.0)["policy"]["accuracy"] < clean["policy"]["accuracy"]
-    assert _entry(r, "pgd_final_sanity", 4.0)["exits"][-1]["accuracy"] < 0.2
+    assert _entry(r, "pgd_final_sanity", 4.0)["exits"][-1]["accuracy"] < 0.2  # 0.00-0.03
     checks = {f["check"].split(" at ")[0].split(" (")[0] for f in r["sanity"]}
     assert {"black-box does not beat white-box", "accuracy falls toward 0",
             "input gradients are non-zero"} <= checks
@@ -58,7 +58,7 @@ def test_bundle_report_is_complete_and_attacks_bite(bundle_report):
     # the separable beats carry their class in the signal channel only: flattened, it is gone
     ctx = r["context_only"]
     assert len(ctx["exits"]) == n_exits
-    assert ctx["exits"][-1]["accuracy"] < clean["exits"][-1]["accuracy"] - 0.3
+    assert ctx["exits"][-1]["accuracy"] < clean["exits"][-1]["accuracy"] - 0.3  # 0.44-0.70 lower
 
 
 def test_bundle_report_files_load(bundle_report):
