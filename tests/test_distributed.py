@@ -17,7 +17,7 @@ def test_torchrun_two_processes(separable_npz, tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "edgeexit", "train", "--data", separable_npz, "--out", str(out),
         "--model", "test_resnet1d", "--epochs", "5", "--batch-size", "32", "--threads", "1",
-        "--patience", "0", "--no-progress", "--json",
+        "--patience", "0", "--no-progress", "--json", "--lr", "0.01",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, check=False)
@@ -26,6 +26,7 @@ def test_torchrun_two_processes(separable_npz, tmp_path):
     assert m["processes"] == 2
     assert len(m["history"]) == 5
     assert m["history"][-1]["loss"] < m["history"][0]["loss"]
+    # over --seed 0-4: 0.99-1.00 at lr 0.01 (at the default 3e-3: 0.33-0.98, seed 0 at 0.84)
     assert m["exits"][-1]["test"]["accuracy"] > 0.8
     # only rank 0 reported: exactly one JSON document on stdout
     assert json.loads(r.stdout)["processes"] == 2
