@@ -220,7 +220,7 @@ def test_pruned_model_exports_and_runs_in_the_runtime(tiny_checkpoint, tmp_path)
                            input_spec=ck.input_spec, meta=ck.meta)
     out = tmp_path / "bundle"
     export_bundle(path, out, ExportConfig(target="x86_64", formats=("onnx",), golden_samples=8,
-                                          calibration_samples=64))
+                                          calibration_samples=64, monolithic=False))
     assert verify_bundle(out).ok
     engine = Engine.from_bundle(out, backend="onnxruntime", threads=1)
     with torch.no_grad():

@@ -140,7 +140,7 @@ def test_int8_export_records_recipe_and_samples(tiny_checkpoint, tmp_path):
     out = tmp_path / "b"
     export_bundle(tiny_checkpoint, out, ExportConfig(
         target="x86_64", precision="int8", formats=("onnx",), calibration=str(path),
-        golden_samples=8, monolithic=False, int8_min_agreement=0.5))
+        golden_samples=8, monolithic=False, int8_min_agreement=0.5, exits=(1, 3)))
     q = load_manifest(out).provenance.quantization
     assert q["recipe"]["name"] == "r" and q["recipe"]["sha256"] == load_recipe(path).sha256
     assert q["recipe"]["selection"] == "class-balanced" and q["samples"] == 40
