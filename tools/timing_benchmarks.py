@@ -108,7 +108,8 @@ def estimate(seconds: float) -> dict:
 
 def bench(bundle: str, seconds: float) -> dict:
     from edgeexit.runtime.engine import Engine
-    from edgeexit.runtime.profile import bench_data, bench_engine
+    from edgeexit.data.bench import bench_data
+    from edgeexit.runtime.profile import bench_engine
 
     engine = Engine.from_bundle(bundle, backend="onnxruntime", threads=1, load_monolithic=True)
     x, y = bench_data(engine, None, "test", 32)[:2]
@@ -132,7 +133,7 @@ def realtime(bundle: str, seconds: float) -> dict:
     from edgeexit.runtime.stream import Source, stream_classify
 
     engine = Engine.from_bundle(bundle, threads=1)
-    fs = float(engine.manifest.input.get("fs") or 360.0)
+    fs = float(engine.manifest.input.fs or 360.0)
     t = np.arange(int(seconds * fs)) / fs
     x = (np.exp(-0.5 * (((t % 0.8) - 0.4) / 0.01) ** 2) + 0.01 * np.sin(7 * t)).astype(np.float32)
     block = int(0.5 * fs)
