@@ -34,6 +34,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -319,6 +320,103 @@ def _drop_unused_domains(path: Path) -> None:
         onnx.save(model, str(path))
 
 
+def _check_quant_options(method: str, activations: str) -> None:
+    """Refuse an unknown calibration method or activation type before any work is done."""
+    if method not in CALIBRATION_METHODS:
+        raise ExportError(
+            f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}"
+        )
+    if activations not in ACTIVATION_TYPES:
+        raise ExportError(
+            f"activations must be one of {', '.join(ACTIVATION_TYPES)}, got {activations!r}"
+        )
+
+
+def _quantization_tools() -> SimpleNamespace:
+    """onnxruntime's quantization entry points (imported here: onnxruntime is optional)."""
+    try:
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as exc:
+        raise ExportError(
+            f"int8 quantization needs onnxruntime's quantization tools ({describe(exc)}); "
+            "pip install onnxruntime"
+        ) from exc
+    return SimpleNamespace(CalibrationMethod=CalibrationMethod, QuantFormat=QuantFormat,
+                           QuantType=QuantType, quantize_static=quantize_static,
+                           quant_pre_process=quant_pre_process)
+
+
+def _calibration_array(calibration: np.ndarray, input_name: str,
+                       dims: list[int | None]) -> np.ndarray:
+    """``calibration`` as contiguous float32, after checking it fits the model's input."""
+    x = np.asarray(calibration)
+    if x.dtype.kind != "f" or x.ndim != len(dims) or len(x) == 0:
+        raise ExportError(
+            f"calibration data must be a non-empty float array of rank {len(dims)} for input "
+            f"{input_name!r}, got {x.dtype} of shape {x.shape}"
+        )
+    if any(d is not None and d != s for d, s in zip(dims[1:], x.shape[1:])):
+        raise ExportError(
+            f"calibration data of shape {x.shape} do not fit input {input_name!r} of shape "
+            f"{['N', *dims[1:]]}; pass segment_inputs(model, x)[k] for segment k"
+        )
+    if not np.all(np.isfinite(x)):
+        raise ExportError("calibration data hold NaN or Inf values")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _pre_process(tools: SimpleNamespace, fp32_path: Path, prepared: Path) -> Path:
+    """Shape inference and graph optimisation (folds BatchNorm into the convolutions) into
+    ``prepared``; on failure the model as exported (the step is only an optimisation)."""
+    try:
+        tools.quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+    except Exception as exc:  # pre-processing is an optimisation: quantize the original
+        log.warning("quant_pre_process failed on %s (%s); quantizing the model as exported",
+                    fp32_path, describe(exc))
+        return fp32_path
+    return prepared
+
+
+def _quantize_static(tools: SimpleNamespace, prepared: Path, tmp: Path, reader: _ArrayReader,
+                     fp32_path: Path, *, per_channel: bool, activations: str, method: str,
+                     exclude: list[str]) -> None:
+    """Run onnxruntime's ``quantize_static`` (QDQ, int8 weights) from ``prepared`` into ``tmp``."""
+    try:
+        tools.quantize_static(
+            str(prepared),
+            str(tmp),
+            reader,
+            quant_format=tools.QuantFormat.QDQ,
+            activation_type=getattr(tools.QuantType, ACTIVATION_TYPES[activations]),
+            weight_type=tools.QuantType.QInt8,
+            per_channel=per_channel,
+            nodes_to_exclude=exclude,
+            calibrate_method=getattr(tools.CalibrationMethod, CALIBRATION_METHODS[method]),
+        )
+    except Exception as exc:
+        raise ExportError(
+            f"int8 quantization of {fp32_path} failed: {describe(exc)}"
+        ) from exc
+
+
+def _check_quantized_file(tmp: Path, fp32_path: Path, input_name: str,
+                          output_names: list[str]) -> None:
+    """The quantized file keeps the fp32 file's interface and runs (:func:`_check_file`)."""
+    got_in, _, got_out = _graph_io(tmp)
+    if got_in != input_name or got_out != output_names:
+        raise ExportError(
+            f"quantization changed the graph interface of {fp32_path}: "
+            f"{got_in}->{got_out}, expected {input_name}->{output_names}"
+        )
+    _check_file(tmp, input_name, output_names)
+
+
 def quantize_onnx_int8(
     fp32_path: str | os.PathLike,
     calibration: np.ndarray,
@@ -366,84 +464,26 @@ def quantize_onnx_int8(
             or quantization failed (no file is left behind).
     """
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    if method not in CALIBRATION_METHODS:
-        raise ExportError(
-            f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}"
-        )
-    if activations not in ACTIVATION_TYPES:
-        raise ExportError(
-            f"activations must be one of {', '.join(ACTIVATION_TYPES)}, got {activations!r}"
-        )
-    try:
-        from onnxruntime.quantization import (
-            CalibrationMethod,
-            QuantFormat,
-            QuantType,
-            quantize_static,
-        )
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-    except ImportError as exc:
-        raise ExportError(
-            f"int8 quantization needs onnxruntime's quantization tools ({describe(exc)}); "
-            "pip install onnxruntime"
-        ) from exc
+    _check_quant_options(method, activations)
+    tools = _quantization_tools()
     if not fp32_path.is_file():
         raise ExportError(f"no ONNX model at {fp32_path}")
     input_name, dims, output_names = _graph_io(fp32_path)
-
-    x = np.asarray(calibration)
-    if x.dtype.kind != "f" or x.ndim != len(dims) or len(x) == 0:
-        raise ExportError(
-            f"calibration data must be a non-empty float array of rank {len(dims)} for input "
-            f"{input_name!r}, got {x.dtype} of shape {x.shape}"
-        )
-    if any(d is not None and d != s for d, s in zip(dims[1:], x.shape[1:])):
-        raise ExportError(
-            f"calibration data of shape {x.shape} do not fit input {input_name!r} of shape "
-            f"{['N', *dims[1:]]}; pass segment_inputs(model, x)[k] for segment k"
-        )
-    if not np.all(np.isfinite(x)):
-        raise ExportError("calibration data hold NaN or Inf values")
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = _calibration_array(calibration, input_name, dims)
 
     with tempfile.TemporaryDirectory(prefix="edgeexit-quant-") as work:
-        prepared = Path(work) / "prepared.onnx"
-        try:
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
-        except Exception as exc:  # pre-processing is an optimisation: quantize the original
-            log.warning("quant_pre_process failed on %s (%s); quantizing the model as exported",
-                        fp32_path, describe(exc))
-            prepared = fp32_path
+        prepared = _pre_process(tools, fp32_path, Path(work) / "prepared.onnx")
         exclude = _input_ops(prepared) if float_input_ops else []
         if float_heads:
             exclude += _head_ops(fp32_path, prepared)
         if exclude:
             log.debug("kept in float (input ops): %s", ", ".join(exclude))
         with atomic_path(out_path, ".tmp.onnx") as tmp:
-            try:
-                quantize_static(
-                    str(prepared),
-                    str(tmp),
-                    _ArrayReader(input_name, x),
-                    quant_format=QuantFormat.QDQ,
-                    activation_type=getattr(QuantType, ACTIVATION_TYPES[activations]),
-                    weight_type=QuantType.QInt8,
-                    per_channel=per_channel,
-                    nodes_to_exclude=exclude,
-                    calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
-                )
-            except Exception as exc:
-                raise ExportError(
-                    f"int8 quantization of {fp32_path} failed: {describe(exc)}"
-                ) from exc
+            _quantize_static(tools, prepared, tmp, _ArrayReader(input_name, x), fp32_path,
+                             per_channel=per_channel, activations=activations, method=method,
+                             exclude=exclude)
             _drop_unused_domains(tmp)
-            got_in, _, got_out = _graph_io(tmp)
-            if got_in != input_name or got_out != output_names:
-                raise ExportError(
-                    f"quantization changed the graph interface of {fp32_path}: "
-                    f"{got_in}->{got_out}, expected {input_name}->{output_names}"
-                )
-            _check_file(tmp, input_name, output_names)
+            _check_quantized_file(tmp, fp32_path, input_name, output_names)
     log.info("quantized %s to int8 (QDQ, %s activations, per_channel=%s, %s, %d float nodes, %d "
              "calibration windows): %s", fp32_path, activations, per_channel, method, len(exclude),
              len(x), out_path)
