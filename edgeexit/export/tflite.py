@@ -268,6 +268,81 @@ def _quantize_pt2e(named: _Named, calibration: torch.Tensor):
     return gm, quantizer
 
 
+def _float_boundaries(fb, utils, model, sg, input_name: str) -> dict[int, int]:
+    """Put a ``QUANTIZE`` op after an int8 graph input and a ``DEQUANTIZE`` op after every int8
+    graph output of ``sg`` (float32 twins take their places), name the input ``input_name``.
+
+    Returns:
+        Old tensor index -> the float32 twin's index, for the signature entries to follow.
+    """
+    remap: dict[int, int] = {}
+    head, tail = [], []
+    sg.inputs, sg.outputs = [int(i) for i in sg.inputs], [int(i) for i in sg.outputs]
+    idx = sg.inputs[0]
+    if _quantized(fb, sg.tensors[idx]):
+        new = _float_twin(fb, model, sg, sg.tensors[idx], input_name)
+        head.append(_op(fb, _opcode(fb, utils, model, fb.BuiltinOperator.QUANTIZE, 2), new, idx))
+        sg.inputs[0] = remap[idx] = new
+    else:
+        sg.tensors[idx].name = input_name
+    for pos, idx in enumerate(list(sg.outputs)):
+        if _quantized(fb, sg.tensors[idx]):
+            new = _float_twin(fb, model, sg, sg.tensors[idx], _tname(sg.tensors[idx]))
+            code = _opcode(fb, utils, model, fb.BuiltinOperator.DEQUANTIZE, 2)
+            tail.append(_op(fb, code, idx, new))
+            sg.outputs[pos] = remap[idx] = new
+    sg.operators = head + list(sg.operators) + tail
+    return remap
+
+
+def _opcode(fb, utils, model, builtin: int, version: int) -> int:
+    """Index of an operator code for ``builtin`` at ``version`` or later (appended if missing)."""
+    for i, oc in enumerate(model.operatorCodes):
+        if utils.get_builtin_code_from_operator_code(oc) == builtin and oc.version >= version:
+            return i
+    oc = fb.OperatorCodeT()
+    oc.builtinCode = builtin
+    oc.deprecatedBuiltinCode = min(builtin, 127)  # the legacy int8 field saturates at 127
+    oc.version = version  # 2: the int8 kernels of QUANTIZE / DEQUANTIZE
+    model.operatorCodes.append(oc)
+    return len(model.operatorCodes) - 1
+
+
+def _quantized(fb, t) -> bool:
+    """``t`` is an int8 tensor with quantization parameters."""
+    q = t.quantization
+    has_scale = q is not None and q.scale is not None and len(q.scale) >= 1
+    return t.type == fb.TensorType.INT8 and has_scale
+
+
+def _float_twin(fb, model, sg, t, name: str) -> int:
+    """Append a float32 runtime tensor shaped like ``t`` named ``name`` (``t`` becomes
+    ``name_int8``); return its index."""
+    new = fb.TensorT()
+    new.shape = None if t.shape is None else [int(d) for d in t.shape]
+    sig_shape = t.shapeSignature
+    new.shapeSignature = None if sig_shape is None else [int(d) for d in sig_shape]
+    new.type = fb.TensorType.FLOAT32
+    new.name = name
+    model.buffers.append(fb.BufferT())  # an empty buffer: a runtime tensor
+    new.buffer = len(model.buffers) - 1
+    t.name = name + "_int8"
+    sg.tensors.append(new)
+    return len(sg.tensors) - 1
+
+
+def _op(fb, code: int, src: int, dst: int):
+    """A one-input, one-output operator ``src -> dst`` of operator code ``code``."""
+    o = fb.OperatorT()
+    o.opcodeIndex, o.inputs, o.outputs = code, [src], [dst]
+    return o
+
+
+def _tname(t) -> str:
+    """A tensor's name as str (the flatbuffer object API gives bytes)."""
+    return t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+
+
 def finalize_flatbuffer(model_bytes: bytes, input_name: str) -> bytes:
     """Name the signature input, and give int8 inputs/outputs float32 boundaries.
 
@@ -295,60 +370,7 @@ def finalize_flatbuffer(model_bytes: bytes, input_name: str) -> bytes:
     sg, sig = model.subgraphs[0], model.signatureDefs[0]
     if len(sg.inputs) != 1 or len(sig.inputs) != 1:
         raise ExportError(f"expected one input in the converted model, got {len(sg.inputs)}")
-    int8 = fb.TensorType.INT8
-
-    def opcode(builtin: int, version: int) -> int:
-        for i, oc in enumerate(model.operatorCodes):
-            if utils.get_builtin_code_from_operator_code(oc) == builtin and oc.version >= version:
-                return i
-        oc = fb.OperatorCodeT()
-        oc.builtinCode = builtin
-        oc.deprecatedBuiltinCode = min(builtin, 127)  # the legacy int8 field saturates at 127
-        oc.version = version  # 2: the int8 kernels of QUANTIZE / DEQUANTIZE
-        model.operatorCodes.append(oc)
-        return len(model.operatorCodes) - 1
-
-    def quantized(t) -> bool:
-        q = t.quantization
-        return t.type == int8 and q is not None and q.scale is not None and len(q.scale) >= 1
-
-    def float_twin(t, name: str) -> int:
-        new = fb.TensorT()
-        new.shape = None if t.shape is None else [int(d) for d in t.shape]
-        sig_shape = t.shapeSignature
-        new.shapeSignature = None if sig_shape is None else [int(d) for d in sig_shape]
-        new.type = fb.TensorType.FLOAT32
-        new.name = name
-        model.buffers.append(fb.BufferT())  # an empty buffer: a runtime tensor
-        new.buffer = len(model.buffers) - 1
-        t.name = name + "_int8"
-        sg.tensors.append(new)
-        return len(sg.tensors) - 1
-
-    def op(code: int, src: int, dst: int):
-        o = fb.OperatorT()
-        o.opcodeIndex, o.inputs, o.outputs = code, [src], [dst]
-        return o
-
-    def tname(t) -> str:
-        return t.name.decode() if isinstance(t.name, bytes) else str(t.name)
-
-    remap: dict[int, int] = {}
-    head, tail = [], []
-    sg.inputs, sg.outputs = [int(i) for i in sg.inputs], [int(i) for i in sg.outputs]
-    idx = sg.inputs[0]
-    if quantized(sg.tensors[idx]):
-        new = float_twin(sg.tensors[idx], input_name)
-        head.append(op(opcode(fb.BuiltinOperator.QUANTIZE, 2), new, idx))
-        sg.inputs[0] = remap[idx] = new
-    else:
-        sg.tensors[idx].name = input_name
-    for pos, idx in enumerate(list(sg.outputs)):
-        if quantized(sg.tensors[idx]):
-            new = float_twin(sg.tensors[idx], tname(sg.tensors[idx]))
-            tail.append(op(opcode(fb.BuiltinOperator.DEQUANTIZE, 2), idx, new))
-            sg.outputs[pos] = remap[idx] = new
-    sg.operators = head + list(sg.operators) + tail
+    remap = _float_boundaries(fb, utils, model, sg, input_name)
     for tm in list(sig.inputs) + list(sig.outputs):
         tm.tensorIndex = remap.get(int(tm.tensorIndex), int(tm.tensorIndex))
     sig.inputs[0].name = input_name
@@ -410,6 +432,91 @@ def _check_file(path: Path, example: torch.Tensor, ref: tuple[torch.Tensor, ...]
 # -- the export ------------------------------------------------------------------------------------
 
 
+def _batch_of_one(example) -> torch.Tensor:
+    """The first sample of ``example`` as a contiguous float32 batch of one."""
+    if not isinstance(example, torch.Tensor) or example.ndim < 2 or len(example) < 1:
+        got = tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__
+        raise ExportError(f"example must be a tensor [N, ...] with at least one sample, got {got}")
+    return example[:1].detach().to(torch.float32).contiguous()
+
+
+def _calibration_for(example: torch.Tensor, calibration, int8: bool) -> torch.Tensor | None:
+    """``calibration`` checked against ``example`` and made contiguous float32 (int8); as given
+    (and ignored) for fp32."""
+    if not int8:
+        if calibration is not None:
+            log.debug("calibration is ignored for an fp32 export")
+        return calibration
+    usable = isinstance(calibration, torch.Tensor) and calibration.ndim >= 2
+    if not usable or not len(calibration):
+        raise ExportError(
+            "int8 TFLite export needs calibration inputs: the tensors that reach this module "
+            "(edgeexit.export.split.segment_inputs), a few hundred windows"
+        )
+    if tuple(calibration.shape[1:]) != tuple(example.shape[1:]):
+        raise ExportError(
+            f"calibration windows have shape {tuple(calibration.shape[1:])}, the example "
+            f"{tuple(example.shape[1:])}: calibrate on the tensors that reach this module"
+        )
+    return calibration.detach().to(torch.float32).contiguous()
+
+
+def _reference_outputs(module: nn.Module, example: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """What the eval-mode ``module`` returns on ``example``: the outputs the file must match."""
+    try:
+        with torch.no_grad():
+            ref = _as_tuple(module(example))
+    except Exception as exc:  # whatever the module raises on a wrong input
+        raise ExportError(
+            f"{type(module).__name__} fails on the example of shape {tuple(example.shape)} "
+            f"({describe(exc)}): give an input that reaches this module"
+        ) from exc
+    if not all(isinstance(t, torch.Tensor) for t in ref):
+        raise ExportError(f"{type(module).__name__} must return a tensor or a tuple of tensors")
+    return ref
+
+
+def _output_names(ref: tuple[torch.Tensor, ...], input_name: str,
+                  output_names: Sequence[str] | None) -> list[str]:
+    """The signature's output names: one distinct identifier per output, none the input's."""
+    names = _default_names(len(ref)) if output_names is None else [str(n) for n in output_names]
+    if len(names) != len(ref) or len(set(names)) != len(names) or input_name in names:
+        raise ExportError(
+            f"output_names {names} must name each of the module's {len(ref)} outputs once, and "
+            f"differ from the input name {input_name!r}"
+        )
+    if not input_name.isidentifier() or not all(n.isidentifier() for n in names):
+        raise ExportError(
+            f"TFLite signature names must be identifiers, got {input_name!r} -> {names}"
+        )
+    return names
+
+
+def _convert(litert_torch, named: nn.Module, module: nn.Module, example: torch.Tensor,
+             calibration: torch.Tensor | None, input_name: str, int8: bool) -> bytes:
+    """The flatbuffer of ``named`` (``module`` with named outputs; fp32, or PT2E int8 calibrated
+    on ``calibration``) with named signature and float boundaries (:func:`finalize_flatbuffer`)."""
+    try:
+        with _quiet_progress():
+            if int8:
+                from litert_torch.quantize import quant_config
+
+                gm, quantizer = _quantize_pt2e(named, calibration)
+                edge = litert_torch.convert(
+                    gm, (example,), quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)
+                )
+            else:
+                edge = litert_torch.convert(named, (example,))
+            return finalize_flatbuffer(edge.model_content(), input_name)
+    except ExportError:
+        raise
+    except Exception as exc:  # torch.export, PT2E and MLIR errors of many types
+        raise ExportError(
+            f"litert-torch could not convert {type(module).__name__} to TFLite"
+            f"{' int8' if int8 else ''} ({describe(exc)})"
+        ) from exc
+
+
 def export_tflite(
     module: nn.Module,
     example: torch.Tensor,
@@ -446,69 +553,15 @@ def export_tflite(
     path = Path(path)
     if not isinstance(module, nn.Module):
         raise ExportError(f"export_tflite needs a torch.nn.Module, got {type(module).__name__}")
-    if not isinstance(example, torch.Tensor) or example.ndim < 2 or len(example) < 1:
-        got = tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__
-        raise ExportError(f"example must be a tensor [N, ...] with at least one sample, got {got}")
-    example = example[:1].detach().to(torch.float32).contiguous()
-    if int8:
-        usable = isinstance(calibration, torch.Tensor) and calibration.ndim >= 2
-        if not usable or not len(calibration):
-            raise ExportError(
-                "int8 TFLite export needs calibration inputs: the tensors that reach this module "
-                "(edgeexit.export.split.segment_inputs), a few hundred windows"
-            )
-        if tuple(calibration.shape[1:]) != tuple(example.shape[1:]):
-            raise ExportError(
-                f"calibration windows have shape {tuple(calibration.shape[1:])}, the example "
-                f"{tuple(example.shape[1:])}: calibrate on the tensors that reach this module"
-            )
-        calibration = calibration.detach().to(torch.float32).contiguous()
-    elif calibration is not None:
-        log.debug("calibration is ignored for an fp32 export")
+    example = _batch_of_one(example)
+    calibration = _calibration_for(example, calibration, int8)
     module = module.eval()
-    try:
-        with torch.no_grad():
-            ref = _as_tuple(module(example))
-    except Exception as exc:  # whatever the module raises on a wrong input
-        raise ExportError(
-            f"{type(module).__name__} fails on the example of shape {tuple(example.shape)} "
-            f"({describe(exc)}): give an input that reaches this module"
-        ) from exc
-    if not all(isinstance(t, torch.Tensor) for t in ref):
-        raise ExportError(f"{type(module).__name__} must return a tensor or a tuple of tensors")
-    names = _default_names(len(ref)) if output_names is None else [str(n) for n in output_names]
-    if len(names) != len(ref) or len(set(names)) != len(names) or input_name in names:
-        raise ExportError(
-            f"output_names {names} must name each of the module's {len(ref)} outputs once, and "
-            f"differ from the input name {input_name!r}"
-        )
-    if not input_name.isidentifier() or not all(n.isidentifier() for n in names):
-        raise ExportError(
-            f"TFLite signature names must be identifiers, got {input_name!r} -> {names}"
-        )
-
+    ref = _reference_outputs(module, example)
+    names = _output_names(ref, input_name, output_names)
     litert_torch = _import_litert_torch()
     named = _Named(module, names).eval()
     start = time.perf_counter()
-    try:
-        with _quiet_progress():
-            if int8:
-                from litert_torch.quantize import quant_config
-
-                gm, quantizer = _quantize_pt2e(named, calibration)
-                edge = litert_torch.convert(
-                    gm, (example,), quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)
-                )
-            else:
-                edge = litert_torch.convert(named, (example,))
-            content = finalize_flatbuffer(edge.model_content(), input_name)
-    except ExportError:
-        raise
-    except Exception as exc:  # torch.export, PT2E and MLIR errors of many types
-        raise ExportError(
-            f"litert-torch could not convert {type(module).__name__} to TFLite"
-            f"{' int8' if int8 else ''} ({describe(exc)})"
-        ) from exc
+    content = _convert(litert_torch, named, module, example, calibration, input_name, int8)
     log.info(
         "converted %s to %s%s in %.1f s (%d bytes)", type(module).__name__, path.name,
         " (int8)" if int8 else "", time.perf_counter() - start, len(content),
