@@ -34,3 +34,32 @@ def dataclass_from_dict(cls: type[T], d: Any, what: str) -> T:
             f"unknown {what} {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
         )
     return cls(**d)
+
+
+# the Python types a value read from TOML/JSON may have for a field annotated with each name
+_ALLOWED = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+            "None": (type(None),), "tuple": (list, tuple), "list": (list, tuple), "dict": (dict,)}
+
+
+def check_field_types(cls: type, d: dict, where: str) -> None:
+    """Refuse values of the wrong type for the fields of the dataclass ``cls`` (e.g. a TOML
+    ``epochs = "6"``), before its ``__post_init__`` compares them and fails with a TypeError.
+
+    Only annotations made of the names above (``int``, ``float | None``, ``tuple[float, ...]``)
+    are checked; other fields are left to the dataclass. An int is a float, a bool is no number.
+
+    Raises:
+        ConfigError: naming the key, the value and the type it should have.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in d.items():
+        field = fields.get(key)
+        if field is None or not isinstance(field.type, str):
+            continue
+        names = [part.strip().split("[", 1)[0] for part in field.type.split("|")]
+        if not all(n in _ALLOWED for n in names):
+            continue
+        ok = any(isinstance(value, t) and not (isinstance(value, bool) and n in ("int", "float"))
+                 for n in names for t in _ALLOWED[n])
+        if not ok:
+            raise ConfigError(f"{where}: {key} = {value!r} should be {field.type}")

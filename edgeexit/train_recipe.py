@@ -30,8 +30,10 @@ import os
 import tomllib
 from typing import Any
 
+from edgeexit.config import check_field_types
 from edgeexit.data import DataSpec
 from edgeexit.errors import ConfigError
+from edgeexit.robust.methods import method_config_class
 from edgeexit.train import TrainConfig
 
 _KEYS = ("cv", "data", "train")
@@ -77,6 +79,11 @@ class TrainRecipe:
         if "seed" in data:
             raise ConfigError("the recipe's seed is [train] seed (it seeds the data too); "
                               "remove seed from [data]")
+        check_field_types(DataSpec, data, "[data]")
+        check_field_types(TrainConfig, train, "[train]")
+        if isinstance(train.get("method_config"), dict):
+            check_field_types(method_config_class(train.get("method", "standard")),
+                              train["method_config"], "[train.method_config]")
         train_config = TrainConfig.from_dict(train)
         spec = DataSpec.from_dict({**data, "seed": train_config.seed})
         return cls(data=spec, train=train_config, cv=d.get("cv"))

@@ -79,7 +79,14 @@ def test_bad_recipes_are_refused_with_the_file_named(tmp_path):
                         ("[data]\nseed = 1\n", r"\[train\] seed"),
                         ("cv = 1\n", "at least 2"),
                         ("[modle]\n", "unknown recipe keys 'modle'"),
-                        ("[train\n", "not valid TOML")]:
+                        ("[train\n", "not valid TOML"),
+                        ('[train]\nepochs = "6"\n', r"\[train\]: epochs = '6' should be int"),
+                        ("[train]\nlr = true\n", "lr = True should be float"),
+                        ("[train]\nthreads = 1.5\n", "threads = 1.5 should be int | None"),
+                        ("[data]\nmorph_context = 1\n",
+                         r"\[data\]: morph_context = 1 should be bool"),
+                        ('[train]\nmethod = "rdi"\n[train.method_config]\neps = "0.1"\n',
+                         r"\[train.method_config\]: eps = '0.1' should be float")]:
         bad.write_text(text)
         with pytest.raises(ConfigError, match=match) as e:
             TrainRecipe.load(bad)
