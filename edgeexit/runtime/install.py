@@ -31,13 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from edgeexit.runtime.archive import (  # noqa: F401 (re-exported: installs take archives)
-    ARCHIVE_SUFFIXES,
-    ArchiveLimits,
-    extract_archive,
-    is_archive,
-    open_bundle,
-)
+from edgeexit.runtime.archive import ArchiveLimits, extract_archive
 from edgeexit.runtime.manifest import BundleError, load_manifest, read_manifest
 
 log = logging.getLogger(__name__)
