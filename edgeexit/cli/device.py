@@ -19,6 +19,7 @@ from edgeexit.cli.formats import bench_text, stream_summary_text, verify_text
 from edgeexit.cli.options import (
     POLICY_PARAMS,
     backend_option,
+    json_option,
     open_engine,
     policy_options,
     stream_options,
@@ -113,7 +114,7 @@ def _run_stream(bundle, input_path, backend, threads, trusted_keys, policy, stre
 @trusted_option
 @click.option("--strict", is_flag=True,
               help="Fail (status 3) when a format could not be replayed: its backend is not installed.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
 def verify(bundle, backend, threads, trusted_keys, strict, as_json):
     """Check a bundle's hashes and file shapes and replay golden.npz; exit status 3 on any mismatch.
 
@@ -169,7 +170,7 @@ _BENCH_GROUPS = (
               help="Also write DIR/report.md, report.json and PNG plots (host: needs matplotlib).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @trusted_option
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
 def bench(bundle, source, split, limit, warmup, backend, threads, meter, energy_seconds, meter_rate,
           power_target, report_dir, progress, trusted_keys, as_json, **policy):
     """Accuracy, per-segment latency (p50/p95/p99), exit histogram, energy, early-exit savings.

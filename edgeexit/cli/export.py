@@ -6,7 +6,7 @@ import click
 
 from edgeexit.cli.app import echo_result, main, names, parse_exits, read_json_file, stage_printer
 from edgeexit.cli.formats import calibrate_text, export_text
-from edgeexit.cli.options import backend_option, bound_options
+from edgeexit.cli.options import backend_option, bound_options, json_option
 from edgeexit.runtime.kinds import CALIBRATED_POLICIES, EXPORT_PRECISIONS
 
 _EXPORT_GROUPS = (
@@ -125,7 +125,7 @@ _CALIBRATE_GROUPS = (
                    "itself is always recorded in the manifest).")
 @backend_option
 @click.option("--dry-run", is_flag=True, help="Report the thresholds, write nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
 def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, margin, confidence,
               ensemble_weights, bench_file, cost, cost_budget, pareto_plot, backend, dry_run, as_json):
     """Recalibrate a bundle's exit thresholds on your own labelled data and write them into it.

@@ -7,7 +7,7 @@ import click
 
 from edgeexit.cli.app import echo_result, exit_with, main
 from edgeexit.cli.formats import bundle_line, install_text, status_text
-from edgeexit.cli.options import into_option, trusted_option
+from edgeexit.cli.options import into_option, json_option, trusted_option
 from edgeexit.errors import ExitStatus
 
 
@@ -64,7 +64,7 @@ def _install_config(trusted_keys, allow_rollback=False, strict=False):
               help="Accept a bundle version not newer than the installed one.")
 @click.option("--strict", is_flag=True,
               help="Refuse the bundle if a format's backend is not installed here (not replayed).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
 def install(archive, into, trusted_keys, allow_rollback, strict, as_json):
     """Install BUNDLE.tar.gz on this device, atomically, keeping the previous bundle.
 
@@ -81,7 +81,7 @@ def install(archive, into, trusted_keys, allow_rollback, strict, as_json):
 @main.command()
 @into_option
 @trusted_option
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
 def rollback(into, trusted_keys, as_json):
     """Switch back to the previous bundle (checked first); run it again to go forward."""
     from edgeexit.runtime.install import rollback as do_rollback
@@ -94,7 +94,7 @@ def rollback(into, trusted_keys, as_json):
 @main.command()
 @into_option
 @click.option("--check", is_flag=True, help="Also check the current bundle's hashes and sizes.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
 def status(into, check, as_json):
     """Show the bundle an install directory serves and the one it can roll back to."""
     from edgeexit.runtime.install import status as install_status

@@ -13,6 +13,7 @@ from edgeexit.cli.app import (
     names,
     stage_printer,
 )
+from edgeexit.cli.options import json_option
 from edgeexit.robust.names import EvalAttack
 
 _ATTACK_NAMES = tuple(str(a) for a in EvalAttack)
@@ -71,7 +72,7 @@ _EVALUATE_GROUPS = (
                    "or noisy waveform, as the device does; held = kept at their clean values "
                    "(a threat model that gives them away; only to compare).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
 def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks, steps, vae, eta,
              noise, snr, noise_dir, limit, square_queries, backend, threads, seed, morph, progress,
              as_json):
@@ -162,7 +163,7 @@ _COMPRESS_GROUPS = (
 @click.option("--seed", default=0, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Stage lines and progress bars on stderr.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
 def compress(checkpoint, out_dir, ratio, stage_ratios, scope, importance, prune_steps, step_epochs,
              kind, epochs, lr, eps, attack_steps, eta, vae, source, train_limit, eval_eps,
              eval_limit, vae_epochs, formats, no_onmanifold_eval, threads, seed, progress,
