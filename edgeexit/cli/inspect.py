@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import click
 
-from edgeexit.cli.app import echo_json, echo_result, main
+from edgeexit.cli.app import apply, echo_json, echo_result, main
 from edgeexit.cli.formats import data_text, info_text, models_text, targets_text
 from edgeexit.config import EXIT_HEADS
+
+# the DataSpec options of `data inspect` and `data generate`
+_data_spec_options = apply([
+    click.option("--n-beats", default=6000, show_default=True, help="Synthetic beats."),
+    click.option("--seed", default=0, show_default=True, help="Synthetic seed."),
+    click.option("--window", default=256, show_default=True),
+    click.option("--rr-context/--no-rr-context", default=True, show_default=True),
+    click.option("--morph-context/--no-morph-context", default=False, show_default=True),
+])
+
 
 @main.command()
 @click.argument("target", required=False)
@@ -37,11 +47,7 @@ def data():
 
 @data.command("inspect")
 @click.argument("source")
-@click.option("--n-beats", default=6000, show_default=True, help="Synthetic beats.")
-@click.option("--seed", default=0, show_default=True, help="Synthetic seed.")
-@click.option("--window", default=256, show_default=True)
-@click.option("--rr-context/--no-rr-context", default=True, show_default=True)
-@click.option("--morph-context/--no-morph-context", default=False, show_default=True)
+@_data_spec_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def data_inspect(source, n_beats, seed, window, rr_context, morph_context, as_json):
     """Print the size, shape, channels and class counts of SOURCE.
@@ -61,11 +67,7 @@ def data_inspect(source, n_beats, seed, window, rr_context, morph_context, as_js
               help="The .npz file to write.")
 @click.option("--source", default="synthetic", show_default=True,
               help="'synthetic', or a WFDB directory to convert.")
-@click.option("--n-beats", default=6000, show_default=True, help="Synthetic beats.")
-@click.option("--seed", default=0, show_default=True, help="Synthetic seed.")
-@click.option("--window", default=256, show_default=True)
-@click.option("--rr-context/--no-rr-context", default=True, show_default=True)
-@click.option("--morph-context/--no-morph-context", default=False, show_default=True)
+@_data_spec_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def data_generate(out_path, source, n_beats, seed, window, rr_context, morph_context, as_json):
     """Write a data set to an .npz file (synthetic beats, or a WFDB directory converted)."""
