@@ -18,6 +18,7 @@ from edgeexit.cli.app import (
 from edgeexit.cli.formats import bench_text, stream_summary_text, verify_text
 from edgeexit.cli.options import (
     POLICY_PARAMS,
+    STREAM_PARAMS,
     backend_option,
     json_option,
     open_engine,
@@ -32,9 +33,7 @@ from edgeexit.runtime.kinds import FORMAT_BACKEND
 _RUN_GROUPS = (
     ("Windows", ("input_path", "batch", "fail_fast")),
     ("Engine and exit policy", ("backend", "threads", "trusted_keys", *POLICY_PARAMS)),
-    ("Streaming (--stream)", ("stream", "fs", "units", "adc_gain", "adc_zero", "dtype",
-                              "n_channels", "channel", "block_seconds", "realtime",
-                              "summary_only", "as_json")),
+    ("Streaming (--stream)", STREAM_PARAMS),
 )
 
 
