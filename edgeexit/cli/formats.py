@@ -3,8 +3,6 @@ result itself). Each takes the result's dict and returns the lines to print."""
 
 from __future__ import annotations
 
-import json
-
 
 def pct(v: float) -> str:
     return f"{100 * v:5.1f}"
@@ -234,10 +232,6 @@ def stream_summary_text(ev: dict) -> str:
     if ev["refused"]:
         line += f"; beats refused: {ev['refused']} (lines with error)"
     return line
-
-
-def json_line(obj) -> str:
-    return json.dumps(obj)
 
 
 def bundle_line(d: dict | None) -> str:
