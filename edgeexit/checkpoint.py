@@ -19,7 +19,7 @@ from edgeexit.data import DataSpec
 from edgeexit.errors import CheckpointError, ConfigError, DataError
 from edgeexit.fileio import atomic_write
 from edgeexit.models import ModelConfig, MultiExitNet, create_model
-from edgeexit.models.payload import read_payload
+from edgeexit.models.payload import check_format, read_payload
 from edgeexit.models.plan import apply_channel_plan, channel_plan
 
 CHECKPOINT_FORMAT = "edgeexit.checkpoint"
@@ -118,13 +118,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     payload = read_payload(path, "a checkpoint (a model.pt written by `edgeexit train`)")
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not an edgeexit checkpoint (written by `edgeexit train`)")
-    if payload.get("version", 0) > CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint version {payload['version']}; this edgeexit reads up to "
-            f"{CHECKPOINT_VERSION}: upgrade edgeexit"
-        )
+    check_format(path, payload, CHECKPOINT_FORMAT, CHECKPOINT_VERSION,
+                 "an edgeexit checkpoint (written by `edgeexit train`)", "checkpoint version")
     model = create_model(ModelConfig.from_dict(payload["model_config"]))
     plan = payload.get("channel_plan") or {}
     if plan:

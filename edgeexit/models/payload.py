@@ -1,5 +1,6 @@
 """Reading torch files of plain tensors and literals (``weights_only``: no code runs on load):
-checkpoints (:mod:`edgeexit.checkpoint`) and VAE files (:mod:`edgeexit.models.vae`)."""
+checkpoints (:mod:`edgeexit.checkpoint`) and VAE files (:mod:`edgeexit.models.vae`), and the
+format/version gate both apply to what they read."""
 
 from __future__ import annotations
 
@@ -24,3 +25,19 @@ def read_payload(path: Path, what: str):
         raise CheckpointError(
             f"cannot read {path} as {what}: {type(e).__name__}: {lines[0] if lines else ''}"
         ) from e
+
+
+def check_format(path: Path, payload, fmt: str, newest: int, what: str, label: str) -> None:
+    """Refuse a ``payload`` that is not a dict tagged ``format == fmt`` (``"{path} is not {what}"``)
+    or whose ``version`` is above ``newest`` (``label`` names that version in the message).
+
+    Raises:
+        CheckpointError: one line naming ``path``.
+    """
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise CheckpointError(f"{path} is not {what}")
+    if payload.get("version", 0) > newest:
+        raise CheckpointError(
+            f"{path} has {label} {payload['version']}; this edgeexit reads up to "
+            f"{newest}: upgrade edgeexit"
+        )

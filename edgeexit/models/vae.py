@@ -51,7 +51,7 @@ from torch.nn import functional as F
 from edgeexit.config import dataclass_from_dict
 from edgeexit.errors import CheckpointError, ConfigError
 from edgeexit.fileio import atomic_write
-from edgeexit.models.payload import read_payload
+from edgeexit.models.payload import check_format, read_payload
 
 log = logging.getLogger(__name__)
 
@@ -494,13 +494,7 @@ def load_vae(path: str | os.PathLike) -> SignalVAE:
     if not path.is_file():
         raise CheckpointError(f"VAE file not found: {path} (give {hint})")
     payload = read_payload(path, hint)
-    if not isinstance(payload, dict) or payload.get("format") != VAE_FORMAT:
-        raise CheckpointError(f"{path} is not {hint}")
-    if payload.get("version", 0) > VAE_VERSION:
-        raise CheckpointError(
-            f"{path} has VAE format version {payload['version']}; this edgeexit reads up to "
-            f"{VAE_VERSION}: upgrade edgeexit"
-        )
+    check_format(path, payload, VAE_FORMAT, VAE_VERSION, hint, "VAE format version")
     try:
         config = VAEConfig.from_dict(payload["config"])
         vae = SignalVAE(config, payload["signal_channels"], payload["num_classes"],
