@@ -25,8 +25,6 @@ from edgeexit.robust.attacks.pgd import PGD, MaxAvgPGD
 from edgeexit.robust.methods.base import MethodConfig, TrainContext
 from edgeexit.robust.names import TRAIN_ATTACKS, TrainAttack
 
-ATTACKS = TRAIN_ATTACKS
-
 
 @dataclasses.dataclass(frozen=True)
 class AdversarialConfig(MethodConfig):
@@ -75,10 +73,10 @@ class AdversarialConfig(MethodConfig):
                     f"{self.eps:g} mV: raise the steps or the step size (steps * step_size >= "
                     "eps), or leave the step size unset"
                 )
-        if self.attack not in ATTACKS:
+        if self.attack not in TRAIN_ATTACKS:
             raise ConfigError(
-                f"unknown training attack {self.attack!r}; choose one of {', '.join(ATTACKS)} "
-                "(avg: average-exit PGD, max-avg: max-average PGD)"
+                f"unknown training attack {self.attack!r}; choose one of "
+                f"{', '.join(TRAIN_ATTACKS)} (avg: average-exit PGD, max-avg: max-average PGD)"
             )
 
     @property
