@@ -531,12 +531,12 @@ def calibrate_policy(s: ExportState) -> ExportState:
     engine = segment_engine(s.draft, s.tmp, backend_for_format(fmt).name)
     val_probs = [softmax(z) for z in run_chunked(engine, b.val_x)]
     costs = [float(spec.macs) for spec in s.specs]
+    groups = b.val_groups
     calib = calibrate_thresholds(val_probs, b.val_y, costs,
                                  CalibrationConfig(config.policy, config.margin,
                                                    confidence=config.confidence,
                                                    weights=config.ensemble_weights),
-                                 groups=b.val_groups)
-    groups = b.val_groups
+                                 groups=groups)
     policy = PolicySpec(
         name=config.policy,
         thresholds=tuple(round(t, 6) for t in calib.thresholds),

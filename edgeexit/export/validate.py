@@ -136,6 +136,11 @@ class ValidationReport:
             raise ValidationError(self.failures)
 
 
+def top1_agreement(logits: np.ndarray, ref: np.ndarray) -> float:
+    """The fraction of beats on which ``logits``' top-1 class is ``ref``'s."""
+    return float((logits.argmax(-1) == ref.argmax(-1)).mean())
+
+
 def check_parity(backend: str, fmt: str, logits: Sequence[np.ndarray], ref: Sequence[np.ndarray],
                  precisions: Sequence[str], exits: Sequence[int], files: Sequence[str],
                  min_agreement: float | None = None) -> tuple[dict, list[Failure]]:
@@ -150,7 +155,7 @@ def check_parity(backend: str, fmt: str, logits: Sequence[np.ndarray], ref: Sequ
         tol = tolerance(fmt, held, min_agreement)
         err = float(np.abs(a - b).max())
         scale = float(np.abs(b).max())
-        agree = float((a.argmax(-1) == b.argmax(-1)).mean())
+        agree = top1_agreement(a, b)
         rows.append({"exit": k, "segment": j, "precision": precisions[j], "max_abs_err": err,
                      "ref_scale": scale, "top1_agreement": agree})
         bound = tol.error_bound(scale)

@@ -22,7 +22,7 @@ from edgeexit.errors import ConfigError
 from edgeexit.export.precision import BenchTimings, PrecisionRule, choose_precision, time_pair
 from edgeexit.export.recipes import QuantOptions
 from edgeexit.export.split import INPUT_NAME, Monolithic, SegmentSpec, split_model
-from edgeexit.export.validate import run_session
+from edgeexit.export.validate import run_session, top1_agreement
 from edgeexit.models.base import MultiExitNet
 from edgeexit.runtime.backends import backend_for_format
 from edgeexit.runtime.kinds import PRECISIONS, Format, Precision
@@ -153,10 +153,6 @@ class AutoPlan:
         return a, b
 
 
-def _agreement(logits: np.ndarray, ref: np.ndarray) -> float:
-    return float((logits.argmax(-1) == ref.argmax(-1)).mean())
-
-
 def write_chain_auto(job: WriteJob, fmt: str,
                      plan: AutoPlan) -> tuple[list[Artifact], list[PrecisionChoice]]:
     """Per segment: write the fp32 and the int8 file (int8 calibrated on what the chosen files
@@ -200,7 +196,7 @@ def _chain_auto_pass(job: WriteJob, fmt: str, plan: AutoPlan,
                         job.opset, job.quant)
         sess = {p: backend.load(file, plan.threads) for p, file in cand.items()}
         outs = {p: run_session(s, hv) for p, s in sess.items()}
-        agree = {p: _agreement(o[-1], ref) for p, o in outs.items()}
+        agree = {p: top1_agreement(o[-1], ref) for p, o in outs.items()}
         t32, t8 = plan.latency(fmt, spec.index, sess["fp32"], sess["int8"], hv[:1])
         choice = choose_precision(fmt, t32, t8, agree["fp32"], agree["int8"], plan.rule,
                                   plan.timing_note())
@@ -227,7 +223,7 @@ def write_monolithic_auto(job: WriteJob, fmt: str,
     backend = backend_for_format(fmt)
     arts = {p: write_monolithic(job, fmt, p, f"{MONOLITHIC}.{p}") for p in PRECISIONS}
     sess = {p: backend.load(job.root / a.file, plan.threads) for p, a in arts.items()}
-    agree = {p: _agreement(run_session(s, plan.val_x)[0], plan.val_ref[-1])
+    agree = {p: top1_agreement(run_session(s, plan.val_x)[0], plan.val_ref[-1])
              for p, s in sess.items()}
     t32, t8 = plan.latency(fmt, None, sess["fp32"], sess["int8"], plan.val_x[:1])
     note = plan.timing_note() if plan.timings is None else \
