@@ -417,10 +417,10 @@ def _check_file(path: Path, example: torch.Tensor, ref: tuple[torch.Tensor, ...]
             )
         if not np.isfinite(got).all():
             raise ExportError(f"output {i} ({names[i]}) of the converted file is not finite")
-        rel = tolerance("tflite", "int8" if int8 else "fp32").example_rel_err
-        if rel is not None:
+        tol = tolerance("tflite", "int8" if int8 else "fp32").example_bound(
+            float(np.abs(want_np).max(initial=0.0)))
+        if tol is not None:
             err = float(np.abs(got - want_np).max(initial=0.0))
-            tol = rel * (1.0 + float(np.abs(want_np).max(initial=0.0)))
             if not err <= tol:
                 raise ValidationError([Failure(
                     path.name, "tflite", "max_abs_err", err, tol,

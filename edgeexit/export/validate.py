@@ -58,6 +58,11 @@ class Tolerance:
         """The largest allowed max abs error for references of max magnitude ``scale``."""
         return None if self.max_rel_err is None else self.max_rel_err * (1.0 + scale)
 
+    def example_bound(self, scale: float) -> float | None:
+        """The largest allowed max abs error on the export example for outputs of max magnitude
+        ``scale`` (None: not checked there)."""
+        return None if self.example_rel_err is None else self.example_rel_err * (1.0 + scale)
+
 
 INT8_MIN_AGREEMENT = 0.97
 """int8's top-1 agreement floor (``ExportConfig.int8_min_agreement`` overrides it per export)."""
