@@ -788,8 +788,6 @@ def _remove_stale(out: Path, max_age_s: float = 3600.0) -> None:
     archive temporaries whose process is gone (or, without a process id, older than
     ``max_age_s``) are removed; a ``.OUT.old-PID`` is the previous bundle moved aside during the
     switch: put back when OUT is missing, removed otherwise."""
-    import time
-
     for p in out.parent.glob(f".{out.name}.*"):
         kind, _, rest = p.name[len(out.name) + 2:].partition("-")
         if kind not in ("tmp", "old") and not p.name.endswith(".tmp"):
