@@ -91,8 +91,13 @@ def _plain(value: Any) -> Any:
 def write_table(path: str | Path, *, title: str, columns: Sequence[str],
                 rows: Sequence[Sequence[Any]], command: str | Sequence[str] | None = None,
                 notes: str = "", superseded_by: str | None = None,
-                extra: dict[str, Any] | None = None) -> Path:
-    """Write ``rows`` (each as long as ``columns``) to ``path`` (``.json``), atomically."""
+                extra: dict[str, Any] | None = None,
+                measured: dict[str, Any] | None = None) -> Path:
+    """Write ``rows`` (each as long as ``columns``) to ``path`` (``.json``), atomically.
+
+    ``measured`` overrides provenance fields, for a table measured earlier than it is written
+    (e.g. ``{"date": "2026-12-02", "commit": "2515a11", "cpu": "Intel(R) Xeon(R) Processor"}``
+    for a table moved from the README); the command must still be the one that reproduces it."""
     path = Path(path)
     if path.suffix != ".json":
         raise ConfigError(f"{path}: a results table is a .json file")
@@ -102,7 +107,9 @@ def write_table(path: str | Path, *, title: str, columns: Sequence[str],
         if len(row) != len(columns):
             raise ConfigError(f"{path}: row {i} has {len(row)} cells for {len(columns)} columns")
         clean.append([_plain(v) for v in row])
-    doc = {"schema": SCHEMA, "name": path.stem, "title": title, "provenance": provenance(command),
+    prov = provenance(command)
+    prov.update(measured or {})
+    doc = {"schema": SCHEMA, "name": path.stem, "title": title, "provenance": prov,
            "columns": columns, "rows": clean, "notes": notes, "superseded_by": superseded_by}
     if extra:
         doc["extra"] = json.loads(json.dumps(extra, default=_plain))
