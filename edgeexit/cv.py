@@ -38,6 +38,7 @@ from edgeexit.data.splits import assign_folds
 from edgeexit.errors import DataError
 from edgeexit.fileio import atomic_write
 from edgeexit.metrics import classification_report, headline_macro_f1
+from edgeexit.training.distributed import is_main_process
 
 if TYPE_CHECKING:
     from edgeexit.train import TrainConfig, TrainResult
@@ -215,8 +216,10 @@ def run_training(
     ``OUT/cv.md``), then train for exactly that many epochs, keeping the last; the test split is
     evaluated once, at the end.
     """
+    from edgeexit.torchdevice import resolve_device
     from edgeexit.train import train
 
+    resolve_device(config.device)  # no GPU for --device cuda: say so before loading any data
     train_set, test_set = _load(spec, progress)
     extra = {}
     if cv_folds:
@@ -256,7 +259,7 @@ def _choose_epochs(train_set: BeatDataset, config: TrainConfig, folds: int, out_
     (``OUT/cv.json`` and ``OUT/cv.md`` written by rank 0)."""
     cv = cross_validate(train_set, config, folds, progress=on_stage, train_progress=progress)
     d, table = cv.to_dict(), cv.table()
-    if out_dir is not None and int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes, as train()
+    if out_dir is not None and is_main_process():  # rank 0 writes, as train()
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         text = json.dumps(d, indent=2).encode()

@@ -5,8 +5,11 @@ held out from the training data (whole records when the data knows them), cosine
 best-checkpoint keeping with early stopping on the validation macro-F1 of the final exit, and
 per-exit evaluation on a test set that never influences training.
 
-Distributed: launched under ``torchrun`` (``WORLD_SIZE > 1``) the loop trains with PyTorch's
-DistributedDataParallel over the gloo backend (CPU); rank 0 evaluates, logs and writes.
+Devices: ``TrainConfig.device`` (``auto``: a CUDA GPU when one is visible, else the CPU;
+:mod:`edgeexit.torchdevice`), optional bfloat16 autocast (``amp``); the checkpoint always holds
+CPU tensors. Distributed: launched under ``torchrun`` (``WORLD_SIZE > 1``, one machine or
+several) the loop trains with PyTorch's DistributedDataParallel over NCCL (GPUs) or gloo (CPUs);
+rank 0 evaluates, logs and writes.
 
 Example:
     >>> result = train(train_set, TrainConfig(model="resnet1d", epochs=10), test=test_set,
@@ -19,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -33,6 +37,7 @@ from edgeexit.robust.methods import (
     make_method_config,
     method_config_class,
 )
+from edgeexit.torchdevice import AMP_MODES
 from edgeexit.training.batchnorm import recalibrate_batchnorm
 from edgeexit.training.data import class_weights, split_validation
 from edgeexit.training.distributed import Distributed
@@ -117,6 +122,13 @@ class TrainConfig:
             augmentation, seeded) instead of clean ones.
         seed: seeds weights, shuffling, splits and augmentation.
         threads: torch intra-op threads (None = torch's default).
+        device: where to train: ``auto`` (a CUDA GPU when PyTorch sees one, else the CPU),
+            ``cpu``, ``cuda`` or ``cuda:N``; under torchrun ``auto``/``cuda`` take the GPU of
+            the process's ``LOCAL_RANK``. Random draws come from CPU generators, so one seed
+            draws the same batches, augmentation and attack starts on every device.
+        amp: ``none`` (float32) or ``bf16``: the training forward passes (and the training
+            attacks) under :func:`torch.autocast` in bfloat16; validation stays float32.
+        loader_workers: worker processes of the batch loader (0: the training process).
     """
 
     model: str = "resnet1d"
@@ -148,6 +160,9 @@ class TrainConfig:
     bn_recalibrate_augmented: bool = False
     seed: int = 0
     threads: int | None = None
+    device: str = "auto"
+    amp: str = "none"
+    loader_workers: int = 0
 
     def __post_init__(self) -> None:
         check_model_name(self.model)
@@ -189,6 +204,12 @@ class TrainConfig:
                               "the statistics from, e.g. --bn-recalibrate 100)")
         if not 0.0 <= self.rr_augment <= 1.0:
             raise ConfigError(f"rr_augment is a probability in [0, 1], got {self.rr_augment}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            raise ConfigError(f"unknown device {self.device!r}; choose auto, cpu, cuda or cuda:N")
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"unknown amp {self.amp!r}; choose {' or '.join(AMP_MODES)}")
+        if self.loader_workers < 0:
+            raise ConfigError(f"loader_workers is a number of processes, got {self.loader_workers}")
         self.validation_split()  # raises on an unknown val_split or a val_fraction outside (0, 1)
 
     def validation_split(self) -> ValidationSplit:
@@ -256,7 +277,7 @@ def train(
     Returns:
         A :class:`TrainResult`.
     """
-    dist = Distributed()
+    dist = Distributed(config.device)
     try:
         return fit(data, config, test=test, out_dir=out_dir, progress=progress,
                    data_spec=data_spec, dist=dist, model=model, meta=meta or {}, val=val,

@@ -21,6 +21,18 @@ into_option = click.option("--into", "into", required=True, type=click.Path(file
                            help="Install directory (DIR/current is the bundle that serves).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 
+# --device / --amp of the commands that run torch (train, compress, evaluate); the library
+# resolves them (edgeexit.torchdevice), so `--device cuda` without a GPU is a one-line Error
+_DEVICE_HELP = ("Where torch computes: auto (a CUDA GPU when one is visible, else the CPU), cpu, "
+                "cuda or cuda:N. Checkpoints hold CPU tensors either way.")
+device_options = apply([
+    click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
+                 help=_DEVICE_HELP),
+    click.option("--amp", type=click.Choice(["none", "bf16"]), default="none", show_default=True,
+                 help="Mixed precision: bf16 runs the training forward passes in bfloat16 "
+                      "(torch.autocast; GPUs with bf16 support, or the CPU)."),
+])
+
 POLICY_PARAMS = ("policy", "thresholds", "exit_index", "budget", "costs_file")
 policy_options = apply([
     click.option("--policy", type=click.Choice([str(p) for p in POLICY_NAMES]),

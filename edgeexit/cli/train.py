@@ -7,6 +7,7 @@ from click.core import ParameterSource
 
 from edgeexit.cli.app import echo_result, interactive, main
 from edgeexit.cli.formats import train_text
+from edgeexit.cli.options import device_options
 from edgeexit.config import EXIT_HEADS
 from edgeexit.robust.names import TRAIN_ATTACKS
 
@@ -17,7 +18,8 @@ _DATA = {"source": "source", "test_data": "test_source", "split": "split", "n_be
 _TRAIN = ("model", "width", "exit_heads", "context_fusion", "method", "attack_morph", "epochs",
           "batch_size", "lr", "class_weighting", "max_class_weight", "val_split", "val_fraction",
           "patience", "augment", "rr_augment", "rr_scale", "time_warp", "signal_dropout", "ema",
-          "bn_recalibrate", "bn_recalibrate_augmented", "seed", "threads")
+          "bn_recalibrate", "bn_recalibrate_augmented", "seed", "threads", "device", "amp",
+          "loader_workers")
 # command-line parameter -> (method config field, the one method it belongs to, or None for any
 # method whose config has the field)
 _METHOD_OPTIONS = {
@@ -39,6 +41,7 @@ _GROUPS = (
     ("Training method", ("method", *_METHOD_OPTIONS, "attack_morph")),
     ("Optimisation", ("epochs", "batch_size", "lr", "class_weighting", "max_class_weight",
                       "patience", "seed", "threads")),
+    ("Where it computes", ("device", "amp", "loader_workers")),
     ("Validation and epoch choice", ("val_split", "val_fraction", "cv_folds")),
     ("Augmentation", ("augment", "rr_augment", "rr_scale", "time_warp", "signal_dropout")),
     ("Weights kept", ("ema", "bn_recalibrate", "bn_recalibrate_augmented")),
@@ -214,6 +217,9 @@ def _recipe(config_file: str | None, ctx: click.Context, options: dict):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="Torch threads (default: all cores).")
+@device_options
+@click.option("--loader-workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Worker processes that assemble the training batches (0: this process).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for model.pt and metrics.json (and cv.json, cv.md with --cv).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
@@ -221,9 +227,10 @@ def _recipe(config_file: str | None, ctx: click.Context, options: dict):
 def train(config_file, out_dir, progress, as_json, **options):
     """Train a multi-exit model and report every exit on the test set.
 
-    Writes OUT/model.pt (rebuilds the model from the file alone) and OUT/metrics.json. Runs on
-    several processes under torchrun (DDP, gloo backend), e.g.
-    `torchrun --nproc-per-node 2 -m edgeexit train ...`. A recipe file (--config, e.g. the
+    Writes OUT/model.pt (rebuilds the model from the file alone, CPU tensors) and
+    OUT/metrics.json. Runs on a GPU with --device (auto takes one when present) and on several
+    processes or machines under torchrun (DDP: NCCL on GPUs, gloo on CPUs), e.g.
+    `torchrun --nproc-per-node 2 -m edgeexit train ...` (docs/guides/scale-out.md). A recipe file (--config, e.g. the
     README's under recipes/) sets any of the data, model, method and training options.
     """
     from edgeexit.cv import run_training

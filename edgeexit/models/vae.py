@@ -286,7 +286,7 @@ class SignalVAE(nn.Module):
         """Training pass: ``(reconstruction [N, s, L] centred, in normalised units, mu, logvar,
         latent logits [N, K])`` with ``z = mu + sigma * eps`` sampled (``eps`` from ``gen``)."""
         mu, logvar = self.encode(x)
-        eps = torch.randn(mu.shape, generator=gen)
+        eps = torch.randn(mu.shape, generator=gen).to(mu.device)
         z = mu + torch.exp(0.5 * logvar) * eps
         h = self.from_latent(z).view(len(z), -1, self.code_length)
         recon = self.decoder(h)[..., : self.input_length]

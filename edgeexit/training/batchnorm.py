@@ -28,11 +28,12 @@ def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, batches: int, batch_s
         b.reset_running_stats()
         b.momentum = None  # cumulative average: each batch counts alike
     model.train()
+    device = next(model.parameters()).device
     try:
         with torch.no_grad():
             for i in range(0, n, batch_size):
                 b = torch.from_numpy(np.ascontiguousarray(x[idx[i:i + batch_size]], np.float32))
-                model(b if transform is None else transform(b))
+                model((b if transform is None else transform(b)).to(device))
     finally:
         for b, m in zip(bns, momenta):
             b.momentum = m

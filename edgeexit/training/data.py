@@ -30,7 +30,11 @@ def class_weights(y: np.ndarray, num_classes: int, mode: str, cap: float) -> np.
 def make_loader(train_set: BeatDataset, templates: np.ndarray | None, config, dist):
     """``(loader, sampler)``: shuffled batches of ``(x, y, index[, template])``; under torchrun a
     :class:`~torch.utils.data.DistributedSampler` (returned, so that every epoch sets its seed)
-    gives each rank its share, else the sampler is None."""
+    gives each rank its share, else the sampler is None.
+
+    On a GPU (``dist.device``) the batches come in pinned memory, so that the loop copies them
+    asynchronously, from ``config.loader_workers`` worker processes (0: this one; the beats are
+    in memory already, so workers pay off only when augmentation is the bottleneck)."""
     dataset = torch.utils.data.TensorDataset(
         torch.from_numpy(train_set.x),
         torch.from_numpy(train_set.y),
@@ -51,5 +55,8 @@ def make_loader(train_set: BeatDataset, templates: np.ndarray | None, config, di
         sampler=sampler,
         drop_last=len(dataset) > per_rank_batch,  # BatchNorm cannot train on a batch of one
         generator=gen,
+        pin_memory=dist.device.type == "cuda",
+        num_workers=config.loader_workers,
+        persistent_workers=config.loader_workers > 0,
     )
     return loader, sampler

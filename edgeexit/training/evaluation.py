@@ -12,12 +12,14 @@ from edgeexit.models import MultiExitNet
 
 @torch.no_grad()
 def predict_exits(model: MultiExitNet, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Logits of every exit for ``x [N, C, L]``: float32 ``[num_exits, N, num_classes]``."""
+    """Logits of every exit for ``x [N, C, L]``: float32 ``[num_exits, N, num_classes]``,
+    computed on the model's device (in float32, also after mixed-precision training)."""
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         chunks = [
-            torch.stack(model(torch.from_numpy(x[i : i + batch_size]))).numpy()
+            torch.stack(model(torch.from_numpy(x[i : i + batch_size]).to(device))).float().cpu().numpy()
             for i in range(0, len(x), batch_size)
         ]
     finally:

@@ -32,6 +32,7 @@ from edgeexit.fileio import atomic_write
 from edgeexit.metrics import classification_report, headline_macro_f1
 from edgeexit.models import ModelConfig, MultiExitNet, create_model, profile_model
 from edgeexit.robust.methods import Batch, TrainContext, TrainingMethod, create_method
+from edgeexit.torchdevice import autocast, check_amp, describe_device, determinism, to_device
 from edgeexit.training.augment import Augmentation
 from edgeexit.training.batchnorm import recalibrate_batchnorm
 from edgeexit.training.data import class_weights, make_loader, split_validation
@@ -82,6 +83,10 @@ class _Setup:
     morph: object  # MorphContext, or None: the training attacks hold the morphology channels
     templates: np.ndarray | None
 
+    @property
+    def model_device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
 
 @dataclasses.dataclass
 class _Optimiser:
@@ -110,8 +115,11 @@ def fit(data: BeatDataset, config: TrainConfig, *, test: BeatDataset | None,
     s = _setup(data, config, dist, model, val)
     o = _optimiser(s, data, config, dist)
     history, best_epoch = _run_epochs(s, o, config, dist, progress, on_epoch)
+    digests = dist.weight_digests(s.model)  # every rank's: equal when DDP kept them in step
     metrics, exits = _report(s, data, config, test, data_spec, dist, history, best_epoch, meta)
     metrics["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    metrics["rank_weight_digests"] = digests
+    s.model.cpu()  # the caller gets (and the checkpoint holds) CPU tensors, whatever trained it
     ckpt_path = None
     if out_dir is not None and dist.main:
         ckpt_path = _write_checkpoint(Path(out_dir), s.model, data, metrics, exits, test, meta)
@@ -138,7 +146,9 @@ def _setup(data: BeatDataset, config: TrainConfig, dist: Distributed, model: Mul
     if model is None:
         model = _build_model(data, config, train_set)
     else:
-        _check_given_model(model, data)
+        _check_given_model(model.cpu(), data)
+    check_amp(config.amp, dist.device)
+    model.to(dist.device)
     exit_w = config.exit_weights or default_exit_weights(model.num_exits)
     if len(exit_w) != model.num_exits:
         raise ConfigError(f"{len(exit_w)} exit weights given for {model.num_exits} exits")
@@ -148,8 +158,8 @@ def _setup(data: BeatDataset, config: TrainConfig, dist: Distributed, model: Mul
     method.setup(
         TrainContext(
             model=model,
-            exit_weights=torch.tensor(exit_w, dtype=torch.float32),
-            class_weights=None if cw is None else torch.from_numpy(cw),
+            exit_weights=torch.tensor(exit_w, dtype=torch.float32, device=dist.device),
+            class_weights=None if cw is None else torch.from_numpy(cw).to(dist.device),
             num_samples=len(train_set),
             signal_channels=data.signal_channels,
             world=dist.world,
@@ -219,7 +229,8 @@ def _optimiser(s: _Setup, data: BeatDataset, config: TrainConfig, dist: Distribu
     """The batch loader, the augmentation, AdamW with a cosine-decayed learning rate, the EMA."""
     net: nn.Module = s.model
     if dist.world > 1:
-        net = nn.parallel.DistributedDataParallel(s.model)
+        cuda = dist.device.type == "cuda"
+        net = nn.parallel.DistributedDataParallel(s.model, device_ids=[dist.device] if cuda else None)
     loader, sampler = make_loader(s.train_set, s.templates, config, dist)
     aug_gen = torch.Generator().manual_seed(config.seed + 1 + dist.rank)
     augment = Augmentation(config, data.signal_channels, data.channels, s.morph)
@@ -281,8 +292,12 @@ def _train_epoch(s: _Setup, o: _Optimiser, config: TrainConfig, epoch: int, bar:
 
         batches = tqdm(o.loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
     for x, y, idx, *tmpl in batches:  # tmpl: the templates, when the attacks recompute
-        x, t = o.augment(x, o.aug_gen, tmpl[0] if tmpl else None)
-        loss = s.method.loss(o.net, Batch(x=x, y=y, index=idx, template=t))
+        x, t = o.augment(x, o.aug_gen, tmpl[0] if tmpl else None)  # on the CPU: seeded alike
+        dev = s.model_device
+        batch = Batch(x=to_device(x, dev), y=to_device(y, dev), index=to_device(idx, dev),
+                      template=to_device(t, dev))
+        with autocast(dev, config.amp):
+            loss = s.method.loss(o.net, batch)
         o.opt.zero_grad(set_to_none=True)
         loss.backward()
         o.opt.step()
@@ -370,6 +385,9 @@ def _report(s: _Setup, data: BeatDataset, config: TrainConfig, test: BeatDataset
         "history": history,
         "best_epoch": best_epoch,
         "processes": dist.world,
+        "device": describe_device(dist.device),
+        "amp": config.amp,
+        "determinism": determinism(dist.device),
         "elapsed_s": None,
         "exits": exits,
         **meta,

@@ -148,7 +148,7 @@ class Attack:
 
     def mask(self, like: torch.Tensor) -> torch.Tensor:
         """1 on the signal channels, 0 on the context channels, shaped ``[1, C, 1]``."""
-        m = torch.zeros(1, like.shape[1], 1, dtype=like.dtype)
+        m = torch.zeros(1, like.shape[1], 1, dtype=like.dtype, device=like.device)
         m[:, : self.signal_channels] = 1.0
         return m
 
@@ -183,10 +183,11 @@ class Attack:
         """A random point inside the budget (uniform in the Linf box; a random L2 direction
         scaled by a uniform radius)."""
         if self.norm == "linf":
-            delta = (torch.rand(x.shape, generator=gen) * 2 - 1) * self.budget
-        else:
-            d = torch.randn(x.shape, generator=gen) * self.mask(x)
-            delta = d / _norms(d) * self.budget * torch.rand(len(x), 1, 1, generator=gen)
+            delta = (torch.rand(x.shape, generator=gen).to(x.device) * 2 - 1) * self.budget
+        else:  # drawn on the CPU generator, then moved: one seed, one start on every device
+            d = torch.randn(x.shape, generator=gen).to(x.device) * self.mask(x)
+            r = torch.rand(len(x), 1, 1, generator=gen).to(x.device)
+            delta = d / _norms(d) * self.budget * r
         return self.project(delta, x)
 
     def ascent(self, g: torch.Tensor) -> torch.Tensor:

@@ -154,11 +154,11 @@ class LatentPGD(Attack):
             clean_loss = self.losses(x, y)
         if self.random_start:
             gen = None if self.seed is None else torch.Generator().manual_seed(self.seed)
-            zeta = (torch.rand(z0.shape, generator=gen) * 2 - 1) * self.eta
+            zeta = (torch.rand(z0.shape, generator=gen).to(z0.device) * 2 - 1) * self.eta
         else:
             zeta = torch.zeros_like(z0)
         zeta_hist, delta_hist = [], []
-        zero = torch.zeros(len(x), dtype=torch.bool)
+        zero = torch.zeros(len(x), dtype=torch.bool, device=x.device)
 
         def moved(xa: torch.Tensor) -> float:  # mean over windows of the signal change's max
             return float((xa[:, :s] - x[:, :s]).detach().flatten(1).abs().amax(1).mean())

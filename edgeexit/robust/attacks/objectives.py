@@ -122,7 +122,7 @@ class PolicyCE(Objective):
         probs = [F.softmax(z, dim=-1) for z in logits]
         if self.policy == "fixed":
             k = n - 1 if self.exit_index is None else int(self.exit_index)
-            return probs[k], torch.full((len(probs[0]),), k, dtype=torch.long)
+            return probs[k], torch.full((len(probs[0]),), k, dtype=torch.long, device=probs[k].device)
         if self.policy == "ensemble":
             w = self.weights or [1.0] * n
             acc, tot, answers = 0.0, 0.0, []
@@ -135,9 +135,9 @@ class PolicyCE(Objective):
         stacked = torch.stack(answers)  # [E, B, K]
         with torch.no_grad():  # which exit each sample leaves at (a discrete choice, no gradient)
             if self.thresholds is None:
-                taken = torch.full((stacked.shape[1],), n - 1, dtype=torch.long)
+                taken = torch.full((stacked.shape[1],), n - 1, dtype=torch.long, device=stacked.device)
             else:
-                t = torch.tensor(self.thresholds, dtype=stacked.dtype)
+                t = torch.tensor(self.thresholds, dtype=stacked.dtype, device=stacked.device)
                 if self.policy == "entropy":
                     h = -(stacked[:-1] * stacked[:-1].clamp_min(1e-12).log()).sum(-1)  # [E-1, B]
                     stop = h <= t[:, None]
@@ -145,7 +145,7 @@ class PolicyCE(Objective):
                     stop = stacked[:-1].max(-1).values >= t[:, None]
                 stop = torch.cat([stop, torch.ones_like(stop[:1])])  # the last exit stops all
                 taken = stop.float().argmax(0)  # first exit that stops
-        chosen = stacked[taken, torch.arange(stacked.shape[1])]
+        chosen = stacked[taken, torch.arange(stacked.shape[1], device=stacked.device)]
         return chosen, taken
 
     def __call__(self, logits, y):

@@ -66,8 +66,8 @@ class PGD(Attack):
     def perturb(self, x, y):
         gen = None if self.seed is None else torch.Generator().manual_seed(self.seed)
         best = x.clone()
-        best_loss = torch.full((len(x),), -float("inf"))
-        zero_grad = torch.zeros(len(x), dtype=torch.bool)
+        best_loss = torch.full((len(x),), -float("inf"), device=x.device)
+        zero_grad = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for r in range(self.restarts):
             delta = self.random_init(x, gen) if self.random_start else torch.zeros_like(x)
             for i in range(self.steps):
@@ -128,8 +128,8 @@ class MaxAvgPGD(Attack):
 
     def perturb(self, x, y):
         best = x.clone()
-        best_loss = torch.full((len(x),), -float("inf"))
-        chosen = torch.zeros(len(x), dtype=torch.long)
+        best_loss = torch.full((len(x),), -float("inf"), device=x.device)
+        chosen = torch.zeros(len(x), dtype=torch.long, device=x.device)
         zero = []
         for k, attack in enumerate(self.per_exit):
             cand = attack.perturb(x, y)

@@ -141,6 +141,11 @@ class TrainingMethod(abc.ABC):
         return self._ctx.model
 
     @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are (and the method's per-sample state goes)."""
+        return next(self.model.parameters(), torch.empty(0)).device  # a parameter-free model: CPU
+
+    @property
     def exit_weights(self) -> torch.Tensor:
         return self._ctx.exit_weights
 

@@ -154,8 +154,8 @@ def bisect_boundary(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: t
     Returns:
         ``(x_boundary [B, C, L], t [B])`` with ``x_boundary = x + t * (x_adv - x)``.
     """
-    lo = torch.zeros(len(x))
-    hi = torch.ones(len(x))
+    lo = torch.zeros(len(x), device=x.device)
+    hi = torch.ones(len(x), device=x.device)
     d = x_adv - x
     with eval_mode(model):
         for _ in range(steps):
@@ -189,7 +189,7 @@ class MarginPGD(Attack):
         self.steps = int(steps)
         self.criterion = criterion
         self.gen = gen
-        self.found = torch.zeros(len(eps), dtype=torch.bool)
+        self.found = torch.zeros(len(eps), dtype=torch.bool, device=eps.device)
 
     @property
     def budget(self) -> torch.Tensor:
@@ -198,7 +198,7 @@ class MarginPGD(Attack):
     def perturb(self, x, y):
         step = 2.5 * self.eps_per / self.steps
         delta = self.random_init(x, self.gen)
-        found = torch.zeros(len(x), dtype=torch.bool)
+        found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         kept = x.clone()
         for _ in range(self.steps):
             xi = (x + delta).detach().requires_grad_(True)
@@ -238,10 +238,10 @@ class IMA(TrainingMethod):
 
     def setup(self, context: TrainContext) -> None:
         super().setup(context)
-        n = int(context.num_samples)
-        self.margins = torch.full((n,), self.config.initial_margin)
+        n, device = int(context.num_samples), self.device  # the margins live beside the model
+        self.margins = torch.full((n,), self.config.initial_margin, device=device)
         self._epoch_start = self.margins.clone()
-        self._touched = torch.zeros(n, dtype=torch.bool)
+        self._touched = torch.zeros(n, dtype=torch.bool, device=device)
         self.gen = rank_seed_generator(context)
         self._attack_model = attack_model(context)
         self._counts = {"grown": 0, "shrunk": 0, "found": 0, "misclassified": 0, "seen": 0}
@@ -254,7 +254,7 @@ class IMA(TrainingMethod):
         # with their template channel, the morphology channels recomputed from the waveform.
         model = self._attack_model
         x = attack_input(self.context, batch.x.detach().float(), batch.template)
-        y, idx = batch.y, batch.index.long()
+        y, idx = batch.y, batch.index.long().to(self.margins.device)
         eps = self.margins[idx]
         with eval_mode(model):
             correct = predict(model, x, cfg.criterion) == y
@@ -263,7 +263,7 @@ class IMA(TrainingMethod):
         x_pgd = attack(x, y)
         found = attack.found & correct
         x_train = torch.where(correct.view(-1, 1, 1), x_pgd, x)
-        dist = torch.zeros(len(x))
+        dist = torch.zeros(len(x), device=x.device)
         if found.any():
             f = found.nonzero().squeeze(1)
             x_bd, _ = bisect_boundary(model, x[f], x_pgd[f], y[f], cfg.bisection_steps,
@@ -298,7 +298,7 @@ class IMA(TrainingMethod):
             torch.distributed.all_reduce(touched)
             self.margins = torch.where(touched > 0, values / touched.clamp_min(1.0),
                                        self._epoch_start)
-            counts = torch.tensor([float(v) for v in self._counts.values()])
+            counts = torch.tensor([float(v) for v in self._counts.values()], device=self.margins.device)
             torch.distributed.all_reduce(counts)
             self._counts = {k: int(v) for k, v in zip(self._counts, counts.tolist())}
         self._epoch_start = self.margins.clone()
@@ -308,7 +308,7 @@ class IMA(TrainingMethod):
 
     def summary(self) -> dict:
         m = self.margins
-        q = torch.quantile(m, torch.tensor([0.1, 0.5, 0.9])).tolist()
+        q = torch.quantile(m, torch.tensor([0.1, 0.5, 0.9], device=m.device)).tolist()
         out = {
             "name": self.name,
             "criterion": self.config.criterion,

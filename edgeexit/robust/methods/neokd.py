@@ -117,7 +117,7 @@ class NEOKD(RDI):
             )
         t = float(self.config.temperature)
         teachers = [F.softmax(z.detach() / t, dim=-1) for z in clean]  # detached: no gradient
-        subsets = self.subsets(n_classes, n_exits)
+        subsets = self.subsets(n_classes, n_exits).to(y.device)
         nkd, eokd = [], []
         for i in range(n_exits):
             near = [teachers[j] for j in (i - 1, i, i + 1) if 0 <= j < n_exits]

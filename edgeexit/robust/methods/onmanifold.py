@@ -150,7 +150,7 @@ class OnManifold(TrainingMethod):
                            keep: torch.Tensor) -> torch.Tensor:
         """:meth:`exit_losses` averaged over the samples where ``keep [B]`` is True (class
         weights normalise as in ``cross_entropy``); 0 (with a graph) when none is kept."""
-        w_y = (torch.ones(len(y)) if self.class_weights is None else self.class_weights[y])
+        w_y = (torch.ones(len(y), device=y.device) if self.class_weights is None else self.class_weights[y])
         w_y = w_y * keep.float()
         denom = w_y.sum()
         per_exit = []
