@@ -30,7 +30,7 @@ from edgeexit.data.mitbih import DS2
 from edgeexit.runtime.engine import Engine
 from edgeexit.runtime.peaks import windows_from_signal
 from edgeexit.runtime.preprocess import beat_windows
-from edgeexit.runtime.stream import open_source, resident_kb, stream_classify
+from edgeexit.runtime.stream import _input_spec, open_source, resident_kb, stream_classify
 
 
 def one_record(engine: Engine, base: str, block_s: float, offline: bool) -> dict:
@@ -57,14 +57,16 @@ def one_record(engine: Engine, base: str, block_s: float, offline: bool) -> dict
            "signal_s": summary["signal_s"], "wall_s": summary["wall_s"],
            "rtf": summary["realtime_factor"],
            "rss_first_min_kb": rss_first, "rss_last_kb": rss_last,
-           "rss_growth_kb": None if rss_first is None else rss_last - rss_first}
+           "rss_growth_kb": None if rss_first is None else rss_last - rss_first,
+           "compute_s": summary["compute_s"], "compute_split_s": summary["compute_split_s"]}
     if offline:
         sig = np.concatenate(list(open_source(base, block_seconds=60.0).blocks)).astype(np.float32)
         peaks = np.frombuffer(r_seen, np.int64)
         ys = np.frombuffer(y_seen, np.int64)
         # the offline path on the same peaks: all stream peaks (incl. the first, dropped ones)
-        x, kept = beat_windows(sig, np.asarray(summary["all_peaks"]), fs, window=engine.input_shape[-1],
-                               rr_context=True)
+        window, r_offset, rr, morph = _input_spec(engine, fs)
+        x, kept = beat_windows(sig, np.asarray(summary["all_peaks"]), fs, window=window, r_offset=r_offset,
+                               rr_context=rr, morph_context=morph)
         r_off = np.asarray(summary["all_peaks"])[kept]
         same = np.isin(r_off, peaks)
         y_off = np.array([engine.predict(x[i]).label for i in np.flatnonzero(same)])
@@ -72,7 +74,8 @@ def one_record(engine: Engine, base: str, block_s: float, offline: bool) -> dict
         row["offline_same_peaks"] = {"beats": int(same.sum()), "missing_in_stream": int((~same).sum()),
                                      "label_agreement": float(np.mean(y_off == ys[order]))}
         # the batch detector
-        xb, rb = windows_from_signal(sig, fs, window=engine.input_shape[-1])
+        xb, rb = windows_from_signal(sig, fs, window=window, r_offset=r_offset, rr_context=rr,
+                                     morph_context=morph)
         both = np.isin(rb, peaks)
         yb = engine.predict_batch(xb[both]).labels
         row["batch_detector"] = {"peaks": int(rb.size), "identical_peaks": int(both.sum()),

@@ -37,13 +37,14 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import NamedTuple
 
 import numpy as np
 
-from edgeexit.runtime.preprocess import beat_windows
+from edgeexit.runtime.preprocess import beat_windows, small_median
 
-__all__ = ["MIN_SECONDS", "Levels", "detect_r_peaks", "detect_r_peaks_with_levels", "windows_from_signal"]
+__all__ = ["MIN_SECONDS", "IncrementalDetector", "Levels", "detect_r_peaks", "detect_r_peaks_with_levels", "windows_from_signal"]
 
 logger = logging.getLogger(__name__)
 
@@ -253,12 +254,11 @@ def detect_r_peaks_with_levels(
     # QRS slope near each candidate, for the T-wave test (a T wave has a gentler slope)
     shalf = max(1, int(round(REFINE_S * fs)))
     slopes = slope[_neighbourhood(cand, shalf, x.size)].max(axis=1)
-    decide = _Thresholds(cand, np.sqrt(mwi[cand]), slopes, fs, refractory,
-                         levels if levels is not None else _learned_levels(mwi, x.size, fs))
-    qrs, snap = decide.run(levels_at)
+    decide = _Thresholds(fs, refractory, levels if levels is not None else _learned_levels(mwi, x.size, fs))
+    qrs, snap = decide.run(cand, np.sqrt(mwi[cand]), slopes, levels_at)
     if not qrs:
         return np.zeros(0, dtype=np.int64), snap
-    peaks = _refined_peaks(x, cand[np.asarray(qrs)], fs, refractory)
+    peaks = _refined_peaks(x, np.asarray(qrs, dtype=np.int64), fs, refractory)
     logger.debug("detected %d R peaks in %.1f s", peaks.size, x.size / fs)
     return peaks, snap
 
@@ -285,89 +285,323 @@ def _learned_levels(mwi: np.ndarray, size: int, fs: float) -> Levels:
 
 
 class _Thresholds:
-    """The decision phase of Pan & Tompkins over the QRS candidates, in order: adaptive signal
-    and noise levels, the T-wave test, the search-back for a missed beat, and the decay of both
-    levels after seconds without a beat."""
+    """The decision phase of Pan & Tompkins over the QRS candidates, one after another
+    (:meth:`step`): adaptive signal and noise levels, the T-wave test, the search-back for a
+    missed beat, and the decay of both levels after seconds without a beat. A candidate is a tuple
+    ``(sample, height, slope)``; accepted beats are appended to :attr:`accepted` in increasing
+    order and never revoked (the search-back only looks after the last accepted beat), so the
+    batch detector and the incremental one (:class:`IncrementalDetector`) share this class."""
 
-    def __init__(self, cand: np.ndarray, heights: np.ndarray, slopes: np.ndarray, fs: float,
-                 refractory: int, levels: Levels) -> None:
-        self.cand, self.heights, self.slopes = cand, heights, slopes
+    def __init__(self, fs: float, refractory: int, levels: Levels) -> None:
         self.fs, self.refractory = fs, refractory
         self.t_wave_gap = int(round(T_WAVE_S * fs))
+        self.accepted: list[int] = []  # samples of the accepted candidates, in order
+        self.last: tuple[int, float, float] | None = None  # the last accepted candidate
+        self.pending: list[tuple[int, float, float]] = []  # rejected since the last beat
+        self.last_event = 0  # sample of the last beat or threshold decay
+        self.set_levels(levels)
+
+    def set_levels(self, levels: Levels) -> None:
         self.spk, self.npk = float(levels.signal), float(levels.noise)
         self.rr_recent = [float(r) for r in levels.rr[-8:]]  # the last 8 RR intervals (samples)
         # typical RR: the median of the last 8 (one second until beats are seen). Pan & Tompkins
         # average the intervals within 92-116 % of the average; in atrial fibrillation that
         # average goes stale, and the median resists the odd missed or extra beat just as well.
-        self.rr_typical = float(np.median(self.rr_recent)) if self.rr_recent else fs
-        self.qrs: list[int] = []  # indices into ``cand`` of accepted beats
-        self.pending: list[int] = []  # candidates rejected since the last beat (for search-back)
-        self.last_event = 0  # sample of the last beat or threshold decay
+        self.rr_typical = small_median(self.rr_recent) if self.rr_recent else self.fs
 
-    def run(self, levels_at: int | None) -> tuple[list[int], Levels]:
-        """The accepted candidates, and the levels at sample ``levels_at`` (None: at the end)."""
+    def run(self, cand: np.ndarray, heights: np.ndarray, slopes: np.ndarray,
+            levels_at: int | None) -> tuple[list[int], Levels]:
+        """The accepted candidates' samples, and the levels at sample ``levels_at`` (None: at the
+        end)."""
         snap: Levels | None = None
-        for i in range(self.cand.size):
-            p = int(self.cand[i])
+        for p, h, s in zip(cand.tolist(), heights.tolist(), slopes.tolist()):
             if snap is None and levels_at is not None and p >= levels_at:
                 snap = self.levels()
-            self._search_back(p)
-            self._decay_if_lost(p)
-            self._decide(i)
-        return self.qrs, snap if snap is not None else self.levels()
+            self.step(p, h, s)
+        return self.accepted, snap if snap is not None else self.levels()
+
+    def step(self, p: int, h: float, s: float) -> None:
+        """Decide the candidate at sample ``p`` (integrated height ``h``, QRS slope ``s``)."""
+        self._search_back(p)
+        self._decay_if_lost(p)
+        self._decide((p, h, s))
 
     def levels(self) -> Levels:
         return Levels(self.spk, self.npk, tuple(self.rr_recent))
 
-    def _accept(self, i: int, searched_back: bool) -> None:
-        h = self.heights[i]
+    def _accept(self, c: tuple[int, float, float], searched_back: bool) -> None:
+        h = c[1]
         self.spk = 0.25 * h + 0.75 * self.spk if searched_back else 0.125 * h + 0.875 * self.spk
-        qrs = self.qrs
-        if qrs:
-            self.rr_recent.append(float(self.cand[i] - self.cand[qrs[-1]]))
+        if self.last is not None:
+            self.rr_recent.append(float(c[0] - self.last[0]))
             del self.rr_recent[:-8]
-            self.rr_typical = float(np.median(self.rr_recent))
-        qrs.append(i)
+            self.rr_typical = small_median(self.rr_recent)
+        self.last = c
+        self.accepted.append(c[0])
 
-    def _t_wave(self, i: int) -> bool:
-        """Candidate ``i`` is too close to the last beat, or close with a T wave's gentle slope."""
-        last = self.qrs[-1]
-        gap = int(self.cand[i] - self.cand[last])
-        return gap < self.refractory or (gap < self.t_wave_gap
-                                         and self.slopes[i] < 0.5 * self.slopes[last])
+    def _t_wave(self, c: tuple[int, float, float]) -> bool:
+        """Candidate ``c`` is too close to the last beat, or close with a T wave's gentle slope."""
+        last = self.last
+        gap = c[0] - last[0]
+        return gap < self.refractory or (gap < self.t_wave_gap and c[2] < 0.5 * last[2])
 
     def _search_back(self, p: int) -> None:
         """An RR gap of more than 1.66 typical RRs means a beat was probably missed: take the
         largest candidate in the gap above the lower threshold."""
-        cand, heights = self.cand, self.heights
-        while self.qrs and self.pending and p - cand[self.qrs[-1]] > SEARCH_BACK_RR * self.rr_typical:
+        while self.last is not None and self.pending and p - self.last[0] > SEARCH_BACK_RR * self.rr_typical:
             thr2 = SEARCH_BACK_FRACTION * (self.npk + THRESHOLD_FRACTION * (self.spk - self.npk))
-            ok = [j for j in self.pending if p - cand[j] >= self.refractory and not self._t_wave(j)]
-            best = max(ok, key=lambda j: heights[j], default=None)
-            if best is None or heights[best] <= thr2:
+            ok = [c for c in self.pending if p - c[0] >= self.refractory and not self._t_wave(c)]
+            best = max(ok, key=lambda c: c[1], default=None)
+            if best is None or best[1] <= thr2:
                 break
             self._accept(best, searched_back=True)
-            self.pending = [j for j in self.pending if j > best]
+            self.pending = [c for c in self.pending if c[0] > best[0]]
 
     def _decay_if_lost(self, p: int) -> None:
         """No beat for seconds although the search-back ran: the levels are likely too high (an
         artefact, or the amplitude dropped); decay both until beats pass again."""
-        if p - max(self.last_event, int(self.cand[self.qrs[-1]]) if self.qrs else 0) > LOST_S * self.fs:
+        if p - max(self.last_event, self.last[0] if self.last is not None else 0) > LOST_S * self.fs:
             self.spk *= 0.5
             self.npk *= 0.5
             self.last_event = p
             logger.debug("no beat for %.1f s at %.1f s: halving the peak levels", LOST_S,
                          p / self.fs)
 
-    def _decide(self, i: int) -> None:
-        """Candidate ``i`` above the upper threshold and no T wave is a beat; else noise."""
+    def _decide(self, c: tuple[int, float, float]) -> None:
+        """Candidate ``c`` above the upper threshold and no T wave is a beat; else noise."""
         thr1 = self.npk + THRESHOLD_FRACTION * (self.spk - self.npk)
-        if self.heights[i] > thr1 and not (self.qrs and self._t_wave(i)):
-            self._accept(i, searched_back=False)
+        if c[1] > thr1 and not (self.last is not None and self._t_wave(c)):
+            self._accept(c, searched_back=False)
             self.pending = []
         else:
-            self.npk = 0.125 * self.heights[i] + 0.875 * self.npk
-            self.pending.append(i)
+            self.npk = 0.125 * c[1] + 0.875 * self.npk
+            self.pending.append(c)
+
+
+class IncrementalDetector:
+    """The detector of :func:`detect_r_peaks`, causal and incremental: every sample is filtered
+    once, as it arrives, and a beat is final as soon as the decision phase accepts it.
+
+    Each :meth:`feed` of new samples extends, by as many samples, the derivative of the band-pass
+    (one FIR of both, by FFT overlap-save, centred: ``KERNEL_HALF`` samples late), the
+    moving-window integral (running sums), the QRS candidates (final once ``refractory`` samples
+    follow them), their decision (:class:`_Thresholds`, shared with the batch detector) and the
+    refinement of each accepted beat to its R peak. The levels are learned from the per-second
+    maxima and means of the first :data:`LEARN_S` seconds, as in the batch detector; after
+    ``relearn`` samples without a beat they are learned afresh from the last :data:`LEARN_S`
+    seconds (an electrode pop set them above every QRS). The state is bounded: ``history`` samples
+    of signal (at least the refinement's reach), a second of the filtered signals, and the
+    decision's few numbers.
+
+    Results do not depend on how the samples are cut into :meth:`feed` calls when the caller
+    feeds them on a fixed grid of the signal (:class:`edgeexit.runtime.stream.StreamDetector`
+    does); with the batch detector they agree but for the edges of the signal and the float
+    rounding of the filters (FFT against direct convolution).
+
+    Args:
+        fs: sampling rate in Hz (checked by the caller: at least 45 Hz).
+        refractory: refractory period in samples.
+        relearn: samples without a beat after which the levels are learned afresh.
+        history: samples of raw signal kept (for the caller's windows as well).
+    """
+
+    def __init__(self, fs: float, refractory: int, relearn: int, history: int) -> None:
+        self.fs, self.refractory, self.relearn = float(fs), int(refractory), int(relearn)
+        d = (fs / 8.0) * np.array([1.0, 2.0, 0.0, -2.0, -1.0])  # five-point derivative, as a kernel
+        self._kernel = np.convolve(_bandpass_kernel(fs), d)  # band-pass and derivative in one FIR
+        self.khalf = self._kernel.size // 2
+        self._spectra: dict[int, np.ndarray] = {}
+        self.mhalf = max(1, int(round(INTEGRATION_S * fs))) // 2  # integration: 2 mhalf + 1 samples
+        self.shalf = max(1, int(round(REFINE_S * fs)))
+        self.bhalf = max(self.shalf, int(round(BASELINE_S * fs)))
+        self._ref_off = np.arange(-self.refractory, self.refractory + 1)[None, :]
+        self._slope_off = np.arange(-self.shalf, self.shalf + 1)[None, :]
+        self.sec = int(fs)  # the learning phase's one-second blocks
+        self.raw = np.zeros(0)  # the last ``history`` samples; absolute index of [0]: raw_start
+        self.history = max(int(history), 4 * self.bhalf + 2 * self.khalf)
+        self.raw_start = self.end = 0
+        self._deriv = np.zeros(0)  # derivative [deriv_start, deriv_end)
+        self.deriv_start = self.deriv_end = 0
+        self._mwi = np.zeros(0)  # integrated signal [mwi_start, mwi_end)
+        self.mwi_start = self.mwi_end = 0
+        self._cand_end = 1  # candidates before this sample are decided or queued
+        # (end sample, max, mean) of the integrated amplitude per second, the last 2 LEARN_S
+        self._blocks: deque[tuple[int, float, float]] = deque(maxlen=2 * int(LEARN_S))
+        self._block_part: list[np.ndarray] = []
+        self._block_end = 0  # end of the last whole block
+        self._queue: list[tuple[int, float, float]] = []  # candidates waiting for the levels
+        self.decide: _Thresholds | None = None
+        self._last_relearn = 0
+        self.peaks: list[int] = []  # refined R peaks not yet taken by the caller
+        self.last_peak = -(1 << 62)
+
+    def feed(self, x: np.ndarray, final: bool = False) -> None:
+        """Append the samples ``x`` (float64 mV, finite) and detect what they make final; ``final``:
+        the signal ends here (its edge is reflected, everything left is decided)."""
+        self.raw = np.concatenate([self.raw, x])
+        self.end += x.size
+        self._derivative(final)
+        self._integrate(final)
+        self._candidates(final)
+        if final and self.decide is None and self._blocks:
+            self._learn(list(self._blocks)[:int(LEARN_S)])
+        self._trim()
+
+    def _trim(self) -> None:
+        """Forget what no later step reads (bounded state)."""
+        if self.raw.size > self.history:
+            self.raw = self.raw[-self.history:]
+            self.raw_start = self.end - self.history
+        keep = self._cand_end - self.refractory - 2  # the candidates' neighbourhoods
+        if keep > self.mwi_start:
+            self._mwi = self._mwi[keep - self.mwi_start:]
+            self.mwi_start = keep
+        keep = min(self.mwi_end - self.mhalf, self._cand_end - self.shalf) - 1  # integral, slopes
+        if keep > self.deriv_start:
+            self._deriv = self._deriv[keep - self.deriv_start:]
+            self.deriv_start = keep
+
+    # -- filters ---------------------------------------------------------------------------------
+    def _conv(self, x: np.ndarray) -> np.ndarray:
+        """``np.convolve(x, kernel, 'valid')`` by FFT (overlap-save; rounding differs slightly)."""
+        n = 1 << max(8, int(x.size - 1).bit_length())
+        spec = self._spectra.get(n)
+        if spec is None:
+            spec = self._spectra[n] = np.fft.rfft(self._kernel, n)
+        return np.fft.irfft(np.fft.rfft(x, n) * spec, n)[self._kernel.size - 1:x.size]
+
+    def _derivative(self, final: bool) -> None:
+        k, raw, r0 = self.khalf, self.raw, self.raw_start
+        upto = self.end if final else self.end - k
+        if upto <= self.deriv_end or self.end < 2 * k + 2:
+            return
+        lo = self.deriv_end - k  # first input sample needed
+        pre = raw[-lo:0:-1] if lo < 0 else raw[:0]  # reflect the start of the signal
+        x = raw[max(lo, 0) - r0:]
+        if final:
+            x = np.concatenate([pre, x, raw[-2:-2 - k:-1]])
+        elif pre.size:
+            x = np.concatenate([pre, x])
+        d = self._conv(x)
+        self._deriv = np.concatenate([self._deriv, d])
+        self.deriv_end += d.size
+        self.deriv_start = self.deriv_end - self._deriv.size
+
+    def _integrate(self, final: bool) -> None:
+        h = self.mhalf
+        upto = self.deriv_end if final else self.deriv_end - h
+        if upto <= self.mwi_end:
+            return
+        lo = self.mwi_end - h
+        d = self._deriv[max(lo, self.deriv_start) - self.deriv_start:]
+        sq = d * d
+        if lo < 0:
+            sq = np.concatenate([sq[-lo:0:-1], sq])
+        if final:
+            sq = np.concatenate([sq, sq[-2:-2 - h:-1]])
+        c = np.concatenate([[0.0], np.cumsum(sq)])
+        m = (c[2 * h + 1:] - c[:-2 * h - 1]) / (2 * h + 1)
+        self._mwi = np.concatenate([self._mwi, m])
+        self._learn_blocks(np.sqrt(m))
+        self.mwi_end += m.size
+        self.mwi_start = self.mwi_end - self._mwi.size
+
+    def _learn_blocks(self, heights: np.ndarray) -> None:
+        """Keep the maximum and mean of the integrated signal's amplitude per second."""
+        self._block_part.append(heights)
+        have = sum(b.size for b in self._block_part)
+        if have < self.sec:
+            return
+        h = np.concatenate(self._block_part)
+        n = h.size // self.sec * self.sec
+        blk = h[:n].reshape(-1, self.sec)
+        start = self._block_end
+        ends = range(start + self.sec, start + n + 1, self.sec)
+        self._blocks.extend(zip(ends, blk.max(axis=1).tolist(), (blk.sum(axis=1) / self.sec).tolist()))
+        self._block_end += n
+        self._block_part = [h[n:]]
+        if self.decide is None and len(self._blocks) >= LEARN_S:
+            self._learn(list(self._blocks)[:int(LEARN_S)])
+
+    def _learn(self, blocks: list[tuple[int, float, float]]) -> None:
+        """Levels from per-second ``blocks`` (as :func:`_learned_levels`); the first time, decide
+        the queued candidates."""
+        if not blocks:
+            return
+        levels = Levels(0.5 * small_median([b[1] for b in blocks]), 0.5 * small_median([b[2] for b in blocks]), ())
+        if self.decide is None:
+            self.decide = _Thresholds(self.fs, self.refractory, levels)
+            queue, self._queue = self._queue, []
+            for c in queue:
+                self._step(c)
+        else:
+            self.decide.set_levels(levels)
+
+    # -- decisions -------------------------------------------------------------------------------
+    def _candidates(self, final: bool) -> None:
+        """The local maxima of the integrated signal that are the largest within the refractory
+        period (as :func:`_candidates`), once the period after them is known; each with its QRS
+        slope (the largest absolute derivative within ``REFINE_S``)."""
+        ref, m, m0 = self.refractory, self._mwi, self.mwi_start
+        upto = self.mwi_end - 1 if final else self.mwi_end - ref
+        lo = self._cand_end
+        if upto <= lo:
+            return
+        self._cand_end = upto
+        v = m[lo - 1 - m0:upto + 1 - m0]
+        mid = v[1:-1]
+        idx = np.flatnonzero((mid > v[:-2]) & (mid >= v[2:])) + (lo - m0)  # rows of ``m``
+        if not idx.size:
+            return
+        nb = idx[:, None] + self._ref_off
+        if idx[0] < ref or idx[-1] + ref >= m.size:  # the signal's edges: clip
+            nb = np.clip(nb, 0, m.size - 1)
+        idx = idx[m[idx] >= m[nb].max(axis=1)]
+        if not idx.size:
+            return
+        cand = idx + m0
+        sb = cand[:, None] + (self._slope_off - self.deriv_start)
+        if sb[0, 0] < 0 or sb[-1, -1] >= self._deriv.size:
+            sb = np.clip(sb, 0, self._deriv.size - 1)
+        slopes = np.abs(self._deriv[sb]).max(axis=1)
+        for c in zip(cand.tolist(), np.sqrt(m[idx]).tolist(), slopes.tolist()):
+            if self.decide is None:
+                self._queue.append(c)
+            else:
+                self._step(c)
+
+    def _step(self, c: tuple[int, float, float]) -> None:
+        d = self.decide
+        last = d.last[0] if d.last is not None else 0
+        if c[0] - max(last, self._last_relearn) > self.relearn:
+            logger.info("no beat for %.1f s before sample %d: the detector learns its levels "
+                        "afresh", (c[0] - last) / self.fs, c[0])
+            self._last_relearn = c[0]
+            self._learn([b for b in self._blocks if b[0] <= c[0]][-int(LEARN_S):])
+            d.last_event = c[0]
+        n = len(d.accepted)
+        d.step(*c)
+        if len(d.accepted) > n:
+            for centre in d.accepted[n:]:
+                self._refine(centre)
+            del d.accepted[:]
+
+    def _refine(self, centre: int) -> None:
+        """The accepted beat at ``centre`` moved to its R peak (as :func:`_refine`); a peak closer
+        than the refractory period to the previous one is dropped (as :func:`_refined_peaks`)."""
+        raw, r0, bh, sh = self.raw, self.raw_start, self.bhalf, self.shalf
+        if centre - bh >= r0 and centre + bh < self.end:
+            base = np.partition(raw[centre - bh - r0:centre + bh + 1 - r0], bh)[bh]
+            w = raw[centre - sh - r0:centre + sh + 1 - r0]
+            peak = centre - sh + int(np.argmax(np.abs(w - base)))
+        else:  # the signal's edges: clip, as the batch detector does
+            b = np.clip(np.arange(centre - bh, centre + bh + 1), r0, self.end - 1) - r0
+            base = np.partition(raw[b], bh)[bh]  # the median (an odd count)
+            r = np.clip(np.arange(centre - sh, centre + sh + 1), r0, self.end - 1)
+            peak = int(r[np.argmax(np.abs(raw[r - r0] - base))])
+        if peak - self.last_peak >= self.refractory:
+            self.peaks.append(peak)
+            self.last_peak = peak
 
 
 def _refined_peaks(x: np.ndarray, beats: np.ndarray, fs: float, refractory: int) -> np.ndarray:

@@ -1,26 +1,27 @@
 """Streaming beat classification on the device (numpy only): R peaks, windows and the engine, live.
 
-A live signal arrives in blocks of any size. :class:`StreamDetector` finds its R peaks with the
-batch detector of :mod:`edgeexit.runtime.peaks` run on overlapping analysis windows laid on a fixed
-grid of the *signal* (not of the blocks), so the peaks do not depend on how the signal was cut:
+A live signal arrives in blocks of any size. :class:`StreamDetector` finds its R peaks with
+:class:`edgeexit.runtime.peaks.IncrementalDetector`, the batch detector of
+:mod:`edgeexit.runtime.peaks` made causal and incremental:
 
-- every ``hop_s`` seconds of signal (analysis point ``t``, a multiple of the hop) the detector runs
-  on the last ``window_s`` seconds ``[t - window_s, t)``;
-- it commits the peaks in ``[t - hop_s - lookahead_s, t - lookahead_s)``: the region right after
-  the previous commit. The ``lookahead_s`` seconds after it let the search-back and the T-wave test
-  see what follows, and the ``window_s - hop_s - lookahead_s`` seconds before it let the adaptive
-  thresholds settle; the regions of consecutive runs tile the signal without overlap, and a peak
-  closer than the refractory period to the last committed one is dropped (exact de-duplication);
-- at the end of the stream the last window is analysed once more and everything after the last
-  commit is committed;
-- the detector's adaptive levels (signal / noise peak levels, last 8 RR intervals) are learned
-  once, in the first window, and then carried: each window starts from the levels the previous
-  one had at this window's start (:func:`edgeexit.runtime.peaks.detect_r_peaks_with_levels`).
-  Re-learning them in every window from its own seconds learned too low a level where many
-  seconds hold no beat (long pauses, 2:1 block: MIT-BIH 231, PPV 89.5 %) and counted T / P waves.
+- every ``hop_s`` seconds of signal (a fixed grid of the *signal*, not of the blocks, so the peaks
+  do not depend on how the signal was cut) the detector takes the new samples and filters each of
+  them once (band-pass and derivative in one FIR by FFT overlap-save, squaring, running-sum
+  integration), finds the QRS candidates made final by them and decides them in order with the
+  batch detector's decision phase (adaptive levels, T-wave test, search-back, decay);
+- the levels are learned once, from the first :data:`~edgeexit.runtime.peaks.LEARN_S` seconds,
+  and carried; after ``relearn_s`` seconds without a beat they are learned afresh from the last
+  seconds (an electrode pop had raised them above every QRS). Re-learning them in every short
+  analysis window learned too low a level where many seconds hold no beat (long pauses, 2:1
+  block: MIT-BIH 231, PPV 89.5 %) and counted T / P waves;
+- an accepted beat is final (the search-back only looks after the last beat); it is committed
+  once ``lookahead_s`` seconds of signal follow it (room for its window), at the end of the
+  stream at once.
 
-The state is bounded: one buffer of ``window_s`` seconds of signal and a few numbers. A peak is
-known ``lookahead_s`` to ``lookahead_s + hop_s`` seconds after it happened.
+The detector's own delay is about 0.55 s (the filters' half-lengths and the refractory period
+after a candidate), so a peak is known ``lookahead_s`` to ``lookahead_s + hop_s`` seconds after
+it happened. The state is bounded: ``window_s`` seconds of signal (for the beats' windows), about
+a second of filtered signal and a few numbers.
 
 :class:`BeatStream` turns committed peaks into the model's inputs with the functions of
 :mod:`edgeexit.runtime.preprocess` (the ones that cut the training windows), so a beat's window
@@ -48,15 +49,15 @@ import numpy as np
 
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.runtime.engine import InputError
-from edgeexit.runtime.peaks import MIN_SECONDS, Levels, detect_r_peaks_with_levels
+from edgeexit.runtime.peaks import MIN_SECONDS, IncrementalDetector
 from edgeexit.runtime.preprocess import (
     LOCAL_RR_BEATS,
     LONG_RR_BEATS,
     MORPH_FEATURES,
     RR_FEATURES,
     BeatTemplate,
-    beat_windows,
     default_r_offset,
+    small_median,
 )
 from edgeexit.runtime.wfdb import read_annotations, read_blocks, read_header
 
@@ -67,8 +68,7 @@ log = logging.getLogger(__name__)
 MATCH_S = 0.150
 """Tolerance (seconds) for matching a detected R peak to an annotated beat (AAMI EC57)."""
 
-_AVG = 1 + RR_FEATURES.index("avg_rr")  # offsets after the signal channels
-_PRE_AVG = 1 + RR_FEATURES.index("pre_rr_avg_ratio")
+_MORPH = 1 + len(RR_FEATURES)  # the first channel after the signal and RR channels
 
 
 def resident_kb() -> int:
@@ -89,18 +89,21 @@ class StreamDetector:
 
     Args:
         fs: sampling rate in Hz.
-        window_s: analysis window in seconds (the signal buffer's length).
-        hop_s: signal seconds between analyses.
-        lookahead_s: how far behind the newest sample the commit region ends.
+        window_s: seconds of signal kept (for cutting the beats' windows).
+        hop_s: the detector takes the new samples every ``hop_s`` seconds of signal (a fixed grid
+            of the signal, so the peaks do not depend on the block sizes).
+        lookahead_s: a peak is committed once this much signal follows it (at least the
+            detector's own delay, about 0.55 s at any ``fs``; at least a window after its R peak).
         refractory_s: as in :func:`edgeexit.runtime.peaks.detect_r_peaks`.
+        relearn_s: no beat for this long: the detector learns its levels afresh.
 
     ``push(samples)`` returns the absolute sample indices of the peaks committed by that block;
     ``flush()`` those left at the end. ``signal`` / ``signal_start`` expose the buffer (the last
-    ``window_s`` seconds) right after each analysis, for cutting windows.
+    ``window_s`` seconds the detector has taken) right after each step, for cutting windows.
     """
 
     def __init__(self, fs: float, *, window_s: float = 12.0, hop_s: float = 2.0,
-                 lookahead_s: float = 3.0, refractory_s: float = 0.2,
+                 lookahead_s: float = 1.0, refractory_s: float = 0.2,
                  relearn_s: float = 4.0) -> None:
         try:
             fs = float(fs)
@@ -113,49 +116,35 @@ class StreamDetector:
         self.hop = round(hop_s * fs)
         self.lookahead = round(lookahead_s * fs)
         self.refractory = max(1, round(refractory_s * fs))
-        self._refractory_s = refractory_s
-        # no beat committed for this long: the carried levels may be stale (an electrode pop
-        # raised them above every QRS), so the next window learns them afresh
+        # no beat for this long: the levels may be stale (an electrode pop raised them above
+        # every QRS), so the detector learns them afresh from its last seconds
         self.relearn = round(relearn_s * fs)
         if self.hop < 1 or self.lookahead < 1 or self.size < self.hop + self.lookahead + MIN_SECONDS * fs:
             raise ConfigError(
                 f"stream detector: window_s ({window_s:g}) must exceed hop_s + lookahead_s "
                 f"+ {MIN_SECONDS:g} s ({hop_s:g} + {lookahead_s:g})"
             )
-        self._buf = np.zeros(self.size, np.float64)
-        self._count = 0  # valid samples at the end of ``_buf``
+        self._core = IncrementalDetector(fs, self.refractory, self.relearn, history=self.size)
+        self._waiting: list[np.ndarray] = []  # samples since the last step (less than a hop)
         self.end = 0  # absolute index one past the newest sample
-        # first analysis once the buffer is full, then every hop (a grid of the signal)
-        self._next_t = math.ceil(self.size / self.hop) * self.hop
-        self._committed = 0  # peaks before this absolute sample are final
-        self._last_peak = -(1 << 62)
+        self._next_t = self.hop  # the next step, on a grid of the signal
+        self._accepted: deque[int] = deque()  # found, not yet committed (younger than lookahead)
         self._hold = 0.0  # last finite sample (replaces NaN / Inf)
         self.filled = 0  # non-finite samples replaced so far
         # [start, end) runs of held samples, absolute, until the beats over them are answered
         self._held: deque[tuple[int, int]] = deque(maxlen=4096)
-        self.analyses = 0
-        # the detector's levels at the start of the next analysis window (None: learn them)
-        self._levels: Levels | None = None
+        self.analyses = 0  # steps taken
 
     # -- buffer --------------------------------------------------------------------------------
     @property
     def signal(self) -> np.ndarray:
-        """The buffered signal (float64 mV), absolute samples ``signal_start .. end - 1``."""
-        return self._buf[self.size - self._count:]
+        """The buffered signal (float64 mV), absolute samples ``signal_start .. signal_start +
+        signal.size - 1``."""
+        return self._core.raw
 
     @property
     def signal_start(self) -> int:
-        return self.end - self._count
-
-    def _append(self, x: np.ndarray) -> None:
-        n = x.size
-        if n >= self.size:
-            self._buf[:] = x[-self.size:]
-        else:
-            self._buf[:-n] = self._buf[n:]
-            self._buf[-n:] = x
-        self._count = min(self.size, self._count + n)
-        self.end += n
+        return self._core.raw_start
 
     def _clean(self, x: np.ndarray) -> np.ndarray:
         ok = np.isfinite(x)
@@ -189,42 +178,26 @@ class StreamDetector:
             self._held.popleft()
 
     # -- detection -----------------------------------------------------------------------------
-    def _analyse(self, commit_until: int, on_commit) -> list[int]:
+    def _step(self, x: np.ndarray, final: bool, on_commit) -> list[int]:
+        """The detector takes ``x`` (the samples up to a grid point, or the last ones) and commits
+        the peaks that ``lookahead`` samples follow (all of them when ``final``)."""
         self.analyses += 1
-        start = self.signal_start
-        # start from the levels the previous window had at this window's start (learned once, in
-        # the first window, then carried): a window that re-learned them would learn too low a
-        # level when many of its seconds hold no beat (long pauses) and count T / P waves
-        gap = self._committed - self._committed_peak_at()  # committed signal since the last beat
-        if self._levels is not None and gap > self.relearn:
-            log.info("no beat for %.1f s before sample %d: the detector learns its levels afresh",
-                     gap / self.fs, self._committed)
-            self._levels = None
-        peaks, self._levels = detect_r_peaks_with_levels(
-            self.signal, self.fs, refractory_s=self._refractory_s, levels=self._levels,
-            levels_at=self.hop)
-        peaks = peaks + start
+        core = self._core
+        core.feed(x, final=final)
+        self._accepted.extend(core.peaks)
+        core.peaks.clear()
+        until = core.end if final else core.end - self.lookahead
         out: list[int] = []
-        for p in peaks.tolist():
-            if p < self._committed or p >= commit_until:
-                continue
-            if p - self._last_peak < self.refractory:
-                continue  # the same beat seen from the previous window
-            out.append(p)
-            self._last_peak = p
-        self._committed = commit_until
+        while self._accepted and self._accepted[0] < until:
+            out.append(self._accepted.popleft())
         if on_commit is not None and out:
             on_commit(out)
         return out
 
-    def _committed_peak_at(self) -> int:
-        """The last committed peak, or where committing began (no peak yet)."""
-        return self._last_peak if self._last_peak >= 0 else self._committed
-
     def push(self, samples, on_commit=None) -> list[int]:
         """Feed a block of samples (mV); return the R peaks committed meanwhile (absolute indices).
 
-        ``on_commit(peaks)`` is called right after each analysis that committed peaks, while
+        ``on_commit(peaks)`` is called right after each step that committed peaks, while
         :attr:`signal` still holds the samples around them.
         """
         x = np.asarray(samples, dtype=np.float64).reshape(-1)
@@ -233,24 +206,30 @@ class StreamDetector:
         i = 0
         while i < x.size:
             take = min(x.size - i, self._next_t - self.end)
-            self._append(x[i:i + take])
+            self._waiting.append(x[i:i + take])
+            self.end += take
             i += take
             if self.end == self._next_t:
-                out += self._analyse(self.end - self.lookahead, on_commit)
+                chunk = self._waiting[0] if len(self._waiting) == 1 else np.concatenate(self._waiting)
+                self._waiting = []
+                out += self._step(chunk, False, on_commit)
                 self._next_t += self.hop
         return out
 
     def flush(self, on_commit=None) -> list[int]:
         """End of the stream: commit every peak after the last commit."""
-        if self._count < MIN_SECONDS * self.fs or self.end <= self._committed:
+        if self.end < MIN_SECONDS * self.fs:
             return []
-        return self._analyse(self.end, on_commit)
+        chunk = np.concatenate(self._waiting) if self._waiting else np.zeros(0)
+        self._waiting = []
+        return self._step(chunk, True, on_commit)
 
     def state_sizes(self) -> dict[str, int]:
         """Sizes of everything the detector keeps (for the bounded-state test)."""
-        return {"buffer": int(self._buf.size),
-                "levels_rr": 0 if self._levels is None else len(self._levels.rr),
-                "held_runs": len(self._held)}
+        core = self._core
+        return {"buffer": int(core.raw.size), "filtered": int(core._deriv.size + core._mwi.size),
+                "levels_rr": 0 if core.decide is None else len(core.decide.rr_recent),
+                "uncommitted": len(self._accepted), "held_runs": len(self._held)}
 
 
 # ---------------------------------------------------------------------------------- beats
@@ -273,16 +252,19 @@ class BeatStream:
         self.window = int(window)
         self.r_offset = default_r_offset(self.window) if r_offset is None else int(r_offset)
         self.rr_context = rr_context
+        self._channels = 1 + (len(RR_FEATURES) if rr_context else 0) + (len(MORPH_FEATURES) if morph_context else 0)
         # the morphology template: the previous kept beats' windows (bounded), as offline
         self._template = BeatTemplate(self.window, self.r_offset, self.fs) if morph_context else None
-        self._peaks: deque[int] = deque(maxlen=LOCAL_RR_BEATS + 2)  # [.., beat, next]
-        self._cut: deque[np.ndarray | None] = deque(maxlen=2)  # windows of those two peaks
+        self._peaks: deque[int] = deque(maxlen=3)  # [previous, beat, next]
+        self._cut: deque[np.ndarray | None] = deque(maxlen=2)  # windows of the last two peaks
+        self._pre: deque[float] = deque(maxlen=LOCAL_RR_BEATS)  # pre_rr of the last beats
         self._csum: deque[float] = deque([0.0], maxlen=LONG_RR_BEATS + 1)  # running sum of pre_rr
         self.beats = 0  # beats seen (index of the next one)
         self.dropped = 0  # beats too close to the start of the stream for a window
 
     def state_sizes(self) -> dict[str, int]:
-        d = {"peaks": len(self._peaks), "cut": len(self._cut), "csum": len(self._csum)}
+        d = {"peaks": len(self._peaks), "cut": len(self._cut), "pre": len(self._pre),
+             "csum": len(self._csum)}
         if self._template is not None:
             d["template"] = int(self._template._past.shape[0])
         return d
@@ -291,8 +273,9 @@ class BeatStream:
         a = r - self.r_offset - start
         if r - self.r_offset < 0 or a + self.window > signal.size:
             return None  # too close to the start, or (at the end of the stream) to the end
-        if a < 0 or a + self.window > signal.size:
-            raise RuntimeError(f"window of the beat at {r} is not in the buffer")  # a bug
+        if a < 0:  # found later than the buffer reaches back (a search-back over a long pause)
+            log.warning("the window of the beat at sample %d has left the buffer: dropped", r)
+            return None
         return np.asarray(signal[a:a + self.window], dtype=np.float32)
 
     def add(self, peaks: Iterable[int], signal: np.ndarray, start: int) -> list[tuple[int, np.ndarray]]:
@@ -314,39 +297,39 @@ class BeatStream:
         return [] if out is None else [out]
 
     def _complete(self, last: bool) -> tuple[int, np.ndarray] | None:
-        """Build the window of the beat before the newest peak (``last``: of the newest peak)."""
-        peaks = np.fromiter(self._peaks, np.int64, len(self._peaks))
-        j = peaks.size - 1 if last else peaks.size - 2  # row of the beat in ``peaks``
-        beat = int(peaks[j])
-        i = self.beats  # its index in the whole stream
-        # the running sum of pre_rr, as np.cumsum over the whole stream would add it
-        pre = (peaks[1] - peaks[0]) / self.fs if i == 0 else (peaks[j] - peaks[j - 1]) / self.fs
-        csum = self._csum[-1] + pre
+        """Build the window of the beat before the newest peak (``last``: of the newest peak).
+
+        The RR context is updated beat by beat with the arithmetic of
+        :func:`~edgeexit.runtime.preprocess.rr_features` over the whole stream (so the channels
+        equal the offline ones bit for bit): ``local_rr`` the median of the last
+        :data:`LOCAL_RR_BEATS` ``pre_rr``, ``avg_rr`` a running sum over :data:`LONG_RR_BEATS`."""
+        peaks, fs = self._peaks, self.fs
+        i = self.beats  # the beat's index in the whole stream
+        if last:
+            beat = peaks[-1]
+            pre = post = (beat - peaks[-2]) / fs
+        else:
+            beat, nxt = peaks[-2], peaks[-1]
+            post = (nxt - beat) / fs
+            pre = post if i == 0 else (beat - peaks[-3]) / fs
+        csum = self._csum[-1] + pre  # the running sum of pre_rr, as np.cumsum over the stream
         self._csum.append(csum)
+        self._pre.append(pre)
         self.beats += 1
         cut = self._cut[-1] if last else self._cut[-2]
         if cut is None:
             self.dropped += 1
             return None
+        x = np.empty((self._channels, self.window), np.float32)
+        x[0] = cut
         if self.rr_context:
-            # beat_windows on a signal that is exactly this window: the beat sits at r_offset; its
-            # RR context comes from rr_features over the last LOCAL_RR_BEATS + 2 peaks, which (but
-            # for the long mean) equals rr_features over the whole stream for this beat
-            rel = peaks[: j + 1] if last else peaks
-            rel = rel - beat + self.r_offset
-            x, kept = beat_windows(cut, rel, self.fs, window=self.window, r_offset=self.r_offset,
-                                   rr_context=True)
-            x = x[kept.tolist().index(j)]
-            # the long mean over LONG_RR_BEATS intervals, with the very arithmetic of rr_features
+            local = small_median(self._pre)
             n = min(i + 1, LONG_RR_BEATS)
             avg = (csum - self._csum[-1 - n]) / n
-            x[_AVG, :] = np.float32(avg)
-            x[_PRE_AVG, :] = np.float32(pre / avg)
-        else:
-            x = cut[None, :]
+            x[1:_MORPH] = np.array([pre, post, local, pre / local, post / local, avg, pre / avg],
+                                   np.float32)[:, None]
         if self._template is not None:  # the morphology channels come last, as in beat_windows
-            morph = self._template.features(cut)[:, None]
-            x = np.concatenate([x, np.broadcast_to(morph, (len(MORPH_FEATURES), self.window))])
+            x[-len(MORPH_FEATURES):] = self._template.features(cut)[:, None]
         return beat, x
 
 
@@ -590,12 +573,16 @@ def stream_classify(
         now = clock()
         run.arrivals.append((det.end + block.size, now))
         run.collected.clear()
+        context = run.split["context"]
         det.push(block, on_commit=run.on_commit)
+        run.split["detection"] += clock() - now - (run.split["context"] - context)
         yield from run.answer(list(run.collected), det.end, last=False)
         run.compute_s += clock() - now
     now = clock()
     run.collected.clear()
+    context = run.split["context"]
     det.flush(on_commit=run.on_commit)
+    run.split["detection"] += clock() - now - (run.split["context"] - context)
     yield from run.answer(list(run.collected), det.end, last=False)
     yield from run.answer(run.beats.finish(), det.end, last=True)
     run.compute_s += clock() - now
@@ -628,6 +615,9 @@ class _StreamRun:
         self.n = self.refused = self.held_beats = 0
         self.collected: list[tuple[int, np.ndarray]] = []
         self.compute_s = 0.0
+        # compute seconds by step: detection (R peaks), context (windows, RR and morphology
+        # channels), inference (Engine.predict); the rest (answers, scoring) is compute_s less these
+        self.split = {"detection": 0.0, "context": 0.0, "inference": 0.0}
         if self.det.lookahead < window - self.beats.r_offset:
             raise ConfigError(f"stream detector: lookahead_s must cover the "
                               f"{window - self.beats.r_offset} samples of a window after its R peak")
@@ -646,7 +636,9 @@ class _StreamRun:
                 self.pending_ann.append((p, self.scorer.match(p)))
         if self.keep_beats:
             self.all_peaks.extend(peaks)
+        t = self.clock()
         self.collected.extend(self.beats.add(peaks, self.det.signal, self.det.signal_start))
+        self.split["context"] += self.clock() - t
 
     def answer(self, done: list[tuple[int, np.ndarray]], now_end: int, last: bool) -> Iterator[dict]:
         """Classify the cut beats ``done`` in order; one dict per beat."""
@@ -655,12 +647,14 @@ class _StreamRun:
             a = r - self.beats.r_offset  # the beat's window: samples a .. a + window - 1
             held = self.det.held_in(a, a + window)
             self.det.forget_held_before(a)  # beats are answered in order
+            t0 = self.clock()
             try:
                 res = self.engine.predict(x)
             except InputError as e:  # e.g. an electrode pop far beyond the trained range
                 yield self._refused(r, e)
                 continue
             t = self.clock()
+            self.split["inference"] += t - t0
             self.exits[res.exit_index] += 1
             for k, ns in enumerate(res.segment_ns):
                 self.seg_ns[k] += ns
@@ -707,6 +701,8 @@ class _StreamRun:
             "signal_s": round(seconds, 3), "wall_s": round(wall, 4), "compute_s": round(compute, 4),
             "realtime_factor": round(seconds / wall, 1) if wall > 0 else None,
             "compute_realtime_factor": round(seconds / compute, 1) if compute > 0 else None,
+            # compute seconds by step (the rest of compute_s: answers and scoring)
+            "compute_split_s": {k: round(v, 4) for k, v in self.split.items()},
             "beats": self.n, "refused": self.refused, "peaks": beats.beats,
             "dropped_at_start": beats.dropped,
             "filled_samples": det.filled, "beats_over_held_samples": self.held_beats,
