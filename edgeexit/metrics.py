@@ -65,3 +65,18 @@ def headline_macro_f1(report: dict) -> float:
     """The macro-F1 a :func:`classification_report` is judged by: over N, S, V, F where the
     classes have them (the MIT-BIH convention), else over the classes present."""
     return float(report.get("macro_f1_nsvf", report["macro_f1"]))
+
+
+def gross_statistics(report: dict) -> dict:
+    """AAMI EC57's gross statistics of a :func:`classification_report` over pooled beats (every
+    beat of every record counted once): accuracy, the headline macro-F1, and the sensitivity
+    and positive predictive value of S and V (fractions; 0 where a class is absent)."""
+    per = report["per_class"]
+    out = {"beats": int(sum(c["support"] for c in per.values())),
+           "accuracy": report["accuracy"], "macro_f1": headline_macro_f1(report)}
+    for c in ("S", "V"):
+        if c in per:
+            out[f"{c}_se"] = per[c]["sensitivity"]
+            out[f"{c}_ppv"] = per[c]["precision"]
+            out[f"{c}_beats"] = per[c]["support"]
+    return out

@@ -12,6 +12,7 @@ One module per group of commands; importing this package registers them all on :
 - :mod:`~edgeexit.cli.device`: ``run``, ``verify``, ``bench``, ``report``.
 - :mod:`~edgeexit.cli.keys`: ``keygen``, ``sign``, ``install``, ``rollback``, ``status``.
 - :mod:`~edgeexit.cli.robust`: ``evaluate``, ``compress``.
+- :mod:`~edgeexit.cli.adapt`: ``adapt`` (patient adaptation).
 - :mod:`~edgeexit.cli.quickstart`: ``quickstart``.
 
 Nothing here imports torch or onnx at module level (a test checks it): the device side installs
@@ -20,7 +21,7 @@ only numpy and an inference engine, and ``edgeexit --help`` must work there.
 
 from __future__ import annotations
 
-from edgeexit.cli import device, export, inspect, keys, quickstart, robust, train  # noqa: F401
+from edgeexit.cli import adapt, device, export, inspect, keys, quickstart, robust, train  # noqa: F401
 from edgeexit.cli.app import main
 
 __all__ = ["main"]

@@ -48,6 +48,10 @@ class BeatDataset:
             against), so that an attack or a noise on the waveform can recompute them
             (:mod:`edgeexit.robust.context`), on any sample of the data; kept by :meth:`subset`
             and the ``.npz`` files. None when unknown.
+        times: every beat's R peak in seconds from the start of its recording (float64 ``[N]``),
+            so that a protocol can cut a recording at a point in time (the first minutes of a
+            wearer, :mod:`edgeexit.adapt`); kept by :meth:`subset` and the ``.npz`` files.
+            None when unknown.
     """
 
     x: np.ndarray
@@ -60,6 +64,7 @@ class BeatDataset:
     units: str = "mV"
     source: str = ""
     templates: np.ndarray | None = None
+    times: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -106,6 +111,10 @@ class BeatDataset:
         if self.templates is not None and self.templates.shape != (len(self), self.x.shape[2]):
             raise DataError(f"templates must have shape {(len(self), self.x.shape[2])}, got "
                             f"{self.templates.shape}{where}")
+        if self.times is not None and (self.times.shape != self.y.shape
+                                       or not np.isfinite(self.times).all()):
+            raise DataError(f"times must be finite seconds of shape {self.y.shape}, got "
+                            f"{self.times.shape}{where}")
         if self.templates is not None and not np.isfinite(self.templates).all():
             raise DataError(f"{int((~np.isfinite(self.templates)).sum())} NaN/Inf values in the "
                             f"morphology templates{where}: write the file again (or drop its "
@@ -115,8 +124,9 @@ class BeatDataset:
         """The beats at ``index`` (an index array or boolean mask), all metadata kept."""
         groups = None if self.groups is None else self.groups[index]
         templates = None if self.templates is None else self.templates[index]
+        times = None if self.times is None else self.times[index]
         return dataclasses.replace(self, x=self.x[index], y=self.y[index], groups=groups,
-                                   templates=templates)
+                                   templates=templates, times=times)
 
     def class_counts(self) -> dict[str, int]:
         """Number of beats of every class, in class order (classes with no beats included)."""
@@ -152,9 +162,36 @@ class BeatDataset:
             arrays["groups"] = np.asarray(self.groups).astype(str)
         if self.templates is not None:
             arrays["templates"] = np.asarray(self.templates, np.float32)
+        if self.times is not None:
+            arrays["times"] = np.asarray(self.times, np.float64)
         atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
         log.info("wrote %d beats to %s", len(self), path)
         return path
+
+
+def concatenate(parts: list[BeatDataset], source: str | None = None) -> BeatDataset:
+    """The beats of ``parts`` one after another (one channel layout and class list), with their
+    record ids, templates and times where every part has them.
+
+    Raises:
+        DataError: no parts, or parts of different shapes, classes or channels.
+    """
+    if not parts:
+        raise DataError("nothing to concatenate: give at least one data set")
+    first = parts[0]
+    for p in parts[1:]:
+        if (p.input_shape, p.classes, p.channels) != (first.input_shape, first.classes, first.channels):
+            raise DataError(f"cannot join {p.source} ({p.input_shape}, {list(p.channels)}) to "
+                            f"{first.source} ({first.input_shape}, {list(first.channels)})")
+
+    def joined(name: str):
+        arrays = [getattr(p, name) for p in parts]
+        return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
+    return dataclasses.replace(first, x=np.concatenate([p.x for p in parts]),
+                               y=np.concatenate([p.y for p in parts]), groups=joined("groups"),
+                               templates=joined("templates"), times=joined("times"),
+                               source=source or " + ".join(dict.fromkeys(p.source for p in parts)))
 
 
 def load_npz(path: str | os.PathLike) -> BeatDataset:
@@ -196,6 +233,7 @@ def load_npz(path: str | os.PathLike) -> BeatDataset:
         units=str(data.get("units", "mV")),
         source=str(path),
         templates=np.asarray(data["templates"], np.float32) if "templates" in data else None,
+        times=np.asarray(data["times"], np.float64) if "times" in data else None,
     )
 
 

@@ -286,6 +286,7 @@ def _load(
     ys: list[np.ndarray] = []
     gs: list[np.ndarray] = []
     ts: list[np.ndarray] = []  # morphology templates, with morph_context
+    rs: list[np.ndarray] = []  # R-peak times (s)
     leads: list[str] = []
     fs: float | None = None
     for i, name in enumerate(names, start=1):
@@ -306,10 +307,11 @@ def _load(
         if peaks.size < (2 if rr_context else 1):
             log.warning("record %s has %d beat annotations: skipped", name, peaks.size)
         else:
-            x, y, t = _cut_beats(signal, peaks, labels, fs, name, window=window,
-                                 r_offset=r_offset, rr_context=rr_context,
-                                 morph_context=morph_context)
+            x, y, t, r = _cut_beats(signal, peaks, labels, fs, name, window=window,
+                                    r_offset=r_offset, rr_context=rr_context,
+                                    morph_context=morph_context)
             xs.append(x)
+            rs.append(r / fs)
             ys.append(y)
             gs.append(np.full(y.size, name))
             if morph_context:
@@ -325,7 +327,7 @@ def _load(
     lead_name = leads[0] if len(set(leads)) == 1 else lead
     channels = ((lead_name,) + (RR_FEATURES if rr_context else ())
                 + (MORPH_FEATURES if morph_context else ()))
-    data = _beat_dataset(xs, ys, gs, ts if morph_context else None, fs, channels, source)
+    data = _beat_dataset(xs, ys, gs, ts if morph_context else None, fs, channels, source, rs)
     log.info(
         "loaded %d beats from %s in %.1f s (window %d, R at %d): %s",
         len(data), source, time.perf_counter() - start, window,
@@ -335,7 +337,7 @@ def _load(
 
 
 def _beat_dataset(xs: list[np.ndarray], ys, gs, ts, fs: float, channels: tuple[str, ...],
-                  source: str) -> BeatDataset:
+                  source: str, rs) -> BeatDataset:
     """The records' beats as one data set (``xs`` is emptied as it is joined, to free the
     per-record copies before the data set is built)."""
     x = np.concatenate(xs) if len(xs) > 1 else xs[0]
@@ -351,6 +353,7 @@ def _beat_dataset(xs: list[np.ndarray], ys, gs, ts, fs: float, channels: tuple[s
         units="mV",
         source=source,
         templates=None if ts is None else np.concatenate(ts),
+        times=np.concatenate(rs).astype(np.float64),
     )
 
 
@@ -377,9 +380,10 @@ def _read_signal(wfdb, path: Path, header, name: str, lead: str) -> tuple[np.nda
 
 def _cut_beats(signal: np.ndarray, peaks: np.ndarray, labels: np.ndarray, fs: float, name: str, *,
                window: int, r_offset: int | None, rr_context: bool,
-               morph_context: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """One record's beat windows, their labels and (with ``morph_context``) the morphology
-    templates each was computed against; windows holding invalid samples are dropped."""
+               morph_context: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """One record's beat windows, their labels, (with ``morph_context``) the morphology
+    templates each was computed against and their R-peak samples; windows holding invalid
+    samples are dropped."""
     x, kept = beat_windows(
         signal, peaks, fs, window=window, r_offset=r_offset, rr_context=rr_context,
         morph_context=morph_context,
@@ -403,7 +407,7 @@ def _cut_beats(signal: np.ndarray, peaks: np.ndarray, labels: np.ndarray, fs: fl
             "record %s: %d beats too close to the ends dropped",
             name, peaks.size - kept.size,
         )
-    return x, labels[kept], templates
+    return x, labels[kept], templates, peaks[kept]
 
 
 def load_mitbih(

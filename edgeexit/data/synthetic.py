@@ -211,6 +211,7 @@ def generate_synthetic(config: SyntheticECGConfig = SyntheticECGConfig()) -> Bea
     ys: list[np.ndarray] = []
     groups: list[np.ndarray] = []
     ts: list[np.ndarray] = []  # morphology templates, with morph_context
+    rs: list[np.ndarray] = []  # R-peak times (s)
     for r in range(config.n_records):
         if counts[r].sum() == 0:
             continue
@@ -229,6 +230,7 @@ def generate_synthetic(config: SyntheticECGConfig = SyntheticECGConfig()) -> Bea
             ts.append(morph_templates(x[:, 0], default_r_offset(config.window), config.fs)
                       [_LEAD_IN : _LEAD_IN + labels.size])
         ys.append(labels.astype(np.int64))
+        rs.append(peaks[_LEAD_IN : _LEAD_IN + labels.size] / config.fs)
         groups.append(np.full(labels.size, f"syn{r:03d}"))
     channels = (("ecg",) + (RR_FEATURES if config.rr_context else ())
                 + (MORPH_FEATURES if config.morph_context else ()))
@@ -243,6 +245,7 @@ def generate_synthetic(config: SyntheticECGConfig = SyntheticECGConfig()) -> Bea
         units="mV",
         source=f"synthetic(seed={config.seed}, n_beats={config.n_beats})",
         templates=np.concatenate(ts) if config.morph_context else None,
+        times=np.concatenate(rs).astype(np.float64),
     )
     log.info(
         "generated %d synthetic beats from %d records in %.2f s: %s",

@@ -154,3 +154,20 @@ def test_an_older_file_without_templates_gets_them_rebuilt_or_a_warning(tmp_path
     with caplog.at_level("WARNING"):
         assert load_source(str(shuffled.save_npz(tmp_path / "shuffled.npz"))).templates is None
     assert "no morphology templates" in caplog.text
+
+
+def test_beat_times_survive_subsets_npz_files_and_joins(separable, tmp_path):
+    import dataclasses
+
+    from edgeexit.data.dataset import concatenate
+
+    data = dataclasses.replace(separable, times=np.arange(len(separable)) * 0.5)
+    part = data.subset(np.array([3, 1]))
+    assert part.times.tolist() == [1.5, 0.5]
+    back = load_npz(data.save_npz(tmp_path / "t.npz"))
+    assert np.array_equal(back.times, data.times)
+    joined = concatenate([part, data.subset(np.array([0]))])
+    assert joined.times.tolist() == [1.5, 0.5, 0.0] and joined.groups.shape == (3,)
+    assert concatenate([part, separable.subset(np.array([0]))]).times is None
+    with pytest.raises(DataError, match="times"):
+        dataclasses.replace(separable, times=np.zeros(2))
