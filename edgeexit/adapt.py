@@ -254,7 +254,7 @@ def adapt(checkpoint: str | os.PathLike | Checkpoint, wearer: BeatDataset,
     tc = _train_config(ckpt, config)
     with _Frozen(model, config.trainable):
         train(_mix(beats, replay, config.patient_share), tc, model=model, val=beats)
-    model.eval()
+    model.cpu().eval()  # trained where tc.device said; the record and the file hold CPU tensors
     record = _record(ckpt, parent_sha, checkpoint, beats, config, "labelled", replay)
     record["thresholds"] = _thresholds(model, beats.x, beats.y, beats.groups, config)
     record["elapsed_s"] = round(time.perf_counter() - start, 2)
