@@ -14,12 +14,15 @@ from edgeexit.cli.app import (
     stage_printer,
 )
 from edgeexit.cli.options import json_option
-from edgeexit.robust.names import EvalAttack
+from edgeexit.robust.names import EvalAttack, StreamAttack
 
 _ATTACK_NAMES = tuple(str(a) for a in EvalAttack)
+_STREAM_NAMES = tuple(str(a) for a in StreamAttack)
 
 _EVALUATE_GROUPS = (
     ("Inputs", ("source", "checkpoint", "limit", "seed", "out_dir")),
+    ("Device path (--records: continuous records, end to end)",
+     ("records", "record_names", "minutes", "rounds")),
     ("Attacks", ("eps", "sanity_eps", "norm", "attacks", "steps", "vae", "eta", "square_queries",
                  "morph")),
     ("Noise", ("noise", "snr", "noise_dir")),
@@ -43,9 +46,11 @@ _EVALUATE_GROUPS = (
                    "toward 0 (else: gradient masking); 0 skips the check.")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True,
               help="linf: per time step; l2: over the whole window (mV).")
-@click.option("--attacks", default=",".join(_ATTACK_NAMES), show_default=True,
-              help="Which attacks (square and the cost figures need a bundle; onmanifold needs "
-                   "--vae, and is skipped without it when the list is left at its default).")
+@click.option("--attacks", default=None,
+              help="Which attacks (default: all; square and the cost figures need a bundle; "
+                   "onmanifold needs --vae, and is skipped without it when the list is left at its "
+                   f"default): {', '.join(_ATTACK_NAMES)}; with --records: "
+                   f"{', '.join(_STREAM_NAMES)}.")
 @click.option("--steps", default=20, show_default=True, help="PGD steps (also the latent attack's).")
 @click.option("--vae", default=None, type=click.Path(dir_okay=False),
               help="VAE of the model's data (the vae.pt of `edgeexit compress`) for the on-manifold "
@@ -71,11 +76,22 @@ _EVALUATE_GROUPS = (
               help="With morphology context channels: follows = recomputed from every attacked "
                    "or noisy waveform, as the device does; held = kept at their clean values "
                    "(a threat model that gives them away; only to compare).")
+@click.option("--records", default=None,
+              help="Evaluate on the device path instead: stream continuous records end to end "
+                   "(detector, RR and morphology context, exit policy), clean, noisy and under "
+                   "the stream attacks (timing, pgd, square, slowdown). A WFDB directory with "
+                   "beat annotations, or 'synthetic'. Needs a bundle.")
+@click.option("--record-names", default=None,
+              help="--records: which records (comma-separated; default: DS2 for MIT-BIH, else all).")
+@click.option("--minutes", default=None, type=float,
+              help="--records: stream only each record's first minutes.")
+@click.option("--rounds", default=2, show_default=True, type=click.IntRange(min=1),
+              help="--records: white-box PGD rounds (craft on the device's windows, re-detect).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @json_option
 def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks, steps, vae, eta,
-             noise, snr, noise_dir, limit, square_queries, backend, threads, seed, morph, progress,
-             as_json):
+             noise, snr, noise_dir, limit, square_queries, backend, threads, seed, morph, records,
+             record_names, minutes, rounds, progress, as_json):
     """Attack a checkpoint or a deployed bundle and report robustness.
 
     For a checkpoint: white-box attacks (max-average PGD, policy-aware PGD on the ensemble of all
@@ -85,11 +101,15 @@ def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks
     Square attack and noise through the runtime; exit histograms, MACs and latency clean vs
     attacked. Writes OUT/report.json, OUT/report.md, OUT/robustness.png and OUT/exits.png.
     """
+    if records is not None:
+        return _evaluate_stream(target, records, checkpoint, out_dir, eps, attacks, steps, noise,
+                                snr, noise_dir, square_queries, backend, threads, seed,
+                                record_names, minutes, rounds, progress, as_json)
     from edgeexit.robust.evaluate import EvalConfig, format_markdown
     from edgeexit.robust.evaluate import evaluate as run_evaluate
 
     config = EvalConfig(eps=floats(eps), sanity_eps=sanity_eps or None, norm=norm,
-                        attacks=names(attacks), steps=steps, vae=vae, eta=eta, noise=names(noise),
+                        attacks=names(attacks) if attacks else _ATTACK_NAMES, steps=steps, vae=vae, eta=eta, noise=names(noise),
                         snr_db=floats(snr), noise_dir=noise_dir, limit=limit or None,
                         square_queries=square_queries, backend=backend, threads=threads,
                         seed=seed, morph_follows=morph == "follows")
@@ -98,6 +118,26 @@ def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks
                               out_dir=out_dir,
                               progress=(lambda what, done, total: bars.update(
                                   "evaluate", done, total, "step", what)) if bars.enabled else None)
+    echo_result(as_json, result.report, lambda: format_markdown(result.report) + "\nwrote "
+                + ", ".join(str(f) for f in result.files))
+
+
+def _evaluate_stream(target, records, checkpoint, out_dir, eps, attacks, steps, noise, snr,
+                     noise_dir, square_queries, backend, threads, seed, record_names, minutes,
+                     rounds, progress, as_json):
+    """``evaluate --records``: the device path end to end (edgeexit.robust.stream)."""
+    from edgeexit.robust.stream.evaluate import StreamEvalConfig, evaluate_stream, format_markdown
+
+    config = StreamEvalConfig(
+        eps=floats(eps), attacks=names(attacks) if attacks else _STREAM_NAMES, noise=names(noise),
+        snr_db=floats(snr), noise_dir=noise_dir, steps=steps, rounds=rounds,
+        records=names(record_names) if record_names else None, minutes=minutes,
+        square_queries=square_queries, backend=backend, threads=threads, seed=seed)
+    with ProgressBars(interactive(progress)) as bars:
+        result = evaluate_stream(target, records, checkpoint=checkpoint, config=config,
+                                 out_dir=out_dir,
+                                 progress=(lambda what, done, total: bars.update(
+                                     "evaluate", done, total, "step", what)) if bars.enabled else None)
     echo_result(as_json, result.report, lambda: format_markdown(result.report) + "\nwrote "
                 + ", ".join(str(f) for f in result.files))
 

@@ -199,26 +199,12 @@ def generate_synthetic(config: SyntheticECGConfig = SyntheticECGConfig()) -> Bea
         (``"syn000"``, ...), beats in record order and time order within a record.
     """
     started = time.perf_counter()
-    root = np.random.default_rng(config.seed)
-    # One child generator for the allocation and one per record: a record's signal depends only
-    # on the seed, its index and its beat counts, never on the order anything else was drawn in.
-    alloc_rng, *record_rngs = root.spawn(config.n_records + 1)
-    counts, paced = _allocate(alloc_rng, config)
-    # Paced QRS polarity alternates over the (few) paced records, so that every data set holds
-    # both kinds and a model must learn the pacing spike, not one patient's paced complex.
-    polarity = np.where(np.cumsum(paced) % 2 == 1, -1.0, 1.0) * alloc_rng.choice([-1.0, 1.0])
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     groups: list[np.ndarray] = []
     ts: list[np.ndarray] = []  # morphology templates, with morph_context
     rs: list[np.ndarray] = []  # R-peak times (s)
-    for r in range(config.n_records):
-        if counts[r].sum() == 0:
-            continue
-        rng = record_rngs[r]
-        labels = _beat_sequence(rng, counts[r])
-        patient = _Patient.draw(rng, paced=bool(paced[r]), pace_polarity=float(polarity[r]))
-        signal, peaks = _render_record(rng, patient, labels, config)
+    for r, labels, signal, peaks in _records(config):
         x, kept = beat_windows(
             signal, peaks, config.fs, config.window, rr_context=config.rr_context,
             morph_context=config.morph_context,
@@ -255,6 +241,42 @@ def generate_synthetic(config: SyntheticECGConfig = SyntheticECGConfig()) -> Bea
         data.class_counts(),
     )
     return data
+
+
+def _records(config: SyntheticECGConfig):
+    """``(index, labels, signal, peaks)`` of every simulated record with beats: ``labels`` the
+    classes of the kept beats, ``signal`` the continuous record (mV) and ``peaks`` the R peak of
+    every beat, the :data:`_LEAD_IN` sinus beats before them and :data:`_LEAD_OUT` after included."""
+    root = np.random.default_rng(config.seed)
+    # One child generator for the allocation and one per record: a record's signal depends only
+    # on the seed, its index and its beat counts, never on the order anything else was drawn in.
+    alloc_rng, *record_rngs = root.spawn(config.n_records + 1)
+    counts, paced = _allocate(alloc_rng, config)
+    # Paced QRS polarity alternates over the (few) paced records, so that every data set holds
+    # both kinds and a model must learn the pacing spike, not one patient's paced complex.
+    polarity = np.where(np.cumsum(paced) % 2 == 1, -1.0, 1.0) * alloc_rng.choice([-1.0, 1.0])
+    for r in range(config.n_records):
+        if counts[r].sum() == 0:
+            continue
+        rng = record_rngs[r]
+        labels = _beat_sequence(rng, counts[r])
+        patient = _Patient.draw(rng, paced=bool(paced[r]), pace_polarity=float(polarity[r]))
+        signal, peaks = _render_record(rng, patient, labels, config)
+        yield r, labels, signal, peaks
+
+
+def synthetic_records(config: SyntheticECGConfig = SyntheticECGConfig()) -> list[dict]:
+    """The continuous records that :func:`generate_synthetic` cuts its windows from (streaming,
+    stream-level evaluation): one dict per record, ``name`` (``"syn000"``, ...), ``signal``
+    (float64 mV ``[T]``), ``fs``, ``r_peaks`` (int64, every beat) and ``labels`` (their AAMI class
+    indices; the lead-in and lead-out beats are sinus, ``N``). The same seed gives the same
+    signals as :func:`generate_synthetic`'s records."""
+    out = []
+    for r, labels, signal, peaks in _records(config):
+        cls = np.concatenate([np.full(_LEAD_IN, _N), labels, np.full(_LEAD_OUT, _N)])
+        out.append({"name": f"syn{r:03d}", "signal": signal, "fs": float(config.fs),
+                    "r_peaks": peaks.astype(np.int64), "labels": cls.astype(np.int64)})
+    return out
 
 
 # ------------------------------------------------------------------------------ beat allocation

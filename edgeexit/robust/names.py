@@ -61,3 +61,14 @@ class TrainAttack(StrEnum):
 
 
 TRAIN_ATTACKS: tuple[TrainAttack, ...] = tuple(TrainAttack)
+
+
+class StreamAttack(StrEnum):
+    """An attack on the continuous signal (``edgeexit evaluate --records``), in report order:
+    the device finds the R peaks in the attacked signal and computes the context from them
+    (:mod:`edgeexit.robust.stream.attacks`)."""
+
+    TIMING = "timing"  # detector-matched bursts in diastole: extra R peaks, shifted RR context
+    PGD = "pgd"  # white-box PGD through the device path (craft, re-detect, repeat)
+    SQUARE = "square"  # black-box Square attack through the runtime, on the stream
+    SLOWDOWN = "slowdown"  # DeepSloth on the stream (latency and energy per beat)

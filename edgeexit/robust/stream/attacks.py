@@ -1,0 +1,387 @@
+"""Attacks on the continuous signal, through the device path (host side: torch for the gradients).
+
+Every attack returns the attacked signal ``x + delta`` with ``|delta| <= eps`` (mV) on every raw
+sample; the device then finds the R peaks in it and computes the RR and morphology context
+from what it found, so the timing is in the attacker's reach (DESIGN.md section 6, device level).
+
+- :class:`TimingAttack`: no model needed. In the diastole of every ``every``-th RR interval it
+  adds a burst shaped for the detector: a +-eps square wave at the frequency where the QRS
+  filter's band-pass-and-derivative gain peaks, as long as the moving-window integration, which
+  is what maximises the detector's integrated energy under an Linf budget. Where the detector
+  takes it for a beat, the RR context of the beats around it changes (a premature-looking beat
+  after it, a false beat that is classified too).
+- :class:`StreamPGD`: white-box PGD through the device path, alternating: craft on the windows
+  the device cut with the context it computed (RR held within a round, morphology recomputed
+  differentiably from the attacked waveform against the device's template), write every beat's
+  window back into the continuous signal (each sample taken from the window of its nearest R
+  peak), re-detect and recompute the context by running the device, repeat; the round whose
+  end-to-end accuracy is lowest is kept.
+- :class:`StreamSquare`: the black-box Square attack (:class:`~edgeexit.robust.attacks.square.SquareAttack`)
+  on the device's windows through the runtime (its policy's probabilities), written back into
+  the signal and streamed again.
+- :class:`StreamSlowdown`: DeepSloth (:class:`~edgeexit.robust.attacks.objectives.Slowdown`)
+  through the same machinery: pushes beats to later exits (latency and energy per beat).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import numpy as np
+import torch
+
+from edgeexit.errors import ConfigError
+from edgeexit.robust.attacks.objectives import Objective, Slowdown
+from edgeexit.robust.stream.device import DeviceRun, match, run_device
+from edgeexit.robust.stream.records import StreamRecord
+from edgeexit.runtime.peaks import INTEGRATION_S, T_WAVE_S, _bandpass_kernel
+from edgeexit.runtime.preprocess import MORPH_FEATURES, BeatTemplate, morph_templates
+from edgeexit.runtime.stream import MATCH_S
+
+log = logging.getLogger(__name__)
+
+
+def _check_eps(eps: float) -> float:
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise ConfigError(f"attack budget eps must be a number of mV > 0, got {eps!r}")
+    return float(eps)
+
+
+def within_budget(clean: np.ndarray, attacked: np.ndarray, eps: float) -> np.ndarray:
+    """``attacked`` moved back inside ``clean +- eps`` (float64; guards every attack's output)."""
+    return np.clip(np.asarray(attacked, np.float64), clean - eps, clean + eps)
+
+
+# ---------------------------------------------------------------------------------- timing
+def detector_frequency(fs: float) -> float:
+    """The frequency (Hz) at which the detector's band-pass and derivative gain peaks."""
+    bp = _bandpass_kernel(fs)
+    deriv = np.array([1.0, 2.0, 0.0, -2.0, -1.0]) * fs / 8.0
+    h = np.convolve(bp, deriv)
+    n = 1 << 14
+    f = np.fft.rfftfreq(n, 1.0 / fs)
+    return float(f[int(np.argmax(np.abs(np.fft.rfft(h, n))))])
+
+
+def detector_burst(eps: float, fs: float, seconds: float = INTEGRATION_S) -> np.ndarray:
+    """+-eps square wave at :func:`detector_frequency`, ``seconds`` long (a whole number of
+    half-cycles, so it starts and ends at zero crossings)."""
+    f = detector_frequency(fs)
+    half_cycles = max(2, int(round(2 * seconds * f)))
+    t = np.arange(int(round(half_cycles / (2 * f) * fs))) / fs
+    return eps * np.sign(np.sin(2 * np.pi * f * t + 1e-9))
+
+
+@dataclasses.dataclass
+class TimingAttack:
+    """Extra R peaks from detector-matched bursts in diastole (module docstring).
+
+    Args:
+        eps: Linf budget in mV.
+        every: a burst in every ``every``-th RR interval (2: alternate intervals, so the RR
+            ratios turn irregular; 1: every interval, a regular rhythm of twice the rate).
+        min_after_s: earliest burst centre after the previous R peak (beyond the detector's
+            T-wave test, :data:`~edgeexit.runtime.peaks.T_WAVE_S`).
+        min_before_s: the burst ends at least this long before the next R peak.
+    """
+
+    eps: float
+    every: int = 2
+    min_after_s: float = T_WAVE_S + 0.1
+    min_before_s: float = 0.25
+    name: str = "timing"
+
+    def __post_init__(self) -> None:
+        self.eps = _check_eps(self.eps)
+        if self.every < 1:
+            raise ConfigError(f"every must be >= 1, got {self.every}")
+        self.stats: dict = {}
+
+    def __call__(self, record: StreamRecord, clean: DeviceRun, device=None) -> np.ndarray:
+        """The attacked signal; ``clean``: the device's run on the clean signal (its peaks)."""
+        fs, x = record.fs, record.signal
+        burst = detector_burst(self.eps, fs)
+        half = burst.size // 2
+        peaks = clean.peaks
+        delta = np.zeros_like(x)
+        placed = 0
+        for i in range(0, max(0, peaks.size - 1), self.every):
+            a, b = int(peaks[i]), int(peaks[i + 1])
+            c = max(a + int(self.min_after_s * fs), (a + b) // 2)
+            if c + half + int(self.min_before_s * fs) > b or c - half < 0 or c + half >= x.size:
+                continue
+            delta[c - half:c - half + burst.size] = burst
+            placed += 1
+        out = within_budget(x, x + delta, self.eps)
+        self.stats = {"bursts": placed, "burst_hz": round(detector_frequency(fs), 2),
+                      "burst_ms": round(1e3 * burst.size / fs, 1)}
+        return out
+
+
+# ------------------------------------------------------------------------------ the device
+class DevicePath:
+    """What the model-aware attacks need: the runtime ``engine``, its source ``model`` (torch,
+    eval mode) and the deployed policy's ``objective``; the window geometry of the bundle."""
+
+    def __init__(self, engine, model: torch.nn.Module, objective: Objective, channels,
+                 r_offset: int, fs: float) -> None:
+        self.engine, self.model, self.objective = engine, model, objective
+        self.window = int(engine.input_shape[-1])
+        self.r_offset, self.fs = int(r_offset), float(fs)
+        channels = list(channels or [])
+        self.morph_index = ([channels.index(c) for c in MORPH_FEATURES]
+                            if set(MORPH_FEATURES) <= set(channels) else None)
+        self._beat = BeatTemplate(self.window, self.r_offset, self.fs)
+
+    def run(self, signal: np.ndarray, capture: bool = True) -> DeviceRun:
+        return run_device(self.engine, signal, self.fs, capture=capture)
+
+    def templates(self, windows: np.ndarray) -> np.ndarray | None:
+        """The morphology template each captured window was compared with (None: no morphology
+        channels): the median of the previous beats' windows, as the device's stream keeps it."""
+        if self.morph_index is None:
+            return None
+        return morph_templates(windows[:, 0], self.r_offset, self.fs)
+
+    def finish(self, x: np.ndarray, templates: np.ndarray | None) -> np.ndarray:
+        """Windows with their morphology channels recomputed from channel 0 (device code)."""
+        if templates is None:
+            return x
+        x = np.array(x, np.float32, copy=True)
+        for i in range(len(x)):
+            x[i, self.morph_index, :] = self._beat.compare(x[i, 0], templates[i])[:, None]
+        return x
+
+    def model_input(self, sig: torch.Tensor, rest: torch.Tensor, templates) -> torch.Tensor:
+        """``[B, C, L]`` model input from the signal channel ``sig [B, L]`` and the other channels
+        ``rest [B, C-1, L]``; the morphology channels recomputed differentiably."""
+        x = torch.cat([sig[:, None], rest], 1)
+        if templates is None:
+            return x
+        from edgeexit.robust.context import MorphContext
+
+        ctx = MorphContext.__new__(MorphContext)
+        ctx.index, ctx.qrs = self.morph_index, self._beat.qrs
+        f = ctx.features_torch(sig, templates)
+        x = x.clone()
+        x[:, self.morph_index, :] = f.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        return x
+
+
+def _labels(record: StreamRecord, run: DeviceRun) -> np.ndarray:
+    """The annotated class of every answered beat (-1: a false detection)."""
+    m = match(record.ann_samples, run.r_samples, int(round(MATCH_S * record.fs)))
+    return np.where(m >= 0, record.ann_labels[np.maximum(m, 0)], -1)
+
+
+def _starts(run: DeviceRun, device: DevicePath) -> np.ndarray:
+    return run.r_samples - device.r_offset
+
+
+def _clean_windows(clean: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+    idx = starts[:, None] + np.arange(length)[None, :]
+    return clean[np.clip(idx, 0, clean.size - 1)]
+
+
+def write_back(delta: np.ndarray, clean: np.ndarray, r: np.ndarray, starts: np.ndarray,
+               sig: np.ndarray, rows: np.ndarray) -> None:
+    """Write the attacked windows ``sig [B, L]`` (rows ``rows`` of the beats at ``r``) into the
+    continuous ``delta``: each sample from the window of its nearest R peak."""
+    length = sig.shape[1]
+    mids = np.concatenate([[-(1 << 60)], (r[1:] + r[:-1]) // 2 + 1, [1 << 60]])
+    for j, i in enumerate(rows.tolist()):
+        a = max(int(starts[i]), int(mids[i]), 0)
+        b = min(int(starts[i]) + length, int(mids[i + 1]), delta.size)
+        if b > a:
+            delta[a:b] = sig[j, a - starts[i]: b - starts[i]] - clean[a:b]
+
+
+def _ascend(device: DevicePath, x: np.ndarray, clean_sig: np.ndarray, y: np.ndarray,
+            templates, objective: Objective, eps: float, steps: int,
+            batch: int = 256) -> np.ndarray:
+    """Signed-gradient ascent of ``objective`` on the signal channel of windows ``x``, projected
+    on ``clean_sig +- eps`` (the context channels held; morphology follows). ``[B, L]``."""
+    step = 2.5 * eps / steps
+    out = np.empty_like(clean_sig, dtype=np.float32)
+    for s in range(0, len(x), batch):
+        xb = torch.from_numpy(np.ascontiguousarray(x[s:s + batch], np.float32))
+        lo = torch.from_numpy(clean_sig[s:s + batch].astype(np.float32)) - eps
+        hi = lo + 2 * eps
+        yb = torch.from_numpy(np.maximum(y[s:s + batch], 0))
+        tb = None if templates is None else torch.from_numpy(templates[s:s + batch])
+        sig, rest = xb[:, 0].clone(), xb[:, 1:]
+        for _ in range(steps):
+            sig.requires_grad_(True)
+            loss = objective(device.model(device.model_input(sig, rest, tb)), yb).sum()
+            (g,) = torch.autograd.grad(loss, sig)
+            sig = torch.min(torch.max(sig.detach() + step * g.sign(), lo), hi)
+        out[s:s + batch] = sig.numpy()
+    return out
+
+
+@dataclasses.dataclass
+class _Crafted:
+    """One crafting pass on a device run's windows."""
+
+    rows: np.ndarray  # the beats crafted on (rows of the run's windows)
+    sig: np.ndarray  # their attacked signal channel [B, L]
+    templates: np.ndarray | None
+
+
+def _end_to_end_accuracy(record: StreamRecord, run: DeviceRun, beats: np.ndarray | None = None) -> float:
+    """Accuracy over the annotated beats (or those of ``beats``), missed beats counted wrong."""
+    m = match(record.ann_samples, run.peaks, int(round(MATCH_S * record.fs)))
+    answer = np.full(record.ann_samples.size, -1)
+    at = {int(r): i for i, r in enumerate(run.r_samples.tolist())}
+    for p, a in zip(run.peaks.tolist(), m.tolist()):
+        if a >= 0 and p in at:
+            answer[a] = run.labels[at[p]]
+    sel = np.arange(answer.size) if beats is None else beats
+    return float(np.mean(answer[sel] == record.ann_labels[sel])) if sel.size else 0.0
+
+
+class _Rounds:
+    """Craft on the device's windows, write back, re-run the device; keep the strongest round."""
+
+    def __init__(self, eps: float, rounds: int) -> None:
+        self.eps = _check_eps(eps)
+        if rounds < 1:
+            raise ConfigError(f"rounds must be >= 1, got {rounds}")
+        self.rounds = int(rounds)
+        self.stats: dict = {}
+
+    def craft(self, record, run, device, y) -> _Crafted:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def score(self, record: StreamRecord, run: DeviceRun) -> float:
+        return _end_to_end_accuracy(record, run)
+
+    def __call__(self, record: StreamRecord, clean: DeviceRun, device: DevicePath) -> np.ndarray:
+        x = record.signal
+        delta = np.zeros_like(x)
+        best, best_delta, run, history = self.score(record, clean), delta.copy(), clean, []
+        for k in range(self.rounds):
+            if run.windows is None:
+                break
+            y = _labels(record, run)
+            c = self.craft(record, run, device, y)
+            write_back(delta, x, run.r_samples, _starts(run, device), c.sig, c.rows)
+            np.clip(delta, -self.eps, self.eps, out=delta)
+            if k == 0:
+                self.first_pass(record, run, device, y, c)
+            run = device.run(x + delta)
+            acc = self.score(record, run)
+            history.append(round(acc, 4))
+            if acc < best:
+                best, best_delta = acc, delta.copy()
+        self.stats = {**self.stats, "rounds": self.rounds, "score_by_round": history}
+        return within_budget(x, x + best_delta, self.eps)
+
+    def first_pass(self, record, run, device, y, c: _Crafted) -> None:
+        """Hook after crafting on the clean run's windows (the window-level comparison)."""
+
+
+class StreamPGD(_Rounds):
+    """White-box PGD through the device path (module docstring).
+
+    Args:
+        eps: Linf budget (mV); steps: PGD steps per round (step ``2.5 eps / steps``);
+        rounds: craft / re-detect rounds; objective: what to ascend (None: the device path's
+        policy objective).
+
+    After a call, ``window_held`` holds the labels the runtime gives the first round's crafted
+    windows with their context held (today's window-level attack on the same beats), per
+    answered beat of the clean run, and ``clean_beats`` the annotated beats they are.
+    """
+
+    name = "pgd"
+
+    def __init__(self, eps: float, *, steps: int = 10, rounds: int = 2,
+                 objective: Objective | None = None) -> None:
+        super().__init__(eps, rounds)
+        self.steps = int(steps)
+        self.objective = objective
+        self.window_held: dict | None = None
+
+    def craft(self, record, run, device, y) -> _Crafted:
+        rows = np.flatnonzero(y >= 0) if not isinstance(self.objective, Slowdown) else np.arange(y.size)
+        x = run.windows[rows]
+        starts = _starts(run, device)[rows]
+        clean_sig = _clean_windows(record.signal, starts, device.window)
+        tmpl = device.templates(run.windows)
+        tmpl = None if tmpl is None else tmpl[rows]
+        sig = _ascend(device, x, clean_sig, y[rows], tmpl, self.objective or device.objective,
+                      self.eps, self.steps)
+        return _Crafted(rows, sig, tmpl)
+
+    def first_pass(self, record, run, device, y, c: _Crafted) -> None:
+        x = np.array(run.windows[c.rows], np.float32, copy=True)
+        x[:, 0] = c.sig
+        res = device.engine.predict_batch(np.ascontiguousarray(device.finish(x, c.templates)))
+        self.window_held = {"labels": res.labels, "y": y[c.rows],
+                            "exits": res.exit_index, "rows": c.rows}
+
+
+class StreamSlowdown(StreamPGD):
+    """DeepSloth on the stream: PGD of :class:`~edgeexit.robust.attacks.objectives.Slowdown`
+    through the device path (one round); scored by the share of beats leaving at the last exit."""
+
+    name = "slowdown"
+
+    def __init__(self, eps: float, *, steps: int = 10, rounds: int = 1) -> None:
+        super().__init__(eps, steps=steps, rounds=rounds, objective=Slowdown())
+
+    def score(self, record: StreamRecord, run: DeviceRun) -> float:
+        # lower is stronger: minus the mean exit index the device took
+        return -float(run.exits.mean()) if run.exits.size else 0.0
+
+
+class StreamSquare(_Rounds):
+    """The Square attack on the device's windows through the runtime (black box), written back
+    into the signal and streamed again (module docstring)."""
+
+    name = "square"
+
+    def __init__(self, eps: float, *, queries: int = 100, rounds: int = 1, seed: int = 0) -> None:
+        super().__init__(eps, rounds)
+        self.queries, self.seed = int(queries), int(seed)
+
+    def craft(self, record, run, device, y) -> _Crafted:
+        from edgeexit.robust.attacks.square import SquareAttack
+
+        rows = np.flatnonzero(y >= 0)
+        tmpl = device.templates(run.windows)
+        tmpl = None if tmpl is None else tmpl[rows]
+        x = run.windows[rows]
+        starts = _starts(run, device)[rows]
+        clean_sig = _clean_windows(record.signal, starts, device.window).astype(np.float32)
+        # the windows as the device cut them from the clean signal (the budget's centre)
+        x0 = np.array(x, np.float32, copy=True)
+        x0[:, 0] = clean_sig
+
+        def predict(xa: np.ndarray) -> np.ndarray:
+            return device.engine.predict_batch(
+                np.ascontiguousarray(device.finish(xa, tmpl), np.float32)).probs
+
+        sq = SquareAttack(predict, self.eps, signal_channels=1, n_queries=self.queries,
+                          seed=self.seed)
+        adv = sq(x0, y[rows]) if rows.size else x0
+        self.stats = {k: v for k, v in sq.stats.items() if isinstance(v, (int, float))}
+        return _Crafted(rows, adv[:, 0], tmpl)
+
+
+def make_stream_attack(name: str, eps: float, *, steps: int = 10, rounds: int = 2,
+                       queries: int = 100, seed: int = 0):
+    """The stream attack ``name`` (:class:`~edgeexit.robust.names.StreamAttack`) at ``eps``."""
+    from edgeexit.robust.names import StreamAttack
+
+    name = StreamAttack(name)
+    if name == StreamAttack.TIMING:
+        return TimingAttack(eps)
+    if name == StreamAttack.PGD:
+        return StreamPGD(eps, steps=steps, rounds=rounds)
+    if name == StreamAttack.SQUARE:
+        return StreamSquare(eps, queries=queries, seed=seed)
+    return StreamSlowdown(eps, steps=steps)
