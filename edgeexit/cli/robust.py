@@ -46,11 +46,10 @@ _EVALUATE_GROUPS = (
                    "toward 0 (else: gradient masking); 0 skips the check.")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True,
               help="linf: per time step; l2: over the whole window (mV).")
-@click.option("--attacks", default=None,
-              help="Which attacks (default: all; square and the cost figures need a bundle; "
-                   "onmanifold needs --vae, and is skipped without it when the list is left at its "
-                   f"default): {', '.join(_ATTACK_NAMES)}; with --records: "
-                   f"{', '.join(_STREAM_NAMES)}.")
+@click.option("--attacks", default=",".join(_ATTACK_NAMES), show_default=True,
+              help="Which attacks (square and the cost figures need a bundle; onmanifold needs "
+                   "--vae, and is skipped without it when the list is left at its default). With "
+                   f"--records: {', '.join(_STREAM_NAMES)} (the default list means all of them).")
 @click.option("--steps", default=20, show_default=True, help="PGD steps (also the latent attack's).")
 @click.option("--vae", default=None, type=click.Path(dir_okay=False),
               help="VAE of the model's data (the vae.pt of `edgeexit compress`) for the on-manifold "
@@ -109,7 +108,7 @@ def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks
     from edgeexit.robust.evaluate import evaluate as run_evaluate
 
     config = EvalConfig(eps=floats(eps), sanity_eps=sanity_eps or None, norm=norm,
-                        attacks=names(attacks) if attacks else _ATTACK_NAMES, steps=steps, vae=vae, eta=eta, noise=names(noise),
+                        attacks=names(attacks), steps=steps, vae=vae, eta=eta, noise=names(noise),
                         snr_db=floats(snr), noise_dir=noise_dir, limit=limit or None,
                         square_queries=square_queries, backend=backend, threads=threads,
                         seed=seed, morph_follows=morph == "follows")
@@ -129,7 +128,8 @@ def _evaluate_stream(target, records, checkpoint, out_dir, eps, attacks, steps, 
     from edgeexit.robust.stream.evaluate import StreamEvalConfig, evaluate_stream, format_markdown
 
     config = StreamEvalConfig(
-        eps=floats(eps), attacks=names(attacks) if attacks else _STREAM_NAMES, noise=names(noise),
+        eps=floats(eps),
+        attacks=_STREAM_NAMES if names(attacks) == _ATTACK_NAMES else names(attacks), noise=names(noise),
         snr_db=floats(snr), noise_dir=noise_dir, steps=steps, rounds=rounds,
         records=names(record_names) if record_names else None, minutes=minutes,
         square_queries=square_queries, backend=backend, threads=threads, seed=seed)
