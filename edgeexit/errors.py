@@ -14,8 +14,9 @@ class ExitStatus(enum.IntEnum):
 
     OK = 0
     ERROR = 1  # bad input or configuration: the message says what to fix
-    USAGE = 2  # click's own code for a malformed command line
+    USAGE = 1  # a malformed command line: bad input like any other (one line, no usage block)
     MISMATCH = 3  # a verification ran and found a difference
+    INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it
 
 
 class EdgeExitError(Exception):

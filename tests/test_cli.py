@@ -136,7 +136,7 @@ def test_data_generate_writes_a_loadable_npz(tmp_path):
     r = run("data", "inspect", str(out), "--json")
     assert json.loads(r.output)["class_counts"] == d["class_counts"]
     bad = run("data", "generate", "--out", str(tmp_path / "syn.txt"))
-    assert bad.exit_code == 2 and "must end in .npz" in bad.output
+    assert bad.exit_code == 1 and "must end in .npz" in bad.output
     assert not (tmp_path / "syn.txt").exists()
 
 

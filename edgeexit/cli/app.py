@@ -65,11 +65,51 @@ class GroupedCommand(click.Command):
                 formatter.write_dl(rest)
 
 
+def one_line(text: str, limit: int = 400) -> str:
+    """``text`` as one printable line of at most ``limit`` characters: line breaks become spaces,
+    other control characters (a NUL byte read from a file) escapes, and a long text is cut."""
+    text = " ".join(str(text).split())
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _fail(message: str, status: ExitStatus) -> None:
+    click.echo(f"Error: {one_line(message)}", err=True)
+    sys.exit(status)
+
+
 class EdgeExitGroup(click.Group):
-    """Turns every :class:`EdgeExitError` into a one-line ``Error: ...`` and exit status 1; a
-    missing host package into a line saying how to install it."""
+    """The CLI's error contract: every error ends in one ``Error: what was wrong, what to do``
+    line on stderr, never a traceback. Bad input (an :class:`EdgeExitError`) and a malformed
+    command line exit 1; a missing host package says how to install it; Ctrl-C exits 130 (what
+    was being written is left as it was: every write is atomic); anything else is a bug, reported
+    in one line (its traceback with ``-v``) with exit 1."""
 
     command_class = GroupedCommand
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:  # a bare group: its help, as asked
+            click.echo(e.ctx.get_help())
+            sys.exit(ExitStatus.OK)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "edgeexit"
+            _fail(f"{e.format_message()} (see '{where} --help')", ExitStatus.USAGE)
+        except click.ClickException as e:
+            _fail(e.format_message(), ExitStatus(e.exit_code) if e.exit_code in set(ExitStatus)
+                  else ExitStatus.ERROR)
+        except (click.Abort, KeyboardInterrupt):
+            _fail("interrupted; nothing was left half-written (run the command again)",
+                  ExitStatus.INTERRUPTED)
+        except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback with -v
+            if logging.getLogger("edgeexit").isEnabledFor(logging.DEBUG):
+                raise
+            _fail(f"internal error ({type(e).__name__}: {e}); this is a bug in edgeexit: rerun "
+                  "with -v for the traceback and report it", ExitStatus.ERROR)
+        sys.exit(ExitStatus.OK)
 
     def invoke(self, ctx: click.Context):
         try:

@@ -1,7 +1,9 @@
-"""Atomic file writes: a failed or interrupted write leaves the old file (or nothing), never half.
+"""Atomic file writes: a failed or interrupted write leaves the old file (or nothing), never half;
+and the one rule every command that writes follows before it starts work
+(:func:`check_output_directory`, :func:`check_output_file`).
 
-The runtime writes this way (a signed manifest, a signature, a bundle archive), and so does every
-host-side stage (:mod:`edgeexit.fileio` re-exports these).
+The runtime writes this way (a signed manifest, a signature, a bundle archive, an install), and
+so does every host-side stage (:mod:`edgeexit.fileio` re-exports these).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from edgeexit.errors import ConfigError
 
 
 def _umask() -> int:
@@ -60,3 +64,59 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path.absolute()
+    while not (p.exists() or p.is_symlink()) and p.parent != p:
+        p = p.parent
+    return p
+
+
+def check_writable(path: str | os.PathLike, option: str = "--out") -> None:
+    """Raise :class:`ConfigError` unless ``path`` (a file or directory to be written, existing or
+    not) can be created or replaced: its nearest existing ancestor is a directory in which a file
+    can really be created (tried, then removed: permissions alone do not tell, e.g. ``/proc``)."""
+    path = Path(path)
+    base = _nearest_existing(path if path.is_dir() else path.parent)
+    if not base.is_dir():
+        raise ConfigError(f"cannot write {path}: {base} is a file, not a directory; choose another {option}")
+    try:
+        with tempfile.TemporaryFile(dir=base, prefix=".edgeexit-probe-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {base} is not writable ({e.strerror or e}); "
+                          f"choose another {option}") from None
+
+
+def check_output_directory(out: str | os.PathLike, ours: set[str] | frozenset[str], command: str,
+                           option: str = "--out") -> None:
+    """The rule for an output directory, checked before any work starts: it can be written
+    (:func:`check_writable`), it is not a file, and it holds no entries ``command`` does not
+    write (names in ``ours``; hidden temporaries aside): a run would mix with, or replace,
+    someone else's files. A directory of an earlier run of ``command`` is reused."""
+    out = Path(out)
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a directory; choose another {option}")
+    if out.is_dir():
+        foreign = [p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(".")]
+        if foreign:
+            raise ConfigError(
+                f"{out} holds files that {command} did not write ({', '.join(sorted(foreign)[:5])}); "
+                f"choose an empty or new {option} (a previous {command} directory is reused)"
+            )
+    check_writable(out, option)
+
+
+def check_output_file(path: str | os.PathLike, command: str, option: str = "--out",
+                      ours: Callable[[Path], bool] | None = None) -> None:
+    """The same rule for one output file: it can be written, it is not a directory, and an
+    existing file is replaced only when ``ours(path)`` says ``command`` wrote it (None: never)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give a file name to {option}")
+    if path.exists() or path.is_symlink():
+        if ours is None or path.is_symlink() or not ours(path):
+            raise ConfigError(f"{path} exists and was not written by {command}; refusing to "
+                              f"overwrite it (move it, or choose another {option})")
+    check_writable(path, option)

@@ -2,20 +2,27 @@
 
 Layout of an install directory ``DIR``::
 
-    DIR/current  -> bundles/<name>-v<version>-<id>    the bundle that serves (a relative symlink)
-    DIR/previous -> bundles/...                       the one before it, for `edgeexit rollback`
+    DIR/current  -> pair/current                      the bundle that serves
+    DIR/previous -> pair/previous                     the one before it, for `edgeexit rollback`
+    DIR/pair     -> pairs/<id>                        the one link a switch replaces
+    DIR/pairs/<id>/current  -> ../../bundles/<name>-v<version>-<id>
+    DIR/pairs/<id>/previous -> ../../bundles/...      (absent when there is none)
     DIR/bundles/                                      complete, verified bundles
     DIR/.staging-*                                    extraction in progress (removed when found)
     DIR/.lock                                         held (flock) by the running install
 
-An install extracts the archive into a new staging directory (safely:
-:func:`edgeexit.runtime.archive.extract_archive`),
-checks it completely (hashes and sizes, signature when required, bundle version, golden replay
-with every installed backend), moves it under ``bundles/`` and fsyncs it, then points ``current``
-at it with one ``os.replace`` of a temporary symlink. A health check (load the engine, replay
-golden) runs after the switch; if it fails ``current`` goes back by itself. ``current`` therefore
-always names a complete bundle that passed verification, whatever moment the process dies at;
-the next install removes what a killed one left behind.
+(all links relative). An install extracts the archive into a new staging directory (safely:
+:func:`edgeexit.runtime.archive.extract_archive`: only the files its manifest lists), checks it
+completely (hashes and sizes, signature when required, bundle version, golden replay with every
+installed backend), moves it under ``bundles/`` and fsyncs it, writes the new
+``(current, previous)`` pair as a new ``pairs/<id>`` directory, and switches both at once with
+one ``os.replace`` of the ``pair`` link; a rollback switches the pair the same way. A health check
+(load the engine, replay golden) runs after the switch; if it fails the old pair comes back by
+itself. Whatever moment the process dies at, ``current`` and ``previous`` are the old pair or the
+new one, never a mix; the next install removes what a killed one left behind. A ``current`` whose
+bundle fails its hashes is dropped by the next install, which keeps an intact ``previous``.
+Install directories written by older versions (``current`` a direct link) are converted on the
+next install, one consistent step at a time.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edgeexit.runtime.archive import ArchiveLimits, extract_archive
+from edgeexit.runtime.atomic import check_output_directory
 from edgeexit.runtime.manifest import BundleError, load_manifest, read_manifest
 
 log = logging.getLogger(__name__)
@@ -39,6 +47,8 @@ log = logging.getLogger(__name__)
 CURRENT = "current"
 PREVIOUS = "previous"
 BUNDLES = "bundles"
+PAIR = "pair"
+PAIRS = "pairs"
 STAGING = ".staging-"
 LOCK = ".lock"
 
@@ -94,29 +104,80 @@ def _locked(into: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _target(into: Path, link: str) -> Path | None:
-    p = into / link
-    if not p.is_symlink():
+def _link(path: Path) -> Path | None:
+    """Where symlink ``path`` points (normalised, not resolved further), or None."""
+    if not path.is_symlink():
         return None
-    return into / os.readlink(p)
+    return Path(os.path.normpath(path.parent / os.readlink(path)))
 
 
-def _point(into: Path, link: str, target: Path | None) -> None:
-    """Atomically point ``into/link`` at ``target`` (relative), or remove it for None."""
-    p = into / link
-    if target is None:
-        p.unlink(missing_ok=True)
+def _pair(into: Path) -> tuple[Path | None, Path | None]:
+    """The (current, previous) bundle directories of ``into``; an older layout's direct links
+    too. A link to nothing counts as none."""
+    pair = _link(into / PAIR)
+    if pair is not None:
+        cur, prev = _link(pair / CURRENT), _link(pair / PREVIOUS)
     else:
-        tmp = into / f".{link}.tmp-{uuid.uuid4().hex[:8]}"
-        os.symlink(os.path.relpath(target, into), tmp)
-        os.replace(tmp, p)
+        cur, prev = _link(into / CURRENT), _link(into / PREVIOUS)
+    return tuple(p if p is not None and p.is_dir() else None for p in (cur, prev))  # type: ignore[return-value]
+
+
+def _replace_link(into: Path, link: str, target: str) -> None:
+    """Atomically make ``into/link`` a symlink to ``target`` (relative text)."""
+    tmp = into / f".{link}.tmp-{uuid.uuid4().hex[:8]}"
+    os.symlink(target, tmp)
+    os.replace(tmp, into / link)
+
+
+def _set_pair(into: Path, cur: Path, prev: Path | None) -> None:
+    """Point ``current`` at ``cur`` and ``previous`` at ``prev`` (None: no previous) in one
+    atomic step: a new ``pairs/<id>`` directory, then one ``os.replace`` of the ``pair`` link."""
+    pairs = into / PAIRS
+    pairs.mkdir(exist_ok=True)
+    d = pairs / uuid.uuid4().hex[:12]
+    d.mkdir()
+    os.symlink(os.path.relpath(cur, d), d / CURRENT)
+    if prev is not None and prev.resolve() != cur.resolve():
+        os.symlink(os.path.relpath(prev, d), d / PREVIOUS)
+    _fsync_dir(d)
+    _fsync_dir(pairs)
+    _replace_link(into, PAIR, f"{PAIRS}/{d.name}")
+    _fsync_dir(into)
+    for old in pairs.iterdir():
+        if old.name != d.name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+_OURS = frozenset({CURRENT, PREVIOUS, PAIR, PAIRS, BUNDLES})
+
+
+def _layout(into: Path) -> None:
+    """Bring ``into`` to the pair layout: on a first install, or one made by an older version
+    (``current`` a direct link: the same bundles become the first pair, then the fixed links
+    replace the direct ones; every step leaves the same pair serving). Refuses an entry edgeexit
+    did not write (a user's file called ``current``, say)."""
+    check_output_directory(into, _OURS, "install")
+    for name in (CURRENT, PREVIOUS, PAIR, PAIRS, BUNDLES):
+        p = into / name
+        ok = p.is_symlink() if name in (CURRENT, PREVIOUS, PAIR) else (p.is_dir() and not p.is_symlink())
+        if (p.exists() or p.is_symlink()) and not ok:
+            raise BundleError(f"{p} is not what edgeexit install writes there; refusing to replace "
+                              "it: move it away, or choose another --into")
+    if not (into / PAIR).is_symlink():
+        cur, prev = _pair(into)
+        if cur is not None:
+            _set_pair(into, cur, prev)
+    for link in (CURRENT, PREVIOUS):
+        if not (into / link).is_symlink() or os.readlink(into / link) != f"{PAIR}/{link}":
+            _replace_link(into, link, f"{PAIR}/{link}")
     _fsync_dir(into)
 
 
 def _cleanup(into: Path) -> list[str]:
-    """Remove what killed runs left: staging dirs, temporary links, unreferenced bundles."""
+    """Remove what killed runs left: staging dirs, temporary links, unreferenced pairs and
+    bundles."""
     removed = []
-    keep = {t.resolve() for t in (_target(into, CURRENT), _target(into, PREVIOUS)) if t is not None}
+    keep = {t.resolve() for t in _pair(into) if t is not None}
     for p in into.iterdir():
         if p.name.startswith(STAGING) or (p.name.startswith(".") and ".tmp-" in p.name):
             if p.is_symlink() or p.is_file():
@@ -124,15 +185,30 @@ def _cleanup(into: Path) -> list[str]:
             else:
                 shutil.rmtree(p, ignore_errors=True)
             removed.append(p.name)
-    bundles = into / BUNDLES
-    if bundles.is_dir():
-        for p in bundles.iterdir():
-            if p.resolve() not in keep:
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
-                removed.append(f"{BUNDLES}/{p.name}")
+    active = _link(into / PAIR)
+    for sub in (PAIRS, BUNDLES):
+        if not (into / sub).is_dir():
+            continue
+        for p in (into / sub).iterdir():
+            if (p == active) if sub == PAIRS else (p.resolve() in keep):
+                continue
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink()
+            removed.append(f"{sub}/{p.name}")
     if removed:
         log.info("removed leftovers of earlier runs in %s: %s", into, ", ".join(removed))
     return removed
+
+
+def _intact(root: Path | None) -> bool:
+    """``root`` is a bundle whose manifest reads and whose files match their hashes."""
+    if root is None:
+        return False
+    try:
+        load_manifest(root)
+    except BundleError as e:
+        log.warning("the installed bundle %s is unusable (%s)", root, e)
+        return False
+    return True
 
 
 def check_bundle(root: Path, trusted, strict: bool = False, threads: int | None = 1) -> dict:
@@ -161,10 +237,10 @@ def _health_check(root: Path, trusted, threads: int | None) -> None:
     import numpy as np
 
     from edgeexit.runtime.engine import Engine
+    from edgeexit.runtime.verify import read_golden
 
     engine = Engine.from_bundle(root, threads=threads, trusted_keys=trusted)
-    with np.load(root / "golden.npz", allow_pickle=False) as z:
-        x = z["inputs"][:4].astype(np.float32)
+    x = read_golden(root, engine.manifest)["inputs"][:4].astype(np.float32)
     for row in x:
         engine.predict(row)
     check_bundle(root, trusted, threads=threads)
@@ -197,24 +273,55 @@ def _trust(config: InstallConfig):
     return resolve_trust(None if config.trusted_keys is None else list(config.trusted_keys))
 
 
-def _switch(into: Path, new: Path, health: HealthCheck) -> tuple[Path | None, Path | None]:
-    """Point ``current`` at ``new`` (``previous`` at the old current), health-check, and revert
-    both links on failure. Returns the old (current, previous)."""
-    old_cur, old_prev = _target(into, CURRENT), _target(into, PREVIOUS)
-    if old_cur is not None:
-        _point(into, PREVIOUS, old_cur)  # current and previous both name the old bundle for now
-    _point(into, CURRENT, new)
+def _switch(into: Path, new: Path, keep: Path | None, health: HealthCheck,
+            verb: str) -> tuple[Path | None, Path | None]:
+    """Switch the pair to (``new``, ``keep``) in one step, health-check, and switch the old pair
+    back on failure. Returns the old (current, previous)."""
+    old_cur, old_prev = _pair(into)
+    _set_pair(into, new, keep)
     try:
         health(into / CURRENT)
     except BaseException as e:
         log.error("health check of %s failed (%s); switching back to %s", new, e, old_cur)
-        _point(into, CURRENT, old_cur)
-        _point(into, PREVIOUS, old_prev)
+        if old_cur is not None:
+            _set_pair(into, old_cur, old_prev)
+        else:
+            (into / PAIR).unlink(missing_ok=True)
         if isinstance(e, BundleError):
-            raise BundleError(f"{new.name} failed its health check after the switch ({e}); "
+            raise BundleError(f"{verb} {new.name} failed its health check after the switch ({e}); "
                               f"{'reverted to ' + old_cur.name if old_cur else 'nothing is installed'}") from None
         raise
     return old_cur, old_prev
+
+
+def _stage(archive: Path, into: Path, config: InstallConfig, trusted) -> tuple[Path, dict, int | None, bool]:
+    """Extract and check ``archive``, move it under ``bundles/``; returns (its directory, the
+    check's report, the installed version it replaces, whether the installed bundle is intact)."""
+    stage = into / f"{STAGING}{uuid.uuid4().hex[:12]}"
+    stage.mkdir()
+    try:
+        root = extract_archive(archive, stage, config.limits)
+        manifest = read_manifest(root)
+        cur, _ = _pair(into)
+        installed, intact = None, _intact(cur)
+        if intact:
+            installed = read_manifest(cur).bundle_version
+        elif cur is not None:
+            log.warning("the installed bundle %s is unusable; replacing it (the previous one stays)", cur)
+        if installed is not None and manifest.bundle_version <= installed and not config.allow_rollback:
+            raise BundleError(
+                f"{archive} has bundle version {manifest.bundle_version}, not newer than the "
+                f"installed {installed}; refusing it (install a newer bundle, or pass "
+                "--allow-rollback / use `edgeexit rollback` to go back on purpose)")
+        checked = check_bundle(root, trusted, strict=config.strict, threads=config.threads)
+        _fsync_tree(root)
+        (into / BUNDLES).mkdir(exist_ok=True)
+        final = into / BUNDLES / f"{root.name}-v{manifest.bundle_version}-{uuid.uuid4().hex[:8]}"
+        os.rename(root, final)
+        _fsync_dir(into / BUNDLES)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return final, checked, installed, intact
 
 
 def install_bundle(archive: str | os.PathLike, into: str | os.PathLike,
@@ -229,41 +336,22 @@ def install_bundle(archive: str | os.PathLike, into: str | os.PathLike,
     t0 = time.perf_counter()
     trusted = _trust(config)
     health = health_check or (lambda root: _health_check(root, trusted, config.threads))
+    check_output_directory(into, _OURS, "install")
     with _locked(into):
+        _layout(into)
         removed = _cleanup(into)
-        stage = into / f"{STAGING}{uuid.uuid4().hex[:12]}"
-        stage.mkdir()
+        final, checked, installed, intact = _stage(archive, into, config, trusted)
+        cur, prev = _pair(into)
+        # an unusable current is dropped; an intact previous stays what rollback goes back to
+        keep = cur if intact else (prev if _intact(prev) else None)
         try:
-            root = extract_archive(archive, stage, config.limits)
-            manifest = read_manifest(root)
-            cur = _target(into, CURRENT)
-            installed = None
-            if cur is not None:
-                try:
-                    installed = read_manifest(cur).bundle_version
-                except BundleError as e:
-                    log.warning("the installed bundle %s is unreadable (%s); replacing it", cur, e)
-            if installed is not None and manifest.bundle_version <= installed and not config.allow_rollback:
-                raise BundleError(
-                    f"{archive} has bundle version {manifest.bundle_version}, not newer than the "
-                    f"installed {installed}; refusing it (install a newer bundle, or pass "
-                    "--allow-rollback / use `edgeexit rollback` to go back on purpose)")
-            checked = check_bundle(root, trusted, strict=config.strict, threads=config.threads)
-            _fsync_tree(root)
-            (into / BUNDLES).mkdir(exist_ok=True)
-            final = into / BUNDLES / f"{root.name}-v{manifest.bundle_version}-{uuid.uuid4().hex[:8]}"
-            os.rename(root, final)
-            _fsync_dir(into / BUNDLES)
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
-        try:
-            old_cur, _ = _switch(into, final, health)
+            old_cur, _ = _switch(into, final, keep, health, "installed")
         except BaseException:
             shutil.rmtree(final, ignore_errors=True)
             raise
         _cleanup(into)
-    log.info("installed %s as %s (bundle version %d)", archive, final, manifest.bundle_version)
-    return {"installed": _describe(final), "previous": _describe(old_cur), "into": str(into),
+    log.info("installed %s as %s (bundle version %d)", archive, final, read_manifest(final).bundle_version)
+    return {"installed": _describe(final), "previous": _describe(keep), "into": str(into),
             "archive": str(archive), "replaced_version": installed, **checked,
             "cleaned_up": removed, "seconds": round(time.perf_counter() - t0, 3)}
 
@@ -271,27 +359,25 @@ def install_bundle(archive: str | os.PathLike, into: str | os.PathLike,
 def rollback(into: str | os.PathLike, config: InstallConfig = InstallConfig(),
              health_check: HealthCheck | None = None) -> dict:
     """Switch ``current`` back to ``previous`` (checked like an install first); the bundle that
-    served becomes ``previous``, so a second rollback goes forward again."""
+    served becomes ``previous``, so a second rollback goes forward again. Both links change in
+    one atomic step."""
     into = Path(into)
     trusted = _trust(config)
     health = health_check or (lambda root: _health_check(root, trusted, config.threads))
+    if not into.is_dir():
+        raise BundleError(f"{into} is not an install directory: install a bundle with "
+                          "`edgeexit install BUNDLE.tar.gz --into DIR`")
     with _locked(into):
-        cur, prev = _target(into, CURRENT), _target(into, PREVIOUS)
+        _layout(into)
+        cur, prev = _pair(into)
         if prev is None or cur is None or prev.resolve() == cur.resolve():
             raise BundleError(f"{into} holds no previous bundle to roll back to; install the one "
                               "you want with `edgeexit install BUNDLE.tar.gz --allow-rollback`")
         check_bundle(prev, trusted, strict=config.strict, threads=config.threads)
-        old_cur = cur
-        _point(into, CURRENT, prev)
-        try:
-            health(into / CURRENT)
-        except BaseException as e:  # noqa: BLE001 - any failure reverts; re-raised as one line
-            _point(into, CURRENT, old_cur)
-            raise BundleError(f"rollback to {prev.name} failed its health check ({e}); "
-                              f"{old_cur.name} still serves") from None
-        _point(into, PREVIOUS, old_cur)
-    log.info("rolled back %s: %s -> %s", into, old_cur.name, prev.name)
-    return {"into": str(into), "current": _describe(prev), "previous": _describe(old_cur)}
+        _switch(into, prev, cur if _intact(cur) else None, health, "rollback to")
+        _cleanup(into)
+    log.info("rolled back %s: %s -> %s", into, cur.name, prev.name)
+    return {"into": str(into), "current": _describe(prev), "previous": _describe(_pair(into)[1])}
 
 
 def status(into: str | os.PathLike, check: bool = False) -> dict:
@@ -301,7 +387,7 @@ def status(into: str | os.PathLike, check: bool = False) -> dict:
     if not into.is_dir():
         raise BundleError(f"{into} is not an install directory: install a bundle with "
                           "`edgeexit install BUNDLE.tar.gz --into DIR`")
-    cur, prev = _target(into, CURRENT), _target(into, PREVIOUS)
+    cur, prev = _pair(into)
     out = {"into": str(into), "current": _describe(cur),
            "previous": None if prev is None or (cur and prev.resolve() == cur.resolve()) else _describe(prev)}
     if check and cur is not None:

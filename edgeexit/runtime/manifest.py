@@ -34,7 +34,9 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,7 +47,9 @@ from edgeexit.runtime.kinds import FILE_FORMATS, MIXED, PRECISIONS  # noqa: F401
 FORMAT = "edgeexit.bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
 GOLDEN = "golden.npz"
+MAX_BUNDLE_VERSION = 2**63 - 1  # a signed 64-bit integer, as every reader can hold it
 
 
 class BundleError(EdgeExitError):
@@ -508,7 +512,7 @@ class PolicySpec:
         return cls(
             name=str(d.get("name", "max_prob")),
             thresholds=None if t is None else tuple(float(v) for v in t),
-            exit_index=d.get("exit_index"),
+            exit_index=None if d.get("exit_index") is None else _int(d["exit_index"]),
             calibration=None if cal is None else CalibrationRecord.from_dict(cal),
             weights=None if d.get("weights") is None else tuple(float(v) for v in d["weights"]),
             budget=None if budget is None else BudgetSpec.from_dict(budget),
@@ -588,37 +592,54 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = MANIFEST) -> Manifest:
+        """Parse and validate manifest JSON data; raises :class:`BundleError` (one line) for any
+        input that is not a manifest this runtime can serve, and nothing else."""
+        if not isinstance(d, Mapping):
+            raise BundleError(f"{source} is not an edgeexit bundle manifest (a JSON "
+                              f"{type(d).__name__}, not an object); re-export the bundle")
         if d.get("format") != FORMAT:
-            raise BundleError(f"{source} is not an edgeexit bundle manifest (format {d.get('format')!r})")
+            raise BundleError(f"{source} is not an edgeexit bundle manifest (format "
+                              f"{_short(d.get('format'))})")
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION or isinstance(version, bool):
             raise BundleError(
-                f"{source} has schema version {version!r}, this runtime reads version "
+                f"{source} has schema version {_short(version)}, this runtime reads version "
                 f"{SCHEMA_VERSION}: re-export the bundle with a matching edgeexit, or upgrade the "
                 "runtime on the device"
             )
         try:
-            bundle_version = d.get("bundle_version", 0)
-            if isinstance(bundle_version, bool) or not isinstance(bundle_version, int) \
-                    or bundle_version < 0:
-                raise ValueError(f"bundle_version must be an integer >= 0, got {bundle_version!r}")
-            mono = d.get("monolithic")
-            return cls(
-                model=ModelInfo.from_dict(d["model"]),
-                classes=tuple(d["classes"]),
-                input=InputSpec.from_dict(d["input"]),
-                target=TargetInfo.from_dict(d["target"]),
-                policy=PolicySpec.from_dict(d["policy"]),
-                precision=str(d["precision"]),
-                segments=tuple(SegmentEntry.from_dict(s) for s in d["segments"]),
-                monolithic=None if mono is None else SegmentEntry.from_dict(mono),
-                golden=Golden.from_dict(d["golden"]),
-                provenance=Provenance.from_dict(d.get("provenance", {})),
-                schema_version=int(version),
-                bundle_version=bundle_version,
-            )
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
-            raise BundleError(f"{source} is malformed ({type(e).__name__}: {e}); re-export the bundle") from e
+            manifest = cls._parse(d, version)
+            _validate(manifest)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError,
+                RecursionError) as e:
+            raise BundleError(f"{source} is malformed ({type(e).__name__}: {_short(e, 200)}); "
+                              "re-export the bundle") from None
+        return manifest
+
+    @classmethod
+    def _parse(cls, d: Mapping, version: int) -> Manifest:
+        bundle_version = d.get("bundle_version", 0)
+        if isinstance(bundle_version, bool) or not isinstance(bundle_version, int) \
+                or not 0 <= bundle_version <= MAX_BUNDLE_VERSION:
+            raise ValueError(f"bundle_version must be an integer in [0, 2**63), got {_short(bundle_version)}")
+        classes = d["classes"]
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise TypeError("classes must be a list of names")
+        mono = d.get("monolithic")
+        return cls(
+            model=ModelInfo.from_dict(d["model"]),
+            classes=tuple(classes),
+            input=InputSpec.from_dict(d["input"]),
+            target=TargetInfo.from_dict(d["target"]),
+            policy=PolicySpec.from_dict(d["policy"]),
+            precision=str(d["precision"]),
+            segments=tuple(SegmentEntry.from_dict(s) for s in _list(d["segments"], "segments")),
+            monolithic=None if mono is None else SegmentEntry.from_dict(mono),
+            golden=Golden.from_dict(d["golden"]),
+            provenance=Provenance.from_dict(d.get("provenance") or {}),
+            schema_version=int(version),
+            bundle_version=bundle_version,
+        )
 
     def artifacts(self) -> list[Artifact]:
         """Every hashed file of the bundle (segments, monolithic, golden)."""
@@ -629,6 +650,79 @@ class Manifest:
         if g.file:
             files.append(Artifact(g.file, "npz", "fp32", str(g.sha256), g.size))
         return files
+
+
+def _short(v: Any, limit: int = 80) -> str:
+    """``repr(v)`` cut to ``limit`` characters: a message quotes crafted input, never all of it."""
+    r = repr(v) if not isinstance(v, BaseException) else str(v)
+    r = r.replace("\n", " ")
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def _list(v: Any, what: str) -> list:
+    if not isinstance(v, list):
+        raise TypeError(f"{what} must be a list, got {type(v).__name__}")
+    return v
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"expected an integer, got {_short(v)}")
+    return v
+
+
+def _finite(values, what: str, lo: float = -math.inf, hi: float = math.inf) -> None:
+    for v in values:
+        if not (math.isfinite(v) and lo <= v <= hi):
+            raise ValueError(f"{what} must be finite and within [{lo:g}, {hi:g}], got {_short(v)}")
+
+
+# a probability threshold lies in [0, 1], or at 2 (calibration's "never exit early" there); an
+# entropy threshold (nats) in [0, ln K], or at -2 for "never"
+_NEVER = 2.0
+
+
+def _validate(m: Manifest) -> None:
+    """Ranges and shapes that the dataclasses' types alone do not hold (ValueError/TypeError)."""
+    inp = m.input
+    if not inp.shape or min(inp.shape) < 1 or math.prod(inp.shape) > 1 << 24:
+        raise ValueError(f"input.shape must be positive sizes, got {list(inp.shape)}")
+    if inp.fs is not None:
+        _finite([inp.fs], "input.fs", lo=1e-9)
+    if inp.abs_max is not None:
+        if len(inp.abs_max) != inp.shape[0]:
+            raise ValueError(f"input.abs_max has {len(inp.abs_max)} values for "
+                             f"{inp.shape[0]} channels")
+        _finite(inp.abs_max, "input.abs_max", lo=0.0)
+    if not m.classes or len(set(m.classes)) != len(m.classes):
+        raise ValueError(f"classes must be distinct names, got {_short(list(m.classes))}")
+    if m.precision not in (*PRECISIONS, MIXED):
+        raise ValueError(f"precision {_short(m.precision)} is none of {[*PRECISIONS, MIXED]}")
+    pol = m.policy
+    if pol.thresholds is not None:
+        if len(pol.thresholds) != len(m.segments) - 1:
+            raise ValueError(f"policy.thresholds has {len(pol.thresholds)} values for "
+                             f"{len(m.segments)} segments (one per segment but the last)")
+        lo, hi = ((-_NEVER, math.log(len(m.classes)) + 1e-6) if pol.name == "entropy"
+                  else (0.0, _NEVER))
+        _finite(pol.thresholds, f"policy.thresholds of {pol.name}", lo=lo, hi=hi)
+    if pol.weights is not None:
+        _finite(pol.weights, "policy.weights", lo=0.0)
+    if pol.exit_index is not None and not 0 <= pol.exit_index < len(m.segments):
+        raise ValueError(f"policy.exit_index {pol.exit_index} is not a segment of {len(m.segments)}")
+    g = m.golden
+    _finite([*g.tolerance.values(), *(g.monolithic_tolerance or {}).values()],
+            "golden tolerances", lo=0.0)
+    if g.samples is not None and g.samples < 1:
+        raise ValueError(f"golden.samples must be >= 1, got {g.samples}")
+    for a in m.artifacts():
+        if not _SHA256.fullmatch(a.sha256):
+            raise ValueError(f"{_short(a.file)}: sha256 must be 64 hex digits")
+        if a.size is not None and a.size < 0:
+            raise ValueError(f"{_short(a.file)}: size must be >= 0")
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _artifact(d: dict) -> Artifact:
@@ -739,6 +833,17 @@ def verify_hashes(root: str | os.PathLike, manifest: Manifest) -> None:
             )
 
 
+def parse_manifest(data: bytes, source: str = MANIFEST) -> Manifest:
+    """Parse the bytes of a ``manifest.json`` (see :meth:`Manifest.from_dict`); raises
+    :class:`BundleError` and nothing else, whatever the bytes are."""
+    try:
+        d = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as e:
+        raise BundleError(f"{source} is not valid JSON ({type(e).__name__}: {_short(e, 200)}); "
+                          "copy the bundle again") from None
+    return Manifest.from_dict(d, source)
+
+
 def read_manifest(root: str | os.PathLike) -> Manifest:
     """Parse ``root/manifest.json`` (no hash check; see :func:`load_manifest`)."""
     path = Path(root) / MANIFEST
@@ -748,10 +853,10 @@ def read_manifest(root: str | os.PathLike) -> Manifest:
             "`edgeexit export`, or unpack its .tar.gz first)"
         )
     try:
-        d = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path} is not valid JSON ({e}); copy the bundle again") from e
-    return Manifest.from_dict(d, str(path))
+        data = path.read_bytes()
+    except OSError as e:
+        raise BundleError(f"cannot read {path} ({e.strerror}); copy the bundle again") from None
+    return parse_manifest(data, str(path))
 
 
 def load_manifest(root: str | os.PathLike, check_hashes: bool = True) -> Manifest:

@@ -32,8 +32,9 @@ from pathlib import Path
 from edgeexit.errors import ConfigError
 from edgeexit.runtime.archive import pack_directory
 from edgeexit.runtime.atomic import atomic_write
-from edgeexit.runtime.manifest import (
+from edgeexit.runtime.manifest import (  # noqa: F401 (SIGNATURE re-exported)
     MANIFEST,
+    SIGNATURE,
     BundleError,
     load_manifest,
     manifest_bytes,
@@ -42,7 +43,6 @@ from edgeexit.runtime.manifest import (
 
 log = logging.getLogger(__name__)
 
-SIGNATURE = "manifest.sig"
 SIG_FORMAT = "edgeexit.signature"
 CONFIG_ENV = "EDGEEXIT_CONFIG"
 DEFAULT_CONFIG = "/etc/edgeexit/device.toml"

@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,16 @@ from edgeexit.runtime.engine import (
     default_threads,
     shape_problems,
 )
-from edgeexit.runtime.manifest import GOLDEN, Manifest, check_chain, read_manifest, verify_hashes
+from edgeexit.runtime.manifest import (
+    GOLDEN,
+    MANIFEST,
+    SIGNATURE,
+    BundleError,
+    Manifest,
+    check_chain,
+    read_manifest,
+    verify_hashes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +65,36 @@ class VerifyReport:
                 "unchecked": list(self.unchecked)}
 
 
-def _golden(root: Path) -> dict[str, np.ndarray]:
-    with np.load(root / GOLDEN, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+_GOLDEN_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error,
+                  TypeError, IndexError, OverflowError, MemoryError, RuntimeError)
+
+
+def read_golden(root: str | os.PathLike, manifest: Manifest) -> dict[str, np.ndarray]:
+    """``golden.npz`` of bundle ``root``: ``inputs`` [G, *input shape] and one ``logits_{j}``
+    [G, classes] per segment, all finite, plus any other arrays it holds. Raises
+    :class:`BundleError` (one line) for a file that is not that, whatever its bytes are."""
+    path = Path(root) / (manifest.golden.file or GOLDEN)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise ValueError("not an .npz archive of arrays")
+            out = {k: np.asarray(z[k]) for k in z.files}
+    except _GOLDEN_ERRORS as e:
+        raise BundleError(f"{path} is not a readable golden file ({type(e).__name__}: "
+                          f"{str(e)[:160]}); re-export the bundle") from None
+    want = {"inputs": (None, *manifest.input_shape)}
+    want.update({f"logits_{k}": (None, len(manifest.classes)) for k in range(manifest.num_exits)})
+    g = out["inputs"].shape[0] if "inputs" in out and out["inputs"].ndim else 0
+    for key, shape in want.items():
+        a = out.get(key)
+        if a is None:
+            raise BundleError(f"{path} lacks {key!r}; re-export the bundle")
+        if a.dtype.kind not in "fiu" or a.shape != (g, *shape[1:]) or g < 1:
+            raise BundleError(f"{path}: {key!r} is {a.dtype} {list(a.shape)}, expected numbers of "
+                              f"shape {[g, *shape[1:]]}; re-export the bundle")
+        if not np.isfinite(a).all():
+            raise BundleError(f"{path}: {key!r} holds NaN or Inf; re-export the bundle")
+    return out
 
 
 def verify_bundle(path: str | os.PathLike, backend: str = "all", threads: int | None = None,
@@ -107,7 +145,11 @@ def _verify(root: Path, backend: str, threads: int | None, strict: bool, trusted
             trusted_keys = _check_signature(root, trusted_keys, check)  # the engines reuse them
         except EdgeExitError:
             return check.report(root)
-    golden = _golden(root)
+    try:
+        golden = read_golden(root, manifest)
+    except EdgeExitError as e:
+        check("golden", False, error=str(e))
+        return check.report(root)
     names = _replay_backends(manifest, backend, strict, check)
     for name in names:
         if chained:
@@ -135,7 +177,15 @@ def _check_hashes(root: Path, manifest: Manifest, check: _Checks) -> bool:
         verify_hashes(root, manifest)
     except EdgeExitError as e:
         return check("sha256", False, error=str(e))
-    return check("sha256", True, files=len(manifest.artifacts()))
+    check("sha256", True, files=len(manifest.artifacts()))
+    listed = {Path(a.file) for a in manifest.artifacts()} | {Path(MANIFEST), Path(SIGNATURE)}
+    extra = sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                   if not p.is_dir() and p.relative_to(root) not in listed)
+    if extra:
+        return check("files", False, error=f"{len(extra)} file(s) the manifest does not list: "
+                     f"{', '.join(extra[:5])} (a signature covers only the listed files: remove "
+                     "them, or re-export the bundle)")
+    return True
 
 
 def _check_signature(root: Path, trusted_keys, check: _Checks):
@@ -222,15 +272,16 @@ def _check_golden(engine: Engine, manifest: Manifest, x: np.ndarray, ref: list[n
         return False
     errs = [float(np.abs(a - b).max()) for a, b in zip(logits, ref)]
     agree = [float((a.argmax(-1) == b.argmax(-1)).mean()) for a, b in zip(logits, ref)]
+    ok = all(e <= tol for e in errs)  # a NaN error is not within any tolerance
     detail = {}
-    if max(errs) > tol:
-        k = next(k for k, e in enumerate(errs) if e > tol)
-        seg = next((s for s in manifest.segments if s.exit == k), None)
+    if not ok:
+        k = next(k for k, e in enumerate(errs) if not e <= tol)
+        seg = manifest.segments[k] if k < len(manifest.segments) else None
         art = seg.artifact(fmt) if seg is not None else None
         where = f"; {art.file} is the first file off" if art is not None else ""
-        detail["error"] = (f"exit {k} differs from golden.npz by {errs[k]:.3g} "
+        detail["error"] = (f"exit {seg.exit if seg else k} differs from golden.npz by {errs[k]:.3g} "
                            f"(tolerance {tol:.3g}){where}")
-    check(name, max(errs) <= tol, samples=len(x), max_abs_err=[float(f"{e:.3g}") for e in errs],
+    check(name, ok, samples=len(x), max_abs_err=[float(f"{e:.3g}") for e in errs],
           tolerance=tol, top1_agreement=agree, **detail)
     return True
 
@@ -245,7 +296,10 @@ def _check_monolithic(engine: Engine, manifest: Manifest, x: np.ndarray, ref: np
         return
     # bundles written before the monolithic graph had a tolerance of its own share the chain's
     tol = manifest.golden.monolithic_tolerance_for(get_backend(engine.backend).file_format)
-    check(name, err <= tol, max_abs_err=float(f"{err:.3g}"), tolerance=tol)
+    if tol is None:
+        check(name, False, error="the manifest lists no golden tolerance for it; re-export the bundle")
+        return
+    check(name, err <= tol, max_abs_err=float(f"{err:.3g}"), tolerance=tol)  # NaN fails
 
 
 def _check_file_shapes(root: Path, manifest: Manifest, name: str, threads: int | None,

@@ -122,7 +122,7 @@ def test_cli_json_and_errors(bundle_dir, tmp_path):
     assert np.isfinite(r["clean"]["latency_us"])
     res = runner.invoke(main, ["evaluate", str(bundle_dir), "--out", str(tmp_path / "e2"),
                                "--eps", "0.1,big"])
-    assert res.exit_code == 2 and "comma-separated" in res.output
+    assert res.exit_code == 1 and "comma-separated" in res.output
     archive = bundle_dir.parent / "tiny.tar.gz"
     if archive.is_file():
         res = runner.invoke(main, ["evaluate", str(archive), "--out", str(tmp_path / "e3")])

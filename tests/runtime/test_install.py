@@ -19,6 +19,8 @@ from edgeexit.runtime.engine import Engine
 from edgeexit.runtime.install import (
     BUNDLES,
     CURRENT,
+    PAIR,
+    PAIRS,
     PREVIOUS,
     ArchiveLimits,
     InstallConfig,
@@ -142,6 +144,11 @@ def _file(name, data=b"x"):
     return tarfile.TarInfo(name), data
 
 
+def _bundle_members(src, top):
+    """Every file of bundle directory ``src`` as (TarInfo, bytes) members under ``top/``."""
+    return [_file(f"{top}/{p.name}", p.read_bytes()) for p in sorted(src.iterdir()) if p.is_file()]
+
+
 def _special(name, kind, link=""):
     info = tarfile.TarInfo(name)
     info.type, info.linkname = kind, link
@@ -196,13 +203,15 @@ def _with_data_filter(monkeypatch, wanted: bool) -> None:
 def test_an_archive_unpacks_as_plain_files_owned_by_the_installer(tmp_path, monkeypatch,
                                                                   data_filter):
     _with_data_filter(monkeypatch, data_filter)
-    members = [_file("tiny/manifest.json", b"{}"), _file("tiny/segment_0.onnx", b"onnx")]
-    members[1][0].mode, members[1][0].uid, members[1][0].uname = 0o4777, 12345, "nobody-here"
+    members = _bundle_members(REPO / "tests" / "data" / "bundle_v1", "tiny")
+    seg_info = next(info for info, _ in members if info.name == "tiny/segment_0.onnx")
+    seg_info.mode, seg_info.uid, seg_info.uname = 0o4777, 12345, "nobody-here"
     dest = tmp_path / "out"
     dest.mkdir()
     root = extract_archive(_tar(tmp_path / "ok.tar.gz", members), dest)
     seg = root / "segment_0.onnx"
-    assert root == dest / "tiny" and seg.read_bytes() == b"onnx"
+    assert root == dest / "tiny"
+    assert seg.read_bytes() == (REPO / "tests" / "data" / "bundle_v1" / "segment_0.onnx").read_bytes()
     assert seg.stat().st_mode & 0o7022 == 0  # no setuid, no group/other write
     assert seg.stat().st_uid == os.geteuid()
 
@@ -245,7 +254,8 @@ def test_the_next_install_removes_what_a_killed_one_left(bundle_dir, tmp_path):
     shutil.copytree(bundle_dir, into / BUNDLES / "tiny-v9-unswitched")
     r = install_bundle(_archive(bundle_dir, tmp_path, 2), into)
     assert set(r["cleaned_up"]) == {".staging-dead", ".current.tmp-dead", f"{BUNDLES}/tiny-v9-unswitched"}
-    assert _serves(into) == 2 and sorted(p.name for p in into.iterdir()) == [".lock", BUNDLES, CURRENT, PREVIOUS]
+    assert _serves(into) == 2
+    assert sorted(p.name for p in into.iterdir()) == [".lock", BUNDLES, CURRENT, PAIR, PAIRS, PREVIOUS]
 
 
 def _tool(name):
@@ -256,10 +266,12 @@ def _tool(name):
     return mod
 
 
-def test_killing_the_install_at_random_moments_always_leaves_a_working_bundle(bundle_dir, tmp_path):
-    r = _tool("install_kill_test").run(str(bundle_dir), kills=10, seed=1, work=str(tmp_path))
-    assert r["working_after_kill"] == 10, r["failures"]
-    assert r["interrupted"] >= 1  # some kills did land inside an install
+def test_killing_install_and_rollback_at_random_moments_always_leaves_a_working_pair(bundle_dir,
+                                                                                    tmp_path):
+    r = _tool("install_kill_test").run(str(bundle_dir), kills=6, seed=1, work=str(tmp_path), mode="both")
+    for mode in ("install", "rollback"):
+        assert r[mode]["working_after_kill"] == 6, r[mode]["failures"]
+        assert r[mode]["interrupted"] >= 1  # some kills did land inside an install / a rollback
     assert r["next_install_ok"], r["next_install_error"]
     assert r["leftovers_after_next_install"] == [] and r["bundles_kept"] == 2
 

@@ -166,7 +166,7 @@ def test_cli_stream_errors(rr_bundle, tmp_path):
     r = run_cli("run", rr_bundle, "--stream", csv, "--fs", FS)
     assert r.exit_code == 1 and "line 3" in r.output and "not a number" in r.output
     r = run_cli("run", rr_bundle)
-    assert r.exit_code == 2 and "--stream" in r.output
+    assert r.exit_code == 1 and "--stream" in r.output
     with pytest.raises(ConfigError, match="--units"):
         open_source(str(csv), fs=FS, units="volts")
     with pytest.raises(DataError, match="not found"):

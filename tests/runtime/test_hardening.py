@@ -1,0 +1,207 @@
+"""Field hardening (issue 32): each case a careless or hostile user tried, refused or answered as
+documented, in one line, with no traceback. Crafted archives are built here."""
+
+import hashlib
+import io
+import json
+import shutil
+import stat
+import tarfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeexit.cli import main
+from edgeexit.fileio import pack_directory
+from edgeexit.runtime.archive import ArchiveLimits, extract_archive
+from edgeexit.runtime.install import BUNDLES, CURRENT, PREVIOUS, install_bundle, rollback, status
+from edgeexit.runtime.manifest import MANIFEST, BundleError, load_manifest, parse_manifest
+from edgeexit.runtime.signing import keygen, sign_bundle
+from edgeexit.runtime.verify import read_golden, verify_bundle
+from tests.conftest import REPO
+
+BUNDLE = REPO / "tests" / "data" / "bundle_v1"  # ONNX only: installs check it with onnxruntime
+
+
+def _copy(tmp_path, version=1, name="b"):
+    root = tmp_path / "src" / f"v{version}" / name
+    shutil.copytree(BUNDLE, root)
+    _edit(root, lambda d: d.update(bundle_version=version))
+    return root
+
+
+def _edit(root, change):
+    d = json.loads((root / MANIFEST).read_text())
+    change(d)
+    (root / MANIFEST).write_text(json.dumps(d, indent=2) + "\n")
+
+
+def _refix_hash(root, name):
+    data = (root / name).read_bytes()
+
+    def fix(d):
+        for a in [*(a for s in d["segments"] for a in s["artifacts"]), d["golden"]]:
+            if a["file"] == name:
+                a["sha256"], a["size"] = hashlib.sha256(data).hexdigest(), len(data)
+    _edit(root, fix)
+
+
+def _add_member(archive, name, data, mode=0o644):
+    """``archive`` re-packed with one more member (what an attacker does to a signed bundle)."""
+    with tarfile.open(archive) as src:
+        members = [(m, src.extractfile(m).read() if m.isfile() else None) for m in src.getmembers()]
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), mode
+    members.append((info, data))
+    with tarfile.open(archive, "w:gz") as tar:
+        for m, d in members:
+            tar.addfile(m, None if d is None else io.BytesIO(d))
+    return archive
+
+
+def _errors(output):
+    return [ln for ln in output.splitlines() if ln.startswith("Error:")]
+
+
+def _one_error(r, *why):
+    errors = _errors(r.output)
+    assert r.exit_code == 1 and len(errors) == 1, r.output
+    assert all(w in errors[0] for w in why), errors[0]
+    assert "Traceback" not in r.output and "internal error" not in r.output
+
+
+# -- 1. a signed bundle installs only what it signed; a cap on the unpacked total ----------------
+
+
+def test_a_signed_bundle_with_an_unsigned_extra_file_is_refused_by_name(tmp_path):
+    key, pub, _ = keygen(tmp_path / "owner")
+    root = _copy(tmp_path)
+    sign_bundle(root, key)
+    archive = _add_member(pack_directory(root, tmp_path / "b.tar.gz"), "b/run_me.sh",
+                          b"#!/bin/sh\nrm -rf /\n", mode=0o755)
+    into = tmp_path / "dev"
+    r = CliRunner().invoke(main, ["install", str(archive), "--into", str(into), "--trusted-keys", str(pub)])
+    _one_error(r, "run_me.sh", "not a file the bundle's manifest lists")
+    assert not (into / CURRENT).exists() and not list(into.rglob("run_me.sh"))
+    report = verify_bundle(archive)
+    assert not report.ok and "run_me.sh" in report.checks[0]["error"]
+    (root / "run_me.sh").write_text("echo hi\n")  # the same beside a bundle directory
+    report = verify_bundle(root)
+    assert not report.ok and any(c["check"] == "files" and "run_me.sh" in c["error"]
+                                 for c in report.checks)
+
+
+def test_the_unpacked_total_is_capped_and_listed_sizes_must_match(tmp_path):
+    archive = pack_directory(_copy(tmp_path), tmp_path / "b.tar.gz")
+    total = sum(p.stat().st_size for p in BUNDLE.iterdir())
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(BundleError, match="unpacks to more than"):
+        extract_archive(archive, dest, ArchiveLimits(max_total_bytes=total // 2))
+    assert list(dest.iterdir()) == []
+    root = _copy(tmp_path, 2)
+    (root / "golden.npz").write_bytes((root / "golden.npz").read_bytes() + b"\0" * 4096)
+    with pytest.raises(BundleError, match="golden.npz.*bytes but the manifest lists"):
+        extract_archive(pack_directory(root, tmp_path / "c.tar.gz"), dest)
+    assert list(dest.iterdir()) == []
+    assert ArchiveLimits().max_total_bytes <= 512 << 20  # four 500 MB members are refused
+
+
+# -- 2./3./5. install and rollback switch a pair; a broken current; user files ------------------
+
+
+def _serving(into):
+    return load_manifest(into / CURRENT).bundle_version
+
+
+def test_installing_over_a_broken_current_keeps_the_intact_previous(tmp_path):
+    into = tmp_path / "dev"
+    for v in (1, 2):
+        install_bundle(pack_directory(_copy(tmp_path, v), tmp_path / f"v{v}.tar.gz"), into)
+    seg = (into / CURRENT / "segment_1.onnx").resolve()
+    seg.chmod(stat.S_IWUSR | stat.S_IRUSR)
+    seg.write_bytes(seg.read_bytes()[:100])  # current (v2) damaged on the device
+    r = install_bundle(pack_directory(_copy(tmp_path, 3), tmp_path / "v3.tar.gz"), into)
+    assert _serving(into) == 3 and r["previous"]["bundle_version"] == 1
+    assert load_manifest(into / PREVIOUS).bundle_version == 1  # intact, hash-checked
+    assert status(into)["previous"]["bundle_version"] == 1
+    assert len(list((into / BUNDLES).iterdir())) == 2  # the broken one removed
+    rollback(into)
+    assert _serving(into) == 1 and load_manifest(into / PREVIOUS).bundle_version == 3
+
+
+def test_install_refuses_to_replace_a_user_file_or_write_where_it_cannot(tmp_path):
+    archive = pack_directory(_copy(tmp_path), tmp_path / "b.tar.gz")
+    into = tmp_path / "dev"
+    into.mkdir()
+    (into / CURRENT).write_text("my notes\n")
+    r = CliRunner().invoke(main, ["install", str(archive), "--into", str(into)])
+    _one_error(r, "not what edgeexit install writes", "current")
+    assert (into / CURRENT).read_text() == "my notes\n"
+    (tmp_path / "afile").write_text("x")
+    for where in (tmp_path / "afile" / "dev", "/proc/edgeexit-dev"):
+        r = CliRunner().invoke(main, ["install", str(archive), "--into", str(where)])
+        _one_error(r, "cannot write")
+
+
+# -- 7./8. manifests and golden files that crashed the reader; silent wrong answers -------------
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda d: d["input"].update(abs_max=[1.0]), "abs_max has 1 values for 6 channels"),
+    (lambda d: d["policy"].update(thresholds=[-5, 0.3, 0.3]), "thresholds"),
+    (lambda d: d["policy"].update(thresholds=[7.0, 0.3, 0.3]), "thresholds"),
+    (lambda d: d.update(bundle_version=10**30), "bundle_version"),
+    (lambda d: d.update(bundle_version=1e30), "bundle_version"),
+    (lambda d: d["input"].update(fs=0), "input.fs"),
+    (lambda d: d["input"].update(fs=float("nan")), "input.fs"),
+    (lambda d: d.update(classes="NSVFQ"), "classes"),
+])
+def test_manifest_values_out_of_shape_or_range_are_refused(tmp_path, change, why):
+    root = _copy(tmp_path)
+    _edit(root, change)
+    with pytest.raises(BundleError, match=why) as e:
+        load_manifest(root)
+    assert "\n" not in str(e.value)
+
+
+def test_a_json_list_and_a_deeply_nested_manifest_are_refused_in_one_line():
+    for data in (b"[1, 2]", b"[" * 100_000 + b"]" * 100_000):
+        with pytest.raises(BundleError) as e:
+            parse_manifest(data)
+        assert "\n" not in str(e.value) and len(str(e.value)) < 400
+
+
+@pytest.mark.parametrize("golden, why", [
+    (b"\x93NUMPY random bytes" * 20, "not a readable golden file"),
+    ({"logits_0": np.zeros((2, 5))}, "lacks 'inputs'"),
+    ({"inputs": np.zeros((2, 6, 256), np.float32), **{f"logits_{k}": np.full((2, 5), np.nan)
+                                                      for k in range(4)}}, "NaN or Inf"),
+])
+def test_a_damaged_golden_file_with_its_hash_fixed_is_reported(tmp_path, golden, why):
+    root = _copy(tmp_path)
+    if isinstance(golden, bytes):
+        (root / "golden.npz").write_bytes(golden)
+    else:
+        np.savez(root / "golden.npz", **golden)
+    _refix_hash(root, "golden.npz")
+    with pytest.raises(BundleError, match=why):
+        read_golden(root, load_manifest(root))
+    r = CliRunner().invoke(main, ["verify", str(root), "--backend", "onnxruntime"])
+    assert r.exit_code == 3 and why in r.output and "Traceback" not in r.output
+
+
+def test_a_nan_replay_error_is_a_failure_not_ok(tmp_path, monkeypatch):
+    from edgeexit.runtime.engine import Engine
+
+    run_all = Engine.run_all
+
+    def nan_logits(self, x):
+        logits, rest = run_all(self, x)
+        return [np.full_like(a, np.nan) for a in logits], rest
+
+    monkeypatch.setattr(Engine, "run_all", nan_logits)
+    report = verify_bundle(BUNDLE, backend="onnxruntime")
+    golden = next(c for c in report.checks if c["check"].startswith("golden["))
+    assert not report.ok and not golden["ok"] and "differs from golden.npz by nan" in golden["error"]
