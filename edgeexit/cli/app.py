@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
@@ -63,6 +64,27 @@ class GroupedCommand(click.Command):
         if rest:
             with formatter.section("Other options" if self.option_groups else "Options"):
                 formatter.write_dl(rest)
+
+
+class FiniteFloat(click.ParamType):
+    """A finite number (``nan``, ``inf`` and overflowing text refused); ``positive``: > 0;
+    ``nonzero``: not 0."""
+
+    name = "number"
+
+    def __init__(self, positive: bool = False, nonzero: bool = False) -> None:
+        self.positive, self.nonzero = positive, nonzero
+
+    def convert(self, value, param, ctx):
+        try:
+            v = float(value)
+        except (TypeError, ValueError, OverflowError):
+            self.fail(f"{one_line(str(value), 40)!r} is not a number", param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if (self.positive and v <= 0) or (self.nonzero and v == 0):
+            self.fail(f"{value!r} must be {'> 0' if self.positive else 'non-zero'}", param, ctx)
+        return v
 
 
 def one_line(text: str, limit: int = 400) -> str:

@@ -95,14 +95,29 @@ def _run_stream(bundle, input_path, backend, threads, trusted_keys, policy, stre
     engine = open_engine(bundle, backend, threads, trusted_keys, policy)
     src = open_source(stream, fs=fs, units=units, dtype=dtype, channel=channel, channels=n_channels,
                       adc_gain=adc_gain, adc_zero=adc_zero, block_seconds=block_seconds)
+    summary = None
     for ev in stream_classify(engine, src, realtime=realtime):
         if not ev.get("summary"):
             if not summary_only:
                 click.echo(json.dumps(ev))
-        elif as_json:
+            continue
+        summary = ev
+        if as_json:
             click.echo(json.dumps(ev))
         else:
             click.echo(stream_summary_text(ev), err=not summary_only)
+    _stream_status(summary)
+
+
+def _stream_status(summary: dict | None) -> None:
+    """Exit 1 when the stream classified no beat, or refused any (the summary is printed first)."""
+    beats, refused = (summary or {}).get("beats", 0), (summary or {}).get("refused", 0)
+    if refused:
+        raise Failure(f"{refused} of {beats} beats refused (see their 'error' lines): check the "
+                      "signal's units, --fs and gains against the bundle's input")
+    if not beats:
+        raise Failure("no beat was classified: the signal held no detectable R peaks (check "
+                      "--fs, --units and the lead; a stream needs several seconds of ECG)")
 
 
 @main.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from edgeexit.cli.app import apply, read_json_file
+from edgeexit.cli.app import FiniteFloat, apply, read_json_file
 from edgeexit.runtime.kinds import FORMAT_BACKEND, POLICY_NAMES
 
 backend_option = click.option(
@@ -64,13 +64,14 @@ stream_options = apply([  # `run --stream` (streaming beat classification)
                  help="Classify the beats of a live signal instead of windows: a WFDB record "
                       "(.../mitdb/100), a .csv/.txt file (one sample per line, or columns and "
                       "--channel), a raw binary file (--dtype), or - for stdin as it arrives."),
-    click.option("--fs", type=float, default=None, help="[--stream] Sampling rate in Hz (not for WFDB)."),
+    click.option("--fs", type=FiniteFloat(positive=True), default=None,
+                 help="[--stream] Sampling rate in Hz (not for WFDB)."),
     click.option("--units", type=click.Choice(["mV", "uV", "adc"], case_sensitive=False),
                  default="mV", show_default=True,
                  help="[--stream] Sample units; adc: (value - --adc-zero) / --adc-gain."),
-    click.option("--adc-gain", type=float, default=200.0, show_default=True,
+    click.option("--adc-gain", type=FiniteFloat(nonzero=True), default=200.0, show_default=True,
                  help="[--stream] ADC units per mV (--units adc)."),
-    click.option("--adc-zero", type=float, default=0.0, show_default=True,
+    click.option("--adc-zero", type=FiniteFloat(), default=0.0, show_default=True,
                  help="[--stream] ADC value of 0 mV (--units adc)."),
     click.option("--dtype", default=None,
                  help="[--stream] Raw binary samples of this type (float32, int16, ...)."),

@@ -84,6 +84,9 @@ def _scan(tar: tarfile.TarFile, archive: Path, limits: ArchiveLimits) -> list[ta
             raise BundleError(f"{archive} has more than {limits.max_members} members; "
                               "refusing it (a bundle holds a handful of files)")
         name = m.name
+        if not name.isprintable():
+            raise BundleError(f"{archive}: member {name!r} has control characters in its name; "
+                              "refusing the archive (re-export or re-pack it)")
         if name.startswith(("/", "\\")) or os.path.isabs(name) or ".." in Path(name).parts:
             raise BundleError(f"{archive}: member {name!r} points outside the bundle; "
                               "refusing the archive (re-export or re-pack it)")

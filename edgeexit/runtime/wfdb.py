@@ -9,6 +9,7 @@ package (:mod:`edgeexit.data.mitbih`); both map annotation symbols to classes wi
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ def read_header(base: Path) -> dict:
         head = lines[0].split()
         nsig = int(head[1])
         fs = float(head[2].split("/")[0].split("(")[0]) if len(head) > 2 else 250.0
+        nsamp = int(head[3]) if len(head) > 3 else None
         sigs = []
         for ln in lines[1:1 + nsig]:
             f = ln.split()
@@ -45,13 +47,20 @@ def read_header(base: Path) -> dict:
             sigs.append({"file": f[0], "fmt": fmt, "gain": gain, "units": units,
                          "baseline": zero if baseline is None else baseline,
                          "name": f[8] if len(f) > 8 else f"sig{len(sigs)}"})
-    except (IndexError, ValueError) as e:
+    except (IndexError, ValueError, OverflowError) as e:
         raise DataError(f"{hea} is not a WFDB header this reader understands ({e})") from None
+    if not (math.isfinite(fs) and fs > 0) or nsig < 1 or (nsamp is not None and nsamp < 0):
+        raise DataError(f"{hea}: sampling rate {fs:g} Hz, {nsig} signals, {nsamp} samples: not a "
+                        "record this reader can stream")
     if len(sigs) != nsig or len({s["file"] for s in sigs}) != 1 or len({s["fmt"] for s in sigs}) != 1:
         raise DataError(f"{hea}: only records whose signals share one .dat file and format are streamed")
     if sigs[0]["fmt"] not in ("212", "16"):
         raise DataError(f"{hea}: WFDB format {sigs[0]['fmt']} is not supported (212 and 16 are)")
-    return {"fs": fs, "nsig": nsig, "signals": sigs, "dat": base.parent / sigs[0]["file"]}
+    dat = base.parent / sigs[0]["file"]
+    if not dat.is_file():
+        raise DataError(f"{hea} names the signal file {dat.name}, which is missing: copy it beside "
+                        "the header")
+    return {"fs": fs, "nsig": nsig, "nsamp": nsamp, "signals": sigs, "dat": dat}
 
 
 _TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
@@ -66,10 +75,16 @@ def read_blocks(base: Path, head: dict, channel: int, frames: int) -> Iterator[n
     nsig, fmt = head["nsig"], sig["fmt"]
     frames += frames % 2  # 212 packs two samples in 3 bytes: keep blocks whole
     nbytes = frames * nsig * 2 if fmt == "16" else (frames * nsig * 3) // 2
-    with open(head["dat"], "rb") as f:
+    frames_read = 0
+    try:
+        f = open(head["dat"], "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as e:
+        raise DataError(f"cannot read {head['dat']}: {e.strerror}") from None
+    with f:
         while True:
             raw = f.read(nbytes)
             if not raw:
+                _check_length(head, frames_read)
                 return
             if fmt == "16":
                 d = np.frombuffer(raw[: len(raw) // 2 * 2], "<i2").astype(np.int32)
@@ -80,7 +95,18 @@ def read_blocks(base: Path, head: dict, channel: int, frames: int) -> Iterator[n
                 d[1::2] = b[:, 2] | ((b[:, 1] & 0xF0) << 4)
                 d[d > 2047] -= 4096
             d = d[: d.size // nsig * nsig].reshape(-1, nsig)[:, channel]
+            frames_read += d.size
             yield (d - sig["baseline"]) / sig["gain"] * scale
+
+
+def _check_length(head: dict, frames: int) -> None:
+    """Raise :class:`DataError` when the ``.dat`` ended before the samples its header promises."""
+    want = head.get("nsamp")
+    if want and frames < want:
+        fs = head["fs"]
+        raise DataError(f"{head['dat']} ends after {frames} of the {want} samples its header "
+                        f"promises ({frames / fs:.1f} of {want / fs:.1f} s): the record is cut "
+                        "short; copy it again (the beats above are from the part that is there)")
 
 
 def read_annotations(base: str | os.PathLike) -> tuple[np.ndarray, np.ndarray] | None:

@@ -346,3 +346,36 @@ def test_a_bundle_with_morphology_context_streams_the_offline_windows(tmp_path_f
     ref, _ = beat_windows(x[:40 * 360].astype(np.float32), np.asarray(summary["all_peaks"]), FS,
                           rr_context=True, morph_context=True)
     assert summary["beats"] > 30 and [engine.predict(w).label for w in ref] == summary["labels"]
+
+
+def test_cli_stream_total_failure_and_bad_numbers_exit_1_in_one_line(rr_bundle, ecg, tmp_path):
+    """Every beat refused, no beat at all, non-finite --fs/--adc-gain, a .hea without its .dat
+    and a .dat cut short: exit 1 with one error line (issue 32)."""
+    def one_error(r, why):
+        errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+        assert r.exit_code == 1 and len(errors) == 1 and why in errors[0], r.output
+        assert "Traceback" not in r.output
+
+    noise = tmp_path / "noise.i16"
+    np.random.default_rng(0).integers(-32768, 32767, 60 * 360, dtype=np.int16).tofile(noise)
+    adc = ("--dtype", "int16", "--units", "adc", "--summary-only", "--json")
+    one_error(CliRunner().invoke(main, ["run", str(rr_bundle), "--stream", str(noise), "--fs", "360", *adc]),
+              "beats refused")
+    for bad in (("--fs", "nan"), ("--fs", "inf"), ("--fs", "1e999"), ("--fs", "0"),
+                ("--fs", "360", "--adc-gain", "nan"), ("--fs", "360", "--adc-gain", "0")):
+        one_error(CliRunner().invoke(main, ["run", str(rr_bundle), "--stream", str(noise), *bad, *adc]),
+                  "Invalid value")
+    flat = tmp_path / "flat.csv"
+    flat.write_text("0.0\n" * (20 * 360))
+    one_error(CliRunner().invoke(main, ["run", str(rr_bundle), "--stream", str(flat), "--fs", "360"]),
+              "no beat was classified")
+    x, _ = ecg
+    (tmp_path / "rec.hea").write_text(f"rec 1 360 {60 * 360}\nrec.dat 16 200 16 0 0 0 0 MLII\n")
+    one_error(CliRunner().invoke(main, ["run", str(rr_bundle), "--stream", str(tmp_path / "rec")]),
+              "rec.dat, which is missing")
+    np.round(x[: 60 * 360] * 200).astype("<i2").tofile(tmp_path / "rec.dat")
+    r = CliRunner().invoke(main, ["run", str(rr_bundle), "--stream", str(tmp_path / "rec"), "--summary-only"])
+    assert r.exit_code == 0, r.output
+    (tmp_path / "rec.dat").write_bytes((tmp_path / "rec.dat").read_bytes()[:1000])
+    one_error(CliRunner().invoke(main, ["run", str(rr_bundle), "--stream", str(tmp_path / "rec")]),
+              "ends after 500 of the 21600 samples")
