@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeexit.errors import ConfigError, DataError
-from edgeexit.fileio import atomic_write
+from edgeexit.fileio import atomic_write, check_output_directory
 from edgeexit.plots import pyplot, save_png
 
 log = logging.getLogger(__name__)
@@ -223,11 +223,17 @@ def bench_markdown(r: dict, plots: list[Path] = ()) -> str:
     return "\n".join(lines)
 
 
+# what bench --report and report --out write (report with one result writes both sets)
+BENCH_FILES = frozenset({"report.json", "report.md", *PLOTS})
+COMPARE_FILES = frozenset({"compare.md", *COMPARE_PLOTS})
+REPORT_FILES = BENCH_FILES | COMPARE_FILES
+
+
 def _out_dir(out: str | os.PathLike, option: str) -> Path:
-    """``out`` as a directory, created if needed; a file there is refused (naming ``option``)."""
+    """``out`` as a directory, created if needed, after the rule for outputs
+    (:func:`edgeexit.fileio.check_output_directory`; naming ``option``)."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} exists and is not a directory; choose another {option}")
+    check_output_directory(out, REPORT_FILES, "bench/report", option)
     out.mkdir(parents=True, exist_ok=True)
     return out
 

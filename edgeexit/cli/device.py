@@ -195,8 +195,12 @@ def bench(bundle, source, split, limit, warmup, backend, threads, meter, energy_
     segment, gross and above idle, labelled measured or estimated.
     """
     from edgeexit.data.bench import bench_data
+    from edgeexit.fileio import check_output_directory
+    from edgeexit.report import REPORT_FILES
     from edgeexit.runtime.profile import bench_engine
 
+    if report_dir is not None:  # before the bench: its result must have somewhere to go
+        check_output_directory(report_dir, REPORT_FILES, "bench", "--report", record="report.json")
     engine = open_engine(bundle, backend, threads, trusted_keys, policy, load_monolithic=True)
     energy_meter, why = _open_meter(meter, engine, power_target, meter_rate)
     x, y, described = bench_data(engine, source, split, limit)

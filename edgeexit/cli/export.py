@@ -57,7 +57,7 @@ _EXPORT_GROUPS = (
                    "sorted. The stages between two kept exits run as one segment and the other "
                    "heads are dropped, so segment j answers the j-th kept exit (thresholds, "
                    "--exit and `edgeexit run` index segments).")
-@click.option("--bundle-version", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--bundle-version", type=click.IntRange(min=1, max=2**63 - 1), default=1, show_default=True,
               help="The manifest's monotonic bundle_version (a device installs only newer ones).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export(checkpoint, target, out_dir, formats, precision, recipe, int8_margin, timings, policy,

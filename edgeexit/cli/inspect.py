@@ -73,8 +73,11 @@ def data_generate(out_path, source, n_beats, seed, window, rr_context, morph_con
     """Write a data set to an .npz file (synthetic beats, or a WFDB directory converted)."""
     from edgeexit.data import DataSpec, load_source
 
+    from edgeexit.fileio import check_output_file
+
     if not out_path.endswith(".npz"):
         raise click.BadParameter("the output file must end in .npz", param_hint="--out")
+    check_output_file(out_path, "data generate", ours=_is_data_npz)
     spec = DataSpec(source=source, n_beats=n_beats, seed=seed, window=window, rr_context=rr_context,
                     morph_context=morph_context)
     dataset = load_source(source, spec)
@@ -82,6 +85,17 @@ def data_generate(out_path, source, n_beats, seed, window, rr_context, morph_con
     d = {**dataset.describe(), "written": out_path}
     counts = " ".join(f"{k}={v}" for k, v in d["class_counts"].items())
     echo_result(as_json, d, lambda: f"wrote {d['beats']} beats {d['input_shape']} to {out_path}: {counts}")
+
+
+def _is_data_npz(path) -> bool:
+    """``path`` is a data set .npz (``x`` and ``y`` arrays): what data generate writes."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return {"x.npy", "y.npy"} <= set(z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 @main.command()

@@ -31,7 +31,7 @@ def keygen(out_path, as_json):
 @click.argument("bundle", type=click.Path(exists=True))
 @click.option("--key", required=True, type=click.Path(dir_okay=False),
               help="Private key written by `edgeexit keygen`.")
-@click.option("--bundle-version", type=click.IntRange(min=1), default=None,
+@click.option("--bundle-version", type=click.IntRange(min=1, max=2**63 - 1), default=None,
               help="Set the manifest's bundle_version before signing (a device installs only "
                    "newer versions).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

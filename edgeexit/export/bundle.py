@@ -80,7 +80,7 @@ from edgeexit.export.write import (
     write_monolithic,
     write_monolithic_auto,
 )
-from edgeexit.fileio import pack_directory
+from edgeexit.fileio import check_writable, pack_directory
 from edgeexit.models.base import MultiExitNet
 from edgeexit.runtime.backends import backend_for_format
 from edgeexit.runtime.kinds import (
@@ -754,7 +754,9 @@ _OWN_EXTRA = (MANIFEST, "manifest.sig")  # files of a bundle that its manifest d
 def _check_out(out: Path) -> None:
     """Refuse to replace anything export did not write: a path that is not a bundle, a bundle
     holding files its manifest does not list (a user's notes would be deleted with it), or a
-    ``OUT.tar.gz`` that is not an archive of a bundle called OUT."""
+    ``OUT.tar.gz`` that is not an archive of a bundle called OUT; and a place it cannot write
+    (checked before any work, as every command does: :func:`edgeexit.fileio.check_writable`)."""
+    check_writable(out)
     if out.exists():
         if not out.is_dir() or not (out / MANIFEST).is_file():
             raise ConfigError(

@@ -22,9 +22,10 @@ def read_payload(path: Path, what: str):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         lines = str(e).strip().splitlines()
-        raise CheckpointError(
-            f"cannot read {path} as {what}: {type(e).__name__}: {lines[0] if lines else ''}"
-        ) from e
+        first = lines[0] if lines else ""
+        if "weights_only" in str(e):  # torch's advice to unpickle with code: unsafe for a file of unknown origin
+            first = "not a file of plain tensors that can be read safely (edgeexit never unpickles code)"
+        raise CheckpointError(f"cannot read {path} as {what}: {type(e).__name__}: {first[:200]}") from e
 
 
 def check_format(path: Path, payload, fmt: str, newest: int, what: str, label: str) -> None:

@@ -49,7 +49,7 @@ from edgeexit.checkpoint import Checkpoint, load_checkpoint
 from edgeexit.config import dataclass_from_dict
 from edgeexit.data import BeatDataset, load_split, stratified_index
 from edgeexit.errors import ConfigError, DataError
-from edgeexit.fileio import atomic_write
+from edgeexit.fileio import atomic_write, check_output_directory
 from edgeexit.metrics import classification_report, headline_macro_f1
 from edgeexit.plots import pyplot, save_png
 from edgeexit.robust.attacks import PGD, MaxAvgPGD, PolicyCE
@@ -582,6 +582,10 @@ def _sanity(clean: dict, attacks: list[dict], context_only: dict | None = None) 
     return flags
 
 
+# what evaluate (windows or --records) writes into --out; anything else there is a user's
+EVALUATE_FILES = frozenset({"report.json", "report.md", "robustness.png", "exits.png"})
+
+
 # -- the entry point -----------------------------------------------------------------------------
 
 
@@ -594,7 +598,8 @@ def evaluate(
     out_dir: str | os.PathLike | None = None,
     progress: Progress = None,
 ) -> EvalResult:
-    """Attack ``target`` (a checkpoint or a bundle directory) and write the report.
+    """Attack ``target`` (a checkpoint or a bundle directory) and write the report (``out_dir``
+    is checked first: see :func:`edgeexit.fileio.check_output_directory`).
 
     Args:
         target: a checkpoint (``model.pt``) or a bundle directory.
@@ -610,6 +615,8 @@ def evaluate(
     Returns:
         An :class:`EvalResult`.
     """
+    if out_dir is not None:
+        check_output_directory(out_dir, EVALUATE_FILES, "evaluate", record="report.json")
     t_start = time.perf_counter()
     torch.set_num_threads(config.threads)
     t = _load_target(target, checkpoint, config)

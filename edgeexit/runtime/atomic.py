@@ -73,39 +73,55 @@ def _nearest_existing(path: Path) -> Path:
     return p
 
 
-def check_writable(path: str | os.PathLike, option: str = "--out") -> None:
+def check_writable(path: str | os.PathLike, option: str = "--out", advice: str | None = None) -> None:
     """Raise :class:`ConfigError` unless ``path`` (a file or directory to be written, existing or
     not) can be created or replaced: its nearest existing ancestor is a directory in which a file
     can really be created (tried, then removed: permissions alone do not tell, e.g. ``/proc``)."""
     path = Path(path)
+    advice = advice or f"choose another {option}"
     base = _nearest_existing(path if path.is_dir() else path.parent)
     if not base.is_dir():
-        raise ConfigError(f"cannot write {path}: {base} is a file, not a directory; choose another {option}")
+        raise ConfigError(f"cannot write {path}: {base} is a file, not a directory; {advice}")
     try:
         with tempfile.TemporaryFile(dir=base, prefix=".edgeexit-probe-"):
             pass
     except OSError as e:
         raise ConfigError(f"cannot write {path}: {base} is not writable ({e.strerror or e}); "
-                          f"choose another {option}") from None
+                          f"{advice}") from None
 
 
 def check_output_directory(out: str | os.PathLike, ours: set[str] | frozenset[str], command: str,
-                           option: str = "--out") -> None:
+                           option: str = "--out", record: str | None = None) -> None:
     """The rule for an output directory, checked before any work starts: it can be written
     (:func:`check_writable`), it is not a file, and it holds no entries ``command`` does not
     write (names in ``ours``; hidden temporaries aside): a run would mix with, or replace,
-    someone else's files. A directory of an earlier run of ``command`` is reused."""
+    someone else's files. A directory of an earlier run of ``command`` is reused; with
+    ``record`` (a JSON file every run writes, e.g. ``metrics.json``), a directory holding some
+    of ``ours`` is one only if that record is there and is a JSON object (a user's own
+    ``model.pt`` or ``report.md`` is not replaced)."""
     out = Path(out)
     if (out.exists() or out.is_symlink()) and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a directory; choose another {option}")
     if out.is_dir():
-        foreign = [p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(".")]
+        names = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+        foreign = [n for n in names if n not in ours]
+        if not foreign and names and record is not None and not _is_json_object(out / record):
+            foreign = names
         if foreign:
             raise ConfigError(
                 f"{out} holds files that {command} did not write ({', '.join(sorted(foreign)[:5])}); "
                 f"choose an empty or new {option} (a previous {command} directory is reused)"
             )
     check_writable(out, option)
+
+
+def _is_json_object(path: Path) -> bool:
+    import json
+
+    try:
+        return path.is_file() and isinstance(json.loads(path.read_bytes()), dict)
+    except (OSError, ValueError, RecursionError):
+        return False
 
 
 def check_output_file(path: str | os.PathLike, command: str, option: str = "--out",

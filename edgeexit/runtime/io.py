@@ -19,6 +19,8 @@ import numpy as np
 
 from edgeexit.errors import DataError
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
 
 def _from_csv_text(text: str, source: str, shape: tuple[int, ...],
                    errors: dict[int, str] | None) -> np.ndarray:
@@ -30,11 +32,16 @@ def _from_csv_text(text: str, source: str, shape: tuple[int, ...],
             continue
         problem = None
         try:
-            row = np.array([float(v) for v in line.split(",")], np.float32)
+            row64 = np.array([float(v) for v in line.split(",")], np.float64)
         except ValueError as e:
-            problem = f"{source} line {n}: not a list of numbers ({e})"
+            problem = f"{source} line {n}: not a list of numbers ({str(e)[:80]})"
         else:
-            if row.size != size:
+            big = np.abs(row64[np.isfinite(row64)])
+            row = row64.astype(np.float32) if not big.size or big.max() <= _F32_MAX else None
+            if row is None:
+                problem = (f"{source} line {n} holds {big.max():.3g}, beyond float32's range "
+                           f"(|x| <= {_F32_MAX:.3g}); no ECG window holds that")
+            elif row.size != size:
                 problem = (f"{source} line {n} has {row.size} values; a window of shape "
                            f"{list(shape)} needs {size} (channel after channel, comma-separated)")
         if problem is not None:

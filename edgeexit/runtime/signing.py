@@ -31,9 +31,10 @@ from pathlib import Path
 
 from edgeexit.errors import ConfigError
 from edgeexit.runtime.archive import pack_directory
-from edgeexit.runtime.atomic import atomic_write
+from edgeexit.runtime.atomic import atomic_write, check_writable
 from edgeexit.runtime.manifest import (  # noqa: F401 (SIGNATURE re-exported)
     MANIFEST,
+    MAX_BUNDLE_VERSION,
     SIGNATURE,
     BundleError,
     load_manifest,
@@ -82,6 +83,7 @@ def keygen(out: str | os.PathLike) -> tuple[Path, Path, str]:
     for p in (priv_path, pub_path):
         if p.exists() or p.is_symlink():
             raise ConfigError(f"{p} exists; refusing to overwrite a key (choose another --out)")
+    check_writable(priv_path)
     if not priv_path.parent.is_dir():
         raise ConfigError(f"{priv_path.parent} is not a directory; create it first")
     key = ed25519.Ed25519PrivateKey.generate()
@@ -255,9 +257,11 @@ def sign_bundle(bundle: str | os.PathLike, key: str | os.PathLike,
                           "BUNDLE.tar.gz beside it is packed again")
     priv = load_private_key(key)
     found = load_manifest(root)  # never sign a bundle whose files do not match their hashes
+    check_writable(root / SIGNATURE, advice="copy the bundle somewhere writable and sign it there")
     if bundle_version is not None:
-        if isinstance(bundle_version, bool) or not isinstance(bundle_version, int) or bundle_version < 1:
-            raise ConfigError(f"bundle version must be an integer >= 1, got {bundle_version!r}")
+        if isinstance(bundle_version, bool) or not isinstance(bundle_version, int) \
+                or not 1 <= bundle_version <= MAX_BUNDLE_VERSION:
+            raise ConfigError(f"bundle version must be an integer in [1, 2**63), got {bundle_version!r}")
     elif found.bundle_version == 0:  # written before bundle versions: the first
         bundle_version = 1
     manifest = with_sizes(found, root)

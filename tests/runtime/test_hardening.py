@@ -7,6 +7,7 @@ import json
 import shutil
 import stat
 import tarfile
+import warnings
 
 import numpy as np
 import pytest
@@ -205,3 +206,93 @@ def test_a_nan_replay_error_is_a_failure_not_ok(tmp_path, monkeypatch):
     report = verify_bundle(BUNDLE, backend="onnxruntime")
     golden = next(c for c in report.checks if c["check"].startswith("golden["))
     assert not report.ok and not golden["ok"] and "differs from golden.npz by nan" in golden["error"]
+
+
+# -- 2./5. every command that writes: writable before work starts, never a user's file ----------
+
+
+def test_unwritable_outputs_are_refused_before_any_work(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    below_a_file = str(tmp_path / "afile" / "out")
+    ck = str(REPO / "tests" / "data" / "fixtures" / "tiny_checkpoint.pt")
+    for where in ("/proc/edgeexit-out", below_a_file):
+        for cmd in (["train", "--epochs", "1", "--out", where],
+                    ["bench", str(BUNDLE), "--report", where],
+                    ["export", ck, "--out", where],
+                    ["keygen", "--out", where],
+                    ["evaluate", str(BUNDLE), "--out", where],
+                    ["data", "generate", "--out", where + ".npz"]):
+            _one_error(CliRunner().invoke(main, cmd), "cannot write")
+
+
+def test_outputs_never_replace_a_users_files(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.pt").write_bytes(b"my own model")
+    (mine / "report.md").write_text("my notes\n")
+    for cmd in (["train", "--epochs", "1", "--out", str(mine)],
+                ["evaluate", str(BUNDLE), "--out", str(mine)],
+                ["bench", str(BUNDLE), "--report", str(mine)]):
+        _one_error(CliRunner().invoke(main, cmd), "did not write")
+    (tmp_path / "data.npz").write_bytes(b"not a data set")
+    _one_error(CliRunner().invoke(main, ["data", "generate", "--out", str(tmp_path / "data.npz")]),
+               "was not written by data generate")
+    assert (mine / "model.pt").read_bytes() == b"my own model"
+    assert (tmp_path / "data.npz").read_bytes() == b"not a data set"
+
+
+# -- 6. the CLI's error contract -----------------------------------------------------------------
+
+
+def test_usage_errors_ctrl_c_and_bugs_end_in_one_line(tmp_path, monkeypatch):
+    for cmd in (["run"], ["run", str(BUNDLE), "--bogus"], ["nope"],
+                ["run", str(BUNDLE), "--stream", "x", "--fs", "nan"]):
+        r = CliRunner().invoke(main, cmd)
+        _one_error(r, "see '")
+        assert "Usage:" not in r.output
+    import edgeexit.runtime.verify as verify_module
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(verify_module, "verify_bundle", interrupted)
+    r = CliRunner().invoke(main, ["verify", str(BUNDLE)])
+    assert r.exit_code == 130 and _errors(r.output) == [
+        "Error: interrupted; nothing was left half-written (run the command again)"]
+    assert "Aborted" not in r.output
+
+    def bug(*a, **k):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(verify_module, "verify_bundle", bug)
+    r = CliRunner().invoke(main, ["verify", str(BUNDLE)])
+    assert r.exit_code == 1 and len(_errors(r.output)) == 1 and "internal error" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_the_issues_inputs_give_one_short_line_and_no_traceback(tmp_path):
+    r = CliRunner().invoke(main, ["-q", "run", str(BUNDLE), "--input", "-"], input=b"\0" * 100_000)
+    assert r.exit_code == 1 and max(len(ln) for ln in r.output.splitlines()) < 1000
+    big = tmp_path / "big.csv"
+    big.write_text(",".join(["1e300"] * (6 * 256)) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's overflow warning fails the run
+        r = CliRunner().invoke(main, ["-q", "run", str(BUNDLE), "--input", str(big)])
+    assert r.exit_code == 1 and "beyond float32's range" in r.output and "NaN" not in r.output
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "b")])
+    _one_error(r, "cannot read", "bad.pt")
+    assert "weights_only" not in r.output
+
+
+def test_a_real_process_prints_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "rec.hea").write_text("rec 1 360 1000\nrec.dat 16 200 16 0 0 0 0 MLII\n")  # no .dat
+    for args in (["run", str(BUNDLE), "--stream", str(tmp_path / "rec")],
+                 ["install", str(tmp_path / "none.tar.gz"), "--into", "/proc/x"]):
+        p = subprocess.run([sys.executable, "-m", "edgeexit", *args], capture_output=True, text=True,
+                           cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+        assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+        assert len([ln for ln in p.stderr.splitlines() if ln.startswith("Error:")]) == 1, p.stderr

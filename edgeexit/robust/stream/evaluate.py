@@ -33,7 +33,7 @@ import numpy as np
 
 from edgeexit.config import dataclass_from_dict
 from edgeexit.errors import ConfigError
-from edgeexit.fileio import atomic_write
+from edgeexit.fileio import atomic_write, check_output_directory
 from edgeexit.plots import pyplot, save_png
 from edgeexit.robust.names import StreamAttack
 from edgeexit.robust.noise import KINDS
@@ -276,6 +276,10 @@ def evaluate_stream(target: str | os.PathLike, records: str = SYNTHETIC, *,
                     progress: Progress = None) -> StreamEvalResult:
     """Stream ``records`` (a WFDB directory or ``synthetic``) through the bundle ``target``,
     clean, noisy and attacked (see the module docstring); write the report to ``out_dir``."""
+    from edgeexit.robust.evaluate import EVALUATE_FILES
+
+    if out_dir is not None:
+        check_output_directory(out_dir, EVALUATE_FILES, "evaluate", record="report.json")
     t_start = time.perf_counter()
     device, t = device_path(target, checkpoint, backend=config.backend, threads=config.threads)
     recs = _records_for(records, t, config)
