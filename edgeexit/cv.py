@@ -36,7 +36,7 @@ import numpy as np
 from edgeexit.data import BeatDataset, DataSpec, load_train_test
 from edgeexit.data.splits import assign_folds
 from edgeexit.errors import DataError
-from edgeexit.fileio import atomic_write, check_output_directory
+from edgeexit.fileio import atomic_write
 from edgeexit.metrics import classification_report, headline_macro_f1
 from edgeexit.training.distributed import is_main_process
 
@@ -200,7 +200,7 @@ def _record_key(name: str):
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
 
-TRAIN_FILES = frozenset({"model.pt", "metrics.json", "cv.json", "cv.md"})  # what train writes
+TRAIN_FILES = frozenset({"model.pt", "metrics.json", "cv.json", "cv.md"})  # what `train --out` holds
 
 
 def run_training(
@@ -223,8 +223,6 @@ def run_training(
     from edgeexit.train import train
 
     resolve_device(config.device)  # no GPU for --device cuda: say so before loading any data
-    if out_dir is not None:  # before any work: an unwritable --out, or a user's files there
-        check_output_directory(out_dir, TRAIN_FILES, "train", record="metrics.json")
     train_set, test_set = _load(spec, progress)
     extra = {}
     if cv_folds:

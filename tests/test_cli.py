@@ -99,7 +99,7 @@ def test_error_missing_file(tmp_path):
 
 
 def test_error_unknown_model(separable_npz, tmp_path):
-    _one_line_error(run("train", "--data", separable_npz, "--out", str(tmp_path), "--model", "vgg"),
+    _one_line_error(run("train", "--data", separable_npz, "--out", str(tmp_path / "run"), "--model", "vgg"),
                     "unknown model 'vgg'", "resnet1d")
 
 

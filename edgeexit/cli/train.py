@@ -233,8 +233,11 @@ def train(config_file, out_dir, progress, as_json, **options):
     `torchrun --nproc-per-node 2 -m edgeexit train ...` (docs/guides/scale-out.md). A recipe file (--config, e.g. the
     README's under recipes/) sets any of the data, model, method and training options.
     """
-    from edgeexit.cv import run_training
+    from edgeexit.cv import TRAIN_FILES, run_training
+    from edgeexit.fileio import check_output_directory
 
+    # before any work: an unwritable --out, or a user's files there (a model.pt of their own)
+    check_output_directory(out_dir, TRAIN_FILES, "train", record="metrics.json")
     recipe = _recipe(config_file, click.get_current_context(), options)
     result = run_training(recipe.data, recipe.train, out_dir, progress=interactive(progress),
                           cv_folds=recipe.cv,
