@@ -149,3 +149,21 @@ def test_output_checks_flag_refused_windows_and_host_packages(tool):
     assert "torch" in tool.no_host_packages([{"name": "numpy"}, {"name": "torch"}])
     assert tool.no_host_packages([{"name": "numpy"}, {"name": "onnxruntime"}]) is None
     assert tool.stream_summary([{"summary": True, "beats": 0}]) == "the stream summary counts no beats"
+
+
+def test_the_check_runs_itself_under_sudo_only_when_not_root(tool, monkeypatch):
+    """One README command for root (no sudo in a container) and for a user with sudo."""
+    env = sys.modules["aarch64_env"]
+    execs = []
+    monkeypatch.setattr(env.os, "execv", lambda path, args: execs.append((path, args)))
+    monkeypatch.setattr(env.os, "geteuid", lambda: 0)
+    env.ensure_root("tools/aarch64_check.py", ["--smoke"])
+    assert execs == []  # root: runs as it is
+    monkeypatch.setattr(env.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(env.shutil, "which", lambda name: "/usr/bin/sudo" if name == "sudo" else None)
+    env.ensure_root("tools/aarch64_check.py", ["--smoke"])
+    assert execs == [("/usr/bin/sudo", ["/usr/bin/sudo", "--", sys.executable,
+                                        "tools/aarch64_check.py", "--smoke"])]
+    monkeypatch.setattr(env.shutil, "which", lambda name: None)
+    with pytest.raises(env.HostError, match="no sudo here"):
+        env.ensure_root("tools/aarch64_check.py", ["--smoke"])

@@ -17,10 +17,10 @@ In it, this tool runs the project's own commands and tests, and checks their out
   - the device-side tests: every test marked ``device_install`` (they need no torch or onnx),
     run by pytest on the installed wheel (``--no-tests`` skips them).
 
-Usage (as root)::
+Usage (as root, or as a user with sudo: the tool then runs itself again under sudo)::
 
-    sudo .venv/bin/python tools/aarch64_check.py --smoke
-    sudo .venv/bin/python tools/aarch64_check.py --bundle runs/bundle-rpi4 --backend both --json
+    .venv/bin/python tools/aarch64_check.py --smoke
+    .venv/bin/python tools/aarch64_check.py --bundle runs/bundle-rpi4 --backend both --json
 
 Exit status: 0 every check passed, 1 a check failed, 2 the host is not set up / bad arguments.
 """
@@ -397,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 1
     try:
         _check_arguments(args)
+        env.ensure_root(Path(__file__).resolve(), sys.argv[1:] if argv is None else list(argv))
         summary["host"] = env.check_host(args.setup_host)
         cache = Path(args.cache).expanduser().resolve()
         cache.mkdir(parents=True, exist_ok=True)

@@ -260,6 +260,23 @@ def _missing_packages() -> list[str]:
     return missing
 
 
+def ensure_root(script: str | os.PathLike, argv: list[str]) -> None:
+    """Return when this process is root; otherwise run ``script argv`` again under sudo (this
+    process is replaced; sudo asks for a password when it needs one), so that one command works
+    for root (in a container, where sudo is often missing) and for a user with sudo alike.
+    Raises HostError when not root and sudo is not there."""
+    if os.geteuid() == 0:
+        return
+    sudo = shutil.which("sudo")
+    if sudo is None:
+        raise HostError("this check needs root (debootstrap, chroot and mounting /proc) and there "
+                        f"is no sudo here: run `{sys.executable} {script}` as root")
+    log.info("not root: running again under sudo")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sudo, [sudo, "--", sys.executable, str(script), *argv])
+
+
 def check_host(setup: bool) -> dict:
     """Check (and with ``setup``, fix) what the host needs; raise HostError listing the fixes.
 

@@ -156,12 +156,15 @@ def _kill_installs(bundle: Path, work: Path, into: Path, kills: int, rng: random
 
 def _kill_rollbacks(into: Path, kills: int, rng: random.Random) -> dict:
     """Kill rollbacks between the two installed bundles; after each, the pair must be the old one
-    or the swapped one (both complete)."""
+    or the swapped one (both complete). Every other kill lands between 0.8x the moment an uncut
+    rollback switches the pair and its end (re-timed every 10 kills)."""
     timed = [_timed_rollback(into) for _ in range(3)]
-    switch_s, uncut_s = (float(np.median([t[k] for t in timed])) for k in (0, 1))
     working = swapped = 0
     failures = []
     for i in range(kills):
+        if i and i % 10 == 0:  # the machine's load drifts: time an uncut rollback again
+            timed = [*timed[-2:], _timed_rollback(into)]
+        switch_s, uncut_s = (float(np.median([t[k] for t in timed])) for k in (0, 1))
         before = ((into / CURRENT).resolve(), (into / PREVIOUS).resolve())
         # every other kill lands near the switch: from the golden replay before it to the end
         delay = rng.uniform(0, 1.2 * uncut_s) if i % 2 == 0 else rng.uniform(0.8 * switch_s, uncut_s)
