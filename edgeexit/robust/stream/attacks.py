@@ -221,6 +221,60 @@ def _ascend(device: DevicePath, x: np.ndarray, clean_sig: np.ndarray, y: np.ndar
     return out
 
 
+def _signal_ascent(device: DevicePath, clean: np.ndarray, delta: np.ndarray, run: DeviceRun,
+                   y: np.ndarray, objective: Objective, eps: float, steps: int,
+                   batch: int = 256) -> np.ndarray:
+    """PGD on the continuous perturbation itself (``delta [T]``, projected on +-eps): every beat
+    the device answered is cut from ``clean + delta`` at its detected R peak, its morphology
+    template is the median of the previous :data:`TEMPLATE_BEATS` windows cut from the same
+    attacked signal (as the stream keeps it), the RR channels are the run's; the gradients of all
+    beats (overlapping windows included) add up on the signal. The peaks are held within the
+    call (the caller re-detects)."""
+    from edgeexit.runtime.preprocess import TEMPLATE_BEATS
+
+    rows = np.flatnonzero(y >= 0) if not isinstance(objective, Slowdown) else np.arange(y.size)
+    if rows.size == 0 or run.windows is None:
+        return delta
+    length = device.window
+    starts = _starts(run, device)
+    idx = torch.from_numpy(np.clip(starts[:, None] + np.arange(length)[None, :], 0, clean.size - 1))
+    base = torch.from_numpy(clean)
+    d = torch.from_numpy(delta.copy())
+    rest = torch.from_numpy(np.ascontiguousarray(run.windows[:, 1:], np.float32))
+    yt = torch.from_numpy(np.maximum(y, 0))
+    step = 2.5 * eps / steps
+    for _ in range(steps):
+        d.requires_grad_(True)
+        total = torch.zeros_like(d)
+        for s in range(0, rows.size, batch):
+            rb = torch.from_numpy(rows[s:s + batch])
+            w = (base + d)[idx].float()  # every answered beat's window [B_all, L]
+            tmpl = None
+            if device.morph_index is not None:
+                tmpl = _templates_torch(w, rb, TEMPLATE_BEATS)
+            logits = device.model(device.model_input(w[rb], rest[rb], tmpl))
+            (g,) = torch.autograd.grad(objective(logits, yt[rb]).sum(), d)
+            total += g
+        d = (d.detach() + step * total.sign()).clamp(-eps, eps)
+    return d.numpy()
+
+
+def _templates_torch(w: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """The morphology template of beats ``rows`` from the windows ``w [B, L]`` of every beat in
+    order: the median of the previous ``n`` windows (the beat itself for the first)."""
+    r = rows.numpy()
+    out = torch.empty(r.size, w.shape[1], dtype=w.dtype)
+    full = r >= n
+    if full.any():  # np.median's midpoint of the previous n windows, all at once
+        prev = torch.from_numpy(r[full][:, None] - np.arange(n, 0, -1)[None, :])
+        out[torch.from_numpy(full)] = torch.quantile(w[prev].double(), 0.5, dim=1).to(w.dtype)
+    for j in np.flatnonzero(~full).tolist():
+        i = int(r[j])
+        past = w[:i] if i else w[:1]
+        out[j] = torch.quantile(past.double(), 0.5, dim=0).to(w.dtype)
+    return out
+
+
 @dataclasses.dataclass
 class _Crafted:
     """One crafting pass on a device run's windows."""
@@ -243,7 +297,11 @@ def _end_to_end_accuracy(record: StreamRecord, run: DeviceRun, beats: np.ndarray
 
 
 class _Rounds:
-    """Craft on the device's windows, write back, re-run the device; keep the strongest round."""
+    """Craft on the device's windows, write back, re-run the device; keep the strongest round.
+    With ``joint``, the rounds after the first ascend on the continuous signal directly
+    (:func:`_signal_ascent`) from the perturbation so far."""
+
+    joint = False
 
     def __init__(self, eps: float, rounds: int) -> None:
         self.eps = _check_eps(eps)
@@ -266,11 +324,15 @@ class _Rounds:
             if run.windows is None:
                 break
             y = _labels(record, run)
-            c = self.craft(record, run, device, y)
-            write_back(delta, x, run.r_samples, _starts(run, device), c.sig, c.rows)
-            np.clip(delta, -self.eps, self.eps, out=delta)
-            if k == 0:
-                self.first_pass(record, run, device, y, c)
+            if k == 0 or not self.joint:  # on the windows, written back into the signal
+                c = self.craft(record, run, device, y)
+                write_back(delta, x, run.r_samples, _starts(run, device), c.sig, c.rows)
+                np.clip(delta, -self.eps, self.eps, out=delta)
+                if k == 0:
+                    self.first_pass(record, run, device, y, c)
+            else:  # on the continuous signal, the device's peaks of the last round held
+                delta = _signal_ascent(device, x, delta, run, y, self.objective or device.objective,
+                                       self.eps, self.steps)
             run = device.run(x + delta)
             acc = self.score(record, run)
             history.append(round(acc, 4))
@@ -297,6 +359,7 @@ class StreamPGD(_Rounds):
     """
 
     name = "pgd"
+    joint = True
 
     def __init__(self, eps: float, *, steps: int = 10, rounds: int = 2,
                  objective: Objective | None = None) -> None:

@@ -238,10 +238,12 @@ class _Held:
 def _merge(stats: list[dict]) -> dict:
     """Per-record attack statistics summed (counts) or averaged (the rest)."""
     out = {}
-    for k in {k for s in stats for k in s}:
-        vals = [s[k] for s in stats if isinstance(s.get(k), (int, float))]
-        if vals:
+    for k in sorted({k for s in stats for k in s}):
+        vals = [s[k] for s in stats if k in s]
+        if all(isinstance(v, (int, float)) for v in vals):
             out[k] = sum(vals) if k in ("bursts",) else float(np.mean(vals))
+        else:
+            out[k] = vals  # per record
     return out
 
 
