@@ -270,3 +270,33 @@ def test_context_probe_reads_the_scalars_and_balances_rare_classes():
     feats = rng.normal(0, 1, (4000, 2)) + y[:, None] * 1.5
     recall = [(cp.fit(feats, y, 2, w, seed=0)(feats)[y == 1] == 1).mean() for w in (0.0, 10.0)]
     assert recall[0] < 0.3 and recall[1] > 0.6  # seeds 0-4: 0.00-0.09 and 0.78-0.82
+
+
+def test_stream_robustness_table_rows_and_seed_means():
+    tool = _tool("stream_robustness")
+
+    def metrics(acc, s_se):
+        return {"detection": {"sensitivity": 1.0, "ppv": 0.9, "fp": 3}, "accuracy": acc,
+                "macro_f1": acc / 2, "sensitivity": {"N": 1.0, "S": s_se, "V": 0.9}}
+
+    def stream(acc):
+        return {"clean": metrics(acc, 0.2), "noise": [{"snr_db": 6.0, **metrics(acc - 0.1, 0.1)}],
+                "attacks": [{"attack": "pgd", "eps": 0.1, **metrics(acc - 0.2, 0.0),
+                             "same_beats": {"window_context_held_accuracy": 0.7,
+                                            "end_to_end_accuracy": 0.6}},
+                            {"attack": "timing", "eps": 0.1, **metrics(acc - 0.3, 0.1)}]}
+
+    window = {"clean": {"policy": {"accuracy": 0.9, "macro_f1": 0.5, "sensitivity": {"S": 0.3, "V": 0.8}}},
+              "attacks": [{"attack": "policy", "eps": 0.1, "policy": {"accuracy": 0.5, "macro_f1": 0.3,
+                                                                    "sensitivity": {"S": 0.1}}}]}
+    rows = tool.rows_of("std-seed0", "standard", "0", stream(0.9), window)
+    rows += tool.rows_of("std-seed1", "standard", "1", stream(0.8), {})
+    assert len(rows) == 8 and all(len(r) == len(tool.COLUMNS) for r in rows)
+    col = {c: i for i, c in enumerate(tool.COLUMNS)}
+    pgd = rows[2]
+    assert pgd[col["input"]] == "pgd" and pgd[col["window_accuracy"]] == 0.5
+    assert pgd[col["same_beats_e2e_acc"]] == 0.6 and rows[3][col["window_accuracy"]] is None
+    means = {(r[col["input"]], r[col["eps"]]): r for r in tool.means(rows)}
+    assert len(means) == 4
+    assert means[("clean", None)][col["accuracy"]] == pytest.approx(0.85)
+    assert means[("clean", None)][col["window_accuracy"]] == pytest.approx(0.9)  # seeds present only

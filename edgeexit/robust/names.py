@@ -69,6 +69,7 @@ class StreamAttack(StrEnum):
     (:mod:`edgeexit.robust.stream.attacks`)."""
 
     TIMING = "timing"  # detector-matched bursts in diastole: extra R peaks, shifted RR context
+    TIMING_SHIFT = "timing_shift"  # every R peak's fiducial point moved within a timing budget
     PGD = "pgd"  # white-box PGD through the device path (craft, re-detect, repeat)
     SQUARE = "square"  # black-box Square attack through the runtime, on the stream
     SLOWDOWN = "slowdown"  # DeepSloth on the stream (latency and energy per beat)

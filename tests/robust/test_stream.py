@@ -98,6 +98,14 @@ def test_timing_attack_adds_detections_within_its_budget(engine, record):
     assert not np.array_equal(attacked.r_samples, clean.r_samples)
     weak = run_device(engine, TimingAttack(0.01)(record, clean), FS)  # far below any QRS
     assert abs(weak.peaks.size - clean.peaks.size) <= 1
+    # shift: the same beats, most fiducial points moved, none by more than the timing budget
+    shift = TimingAttack(0.2, mode="shift", shift_ms=20.0)
+    x = shift(record, clean)
+    assert np.abs(x - record.signal).max() <= 0.2 + 1e-12
+    moved = run_device(engine, x, FS).peaks
+    assert moved.size == clean.peaks.size
+    d = np.abs(moved - clean.peaks)
+    assert np.mean(d > 0) >= 0.5 and d.max() <= round(0.020 * FS), (np.mean(d > 0), d.max())
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,13 @@ Every attack returns the attacked signal ``x + delta`` with ``|delta| <= eps`` (
 sample; the device then finds the R peaks in it and computes the RR and morphology context
 from what it found, so the timing is in the attacker's reach (DESIGN.md section 6, device level).
 
-- :class:`TimingAttack`: no model needed. In the diastole of every ``every``-th RR interval it
+- :class:`TimingAttack` (``mode="add"``): no model needed. In the diastole of every ``every``-th RR interval it
   adds a burst shaped for the detector: a +-eps square wave at the frequency where the QRS
   filter's band-pass-and-derivative gain peaks, as long as the moving-window integration, which
   is what maximises the detector's integrated energy under an Linf budget. Where the detector
   takes it for a beat, the RR context of the beats around it changes (a premature-looking beat
-  after it, a false beat that is classified too).
+  after it, a false beat that is classified too). ``mode="shift"`` moves every detected R peak
+  instead, within a timing budget in ms (alternately later and earlier).
 - :class:`StreamPGD`: white-box PGD through the device path, alternating: craft on the windows
   the device cut with the context it computed (RR held within a round, morphology recomputed
   differentiably from the attacked waveform against the device's template), write every beat's
@@ -76,35 +77,49 @@ def detector_burst(eps: float, fs: float, seconds: float = INTEGRATION_S) -> np.
 
 @dataclasses.dataclass
 class TimingAttack:
-    """Extra R peaks from detector-matched bursts in diastole (module docstring).
+    """The device's R peaks moved or added, the waveform moved by at most ``eps`` (module
+    docstring).
 
     Args:
         eps: Linf budget in mV.
-        every: a burst in every ``every``-th RR interval (2: alternate intervals, so the RR
-            ratios turn irregular; 1: every interval, a regular rhythm of twice the rate).
-        min_after_s: earliest burst centre after the previous R peak (beyond the detector's
-            T-wave test, :data:`~edgeexit.runtime.peaks.T_WAVE_S`).
-        min_before_s: the burst ends at least this long before the next R peak.
+        mode: ``add``: detector-matched bursts in diastole, taken for extra beats; ``shift``: each
+            detected R peak's fiducial point moved by up to ``shift_ms`` (alternately later and
+            earlier, so consecutive RR intervals grow and shrink by up to twice that), by lowering
+            the QRS neighbourhood by eps and raising the target sample by eps, where the
+            refinement's largest deflection then lands.
+        every: ``add``: a burst in every ``every``-th RR interval (2: alternate intervals, so the
+            RR ratios turn irregular; 1: every interval).
+        shift_ms: ``shift``: the timing budget in ms.
+        min_after_s: ``add``: earliest burst centre after the previous R peak (beyond the
+            detector's T-wave test, :data:`~edgeexit.runtime.peaks.T_WAVE_S`).
+        min_before_s: ``add``: the burst ends at least this long before the next R peak.
     """
 
     eps: float
+    mode: str = "add"
     every: int = 2
+    shift_ms: float = 20.0
     min_after_s: float = T_WAVE_S + 0.1
     min_before_s: float = 0.25
     name: str = "timing"
 
     def __post_init__(self) -> None:
         self.eps = _check_eps(self.eps)
-        if self.every < 1:
-            raise ConfigError(f"every must be >= 1, got {self.every}")
+        if self.mode not in ("add", "shift"):
+            raise ConfigError(f"timing attack mode must be add or shift, got {self.mode!r}")
+        if self.every < 1 or not self.shift_ms > 0:
+            raise ConfigError(f"every must be >= 1 and shift_ms > 0, got {self.every}, {self.shift_ms}")
         self.stats: dict = {}
 
     def __call__(self, record: StreamRecord, clean: DeviceRun, device=None) -> np.ndarray:
         """The attacked signal; ``clean``: the device's run on the clean signal (its peaks)."""
-        fs, x = record.fs, record.signal
+        delta = (self._bursts if self.mode == "add" else self._shifts)(record.signal, record.fs,
+                                                                       clean.peaks)
+        return within_budget(record.signal, record.signal + delta, self.eps)
+
+    def _bursts(self, x: np.ndarray, fs: float, peaks: np.ndarray) -> np.ndarray:
         burst = detector_burst(self.eps, fs)
         half = burst.size // 2
-        peaks = clean.peaks
         delta = np.zeros_like(x)
         placed = 0
         for i in range(0, max(0, peaks.size - 1), self.every):
@@ -114,10 +129,33 @@ class TimingAttack:
                 continue
             delta[c - half:c - half + burst.size] = burst
             placed += 1
-        out = within_budget(x, x + delta, self.eps)
         self.stats = {"bursts": placed, "burst_hz": round(detector_frequency(fs), 2),
                       "burst_ms": round(1e3 * burst.size / fs, 1)}
-        return out
+        return delta
+
+    def _shifts(self, x: np.ndarray, fs: float, peaks: np.ndarray) -> np.ndarray:
+        from edgeexit.runtime.peaks import BASELINE_S, REFINE_S
+
+        delta = np.zeros_like(x)
+        half, bhalf, k_max = round(REFINE_S * fs), round(BASELINE_S * fs), round(self.shift_ms * 1e-3 * fs)
+        moved, shifts = 0, []
+        for i, r in enumerate(peaks.tolist()):
+            if r - bhalf < 0 or r + bhalf >= x.size:
+                continue
+            sign = np.sign(x[r] - np.median(x[r - bhalf:r + bhalf + 1])) or 1.0
+            dev = sign * (x[r - half:r + half + 1] - np.median(x[r - bhalf:r + bhalf + 1]))
+            direction = 1 if i % 2 == 0 else -1
+            # the farthest sample within the timing budget that can beat the peak by 2 eps
+            ks = [k for k in range(1, k_max + 1) if dev[half + direction * k] + 2 * self.eps > dev[half]]
+            if not ks:
+                continue
+            t = r + direction * max(ks)
+            delta[r - half:r + half + 1] = -sign * self.eps
+            delta[t] = sign * self.eps
+            moved += 1
+            shifts.append(max(ks) / fs * 1e3)
+        self.stats = {"moved": moved, "mean_shift_ms": float(np.mean(shifts)) if shifts else 0.0}
+        return delta
 
 
 # ------------------------------------------------------------------------------ the device
@@ -436,13 +474,15 @@ class StreamSquare(_Rounds):
 
 
 def make_stream_attack(name: str, eps: float, *, steps: int = 10, rounds: int = 2,
-                       queries: int = 100, seed: int = 0):
+                       queries: int = 100, seed: int = 0, shift_ms: float = 20.0):
     """The stream attack ``name`` (:class:`~edgeexit.robust.names.StreamAttack`) at ``eps``."""
     from edgeexit.robust.names import StreamAttack
 
     name = StreamAttack(name)
     if name == StreamAttack.TIMING:
         return TimingAttack(eps)
+    if name == StreamAttack.TIMING_SHIFT:
+        return TimingAttack(eps, mode="shift", shift_ms=shift_ms)
     if name == StreamAttack.PGD:
         return StreamPGD(eps, steps=steps, rounds=rounds)
     if name == StreamAttack.SQUARE:

@@ -63,6 +63,7 @@ class StreamEvalConfig:
         minutes: stream only each record's first minutes (None: all of it).
         synthetic_beats: beats of the synthetic records (``--records synthetic``).
         steps: PGD steps per round; rounds: PGD craft / re-detect rounds.
+        shift_ms: the timing budget of ``timing_shift`` (ms).
         square_queries: queries per beat of the Square attack.
         backend, threads, seed: the runtime backend, torch/runtime threads, seeds.
     """
@@ -78,6 +79,7 @@ class StreamEvalConfig:
     steps: int = 10
     rounds: int = 2
     square_queries: int = 100
+    shift_ms: float = 20.0
     backend: str = "auto"
     threads: int = 1
     seed: int = 0
@@ -199,7 +201,7 @@ class _Stream:
         stats, max_dev = [], 0.0
         for r in self.records:
             atk = make_stream_attack(name, eps, steps=c.steps, rounds=c.rounds,
-                                     queries=c.square_queries, seed=c.seed)
+                                     queries=c.square_queries, seed=c.seed, shift_ms=c.shift_ms)
             x = atk(r, self.clean_runs[r.name], self.device)
             max_dev = max(max_dev, float(np.abs(x - r.signal).max(initial=0.0)))
             run = self.device.run(x, capture=False)
@@ -241,7 +243,7 @@ def _merge(stats: list[dict]) -> dict:
     for k in sorted({k for s in stats for k in s}):
         vals = [s[k] for s in stats if k in s]
         if all(isinstance(v, (int, float)) for v in vals):
-            out[k] = sum(vals) if k in ("bursts",) else float(np.mean(vals))
+            out[k] = sum(vals) if k in ("bursts", "moved") else float(np.mean(vals))
         else:
             out[k] = vals  # per record
     return out
