@@ -168,9 +168,12 @@ class DevicePath:
         self.engine, self.model, self.objective = engine, model, objective
         self.window = int(engine.input_shape[-1])
         self.r_offset, self.fs = int(r_offset), float(fs)
+        from edgeexit.robust.context import MorphContext
+
         channels = list(channels or [])
-        self.morph_index = ([channels.index(c) for c in MORPH_FEATURES]
-                            if set(MORPH_FEATURES) <= set(channels) else None)
+        self._ctx = (MorphContext(channels, self.window, self.fs, self.r_offset)
+                     if set(MORPH_FEATURES) <= set(channels) else None)
+        self.morph_index = None if self._ctx is None else self._ctx.index
         self._beat = BeatTemplate(self.window, self.r_offset, self.fs)
 
     def run(self, signal: np.ndarray, capture: bool = True) -> DeviceRun:
@@ -198,11 +201,7 @@ class DevicePath:
         x = torch.cat([sig[:, None], rest], 1)
         if templates is None:
             return x
-        from edgeexit.robust.context import MorphContext
-
-        ctx = MorphContext.__new__(MorphContext)
-        ctx.index, ctx.qrs = self.morph_index, self._beat.qrs
-        f = ctx.features_torch(sig, templates)
+        f = self._ctx.features_torch(sig, templates)
         x = x.clone()
         x[:, self.morph_index, :] = f.unsqueeze(-1).expand(-1, -1, x.shape[-1])
         return x

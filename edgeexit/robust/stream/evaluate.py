@@ -197,7 +197,7 @@ class _Stream:
         c = self.config
         t0 = time.perf_counter()
         t = Tally(len(self.classes))
-        held = _Held(len(self.classes))
+        held = _Held()
         stats, max_dev = [], 0.0
         for r in self.records:
             atk = make_stream_attack(name, eps, steps=c.steps, rounds=c.rounds,
@@ -221,7 +221,7 @@ class _Stream:
 class _Held:
     """Today's window attack (context held) vs the end-to-end attack, on the same beats."""
 
-    def __init__(self, k: int) -> None:
+    def __init__(self) -> None:
         self.n = self.window_ok = self.e2e_ok = 0
 
     def add(self, record: StreamRecord, clean_run, held: dict, answer: np.ndarray) -> None:
