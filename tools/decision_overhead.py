@@ -1,25 +1,32 @@
 """The engine's own time per early-exit decision, apart from the native inference (batch 1).
 
 For every exit policy, ``Engine.predict`` runs over the windows (a seeded sample of what
-``edgeexit bench`` would run, or the bundle's golden inputs), and beside it, in the same run, in blocks whose order rotates:
+``edgeexit bench`` would run, or the bundle's golden inputs), and beside it, in the same run, in
+blocks whose order rotates, each step of it alone (every variant runs the steps of the segments
+each window runs under that policy):
 
 * ``predict``: :meth:`Engine.predict` per window, what a device pays;
-* ``native``: only the native inference of the segments that window runs (LiteRT's ``Invoke``;
-  for onnxruntime ``InferenceSession.run`` on the segment's real input), no Python around them;
-* ``decision``: only the decisions the engine takes for that window: per segment run, exit k's
-  logits to Python floats (``tolist``) and :meth:`Policy.step`, on logits recorded beforehand;
-* ``check``: only :meth:`Engine.check_input` of the window.
+* ``native``: only the native inference (LiteRT's ``Invoke``; onnxruntime's IO-bound run), on
+  the engine's buffers as they are, no Python around them;
+* ``check``: only the input check :meth:`Engine.predict` does on a well-formed window (type,
+  dtype, shape, contiguity, one dot product against the range limit);
+* ``copy``: only the copies into the segments' input buffers (the window into the first; for
+  LiteRT the features between interpreters; onnxruntime shares them);
+* ``output``: only reading each exit's logits as Python floats (``tolist``);
+* ``decision``: only :meth:`Policy.step` on logits recorded beforehand;
+* ``timing``: only the clock reads and the list of segment times;
+* ``result``: only the label and the :class:`~edgeexit.runtime.engine.ExitResult`.
 
 Reported per policy (medians over rounds of the per-round means): microseconds per window of each
-variant, the decision time per exit (``decision`` / segments run), and the engine's own time per
-segment run ((``predict`` - ``native``) / segments run: input check, copies in and out of the
-interpreter, clocks, decisions, the result object). The policy the bundle was calibrated for uses
-its thresholds; the others get thresholds for the timing only (calibrated on the windows' labels
-with the same margin, or, without labels, the median confidence of each exit): their accuracy on
-those windows means nothing.
+variant, ``other`` = ``predict`` less every step (the loop, calls, attribute reads), the decision
+time per exit, and the engine's own time per segment run ((``predict`` - ``native``) / segments
+run). The policy the bundle was calibrated for uses its thresholds; the others get thresholds for
+the timing only (calibrated on the windows' labels with the same margin, or, without labels, the
+median confidence of each exit): their accuracy on those windows means nothing.
 
 Example:
     python tools/decision_overhead.py runs/mitdb-seed4/bundle-ensemble --limit 1000
+    python tools/decision_overhead.py /tmp/engine-qs/bundle --quick --json
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeexit.calibrate import CalibrationConfig, calibrate_thresholds  # noqa: E402
 from edgeexit.errors import EdgeExitError  # noqa: E402
-from edgeexit.runtime.engine import Engine  # noqa: E402
+from edgeexit.runtime.engine import Engine, ExitResult  # noqa: E402
 from edgeexit.runtime.policy import POLICIES, exit_scores, make_policy, softmax  # noqa: E402
 from edgeexit.data.bench import bench_data  # noqa: E402
 
@@ -73,27 +80,90 @@ def _policies(engine: Engine, probs: list[np.ndarray], y, margin: float) -> dict
     return out
 
 
-def _native_calls(engine: Engine, x: np.ndarray):
-    """Per segment, a function that runs its native inference on the buffers as they are."""
-    calls = []
-    for sess in engine.sessions:
-        fast = getattr(sess, "_fast", None)
-        if fast is not None:  # LiteRT: the native Invoke
-            calls.append(fast[2])
-        else:  # onnxruntime: InferenceSession.run on a fixed real input of the segment
-            calls.append(None)
-    if all(c is not None for c in calls):
-        return calls
-    feats, h = [], x[:1]
-    for sess in engine.sessions:
-        feats.append(h)
-        out = sess.run(h)
-        h = out[0]
-    return [
-        (lambda s=sess, f=f: s._run(s._outputs, {s.input_name: f}))
-        if c is None else c
-        for sess, f, c in zip(engine.sessions, feats, calls)
-    ]
+def _links(engine: Engine, x: np.ndarray) -> list:
+    """The engine's batch-1 chain (bound by one predict), per segment (input, outputs, run, src)."""
+    engine.predict(x[0])
+    if engine._links is None:
+        raise EdgeExitError(f"the {engine.backend} sessions offer no batch-1 buffers to time")
+    return engine._links
+
+
+def _variants(engine: Engine, x: np.ndarray, rows, exits: np.ndarray, links: list) -> dict:
+    """Per step of :meth:`Engine.predict`, a function that runs that step alone over the windows
+    (each for the segments the window runs)."""
+    step, clock, classes = engine.policy.step, time.perf_counter_ns, engine.classes
+    limit = engine._energy_limit
+    f32, shape = np.dtype(np.float32), engine.input_shape
+    chains = [links[: k + 1] for k in range(len(links))]
+
+    def predict():
+        for xi in x:
+            engine.predict(xi)
+
+    def native():
+        for k in exits:
+            for link in chains[k]:
+                link[2]()
+
+    def check():
+        for xi in x:
+            if type(xi) is np.ndarray and xi.dtype is f32 and xi.shape == shape and xi.flags.c_contiguous:
+                flat = xi.reshape(-1)
+                if not flat.dot(flat) <= limit:
+                    raise AssertionError("a window failed the range check")
+
+    def copy():
+        first = links[0][0]
+        for xi, k in zip(x, exits):
+            first[0] = xi
+            for inp, _, _, src in chains[k]:
+                if src is not None:
+                    inp[...] = src
+
+    def output():
+        for k in exits:
+            for link in chains[k]:
+                link[1][-1].tolist()[0]
+
+    def decision():
+        for r, k in zip(rows, exits):
+            for j in range(k + 1):
+                step(j, r[j].tolist()[0])
+
+    def timing():
+        for k in exits:
+            times = []
+            for _ in range(k + 1):
+                t0 = clock()
+                times.append(clock() - t0)
+            tuple(times)
+
+    probs = [[0.9] + [0.1 / (len(classes) - 1)] * (len(classes) - 1)] * len(x)
+
+    def result():
+        for p, k in zip(probs, exits):
+            label = p.index(max(p))
+            ExitResult(label, classes[label], p, k, ())
+
+    return {"predict": predict, "native": native, "check": check, "copy": copy, "output": output,
+            "decision": decision, "timing": timing, "result": result}
+
+
+def _time(variants: dict, rounds: int, n: int) -> dict[str, float]:
+    """Median over ``rounds`` of each variant's microseconds per window (the order rotates)."""
+    for f in variants.values():
+        f()  # warm-up
+    names, clock = list(variants), time.perf_counter_ns
+    per_round = {k: [] for k in names}
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            t0 = clock()
+            variants[k]()
+            per_round[k].append((clock() - t0) / n / 1e3)
+    return {k: float(np.median(v)) for k, v in per_round.items()}
+
+
+STEPS = ("check", "copy", "output", "decision", "timing", "result")
 
 
 def measure(bundle: str, backend: str, threads: int, data: str | None, limit: int, rounds: int,
@@ -104,47 +174,15 @@ def measure(bundle: str, backend: str, threads: int, data: str | None, limit: in
     logits, _ = engine.run_all(x) if backend == "onnxruntime" else _run_all_single(engine, x)
     probs = [softmax(z.astype(np.float64)) for z in logits]
     rows = [[z[i : i + 1].copy() for z in logits] for i in range(n)]  # [1, K] per exit
-    native = _native_calls(engine, x)
-    clock = time.perf_counter_ns
     report = {"bundle": bundle, "backend": engine.backend, "threads": engine.threads,
               "windows": n, "rounds": rounds, "policies": {}}
     for name, policy in _policies(engine, probs, y, margin).items():
         engine.policy = policy
-        step = policy.step
+        links = _links(engine, x)
         exits = np.array([engine.predict(xi).exit_index for xi in x])
-        runs = exits + 1
-
-        def v_predict():
-            for xi in x:
-                engine.predict(xi)
-
-        def v_native(exits=exits):
-            for k in exits:
-                for f in native[: k + 1]:
-                    f()
-
-        def v_decision(exits=exits, step=step):
-            for r, k in zip(rows, exits):
-                for j in range(k + 1):
-                    step(j, r[j].tolist()[0])
-
-        def v_check():
-            for xi in x:
-                engine.check_input(xi, False)
-
-        variants = {"predict": v_predict, "native": v_native, "decision": v_decision,
-                    "check": v_check}
-        for f in variants.values():
-            f()  # warm-up
-        names = list(variants)
-        per_round = {k: [] for k in names}
-        for r in range(rounds):
-            for k in names[r % len(names):] + names[: r % len(names)]:
-                t0 = clock()
-                variants[k]()
-                per_round[k].append((clock() - t0) / n / 1e3)
-        us = {k: float(np.median(v)) for k, v in per_round.items()}
-        seg_runs = float(runs.mean())
+        us = _time(_variants(engine, x, rows, exits, links), rounds, n)
+        seg_runs = float((exits + 1).mean())
+        us["other"] = us["predict"] - us["native"] - sum(us[k] for k in STEPS)
         report["policies"][name] = {
             "thresholds": policy.describe().get("thresholds"),
             "exit_fractions": [round(float(v), 4) for v in np.bincount(exits, minlength=m) / n],
@@ -171,10 +209,13 @@ def main() -> None:
                          "data recorded in the bundle), or 'golden' (the bundle's golden.npz)")
     ap.add_argument("--limit", type=int, default=1000, help="windows at most (seeded sample)")
     ap.add_argument("--rounds", type=int, default=15, help="timed rounds per variant")
+    ap.add_argument("--quick", action="store_true", help="200 windows, 7 rounds")
     ap.add_argument("--margin", type=float, default=0.5,
                     help="accuracy margin (points) for the policies calibrated here")
     ap.add_argument("--json", action="store_true", help="print JSON only")
     a = ap.parse_args()
+    if a.quick:
+        a.limit, a.rounds = min(a.limit, 200), min(a.rounds, 7)
     try:
         res = measure(a.bundle, a.backend, a.threads, a.data, a.limit, a.rounds, a.margin)
     except EdgeExitError as e:
@@ -183,13 +224,13 @@ def main() -> None:
         print(json.dumps(res, indent=2))
         return
     print(f"{res['bundle']}: {res['windows']} windows, {res['backend']}, {res['threads']} thread(s)")
-    print(f"{'policy':9} {'segs/win':>8} {'predict':>8} {'native':>8} {'decision':>8} {'check':>6}"
-          f" {'decision/exit':>13} {'engine/segment':>14}   (us)")
+    cols = ("predict", "native", *STEPS, "other")
+    print(f"{'policy':9} {'segs/win':>8} " + " ".join(f"{c:>8}" for c in cols)
+          + f" {'engine/segment':>14}   (us per window)")
     for name, p in res["policies"].items():
         u = p["us_per_window"]
-        print(f"{name:9} {p['segments_run_per_window']:8.2f} {u['predict']:8.2f} {u['native']:8.2f} "
-              f"{u['decision']:8.2f} {u['check']:6.2f} {p['decision_us_per_exit']:13.2f} "
-              f"{p['engine_own_us_per_segment']:14.2f}")
+        print(f"{name:9} {p['segments_run_per_window']:8.2f} " + " ".join(f"{u[c]:8.2f}" for c in cols)
+              + f" {p['engine_own_us_per_segment']:14.2f}")
 
 
 if __name__ == "__main__":

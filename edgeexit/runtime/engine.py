@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", "overflow encountered in dot", RuntimeWarning, __name__)
 
 _F32 = np.dtype(np.float32)
+_clock = time.perf_counter_ns
 
 
 class InputError(EdgeExitError):
@@ -210,6 +211,8 @@ class Engine:
         self.monolithic = monolithic
         self.classes = manifest.classes
         self.input_shape = manifest.input_shape
+        self.timing = True  # predict measures every segment's wall time (segment_ns)
+        self._links = None  # the segments' batch-1 buffers, bound on first predict
         self._rank = len(self.input_shape)
         self._one = (1, *self.input_shape)
         abs_max = manifest.input.abs_max
@@ -357,38 +360,103 @@ class Engine:
         """Classify one window ``x`` (shape = the bundle's input shape), stopping at the first
         confident exit.
 
-        The decision after each segment is :meth:`Policy.step` on the exit's logits as Python
-        floats: at batch 1 that costs 0.5-2 us per exit (``tools/decision_overhead.py``), where a
-        chain of numpy calls on a ``[1, K]`` array cost tens of microseconds.
+        The window is written once into the first segment's input buffer; each segment's
+        features go to the next one without passing through Python (onnxruntime: shared by IO
+        binding; LiteRT: one copy between the interpreters' buffers); the decision after each
+        segment is :meth:`Policy.step` on the exit's logits as Python floats. ``segment_ns``
+        holds each segment's wall time when :attr:`timing` is on (the default), else is empty.
+        ``tools/decision_overhead.py`` measures every step of this against the native inference.
         """
         # the input check inlined for a well-formed window (check_input explains any other)
         if (type(x) is np.ndarray and x.dtype is _F32 and x.shape == self.input_shape
                 and x.flags.c_contiguous):
             flat = x.reshape(-1)
-            h = (x.reshape(self._one) if flat.dot(flat) <= self._energy_limit
-                 else self.check_input(x, False))
+            if not flat.dot(flat) <= self._energy_limit:
+                self.check_input(x, False)
         else:
-            h = self.check_input(x, batch=False)
+            x = self.check_input(x, batch=False)[0]
+        links = self._links
+        if links is None:
+            links = self._link()
+            if not links:
+                return self._predict_sessions(x)
         step = self.policy.step
-        times: list[int] = []
-        clock = time.perf_counter_ns
         begin = self.policy.begin
         if begin is not None:  # the budget policy's clock starts with the input
-            begin(clock())
+            begin(_clock())
+        links[0][0][0] = x  # the one copy of the window
+        k = 0
+        try:
+            if self.timing:
+                times: list[int] = []
+                for k, (inp, outs, run, src) in enumerate(links):
+                    t0 = _clock()
+                    if src is not None:
+                        inp[...] = src
+                    run()
+                    times.append(_clock() - t0)
+                    probs = step(k, outs[-1].tolist()[0])
+                    if probs is not None:
+                        label = probs.index(max(probs))
+                        return ExitResult(label, self.classes[label], probs, k, tuple(times))
+            else:
+                for k, (inp, outs, run, src) in enumerate(links):
+                    if src is not None:
+                        inp[...] = src
+                    run()
+                    probs = step(k, outs[-1].tolist()[0])
+                    if probs is not None:
+                        label = probs.index(max(probs))
+                        return ExitResult(label, self.classes[label], probs, k, ())
+        except Exception as exc:  # the backend's own errors (RuntimeError, onnxruntime's Fail)
+            raise BackendError(f"{self.backend} failed to run segment {k}: {exc}") from exc
+        raise AssertionError("the last exit always decides")  # pragma: no cover
+
+    def _link(self) -> list | None:
+        """Bind the segments' batch-1 buffers into a chain (``Session.link``): per segment
+        ``(input, outputs, run, source)``, ``source`` the previous segment's features where they
+        must be copied into ``input`` (None: shared, or the first segment). None where a backend
+        session offers no such buffers."""
+        links, prev = [], None
+        for sess in self.sessions:
+            link = getattr(sess, "link", None)
+            got = None if link is None else link(prev)
+            if got is None:
+                return None
+            inp, outs, run = got
+            links.append((inp, outs, run, None if prev is None or inp is prev else prev))
+            prev = outs[0]
+        self._links = links
+        return links
+
+    def _unlink(self) -> None:
+        """Drop the batch-1 chain before a batch run (LiteRT resizes its buffers for it)."""
+        self._links = None
+
+    def _predict_sessions(self, x: np.ndarray) -> ExitResult:
+        """:meth:`predict` through ``Session.run`` (sessions without a batch-1 chain)."""
+        h = x.reshape(self._one)
+        step = self.policy.step
+        times: list[int] = []
+        begin = self.policy.begin
+        if begin is not None:
+            begin(_clock())
         for k, sess in enumerate(self.sessions):
-            t0 = clock()
+            t0 = _clock()
             out = sess.run(h, copy=False)  # views: used before this session runs again
-            times.append(clock() - t0)
+            times.append(_clock() - t0)
             probs = step(k, out[-1].tolist()[0])
             if probs is not None:
                 label = probs.index(max(probs))
-                return ExitResult(label, self.classes[label], probs, k, tuple(times))
+                return ExitResult(label, self.classes[label], probs, k,
+                                  tuple(times) if self.timing else ())
             h = out[0]
         raise AssertionError("the last exit always decides")  # pragma: no cover
 
     def predict_batch(self, x: np.ndarray) -> BatchResult:
         """Classify ``x [N, ...]``; segment k runs only on the samples no earlier exit decided."""
         h = self.check_input(x, batch=True)
+        self._unlink()
         n = h.shape[0]
         labels = np.zeros(n, np.int64)
         exits = np.zeros(n, np.int64)
@@ -418,6 +486,7 @@ class Engine:
     def run_all(self, x: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
         """Logits of every exit for the batch ``x [N, ...]`` (no early exit) and per-segment ns."""
         h = self.check_input(x, batch=True)
+        self._unlink()
         views, times = [], []
         clock = time.perf_counter_ns
         t0 = clock()

@@ -226,6 +226,22 @@ class LiteRTSession:
             return [v.copy() for v in fast[1]] if copy else fast[1]
         return self._run_general(x)
 
+    def link(self, source: np.ndarray | None = None):
+        """The batch-1 buffers for :class:`~edgeexit.runtime.engine.Engine`'s chain of segments:
+        ``(input, outputs, run)`` where ``input`` is the interpreter's own input buffer (write the
+        sample into it), ``outputs`` read-only views of its output buffers and ``run()`` the
+        native ``Invoke``; None where the interpreter offers no such buffers (the engine then
+        calls :meth:`run`). ``source`` (the previous segment's features) cannot be shared: the
+        engine copies it into ``input``. Valid until the session resizes: the engine drops them
+        before any batch run (a held view makes a resize fail, never write into freed memory).
+        """
+        if self._batch != 1 and not (self._resizable and self._resize(1)):
+            return None
+        if self._fast is None:
+            return None
+        in_view, out_views, invoke = self._fast
+        return in_view, out_views, invoke
+
     def _run_general(self, x: np.ndarray) -> list[np.ndarray]:
         """:meth:`run` for any valid input: checks it, resizes or loops over the batch."""
         if (

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -116,6 +117,28 @@ class OnnxRuntimeSession:
             return self._run(self._outputs, {self.input_name: x})
         except Exception as exc:  # onnxruntime's own exception types (Fail, InvalidArgument, ...)
             raise BackendError(f"onnxruntime failed to run {self.path.name}: {exc}") from exc
+
+
+    def link(self, source: np.ndarray | None = None):
+        """The batch-1 buffers for :class:`~edgeexit.runtime.engine.Engine`'s chain of segments,
+        through onnxruntime's IO binding: ``(input, outputs, run)`` where ``input`` is the array
+        the graph reads (``source`` itself when given: the previous segment's features, shared,
+        not copied), ``outputs`` the arrays it writes and ``run()`` one bound run; None where a
+        dimension is symbolic (the engine then calls :meth:`run`)."""
+        shapes = (self.input_shape, *self.output_shapes)
+        if any(sh is None or None in sh for sh in shapes):
+            return None
+        binding = self._session.io_binding()
+        shape = (1, *self.input_shape)
+        if source is None or source.shape != shape or source.dtype != np.float32:
+            source = np.zeros(shape, np.float32)
+        binding.bind_cpu_input(self.input_name, source)
+        outputs = []
+        for name, sh in zip(self.output_names, self.output_shapes):
+            out = np.zeros((1, *sh), np.float32)
+            binding.bind_output(name, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+            outputs.append(out)
+        return source, tuple(outputs), functools.partial(self._session.run_with_iobinding, binding)
 
 
 class OnnxRuntimeBackend:
