@@ -142,6 +142,8 @@ def default_threads(manifest: Manifest) -> int:
 def _unpack(path: str | os.PathLike):
     """``(bundle directory, None)``, or for a ``.tar.gz`` the directory it was unpacked into and
     the temporary directory holding it (removed when that object is)."""
+    if Path(path).is_dir():  # the device's case: tarfile is not even imported
+        return Path(path), None
     from edgeexit.runtime.archive import extract_archive, is_archive
 
     if not is_archive(path):

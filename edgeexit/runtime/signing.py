@@ -30,7 +30,6 @@ import tomllib
 from pathlib import Path
 
 from edgeexit.errors import ConfigError
-from edgeexit.runtime.archive import pack_directory
 from edgeexit.runtime.atomic import atomic_write, check_writable
 from edgeexit.runtime.manifest import (  # noqa: F401 (SIGNATURE re-exported)
     MANIFEST,
@@ -288,6 +287,8 @@ def sign_bundle(bundle: str | os.PathLike, key: str | os.PathLike,
               "bundle_version": manifest.bundle_version}
     archive = root.with_name(root.name + ".tar.gz")
     if archive.exists():
+        from edgeexit.runtime.archive import pack_directory  # tarfile: only here
+
         pack_directory(root, archive)
         report["archive"] = str(archive)
     log.info("signed %s (bundle version %d) with key %s", root, manifest.bundle_version, fp[:16])
@@ -325,9 +326,6 @@ def check_signature(root: str | os.PathLike, trusted: TrustedKeys | None) -> dic
     ``trusted``: the keys it must be signed by (an unsigned bundle is refused); None: an unsigned
     bundle passes, and a signed one is checked against the key it names (``trusted`` False in
     the result). Returns ``{"signed", "key_fingerprint", "trusted"}``."""
-    from cryptography.exceptions import InvalidSignature
-
-    _, ed25519 = _crypto()
     root = Path(root)
     sig = read_signature(root)
     if sig is None:
@@ -337,6 +335,10 @@ def check_signature(root: str | os.PathLike, trusted: TrustedKeys | None) -> dic
                 f"signed by a trusted key ({trusted.source}): sign it on the host with "
                 "`edgeexit sign BUNDLE --key KEY`")
         return {"signed": False, "key_fingerprint": None, "trusted": False}
+    # cryptography (6 MB resident) only where a signature is checked
+    from cryptography.exceptions import InvalidSignature
+
+    _, ed25519 = _crypto()
     fp = sig["key_fingerprint"]
     if trusted is not None:
         key = trusted.keys.get(fp)
