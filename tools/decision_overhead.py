@@ -9,7 +9,7 @@ each window runs under that policy):
 * ``native``: only the native inference (LiteRT's ``Invoke``; onnxruntime's IO-bound run), on
   the engine's buffers as they are, no Python around them;
 * ``check``: only the input check :meth:`Engine.predict` does on a well-formed window (type,
-  dtype, shape, contiguity, one dot product against the range limit);
+  dtype, shape, one dot product of the copied window against the range limit);
 * ``copy``: only the copies into the segments' input buffers (the window into the first; for
   LiteRT the features between interpreters; onnxruntime shares them);
 * ``output``: only reading each exit's logits as Python floats (``tolist``);
@@ -17,7 +17,8 @@ each window runs under that policy):
 * ``timing``: only the clock reads and the list of segment times;
 * ``result``: only the label and the :class:`~edgeexit.runtime.engine.ExitResult`.
 
-Reported per policy (medians over rounds of the per-round means): microseconds per window of each
+Every window is timed on its own, in every round; reported per policy (per window the median
+over rounds, then the mean over windows, less the cost of an empty timed call): microseconds per window of each
 variant, ``other`` = ``predict`` less every step (the loop, calls, attribute reads), the decision
 time per exit, and the engine's own time per segment run ((``predict`` - ``native``) / segments
 run). The policy the bundle was calibrated for uses its thresholds; the others get thresholds for
@@ -89,78 +90,85 @@ def _links(engine: Engine, x: np.ndarray) -> list:
 
 
 def _variants(engine: Engine, x: np.ndarray, rows, exits: np.ndarray, links: list) -> dict:
-    """Per step of :meth:`Engine.predict`, a function that runs that step alone over the windows
-    (each for the segments the window runs)."""
+    """Per step of :meth:`Engine.predict`, a function of the window index ``i`` that runs that
+    step alone for window ``i`` (for the segments it runs)."""
     step, clock, classes = engine.policy.step, time.perf_counter_ns, engine.classes
     limit = engine._energy_limit
     f32, shape = np.dtype(np.float32), engine.input_shape
     chains = [links[: k + 1] for k in range(len(links))]
-
-    def predict():
-        for xi in x:
-            engine.predict(xi)
-
-    def native():
-        for k in exits:
-            for link in chains[k]:
-                link[2]()
-
-    def check():
-        for xi in x:
-            if type(xi) is np.ndarray and xi.dtype is f32 and xi.shape == shape and xi.flags.c_contiguous:
-                flat = xi.reshape(-1)
-                if not flat.dot(flat) <= limit:
-                    raise AssertionError("a window failed the range check")
-
-    def copy():
-        first = links[0][0]
-        for xi, k in zip(x, exits):
-            first[0] = xi
-            for inp, _, _, src in chains[k]:
-                if src is not None:
-                    inp[...] = src
-
-    def output():
-        for k in exits:
-            for link in chains[k]:
-                link[1][-1].tolist()[0]
-
-    def decision():
-        for r, k in zip(rows, exits):
-            for j in range(k + 1):
-                step(j, r[j].tolist()[0])
-
-    def timing():
-        for k in exits:
-            times = []
-            for _ in range(k + 1):
-                t0 = clock()
-                times.append(clock() - t0)
-            tuple(times)
-
+    runs = [chains[k] for k in exits]  # per window, the links it runs
     probs = [[0.9] + [0.1 / (len(classes) - 1)] * (len(classes) - 1)] * len(x)
+    first, flat = engine._first
+    predict = engine.predict
 
-    def result():
-        for p, k in zip(probs, exits):
-            label = p.index(max(p))
-            ExitResult(label, classes[label], p, k, ())
+    def v_predict(i):
+        predict(x[i])
 
-    return {"predict": predict, "native": native, "check": check, "copy": copy, "output": output,
-            "decision": decision, "timing": timing, "result": result}
+    def v_native(i):
+        for link in runs[i]:
+            link[2]()
+
+    def v_check(i):
+        xi = x[i]
+        if type(xi) is np.ndarray and xi.dtype is f32 and xi.shape == shape:
+            if not flat.dot(flat) <= limit:
+                raise AssertionError("a window failed the range check")
+
+    def v_copy(i):
+        first[...] = x[i]
+        for inp, _, _, src in runs[i]:
+            if src is not None:
+                inp[...] = src
+
+    def v_output(i):
+        for link in runs[i]:
+            link[1].tolist()
+
+    def v_decision(i):
+        r = rows[i]
+        for j in range(exits[i] + 1):
+            step(j, r[j].tolist()[0])
+
+    def v_timing(i):
+        times = []
+        for _ in runs[i]:
+            t0 = clock()
+            times.append(clock() - t0)
+        tuple(times)
+
+    def v_result(i):
+        p = probs[i]
+        label = p.index(max(p))
+        ExitResult(label, classes[label], p, exits[i], ())
+
+    def v_empty(i):
+        pass
+
+    return {"predict": v_predict, "native": v_native, "check": v_check, "copy": v_copy,
+            "output": v_output, "decision": v_decision, "timing": v_timing, "result": v_result,
+            "empty": v_empty}
 
 
 def _time(variants: dict, rounds: int, n: int) -> dict[str, float]:
-    """Median over ``rounds`` of each variant's microseconds per window (the order rotates)."""
+    """Microseconds per window of each variant: every window timed on its own in every round
+    (the variants' order rotates), the median over rounds per window (a shared machine preempts
+    a process for milliseconds now and then: medians drop those), the mean over windows, less the
+    ``empty`` variant's time (the clock reads and the call)."""
     for f in variants.values():
-        f()  # warm-up
+        for i in range(n):
+            f(i)  # warm-up
     names, clock = list(variants), time.perf_counter_ns
-    per_round = {k: [] for k in names}
+    ns = {k: np.zeros((rounds, n), np.int64) for k in names}
     for r in range(rounds):
         for k in names[r % len(names):] + names[: r % len(names)]:
-            t0 = clock()
-            variants[k]()
-            per_round[k].append((clock() - t0) / n / 1e3)
-    return {k: float(np.median(v)) for k, v in per_round.items()}
+            f, row = variants[k], ns[k][r]
+            for i in range(n):
+                t0 = clock()
+                f(i)
+                row[i] = clock() - t0
+    us = {k: float(np.median(v, axis=0).mean()) / 1e3 for k, v in ns.items()}
+    empty = us.pop("empty", 0.0)
+    return {k: max(0.0, v - empty) for k, v in us.items()}
 
 
 STEPS = ("check", "copy", "output", "decision", "timing", "result")

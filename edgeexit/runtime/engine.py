@@ -215,6 +215,7 @@ class Engine:
         self.input_shape = manifest.input_shape
         self.timing = True  # predict measures every segment's wall time (segment_ns)
         self._links = None  # the segments' batch-1 buffers, bound on first predict
+        self._first = None  # views of the first segment's input buffer: [C, L] and flat
         self._rank = len(self.input_shape)
         self._one = (1, *self.input_shape)
         abs_max = manifest.input.abs_max
@@ -369,44 +370,45 @@ class Engine:
         holds each segment's wall time when :attr:`timing` is on (the default), else is empty.
         ``tools/decision_overhead.py`` measures every step of this against the native inference.
         """
-        # the input check inlined for a well-formed window (check_input explains any other)
-        if (type(x) is np.ndarray and x.dtype is _F32 and x.shape == self.input_shape
-                and x.flags.c_contiguous):
-            flat = x.reshape(-1)
-            if not flat.dot(flat) <= self._energy_limit:
-                self.check_input(x, False)
-        else:
-            x = self.check_input(x, batch=False)[0]
         links = self._links
         if links is None:
             links = self._link()
             if not links:
                 return self._predict_sessions(x)
-        step = self.policy.step
-        begin = self.policy.begin
-        if begin is not None:  # the budget policy's clock starts with the input
-            begin(_clock())
-        links[0][0][0] = x  # the one copy of the window
+        # the input check inlined for a well-formed window, on the copy in the first segment's
+        # input buffer (check_input explains any other window, or one that fails the range)
+        first, flat = self._first
+        if type(x) is np.ndarray and x.dtype is _F32 and x.shape == self.input_shape:
+            first[...] = x  # the one copy of the window
+            if not flat.dot(flat) <= self._energy_limit:
+                self.check_input(x, False)
+        else:
+            first[...] = self.check_input(x, batch=False)[0]
+        policy = self.policy
+        step = policy.step
+        if policy.begin is not None:  # the budget policy's clock starts with the input
+            policy.begin(_clock())
         k = 0
         try:
             if self.timing:
+                clock = _clock
                 times: list[int] = []
-                for k, (inp, outs, run, src) in enumerate(links):
-                    t0 = _clock()
+                for k, (inp, logits, run, src) in enumerate(links):
+                    t0 = clock()
                     if src is not None:
                         inp[...] = src
                     run()
-                    times.append(_clock() - t0)
-                    probs = step(k, outs[-1].tolist()[0])
+                    times.append(clock() - t0)
+                    probs = step(k, logits.tolist())
                     if probs is not None:
                         label = probs.index(max(probs))
                         return ExitResult(label, self.classes[label], probs, k, tuple(times))
             else:
-                for k, (inp, outs, run, src) in enumerate(links):
+                for k, (inp, logits, run, src) in enumerate(links):
                     if src is not None:
                         inp[...] = src
                     run()
-                    probs = step(k, outs[-1].tolist()[0])
+                    probs = step(k, logits.tolist())
                     if probs is not None:
                         label = probs.index(max(probs))
                         return ExitResult(label, self.classes[label], probs, k, ())
@@ -416,7 +418,7 @@ class Engine:
 
     def _link(self) -> list | None:
         """Bind the segments' batch-1 buffers into a chain (``Session.link``): per segment
-        ``(input, outputs, run, source)``, ``source`` the previous segment's features where they
+        ``(input, logits, run, source)``, ``logits`` a view of the exit's logits, ``source`` the previous segment's features where they
         must be copied into ``input`` (None: shared, or the first segment). None where a backend
         session offers no such buffers."""
         links, prev = [], None
@@ -426,18 +428,21 @@ class Engine:
             if got is None:
                 return None
             inp, outs, run = got
-            links.append((inp, outs, run, None if prev is None or inp is prev else prev))
+            # the exit's logits as a [K] view: .tolist() gives the policy its floats
+            links.append((inp, outs[-1][0], run, None if prev is None or inp is prev else prev))
             prev = outs[0]
+        first = links[0][0]
+        self._first = (first[0], first.reshape(-1))
         self._links = links
         return links
 
     def _unlink(self) -> None:
         """Drop the batch-1 chain before a batch run (LiteRT resizes its buffers for it)."""
-        self._links = None
+        self._links = self._first = None
 
     def _predict_sessions(self, x: np.ndarray) -> ExitResult:
         """:meth:`predict` through ``Session.run`` (sessions without a batch-1 chain)."""
-        h = x.reshape(self._one)
+        h = self.check_input(x, batch=False)
         step = self.policy.step
         times: list[int] = []
         begin = self.policy.begin

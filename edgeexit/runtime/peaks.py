@@ -37,7 +37,6 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import NamedTuple
 
 import numpy as np
@@ -425,10 +424,6 @@ class IncrementalDetector:
         self._mwi = np.zeros(0)  # integrated signal [mwi_start, mwi_end)
         self.mwi_start = self.mwi_end = 0
         self._cand_end = 1  # candidates before this sample are decided or queued
-        # (end sample, max, mean) of the integrated amplitude per second, the last 2 LEARN_S
-        self._blocks: deque[tuple[int, float, float]] = deque(maxlen=2 * int(LEARN_S))
-        self._block_part: list[np.ndarray] = []
-        self._block_end = 0  # end of the last whole block
         self._queue: list[tuple[int, float, float]] = []  # candidates waiting for the levels
         self.decide: _Thresholds | None = None
         self._last_relearn = 0
@@ -443,8 +438,8 @@ class IncrementalDetector:
         self._derivative(final)
         self._integrate(final)
         self._candidates(final)
-        if final and self.decide is None and self._blocks:
-            self._learn(list(self._blocks)[:int(LEARN_S)])
+        if final and self.decide is None:
+            self._learn(0, int(LEARN_S) * self.sec)
         self._trim()
 
     def _trim(self) -> None:
@@ -452,8 +447,9 @@ class IncrementalDetector:
         if self.raw.size > self.history:
             self.raw = self.raw[-self.history:]
             self.raw_start = self.end - self.history
-        keep = self._cand_end - self.refractory - 2  # the candidates' neighbourhoods
-        if keep > self.mwi_start:
+        # the candidates' neighbourhoods, and LEARN_S seconds (and a margin) to learn from
+        keep = min(self._cand_end - self.refractory - 2, self.mwi_end - 2 * int(LEARN_S) * self.sec)
+        if self.decide is not None and keep > self.mwi_start:
             self._mwi = self._mwi[keep - self.mwi_start:]
             self.mwi_start = keep
         keep = min(self.mwi_end - self.mhalf, self._cand_end - self.shalf) - 1  # integral, slopes
@@ -499,36 +495,30 @@ class IncrementalDetector:
             sq = np.concatenate([sq[-lo:0:-1], sq])
         if final:
             sq = np.concatenate([sq, sq[-2:-2 - h:-1]])
-        c = np.concatenate([[0.0], np.cumsum(sq)])
-        m = (c[2 * h + 1:] - c[:-2 * h - 1]) / (2 * h + 1)
+        c = np.empty(sq.size + 1)
+        c[0] = 0.0
+        np.cumsum(sq, out=c[1:])
+        w = 2 * h + 1
+        m = c[w:] - c[:-w]
+        m /= w
         self._mwi = np.concatenate([self._mwi, m])
-        self._learn_blocks(np.sqrt(m))
         self.mwi_end += m.size
         self.mwi_start = self.mwi_end - self._mwi.size
+        if self.decide is None and self.mwi_end >= LEARN_S * self.sec:
+            self._learn(0, int(LEARN_S) * self.sec)
 
-    def _learn_blocks(self, heights: np.ndarray) -> None:
-        """Keep the maximum and mean of the integrated signal's amplitude per second."""
-        self._block_part.append(heights)
-        have = sum(b.size for b in self._block_part)
-        if have < self.sec:
+    def _learn(self, start: int, stop: int) -> None:
+        """Levels from the whole seconds of integrated signal in ``[start, stop)`` (absolute; as
+        :func:`_learned_levels`: half the medians of the per-second maxima and means of its
+        amplitude); the first time, decide the queued candidates."""
+        start = max(start, -(-self.mwi_start // self.sec) * self.sec)  # whole seconds held
+        n = (stop - start) // self.sec
+        if n < 1:
             return
-        h = np.concatenate(self._block_part)
-        n = h.size // self.sec * self.sec
-        blk = h[:n].reshape(-1, self.sec)
-        start = self._block_end
-        ends = range(start + self.sec, start + n + 1, self.sec)
-        self._blocks.extend(zip(ends, blk.max(axis=1).tolist(), (blk.sum(axis=1) / self.sec).tolist()))
-        self._block_end += n
-        self._block_part = [h[n:]]
-        if self.decide is None and len(self._blocks) >= LEARN_S:
-            self._learn(list(self._blocks)[:int(LEARN_S)])
-
-    def _learn(self, blocks: list[tuple[int, float, float]]) -> None:
-        """Levels from per-second ``blocks`` (as :func:`_learned_levels`); the first time, decide
-        the queued candidates."""
-        if not blocks:
-            return
-        levels = Levels(0.5 * small_median([b[1] for b in blocks]), 0.5 * small_median([b[2] for b in blocks]), ())
+        blocks = np.sqrt(self._mwi[start - self.mwi_start:start - self.mwi_start + n * self.sec])
+        blocks = blocks.reshape(n, self.sec)
+        levels = Levels(0.5 * small_median(blocks.max(axis=1).tolist()),
+                        0.5 * small_median(blocks.mean(axis=1).tolist()), ())
         if self.decide is None:
             self.decide = _Thresholds(self.fs, self.refractory, levels)
             queue, self._queue = self._queue, []
@@ -577,7 +567,8 @@ class IncrementalDetector:
             logger.info("no beat for %.1f s before sample %d: the detector learns its levels "
                         "afresh", (c[0] - last) / self.fs, c[0])
             self._last_relearn = c[0]
-            self._learn([b for b in self._blocks if b[0] <= c[0]][-int(LEARN_S):])
+            end = c[0] // self.sec * self.sec  # the last LEARN_S whole seconds before it
+            self._learn(end - int(LEARN_S) * self.sec, end)
             d.last_event = c[0]
         n = len(d.accepted)
         d.step(*c)

@@ -623,11 +623,12 @@ class _StreamRun:
                               f"{window - self.beats.r_offset} samples of a window after its R peak")
 
     def arrived(self, r: int) -> float:
-        """Wall time at which the block holding sample ``r`` arrived."""
-        for end, t in self.arrivals:
-            if end > r:
-                return t
-        return self.arrivals[0][1] if self.arrivals else self.clock()
+        """Wall time at which the block holding sample ``r`` arrived. Beats are answered in
+        order, so the blocks that end at or before ``r`` are dropped (one look per beat)."""
+        arrivals = self.arrivals
+        while len(arrivals) > 1 and arrivals[0][0] <= r:
+            arrivals.popleft()
+        return arrivals[0][1] if arrivals else self.clock()
 
     def on_commit(self, peaks: list[int]) -> None:
         """The detector committed ``peaks``: match them to annotations, cut their windows."""

@@ -14,7 +14,7 @@ from edgeexit.checkpoint import load_checkpoint
 from edgeexit.errors import ConfigError
 from edgeexit.runtime.engine import Engine, InputError
 from edgeexit.runtime.manifest import BundleError, load_manifest
-from edgeexit.runtime.policy import softmax
+from edgeexit.runtime.policy import make_policy, softmax
 
 BACKENDS = ["onnxruntime", "litert"]
 
@@ -63,6 +63,28 @@ def test_single_and_batch_predictions_agree(bundle_dir, golden, backend):
     # segment k ran only on the samples that no earlier exit decided
     ran = [int((batch.exit_index >= k).sum()) for k in range(4)]
     assert list(batch.segment_samples) == ran[: len(batch.segment_samples)]
+
+
+@pytest.mark.parametrize("backend", ["litert", "onnxruntime"])
+def test_the_bound_chain_answers_as_the_sessions_do(bundle_dir, golden, backend):
+    # predict runs the segments' batch-1 buffers (Session.link); Session.run gives the reference
+    x, _ = golden
+    engine = Engine.from_bundle(bundle_dir, backend=backend, threads=1)
+    for policy in ("max_prob", "fixed", "ensemble"):
+        engine.policy = make_policy(policy, 4, None if policy != "max_prob" else [0.6] * 3,
+                                    exit_index=2 if policy == "fixed" else None)
+        chain = [engine.predict(xi) for xi in x]
+        assert engine._links is not None and len(engine._links) == 4
+        ref = [engine._predict_sessions(xi) for xi in x]
+        assert [(r.label, r.exit_index) for r in chain] == [(r.label, r.exit_index) for r in ref]
+        np.testing.assert_allclose(np.stack([r.probs for r in chain]), np.stack([r.probs for r in ref]),
+                                   atol=1e-6)
+    engine.predict_batch(x)  # resizes LiteRT's buffers: the chain is bound again afterwards
+    engine.timing = False
+    again = engine.predict(x[0])
+    assert again.segment_ns == () and again.label == chain[0].label
+    with pytest.raises(InputError, match="NaN"):
+        engine.predict(np.full_like(x[0], np.nan))
 
 
 def test_policies(bundle_dir, golden):

@@ -67,7 +67,7 @@ def test_state_stays_bounded():
     # the detector's buffer is full after its first window; the RR history after LONG_RR_BEATS
     for t in (60, 300, 600):
         d = sizes[t][0]
-        assert d.pop("uncommitted") <= 2 and d.pop("filtered") <= 2 * 360  # found, not yet final
+        assert d.pop("uncommitted") <= 2 and d.pop("filtered") <= 20 * 360  # found, not yet final
         assert d == {"buffer": 12 * 360, "levels_rr": 8, "held_runs": 0} and sizes[t][1] == 12 * 360
     assert sizes[300][2] == sizes[600][2] == {"peaks": 3, "cut": 2, "pre": 16, "csum": 257}
 

@@ -1,0 +1,232 @@
+"""What the device spends beside the network, in one run: the engine per policy, the policy
+against the monolithic model and its floor, and the stream per beat.
+
+1. **Engine** (``tools/decision_overhead.py``): for every policy, ``Engine.predict`` against the
+   native inference of the same segments (LiteRT ``Invoke`` / onnxruntime IO-bound run), and
+   each step of ``predict`` alone; the engine's own microseconds per segment run.
+2. **Policy / monolithic**: per window, ``Engine.predict`` under the bundle's policy and the
+   monolithic graph through the same backend (window in, logits out), in rotating blocks; the
+   ratio against its *floor*: the native time of the segments the policy runs over the
+   monolithic graph's native time (what early exit could give if the engine cost nothing).
+3. **Stream** (:func:`edgeexit.runtime.stream.stream_classify` on MIT-BIH records read from their
+   signal files): compute time per beat split into R-peak detection, context (windows, RR and
+   morphology channels) and inference, and the compute real-time factor. Labels of a bundle not
+   trained on MIT-BIH mean nothing; the times do.
+
+Medians over rounds; the machine may be shared, so compare the columns of one run. ``--out-dir``
+writes the three tables (``edgeexit.results``), named ``engine_overhead_<name>``,
+``policy_floor_<name>`` and ``stream_per_beat_<name>``.
+
+    .venv/bin/python tools/engine_benchmark.py /tmp/engine-qs/bundle --quick
+    .venv/bin/python tools/engine_benchmark.py BUNDLE --records 100,103 --out-dir results --name qs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import decision_overhead  # noqa: E402
+
+from edgeexit.errors import EdgeExitError  # noqa: E402
+from edgeexit.runtime.engine import Engine  # noqa: E402
+from edgeexit.runtime.stream import open_source, stream_classify  # noqa: E402
+
+
+def policy_floor(bundle: str, backend: str, x: np.ndarray, rounds: int) -> dict:
+    """The bundle's policy against the monolithic graph, and the floor of that ratio."""
+    engine = Engine.from_bundle(bundle, backend=backend, threads=1, load_monolithic=True)
+    mono = engine.monolithic
+    links = decision_overhead._links(engine, x)
+    exits = np.array([engine.predict(xi).exit_index for xi in x])
+    chains = [links[: k + 1] for k in range(len(links))]
+    mono_link = mono.link(None)
+    if mono_link is None:
+        raise EdgeExitError(f"the {backend} monolithic session offers no batch-1 buffers to time")
+    m_in, m_out, m_run = mono_link
+
+    runs = [chains[k] for k in exits]
+    predict = engine.predict
+
+    def policy(i):
+        predict(x[i])
+
+    def monolithic(i):
+        m_in[0] = x[i]
+        m_run()
+        z = m_out[-1].tolist()[0]
+        z.index(max(z))
+
+    def native_chain(i):
+        for link in runs[i]:
+            link[2]()
+
+    def native_mono(i):
+        m_run()
+
+    def empty(i):
+        pass
+
+    us = decision_overhead._time({"policy": policy, "monolithic": monolithic,
+                                  "native_chain": native_chain, "native_monolithic": native_mono,
+                                  "empty": empty},
+                                 rounds, len(x))
+    ratio = us["policy"] / us["monolithic"]
+    floor = us["native_chain"] / us["native_monolithic"]
+    return {"policy": engine.policy.describe()["name"], "windows": len(x),
+            "segments_run_per_window": round(float((exits + 1).mean()), 4),
+            "exit_fractions": [round(float(v), 4) for v in
+                               np.bincount(exits, minlength=len(links)) / len(x)],
+            "us_per_window": {k: round(v, 3) for k, v in us.items()},
+            "ratio": round(ratio, 4), "floor": round(floor, 4),
+            "ratio_over_floor": round(ratio / floor, 4)}
+
+
+def stream_per_beat(bundle: str, backend: str, mitdb: str, records: list[str],
+                    seconds: float | None) -> dict:
+    """Compute time per beat of ``stream_classify`` on whole (or the first ``seconds`` of)
+    records, split by step."""
+    engine = Engine.from_bundle(bundle, backend=backend, threads=1)
+    rows = []
+    for rec in records:
+        src = open_source(os.path.join(mitdb, rec), block_seconds=1.0)
+        if seconds is not None:
+            src.blocks = _first(src.blocks, round(seconds * src.fs))
+            src.annotations = None
+        summary = None
+        for ev in stream_classify(engine, src):
+            if ev.get("summary"):
+                summary = ev
+        split = summary["compute_split_s"]
+        beats = max(1, summary["beats"])
+        rows.append({"record": rec, "beats": summary["beats"], "signal_s": summary["signal_s"],
+                     "compute_s": summary["compute_s"],
+                     "us_per_beat": {k: round(1e6 * v / beats, 2) for k, v in split.items()},
+                     "other_us_per_beat": round(1e6 * (summary["compute_s"] - sum(split.values())) / beats, 2),
+                     "compute_realtime_factor": summary["compute_realtime_factor"]})
+    beats = sum(r["beats"] for r in rows)
+    total = {k: sum(r["us_per_beat"][k] * r["beats"] for r in rows) / beats
+             for k in ("detection", "context", "inference")}
+    total["other"] = sum(r["other_us_per_beat"] * r["beats"] for r in rows) / beats
+    signal = sum(r["signal_s"] for r in rows)
+    compute = sum(r["compute_s"] for r in rows)
+    return {"records": rows, "beats": beats,
+            "us_per_beat": {k: round(v, 2) for k, v in total.items()},
+            "preprocessing_over_inference": round((total["detection"] + total["context"])
+                                                  / total["inference"], 3),
+            "compute_realtime_factor": round(signal / compute, 1)}
+
+
+def _first(blocks, n: int):
+    for b in blocks:
+        if n <= 0:
+            return
+        yield b[:n]
+        n -= b.size
+
+
+def _write(out_dir: str, name: str, engine_rep: dict, floor: dict, stream: dict) -> None:
+    from edgeexit.results import write_table
+
+    cols = ("predict", "native", *decision_overhead.STEPS, "other")
+    rows = [[p, v["segments_run_per_window"], *[v["us_per_window"][c] for c in cols],
+             v["engine_own_us_per_segment"]] for p, v in engine_rep["policies"].items()]
+    note = f"bundle {engine_rep['bundle']}, {engine_rep['backend']}, 1 thread, medians of rounds"
+    write_table(Path(out_dir) / f"engine_overhead_{name}.json",
+                title="Engine.predict per window against the native inference, by step (us)",
+                columns=["policy", "segments_per_window", *[f"{c}_us" for c in cols],
+                         "engine_us_per_segment"], rows=rows, command=sys.argv, notes=note)
+    u = floor["us_per_window"]
+    write_table(Path(out_dir) / f"policy_floor_{name}.json",
+                title="The bundle's policy against the monolithic graph, and its floor",
+                columns=["policy", "segments_per_window", "policy_us", "monolithic_us",
+                         "native_chain_us", "native_monolithic_us", "ratio", "floor",
+                         "ratio_over_floor"],
+                rows=[[floor["policy"], floor["segments_run_per_window"], u["policy"],
+                       u["monolithic"], u["native_chain"], u["native_monolithic"],
+                       floor["ratio"], floor["floor"], floor["ratio_over_floor"]]],
+                command=sys.argv, notes=note)
+    s = stream["us_per_beat"]
+    write_table(Path(out_dir) / f"stream_per_beat_{name}.json",
+                title="run --stream: compute per beat by step (us) and real-time factor",
+                columns=["records", "beats", "detection_us", "context_us", "inference_us",
+                         "other_us", "preprocessing_over_inference", "compute_realtime_factor"],
+                rows=[[",".join(r["record"] for r in stream["records"]), stream["beats"],
+                       s["detection"], s["context"], s["inference"], s["other"],
+                       stream["preprocessing_over_inference"], stream["compute_realtime_factor"]]],
+                command=sys.argv, notes=note)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("bundle")
+    ap.add_argument("--backend", default="litert", choices=["litert", "onnxruntime"])
+    ap.add_argument("--data", default="golden", help="windows as for decision_overhead.py --data")
+    ap.add_argument("--limit", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--mitdb", default="../shared/data/mitdb")
+    ap.add_argument("--records", default="100,103,105,113,212,231")
+    ap.add_argument("--quick", action="store_true",
+                    help="200 windows, 7 rounds, the first 5 minutes of 2 records")
+    ap.add_argument("--out-dir", default=None, help="write the tables here (e.g. results)")
+    ap.add_argument("--name", default=None, help="table name suffix (default: the bundle's)")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    records, seconds = a.records.split(","), None
+    if a.quick:
+        a.limit, a.rounds, records, seconds = min(a.limit, 200), min(a.rounds, 7), records[:2], 300.0
+    t0 = time.perf_counter()
+    try:
+        eng = decision_overhead.measure(a.bundle, a.backend, 1, a.data, a.limit, a.rounds, 0.5)
+        x, _ = decision_overhead._windows(Engine.from_bundle(a.bundle, backend=a.backend, threads=1),
+                                          a.bundle, a.data, a.limit)
+        floor = policy_floor(a.bundle, a.backend, x, a.rounds)
+        stream = stream_per_beat(a.bundle, a.backend, a.mitdb, records, seconds)
+    except EdgeExitError as e:
+        raise SystemExit(f"Error: {e}") from None
+    rep = {"engine": eng, "policy_floor": floor, "stream": stream,
+           "seconds": round(time.perf_counter() - t0, 1)}
+    if a.out_dir:
+        _write(a.out_dir, a.name or Path(a.bundle.rstrip("/")).parent.name, eng, floor, stream)
+    if a.json:
+        print(json.dumps(rep, indent=2))
+        return
+    _print(rep)
+
+
+def _print(rep: dict) -> None:
+    eng, floor, stream = rep["engine"], rep["policy_floor"], rep["stream"]
+    print(f"{eng['bundle']}: {eng['windows']} windows, {eng['backend']}, 1 thread")
+    cols = ("predict", "native", *decision_overhead.STEPS, "other")
+    print(f"{'policy':9} {'segs/win':>8} " + " ".join(f"{c:>8}" for c in cols)
+          + f" {'engine/segment':>14}   (us per window)")
+    for name, p in eng["policies"].items():
+        u = p["us_per_window"]
+        print(f"{name:9} {p['segments_run_per_window']:8.2f} " + " ".join(f"{u[c]:8.2f}" for c in cols)
+              + f" {p['engine_own_us_per_segment']:14.2f}")
+    u = floor["us_per_window"]
+    print(f"\npolicy {floor['policy']} ({floor['segments_run_per_window']:.2f} segments/window): "
+          f"{u['policy']:.1f} us vs monolithic {u['monolithic']:.1f} us = {floor['ratio']:.3f}x; "
+          f"floor (native {u['native_chain']:.1f} / {u['native_monolithic']:.1f} us) "
+          f"{floor['floor']:.3f}x; ratio / floor {floor['ratio_over_floor']:.3f}")
+    s = stream["us_per_beat"]
+    print(f"\nstream, {stream['beats']} beats of {', '.join(r['record'] for r in stream['records'])}: "
+          f"detection {s['detection']:.1f} + context {s['context']:.1f} + inference "
+          f"{s['inference']:.1f} + other {s['other']:.1f} us per beat; preprocessing / inference "
+          f"{stream['preprocessing_over_inference']:.2f}; {stream['compute_realtime_factor']:.0f}x "
+          f"real time (compute)")
+
+
+if __name__ == "__main__":
+    main()
