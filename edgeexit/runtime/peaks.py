@@ -512,7 +512,7 @@ class IncrementalDetector:
         :func:`_learned_levels`: half the medians of the per-second maxima and means of its
         amplitude); the first time, decide the queued candidates."""
         start = max(start, -(-self.mwi_start // self.sec) * self.sec)  # whole seconds held
-        n = (stop - start) // self.sec
+        n = (min(stop, self.mwi_end) - start) // self.sec
         if n < 1:
             return
         blocks = np.sqrt(self._mwi[start - self.mwi_start:start - self.mwi_start + n * self.sec])
