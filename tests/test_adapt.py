@@ -24,7 +24,7 @@ from edgeexit.errors import ConfigError, DataError
 from edgeexit.runtime.manifest import sha256_file
 
 # one minute of adaptation at 0.8 s per beat: beats 0..74 adapt, 75..159 are scored
-CONFIG = AdaptConfig(minutes=1.0, epochs=2, replay=100, batch_size=32, threads=1)
+CONFIG = AdaptConfig(minutes=1.0, epochs=1, replay=100, batch_size=32, threads=1)
 
 
 def _wearer(seed: int = 5, name: str = "w1", n: int = 160):
@@ -94,8 +94,9 @@ def test_adapted_checkpoint_records_its_parent_and_exports(tiny_checkpoint, tmp_
     assert abs(rec["replay_beats"] - 100) <= 5 and len(rec["thresholds"]["thresholds"]) == 3
     assert (out / "adaptation.npz").is_file() and result.checkpoint == out / "model.pt"
     bundle = tmp_path / "bundle"
-    export_bundle(out / "model.pt", bundle, ExportConfig(target="x86_64", formats=("onnx",),
-                                                         max_val_samples=200, golden_samples=8))
+    export_bundle(out / "model.pt", bundle, ExportConfig(
+        target="x86_64", formats=("onnx",), exits=(1, 3), monolithic=False, max_val_samples=200,
+        golden_samples=8))
     assert verify_bundle(bundle, backend="onnxruntime").ok
 
 
