@@ -25,6 +25,7 @@ on exactly the same scored beats.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -40,7 +41,7 @@ from edgeexit.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from edgeexit.data import BeatDataset, ValidationSplit, load_split, stratified_sample
 from edgeexit.data.dataset import concatenate
 from edgeexit.errors import ConfigError, DataError
-from edgeexit.fileio import check_output_directory
+from edgeexit.fileio import atomic_write, check_output_directory
 from edgeexit.metrics import classification_report, gross_statistics, headline_macro_f1
 from edgeexit.models import profile_model
 from edgeexit.runtime.manifest import sha256_file
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 TRAINABLE = ("heads", "all")
 ADAPTED = "model.pt"
 ADAPTATION_BEATS = "adaptation.npz"
+ADAPTATION_RECORD = "adaptation.json"
+OURS = frozenset({ADAPTED, ADAPTATION_BEATS, ADAPTATION_RECORD})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +248,7 @@ def adapt(checkpoint: str | os.PathLike | Checkpoint, wearer: BeatDataset,
         An :class:`AdaptResult`.
     """
     start = time.perf_counter()
+    _check_out(out_dir)
     ckpt, parent_sha = _as_checkpoint(checkpoint)
     _check_data(ckpt, wearer)
     beats, _ = first_minutes(wearer, config.minutes)  # nothing after minute N from here on
@@ -309,14 +313,25 @@ def _write(out_dir, model: nn.Module, ckpt: Checkpoint, meta: dict,
     if out_dir is None:
         return None
     out = Path(out_dir)
-    check_output_directory(out, frozenset({ADAPTED, ADAPTATION_BEATS}), "edgeexit adapt")
+    _check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     if beats is not None:
         beats.save_npz(out / ADAPTATION_BEATS)
+    else:  # an earlier labelled run's beats would not be this model's
+        (out / ADAPTATION_BEATS).unlink(missing_ok=True)
     path = save_checkpoint(out / ADAPTED, model, classes=ckpt.classes, input_spec=ckpt.input_spec,
                            meta=meta)
-    log.info("wrote %s", path)
+    text = json.dumps(meta["adaptation"], indent=2).encode()
+    atomic_write(out / ADAPTATION_RECORD, lambda f: f.write(text))
+    log.info("wrote %s and %s", path, out / ADAPTATION_RECORD)
     return path
+
+
+def _check_out(out_dir) -> None:
+    """Refuse an ``out_dir`` holding anything an earlier ``edgeexit adapt`` did not write
+    (its ``adaptation.json`` says it did), before any work."""
+    if out_dir is not None:
+        check_output_directory(out_dir, OURS, "edgeexit adapt", record=ADAPTATION_RECORD)
 
 
 # -- unsupervised adaptation -------------------------------------------------------------------
@@ -330,6 +345,7 @@ def adapt_unsupervised(checkpoint: str | os.PathLike | Checkpoint, wearer: BeatD
     (AdaBN), and the exit thresholds recalibrated so that the early exits agree with the final
     exit's answers on those windows within ``config.margin``."""
     start = time.perf_counter()
+    _check_out(out_dir)
     ckpt, parent_sha = _as_checkpoint(checkpoint)
     _check_data(ckpt, wearer)
     beats, _ = first_minutes(wearer, config.minutes)
@@ -492,6 +508,7 @@ def adapt_wearer(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir
         ``{"checkpoint", "adaptation": the record, "scored": {"beats", "global", "adapted"} or
         None when no beat follows the first minutes}``.
     """
+    _check_out(out_dir)
     ckpt = load_checkpoint(checkpoint)
     wearer = load_wearer(ckpt, data, records)
     replay = None

@@ -144,3 +144,11 @@ def test_cli_adapt_scores_the_later_beats(tiny_checkpoint, tmp_path):
     bad = CliRunner().invoke(main, ["adapt", str(tiny_checkpoint), "--data", str(tmp_path / "nope"),
                                     "--out", str(tmp_path / "b")])
     assert bad.exit_code == 1 and bad.output.startswith("Error: ") and "Traceback" not in bad.output
+    again = CliRunner().invoke(main, ["adapt", str(tiny_checkpoint), "--data", str(npz), "--minutes",
+                                      "1", "--out", str(out), "--unsupervised"])
+    assert again.exit_code == 0, again.output  # an earlier adapt directory is reused
+    assert not (out / "adaptation.npz").exists()  # no labelled beats behind this model
+    (out / "notes.txt").write_text("mine")
+    mine = CliRunner().invoke(main, ["adapt", str(tiny_checkpoint), "--data", str(npz), "--out",
+                                     str(out)])
+    assert mine.exit_code == 1 and "notes.txt" in mine.output
