@@ -65,6 +65,7 @@ from edgeexit.export.split import (
 from edgeexit.export.validate import (
     GOLDEN_RULE,
     INT8_MIN_AGREEMENT,
+    OWN_RULE,
     References,
     ValidationReport,
     run_chunked,
@@ -108,6 +109,7 @@ from edgeexit.runtime.manifest import (
     SegmentEntry,
     TargetInfo,
     manifest_bytes,
+    own_key,
     read_manifest,
     sha256_file,
     with_sizes,
@@ -563,9 +565,11 @@ def write_manifest(s: ExportState) -> ExportState:
     # logits_{j}: segment j's reference (PyTorch's logits of model exit exits[j]): what verify
     # replays
     golden.update({f"logits_{j}": z.astype(np.float32) for j, z in enumerate(refs.golden)})
+    checks = s.checks
+    # {fmt}_logits_{j}: what the exported files themselves computed (verify's own[...] check)
+    golden.update({own_key(fmt, j): z for fmt, zs in checks.outputs.items() for j, z in enumerate(zs)})
     with open(s.tmp / GOLDEN, "wb") as f:
         np.savez(f, **golden)
-    checks = s.checks
     mono_tol = checks.monolithic_tolerance
     manifest = dataclasses.replace(
         s.draft,
@@ -577,6 +581,8 @@ def write_manifest(s: ExportState) -> ExportState:
             "tolerance": checks.golden_tolerance,
             **({"monolithic_tolerance": mono_tol} if mono_tol else {}),
             "tolerance_rule": GOLDEN_RULE,
+            "own_tolerance": checks.own_tolerance,
+            "own_tolerance_rule": OWN_RULE,
         }),
         provenance=Provenance.from_dict(_provenance(s)),
         bundle_version=s.config.bundle_version,

@@ -87,6 +87,21 @@ def tolerance(fmt: str, precision: str, min_agreement: float | None = None) -> T
 GOLDEN_RULE = "2 x the max abs logit error measured at export + 1e-4 x (1 + logit scale)"
 
 
+OWN_STEPS = 4
+OWN_RULE = (f"int8 files: {OWN_STEPS} quantization steps of each exit's outputs ((max - min) / 255 "
+            "over the golden beats); fp32 files: the golden tolerance")
+
+
+def own_tolerance(outputs: Sequence[np.ndarray], precisions: Sequence[str],
+                  fp32_tol: float) -> list[float]:
+    """Per segment, how far a device's outputs may be from the exported files' own outputs on the
+    golden beats (computed here, on the host): :data:`OWN_RULE`. A broken int8 layer, or a
+    device whose int8 kernels compute something else, moves an exit by more than a few steps,
+    while the quantization error against PyTorch that the golden tolerance must allow hides it."""
+    return [float(OWN_STEPS * (o.max() - o.min()) / 255.0) if p == Precision.INT8 else float(fp32_tol)
+            for o, p in zip(outputs, precisions)]
+
+
 def golden_tolerance(err: float, scale: float) -> float:
     """What ``edgeexit verify`` allows on the device for a file that was ``err`` off at export
     (:data:`GOLDEN_RULE`; ``scale``: max |PyTorch logit| on the golden beats)."""
@@ -124,12 +139,16 @@ class ValidationReport:
     ``parity[fmt]``: ``{"samples", "exits": [per segment: exit, segment, precision, max_abs_err,
     ref_scale, top1_agreement], "monolithic_max_abs_err"}`` (the last with a monolithic graph);
     ``golden_tolerance`` / ``monolithic_tolerance``: per format, for the manifest
-    (:func:`golden_tolerance`)."""
+    (:func:`golden_tolerance`); ``outputs``: per format, every segment's logits on the golden
+    beats as the exported files compute them, and ``own_tolerance`` how far a device may be from
+    those (:func:`own_tolerance`)."""
 
     parity: dict[str, dict]
     golden_tolerance: dict[str, float]
     monolithic_tolerance: dict[str, float]
     failures: tuple[Failure, ...] = ()
+    outputs: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
+    own_tolerance: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -192,6 +211,8 @@ def validate_segments(manifest: Manifest, root: str | Path, refs: References,
     parity: dict[str, dict] = {}
     golden_tol: dict[str, float] = {}
     mono_tol: dict[str, float] = {}
+    outputs: dict[str, list[np.ndarray]] = {}
+    own_tol: dict[str, list[float]] = {}
     failures: list[Failure] = []
     formats = [a.format for a in manifest.segments[0].artifacts]  # in the order export wrote them
     for fmt in formats:
@@ -207,6 +228,8 @@ def validate_segments(manifest: Manifest, root: str | Path, refs: References,
         got, _ = engine.run_all(refs.golden_x)
         err = max(float(np.abs(a - b).max()) for a, b in zip(got, refs.golden))
         golden_tol[fmt] = golden_tolerance(err, max(float(np.abs(b).max()) for b in refs.golden))
+        outputs[fmt] = [g.astype(np.float32) for g in got]
+        own_tol[fmt] = own_tolerance(got, [a.precision for a in arts], golden_tol[fmt])
     if manifest.monolithic is not None:
         for fmt in formats:
             err, tol, failure = _check_monolithic(manifest, root, fmt, refs, min_agreement)
@@ -217,7 +240,7 @@ def validate_segments(manifest: Manifest, root: str | Path, refs: References,
             failures += [failure] if failure else []
     for f in failures:
         log.warning("%s", f.message)
-    return ValidationReport(parity, golden_tol, mono_tol, tuple(failures))
+    return ValidationReport(parity, golden_tol, mono_tol, tuple(failures), outputs, own_tol)
 
 
 def _check_monolithic(manifest: Manifest, root: Path, fmt: str, refs: References,

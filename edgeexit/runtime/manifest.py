@@ -56,6 +56,12 @@ class BundleError(EdgeExitError):
     """A bundle is missing, altered, from an unknown schema version, or inconsistent."""
 
 
+def own_key(file_format: str, segment: int) -> str:
+    """The ``golden.npz`` key of segment ``segment``'s logits as the exported ``file_format``
+    files computed them at export (beside PyTorch's ``logits_{segment}``)."""
+    return f"{file_format}_logits_{segment}"
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()
@@ -346,7 +352,9 @@ class TargetInfo(_Section):
 class Golden(_Section):
     """``golden.npz``: its ``file``, ``sha256``, ``size`` and ``samples``; per file format the
     ``tolerance`` (max abs logit error of the segment chain) and ``monolithic_tolerance`` (of the
-    monolithic graph; None in bundles written before it, which use ``tolerance``)."""
+    monolithic graph; None in bundles written before it, which use ``tolerance``); per format and
+    segment, ``own_tolerance`` against the exported files' own outputs (a few int8 quantization
+    steps; None in older bundles)."""
 
     file: str | None = None
     sha256: str | None = None
@@ -355,13 +363,23 @@ class Golden(_Section):
     monolithic_tolerance: dict[str, float] | None = None
     tolerance_rule: str | None = None
     size: int | None = None
+    own_tolerance: dict[str, tuple[float, ...]] | None = None
+    own_tolerance_rule: str | None = None
 
     _PARSE = {"file": str, "sha256": str, "samples": int, "tolerance": _float_map,
-              "monolithic_tolerance": _float_map, "tolerance_rule": str, "size": int}
+              "monolithic_tolerance": _float_map, "tolerance_rule": str, "size": int,
+              "own_tolerance": lambda v: {str(k): _floats(x) for k, x in v.items()},
+              "own_tolerance_rule": str}
 
     def tolerance_for(self, file_format: str) -> float | None:
         """The segment chain's tolerance for ``file_format``, or None when the manifest has none."""
         return self.tolerance.get(file_format)
+
+    def own_tolerance_for(self, file_format: str) -> tuple[float, ...] | None:
+        """Per segment, how far a device may be from the ``file_format`` files' own outputs on
+        the golden beats (``golden.npz``'s :func:`own_key` arrays, computed at export); None in
+        bundles written before they were recorded."""
+        return (self.own_tolerance or {}).get(file_format)
 
     def monolithic_tolerance_for(self, file_format: str) -> float | None:
         """The monolithic graph's tolerance (the chain's in bundles written before it had one)."""
@@ -711,8 +729,12 @@ def _validate(m: Manifest) -> None:
     if pol.exit_index is not None and not 0 <= pol.exit_index < len(m.segments):
         raise ValueError(f"policy.exit_index {pol.exit_index} is not a segment of {len(m.segments)}")
     g = m.golden
-    _finite([*g.tolerance.values(), *(g.monolithic_tolerance or {}).values()],
-            "golden tolerances", lo=0.0)
+    _finite([*g.tolerance.values(), *(g.monolithic_tolerance or {}).values(),
+             *(t for ts in (g.own_tolerance or {}).values() for t in ts)], "golden tolerances", lo=0.0)
+    for fmt, ts in (g.own_tolerance or {}).items():
+        if len(ts) != len(m.segments):
+            raise ValueError(f"golden.own_tolerance[{fmt}] has {len(ts)} values for "
+                             f"{len(m.segments)} segments")
     if g.samples is not None and g.samples < 1:
         raise ValueError(f"golden.samples must be >= 1, got {g.samples}")
     for a in m.artifacts():

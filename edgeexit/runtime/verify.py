@@ -43,6 +43,7 @@ from edgeexit.runtime.manifest import (
     BundleError,
     Manifest,
     check_chain,
+    own_key,
     read_manifest,
     verify_hashes,
 )
@@ -250,26 +251,30 @@ def _replay(root: Path, manifest: Manifest, name: str, threads: int | None, trus
     check(f"shapes[{engine.backend}]", True, files=len(engine.sessions))
     x = golden["inputs"].astype(np.float32)
     ref = [golden[f"logits_{k}"] for k in range(manifest.num_exits)]
-    if _check_golden(engine, manifest, x, ref, check) and engine.monolithic is not None:
+    logits = _check_golden(engine, manifest, x, ref, check)
+    if logits is None:
+        return
+    _check_own(engine, manifest, logits, golden, check)
+    if engine.monolithic is not None:
         _check_monolithic(engine, manifest, x, ref[-1], check)
 
 
 def _check_golden(engine: Engine, manifest: Manifest, x: np.ndarray, ref: list[np.ndarray],
-                  check: _Checks) -> bool:
-    """Every exit's logits within the format's tolerance of golden's; False when the chain could
-    not run (then the monolithic graph is not tried)."""
+                  check: _Checks) -> list[np.ndarray] | None:
+    """Every exit's logits within the format's tolerance of golden's; returns them, or None when
+    the chain could not run (then nothing else is tried)."""
     name = f"golden[{engine.backend}]"
     fmt = get_backend(engine.backend).file_format
     tol = manifest.golden.tolerance_for(fmt)
     if tol is None:
         check(name, False,
               error=f"the manifest lists no golden tolerance for {fmt}; re-export the bundle")
-        return False
+        return None
     try:
         logits, _ = engine.run_all(x)
     except EdgeExitError as e:
         check(name, False, error=str(e))
-        return False
+        return None
     errs = [float(np.abs(a - b).max()) for a, b in zip(logits, ref)]
     agree = [float((a.argmax(-1) == b.argmax(-1)).mean()) for a, b in zip(logits, ref)]
     ok = all(e <= tol for e in errs)  # a NaN error is not within any tolerance
@@ -283,7 +288,36 @@ def _check_golden(engine: Engine, manifest: Manifest, x: np.ndarray, ref: list[n
                            f"(tolerance {tol:.3g}){where}")
     check(name, ok, samples=len(x), max_abs_err=[float(f"{e:.3g}") for e in errs],
           tolerance=tol, top1_agreement=agree, **detail)
-    return True
+    return logits
+
+
+def _check_own(engine: Engine, manifest: Manifest, logits: list[np.ndarray],
+               golden: dict[str, np.ndarray], check: _Checks) -> None:
+    """Every exit's logits within a few quantization steps of what the exported files computed
+    on the host at export (``own[backend]``): the check that sees a damaged int8 layer, or int8
+    kernels that compute something else, which the tolerance against PyTorch must let through.
+    Bundles written before these outputs were recorded have no such check."""
+    fmt = get_backend(engine.backend).file_format
+    tols = manifest.golden.own_tolerance_for(fmt)
+    if tols is None:
+        return
+    name = f"own[{engine.backend}]"
+    refs = [golden.get(own_key(fmt, k)) for k in range(manifest.num_exits)]
+    if any(r is None or r.shape != z.shape for r, z in zip(refs, logits)):
+        check(name, False, error=f"golden.npz lacks the {fmt} files' own outputs; re-export the bundle")
+        return
+    errs = [float(np.abs(z - r).max()) for z, r in zip(logits, refs)]
+    bad = [k for k, (e, t) in enumerate(zip(errs, tols)) if not e <= t]
+    detail = {}
+    if bad:
+        k = bad[0]
+        art = manifest.segments[k].artifact(fmt)
+        detail["error"] = (f"exit {manifest.segments[k].exit} differs from the exported {fmt} files' "
+                           f"own outputs by {errs[k]:.3g} (tolerance {tols[k]:.3g}, a few quantization "
+                           f"steps); {art.file if art else 'segment ' + str(k)} or this device's "
+                           "kernels compute something else")
+    check(name, not bad, max_abs_err=[float(f"{e:.3g}") for e in errs],
+          tolerance=[float(f"{t:.3g}") for t in tols], **detail)
 
 
 def _check_monolithic(engine: Engine, manifest: Manifest, x: np.ndarray, ref: np.ndarray,

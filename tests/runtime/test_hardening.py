@@ -296,3 +296,39 @@ def test_a_real_process_prints_no_traceback(tmp_path):
                            cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
         assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
         assert len([ln for ln in p.stderr.splitlines() if ln.startswith("Error:")]) == 1, p.stderr
+
+
+# -- 9. the golden replay sees a damaged int8 segment ---------------------------------------------
+
+
+def _damage_int8_weights(path, fraction=0.05, shift=20):
+    """Shift ``fraction`` of the largest int8 weight tensor of an ONNX file by ``shift``."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    t = max(inits, key=lambda t: int(np.prod(t.dims)))
+    w = numpy_helper.to_array(t).astype(np.int16)
+    flat = w.reshape(-1)
+    idx = np.random.default_rng(0).choice(flat.size, max(1, int(fraction * flat.size)), replace=False)
+    flat[idx] = np.clip(flat[idx] + shift, -128, 127)
+    t.CopyFrom(numpy_helper.from_array(flat.reshape(w.shape).astype(np.int8), t.name))
+    onnx.save(model, str(path))
+    return t.name
+
+
+def test_verify_fails_an_int8_bundle_with_one_damaged_weight_tensor(int8_bundle, tmp_path):
+    report = verify_bundle(int8_bundle, backend="onnxruntime")
+    own = next(c for c in report.checks if c["check"] == "own[onnxruntime]")
+    assert report.ok and own["ok"] and all(e <= t for e, t in zip(own["max_abs_err"], own["tolerance"]))
+    root = shutil.copytree(int8_bundle, tmp_path / "b")
+    seg = next(s.artifact("onnx").file for s in load_manifest(root).segments)
+    _damage_int8_weights(root / seg)
+    _refix_hash(root, seg)
+    report = verify_bundle(root, backend="onnxruntime")
+    checks = {c["check"]: c for c in report.checks}
+    assert not report.ok and not checks["own[onnxruntime]"]["ok"], checks["own[onnxruntime]"]
+    assert seg in checks["own[onnxruntime]"]["error"]
+    r = CliRunner().invoke(main, ["verify", str(root), "--backend", "onnxruntime"])
+    assert r.exit_code == 3 and "own[onnxruntime]" in r.output
