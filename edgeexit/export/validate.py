@@ -87,7 +87,7 @@ def tolerance(fmt: str, precision: str, min_agreement: float | None = None) -> T
 GOLDEN_RULE = "2 x the max abs logit error measured at export + 1e-4 x (1 + logit scale)"
 
 
-OWN_STEPS = 4
+OWN_STEPS = 6  # aarch64 LiteRT int8 kernels were 2 steps off x86 outputs (qemu, 8 beats)
 OWN_RULE = (f"int8 files: {OWN_STEPS} quantization steps of each exit's outputs ((max - min) / 255 "
             "over the golden beats); fp32 files: the golden tolerance")
 
