@@ -75,11 +75,11 @@ _EVALUATE_GROUPS = (
               help="With morphology context channels: follows = recomputed from every attacked "
                    "or noisy waveform, as the device does; held = kept at their clean values "
                    "(a threat model that gives them away; only to compare).")
-@click.option("--records", default=None,
+@click.option("--records", default=None, is_flag=False, flag_value="synthetic",
               help="Evaluate on the device path instead: stream continuous records end to end "
                    "(detector, RR and morphology context, exit policy), clean, noisy and under "
-                   "the stream attacks (timing, pgd, square, slowdown). A WFDB directory with "
-                   "beat annotations, or 'synthetic'. Needs a bundle.")
+                   "the stream attacks. A WFDB directory with beat annotations, or 'synthetic' "
+                   "(also: --records alone). Needs a bundle.")
 @click.option("--record-names", default=None,
               help="--records: which records (comma-separated; default: DS2 for MIT-BIH, else all).")
 @click.option("--minutes", default=None, type=float,

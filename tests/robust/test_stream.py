@@ -86,6 +86,17 @@ def test_noise_mixer_hits_the_snr_on_a_continuous_signal(record, kind):
         assert abs(_nst_snr(record.signal, noisy, record.ann_samples, record.ann_labels) - snr) < 0.5
 
 
+def test_noise_mixer_takes_nst_format_records_too(record, tmp_path):
+    from test_noise import write_records
+
+    from edgeexit.robust.noise import NoiseRecords
+
+    records = NoiseRecords(write_records(tmp_path, seconds=20.0, kinds=("em",)))
+    noisy = mix_noise(record.signal, record.ann_samples, record.ann_labels, "em", 6.0, fs=FS,
+                      seed=1, records=records)  # the 20-s record wraps around over 75 s
+    assert abs(_nst_snr(record.signal, noisy, record.ann_samples, record.ann_labels) - 6.0) < 0.5
+
+
 def test_timing_attack_adds_detections_within_its_budget(engine, record):
     clean = run_device(engine, record.signal, FS)
     atk = TimingAttack(0.2)

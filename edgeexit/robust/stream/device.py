@@ -115,6 +115,7 @@ class Tally:
     """Counts over one or more records (see :func:`score`)."""
 
     k: int
+    n_exits: int = 0  # exits of the bundle (the histogram's length; grown when a run has more)
     confusion: np.ndarray = None  # [annotated, answered] of matched, answered beats
     missed: np.ndarray = None  # annotated beats of each class with no answered detection
     false: np.ndarray = None  # false detections by the class the device answered
@@ -130,7 +131,7 @@ class Tally:
         self.confusion = np.zeros((self.k, self.k), np.int64)
         self.missed = np.zeros(self.k, np.int64)
         self.false = np.zeros(self.k, np.int64)
-        self.exits = np.zeros(0, np.int64)
+        self.exits = np.zeros(self.n_exits, np.int64)
 
     def add(self, ann: np.ndarray, labels: np.ndarray, run: DeviceRun, fs: float) -> np.ndarray:
         """Count one record; returns, per annotated beat, the device's answer (-1: none)."""

@@ -172,10 +172,11 @@ class _Stream:
         self.device, self.records, self.config, self.tick = device, records, config, tick
         self.classes = tuple(device.engine.classes)
         self.active_w = _power(device.engine)
+        self.n_exits = int(device.engine.manifest.num_exits)
         self.clean_runs = {}
 
     def clean(self) -> dict:
-        t = Tally(len(self.classes))
+        t = Tally(len(self.classes), self.n_exits)
         for r in self.records:
             run = self.device.run(r.signal, capture=True)
             self.clean_runs[r.name] = run
@@ -184,7 +185,7 @@ class _Stream:
         return t.report(self.classes, self.active_w)
 
     def noise(self, kind: str, snr: float, records) -> dict:
-        t = Tally(len(self.classes))
+        t = Tally(len(self.classes), self.n_exits)
         for i, r in enumerate(self.records):
             x = mix_noise(r.signal, r.ann_samples, r.ann_labels, kind, snr, fs=r.fs,
                           seed=self.config.seed + 7919 * i, records=records)
@@ -196,7 +197,7 @@ class _Stream:
     def attack(self, name: str, eps: float) -> dict:
         c = self.config
         t0 = time.perf_counter()
-        t = Tally(len(self.classes))
+        t = Tally(len(self.classes), self.n_exits)
         held = _Held()
         stats, max_dev = [], 0.0
         for r in self.records:
