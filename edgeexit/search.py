@@ -37,7 +37,8 @@ from pathlib import Path
 
 from edgeexit.errors import ConfigError
 
-__all__ = ["Job", "GridResult", "run_grid", "default_storage", "grid_status"]
+__all__ = ["Job", "GridResult", "run_grid", "default_storage", "grid_status", "cv_trial",
+           "final_trial", "recipe_config"]
 
 log = logging.getLogger(__name__)
 
@@ -247,3 +248,70 @@ def _collect(study, keys: Sequence[str]) -> GridResult:
             workers[key] = first.user_attrs.get("worker", "")
     pending = tuple(k for k in keys if k not in results)
     return GridResult(results, workers, pending)
+
+
+# -- the recipe search (tools/cv_search.py): its two kinds of trial --------------------------------
+
+DATA_KEYS = ("rr_context", "morph_context")
+"""Recipe overrides that choose the input (the MIT-BIH loader's options), not TrainConfig fields."""
+
+
+def recipe_config(overrides: dict, epochs: int, seed: int, device: str = "auto"):
+    """The :class:`~edgeexit.train.TrainConfig` of a recipe: ``resnet1d`` with ``overrides``
+    (TrainConfig fields; :data:`DATA_KEYS` left out), one torch thread."""
+    from edgeexit.train import TrainConfig
+
+    train_keys = {k: v for k, v in overrides.items() if k not in DATA_KEYS}
+    return TrainConfig(**{"model": "resnet1d", "epochs": epochs, "seed": seed, "threads": 1,
+                          "device": device, **train_keys})
+
+
+def _mitbih(mitdb: str, test: bool, overrides: dict):
+    from edgeexit.data.mitbih import DS1, load_mitbih, load_mitbih_split
+
+    data_keys = {k: v for k, v in overrides.items() if k in DATA_KEYS}
+    if not test:
+        return load_mitbih(mitdb, DS1, **data_keys), None
+    return load_mitbih_split(mitdb, **data_keys)
+
+
+def cv_trial(p: dict) -> dict:
+    """Cross-validate one recipe on the MIT-BIH DS1 records (never DS2): ``p`` holds ``name``,
+    ``overrides``, ``mitdb``, ``epochs``, ``folds``, ``cv_seed`` and optionally ``device``;
+    returns :meth:`~edgeexit.cv.CVResult.to_dict` with the name, overrides and run time."""
+    import torch
+
+    from edgeexit.cv import cross_validate
+
+    torch.set_num_threads(1)
+    train_set, _ = _mitbih(p["mitdb"], False, p["overrides"])
+    t0 = time.perf_counter()
+    config = recipe_config(p["overrides"], p["epochs"], p["cv_seed"], p.get("device", "auto"))
+    d = cross_validate(train_set, config, p["folds"]).to_dict()
+    d.update(name=p["name"], overrides=p["overrides"], elapsed_s=round(time.perf_counter() - t0, 1))
+    return d
+
+
+def final_trial(p: dict) -> dict:
+    """Train one recipe on DS1 for the epochs its cross-validation chose (the folds' schedule,
+    keeping the last epoch; ``p``: ``name``, ``overrides``, ``epochs``, ``schedule``, ``seed``,
+    ``mitdb``, ``out``, optionally ``device``), writing ``OUT/final-NAME-seedS/model.pt``, and
+    test it on DS2 once: every exit's compact report."""
+    import torch
+
+    from edgeexit.cv import compact_report
+    from edgeexit.data import DataSpec
+    from edgeexit.train import train
+
+    torch.set_num_threads(1)
+    name, ov, seed = p["name"], p["overrides"], p["seed"]
+    train_set, test_set = _mitbih(p["mitdb"], True, ov)
+    t0 = time.perf_counter()
+    cfg = dataclasses.replace(recipe_config(ov, p["epochs"], seed, p.get("device", "auto")),
+                              select="last", schedule_epochs=p["schedule"])
+    spec = DataSpec(source=p["mitdb"], seed=seed, **{k: v for k, v in ov.items() if k in DATA_KEYS})
+    r = train(train_set, cfg, test=test_set, out_dir=Path(p["out"]) / f"final-{name}-seed{seed}",
+              data_spec=spec)
+    return {"name": name, "seed": seed, "epochs": p["epochs"], "overrides": ov,
+            "elapsed_s": round(time.perf_counter() - t0, 1),
+            "exits": [compact_report(e["test"]) for e in r.metrics["exits"]]}

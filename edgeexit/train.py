@@ -239,9 +239,12 @@ class TrainConfig:
 
 def recorded_train_config(meta: dict | None) -> TrainConfig:
     """The :class:`TrainConfig` a checkpoint records in its ``meta`` (defaults where it has none):
-    export rebuilds training's validation split with it, cross-fitting retrains with it."""
-    tc = (meta or {}).get("train_config") or {}
-    return TrainConfig.from_dict(tc) if tc else TrainConfig()
+    export rebuilds training's validation split with it, cross-fitting retrains with it. Where
+    it trained is not part of the recipe: ``device`` comes back ``auto`` and ``loader_workers``
+    0 (a model trained on ``cuda:1`` retrains on a machine without a GPU)."""
+    tc = dict((meta or {}).get("train_config") or {})
+    tc.update(device="auto", loader_workers=0)
+    return TrainConfig.from_dict(tc)
 
 
 def train(

@@ -78,6 +78,17 @@ def test_train_device_cuda_without_a_gpu_is_one_error_line_and_writes_nothing(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", [["evaluate"], ["compress", "--prune", "0.5"]])
+def test_evaluate_and_compress_refuse_cuda_without_a_gpu_before_any_work(no_gpu, tiny_checkpoint,
+                                                                        tmp_path, command):
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, [*command, str(tiny_checkpoint), "--out", str(out), "--device",
+                                  "cuda:0"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.output.strip().splitlines()[-1].startswith("Error: --device cuda:0: PyTorch sees no")
+    assert not (out / "report.json").exists() and not (out / "model.pt").exists()
+
+
 def test_bf16_autocast_trains_on_the_cpu_and_the_run_records_its_device(separable_npz, tmp_path):
     from edgeexit.data import load_source
 

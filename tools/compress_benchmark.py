@@ -13,7 +13,11 @@ Steps: the base model (``--checkpoint``, or trained here on DS1: 6 epochs, seed 
 the DS1 signal (``OUT/vae.pt``, shared by every row) -> for every (ratio, fine-tuning): prune,
 fine-tune, evaluate, export (``OUT/r<ratio>-<finetune>/``; skipped when its files exist, so a run
 can be resumed or split across shells and merged with ``--table-only``) -> the latency round ->
-``OUT/table.md`` and ``OUT/table.json``.
+``OUT/table.md`` and ``OUT/table.json``. The rows are trials of an Optuna study
+(:func:`edgeexit.search.run_grid`): ``--workers`` processes take them side by side; the study
+lives in ``--storage`` (default the SQLite file OUT/search.db; a PostgreSQL or MySQL URL spreads
+them over every machine that runs this same command with OUT on a shared file system; the
+latency round then runs on the machine that finishes last, docs/guides/scale-out.md).
 
     .venv/bin/python tools/compress_benchmark.py --mitdb ../shared/data/mitdb --out runs/compress --quick
     .venv/bin/python tools/compress_benchmark.py --mitdb ../shared/data/mitdb --out runs/compress \\
@@ -111,7 +115,7 @@ def _export(ckpt: Path, bundle: Path) -> None:
 
 def run_row(name: str, ratio: float | None, finetune: str | None, base: Path, vae: Path, spec,
             train_set, plan: Plan, out: Path, threads: int, seed: int = 0,
-            bundle: bool = True) -> Path:
+            bundle: bool = True, device: str = "auto") -> Path:
     """Prune + fine-tune (or take the base as is), evaluate and export one row."""
     import torch
 
@@ -132,7 +136,7 @@ def run_row(name: str, ratio: float | None, finetune: str | None, base: Path, va
             pconf = PruneConfig(ratio=ratio)
             pruned = prune_model(ck.model, pconf, torch.from_numpy(train_set.x[:2]))
             fconf = FinetuneConfig(finetune, epochs=plan.epochs, attack_steps=plan.attack_steps,
-                                   seed=seed, threads=threads)
+                                   seed=seed, threads=threads, device=device)
             run_finetune(ck.model, train_set, fconf, meta=ck.meta, vae=vae, out_dir=row,
                          data_spec=spec, extra_meta={"compression": {
                              "source_checkpoint": str(base), "prune": pconf.to_dict(),
@@ -144,6 +148,21 @@ def run_row(name: str, ratio: float | None, finetune: str | None, base: Path, va
         _export(ckpt, row / "bundle")
     log.info("%s: done in %.0f s", name, time.perf_counter() - t0)
     return row
+
+
+def row_trial(p: dict) -> dict:
+    """One trial of the grid: :func:`run_row` of one (ratio, fine-tuning, seed), on the
+    fine-tuning beats the main process wrote to ``p["train"]``."""
+    import torch
+
+    from edgeexit.data import DataSpec
+    from edgeexit.data.dataset import load_npz
+
+    torch.set_num_threads(p["threads"])
+    row = run_row(p["name"], p["ratio"], p["finetune"], Path(p["base"]), Path(p["vae"]),
+                  DataSpec.from_dict(p["spec"]), load_npz(p["train"]), Plan(**p["plan"]),
+                  Path(p["out"]), p["threads"], p["seed"], p["bundle"], p["device"])
+    return {"row": str(row)}
 
 
 def latency_round(rows: list[Path], x: np.ndarray, plan: Plan, threads: int) -> dict:
@@ -272,6 +291,31 @@ def _macs(row: Path) -> int | None:
     return None if mono is None else mono.macs
 
 
+def _run_grid(args, plan: Plan, base: Path, vae: Path, spec, train_set) -> list[Path]:
+    """Every (seed, ratio, fine-tuning) row through the search engine; returns the rows of the
+    first seed (the ones with bundles, timed in the latency round)."""
+    from edgeexit.errors import EdgeExitError
+    from edgeexit.search import Job, default_storage, run_grid
+
+    train_path = args.out / "data" / "finetune-train.npz"
+    if not train_path.is_file():
+        train_set.save_npz(train_path)
+    common = {"base": str(base.resolve()), "vae": str(vae.resolve()), "spec": spec.to_dict(),
+              "train": str(train_path.resolve()), "plan": dataclasses.asdict(plan),
+              "out": str(args.out.resolve()), "threads": args.threads, "device": args.device}
+    finetunes = [f.strip() for f in args.finetunes.split(",") if f.strip()]
+    jobs = [Job(f"r{ratio:g}-{ft}-s{seed}", {**common, "name": f"r{ratio:g}-{ft}-s{seed}",
+                                             "ratio": ratio, "finetune": ft, "seed": seed,
+                                             "bundle": i == 0})
+            for i, seed in enumerate(plan.seeds) for ratio in plan.ratios for ft in finetunes]
+    done = run_grid(jobs, row_trial, storage=args.storage or default_storage(args.out),
+                    study=f"compress-benchmark-{base.resolve()}", workers=args.workers)
+    if done.pending:
+        raise EdgeExitError(f"rows not done: {', '.join(done.pending)} (see the log; rerun to "
+                            "retry them)")
+    return [Path(done.results[j.key]["row"]) for j in jobs if j.params["bundle"]]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -284,6 +328,13 @@ def main(argv=None) -> int:
     ap.add_argument("--finetunes", default=",".join(FINETUNES))
     ap.add_argument("--quick", action="store_true", help="the reduced settings (see above)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="processes taking rows side by side on this machine")
+    ap.add_argument("--storage", default=None,
+                    help="the Optuna study's database: default sqlite:///OUT/search.db; a "
+                         "postgresql:// or mysql:// URL shared by several machines")
+    ap.add_argument("--device", default="auto",
+                    help="fine-tuning and the VAE: auto, cpu, cuda or cuda:N")
     ap.add_argument("--table-only", action="store_true", help="only (re)write the table")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -299,6 +350,7 @@ def main(argv=None) -> int:
         from edgeexit.checkpoint import load_checkpoint
         from edgeexit.compress import manifold
         from edgeexit.data import load_train_test, stratified_sample
+        from edgeexit.errors import EdgeExitError
 
         torch.set_num_threads(args.threads)
         if args.checkpoint is None and not (args.mitdb / "RECORDS").is_file() and not any(
@@ -320,13 +372,11 @@ def main(argv=None) -> int:
             manifold.save_vae(vae_path, vae, meta={"trained_on": vset.describe()})
         rows = [run_row("original", None, None, base, vae_path, spec, train_set, plan, args.out,
                         args.threads)]
-        for i, seed in enumerate(plan.seeds):
-            for ratio in plan.ratios:
-                for ft in [f.strip() for f in args.finetunes.split(",") if f.strip()]:
-                    row = run_row(f"r{ratio:g}-{ft}-s{seed}", ratio, ft, base, vae_path, spec,
-                                  train_set, plan, args.out, args.threads, seed, bundle=i == 0)
-                    if i == 0:
-                        rows.append(row)
+        try:
+            rows += _run_grid(args, plan, base, vae_path, spec, train_set)
+        except EdgeExitError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         x = stratified_sample(test, plan.latency_windows, 2).x.astype(np.float32)
         latency = latency_round(rows, x, plan, args.threads)
         latency_path.write_text(json.dumps(latency, indent=1))

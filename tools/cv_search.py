@@ -16,8 +16,12 @@ values, saved under other names), the final seeds train for the epoch count whos
 on the mean of those curves and the chosen recipe's: the best epoch of one seed's curve is partly
 where that seed's batch order left the BatchNorm statistics (README, "Later checks on DS1").
 
-Runs ``--workers`` candidates (or seeds) side by side, one torch thread each; results go to
-``--out`` as one JSON per candidate / seed, so an interrupted search resumes where it stopped.
+Every candidate (and every final seed) is one trial of an Optuna study
+(:func:`edgeexit.search.run_grid`): ``--workers`` processes take them side by side, one torch
+thread each. The study lives in ``--storage`` (default: the SQLite file ``OUT/search.db``; a
+PostgreSQL or MySQL URL spreads the trials over every machine that runs this same command, see
+docs/guides/scale-out.md); results also go to ``--out`` as one JSON per candidate / seed. An
+interrupted search resumes where it stopped.
 
     .venv/bin/python tools/cv_search.py --mitdb ../shared/data/mitdb --out runs/cv-search \\
         --candidates base,rraug --final-seeds 0,1,2,3,4
@@ -27,14 +31,12 @@ Runs ``--workers`` candidates (or seeds) side by side, one torch thread each; re
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from edgeexit.search import Job, cv_trial, default_storage, final_trial, recipe_config, run_grid
 from edgeexit.summary import machine_info
 
 CANDIDATES: dict[str, dict] = {
@@ -53,62 +55,6 @@ CANDIDATES: dict[str, dict] = {
     "morph-rrscale": {"morph_context": True, "rr_scale": 0.3},
 }
 """Named recipes: overrides of TrainConfig(model="resnet1d") for this search."""
-
-
-DATA_KEYS = ("rr_context", "morph_context")
-"""Overrides that choose the input (load_mitbih_split's options), not TrainConfig fields."""
-
-
-def _config(overrides: dict, epochs: int, seed: int):
-    from edgeexit.train import TrainConfig
-
-    train_keys = {k: v for k, v in overrides.items() if k not in DATA_KEYS}
-    return TrainConfig(**{"model": "resnet1d", "epochs": epochs, "seed": seed, "threads": 1,
-                          **train_keys})
-
-
-def _load(mitdb: str, test: bool, overrides: dict):
-    from edgeexit.data.mitbih import DS1, load_mitbih, load_mitbih_split
-
-    data_keys = {k: v for k, v in overrides.items() if k in DATA_KEYS}
-    if not test:
-        return load_mitbih(mitdb, DS1, **data_keys), None
-    return load_mitbih_split(mitdb, **data_keys)
-
-
-def _cv_job(name: str, overrides: dict, a: dict) -> dict:
-    import torch
-
-    from edgeexit.cv import cross_validate
-
-    torch.set_num_threads(1)
-    train, _ = _load(a["mitdb"], False, overrides)
-    t0 = time.perf_counter()
-    cv = cross_validate(train, _config(overrides, a["epochs"], a["cv_seed"]), a["folds"])
-    d = cv.to_dict()
-    d.update(name=name, overrides=overrides, elapsed_s=round(time.perf_counter() - t0, 1))
-    return d
-
-
-def _final_job(name: str, overrides: dict, epochs: int, schedule: int, seed: int, a: dict) -> dict:
-    import torch
-
-    from edgeexit.cv import compact_report
-    from edgeexit.train import train
-
-    torch.set_num_threads(1)
-    train_set, test_set = _load(a["mitdb"], True, overrides)
-    t0 = time.perf_counter()
-    from edgeexit.data import DataSpec
-
-    # the folds' learning-rate schedule (laid out over the CV's epochs), stopped at the chosen one
-    cfg = dataclasses.replace(_config(overrides, epochs, seed), select="last", schedule_epochs=schedule)
-    spec = DataSpec(source=a["mitdb"], seed=seed, **{k: v for k, v in overrides.items() if k in DATA_KEYS})
-    r = train(train_set, cfg, test=test_set, out_dir=Path(a["out"]) / f"final-{name}-seed{seed}",
-              data_spec=spec)  # model.pt for export and bench
-    return {"name": name, "seed": seed, "epochs": epochs, "overrides": overrides,
-            "elapsed_s": round(time.perf_counter() - t0, 1),
-            "exits": [compact_report(e["test"]) for e in r.metrics["exits"]]}
 
 
 def _sp(r: dict, c: str) -> str:
@@ -199,7 +145,11 @@ def main() -> int:
     p.add_argument("--average-with", default="",
                    help="comma-separated CV results of the chosen recipe with other --cv-seed's: "
                         "the final seeds' epoch count is the best of the averaged curve")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="processes taking trials on this machine")
+    p.add_argument("--storage", default=None,
+                   help="the Optuna study's database: default sqlite:///OUT/search.db (one "
+                        "machine); a postgresql:// or mysql:// URL shared by several machines")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (every trial)")
     p.add_argument("--table-only", action="store_true")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -222,21 +172,26 @@ def main() -> int:
             p.error(f"--mitdb {a.mitdb}: no MIT-BIH records there (100.hea not found)")
         for name, ov in recipes.items():
             try:
-                _config(ov, a.epochs, a.cv_seed)
+                recipe_config(ov, a.epochs, a.cv_seed, a.device)
             except (TypeError, EdgeExitError) as e:
                 p.error(f"recipe {name}: {e}")
-    args = {"mitdb": a.mitdb, "epochs": a.epochs, "folds": a.folds, "cv_seed": a.cv_seed, "out": str(a.out)}
+    args = {"mitdb": a.mitdb, "epochs": a.epochs, "folds": a.folds, "cv_seed": a.cv_seed,
+            "out": str(a.out.resolve()), "device": a.device}
+    storage = a.storage or default_storage(a.out)
     m = machine_info()
     print(f"host CPU: {m['cpu']}; {m['cpus']} cores; one torch thread per job", file=sys.stderr)
     if not a.table_only:
-        todo = {n: ov for n, ov in recipes.items() if not (a.out / f"cv-{n}.json").exists()}
-        with ProcessPoolExecutor(max_workers=a.workers) as pool:
-            futs = {n: pool.submit(_cv_job, n, ov, args) for n, ov in todo.items()}
-            for n, f in futs.items():
-                d = f.result()
-                _write(a.out / f"cv-{n}.json", d)
-                print(f"cv {n}: best epoch {d['best_epoch']}, mean {d['best_mean_score']:.3f} "
-                      f"({d['elapsed_s'] / 60:.1f} min)", file=sys.stderr, flush=True)
+        jobs = [Job(f"cv-{n}", {**args, "name": n, "overrides": ov}) for n, ov in recipes.items()
+                if not (a.out / f"cv-{n}.json").exists()]
+        grid = run_grid(jobs, cv_trial, storage=storage, workers=a.workers, score="best_mean_score",
+                        study=f"cv-search-e{a.epochs}-f{a.folds}-s{a.cv_seed}")
+        for key, d in grid.results.items():
+            _write(a.out / f"{key}.json", d)
+            print(f"cv {d['name']}: best epoch {d['best_epoch']}, mean {d['best_mean_score']:.3f} "
+                  f"({d['elapsed_s'] / 60:.1f} min, {grid.workers[key]})", file=sys.stderr, flush=True)
+        if grid.pending:
+            p.error(f"trials not done (failed, or running elsewhere): {', '.join(grid.pending)}; "
+                    "see the log, then rerun to retry them")
     cvs = _read(a.out, "cv-")
     if cvs:
         print("## Cross-validation on DS1 (never DS2)\n")
@@ -266,14 +221,17 @@ def main() -> int:
         if stale:  # resuming must not mix seeds trained for another epoch count
             p.error(f"final seeds {stale} of {name} in {a.out} were trained for "
                     f"{done[stale[0]]['epochs']} epochs, not {epochs}: move them away first")
-        todo = [s for s in seeds if s not in done]
-        with ProcessPoolExecutor(max_workers=a.workers) as pool:
-            futs = {s: pool.submit(_final_job, name, chosen["overrides"], epochs,
-                                   chosen["config"]["epochs"], s, args)
-                    for s in todo}
-            for s, f in futs.items():
-                _write(a.out / f"final-{name}-seed{s}.json", f.result())
-                print(f"final {name} seed {s} done", file=sys.stderr, flush=True)
+        jobs = [Job(f"final-{name}-seed{s}", {**args, "name": name, "overrides": chosen["overrides"],
+                                              "epochs": epochs, "seed": s,
+                                              "schedule": chosen["config"]["epochs"]})
+                for s in seeds if s not in done]
+        grid = run_grid(jobs, final_trial, storage=storage, workers=a.workers,
+                        study=f"cv-search-final-{name}-e{epochs}-of{chosen['config']['epochs']}")
+        for key, d in grid.results.items():
+            _write(a.out / f"{key}.json", d)
+            print(f"final {name} seed {d['seed']} done", file=sys.stderr, flush=True)
+        if grid.pending:
+            p.error(f"trials not done: {', '.join(grid.pending)}; see the log, then rerun")
     finals = _read(a.out, "final-")
     for name in sorted({d["name"] for d in finals}):
         print(f"## {name}: DS1 -> DS2, once per seed\n")

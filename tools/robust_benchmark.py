@@ -9,8 +9,12 @@ waveform only), synthetic muscle noise at 6 and 0 dB, and the DeepSloth slowdown
 and batch-1 latency of the deployed bundle, clean vs attacked). The standard model is exported a
 second time with the `ensemble` policy and evaluated the same way.
 
-Every run writes into OUT/<method>-seed<N>/ and is skipped when its report exists, so runs can be
-split across processes (`--methods rdi --seeds 1` in one shell, ... ) and merged with
+Every (method, seed) is one trial of an Optuna study (:func:`edgeexit.search.run_grid`):
+``--workers`` processes take them side by side; the study lives in ``--storage`` (default the
+SQLite file OUT/search.db; a PostgreSQL or MySQL URL spreads the trials over every machine that
+runs this same command with OUT on a shared file system, docs/guides/scale-out.md). Every run
+writes into OUT/<method>-seed<N>/ and is skipped when its report exists, so an interrupted run
+resumes, and runs split by hand (`--methods rdi --seeds 1` in one shell, ...) merge with
 `--table-only`. The table (OUT/table.md, OUT/table.json) gives mean +- spread (population std)
 over the seeds present, and says which settings were reduced (`--quick`).
 
@@ -154,7 +158,7 @@ def run_name(method: str, plan: Plan) -> str:
 
 
 def run_one(method: str, seed: int, policy: str, train_path: Path, test_path: Path, out: Path,
-            plan: Plan, threads: int, morph_follows: bool = True) -> Path:
+            plan: Plan, threads: int, morph_follows: bool = True, device: str = "auto") -> Path:
     """Train (or reuse), export and evaluate one (method, seed); returns the report path."""
     from edgeexit.cv import run_training
     from edgeexit.data import DataSpec
@@ -173,7 +177,8 @@ def run_one(method: str, seed: int, policy: str, train_path: Path, test_path: Pa
         spec = DataSpec(source=str(train_path), test_source=str(test_path), seed=seed)
         config = TrainConfig(**{"model": "resnet1d", "method": method,
                                 "method_config": _method_config(method, plan), "seed": seed,
-                                "threads": threads, **plan.train_overrides()})
+                                "threads": threads, "device": device,
+                                **plan.train_overrides()})
         run_training(spec, config, run)
         log.info("%s seed %d trained in %.0f s", method, seed, time.perf_counter() - t0)
     bundle = run / f"bundle-{policy}"
@@ -187,6 +192,29 @@ def run_one(method: str, seed: int, policy: str, train_path: Path, test_path: Pa
     evaluate(bundle, config=ec, out_dir=eval_dir)
     log.info("%s seed %d %s: done in %.0f s", method, seed, policy, time.perf_counter() - t0)
     return report_path
+
+
+def run_trial(p: dict) -> dict:
+    """One trial of the grid: every policy of one (method, seed) in turn (they share its model),
+    :func:`run_one` each; returns the report paths."""
+    import torch
+
+    torch.set_num_threads(p["threads"])
+    plan = Plan(**p["plan"])
+    paths = [run_one(p["method"], p["seed"], policy, Path(p["train"]), Path(p["test"]),
+                     Path(p["out"]), plan, p["threads"], p["morph_follows"], p["device"])
+             for policy in p["policies"]]
+    return {"reports": [str(r) for r in paths]}
+
+
+def grid(methods: list[str], seeds: list[int], ensemble: bool, base: dict) -> list:
+    """The trials: one per (method, seed), the standard model's with the ensemble policy too."""
+    from edgeexit.search import Job
+
+    return [Job(f"{run_name(m, Plan(**base['plan']))}-seed{s}",
+                {**base, "method": m, "seed": s,
+                 "policies": ["max_prob", *(["ensemble"] if m == "standard" and ensemble else [])]})
+            for s in seeds for m in methods]
 
 
 # -- the table -----------------------------------------------------------------------------------
@@ -337,6 +365,12 @@ def main(argv=None) -> int:
                          "recompute the morphology channels from the perturbed waveform "
                          "(follows) or hold them (held; runs named METHOD-trainheld)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="processes taking (method, seed) trials side by side on this machine")
+    ap.add_argument("--storage", default=None,
+                    help="the Optuna study's database: default sqlite:///OUT/search.db; a "
+                         "postgresql:// or mysql:// URL shared by several machines")
+    ap.add_argument("--device", default="auto", help="training: auto, cpu, cuda or cuda:N")
     ap.add_argument("--table-only", action="store_true", help="only (re)write the table")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -352,14 +386,23 @@ def main(argv=None) -> int:
         if not (args.mitdb / "RECORDS").is_file() and not any(args.mitdb.glob("*.hea")):
             print(f"error: no MIT-BIH records in {args.mitdb} (give --mitdb)", file=sys.stderr)
             return 2
+        from edgeexit.search import default_storage, run_grid
+
         train_path, test_path = _data(args.mitdb, args.out, plan)
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            for method in methods:
-                for policy in ("max_prob", "ensemble"):
-                    if policy == "max_prob" or (method == "standard" and not args.no_ensemble):
-                        run_one(method, seed, policy, train_path, test_path, args.out, plan,
-                                args.threads, args.morph == "follows")
+        base = {"train": str(train_path.resolve()), "test": str(test_path.resolve()),
+                "out": str(args.out.resolve()), "plan": dataclasses.asdict(plan),
+                "threads": args.threads, "morph_follows": args.morph == "follows",
+                "device": args.device}
+        jobs = grid(methods, [int(s) for s in args.seeds.split(",")], not args.no_ensemble, base)
+        done = run_grid(jobs, run_trial, storage=args.storage or default_storage(args.out),
+                        study=f"robust-benchmark-{args.recipe}-{args.morph}"
+                              + ("-quick" if args.quick else ""),
+                        workers=args.workers)
+        if done.pending:
+            print(f"error: trials not done: {', '.join(done.pending)} (see the log; rerun to "
+                  "retry them)", file=sys.stderr)
+            return 1
     text = table(args.out, note)
     (args.out / "table.md").write_text(text)
     (args.out / "table.json").write_text(json.dumps(

@@ -25,9 +25,10 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the re
 # resolves them (edgeexit.torchdevice), so `--device cuda` without a GPU is a one-line Error
 _DEVICE_HELP = ("Where torch computes: auto (a CUDA GPU when one is visible, else the CPU), cpu, "
                 "cuda or cuda:N. Checkpoints hold CPU tensors either way.")
+device_option = click.option("--device", default="auto", show_default=True,
+                             metavar="auto|cpu|cuda|cuda:N", help=_DEVICE_HELP)
 device_options = apply([
-    click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
-                 help=_DEVICE_HELP),
+    device_option,
     click.option("--amp", type=click.Choice(["none", "bf16"]), default="none", show_default=True,
                  help="Mixed precision: bf16 runs the training forward passes in bfloat16 "
                       "(torch.autocast; GPUs with bf16 support, or the CPU)."),

@@ -13,7 +13,7 @@ from edgeexit.cli.app import (
     names,
     stage_printer,
 )
-from edgeexit.cli.options import json_option
+from edgeexit.cli.options import device_option, device_options, json_option
 from edgeexit.robust.names import EvalAttack, StreamAttack
 
 _ATTACK_NAMES = tuple(str(a) for a in EvalAttack)
@@ -26,7 +26,7 @@ _EVALUATE_GROUPS = (
     ("Attacks", ("eps", "sanity_eps", "norm", "attacks", "steps", "vae", "eta", "square_queries",
                  "morph")),
     ("Noise", ("noise", "snr", "noise_dir")),
-    ("Run", ("backend", "threads", "progress", "as_json")),
+    ("Run", ("backend", "threads", "device", "progress", "as_json")),
 )
 
 @main.command(option_groups=_EVALUATE_GROUPS)
@@ -86,11 +86,12 @@ _EVALUATE_GROUPS = (
               help="--records: stream only each record's first minutes.")
 @click.option("--rounds", default=2, show_default=True, type=click.IntRange(min=1),
               help="--records: white-box PGD rounds (craft on the device's windows, re-detect).")
+@device_option
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @json_option
 def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks, steps, vae, eta,
              noise, snr, noise_dir, limit, square_queries, backend, threads, seed, morph, records,
-             record_names, minutes, rounds, progress, as_json):
+             record_names, minutes, rounds, device, progress, as_json):
     """Attack a checkpoint or a deployed bundle and report robustness.
 
     For a checkpoint: white-box attacks (max-average PGD, policy-aware PGD on the ensemble of all
@@ -111,7 +112,7 @@ def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks
                         attacks=names(attacks), steps=steps, vae=vae, eta=eta, noise=names(noise),
                         snr_db=floats(snr), noise_dir=noise_dir, limit=limit or None,
                         square_queries=square_queries, backend=backend, threads=threads,
-                        seed=seed, morph_follows=morph == "follows")
+                        seed=seed, morph_follows=morph == "follows", device=device)
     with ProgressBars(interactive(progress)) as bars:
         result = run_evaluate(target, data=source, checkpoint=checkpoint, config=config,
                               out_dir=out_dir,
@@ -147,7 +148,7 @@ _COMPRESS_GROUPS = (
     ("Fine-tuning", ("kind", "epochs", "lr", "eps", "attack_steps", "eta", "vae", "vae_epochs",
                      "source", "train_limit")),
     ("Report", ("out_dir", "eval_eps", "eval_limit", "formats", "no_onmanifold_eval", "as_json")),
-    ("Run", ("threads", "seed", "progress")),
+    ("Run", ("threads", "device", "amp", "seed", "progress")),
 )
 
 
@@ -201,13 +202,14 @@ _COMPRESS_GROUPS = (
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="Torch and runtime threads.")
 @click.option("--seed", default=0, show_default=True)
+@device_options
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Stage lines and progress bars on stderr.")
 @json_option
 def compress(checkpoint, out_dir, ratio, stage_ratios, scope, importance, prune_steps, step_epochs,
              kind, epochs, lr, eps, attack_steps, eta, vae, source, train_limit, eval_eps,
-             eval_limit, vae_epochs, formats, no_onmanifold_eval, threads, seed, progress,
-             as_json):
+             eval_limit, vae_epochs, formats, no_onmanifold_eval, threads, seed, device, amp,
+             progress, as_json):
     """Prune a checkpoint (channels really removed), fine-tune it, and report before vs after.
 
     Writes OUT/model.pt (it loads from the file alone and exports like any checkpoint),
@@ -224,7 +226,7 @@ def compress(checkpoint, out_dir, ratio, stage_ratios, scope, importance, prune_
         prune=PruneConfig(ratio=ratio, scope=scope, importance=importance, steps=prune_steps,
                           stage_ratios=floats(stage_ratios) if stage_ratios else None),
         finetune=FinetuneConfig(kind, epochs=epochs, lr=lr, eps=eps, attack_steps=attack_steps,
-                                eta=eta, seed=seed, threads=threads),
+                                eta=eta, seed=seed, threads=threads, device=device, amp=amp),
         step_epochs=step_epochs, train_limit=train_limit or None, eval_eps=floats(eval_eps),
         eval_limit=eval_limit or None, onmanifold=not no_onmanifold_eval, seed=seed,
         threads=threads, vae_epochs=vae_epochs, formats=names(formats))

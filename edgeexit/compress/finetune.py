@@ -51,6 +51,9 @@ class FinetuneConfig:
         latent_steps: ``onmanifold``: latent PGD steps; None = the method's default.
         seed: seeds the shuffling and the attacks' random starts.
         threads: torch threads (None = torch's default).
+        device: where to fine-tune (``auto``, ``cpu``, ``cuda``, ``cuda:N``;
+            :func:`edgeexit.torchdevice.resolve_device`), whatever trained the model.
+        amp: ``none`` or ``bf16`` (:attr:`edgeexit.train.TrainConfig.amp`).
     """
 
     kind: str = "standard"
@@ -62,6 +65,8 @@ class FinetuneConfig:
     latent_steps: int | None = None
     seed: int = 0
     threads: int | None = None
+    device: str = "auto"
+    amp: str = "none"
 
     def __post_init__(self) -> None:
         if self.kind not in FINETUNES:
@@ -119,6 +124,8 @@ def train_config(config: FinetuneConfig, meta: dict | None, vae: str | os.PathLi
         patience=0,
         seed=config.seed,
         threads=config.threads,
+        device=config.device,
+        amp=config.amp,
     )
 
 

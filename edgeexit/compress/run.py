@@ -37,6 +37,7 @@ from edgeexit.compress.prune import PruneConfig, prune_model
 from edgeexit.errors import ConfigError
 from edgeexit.fileio import atomic_write, check_output_directory
 from edgeexit.summary import machine_info
+from edgeexit.torchdevice import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,8 @@ def _vae(path: str | os.PathLike | None, train_set, ckpt, out: Path, config: Com
         vcfg = dataclasses.replace(vcfg, epochs=config.vae_epochs)
     s = int(ckpt.input_spec.get("signal_channels", 1))
     vae = manifold.train_vae(train_set.x, train_set.y, vcfg, signal_channels=s,
-                             num_classes=len(ckpt.classes), progress=progress)
+                             num_classes=len(ckpt.classes), progress=progress,
+                             device=config.finetune.device)
     return manifold.save_vae(out / "vae.pt", vae, meta={"trained_on": train_set.describe()})
 
 
@@ -142,7 +144,8 @@ def _measure(ckpt_path: Path, spec, config: CompressConfig, vae: Path | None, ou
     extra = {"vae": str(vae)} if vae is not None else {}
     ecfg = EvalConfig(eps=config.eval_eps, sanity_eps=None, attacks=attacks,
                       steps=config.eval_steps, noise=("ma",), snr_db=config.noise_snr_db,
-                      limit=config.eval_limit, threads=config.threads, seed=config.seed, **extra)
+                      limit=config.eval_limit, threads=config.threads, seed=config.seed,
+                      device=config.finetune.device, **extra)
     return evaluate(ckpt_path, data=spec, config=ecfg, out_dir=out).report
 
 
@@ -270,6 +273,7 @@ def compress(
     Returns:
         A :class:`CompressResult`.
     """
+    resolve_device(config.finetune.device)  # --device cuda without a GPU: say so first
     t_start = time.perf_counter()
     say = progress or (lambda stage: None)
     out = Path(out_dir)

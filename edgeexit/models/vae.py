@@ -52,6 +52,7 @@ from edgeexit.config import dataclass_from_dict
 from edgeexit.errors import CheckpointError, ConfigError
 from edgeexit.fileio import atomic_write
 from edgeexit.models.payload import check_format, read_payload
+from edgeexit.torchdevice import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +334,7 @@ def _score(vae: SignalVAE, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -
 
 
 def train_vae(x, y, config: VAEConfig = VAEConfig(), *, signal_channels: int, num_classes: int,
-              progress: bool = False) -> SignalVAE:
+              progress: bool = False, device: str = "cpu") -> SignalVAE:
     """Train a :class:`SignalVAE` (and its latent classifier) on training windows.
 
     Args:
@@ -345,6 +346,8 @@ def train_vae(x, y, config: VAEConfig = VAEConfig(), *, signal_channels: int, nu
         signal_channels: the leading channels that are signal.
         num_classes: classes of the latent classifier.
         progress: a tqdm bar per epoch on stderr.
+        device: where to train (``auto``, ``cpu``, ``cuda``, ``cuda:N``); the VAE comes back on
+            the CPU either way (random draws come from a CPU generator).
 
     Returns:
         The trained VAE in eval mode; ``vae.history`` holds one dict per epoch (loss terms,
@@ -365,6 +368,10 @@ def train_vae(x, y, config: VAEConfig = VAEConfig(), *, signal_channels: int, nu
         vae = SignalVAE(config, signal_channels, num_classes, x.shape[-1], max(ctx, 0))
     vae.fit_scale(x_tr)
     cw = _class_weights(y_tr, num_classes) if config.class_weighting else None
+    dev = resolve_device(device)
+    vae.to(dev)
+    x, y, x_tr, y_tr = x.to(dev), y.to(dev), x_tr.to(dev), y_tr.to(dev)
+    cw = None if cw is None else cw.to(dev)
     opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
     steps_per_epoch = max(1, -(-len(x_tr) // config.batch_size))
     total = config.epochs * steps_per_epoch
@@ -385,8 +392,8 @@ def train_vae(x, y, config: VAEConfig = VAEConfig(), *, signal_channels: int, nu
                  f"  held-out recon RMS {entry['val_recon_rms_mV']:.3f} mV (signal "
                  f"{entry['val_signal_rms_mV']:.3f}), latent acc {entry['val_latent_accuracy']:.3f}")
     vae.train_seconds = time.perf_counter() - t0
-    log.info("trained the VAE on %d windows in %.1f s", len(x_tr), vae.train_seconds)
-    vae.eval()
+    log.info("trained the VAE on %d windows in %.1f s (%s)", len(x_tr), vae.train_seconds, dev)
+    vae.cpu().eval()
     return vae
 
 

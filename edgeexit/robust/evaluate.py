@@ -57,6 +57,7 @@ from edgeexit.robust.context import MorphContext, record_templates
 from edgeexit.robust.names import EVAL_ATTACKS, EvalAttack
 from edgeexit.runtime.manifest import PolicySpec, Provenance
 from edgeexit.summary import machine_info
+from edgeexit.torchdevice import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,9 @@ class EvalConfig:
         latency_samples: windows timed one at a time through the runtime, per input set.
         backend: runtime backend for a bundle (``auto``, ``onnxruntime``, ``litert``).
         threads: torch and runtime threads.
+        device: where the white-box attacks craft (``auto``, ``cpu``, ``cuda``, ``cuda:N``;
+            :func:`edgeexit.torchdevice.resolve_device`); the bundle's runtime scores on the
+            CPU either way.
         seed: seeds the sample, the attacks' random starts and the noise.
         morph_follows: with morphology context channels in the data, recompute them from every
             attacked or noisy waveform, as the device would (``edgeexit.robust.context``), and
@@ -122,6 +126,7 @@ class EvalConfig:
     threads: int = 1
     seed: int = 0
     morph_follows: bool = True
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eps", tuple(float(e) for e in self.eps))
@@ -284,7 +289,7 @@ class _Measure:
         extra = {}
         if t.engine is None:
             with torch.no_grad():
-                zs = t.ckpt.model(torch.from_numpy(x))
+                zs = [z.cpu() for z in t.ckpt.model(torch.from_numpy(x).to(_device(t.ckpt.model)))]
                 labels = self.objective.answers(zs)[0].argmax(1).numpy()
             logits = [z.numpy() for z in zs]
         else:
@@ -334,8 +339,16 @@ class _Measure:
 # -- the attacks ---------------------------------------------------------------------------------
 
 
-def _in_batches(fn, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> np.ndarray:
-    return torch.cat([fn(x[i : i + batch], y[i : i + batch]) for i in range(0, len(x), batch)]).numpy()
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _in_batches(fn, x: torch.Tensor, y: torch.Tensor, batch: int = 256,
+                device: torch.device | None = None) -> np.ndarray:
+    """``fn`` (an attack) over ``(x, y)`` in batches, computed on ``device``; numpy back."""
+    dev = device or torch.device("cpu")
+    return torch.cat([fn(x[i : i + batch].to(dev), y[i : i + batch].to(dev)).cpu()
+                      for i in range(0, len(x), batch)]).numpy()
 
 
 class _Inputs:
@@ -371,7 +384,8 @@ class _Inputs:
         channels held 24.1%, straight-through gradients 13.5%, and keeping per window the
         candidate of larger loss 58%: the surrogate loss does not rank candidates.)"""
         attack = make(self.model(base))
-        return _in_batches(attack, torch.from_numpy(self.x), torch.from_numpy(self.y)), attack.stats
+        return (_in_batches(attack, torch.from_numpy(self.x), torch.from_numpy(self.y),
+                            device=_device(base)), attack.stats)
 
     def with_templates(self, x: np.ndarray) -> np.ndarray:
         """Windows of the data's own channels (e.g. with noise added), the templates attached
@@ -470,9 +484,11 @@ class _AttackRun:
             self._fit_and_record(EvalAttack.UNIVERSAL_SLOWDOWN, eps, uap, t0)
 
     def _fit_and_record(self, name: str, eps: float, uap, t0: float) -> None:
-        uap.fit(torch.from_numpy(self.train.x), torch.from_numpy(self.train.y))
-        x, y = torch.from_numpy(self.test.x), torch.from_numpy(self.test.y)
-        self.record(name, eps, uap(x, y).numpy(), time.perf_counter() - t0)
+        dev = _device(self.base)
+        uap.fit(torch.from_numpy(self.train.x).to(dev), torch.from_numpy(self.train.y).to(dev))
+        x_adv = _in_batches(uap, torch.from_numpy(self.test.x), torch.from_numpy(self.test.y),
+                            device=dev)
+        self.record(name, eps, x_adv, time.perf_counter() - t0)
 
 
 def _onmanifold(target: _Target, test: BeatDataset, config: EvalConfig, vae) -> dict | None:
@@ -487,11 +503,12 @@ def _onmanifold(target: _Target, test: BeatDataset, config: EvalConfig, vae) -> 
                        objective="mean", signal_channels=target.signal_channels)
     x = torch.from_numpy(test.x)
     y = torch.from_numpy(test.y)
+    dev = _device(target.ckpt.model)
     advs, keep, stats = [], [], []
     for i in range(0, len(x), 256):
-        x_adv, kept = attack.craft(x[i : i + 256], y[i : i + 256])
-        advs.append(x_adv)
-        keep.append(kept)
+        x_adv, kept = attack.craft(x[i : i + 256].to(dev), y[i : i + 256].to(dev))
+        advs.append(x_adv.cpu())
+        keep.append(kept.cpu())
         stats.append((len(x_adv), attack.stats))
     kept = torch.cat(keep).numpy()
     x_adv = torch.cat(advs).numpy()
@@ -619,8 +636,9 @@ def evaluate(
         check_output_directory(out_dir, EVALUATE_FILES, "evaluate", record="report.json")
     t_start = time.perf_counter()
     torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
     t = _load_target(target, checkpoint, config)
-    t.ckpt.model.eval()
+    t.ckpt.model.to(device).eval()  # the white-box attacks craft there; the runtime scores
     spec = t.ckpt.data_spec(data, "; give the test data with --data")
     r_offset = t.ckpt.input_spec.get("r_offset")
     test_inputs = _Inputs(load_split(spec, "test"), config.limit, config.seed,
@@ -629,6 +647,8 @@ def evaluate(
     _check_shape(test, t.ckpt, "test")
     notes: list[str] = []
     vae = _vae_for(t, test, config, notes)
+    if vae is not None:
+        vae.to(device)
     train_inputs = _universal_inputs(spec, t, config, r_offset)
     if ctx is not None:
         log.info("evaluate: the morphology channels are recomputed from every attacked and noisy "

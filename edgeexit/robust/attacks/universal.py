@@ -127,7 +127,7 @@ class UniversalPerturbation(Attack):
         """
         x = _as_tensor(x, "x").detach().float()
         self.check_input(x)
-        y = _labels(y, len(x), self.objective)
+        y = _labels(y, len(x), self.objective).to(x.device)
         n = len(x)
         batches = math.ceil(n / self.batch_size)
         if self.epochs * batches * self.step_size < self.eps * (1 - 1e-9):
@@ -136,7 +136,7 @@ class UniversalPerturbation(Attack):
                 "step_size", self.epochs * batches, self.step_size, self.eps,
             )
         gen = torch.Generator().manual_seed(self.seed)
-        delta = torch.zeros(1, *x.shape[1:])
+        delta = torch.zeros(1, *x.shape[1:], device=x.device)
         history, steps = [], 0
         with eval_mode(self.model), torch.enable_grad():  # also when called under no_grad
             for epoch in range(self.epochs):
