@@ -116,6 +116,24 @@ def test_robust_benchmark_run_names_differ_exactly_where_the_training_does():
     assert len(per_recipe) == (1 + 3 * 2) + (1 + 3 * 2 * 2)
 
 
+def test_robust_benchmark_grid_has_one_trial_per_method_and_seed_with_unique_keys():
+    """The search engine's trials: one per (method, seed), named like its run directory; the
+    standard model's trial also runs the ensemble policy (it reuses that model)."""
+    import dataclasses
+
+    rb = _tool("robust_benchmark")
+    plan = rb.Plan.make(True, 0.2)
+    jobs = rb.grid(list(rb.METHODS), [0, 1], True, {"plan": dataclasses.asdict(plan)})
+    assert len(jobs) == len({j.key for j in jobs}) == 2 * len(rb.METHODS)
+    assert {j.key for j in jobs} >= {"standard-seed0", "rdi-eps0.2-seed1", "ima-eps0.2-seed0"}
+    for j in jobs:
+        assert j.params["policies"] == (["max_prob", "ensemble"] if j.params["method"] == "standard"
+                                        else ["max_prob"])
+        assert rb.Plan(**j.params["plan"]) == plan  # the plan travels to the worker as JSON
+    assert all(j.params["policies"] == ["max_prob"]
+               for j in rb.grid(["standard"], [0], False, {"plan": dataclasses.asdict(plan)}))
+
+
 def test_context_reliance_sees_a_model_that_reads_the_waveform(tiny_checkpoint, tmp_path):
     from tests.conftest import make_separable
 

@@ -130,6 +130,59 @@ def _write(path: Path, d: dict) -> None:
     os.replace(tmp, path)
 
 
+def _cv_stage(p, a, recipes: dict, args: dict, storage: str) -> None:
+    """Stage 1: every candidate's cross-validation, one trial each; OUT/cv-NAME.json."""
+    jobs = [Job(f"cv-{n}", {**args, "name": n, "overrides": ov}) for n, ov in recipes.items()
+            if not (a.out / f"cv-{n}.json").exists()]
+    grid = run_grid(jobs, cv_trial, storage=storage, workers=a.workers, score="best_mean_score",
+                    study=f"cv-search-e{a.epochs}-f{a.folds}-s{a.cv_seed}")
+    for key, d in grid.results.items():
+        _write(a.out / f"{key}.json", d)
+        print(f"cv {d['name']}: best epoch {d['best_epoch']}, mean {d['best_mean_score']:.3f} "
+              f"({d['elapsed_s'] / 60:.1f} min, {grid.workers[key]})", file=sys.stderr, flush=True)
+    if grid.pending:
+        p.error(f"trials not done (failed, or running elsewhere): {', '.join(grid.pending)}; "
+                "see the log, then rerun to retry them")
+
+
+def _final_stage(p, a, cvs: list[dict], seeds: list[int], args: dict, storage: str) -> None:
+    """Stage 2: the chosen recipe trained once per seed and tested on DS2, one trial each."""
+    by_name = {d["name"]: d for d in cvs}
+    name = a.choose or max(cvs, key=lambda d: d["best_mean_score"])["name"]
+    if name not in by_name:
+        p.error(f"--choose {name}: no cross-validation result for it in {a.out}")
+    chosen = by_name[name]
+    epochs = chosen["best_epoch"]
+    others = [n.strip() for n in a.average_with.split(",") if n.strip()]
+    if others:
+        missing = [n for n in others if n not in by_name]
+        if missing:
+            p.error(f"--average-with {','.join(missing)}: no cross-validation result in {a.out}")
+        try:
+            epochs, score, _ = seed_averaged_best([chosen] + [by_name[n] for n in others])
+        except ValueError as e:
+            p.error(f"--average-with: {e}")
+        print(f"{name}: best epoch of the curve averaged with {', '.join(others)}: {epochs} "
+              f"(mean {score:.3f})", file=sys.stderr)
+    done = {s: json.loads(f.read_text()) for s in seeds
+            if (f := a.out / f"final-{name}-seed{s}.json").is_file()}
+    stale = [s for s, d in done.items() if d["epochs"] != epochs]
+    if stale:  # resuming must not mix seeds trained for another epoch count
+        p.error(f"final seeds {stale} of {name} in {a.out} were trained for "
+                f"{done[stale[0]]['epochs']} epochs, not {epochs}: move them away first")
+    jobs = [Job(f"final-{name}-seed{s}", {**args, "name": name, "overrides": chosen["overrides"],
+                                          "epochs": epochs, "seed": s,
+                                          "schedule": chosen["config"]["epochs"]})
+            for s in seeds if s not in done]
+    grid = run_grid(jobs, final_trial, storage=storage, workers=a.workers,
+                    study=f"cv-search-final-{name}-e{epochs}-of{chosen['config']['epochs']}")
+    for key, d in grid.results.items():
+        _write(a.out / f"{key}.json", d)
+        print(f"final {name} seed {d['seed']} done", file=sys.stderr, flush=True)
+    if grid.pending:
+        p.error(f"trials not done: {', '.join(grid.pending)}; see the log, then rerun")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mitdb", default="../shared/data/mitdb")
@@ -181,57 +234,14 @@ def main() -> int:
     m = machine_info()
     print(f"host CPU: {m['cpu']}; {m['cpus']} cores; one torch thread per job", file=sys.stderr)
     if not a.table_only:
-        jobs = [Job(f"cv-{n}", {**args, "name": n, "overrides": ov}) for n, ov in recipes.items()
-                if not (a.out / f"cv-{n}.json").exists()]
-        grid = run_grid(jobs, cv_trial, storage=storage, workers=a.workers, score="best_mean_score",
-                        study=f"cv-search-e{a.epochs}-f{a.folds}-s{a.cv_seed}")
-        for key, d in grid.results.items():
-            _write(a.out / f"{key}.json", d)
-            print(f"cv {d['name']}: best epoch {d['best_epoch']}, mean {d['best_mean_score']:.3f} "
-                  f"({d['elapsed_s'] / 60:.1f} min, {grid.workers[key]})", file=sys.stderr, flush=True)
-        if grid.pending:
-            p.error(f"trials not done (failed, or running elsewhere): {', '.join(grid.pending)}; "
-                    "see the log, then rerun to retry them")
+        _cv_stage(p, a, recipes, args, storage)
     cvs = _read(a.out, "cv-")
     if cvs:
         print("## Cross-validation on DS1 (never DS2)\n")
         print(cv_table(cvs))
     seeds = [int(s) for s in a.final_seeds.split(",") if s.strip()]
     if seeds and not a.table_only:
-        by_name = {d["name"]: d for d in cvs}
-        name = a.choose or max(cvs, key=lambda d: d["best_mean_score"])["name"]
-        if name not in by_name:
-            p.error(f"--choose {name}: no cross-validation result for it in {a.out}")
-        chosen = by_name[name]
-        epochs = chosen["best_epoch"]
-        others = [n.strip() for n in a.average_with.split(",") if n.strip()]
-        if others:
-            missing = [n for n in others if n not in by_name]
-            if missing:
-                p.error(f"--average-with {','.join(missing)}: no cross-validation result in {a.out}")
-            try:
-                epochs, score, _ = seed_averaged_best([chosen] + [by_name[n] for n in others])
-            except ValueError as e:
-                p.error(f"--average-with: {e}")
-            print(f"{name}: best epoch of the curve averaged with {', '.join(others)}: {epochs} "
-                  f"(mean {score:.3f})", file=sys.stderr)
-        done = {s: json.loads(f.read_text()) for s in seeds
-                if (f := a.out / f"final-{name}-seed{s}.json").is_file()}
-        stale = [s for s, d in done.items() if d["epochs"] != epochs]
-        if stale:  # resuming must not mix seeds trained for another epoch count
-            p.error(f"final seeds {stale} of {name} in {a.out} were trained for "
-                    f"{done[stale[0]]['epochs']} epochs, not {epochs}: move them away first")
-        jobs = [Job(f"final-{name}-seed{s}", {**args, "name": name, "overrides": chosen["overrides"],
-                                              "epochs": epochs, "seed": s,
-                                              "schedule": chosen["config"]["epochs"]})
-                for s in seeds if s not in done]
-        grid = run_grid(jobs, final_trial, storage=storage, workers=a.workers,
-                        study=f"cv-search-final-{name}-e{epochs}-of{chosen['config']['epochs']}")
-        for key, d in grid.results.items():
-            _write(a.out / f"{key}.json", d)
-            print(f"final {name} seed {d['seed']} done", file=sys.stderr, flush=True)
-        if grid.pending:
-            p.error(f"trials not done: {', '.join(grid.pending)}; see the log, then rerun")
+        _final_stage(p, a, cvs, seeds, args, storage)
     finals = _read(a.out, "final-")
     for name in sorted({d["name"] for d in finals}):
         print(f"## {name}: DS1 -> DS2, once per seed\n")
