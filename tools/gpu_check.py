@@ -12,7 +12,7 @@ provenance).
 Sized to finish within about 10 minutes on one GPU host (the CPU side dominates):
 
     python tools/gpu_check.py --mitdb ../shared/data/mitdb
-    python tools/gpu_check.py --quick --out /tmp/gpu_check.json     # synthetic, a minute
+    python tools/gpu_check.py --quick --out /tmp/gpu_check.json     # synthetic beats, test model
 
 Without a GPU it stops with status 2 (nothing to compare), unless ``--cpu-only`` (then it runs
 the CPU side twice: a check of the script and of CPU determinism, not a GPU measurement).
