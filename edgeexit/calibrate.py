@@ -34,6 +34,7 @@ import numpy as np
 
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.fileio import atomic_write, pack_directory
+from edgeexit.metrics import warn_one_class
 from edgeexit.runtime.kinds import CALIBRATED_POLICIES
 from edgeexit.runtime.policy import ensemble_probs, exit_scores, softmax
 
@@ -692,6 +693,7 @@ def calibrate_bundle(
         raise ConfigError(f"policy {name!r} has no thresholds to calibrate; give --policy "
                           f"{'|'.join(CALIBRATED_POLICIES)}")
     y = np.asarray(y)
+    warn_one_class(y, "calibration")
     probs = _bundle_probs(engine, x, y, probs, progress)
     costs, unit = segment_costs(manifest, bench, config.cost)
     cal = calibrate_thresholds(probs, y, costs,

@@ -5,7 +5,11 @@ Every figure here is computed from a confusion matrix, so they all agree with ea
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 NSVF = ("N", "S", "V", "F")
 """The AAMI classes that MIT-BIH macro-F1 is conventionally reported over (Q is too rare)."""
@@ -80,3 +84,13 @@ def gross_statistics(report: dict) -> dict:
             out[f"{c}_ppv"] = per[c]["precision"]
             out[f"{c}_beats"] = per[c]["support"]
     return out
+
+
+def warn_one_class(y, what: str) -> None:
+    """Log a warning when labels ``y`` hold fewer than two classes: ``what`` (training,
+    calibration) then runs, but learns or measures nothing about telling classes apart."""
+    found = np.unique(np.asarray(y))
+    if found.size < 2:
+        log.warning("the %s labels hold %s class only (%s): the result cannot tell classes apart; "
+                    "check the data source and its split", what, found.size,
+                    ", ".join(map(str, found.tolist())) or "none")

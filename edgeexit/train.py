@@ -30,6 +30,7 @@ import numpy as np
 from edgeexit.data import BeatDataset, DataSpec
 from edgeexit.data.splits import ValidationSplit
 from edgeexit.errors import ConfigError
+from edgeexit.metrics import warn_one_class
 from edgeexit.models import MultiExitNet, check_model_name
 from edgeexit.robust.methods import (
     MethodConfig,
@@ -280,6 +281,7 @@ def train(
     Returns:
         A :class:`TrainResult`.
     """
+    warn_one_class(data.y, "training")
     dist = Distributed(config.device)
     try:
         return fit(data, config, test=test, out_dir=out_dir, progress=progress,

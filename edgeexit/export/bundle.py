@@ -82,6 +82,7 @@ from edgeexit.export.write import (
     write_monolithic_auto,
 )
 from edgeexit.fileio import check_writable, pack_directory
+from edgeexit.metrics import warn_one_class
 from edgeexit.models.base import MultiExitNet
 from edgeexit.runtime.backends import backend_for_format
 from edgeexit.runtime.kinds import (
@@ -534,6 +535,7 @@ def calibrate_policy(s: ExportState) -> ExportState:
     val_probs = [softmax(z) for z in run_chunked(engine, b.val_x)]
     costs = [float(spec.macs) for spec in s.specs]
     groups = b.val_groups
+    warn_one_class(b.val_y, "calibration")
     calib = calibrate_thresholds(val_probs, b.val_y, costs,
                                  CalibrationConfig(config.policy, config.margin,
                                                    confidence=config.confidence,

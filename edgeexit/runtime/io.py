@@ -80,6 +80,9 @@ def read_windows(path: str | os.PathLike, shape: tuple[int, ...],
     if str(path) == "-":
         return _from_csv_text(sys.stdin.read(), "stdin", shape, errors)
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"--input {p} is a directory; give a .npy, .npz or .csv file of windows "
+                        "(a WFDB record streams with --stream)")
     if not p.is_file():
         raise DataError(f"input file not found: {p}")
     if p.suffix == ".npy":

@@ -332,3 +332,14 @@ def test_verify_fails_an_int8_bundle_with_one_damaged_weight_tensor(int8_bundle,
     assert seg in checks["own[onnxruntime]"]["error"]
     r = CliRunner().invoke(main, ["verify", str(root), "--backend", "onnxruntime"])
     assert r.exit_code == 3 and "own[onnxruntime]" in r.output
+
+
+def test_one_class_labels_are_warned_about_and_a_folder_is_not_an_input_file(tmp_path, caplog):
+    from edgeexit.metrics import warn_one_class
+
+    with caplog.at_level("WARNING", logger="edgeexit"):
+        warn_one_class(np.zeros(50, np.int64), "training")
+        warn_one_class(np.array([0, 1, 1]), "calibration")
+    assert [r.getMessage()[:45] for r in caplog.records] == ["the training labels hold 1 class only (0): th"]
+    r = CliRunner().invoke(main, ["run", str(BUNDLE), "--input", str(tmp_path)])
+    _one_error(r, "is a directory")
