@@ -89,8 +89,19 @@ def test_evaluate_and_compress_refuse_cuda_without_a_gpu_before_any_work(no_gpu,
     assert not (out / "report.json").exists() and not (out / "model.pt").exists()
 
 
-def test_bf16_autocast_trains_on_the_cpu_and_the_run_records_its_device(separable_npz, tmp_path):
+def test_bf16_autocast_trains_on_the_cpu_and_the_run_records_its_device(separable_npz, tmp_path,
+                                                                       monkeypatch):
+    """Also: the loop resolves config.device once and moves every batch there."""
+    import edgeexit.training.distributed as distributed
+    import edgeexit.training.loop as loop
     from edgeexit.data import load_source
+
+    asked, moved = [], []
+    real_resolve, real_move = distributed.resolve_device, loop.to_device
+    monkeypatch.setattr(distributed, "resolve_device",
+                        lambda spec: asked.append(spec) or real_resolve(spec))
+    monkeypatch.setattr(loop, "to_device",
+                        lambda t, dev: moved.append((t is None, dev)) or real_move(t, dev))
 
     data = load_source(separable_npz)
     data = data.subset(np.arange(300))
@@ -108,6 +119,9 @@ def test_bf16_autocast_trains_on_the_cpu_and_the_run_records_its_device(separabl
     assert m["device"] == "cpu" and m["amp"] == "bf16" and "bitwise" in m["determinism"]
     assert len(m["rank_weight_digests"]) == 1
     assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in r.model.parameters())
+    assert asked == ["cpu"]
+    assert moved and all(dev == torch.device("cpu") for _, dev in moved)
+    assert sum(not none for none, _ in moved) >= 3 * 2 * 2  # x, y, index of every batch
 
 
 def test_a_checkpoint_with_gpu_tensors_loads_on_a_cpu_only_machine(tiny_checkpoint, tmp_path, no_gpu):
