@@ -82,11 +82,21 @@ def _policies(engine: Engine, probs: list[np.ndarray], y, margin: float) -> dict
 
 
 def _links(engine: Engine, x: np.ndarray) -> list:
-    """The engine's batch-1 chain (bound by one predict), per segment (input, outputs, run, src)."""
+    """The engine's batch-1 chain (bound by one predict), per segment (input, logits, run, src).
+    An engine from before the chain (to time a previous version side by side): LiteRT's own
+    buffers of its sessions, in the same form."""
     engine.predict(x[0])
-    if engine._links is None:
+    if getattr(engine, "_links", None) is not None:
+        return engine._links
+    fast = [getattr(sess, "_fast", None) for sess in engine.sessions]
+    if any(f is None for f in fast):
         raise EdgeExitError(f"the {engine.backend} sessions offer no batch-1 buffers to time")
-    return engine._links
+    links, prev = [], None
+    for in_view, outs, invoke in fast:
+        links.append((in_view, outs[-1][0], invoke, prev))
+        prev = outs[0]
+    engine._first = (links[0][0][0], links[0][0].reshape(-1))
+    return links
 
 
 def _variants(engine: Engine, x: np.ndarray, rows, exits: np.ndarray, links: list) -> dict:
@@ -231,6 +241,11 @@ def main() -> None:
     if a.json:
         print(json.dumps(res, indent=2))
         return
+    print_table(res)
+
+
+def print_table(res: dict) -> None:
+    """The report of :func:`measure` as a text table (us per window, by step)."""
     print(f"{res['bundle']}: {res['windows']} windows, {res['backend']}, {res['threads']} thread(s)")
     cols = ("predict", "native", *STEPS, "other")
     print(f"{'policy':9} {'segs/win':>8} " + " ".join(f"{c:>8}" for c in cols)

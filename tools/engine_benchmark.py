@@ -207,14 +207,7 @@ def main() -> None:
 
 def _print(rep: dict) -> None:
     eng, floor, stream = rep["engine"], rep["policy_floor"], rep["stream"]
-    print(f"{eng['bundle']}: {eng['windows']} windows, {eng['backend']}, 1 thread")
-    cols = ("predict", "native", *decision_overhead.STEPS, "other")
-    print(f"{'policy':9} {'segs/win':>8} " + " ".join(f"{c:>8}" for c in cols)
-          + f" {'engine/segment':>14}   (us per window)")
-    for name, p in eng["policies"].items():
-        u = p["us_per_window"]
-        print(f"{name:9} {p['segments_run_per_window']:8.2f} " + " ".join(f"{u[c]:8.2f}" for c in cols)
-              + f" {p['engine_own_us_per_segment']:14.2f}")
+    decision_overhead.print_table(eng)
     u = floor["us_per_window"]
     print(f"\npolicy {floor['policy']} ({floor['segments_run_per_window']:.2f} segments/window): "
           f"{u['policy']:.1f} us vs monolithic {u['monolithic']:.1f} us = {floor['ratio']:.3f}x; "
