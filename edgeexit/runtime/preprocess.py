@@ -99,7 +99,7 @@ class BeatTemplate:
         previous beats; then ``w`` (float32 ``[window]``) joins the template's beats. A window that
         is not finite is answered (1, 1, 0) and does not join."""
         w = np.asarray(w, dtype=np.float32)
-        if not np.isfinite(w).all():
+        if not math.isfinite(w.sum(dtype=np.float64)):  # NaN or Inf somewhere
             return np.array([1.0, 1.0, 0.0], np.float32)
         out = _morph(w, self.template(w), self.qrs)
         self.add(w)
@@ -128,22 +128,24 @@ class BeatTemplate:
 
 
 def _morph(w: np.ndarray, t: np.ndarray, qrs: slice) -> np.ndarray:
-    """:data:`MORPH_FEATURES` of window ``w`` against template ``t`` (float64 arithmetic, both
-    rows at once: a stream pays it per beat)."""
-    wt = np.array((w, t), np.float64)  # [2, L]
-    q = wt[:, qrs]
-    q = q - q.mean(axis=1)[:, None]
-    aa, bb = (q * q).sum(axis=1).tolist()
-    ab = float(q[0] @ q[1])
+    """:data:`MORPH_FEATURES` of window ``w`` against template ``t``, in float64 from the 2 x 2
+    Gram matrices of the two (centred) windows and of their QRS parts: a stream pays this per
+    beat, so it is a dozen numpy calls, not one per sum."""
+    m = np.array((w, t), np.float64)  # [2, L]
+    m -= m.mean(axis=1)[:, None]
+    n = m.shape[1]
+    (ww, wt), (_, tt) = (m @ m.T).tolist()
+    q = m[:, qrs]
+    nq = q.shape[1]
+    (qa, qab), (_, qb) = (q @ q.T).tolist()
+    sa, sb = q.sum(axis=1).tolist()
     amp_a, amp_t = (q.max(axis=1) - q.min(axis=1)).tolist()
-    c = wt - wt.mean(axis=1)[:, None]
-    d = c[0] - c[1]
-    n = c.shape[1]
-    rms_t = math.sqrt(float(c[1] @ c[1]) / n)
+    aa, bb = max(0.0, qa - sa * sa / nq), max(0.0, qb - sb * sb / nq)  # QRS parts centred
     den = math.sqrt(aa * bb)
-    corr = ab / den if den > 1e-12 else 1.0
+    corr = (qab - sa * sb / nq) / den if den > 1e-12 else 1.0
     amp = amp_a / amp_t if amp_t > 1e-6 else 1.0
-    dev = math.sqrt(float(d @ d) / n) / rms_t if rms_t > 1e-6 else 0.0
+    rms_t = math.sqrt(max(0.0, tt) / n)
+    dev = math.sqrt(max(0.0, ww + tt - 2.0 * wt) / n) / rms_t if rms_t > 1e-6 else 0.0
     return np.array([corr, min(amp, MORPH_CLIP), min(dev, MORPH_CLIP)], np.float32)
 
 
