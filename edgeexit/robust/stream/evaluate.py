@@ -173,7 +173,15 @@ class _Stream:
         self.classes = tuple(device.engine.classes)
         self.active_w = _power(device.engine)
         self.n_exits = int(device.engine.manifest.num_exits)
+        self.macs = np.cumsum([seg.macs for seg in device.engine.manifest.segments])
         self.clean_runs = {}
+
+    def report(self, t: Tally) -> dict:
+        """The tally's figures, with the mean MACs per beat the exits taken cost."""
+        out = t.report(self.classes, self.active_w)
+        hist = np.asarray(out["exit_histogram"][: self.macs.size])
+        out["mean_macs_per_beat"] = float(np.dot(hist, self.macs[: hist.size]))
+        return out
 
     def clean(self) -> dict:
         t = Tally(len(self.classes), self.n_exits)
@@ -182,7 +190,7 @@ class _Stream:
             self.clean_runs[r.name] = run
             t.add(r.ann_samples, r.ann_labels, run, r.fs)
         self.tick("clean")
-        return t.report(self.classes, self.active_w)
+        return self.report(t)
 
     def noise(self, kind: str, snr: float, records) -> dict:
         t = Tally(len(self.classes), self.n_exits)
@@ -192,7 +200,7 @@ class _Stream:
             t.add(r.ann_samples, r.ann_labels, self.device.run(x, capture=False), r.fs)
         self.tick(f"noise {kind} {snr:g} dB")
         return {"noise": kind, "snr_db": snr, "source": "records" if records else "synthetic",
-                **t.report(self.classes, self.active_w)}
+                **self.report(t)}
 
     def attack(self, name: str, eps: float) -> dict:
         c = self.config
@@ -210,7 +218,7 @@ class _Stream:
             if getattr(atk, "window_held", None) is not None:
                 held.add(r, self.clean_runs[r.name], atk.window_held, answer)
             stats.append(atk.stats)
-        entry = {"attack": name, "eps": eps, **t.report(self.classes, self.active_w),
+        entry = {"attack": name, "eps": eps, **self.report(t),
                  "max_abs_change_mV": max_dev, "seconds": round(time.perf_counter() - t0, 1),
                  "stats": _merge(stats)}
         if held.n:
@@ -340,7 +348,8 @@ def _row(name: str, eps, m: dict, classes) -> str:
     hist = " / ".join(f"{100 * h:.0f}" for h in m["exit_histogram"])
     return (f"| {name} | {'' if eps is None else f'{eps:g}'} | {100 * d['sensitivity']:.2f} | "
             f"{100 * d['ppv']:.2f} | {d['fp']} | {100 * m['accuracy']:.1f} | {m['macro_f1']:.3f} | "
-            f"{sens} | {ppv} | {hist} | {m['inference_us_per_beat']:.0f} |")
+            f"{sens} | {ppv} | {hist} | {m.get('mean_macs_per_beat', float('nan')) / 1e6:.2f} | "
+            f"{m['inference_us_per_beat']:.0f} |")
 
 
 def format_markdown(report: dict) -> str:
@@ -359,8 +368,8 @@ def format_markdown(report: dict) -> str:
          f"Budgets: Linf in mV on the raw samples. Host: {report['host']['cpu']}."),
         "",
         f"| input | eps | det Se % | det PPV % | false det | acc % | macro-F1 | Se % ({' '.join(classes)}) "
-        f"| PPV % ({' '.join(classes)}) | exits % | us/beat |",
-        "|" + "---|" * 11,
+        f"| PPV % ({' '.join(classes)}) | exits % | MMACs/beat | us/beat |",
+        "|" + "---|" * 12,
         _row("clean", None, clean, classes),
     ]
     lines += [_row(f"noise {n['noise']} {n['snr_db']:g} dB", None, n, classes) for n in report["noise"]]
