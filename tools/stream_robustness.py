@@ -171,8 +171,10 @@ def main(argv=None) -> int:
 
     what = (f"the first {s['minutes']:g} min of each DS2 record" if s["minutes"]
             else "whole DS2 records") + (" (--quick)" if args.quick else "")
+    argv = list(sys.argv if argv is None else ["tools/stream_robustness.py", *argv])
+    command = [a for a in argv if a != "--table-only"]  # what measures it (the reports are cached)
     path = write_table(
-        args.out, title="Robustness on the device path: MIT-BIH DS2 streamed end to end vs window level",
+        args.out, command=command, title="Robustness on the device path: MIT-BIH DS2 streamed end to end vs window level",
         columns=COLUMNS, rows=rows + means(rows),
         notes=(f"{what}; fp32 ONNX bundles for rpi4, max_prob policy. Stream columns: detections "
                "matched to annotations within 150 ms, accuracy / macro-F1 (N,S,V,F) / S and V "
