@@ -343,3 +343,20 @@ def test_one_class_labels_are_warned_about_and_a_folder_is_not_an_input_file(tmp
     assert [r.getMessage()[:45] for r in caplog.records] == ["the training labels hold 1 class only (0): th"]
     r = CliRunner().invoke(main, ["run", str(BUNDLE), "--input", str(tmp_path)])
     _one_error(r, "is a directory")
+
+
+def test_an_install_directory_of_the_older_layout_is_converted_in_place(tmp_path):
+    """``current``/``previous`` as direct links (before the pair): read, rolled back, converted."""
+    into = tmp_path / "dev"
+    for v in (1, 2):
+        shutil.copytree(_copy(tmp_path, v), into / BUNDLES / f"b-v{v}")
+    (into / CURRENT).symlink_to(f"{BUNDLES}/b-v2")
+    (into / PREVIOUS).symlink_to(f"{BUNDLES}/b-v1")
+    assert status(into)["current"]["bundle_version"] == 2
+    assert status(into)["previous"]["bundle_version"] == 1
+    rollback(into)
+    assert _serving(into) == 1 and load_manifest(into / PREVIOUS).bundle_version == 2
+    assert (into / CURRENT).readlink().as_posix() == "pair/current"
+    install_bundle(pack_directory(_copy(tmp_path, 3), tmp_path / "v3.tar.gz"), into)
+    assert _serving(into) == 3 and load_manifest(into / PREVIOUS).bundle_version == 1
+    assert sorted(p.name for p in (into / BUNDLES).iterdir())[0] == "b-v1"  # v2 dropped: not in the pair
