@@ -46,11 +46,11 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     if isinstance(spec, torch.device):
         spec = str(spec)
     text = "auto" if spec is None else str(spec).strip().lower()
-    if text == "auto":
-        return torch.device("cuda", _local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+    if text == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
     if text == "cpu":
         return torch.device("cpu")
-    kind, _, index = text.partition(":")
+    kind, _, index = ("cuda", "", "") if text == "auto" else text.partition(":")
     if kind != "cuda" or (index and not index.isdigit()):
         raise ConfigError(f"unknown device {spec!r}; choose {', '.join(DEVICE_CHOICES)}")
     if not torch.cuda.is_available():
@@ -61,7 +61,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     k = int(index) if index else _local_rank()
     if k >= n:
         raise ConfigError(f"--device {text}: GPU {k} asked for, {n} visible (cuda:0 to "
-                          f"cuda:{n - 1}; CUDA_VISIBLE_DEVICES chooses them)")
+                          f"cuda:{n - 1}; CUDA_VISIBLE_DEVICES chooses them; under torchrun "
+                          "at most one process per GPU: --nproc-per-node)")
     return torch.device("cuda", k)
 
 

@@ -53,6 +53,9 @@ def test_auto_and_cuda_take_the_gpu_of_the_local_rank(two_gpus, monkeypatch):
     assert resolve_device("CUDA") == torch.device("cuda", 1)
     with pytest.raises(ConfigError, match="GPU 2 asked for, 2 visible"):
         resolve_device("cuda:2")
+    monkeypatch.setenv("LOCAL_RANK", "2")  # a third process on a node with two GPUs
+    with pytest.raises(ConfigError, match="GPU 2 asked for, 2 visible.*--nproc-per-node"):
+        resolve_device("auto")
     assert distributed_backend(torch.device("cuda", 0)) == "nccl"
     assert distributed_backend(torch.device("cpu")) == "gloo"
 
