@@ -232,7 +232,8 @@ def test_outputs_never_replace_a_users_files(tmp_path):
     (mine / "report.md").write_text("my notes\n")
     for cmd in (["train", "--epochs", "1", "--out", str(mine)],
                 ["evaluate", str(BUNDLE), "--out", str(mine)],
-                ["bench", str(BUNDLE), "--report", str(mine)]):
+                ["bench", str(BUNDLE), "--report", str(mine)],
+                ["report", str(tmp_path / "bench.json"), "--out", str(mine)]):
         _one_error(CliRunner().invoke(main, cmd), "did not write")
     (tmp_path / "data.npz").write_bytes(b"not a data set")
     _one_error(CliRunner().invoke(main, ["data", "generate", "--out", str(tmp_path / "data.npz")]),
