@@ -154,3 +154,25 @@ def test_evaluate_records_writes_the_report(stream_bundle, tmp_path):
     bad = CliRunner().invoke(main, ["evaluate", str(stream_bundle), "--records", "synthetic",
                                     "--attacks", "max_avg", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "unknown stream attack" in bad.output
+
+
+def test_tally_counts_missed_false_and_flagged_beats_apart():
+    from edgeexit.robust.stream.device import DeviceRun
+
+    ann = np.array([1000, 2000, 3000, 4000, 5000])
+    labels = np.array([0, 1, 0, 2, 0])  # N S N V N
+    # detections: 1000 (N, right), 2010 (S beat answered N), 3000 flagged, 4500 false (V),
+    # 5050 not answered (refused); 4000 missed
+    peaks = np.array([1000, 2010, 3000, 4500, 5050])
+    run = DeviceRun(peaks, peaks[:4], np.array([0, 0, 0, 2]), np.zeros(4, np.int64), np.ones(4),
+                    np.array([5050]), None, {}, np.array([False, False, True, False]))
+    t = Tally(5, 4)
+    answer = t.add(ann, labels, run, FS)
+    assert answer.tolist() == [0, 0, -1, -1, -1]
+    assert (t.tp, t.fp, t.fn) == (4, 1, 1)
+    rep = t.report(("N", "S", "V", "F", "Q"))
+    assert rep["flagged_unreadable"]["annotated"] == 1 and rep["flagged_unreadable"]["fraction"] == 0.2
+    assert rep["per_class"]["N"]["missed"] == 1 and rep["per_class"]["V"]["missed"] == 1
+    assert rep["per_class"]["N"]["sensitivity"] == 0.5  # 1 right of 2 (the flagged one apart)
+    assert rep["per_class"]["N"]["ppv"] == 0.5 and rep["per_class"]["V"]["ppv"] == 0.0  # 1 false V
+    assert rep["accuracy"] == 0.25 and rep["exit_histogram"] == [1.0, 0.0, 0.0, 0.0]

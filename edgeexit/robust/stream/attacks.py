@@ -164,8 +164,9 @@ class DevicePath:
     eval mode) and the deployed policy's ``objective``; the window geometry of the bundle."""
 
     def __init__(self, engine, model: torch.nn.Module, objective: Objective, channels,
-                 r_offset: int, fs: float) -> None:
+                 r_offset: int, fs: float, min_sqi: float | None = None) -> None:
         self.engine, self.model, self.objective = engine, model, objective
+        self.min_sqi = min_sqi  # the device's signal-quality gate (run --stream --min-sqi)
         self.window = int(engine.input_shape[-1])
         self.r_offset, self.fs = int(r_offset), float(fs)
         from edgeexit.robust.context import MorphContext
@@ -177,7 +178,7 @@ class DevicePath:
         self._beat = BeatTemplate(self.window, self.r_offset, self.fs)
 
     def run(self, signal: np.ndarray, capture: bool = True) -> DeviceRun:
-        return run_device(self.engine, signal, self.fs, capture=capture)
+        return run_device(self.engine, signal, self.fs, capture=capture, min_sqi=self.min_sqi)
 
     def templates(self, windows: np.ndarray) -> np.ndarray | None:
         """The morphology template each captured window was compared with (None: no morphology

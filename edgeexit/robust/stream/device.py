@@ -11,7 +11,9 @@ to the nearest unused annotation within 150 ms, :data:`~edgeexit.runtime.stream.
 reports detection sensitivity / PPV and, for the classes: a confusion matrix of the matched,
 answered beats; missed beats (no detection, or a detection the device did not answer) counted
 against their class's sensitivity; false detections counted against the PPV of the class the
-device gave them (EC57's extra-beat row).
+device gave them (EC57's extra-beat row). Beats the device flags unreadable (its signal-quality
+index, ``min_sqi``) are counted apart, per annotated class, with their share of all annotated
+beats: neither right, wrong nor missed (flagging every beat shows as a share of 1).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class DeviceRun:
     refused: np.ndarray
     windows: np.ndarray | None
     summary: dict
+    unreadable: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, bool))
+    """Per answered beat: flagged unreadable by the device's signal-quality index (``min_sqi``)."""
 
 
 class _Capture:
@@ -64,14 +68,17 @@ class _Capture:
 
 
 def run_device(engine, signal: np.ndarray, fs: float, *, capture: bool = False,
-               detector: dict | None = None, name: str = "record") -> DeviceRun:
-    """Stream ``signal`` (mV ``[T]``) through ``engine`` as ``run --stream`` does."""
+               detector: dict | None = None, name: str = "record",
+               min_sqi: float | None = None) -> DeviceRun:
+    """Stream ``signal`` (mV ``[T]``) through ``engine`` as ``run --stream`` does (``min_sqi``:
+    as ``run --stream --min-sqi``, beats below the quality index are flagged unreadable)."""
     x = np.asarray(signal, np.float64)
     step = max(1, int(round(BLOCK_S * fs)))
     src = Source(name, float(fs), iter([x[i:i + step] for i in range(0, x.size, step)]))
     eng = _Capture(engine) if capture else engine
-    r, y, ex, us, refused, summary = [], [], [], [], [], {}
-    for ev in stream_classify(eng, src, keep_beats=True, detector=detector):
+    r, y, ex, us, refused, flagged, summary = [], [], [], [], [], [], {}
+    extra = {} if min_sqi is None else {"min_sqi": min_sqi}
+    for ev in stream_classify(eng, src, keep_beats=True, detector=detector, **extra):
         if ev.get("summary"):
             summary = ev
         elif "error" in ev:
@@ -81,11 +88,13 @@ def run_device(engine, signal: np.ndarray, fs: float, *, capture: bool = False,
             y.append(ev["label_index"])
             ex.append(ev["exit"])
             us.append(sum(ev["segment_us"]))
+            flagged.append(bool(ev.get("unreadable", False)))
     windows = np.stack(eng.inputs) if capture and eng.inputs else None
     return DeviceRun(np.asarray(summary.get("all_peaks", []), np.int64), np.asarray(r, np.int64),
                      np.asarray(y, np.int64), np.asarray(ex, np.int64), np.asarray(us, np.float64),
                      np.asarray(refused, np.int64), windows,
-                     {k: v for k, v in summary.items() if k not in ("all_peaks", "r_samples", "labels")})
+                     {k: v for k, v in summary.items() if k not in ("all_peaks", "r_samples", "labels")},
+                     np.asarray(flagged, bool))
 
 
 def match(ann: np.ndarray, det: np.ndarray, tol: int) -> np.ndarray:
@@ -119,6 +128,8 @@ class Tally:
     confusion: np.ndarray = None  # [annotated, answered] of matched, answered beats
     missed: np.ndarray = None  # annotated beats of each class with no answered detection
     false: np.ndarray = None  # false detections by the class the device answered
+    flagged: np.ndarray = None  # annotated beats whose detection the device flagged unreadable
+    flagged_false: int = 0  # false detections flagged unreadable
     tp: int = 0
     fp: int = 0
     fn: int = 0
@@ -131,6 +142,7 @@ class Tally:
         self.confusion = np.zeros((self.k, self.k), np.int64)
         self.missed = np.zeros(self.k, np.int64)
         self.false = np.zeros(self.k, np.int64)
+        self.flagged = np.zeros(self.k, np.int64)
         self.exits = np.zeros(self.n_exits, np.int64)
 
     def add(self, ann: np.ndarray, labels: np.ndarray, run: DeviceRun, fs: float) -> np.ndarray:
@@ -140,16 +152,26 @@ class Tally:
         self.fp += int((m < 0).sum())
         self.fn += int(ann.size - (m >= 0).sum())
         answer = np.full(ann.size, -1, np.int64)
+        flagged = np.zeros(ann.size, bool)
         at = {int(r): i for i, r in enumerate(run.r_samples.tolist())}
+        unreadable = run.unreadable if run.unreadable.size == run.r_samples.size else \
+            np.zeros(run.r_samples.size, bool)
         for p, a in zip(run.peaks.tolist(), m.tolist()):
             i = at.get(p)
-            if a >= 0 and i is not None:
+            if i is None:
+                continue
+            if a >= 0 and unreadable[i]:
+                flagged[a] = True  # counted apart: neither right nor wrong, nor missed
+            elif a >= 0:
                 answer[a] = run.labels[i]
-            elif a < 0 and i is not None:
+            elif unreadable[i]:
+                self.flagged_false += 1
+            else:
                 self.false[run.labels[i]] += 1
+        self.flagged += np.bincount(labels[flagged], minlength=self.k)
         ok = answer >= 0
         np.add.at(self.confusion, (labels[ok], answer[ok]), 1)
-        self.missed += np.bincount(labels[~ok], minlength=self.k)
+        self.missed += np.bincount(labels[~ok & ~flagged], minlength=self.k)
         n_ex = int(run.exits.max(initial=-1)) + 1
         if n_ex > self.exits.size:
             self.exits = np.pad(self.exits, (0, n_ex - self.exits.size))
@@ -178,10 +200,12 @@ def score_report(t: Tally, classes: tuple[str, ...], active_w: float | None = No
         ppv = _div(c[i, i], c[:, i].sum() + t.false[i])
         f1s[name] = _div(2 * se * ppv, se + ppv)
         per[name] = {"sensitivity": se, "ppv": ppv, "f1": f1s[name], "annotated": annotated,
+                     "flagged_unreadable": int(t.flagged[i]),
                      "missed": int(t.missed[i]), "false_detections_as": int(t.false[i])}
     headline = [n for n in NSVF if n in classes and per[n]["annotated"]] or \
         [n for n in classes if per[n]["annotated"]]
     total = int(c.sum() + t.missed.sum())
+    n_flagged = int(t.flagged.sum())
     us = _div(t.inference_us, t.answered)
     out = {
         "detection": {"tolerance_s": MATCH_S, "tp": t.tp, "fp": t.fp, "fn": t.fn,
@@ -194,6 +218,9 @@ def score_report(t: Tally, classes: tuple[str, ...], active_w: float | None = No
         "per_class": per,
         "confusion": c.tolist(),
         "answered": t.answered,
+        "flagged_unreadable": {"annotated": n_flagged, "false_detections": t.flagged_false,
+                               "fraction": _div(n_flagged, total + n_flagged),
+                               "by_class": {n: int(v) for n, v in zip(classes, t.flagged) if v}},
         "exit_histogram": [_div(e, t.answered) for e in t.exits.tolist()],
         "inference_us_per_beat": us,
         "signal_s": round(t.signal_s, 1),

@@ -64,6 +64,8 @@ class StreamEvalConfig:
         synthetic_beats: beats of the synthetic records (``--records synthetic``).
         steps: PGD steps per round; rounds: PGD craft / re-detect rounds.
         shift_ms: the timing budget of ``timing_shift`` (ms).
+        min_sqi: the device's signal-quality gate, as ``run --stream --min-sqi`` (where the
+            runtime has it): flagged beats are counted apart (None: no gate).
         square_queries: queries per beat of the Square attack.
         backend, threads, seed: the runtime backend, torch/runtime threads, seeds.
     """
@@ -80,6 +82,7 @@ class StreamEvalConfig:
     rounds: int = 2
     square_queries: int = 100
     shift_ms: float = 20.0
+    min_sqi: float | None = None
     backend: str = "auto"
     threads: int = 1
     seed: int = 0
@@ -118,7 +121,7 @@ class StreamEvalResult:
 
 
 def device_path(target: str | os.PathLike, checkpoint=None, *, backend: str = "auto",
-                threads: int = 1):
+                threads: int = 1, min_sqi: float | None = None):
     """``(DevicePath, _Target)`` of a bundle: its engine, its source model (torch, eval mode)
     and the deployed policy's objective."""
     import torch
@@ -139,7 +142,7 @@ def device_path(target: str | os.PathLike, checkpoint=None, *, backend: str = "a
         r_offset = default_r_offset(int(t.engine.input_shape[-1]))
     fs = spec.fs if spec.fs is not None else t.ckpt.input_spec.get("fs", 360.0)
     return DevicePath(t.engine, t.ckpt.model, t.policy_objective(),
-                      t.ckpt.input_spec.get("channels"), r_offset, float(fs)), t
+                      t.ckpt.input_spec.get("channels"), r_offset, float(fs), min_sqi), t
 
 
 def _records_for(source: str, t, config: StreamEvalConfig) -> list[StreamRecord]:
@@ -294,7 +297,8 @@ def evaluate_stream(target: str | os.PathLike, records: str = SYNTHETIC, *,
     if out_dir is not None:
         check_output_directory(out_dir, EVALUATE_FILES, "evaluate", record="report.json")
     t_start = time.perf_counter()
-    device, t = device_path(target, checkpoint, backend=config.backend, threads=config.threads)
+    device, t = device_path(target, checkpoint, backend=config.backend, threads=config.threads,
+                            min_sqi=config.min_sqi)
     recs = _records_for(records, t, config)
     if not recs:
         raise ConfigError(f"--records {records}: no record selected")
@@ -348,7 +352,8 @@ def _row(name: str, eps, m: dict, classes) -> str:
     hist = " / ".join(f"{100 * h:.0f}" for h in m["exit_histogram"])
     return (f"| {name} | {'' if eps is None else f'{eps:g}'} | {100 * d['sensitivity']:.2f} | "
             f"{100 * d['ppv']:.2f} | {d['fp']} | {100 * m['accuracy']:.1f} | {m['macro_f1']:.3f} | "
-            f"{sens} | {ppv} | {hist} | {m.get('mean_macs_per_beat', float('nan')) / 1e6:.2f} | "
+            f"{sens} | {ppv} | {100 * m.get('flagged_unreadable', {}).get('fraction', 0.0):.1f} | "
+            f"{hist} | {m.get('mean_macs_per_beat', float('nan')) / 1e6:.2f} | "
             f"{m['inference_us_per_beat']:.0f} |")
 
 
@@ -368,8 +373,8 @@ def format_markdown(report: dict) -> str:
          f"Budgets: Linf in mV on the raw samples. Host: {report['host']['cpu']}."),
         "",
         f"| input | eps | det Se % | det PPV % | false det | acc % | macro-F1 | Se % ({' '.join(classes)}) "
-        f"| PPV % ({' '.join(classes)}) | exits % | MMACs/beat | us/beat |",
-        "|" + "---|" * 12,
+        f"| PPV % ({' '.join(classes)}) | flagged % | exits % | MMACs/beat | us/beat |",
+        "|" + "---|" * 13,
         _row("clean", None, clean, classes),
     ]
     lines += [_row(f"noise {n['noise']} {n['snr_db']:g} dB", None, n, classes) for n in report["noise"]]
