@@ -7,7 +7,11 @@ per stage), all written under one output directory:
 2. ``compress``: the model pruned (channels removed, :mod:`edgeexit.compress.prune`) and
    fine-tuned (``OUT/compressed/model.pt``), shown next to the original: parameters, MACs, test
    accuracy, and the batch-1 latency of both as one graph in the target's format, timed
-   alternately (``--prune 0`` skips it; everything after uses the compressed model);
+   alternately; everything after uses the compressed model. The fine-tuning is adversarial by
+   default (``finetune="ctxadv"``, :mod:`edgeexit.robust.methods.ctxadv`: PGD at 0.1 mV that
+   also moves the R-peak timing by up to 25 ms, the RR context recomputed as the device does),
+   so the deployed model is the robust one; ``finetune="standard"`` restores the plain
+   cross-entropy (``--prune 0`` with ``standard`` skips the stage);
 3. ``export``: per-exit segments for the target, checked against PyTorch (``OUT/bundle``, and
    ``OUT/bundle.tar.gz``);
 4. ``verify``: hashes and the golden replay with every installed backend;
@@ -19,7 +23,9 @@ per stage), all written under one output directory:
    side (:func:`edgeexit.runtime.profile.bench_engine`, exactly what ``edgeexit bench`` runs);
 7. ``evaluate``: a short robustness check of the deployed bundle (``OUT/evaluate``): policy-aware
    PGD at 0.1 mV and synthetic muscle noise at 6 dB on 300 test windows, through the runtime
-   (:func:`edgeexit.robust.evaluate.evaluate`, what ``edgeexit evaluate`` runs);
+   (:func:`edgeexit.robust.evaluate.evaluate`, what ``edgeexit evaluate`` runs); after a robust
+   fine-tuning, the standard model that training produced (``OUT/model.pt``, in PyTorch, every
+   exit averaged) is checked the same way (``OUT/evaluate-standard``), side by side;
 8. ``OUT/summary.json`` and ``OUT/summary.md``: every stage's figures, with the machine they were
    measured on.
 """
@@ -42,12 +48,16 @@ log = logging.getLogger(__name__)
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
-_OURS = {"model.pt", "metrics.json", "compressed", "bundle", "bundle.tar.gz", "evaluate", "report",
-         SUMMARY_JSON, SUMMARY_MD}
+_OURS = {"model.pt", "metrics.json", "compressed", "bundle", "bundle.tar.gz", "evaluate",
+         "evaluate-standard", "report", SUMMARY_JSON, SUMMARY_MD}
 # the short robustness check that ends the quick start (edgeexit evaluate runs the full one)
 EVAL_EPS = 0.1
 EVAL_SNR_DB = 6.0
 EVAL_WINDOWS = 300
+FINETUNES = ("ctxadv", "standard")
+ROBUST_EPOCHS = 3  # robust fine-tuning epochs (each costs about ROBUST_STEPS + 1 standard ones)
+ROBUST_STEPS = 3  # PGD steps per batch of the robust fine-tuning (cost: ~4x a standard epoch)
+ROBUST_TIMING_MS = 25.0  # the timing budget of the robust fine-tuning's attack
 # Width the quick start trains each family at, before pruning half its channels. Chosen so that
 # the pruned model's own compute (about 2M MACs) outweighs the fixed cost of a segment call:
 # at width 1 the pruned graphs run in 11-13 us on a desktop core, a few us per segment, and the
@@ -69,8 +79,12 @@ class QuickstartConfig:
             measured in the calibrate stage (:func:`edgeexit.calibrate.choose_exits`) and export
             again with them.
         epochs: maximum training epochs.
-        prune: fraction of channels pruned after training (0: deploy the trained model as is).
-        finetune_epochs: standard fine-tuning epochs of the pruned model.
+        prune: fraction of channels pruned after training (0: no pruning).
+        finetune: ``ctxadv`` (the default: adversarial fine-tuning whose attack also moves the
+            R-peak timing, so the deployed model is robust) or ``standard`` (cross-entropy; with
+            ``prune`` 0 the trained model is deployed as is).
+        finetune_epochs: fine-tuning epochs of the pruned model (None: 8 for ``standard``,
+            :data:`ROBUST_EPOCHS` for ``ctxadv``).
         seed: seeds the data, the weights and every sample drawn.
         threads: torch threads for training (None: torch's default).
         target: device preset of the bundle.
@@ -90,7 +104,8 @@ class QuickstartConfig:
     exits: tuple[int, ...] | str | None = "auto"
     epochs: int = 12
     prune: float = 0.5
-    finetune_epochs: int = 8
+    finetune: str = "ctxadv"
+    finetune_epochs: int | None = None
     seed: int = 0
     threads: int | None = None
     target: str = "rpi4"
@@ -106,6 +121,13 @@ class QuickstartConfig:
         d = dataclasses.asdict(self)
         d["exits"] = list(self.exits) if isinstance(self.exits, tuple) else self.exits
         return d
+
+
+def finetune_epochs(config: QuickstartConfig) -> int:
+    """The fine-tuning epochs of ``config`` (see :attr:`QuickstartConfig.finetune_epochs`)."""
+    if config.finetune_epochs is not None:
+        return config.finetune_epochs
+    return ROBUST_EPOCHS if config.finetune == "ctxadv" else 8
 
 
 def quickstart_width(config: QuickstartConfig) -> float:
@@ -130,7 +152,7 @@ def run_quickstart(
     stages = _Stages(on_stage or (lambda name, result: None))
     t_all = time.perf_counter()
     deployed = _train_stage(stages, spec, model_config, config, out, progress)
-    if config.prune > 0:
+    if config.prune > 0 or config.finetune == "ctxadv":
         t0 = time.perf_counter()
         result = _compress(deployed, spec, out / "compressed", config, progress)
         deployed = Path(result["checkpoint"])
@@ -140,7 +162,8 @@ def run_quickstart(
     _bench_stage(stages, bundle, out, config)
     if config.evaluate:
         t0 = time.perf_counter()
-        stages.done("evaluate", _short_evaluate(bundle, deployed, out / "evaluate", config), t0)
+        standard = out / "model.pt" if config.finetune == "ctxadv" else None
+        stages.done("evaluate", _short_evaluate(bundle, deployed, out, config, standard), t0)
     return _write_summary(out, config, stages, t_all)
 
 
@@ -168,6 +191,9 @@ def _check_config(out: Path, config: QuickstartConfig):
 
     check_output_directory(out, _OURS, "quickstart")
     check_spec(config.meter, allow_none=True)
+    if config.finetune not in FINETUNES:
+        raise ConfigError(f"unknown fine-tuning {config.finetune!r}; choose one of "
+                          f"{', '.join(FINETUNES)}")
     from edgeexit.models import ModelConfig, create_model
 
     model_config = ModelConfig(config.model, in_channels=8, num_classes=5,
@@ -366,7 +392,8 @@ def _meter(config: QuickstartConfig, engine):
 
 
 def _compress(checkpoint: Path, spec, out: Path, config: QuickstartConfig, progress: bool) -> dict:
-    """Prune the trained model, fine-tune it, and time both as one graph side by side."""
+    """Prune the trained model (when ``config.prune``), fine-tune it (robustly by default), and
+    time both as one graph side by side."""
     import copy
     import tempfile
 
@@ -382,16 +409,18 @@ def _compress(checkpoint: Path, spec, out: Path, config: QuickstartConfig, progr
     ck = load_checkpoint(checkpoint)
     original = copy.deepcopy(ck.model)  # the model before pruning (pruning works in place)
     train_set, test_set = load_train_test(spec)
-    pconf = PruneConfig(ratio=config.prune)
-    pruned = prune_model(ck.model, pconf, torch.from_numpy(train_set.x[:2]))
-    fconf = FinetuneConfig("standard", epochs=config.finetune_epochs, seed=config.seed,
-                           threads=config.threads)
+    pconf = PruneConfig(ratio=config.prune) if config.prune > 0 else None
+    pruned = None if pconf is None else prune_model(ck.model, pconf,
+                                                    torch.from_numpy(train_set.x[:2]))
+    epochs = finetune_epochs(config)
+    fconf = FinetuneConfig(config.finetune, epochs=epochs, seed=config.seed, threads=config.threads,
+                           eps=EVAL_EPS, attack_steps=ROBUST_STEPS, timing_ms=ROBUST_TIMING_MS)
     ft = finetune(ck.model, train_set, fconf, meta=ck.meta, test=test_set, out_dir=out,
                   data_spec=spec, progress=progress,
-                  extra_meta={"compression": {"source_checkpoint": str(checkpoint),
-                                              "prune": pconf.to_dict(),
-                                              "finetune": fconf.to_dict(),
-                                              "pruning": pruned.to_dict()}})
+                  extra_meta={"compression": {
+                      "source_checkpoint": str(checkpoint), "finetune": fconf.to_dict(),
+                      "prune": None if pconf is None else pconf.to_dict(),
+                      "pruning": None if pruned is None else pruned.to_dict()}})
     fmt = load_target(config.target).runtime.format
     shape = tuple(ck.input_spec["shape"])
     with tempfile.TemporaryDirectory(prefix=".quickstart-", dir=out) as tmp:
@@ -401,11 +430,15 @@ def _compress(checkpoint: Path, spec, out: Path, config: QuickstartConfig, progr
                                 threads=config.bench_threads or 1)[fmt]
     orig_test = ck.meta.get("final_test") or {}
     new_test = ft.metrics["exits"][-1]["test"]
+    params = [sum(p.numel() for p in m.parameters()) for m in (original, ck.model)]
     return {
-        "checkpoint": str(ft.checkpoint), "prune": config.prune,
-        "finetune_epochs": config.finetune_epochs,
-        "params": [pruned.params_before, pruned.params_after],
-        "macs": [pruned.macs_before[-1], pruned.macs_after[-1]],
+        "checkpoint": str(ft.checkpoint), "prune": config.prune, "finetune": config.finetune,
+        "finetune_epochs": epochs,
+        "finetune_attack": None if config.finetune == "standard" else {
+            "eps_mV": EVAL_EPS, "timing_ms": ROBUST_TIMING_MS, "steps": ROBUST_STEPS},
+        "params": params if pruned is None else [pruned.params_before, pruned.params_after],
+        "macs": [ft.metrics["exits"][-1]["cumulative_macs"]] * 2 if pruned is None
+        else [pruned.macs_before[-1], pruned.macs_after[-1]],
         "accuracy": [orig_test.get("accuracy"), new_test["accuracy"]],
         "macro_f1": [orig_test.get("macro_f1"), new_test["macro_f1"]],
         "latency_us": [lat["median_us"]["original"], lat["median_us"]["compressed"]],
@@ -413,26 +446,39 @@ def _compress(checkpoint: Path, spec, out: Path, config: QuickstartConfig, progr
     }
 
 
-def _short_evaluate(bundle: Path, checkpoint: Path, out: Path, config: QuickstartConfig) -> dict:
-    """Policy-aware PGD and muscle noise through the runtime on a few hundred test windows."""
+def _short_evaluate(bundle: Path, checkpoint: Path, out: Path, config: QuickstartConfig,
+                    standard: Path | None = None) -> dict:
+    """Policy-aware PGD and muscle noise through the runtime on a few hundred test windows
+    (``OUT/evaluate``); with ``standard`` (the trained model before the robust fine-tuning), the
+    same check of that checkpoint in PyTorch (``OUT/evaluate-standard``), its rows first."""
     from edgeexit.robust.evaluate import EvalConfig, evaluate
 
     ec = EvalConfig(eps=(EVAL_EPS,), sanity_eps=None, attacks=("policy",), steps=10,
                     noise=("ma",), snr_db=(EVAL_SNR_DB,), limit=EVAL_WINDOWS,
                     backend=config.bench_backend, threads=config.bench_threads or 1,
                     seed=config.seed)
-    r = evaluate(bundle, checkpoint=checkpoint, config=ec, out_dir=out).report
 
-    def row(name, m):
-        return {"input": name, "accuracy": m["policy"]["accuracy"],
-                "macro_f1": m["policy"]["macro_f1"], "final_exit_accuracy": m["exits"][-1]["accuracy"],
-                "exit_histogram": m["exit_histogram"], "latency_us": m["latency_us"]}
+    def rows(model: str, r: dict) -> list[dict]:
+        def row(name, m):
+            return {"model": model, "input": name, "accuracy": m["policy"]["accuracy"],
+                    "macro_f1": m["policy"]["macro_f1"],
+                    "final_exit_accuracy": m["exits"][-1]["accuracy"],
+                    "exit_histogram": m.get("exit_histogram"), "latency_us": m.get("latency_us")}
 
-    rows = [row("clean", r["clean"])]
-    rows += [row(f"policy-aware PGD {a['eps']:g} mV", a) for a in r["attacks"]]
-    rows += [row(f"muscle noise {n['snr_db']:g} dB", n) for n in r["noise"]]
-    return {"windows": r["data"]["test"]["beats"], "policy": r["target"]["policy"], "rows": rows,
-            "report": str(out / "report.md"), "command": f"edgeexit evaluate {bundle} --out DIR"}
+        return ([row("clean", r["clean"])]
+                + [row(f"policy-aware PGD {a['eps']:g} mV (window)", a) for a in r["attacks"]]
+                + [row(f"muscle noise {n['snr_db']:g} dB", n) for n in r["noise"]])
+
+    r = evaluate(bundle, checkpoint=checkpoint, config=ec, out_dir=out / "evaluate").report
+    robust = "robust (deployed bundle)" if standard is not None else "deployed bundle"
+    result = {"windows": r["data"]["test"]["beats"], "policy": r["target"]["policy"],
+              "rows": rows(robust, r), "report": str(out / "evaluate" / "report.md"),
+              "command": f"edgeexit evaluate {bundle} --out DIR"}
+    if standard is not None:
+        s = evaluate(standard, config=ec, out_dir=out / "evaluate-standard").report
+        result["rows"] = rows("standard (trained model, PyTorch)", s) + result["rows"]
+        result["standard_policy"] = s["target"]["policy"]
+    return result
 
 
 def _pct(v: float) -> str:
@@ -476,7 +522,7 @@ def _md_compress(cs: dict) -> list[str]:
     lines = [
         "",
         f"## Compress ({cs['elapsed_s']} s): pruned {cs['prune']:g} of the channels, "
-        f"fine-tuned {cs['finetune_epochs']} epochs (`{cs['checkpoint']}`)",
+        f"fine-tuned {cs['finetune_epochs']} epochs, {_finetune_kind(cs)} (`{cs['checkpoint']}`)",
         "",
         "| model | parameters | MACs | test accuracy | macro-F1 | one-graph latency (us, "
         f"{cs['latency_backend']}, batch 1) |",
@@ -489,6 +535,14 @@ def _md_compress(cs: dict) -> list[str]:
             f"{'-' if acc is None else _pct(acc)} | {'-' if f1 is None else f'{f1:.3f}'} | "
             f"{cs['latency_us'][i]:.1f}" + (f" ({cs['latency_ratio']:.2f}x) |" if i else " |"))
     return lines
+
+
+def _finetune_kind(cs: dict) -> str:
+    a = cs.get("finetune_attack")
+    if not a:
+        return "standard"
+    return (f"robust: ctxadv, PGD {a['eps_mV']:g} mV and R-peak timing +-{a['timing_ms']:g} ms, "
+            f"{a['steps']} steps")
 
 
 def _md_export(e: dict) -> list[str]:
@@ -555,15 +609,21 @@ def _md_bench(b: dict) -> list[str]:
 
 def _md_evaluate(ev: dict) -> list[str]:
     lines = [
-        f"## Evaluate ({ev['elapsed_s']} s): {ev['windows']} test windows through the runtime, "
-        f"{ev['policy']} (full report: `{ev['command']}`)",
+        f"## Evaluate ({ev['elapsed_s']} s): {ev['windows']} test windows; the deployed bundle "
+        f"through the runtime, {ev['policy']} (full report: `{ev['command']}`)",
         "",
-        "| input | accuracy | macro-F1 | final exit accuracy | exits taken | latency (us) |",
-        "|---|---|---|---|---|---|",
+        "| model | input | accuracy | macro-F1 | final exit accuracy | exits taken | latency (us) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r['input']} | {_pct(r['accuracy'])} | {r['macro_f1']:.3f} | "
-              f"{_pct(r['final_exit_accuracy'])} | "
-              f"{' / '.join(_pct(x) for x in r['exit_histogram'])} | {r['latency_us']:.0f} |"
+    lines += [f"| {r.get('model', 'deployed bundle')} | {r['input']} | {_pct(r['accuracy'])} | "
+              f"{r['macro_f1']:.3f} | {_pct(r['final_exit_accuracy'])} | "
+              + (" / ".join(_pct(x) for x in r["exit_histogram"]) if r.get("exit_histogram")
+                 else "-")
+              + " | " + ("-" if r.get("latency_us") is None else f"{r['latency_us']:.0f}") + " |"
               for r in ev["rows"]]
+    if ev.get("standard_policy"):
+        lines += ["", f"The standard model is checked in PyTorch ({ev['standard_policy']}), the "
+                  "robust one as deployed. The attack is window-level policy-aware PGD (RR "
+                  "context held): not yet the device path's end-to-end attack."]
     lines.append("")
     return lines

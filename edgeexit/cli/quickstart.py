@@ -23,7 +23,7 @@ def _train(r: dict) -> list[str]:
 
 def _compress(r: dict) -> list[str]:
     lines = [f"[compress] pruned {r['prune']:g} of the channels, fine-tuned "
-             f"{r['finetune_epochs']} epochs, {r['elapsed_s']} s",
+             f"{r['finetune_epochs']} epochs ({r.get('finetune', 'standard')}), {r['elapsed_s']} s",
              f"  {'model':10} {'params':>8} {'MACs':>10} {'test acc%':>9} {'mF1':>6} "
              f"{'us/beat':>8}  (one graph, {r['latency_backend']}, batch 1, timed alternately)"]
     for i, which in enumerate(("original", "compressed")):
@@ -66,11 +66,13 @@ def _calibrate(r: dict) -> list[str]:
 def _evaluate(r: dict) -> list[str]:
     lines = [f"[evaluate] {r['windows']} test windows through the runtime, {r['policy']}, "
              f"{r['elapsed_s']} s (the full check: {r['command']})",
-             f"  {'input':26} {'accuracy':>9} {'mF1':>6} {'latency us':>10}  exits taken"]
+             f"  {'model':10} {'input':34} {'accuracy':>9} {'mF1':>6} {'latency us':>10}  exits"]
     for row in r["rows"]:
-        lines.append(f"  {row['input']:26} {pct(row['accuracy']):>9} {row['macro_f1']:6.3f} "
-                     f"{row['latency_us']:10.0f}  "
-                     + " ".join(f"{100 * f:.0f}%" for f in row["exit_histogram"]))
+        lat, hist = row.get("latency_us"), row.get("exit_histogram") or []
+        lines.append(f"  {row.get('model', 'deployed').split(' ')[0]:10} {row['input']:34} "
+                     f"{pct(row['accuracy']):>9} {row['macro_f1']:6.3f} "
+                     + (f"{'-':>10}" if lat is None else f"{lat:10.0f}") + "  "
+                     + " ".join(f"{100 * f:.0f}%" for f in hist))
     return lines
 
 
@@ -123,10 +125,14 @@ STAGES = {"train": _train, "compress": _compress, "export": _export, "verify": _
                    "or a list such as 0,3 (see `edgeexit export --exits`).")
 @click.option("--epochs", default=12, show_default=True)
 @click.option("--prune", default=0.5, show_default=True,
-              help="Fraction of channels pruned after training, then fine-tuned (0: deploy the "
-                   "trained model as is).")
-@click.option("--finetune-epochs", default=8, show_default=True,
-              help="Fine-tuning epochs of the pruned model.")
+              help="Fraction of channels pruned after training, then fine-tuned (0: no pruning; "
+                   "with --finetune standard, the trained model is deployed as is).")
+@click.option("--finetune", type=click.Choice(["ctxadv", "standard"]), default="ctxadv",
+              show_default=True,
+              help="Fine-tuning of the pruned model: ctxadv (adversarial, PGD at 0.1 mV that also "
+                   "moves the R-peak timing: the deployed model is robust) or standard.")
+@click.option("--finetune-epochs", type=int, default=None,
+              help="Fine-tuning epochs (default: 3 for ctxadv, 8 for standard).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Training threads (default: all cores).")
@@ -140,8 +146,8 @@ STAGES = {"train": _train, "compress": _compress, "export": _export, "verify": _
               help="End with a short robustness check of the bundle (policy-aware PGD at 0.1 mV "
                    "and muscle noise at 6 dB, through the runtime).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (tables on stderr).")
-def quickstart(out_dir, model, width, exit_heads, exits, epochs, prune, finetune_epochs, seed,
-               threads, target, margin, backend, meter, run_eval, as_json):
+def quickstart(out_dir, model, width, exit_heads, exits, epochs, prune, finetune, finetune_epochs,
+               seed, threads, target, margin, backend, meter, run_eval, as_json):
     """Train, export, verify, calibrate and benchmark a multi-exit model in one command.
 
     On the built-in synthetic ECG: trains a small model, prunes and fine-tunes it (shown next to
@@ -158,7 +164,8 @@ def quickstart(out_dir, model, width, exit_heads, exits, epochs, prune, finetune
     config = QuickstartConfig(model=model, width=width, exit_heads=exit_heads,
                               exits="auto" if exits == "auto" else
                               None if exits == "all" else parse_exits(exits),
-                              epochs=epochs, prune=prune, finetune_epochs=finetune_epochs,
+                              epochs=epochs, prune=prune, finetune=finetune,
+                              finetune_epochs=finetune_epochs,
                               seed=seed, threads=threads, target=target,
                               margin=margin, bench_backend=backend, evaluate=run_eval, meter=meter)
 

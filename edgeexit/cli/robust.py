@@ -145,8 +145,8 @@ def _evaluate_stream(target, records, checkpoint, out_dir, eps, attacks, steps, 
 
 _COMPRESS_GROUPS = (
     ("Pruning", ("ratio", "stage_ratios", "scope", "importance", "prune_steps", "step_epochs")),
-    ("Fine-tuning", ("kind", "epochs", "lr", "eps", "attack_steps", "eta", "vae", "vae_epochs",
-                     "source", "train_limit")),
+    ("Fine-tuning", ("kind", "epochs", "lr", "eps", "attack_steps", "timing_ms", "eta", "vae",
+                     "vae_epochs", "source", "train_limit")),
     ("Report", ("out_dir", "eval_eps", "eval_limit", "formats", "no_onmanifold_eval", "as_json")),
     ("Run", ("threads", "device", "amp", "seed", "progress")),
 )
@@ -170,16 +170,19 @@ _COMPRESS_GROUPS = (
               help="Iterative pruning in this many steps, fine-tuning --step-epochs in between.")
 @click.option("--step-epochs", default=1, show_default=True,
               help="Fine-tuning epochs between pruning steps.")
-@click.option("--finetune", "kind", type=click.Choice(["none", "standard", "adv", "onmanifold"]),
+@click.option("--finetune", "kind", type=click.Choice(["none", "standard", "adv", "ctxadv", "onmanifold"]),
               default="standard", show_default=True,
-              help="standard: cross-entropy; adv: RDI-Nets PGD training; onmanifold: PGD plus "
-                   "on-manifold (VAE latent) adversarial examples.")
+              help="standard: cross-entropy; adv: RDI-Nets PGD training; ctxadv: PGD that also "
+                   "moves the R-peak timing (--timing-ms); onmanifold: PGD plus on-manifold (VAE "
+                   "latent) adversarial examples.")
 @click.option("--epochs", default=8, show_default=True, help="Fine-tuning epochs.")
 @click.option("--lr", default=None, type=float,
               help="Fine-tuning learning rate (default: the one training used).")
 @click.option("--eps", default=0.1, show_default=True,
               help="adv/onmanifold: PGD budget in mV (Linf, signal channels).")
 @click.option("--attack-steps", default=5, show_default=True, help="PGD steps per training batch.")
+@click.option("--timing-ms", default=25.0, show_default=True,
+              help="ctxadv: largest move of one R-peak detection by the training attack, ms.")
 @click.option("--eta", default=None, type=float,
               help="onmanifold: latent budget (default: the method's).")
 @click.option("--vae", default=None, type=click.Path(exists=True, dir_okay=False),
@@ -207,9 +210,9 @@ _COMPRESS_GROUPS = (
               help="Stage lines and progress bars on stderr.")
 @json_option
 def compress(checkpoint, out_dir, ratio, stage_ratios, scope, importance, prune_steps, step_epochs,
-             kind, epochs, lr, eps, attack_steps, eta, vae, source, train_limit, eval_eps,
-             eval_limit, vae_epochs, formats, no_onmanifold_eval, threads, seed, device, amp,
-             progress, as_json):
+             kind, epochs, lr, eps, attack_steps, timing_ms, eta, vae, source, train_limit,
+             eval_eps, eval_limit, vae_epochs, formats, no_onmanifold_eval, threads, seed, device,
+             amp, progress, as_json):
     """Prune a checkpoint (channels really removed), fine-tune it, and report before vs after.
 
     Writes OUT/model.pt (it loads from the file alone and exports like any checkpoint),
@@ -226,7 +229,8 @@ def compress(checkpoint, out_dir, ratio, stage_ratios, scope, importance, prune_
         prune=PruneConfig(ratio=ratio, scope=scope, importance=importance, steps=prune_steps,
                           stage_ratios=floats(stage_ratios) if stage_ratios else None),
         finetune=FinetuneConfig(kind, epochs=epochs, lr=lr, eps=eps, attack_steps=attack_steps,
-                                eta=eta, seed=seed, threads=threads, device=device, amp=amp),
+                                timing_ms=timing_ms, eta=eta, seed=seed, threads=threads,
+                                device=device, amp=amp),
         step_epochs=step_epochs, train_limit=train_limit or None, eval_eps=floats(eval_eps),
         eval_limit=eval_limit or None, onmanifold=not no_onmanifold_eval, seed=seed,
         threads=threads, vae_epochs=vae_epochs, formats=names(formats))

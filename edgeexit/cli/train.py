@@ -32,6 +32,7 @@ _METHOD_OPTIONS = {
     "ima_bisection_steps": ("bisection_steps", "ima"), "ima_criterion": ("criterion", "ima"),
     "vae": ("vae", "onmanifold"), "eta": ("eta", "onmanifold"),
     "latent_steps": ("latent_steps", "onmanifold"),
+    "timing_ms": ("timing_ms", "ctxadv"),
 }
 
 _GROUPS = (
@@ -128,8 +129,10 @@ def _recipe(config_file: str | None, ctx: click.Context, options: dict):
 @click.option("--method", default="standard", show_default=True,
               help="Training method: standard, rdi (RDI-Nets adversarial training), neokd (NEO-KD: "
                    "RDI plus neighbour and exit-wise orthogonal distillation), ima (increasing-"
-                   "margin adversarial training) or onmanifold (RDI plus on-manifold examples of "
-                   "a VAE, --vae). Method options left unset keep its defaults.")
+                   "margin adversarial training), onmanifold (RDI plus on-manifold examples of "
+                   "a VAE, --vae) or ctxadv (RDI whose attack also moves the R-peak timing, "
+                   "--timing-ms, and recomputes the RR context as the device does). Method "
+                   "options left unset keep its defaults.")
 @click.option("--eps", type=float, default=None,
               help="rdi, neokd: attack budget on the ECG channels in mV (Linf per sample; L2 over "
                    "the window) [default 0.1].")
@@ -168,6 +171,9 @@ def _recipe(config_file: str | None, ctx: click.Context, options: dict):
               help="onmanifold: latent Linf budget of the on-manifold examples [default 0.5].")
 @click.option("--latent-steps", type=int, default=None,
               help="onmanifold: latent PGD steps per batch [default 5].")
+@click.option("--timing-ms", type=float, default=None,
+              help="ctxadv: largest move of one R-peak detection by the training attack, ms "
+                   "[default 25].")
 @click.option("--attack-morph", type=click.Choice(["follows", "held"]), default="follows",
               show_default=True,
               help="rdi, neokd, ima, onmanifold on data with --morph-context: the training "

@@ -6,6 +6,9 @@ shared training loop (:func:`edgeexit.train.train`, with the pruned model as its
 
 - ``standard``: the weighted per-exit cross-entropy;
 - ``adv``: RDI-Nets (``rdi``): clean and multi-exit PGD examples within ``eps`` mV;
+- ``ctxadv``: context-adversarial (``ctxadv``): RDI-Nets whose PGD also moves the R-peak
+  detections within ``timing_ms`` and recomputes the RR context as the device does
+  (:mod:`edgeexit.robust.methods.ctxadv`);
 - ``onmanifold``: Kwon & Lee (Future Internet 2021): ordinary PGD examples and on-manifold ones
   (PGD in the latent space of a VAE of the signal, decoded, kept only when the label is
   preserved), see :mod:`edgeexit.compress.manifold`.
@@ -29,8 +32,8 @@ from edgeexit.data import BeatDataset, DataSpec
 from edgeexit.errors import ConfigError
 from edgeexit.models import MultiExitNet
 
-FINETUNES = ("none", "standard", "adv", "onmanifold")
-METHOD_OF = {"standard": "standard", "adv": "rdi", "onmanifold": "onmanifold"}
+FINETUNES = ("none", "standard", "adv", "ctxadv", "onmanifold")
+METHOD_OF = {"standard": "standard", "adv": "rdi", "ctxadv": "ctxadv", "onmanifold": "onmanifold"}
 """The training method behind every kind of fine-tuning."""
 
 
@@ -39,14 +42,16 @@ class FinetuneConfig:
     """How to fine-tune the compressed model.
 
     Attributes:
-        kind: ``none``, ``standard``, ``adv`` or ``onmanifold``.
+        kind: ``none``, ``standard``, ``adv``, ``ctxadv`` or ``onmanifold``.
         epochs: fine-tuning epochs (the best by validation macro-F1 is kept). Measured on the
             quick-start model pruned at 0.75 (test accuracy 10% right after pruning, 98.7%
             before): 96.1% after 4 epochs, 98.3% after 8.
         lr: peak AdamW learning rate (cosine-decayed); None = the one training used (a pruned
             model at 0.75 recovers poorly at a third of it: 60% after 2 epochs at 1e-3).
-        eps: ``adv`` and ``onmanifold``: the PGD budget in mV (Linf) on the signal channels.
+        eps: ``adv``, ``ctxadv`` and ``onmanifold``: the PGD budget in mV (Linf) on the signal
+            channels.
         attack_steps: PGD steps per batch.
+        timing_ms: ``ctxadv``: the largest move of one R-peak detection, ms.
         eta: ``onmanifold``: the latent budget (Linf on z); None = the method's default.
         latent_steps: ``onmanifold``: latent PGD steps; None = the method's default.
         seed: seeds the shuffling and the attacks' random starts.
@@ -61,6 +66,7 @@ class FinetuneConfig:
     lr: float | None = None
     eps: float = 0.1
     attack_steps: int = 5
+    timing_ms: float = 25.0
     eta: float | None = None
     latent_steps: int | None = None
     seed: int = 0
@@ -95,6 +101,8 @@ def method_options(config: FinetuneConfig, vae: str | os.PathLike | None) -> dic
     if config.kind in ("none", "standard"):
         return {}
     options = {"eps": float(config.eps), "steps": int(config.attack_steps)}
+    if config.kind == "ctxadv":
+        options["timing_ms"] = float(config.timing_ms)
     if config.kind == "onmanifold":
         if vae is None:
             raise ConfigError("on-manifold fine-tuning needs a VAE file (train one, or --vae FILE)")

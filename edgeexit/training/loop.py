@@ -164,6 +164,8 @@ def _setup(data: BeatDataset, config: TrainConfig, dist: Distributed, model: Mul
             signal_channels=data.signal_channels,
             world=dist.world,
             morph=morph,
+            channels=None if data.channels is None else tuple(data.channels),
+            fs=data.fs,
         )
     )
     costs = profile_model(model, data.input_shape)

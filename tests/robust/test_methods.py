@@ -45,6 +45,7 @@ def beats():
     ("rdi", {"eps": 0.1, "steps": 2, "attack": "max-avg", "norm": "l2"}),
     ("neokd", {"eps": 0.05, "steps": 2, "alpha": 2.0, "temperature": 2.0}),
     ("ima", {"eps_step": 0.05, "steps": 2, "bisection_steps": 4}),
+    ("ctxadv", {"eps": 0.05, "steps": 2, "timing_ms": 30.0}),
 ])
 def test_method_trains_and_the_checkpoint_records_its_settings(beats, tmp_path, method, options):
     config = TrainConfig(method=method, method_config=make_method_config(method, options), **TINY)

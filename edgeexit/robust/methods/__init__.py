@@ -1,5 +1,6 @@
 """Training methods for multi-exit models (one file per method); they register on import."""
 
+from edgeexit.robust.methods import ctxadv as _ctxadv  # noqa: F401  (registers "ctxadv")
 from edgeexit.robust.methods import ima as _ima  # noqa: F401  (registers "ima")
 from edgeexit.robust.methods import neokd as _neokd  # noqa: F401  (registers "neokd")
 from edgeexit.robust.methods import onmanifold as _onmanifold  # noqa: F401  (registers "onmanifold")

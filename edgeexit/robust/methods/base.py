@@ -94,6 +94,8 @@ class TrainContext:
             attacks recompute the morphology channels from the perturbed waveform, as the device
             does (every batch then carries its ``template``); None: the attacks hold them at
             the batch's values (data without morphology channels, or ``attack_morph="held"``).
+        channels: the data's channel names (``ctxadv`` finds the RR channels by name), or None.
+        fs: the data's sampling rate in Hz, or None.
     """
 
     model: nn.Module
@@ -103,6 +105,8 @@ class TrainContext:
     signal_channels: int
     world: int = 1
     morph: Any = None
+    channels: tuple[str, ...] | None = None
+    fs: float | None = None
 
 
 class TrainingMethod(abc.ABC):

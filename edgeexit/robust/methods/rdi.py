@@ -30,9 +30,13 @@ class RDI(TrainingMethod):
 
     def setup(self, context: TrainContext) -> None:
         super().setup(context)
-        self.attack = TrainingAttack(self.config, context)
+        self.attack = self.make_attack(context)
         self._attack_losses: list[float] = []
         self._zero_grad = 0.0
+
+    def make_attack(self, context: TrainContext):
+        """The training attack (``ctxadv`` makes its own)."""
+        return TrainingAttack(self.config, context)
 
     def adversarial(self, batch: Batch) -> torch.Tensor:
         """The training attack's adversarial inputs for ``batch`` (detached)."""

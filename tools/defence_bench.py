@@ -1,0 +1,235 @@
+"""The device-path defence (``ctxadv``) on MIT-BIH: fine-tune, then measure against the context.
+
+Two steps, each resumable (a run whose output exists is skipped):
+
+``finetune``: fine-tunes DS1-trained checkpoints (e.g. the shared /work/models/standard-seedN)
+with ``ctxadv`` (or ``rdi``, ``--timing-ms 0``) on DS1 (the records the checkpoint's training
+held out for validation stay held out: same seed, same split), into OUT/<name>-seedN/.
+
+``measure``: the final exit of every model, on DS1's held-out validation records (``--split
+val``: what chooses the defence, never DS2) or on DS2 (``--split test``), clean and under
+
+- ``pgd``: final-exit PGD on the waveform (Linf eps mV), RR channels held, morphology channels
+  recomputed from the attacked waveform (today's window-level threat model);
+- ``context``: the same PGD that also moves the beat's and its neighbours' R-peak detections by
+  up to ``--eval-timing-ms`` each, the RR channels recomputed from the moved detections and the
+  window re-cut (:func:`edgeexit.robust.timing.context_attack`): the device path's context,
+  window by window (no detector; the stream-level attacks of issue 27 part A replace it);
+- ``noise``: synthetic muscle noise at 6 dB on the window (morphology recomputed).
+
+It writes a results table (``edgeexit.results``): accuracy, macro-F1 (N/S/V/F), S and V
+sensitivity per model and input, and the mean and spread over the seeds of each method.
+
+    PYTHONPATH=. .venv/bin/python tools/defence_bench.py finetune --base /work/models \\
+        --seeds 0 --timing-ms 25 --epochs 1 --out runs/defence
+    PYTHONPATH=. .venv/bin/python tools/defence_bench.py measure --split val --limit 2000 \\
+        --model standard-seed0=/work/models/standard-seed0/model.pt \\
+        --model ctxadv25-seed0=runs/defence/ctxadv25-seed0/model.pt --out results/defence_val.json
+
+``--quick``: 300 windows, 5 PGD steps (a smoke run, not a figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("defence_bench")
+
+
+def finetune_one(base: Path, seed: int, timing_ms: float, epochs: int, steps: int, eps: float,
+                 out: Path, threads: int, train_limit: int | None) -> Path:
+    import torch
+
+    from edgeexit.checkpoint import load_checkpoint
+    from edgeexit.compress.finetune import FinetuneConfig, train_config
+    from edgeexit.data import load_split, stratified_index
+    from edgeexit.train import recorded_train_config, train
+    from edgeexit.training.data import split_validation
+
+    torch.set_num_threads(threads)
+    if (out / "model.pt").exists():
+        log.info("%s exists: skipped", out)
+        return out / "model.pt"
+    ck = load_checkpoint(base)
+    spec = ck.data_spec(None)
+    # the records the checkpoint's training held out stay held out (its seed, its split)
+    fit_part, val_part = split_validation(load_split(spec, "train"), recorded_train_config(ck.meta))
+    if train_limit:
+        fit_part = fit_part.subset(stratified_index(fit_part, train_limit, seed))
+    kind = "ctxadv" if timing_ms > 0 else "adv"
+    conf = FinetuneConfig(kind, epochs=epochs, eps=eps, attack_steps=steps,
+                          timing_ms=timing_ms if timing_ms > 0 else 25.0, seed=seed, threads=threads)
+    t0 = time.perf_counter()
+    train(fit_part, train_config(conf, ck.meta), val=val_part, model=ck.model, out_dir=out,
+          data_spec=spec, meta={"finetuned_from": str(base), "finetune": conf.to_dict(),
+                                "train_limit": train_limit})
+    log.info("%s: %.0f s", out, time.perf_counter() - t0)
+    return out / "model.pt"
+
+
+_DATA: dict = {}
+
+
+def _inputs(ckpt, split: str, limit: int, seed: int):
+    """The windows (a seeded uniform sample) and their morphology templates (loaded once per
+    data spec and validation split)."""
+    key = (repr(ckpt.data_spec(None)), split, repr(ckpt.meta.get("train_config", {}).get("seed")),
+           limit, seed)
+    if key not in _DATA:
+        _DATA[key] = _load_inputs(ckpt, split, limit, seed)
+    return _DATA[key]
+
+
+def _load_inputs(ckpt, split: str, limit: int, seed: int):
+    from edgeexit.data import load_split
+    from edgeexit.robust.context import MorphContext, record_templates
+    from edgeexit.train import recorded_train_config
+    from edgeexit.training.data import split_validation
+
+    spec = ckpt.data_spec(None)
+    if split == "val":  # the records the checkpoint's training held out (DS1)
+        full = load_split(spec, "train")
+        full = split_validation(full, recorded_train_config(ckpt.meta))[1]
+    else:
+        full = load_split(spec, "test")
+    morph = MorphContext.of(full)
+    templates = None if morph is None else record_templates(full, morph.r_offset)
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(full), min(limit, len(full)), replace=False))
+    return full.subset(idx), None if templates is None else templates[idx]
+
+
+def _scores(y, pred, classes) -> dict:
+    from edgeexit.metrics import classification_report, headline_macro_f1
+
+    r = classification_report(y, pred, classes)
+    pc = r["per_class"]
+    return {"accuracy": r["accuracy"], "macro_f1": headline_macro_f1(r),
+            "S_sens": pc.get("S", {}).get("sensitivity"), "V_sens": pc.get("V", {}).get("sensitivity")}
+
+
+def measure_one(path: Path, split: str, limit: int, seed: int, eps_list, timing_ms: float,
+                steps: int) -> dict:
+    import torch
+
+    from edgeexit.checkpoint import load_checkpoint
+    from edgeexit.robust.attacks import PGD
+    from edgeexit.robust.context import MorphContext
+    from edgeexit.robust.noise import add_noise
+    from edgeexit.robust.timing import context_attack
+
+    ck = load_checkpoint(path)
+    model = ck.model.eval()
+    data, templates = _inputs(ck, split, limit, seed)
+    morph = MorphContext.of(data)
+
+    def final(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate([model(torch.from_numpy(x[i:i + 512]))[-1].argmax(1).numpy()
+                                   for i in range(0, len(x), 512)])
+
+    def score(x):
+        return _scores(data.y, final(x), data.classes)
+
+    rows = {"clean": score(data.x)}
+    xt = data.x if morph is None else morph.attach(data, templates)
+    for eps in eps_list:
+        attack = PGD(model if morph is None else morph.wrap(model), eps, steps=steps,
+                     objective="final", seed=seed, signal_channels=data.signal_channels)
+        xa = torch.cat([attack(torch.from_numpy(xt[i:i + 256]), torch.from_numpy(data.y[i:i + 256]))
+                        for i in range(0, len(xt), 256)]).numpy()
+        rows[f"pgd {eps:g}"] = score(xa if morph is None else morph.finish(xa))
+        xc = context_attack(model, data, eps=eps, budget_ms=timing_ms, steps=steps,
+                            objective="final", seed=seed, templates=templates)
+        rows[f"context {eps:g}"] = score(xc)
+    noisy = add_noise(data.x, "ma", 6.0, fs=data.fs, signal_channels=data.signal_channels,
+                      seed=seed)
+    rows["noise ma 6dB"] = score(noisy if morph is None else morph.finish(
+        np.concatenate([noisy, templates[:, None]], axis=1)))
+    return rows
+
+
+def _table(results: dict[str, dict], args) -> None:
+    from edgeexit.results import write_table
+
+    inputs = list(next(iter(results.values())))
+    methods: dict[str, list[str]] = {}
+    for name in results:
+        methods.setdefault(name.rsplit("-seed", 1)[0], []).append(name)
+    cols = ["model", "seeds", "input", "accuracy", "macro-F1", "S sens", "V sens"]
+    rows = []
+    for method, names in methods.items():
+        for inp in inputs:
+            vals = {k: [results[n][inp][k] for n in names] for k in ("accuracy", "macro_f1",
+                                                                        "S_sens", "V_sens")}
+            rows.append([method, len(names), inp] + [
+                f"{np.mean(v):.3f} +- {np.std(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+                for v in vals.values()])
+    write_table(args.out, title=f"ctxadv vs the shared models, final exit, {args.split} "
+                f"({args.limit} windows)", columns=cols, rows=rows,
+                command=" ".join(sys.argv), extra={"per_model": results, "eps": args.eps,
+                                                   "eval_timing_ms": args.eval_timing_ms,
+                                                   "steps": args.steps},
+                notes="pgd: waveform only, RR held; context: waveform plus R-peak timing moved "
+                      f"within {args.eval_timing_ms:g} ms per detection, RR recomputed, window "
+                      "re-cut; morphology recomputed from the attacked waveform in both.")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="step", required=True)
+    f = sub.add_parser("finetune")
+    f.add_argument("--base", default="/work/models", help="directory of standard-seedN/model.pt")
+    f.add_argument("--seeds", default="0")
+    f.add_argument("--timing-ms", type=float, default=25.0, help="0: rdi (waveform only)")
+    f.add_argument("--epochs", type=int, default=1)
+    f.add_argument("--steps", type=int, default=3)
+    f.add_argument("--eps", type=float, default=0.1)
+    f.add_argument("--train-limit", type=int, default=0, help="DS1 beats used (0: all)")
+    f.add_argument("--threads", type=int, default=1)
+    f.add_argument("--out", required=True)
+    m = sub.add_parser("measure")
+    m.add_argument("--model", action="append", required=True, help="NAME-seedN=PATH")
+    m.add_argument("--split", choices=["val", "test"], default="val")
+    m.add_argument("--limit", type=int, default=2000)
+    m.add_argument("--eps", default="0.1")
+    m.add_argument("--eval-timing-ms", type=float, default=25.0)
+    m.add_argument("--steps", type=int, default=10)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--threads", type=int, default=1)
+    m.add_argument("--quick", action="store_true")
+    m.add_argument("--out", required=True, help="a results/*.json table")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.step == "finetune":
+        for s in (int(v) for v in args.seeds.split(",")):
+            name = f"ctxadv{args.timing_ms:g}" if args.timing_ms > 0 else "rdift"
+            finetune_one(Path(args.base) / f"standard-seed{s}" / "model.pt", s, args.timing_ms,
+                         args.epochs, args.steps, args.eps, Path(args.out) / f"{name}-seed{s}",
+                         args.threads, args.train_limit or None)
+        return 0
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.limit, args.steps = min(args.limit, 300), 5
+    args.eps = [float(v) for v in args.eps.split(",")]
+    results = {}
+    for spec in args.model:
+        name, path = spec.split("=", 1)
+        t0 = time.perf_counter()
+        results[name] = measure_one(Path(path), args.split, args.limit, args.seed, args.eps,
+                                    args.eval_timing_ms, args.steps)
+        log.info("%s: %s (%.0f s)", name, results[name], time.perf_counter() - t0)
+    _table(results, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
