@@ -23,6 +23,7 @@ def test_quickstart_end_to_end(tmp_path):
     assert seen == ["train", "compress", "export", "verify", "calibrate", "bench", "evaluate"]
     for name in ("model.pt", "metrics.json", "compressed/model.pt", "bundle/manifest.json",
                  "bundle.tar.gz", "summary.md", "evaluate/report.json", "evaluate/robustness.png",
+                 "evaluate-standard/report.json",
                  "report/report.md", "report/report.json", "report/accuracy_vs_energy.png",
                  "report/exit_histogram.png", "report/segment_latency.png"):
         assert (out / name).is_file(), name
@@ -32,6 +33,13 @@ def test_quickstart_end_to_end(tmp_path):
     # the deployed model is the pruned, fine-tuned one, shown next to the original
     cs = st["compress"]
     assert cs["params"][1] < cs["params"][0] and cs["macs"][1] < cs["macs"][0]
+    # ... fine-tuned robustly by default: ctxadv, its attack recorded in the checkpoint
+    assert cs["finetune"] == "ctxadv" and cs["finetune_attack"]["timing_ms"] > 0
+    from edgeexit.checkpoint import load_checkpoint
+
+    meta = load_checkpoint(out / "compressed" / "model.pt").meta
+    assert meta["train_config"]["method"] == "ctxadv"
+    assert meta["train_config"]["method_config"]["timing_ms"] == cs["finetune_attack"]["timing_ms"]
     assert cs["latency_us"][1] > 0 and cs["latency_ratio"] == pytest.approx(
         cs["latency_us"][1] / cs["latency_us"][0])
     prov = json.loads((out / "bundle" / "manifest.json").read_text())["provenance"]
@@ -51,14 +59,20 @@ def test_quickstart_end_to_end(tmp_path):
     assert en["per_inference_mj"]["policy"]["above_idle"] > 0 and "report/report.md" in md
     assert json.loads((out / "report" / "report.json").read_text())["energy"] == en
     assert s["machine"]["cpu"] in md
-    # the short robustness check: clean, policy-aware PGD at 0.1 mV, muscle noise at 6 dB
+    # the short robustness check: clean, policy-aware PGD at 0.1 mV, muscle noise at 6 dB, for
+    # the standard model training produced and the robust one deployed, side by side
     ev = st["evaluate"]
-    assert [r["input"] for r in ev["rows"]] == ["clean", "policy-aware PGD 0.1 mV",
-                                                 "muscle noise 6 dB"]
+    inputs = ["clean", "policy-aware PGD 0.1 mV (window)", "muscle noise 6 dB"]
+    assert [r["input"] for r in ev["rows"]] == inputs * 2
+    assert [r["model"].split()[0] for r in ev["rows"]] == ["standard"] * 3 + ["robust"] * 3
     report = json.loads((out / "evaluate" / "report.json").read_text())
-    assert ev["rows"][0]["accuracy"] == report["clean"]["policy"]["accuracy"]
+    assert ev["rows"][3]["accuracy"] == report["clean"]["policy"]["accuracy"]
+    standard = json.loads((out / "evaluate-standard" / "report.json").read_text())
+    assert ev["rows"][0]["accuracy"] == standard["clean"]["policy"]["accuracy"]
     assert ev["rows"][1]["accuracy"] < ev["rows"][0]["accuracy"]  # the attack bites
-    assert all(sum(r["exit_histogram"]) == pytest.approx(1.0) for r in ev["rows"])
+    assert all(sum(r["exit_histogram"]) == pytest.approx(1.0) for r in ev["rows"][3:])
+    assert "| standard (trained model, PyTorch) | clean |" in md
+    assert "| robust (deployed bundle) | policy-aware PGD 0.1 mV (window) |" in md
     # a separate bench of the same bundle on the same (test) windows gives the same answers
     engine = Engine.from_bundle(out / "bundle", backend="onnxruntime", load_monolithic=True)
     x, y, desc = bench_data(engine)
@@ -97,3 +111,14 @@ def test_quickstart_width_per_family(tmp_path):
     r = CliRunner().invoke(main, ["quickstart", "--out", str(tmp_path / "new"), "--width", "0"])
     assert r.exit_code == 1 and "width multiplier" in r.output
     assert not (tmp_path / "new" / "model.pt").exists()
+
+
+def test_quickstart_refuses_an_unknown_finetuning_before_training(tmp_path):
+    from edgeexit.quickstart import finetune_epochs
+
+    with pytest.raises(ConfigError, match="unknown fine-tuning 'adv'"):
+        run_quickstart(tmp_path / "qs", QuickstartConfig(finetune="adv"))
+    assert not (tmp_path / "qs" / "model.pt").exists()
+    assert finetune_epochs(QuickstartConfig()) == 3  # robust by default, fewer epochs
+    assert finetune_epochs(QuickstartConfig(finetune="standard")) == 8
+    assert finetune_epochs(QuickstartConfig(finetune_epochs=2)) == 2

@@ -231,6 +231,9 @@ def stream_summary_text(ev: dict) -> str:
                  f"beats over them: {ev['beats_over_held_samples']} (lines with held_samples)")
     if ev["refused"]:
         line += f"; beats refused: {ev['refused']} (lines with error)"
+    if "unreadable" in ev:
+        line += (f"; flagged unreadable (SQI < {ev['min_sqi']:g}): {ev['unreadable']} "
+                 "(lines with unreadable, scored apart)")
     return line
 
 

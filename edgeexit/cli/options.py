@@ -59,7 +59,7 @@ bound_options = apply([  # shared by export and calibrate
 ])
 
 STREAM_PARAMS = ("stream", "fs", "units", "adc_gain", "adc_zero", "dtype", "n_channels", "channel",
-                 "block_seconds", "realtime", "summary_only", "as_json")
+                 "block_seconds", "realtime", "min_sqi", "summary_only", "as_json")
 stream_options = apply([  # `run --stream` (streaming beat classification)
     click.option("--stream", "stream", default=None, metavar="SOURCE",
                  help="Classify the beats of a live signal instead of windows: a WFDB record "
@@ -83,6 +83,10 @@ stream_options = apply([  # `run --stream` (streaming beat classification)
     click.option("--block-seconds", type=float, default=1.0, show_default=True,
                  help="[--stream] Signal seconds read per block."),
     click.option("--realtime", is_flag=True, help="[--stream] Pace reading to the sampling rate."),
+    click.option("--min-sqi", type=float, default=None, metavar="Q",
+                 help="[--stream] Flag beats whose signal-quality index (QRS peak-to-peak over "
+                      "the high-frequency noise) is below Q as unreadable, counted apart "
+                      "(6: about half the beats under muscle noise at 0 dB, none clean)."),
     click.option("--summary-only", is_flag=True, help="[--stream] Print only the summary."),
     click.option("--json", "as_json", is_flag=True,
                  help="[--stream] Print the summary as a JSON line on stdout (default: text on stderr)."),

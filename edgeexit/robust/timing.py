@@ -112,7 +112,7 @@ class TimingContext:
         k = torch.round(d_cur.detach() * self.fs).long()  # [N] samples
         if not bool(k.any()):
             return x
-        idx = (torch.arange(length)[None, :] + k[:, None]) % length  # [N, L]
+        idx = (torch.arange(length, device=x.device)[None, :] + k[:, None]) % length  # [N, L]
         sig = x[:, :s].gather(-1, idx.unsqueeze(1).expand(-1, s, -1))
         return torch.cat([sig, x[:, s:]], dim=1)
 

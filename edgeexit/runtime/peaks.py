@@ -65,6 +65,13 @@ THRESHOLD_FRACTION = 0.25
 SEARCH_BACK_FRACTION = 0.5
 """The search-back threshold as a fraction of the detection threshold (Pan & Tompkins: 0.5)."""
 
+SEARCH_BACK_MIN_SIGNAL = 0.3
+"""A beat found by the search-back must also reach this fraction of the running signal level.
+In a long pause the noise level decays and Pan & Tompkins' lower threshold falls to about an
+eighth of a QRS: a small pulse in the pause (an attacker's, or an electrode's) then passes for a
+beat and moves the RR context. A QRS missed by the upper threshold is rarely below a third of the
+typical one (issue 27: measured on DS2, ``tools/defence_detector.py``)."""
+
 LEARN_S = 8.0
 """At most this many seconds at the start set the initial signal and noise levels."""
 
@@ -348,7 +355,8 @@ class _Thresholds:
         """An RR gap of more than 1.66 typical RRs means a beat was probably missed: take the
         largest candidate in the gap above the lower threshold."""
         while self.last is not None and self.pending and p - self.last[0] > SEARCH_BACK_RR * self.rr_typical:
-            thr2 = SEARCH_BACK_FRACTION * (self.npk + THRESHOLD_FRACTION * (self.spk - self.npk))
+            thr2 = max(SEARCH_BACK_FRACTION * (self.npk + THRESHOLD_FRACTION * (self.spk - self.npk)),
+                       SEARCH_BACK_MIN_SIGNAL * self.spk)
             ok = [c for c in self.pending if p - c[0] >= self.refractory and not self._t_wave(c)]
             best = max(ok, key=lambda c: c[1], default=None)
             if best is None or best[1] <= thr2:

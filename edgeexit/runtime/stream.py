@@ -50,6 +50,7 @@ import numpy as np
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.runtime.engine import InputError
 from edgeexit.runtime.peaks import MIN_SECONDS, IncrementalDetector
+from edgeexit.runtime.quality import beat_sqi
 from edgeexit.runtime.preprocess import (
     LOCAL_RR_BEATS,
     LONG_RR_BEATS,
@@ -489,6 +490,7 @@ class _Scorer:
         self._used: deque[int] = deque(maxlen=64)
         self.tp = self.fp = self.fn = 0
         self.confusion = np.zeros((k, k), np.int64)
+        self.unreadable = np.zeros(k, np.int64)  # matched beats flagged unreadable, by class
 
     def match(self, r: int) -> int | None:
         """Annotated class of the beat at ``r`` (None: a false detection)."""
@@ -546,6 +548,7 @@ def stream_classify(
     realtime: bool = False,
     detector: dict | None = None,
     keep_beats: bool = False,
+    min_sqi: float | None = None,
     clock=time.perf_counter,
     sleep=time.sleep,
 ) -> Iterator[dict]:
@@ -560,9 +563,13 @@ def stream_classify(
     annotations the detection sensitivity / PPV within :data:`MATCH_S` and the classification
     counts. ``keep_beats``: also return in the summary every answered beat's R peak and label
     (``r_samples``, ``labels``) and every committed peak (``all_peaks``): lists that grow, for
-    benchmarks and tests.
+    benchmarks and tests. ``min_sqi``: flag the beats whose signal-quality index
+    (:func:`edgeexit.runtime.quality.beat_sqi`) is below it as unreadable: their dict gets
+    ``sqi`` and ``unreadable: true`` (the model's answer is kept, marked), the summary counts them
+    (``unreadable``), and the classification scores count them apart, per annotated class
+    (``unreadable_by_class``), not in the confusion matrix; None: no index is computed.
     """
-    run = _StreamRun(engine, source, detector, keep_beats, clock)
+    run = _StreamRun(engine, source, detector, keep_beats, clock, min_sqi)
     fs, det = run.fs, run.det
     t0 = clock()
     for block in source.blocks:
@@ -594,8 +601,10 @@ class _StreamRun:
     matching, the arrival times of the blocks and the counts the summary reports."""
 
     def __init__(self, engine, source: Source, detector: dict | None, keep_beats: bool,
-                 clock) -> None:
+                 clock, min_sqi: float | None = None) -> None:
         self.engine, self.source, self.keep_beats, self.clock = engine, source, keep_beats, clock
+        self.min_sqi = None if min_sqi is None else float(min_sqi)
+        self.unreadable = 0
         self.fs = fs = float(source.fs)
         window, r_offset, rr, morph = _input_spec(engine, fs)
         self.window = window
@@ -666,7 +675,9 @@ class _StreamRun:
             if held:
                 d["held_samples"] = held  # its window holds samples that arrived as NaN / Inf
                 self.held_beats += 1
-            self._annotate(d, r, res.label)
+            if self.min_sqi is not None:
+                self._quality(d, x)
+            self._annotate(d, r, res.label, d.get("unreadable", False))
             if self.keep_beats:
                 self.kept_r.append(r)
                 self.kept_y.append(res.label)
@@ -681,15 +692,26 @@ class _StreamRun:
         self.n += 1
         return d
 
-    def _annotate(self, d: dict, r: int, label: int) -> None:
-        """The annotated class of the beat at ``r`` into ``d``, counted against ``label``."""
+    def _quality(self, d: dict, x: np.ndarray) -> None:
+        """The beat's quality index into ``d``; below :attr:`min_sqi`, flagged unreadable."""
+        q = beat_sqi(x[0], self.beats.r_offset, self.fs)
+        d["sqi"] = round(q, 2)
+        if q < self.min_sqi:
+            d["unreadable"] = True
+            self.unreadable += 1
+
+    def _annotate(self, d: dict, r: int, label: int, unreadable: bool = False) -> None:
+        """The annotated class of the beat at ``r`` into ``d``, counted against ``label`` (an
+        unreadable beat: counted apart, per annotated class)."""
         pending = self.pending_ann
         while pending and pending[0][0] < r:
             pending.popleft()
         if pending and pending[0][0] == r:
             a = pending.popleft()[1]
             d["annotation"] = None if a is None else self.classes[a]
-            if a is not None:
+            if a is not None and unreadable:
+                self.scorer.unreadable[a] += 1
+            elif a is not None:
                 self.scorer.confusion[a, label] += 1
 
     def summary(self, wall: float) -> dict:
@@ -714,8 +736,14 @@ class _StreamRun:
             "mean_segment_us": [round(float(s) / max(1, int(exits[k:].sum())) / 1e3, 1)
                                 for k, s in enumerate(self.seg_ns)],
         }
+        if self.min_sqi is not None:
+            summary["min_sqi"] = self.min_sqi
+            summary["unreadable"] = self.unreadable
         if self.scorer is not None:
             summary.update(self._scores())
+            if self.min_sqi is not None:
+                summary["classification"]["unreadable_by_class"] = dict(
+                    zip(self.classes, self.scorer.unreadable.tolist()))
         if self.keep_beats:
             summary["r_samples"] = self.kept_r
             summary["labels"] = self.kept_y

@@ -379,3 +379,35 @@ def test_cli_stream_total_failure_and_bad_numbers_exit_1_in_one_line(rr_bundle, 
     (tmp_path / "rec.dat").write_bytes((tmp_path / "rec.dat").read_bytes()[:1000])
     one_error(CliRunner().invoke(main, ["run", str(rr_bundle), "--stream", str(tmp_path / "rec")]),
               "ends after 500 of the 21600 samples")
+
+
+def test_stream_flags_unreadable_beats_and_scores_them_apart(rr_bundle):
+    from edgeexit.runtime.engine import Engine
+
+    x, peaks, _ = synthetic_ecg(FS, seconds=60.0, seed=3)
+    noisy = slice(int(25 * FS), int(40 * FS))  # 15 s of heavy broadband noise (muscle-like)
+    x = x.copy()
+    x[noisy] += np.random.default_rng(0).normal(0.0, 1.0, noisy.stop - noisy.start)
+    engine = Engine.from_bundle(rr_bundle, threads=1)
+    ann = (peaks, np.zeros(peaks.size, np.int64))
+
+    def run(**kw):
+        src = Source("memory", FS, iter([x[i:i + 360] for i in range(0, x.size, 360)]), ann)
+        return list(stream_classify(engine, src, **kw))
+
+    plain, flagged = run(), run(min_sqi=6.0)
+    assert [b["label"] for b in plain[:-1]] == [b["label"] for b in flagged[:-1]]
+    beats, summary = flagged[:-1], flagged[-1]
+    bad = [b for b in beats if b.get("unreadable")]
+    assert bad and all(b["sqi"] < 6.0 for b in bad) and all("sqi" in b for b in beats)
+    assert all(noisy.start - 256 <= b["r_sample"] <= noisy.stop + 256 for b in bad)
+    inside = [b for b in beats if noisy.start + 256 <= b["r_sample"] <= noisy.stop - 256]
+    assert len(bad) >= len(inside) / 2
+    outside = [b for b in beats if not noisy.start - 256 <= b["r_sample"] <= noisy.stop + 256]
+    assert len(outside) > 40 and not any(b.get("unreadable") for b in outside)
+    assert summary["unreadable"] == len(bad) and summary["min_sqi"] == 6.0
+    c, c0 = summary["classification"], plain[-1]["classification"]
+    apart = sum(c["unreadable_by_class"].values())
+    matched = sum(1 for b in bad if b.get("annotation") is not None)
+    assert apart == matched and c["beats"] == c0["beats"] - apart
+    assert "unreadable" not in plain[-1] and "sqi" not in plain[0]
