@@ -66,11 +66,13 @@ SEARCH_BACK_FRACTION = 0.5
 """The search-back threshold as a fraction of the detection threshold (Pan & Tompkins: 0.5)."""
 
 SEARCH_BACK_MIN_SIGNAL = 0.3
-"""A beat found by the search-back must also reach this fraction of the running signal level.
-In a long pause the noise level decays and Pan & Tompkins' lower threshold falls to about an
-eighth of a QRS: a small pulse in the pause (an attacker's, or an electrode's) then passes for a
-beat and moves the RR context. A QRS missed by the upper threshold is rarely below a third of the
-typical one (issue 27: measured on DS2, ``tools/defence_detector.py``)."""
+"""A beat found by the search-back must also reach this fraction of the median height of the
+last 8 accepted beats (once 3 are known). In a long pause the noise level decays and Pan &
+Tompkins' lower threshold falls to about an eighth of a QRS: a small pulse in the pause (an
+attacker's, or an electrode's) then passes for a beat and moves the RR context. The median of
+the beats themselves, not the running signal level, so that an artefact that inflated the level
+does not stop the search-back from recovering real beats (issue 27: measured on DS2,
+``tools/defence_detector.py``)."""
 
 LEARN_S = 8.0
 """At most this many seconds at the start set the initial signal and noise levels."""
@@ -305,6 +307,7 @@ class _Thresholds:
         self.last: tuple[int, float, float] | None = None  # the last accepted candidate
         self.pending: list[tuple[int, float, float]] = []  # rejected since the last beat
         self.last_event = 0  # sample of the last beat or threshold decay
+        self.heights: list[float] = []  # integrated heights of the last 8 accepted beats
         self.set_levels(levels)
 
     def set_levels(self, levels: Levels) -> None:
@@ -335,8 +338,16 @@ class _Thresholds:
     def levels(self) -> Levels:
         return Levels(self.spk, self.npk, tuple(self.rr_recent))
 
+    def _floor(self) -> float:
+        """The search-back's floor (:data:`SEARCH_BACK_MIN_SIGNAL`; 0 before 3 beats)."""
+        if len(self.heights) < 3 or SEARCH_BACK_MIN_SIGNAL <= 0:
+            return 0.0
+        return SEARCH_BACK_MIN_SIGNAL * small_median(self.heights)
+
     def _accept(self, c: tuple[int, float, float], searched_back: bool) -> None:
         h = c[1]
+        self.heights.append(float(h))
+        del self.heights[:-8]
         self.spk = 0.25 * h + 0.75 * self.spk if searched_back else 0.125 * h + 0.875 * self.spk
         if self.last is not None:
             self.rr_recent.append(float(c[0] - self.last[0]))
@@ -356,7 +367,7 @@ class _Thresholds:
         largest candidate in the gap above the lower threshold."""
         while self.last is not None and self.pending and p - self.last[0] > SEARCH_BACK_RR * self.rr_typical:
             thr2 = max(SEARCH_BACK_FRACTION * (self.npk + THRESHOLD_FRACTION * (self.spk - self.npk)),
-                       SEARCH_BACK_MIN_SIGNAL * self.spk)
+                       self._floor())
             ok = [c for c in self.pending if p - c[0] >= self.refractory and not self._t_wave(c)]
             best = max(ok, key=lambda c: c[1], default=None)
             if best is None or best[1] <= thr2:
