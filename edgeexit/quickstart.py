@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 _OURS = {"model.pt", "metrics.json", "compressed", "bundle", "bundle.tar.gz", "evaluate",
-         "evaluate-standard", "report", SUMMARY_JSON, SUMMARY_MD}
+         "evaluate-standard", "bundle-standard", "bundle-standard.tar.gz", "report",
+         SUMMARY_JSON, SUMMARY_MD}
 # the short robustness check that ends the quick start (edgeexit evaluate runs the full one)
 EVAL_EPS = 0.1
 EVAL_SNR_DB = 6.0
@@ -92,7 +93,10 @@ class QuickstartConfig:
         confidence: level of the loss interval whose upper end is held within ``margin``.
         bench_backend: backend of the latency measurements (``auto``: the target's format).
         bench_threads: inference threads (None: the target's).
-        evaluate: end with a short robustness check of the bundle (one attack, one noise level).
+        evaluate: end with a short robustness check of the bundle (one attack, one noise level,
+            on windows and on the continuous signal).
+        stream_beats: beats of the test patients' continuous records that the check streams
+            through the device path.
         meter: the bench's energy meter (``auto``: the best present, else the CPU-time estimate
             from the target's power model; ``none``: no energy phase); see ``edgeexit bench``.
         energy_seconds: metered seconds per path of the bench's energy phase.
@@ -114,6 +118,7 @@ class QuickstartConfig:
     bench_backend: str = "auto"
     bench_threads: int | None = None
     evaluate: bool = True
+    stream_beats: int = 300
     meter: str = "auto"
     energy_seconds: float = 0.5
 
@@ -448,37 +453,78 @@ def _compress(checkpoint: Path, spec, out: Path, config: QuickstartConfig, progr
 
 def _short_evaluate(bundle: Path, checkpoint: Path, out: Path, config: QuickstartConfig,
                     standard: Path | None = None) -> dict:
-    """Policy-aware PGD and muscle noise through the runtime on a few hundred test windows
-    (``OUT/evaluate``); with ``standard`` (the trained model before the robust fine-tuning), the
-    same check of that checkpoint in PyTorch (``OUT/evaluate-standard``), its rows first."""
+    """The deployed bundle on a few hundred test windows through the runtime (policy-aware PGD,
+    muscle noise; ``OUT/evaluate``) and on the test patients' continuous signal through the
+    device path (clean, muscle noise, white-box PGD end to end; ``OUT/evaluate/stream``); with
+    ``standard`` (the trained model before the robust fine-tuning), the same for it, exported
+    as an fp32 ONNX bundle (``OUT/bundle-standard``, ``OUT/evaluate-standard``), rows first."""
+    result = {"rows": []}
+    models = [("robust (deployed bundle)" if standard is not None else "deployed bundle",
+               bundle, checkpoint, out / "evaluate")]
+    if standard is not None:
+        from edgeexit.export.bundle import ExportConfig, export_bundle
+
+        export_bundle(standard, out / "bundle-standard",
+                      ExportConfig(target=config.target, margin=config.margin, formats=("onnx",),
+                                   precision="fp32"))
+        models.insert(0, ("standard (trained model, fp32 ONNX)", out / "bundle-standard",
+                          standard, out / "evaluate-standard"))
+    for name, b, ck, where in models:
+        # the standard bundle holds ONNX files only: its runtime is whichever runs them
+        c = config if b == bundle else dataclasses.replace(config, bench_backend="auto")
+        window = _window_rows(name, b, ck, where, c)
+        result["rows"] += window["rows"] + _stream_rows(name, b, ck, where / "stream", c)
+        result.setdefault("windows", window["windows"])
+        result.setdefault("policy", window["policy"])
+    result["stream_beats"] = config.stream_beats
+    result["report"] = str(out / "evaluate" / "report.md")
+    result["command"] = f"edgeexit evaluate {bundle} --out DIR"
+    return result
+
+
+def _row(model: str, name: str, m: dict) -> dict:
+    return {"model": model, "input": name, "accuracy": m["policy"]["accuracy"],
+            "macro_f1": m["policy"]["macro_f1"], "final_exit_accuracy": m["exits"][-1]["accuracy"],
+            "exit_histogram": m.get("exit_histogram"), "latency_us": m.get("latency_us")}
+
+
+def _window_rows(model: str, bundle: Path, checkpoint: Path, out: Path,
+                 config: QuickstartConfig) -> dict:
+    """Policy-aware PGD (context held) and muscle noise on test windows through the runtime."""
     from edgeexit.robust.evaluate import EvalConfig, evaluate
 
     ec = EvalConfig(eps=(EVAL_EPS,), sanity_eps=None, attacks=("policy",), steps=10,
                     noise=("ma",), snr_db=(EVAL_SNR_DB,), limit=EVAL_WINDOWS,
                     backend=config.bench_backend, threads=config.bench_threads or 1,
                     seed=config.seed)
+    r = evaluate(bundle, checkpoint=checkpoint, config=ec, out_dir=out).report
+    rows = ([_row(model, "windows: clean", r["clean"])]
+            + [_row(model, f"windows: policy-aware PGD {a['eps']:g} mV (RR held)", a)
+               for a in r["attacks"]]
+            + [_row(model, f"windows: muscle noise {n['snr_db']:g} dB", n) for n in r["noise"]])
+    return {"rows": rows, "windows": r["data"]["test"]["beats"], "policy": r["target"]["policy"]}
 
-    def rows(model: str, r: dict) -> list[dict]:
-        def row(name, m):
-            return {"model": model, "input": name, "accuracy": m["policy"]["accuracy"],
-                    "macro_f1": m["policy"]["macro_f1"],
-                    "final_exit_accuracy": m["exits"][-1]["accuracy"],
-                    "exit_histogram": m.get("exit_histogram"), "latency_us": m.get("latency_us")}
 
-        return ([row("clean", r["clean"])]
-                + [row(f"policy-aware PGD {a['eps']:g} mV (window)", a) for a in r["attacks"]]
-                + [row(f"muscle noise {n['snr_db']:g} dB", n) for n in r["noise"]])
+def _stream_rows(model: str, bundle: Path, checkpoint: Path, out: Path,
+                 config: QuickstartConfig) -> list[dict]:
+    """The test patients' continuous records through the device path (detector, context,
+    policy): clean, muscle noise, and white-box PGD on the signal end to end."""
+    from edgeexit.robust.stream.evaluate import StreamEvalConfig, evaluate_stream
 
-    r = evaluate(bundle, checkpoint=checkpoint, config=ec, out_dir=out / "evaluate").report
-    robust = "robust (deployed bundle)" if standard is not None else "deployed bundle"
-    result = {"windows": r["data"]["test"]["beats"], "policy": r["target"]["policy"],
-              "rows": rows(robust, r), "report": str(out / "evaluate" / "report.md"),
-              "command": f"edgeexit evaluate {bundle} --out DIR"}
-    if standard is not None:
-        s = evaluate(standard, config=ec, out_dir=out / "evaluate-standard").report
-        result["rows"] = rows("standard (trained model, PyTorch)", s) + result["rows"]
-        result["standard_policy"] = s["target"]["policy"]
-    return result
+    sc = StreamEvalConfig(eps=(EVAL_EPS,), attacks=("pgd",), noise=("ma",),
+                          snr_db=(EVAL_SNR_DB,), synthetic_beats=config.stream_beats, steps=10, rounds=2,
+                          backend=config.bench_backend, threads=config.bench_threads or 1,
+                          seed=config.seed)
+    r = evaluate_stream(bundle, "synthetic", checkpoint=checkpoint, config=sc, out_dir=out).report
+
+    def row(name: str, m: dict) -> dict:
+        return {"model": model, "input": name, "accuracy": m["accuracy"],
+                "macro_f1": m["macro_f1"], "detection_ppv": m["detection"]["ppv"],
+                "detection_sensitivity": m["detection"]["sensitivity"]}
+
+    return ([row("stream: clean", r["clean"])]
+            + [row(f"stream: muscle noise {n['snr_db']:g} dB", n) for n in r["noise"]]
+            + [row(f"stream: PGD {a['eps']:g} mV end to end", a) for a in r["attacks"]])
 
 
 def _pct(v: float) -> str:
@@ -609,21 +655,21 @@ def _md_bench(b: dict) -> list[str]:
 
 def _md_evaluate(ev: dict) -> list[str]:
     lines = [
-        f"## Evaluate ({ev['elapsed_s']} s): {ev['windows']} test windows; the deployed bundle "
-        f"through the runtime, {ev['policy']} (full report: `{ev['command']}`)",
+        f"## Evaluate ({ev['elapsed_s']} s): {ev['windows']} test windows through the runtime "
+        f"({ev['policy']}), and {ev.get('stream_beats', '-')} beats of the test patients' "
+        f"continuous signal through the device path (full report: `{ev['command']}`, "
+        "`--records synthetic` for the stream)",
         "",
-        "| model | input | accuracy | macro-F1 | final exit accuracy | exits taken | latency (us) |",
-        "|---|---|---|---|---|---|---|",
+        "| model | input | accuracy | macro-F1 | final exit accuracy | detection PPV |",
+        "|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r.get('model', 'deployed bundle')} | {r['input']} | {_pct(r['accuracy'])} | "
-              f"{r['macro_f1']:.3f} | {_pct(r['final_exit_accuracy'])} | "
-              + (" / ".join(_pct(x) for x in r["exit_histogram"]) if r.get("exit_histogram")
-                 else "-")
-              + " | " + ("-" if r.get("latency_us") is None else f"{r['latency_us']:.0f}") + " |"
-              for r in ev["rows"]]
-    if ev.get("standard_policy"):
-        lines += ["", f"The standard model is checked in PyTorch ({ev['standard_policy']}), the "
-                  "robust one as deployed. The attack is window-level policy-aware PGD (RR "
-                  "context held): not yet the device path's end-to-end attack."]
-    lines.append("")
+    for r in ev["rows"]:
+        final = r.get("final_exit_accuracy")
+        ppv = r.get("detection_ppv")
+        lines.append(f"| {r.get('model', 'deployed bundle')} | {r['input']} | {_pct(r['accuracy'])} "
+                     f"| {r['macro_f1']:.3f} | {'-' if final is None else _pct(final)} | "
+                     f"{'-' if ppv is None else _pct(ppv)} |")
+    lines += ["", "windows: beat windows with the RR context held (today's window threat model); "
+              "stream: the continuous signal through the detector, the RR and morphology context "
+              "and the exit policy, attacked on the raw samples (the device's threat model).", ""]
     return lines

@@ -18,12 +18,13 @@ def test_quickstart_end_to_end(tmp_path):
     out = tmp_path / "qs"
     seen = []
     config = QuickstartConfig(model="test_resnet1d", epochs=1, threads=1, bench_backend="onnxruntime",
-                              exits=None, finetune_epochs=1, meter="estimate")
+                              exits=None, finetune_epochs=1, meter="estimate", stream_beats=120)
     s = run_quickstart(out, config, on_stage=lambda name, r: seen.append(name))
     assert seen == ["train", "compress", "export", "verify", "calibrate", "bench", "evaluate"]
     for name in ("model.pt", "metrics.json", "compressed/model.pt", "bundle/manifest.json",
                  "bundle.tar.gz", "summary.md", "evaluate/report.json", "evaluate/robustness.png",
-                 "evaluate-standard/report.json",
+                 "evaluate-standard/report.json", "evaluate/stream/report.json",
+                 "evaluate-standard/stream/report.json", "bundle-standard/manifest.json",
                  "report/report.md", "report/report.json", "report/accuracy_vs_energy.png",
                  "report/exit_histogram.png", "report/segment_latency.png"):
         assert (out / name).is_file(), name
@@ -59,20 +60,27 @@ def test_quickstart_end_to_end(tmp_path):
     assert en["per_inference_mj"]["policy"]["above_idle"] > 0 and "report/report.md" in md
     assert json.loads((out / "report" / "report.json").read_text())["energy"] == en
     assert s["machine"]["cpu"] in md
-    # the short robustness check: clean, policy-aware PGD at 0.1 mV, muscle noise at 6 dB, for
-    # the standard model training produced and the robust one deployed, side by side
+    # the short robustness check: clean, policy-aware PGD at 0.1 mV, muscle noise at 6 dB on
+    # windows, and clean, noise and PGD end to end on the continuous signal, for the standard
+    # model training produced and the robust one deployed, side by side
     ev = st["evaluate"]
-    inputs = ["clean", "policy-aware PGD 0.1 mV (window)", "muscle noise 6 dB"]
+    inputs = ["windows: clean", "windows: policy-aware PGD 0.1 mV (RR held)",
+              "windows: muscle noise 6 dB", "stream: clean", "stream: muscle noise 6 dB",
+              "stream: PGD 0.1 mV end to end"]
     assert [r["input"] for r in ev["rows"]] == inputs * 2
-    assert [r["model"].split()[0] for r in ev["rows"]] == ["standard"] * 3 + ["robust"] * 3
+    assert [r["model"].split()[0] for r in ev["rows"]] == ["standard"] * 6 + ["robust"] * 6
     report = json.loads((out / "evaluate" / "report.json").read_text())
-    assert ev["rows"][3]["accuracy"] == report["clean"]["policy"]["accuracy"]
+    assert ev["rows"][6]["accuracy"] == report["clean"]["policy"]["accuracy"]
     standard = json.loads((out / "evaluate-standard" / "report.json").read_text())
     assert ev["rows"][0]["accuracy"] == standard["clean"]["policy"]["accuracy"]
+    stream = json.loads((out / "evaluate" / "stream" / "report.json").read_text())
+    assert ev["rows"][11]["accuracy"] == stream["attacks"][0]["accuracy"]
+    assert stream["config"]["attacks"] == ["pgd"] and stream["attacks"][0]["eps"] == 0.1
     assert ev["rows"][1]["accuracy"] < ev["rows"][0]["accuracy"]  # the attack bites
-    assert all(sum(r["exit_histogram"]) == pytest.approx(1.0) for r in ev["rows"][3:])
-    assert "| standard (trained model, PyTorch) | clean |" in md
-    assert "| robust (deployed bundle) | policy-aware PGD 0.1 mV (window) |" in md
+    assert ev["rows"][5]["accuracy"] < ev["rows"][3]["accuracy"]  # end to end too
+    assert all(0 < r["detection_ppv"] <= 1 for r in ev["rows"] if r["input"].startswith("stream"))
+    assert "| standard (trained model, fp32 ONNX) | windows: clean |" in md
+    assert "| robust (deployed bundle) | stream: PGD 0.1 mV end to end |" in md
     # a separate bench of the same bundle on the same (test) windows gives the same answers
     engine = Engine.from_bundle(out / "bundle", backend="onnxruntime", load_monolithic=True)
     x, y, desc = bench_data(engine)

@@ -64,15 +64,13 @@ def _calibrate(r: dict) -> list[str]:
 
 
 def _evaluate(r: dict) -> list[str]:
-    lines = [f"[evaluate] {r['windows']} test windows through the runtime, {r['policy']}, "
-             f"{r['elapsed_s']} s (the full check: {r['command']})",
-             f"  {'model':10} {'input':34} {'accuracy':>9} {'mF1':>6} {'latency us':>10}  exits"]
+    lines = [f"[evaluate] {r['windows']} test windows through the runtime, {r['policy']}; "
+             f"{r.get('stream_beats', '-')} streamed beats; {r['elapsed_s']} s "
+             f"(the full check: {r['command']})",
+             f"  {'model':10} {'input':48} {'accuracy':>9} {'mF1':>6}"]
     for row in r["rows"]:
-        lat, hist = row.get("latency_us"), row.get("exit_histogram") or []
-        lines.append(f"  {row.get('model', 'deployed').split(' ')[0]:10} {row['input']:34} "
-                     f"{pct(row['accuracy']):>9} {row['macro_f1']:6.3f} "
-                     + (f"{'-':>10}" if lat is None else f"{lat:10.0f}") + "  "
-                     + " ".join(f"{100 * f:.0f}%" for f in hist))
+        lines.append(f"  {row.get('model', 'deployed').split(' ')[0]:10} {row['input']:48} "
+                     f"{pct(row['accuracy']):>9} {row['macro_f1']:6.3f}")
     return lines
 
 
