@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 import click
 
 from edgeexit import __version__
+from edgeexit.cli.quiet import LibraryOutput
 from edgeexit.errors import EdgeExitError, ExitStatus
 
 # Packages of the [host] extra: a device with only [runtime] installed lacks them.
@@ -152,19 +153,30 @@ EdgeExitGroup.group_class = EdgeExitGroup
 
 @click.group(cls=EdgeExitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeexit")
-@click.option("-v", "--verbose", is_flag=True, help="Log debug messages too.")
-@click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only.")
-def main(verbose: bool, quiet: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Log debug messages too, and show what the libraries underneath print.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print results only (and warnings and errors): no progress, no stage lines.")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="Where the libraries' messages go (default: a file under the temporary "
+                   "directory, named when the command ends).")
+def main(verbose: bool, quiet: bool, log_file: str | None) -> None:
     """edgeexit: robust multi-exit ECG classifiers, from training to Raspberry Pi-class devices.
 
     Train a multi-exit model on the built-in synthetic ECG or on MIT-BIH records, inspect data
-    sets and checkpoints. Logs go to stderr; results to stdout (human text, or JSON with --json).
+    sets and checkpoints. Results go to stdout (human text, or JSON with --json), progress and
+    edgeexit's own log to stderr, and what the libraries underneath print (converters, LiteRT,
+    XNNPACK) to a log file.
     """
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    # our own messages at the chosen level; the converters' (onnxscript, torch) chatter only when -v
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("edgeexit").setLevel(level)
+    ctx = click.get_current_context()
+    ctx.with_resource(LibraryOutput(ctx.invoked_subcommand, verbose=verbose, quiet=quiet,
+                                    log_file=log_file))
+
+
+def quiet_mode() -> bool:
+    """Whether the command runs under ``edgeexit -q``."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().params.get("quiet"))
 
 
 def exit_with(status: ExitStatus) -> None:
@@ -188,7 +200,7 @@ def echo_result(as_json: bool, obj, text: Callable[[], str | None]) -> None:
 
 def stage_printer(enabled: bool = True) -> Callable[[str], None] | None:
     """``... stage`` lines on stderr, or None when ``enabled`` is false."""
-    return (lambda s: click.echo(f"... {s}", err=True)) if enabled else None
+    return (lambda s: click.echo(f"... {s}", err=True)) if enabled and not quiet_mode() else None
 
 
 def names(text: str) -> tuple[str, ...]:
@@ -277,4 +289,4 @@ def apply(options: Iterable[Callable]) -> Callable:
 
 def interactive(progress: bool) -> bool:
     """Draw progress bars only when asked and stderr is a terminal."""
-    return progress and sys.stderr.isatty()
+    return progress and not quiet_mode() and sys.stderr.isatty()

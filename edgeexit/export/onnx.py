@@ -228,7 +228,7 @@ def export_onnx(
             _check_file(tmp, input_name, names)
     finally:
         module.train(was_training)
-    log.info("exported %s to %s (%s exporter, opset %d)", type(module).__name__, path, used, opset)
+    log.debug("exported %s to %s (%s exporter, opset %d)", type(module).__name__, path, used, opset)
     return path
 
 

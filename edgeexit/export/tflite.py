@@ -562,7 +562,7 @@ def export_tflite(
     named = _Named(module, names).eval()
     start = time.perf_counter()
     content = _convert(litert_torch, named, module, example, calibration, input_name, int8)
-    log.info(
+    log.debug(
         "converted %s to %s%s in %.1f s (%d bytes)", type(module).__name__, path.name,
         " (int8)" if int8 else "", time.perf_counter() - start, len(content),
     )

@@ -1,0 +1,65 @@
+"""A quiet command line: run as a user would (a separate process, real file descriptors), a command
+prints its own progress and results and no line of the libraries underneath; those go to the log
+file it names, -v shows them, -q prints results only, and errors still reach the terminal."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# what the libraries print: glog-style lines (torch's W1207 ..., absl's I0000 ...), their own
+# INFO:/WARNING: lines (TFLite, absl), Python warnings, loggers other than edgeexit's
+THIRD_PARTY = re.compile(
+    r"^[IWEF]\d{4} |^(INFO|WARNING|ERROR):? (?!edgeexit)|Warning\b|warnings\.warn|XNNPACK|torchao"
+    r"|absl|TensorFlow|torchvision|^\s+return |Traceback", re.M)
+
+
+def _edgeexit(*args: str, log: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "PYTHONWARNINGS": "default"}  # every warning the libraries raise is printed, if let through
+    return subprocess.run([sys.executable, "-m", "edgeexit", "--log-file", str(log), *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def _noise(r: subprocess.CompletedProcess) -> list[str]:
+    return [ln for ln in (r.stdout + r.stderr).splitlines() if THIRD_PARTY.search(ln)]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory):
+    root = tmp_path_factory.mktemp("quiet")
+    log = root / "export.log"
+    r = _edgeexit("export", str(tiny_checkpoint), "--target", "x86_64", "--out", str(root / "b"),
+                  "--exits", "0,3", "--no-monolithic", "--golden-samples", "8", log=log)
+    return root, log, r
+
+
+def test_export_prints_no_library_line_and_names_the_log(exported):
+    root, log, r = exported
+    assert r.returncode == 0, r.stderr
+    assert not _noise(r), _noise(r)
+    assert "bundle" in r.stdout and (root / "b" / "manifest.json").is_file()
+    # the converters did speak (torch.onnx, torchao, LiteRT): into the log, which is named
+    assert log.is_file() and log.read_text().strip()
+    assert str(log) in r.stderr
+
+
+def test_quiet_prints_results_only_and_verbose_shows_the_libraries(exported):
+    root, _, _ = exported
+    q = _edgeexit("-q", "verify", str(root / "b"), log=root / "verify-q.log")
+    assert q.returncode == 0, q.stderr
+    assert q.stdout.strip() and not q.stderr.strip() and not _noise(q)
+    v = _edgeexit("-v", "verify", str(root / "b"), log=root / "verify-v.log")
+    assert v.returncode == 0 and "XNNPACK" in v.stderr  # LiteRT's native line, shown with -v
+    assert not (root / "verify-v.log").exists()
+
+
+def test_errors_still_reach_the_terminal(tmp_path):
+    r = _edgeexit("verify", str(tmp_path / "missing"), log=tmp_path / "x.log")
+    assert r.returncode == 1 and r.stderr.startswith("Error: ") and len(r.stderr.splitlines()) == 1
