@@ -158,7 +158,8 @@ class LibraryOutput:
 
     def _close_note(self, failed: bool) -> None:
         """Drop an empty log; otherwise name it, unless -q and all went well."""
-        lines = sum(1 for _ in self.path.open(encoding="utf-8", errors="replace"))
+        with self.path.open(encoding="utf-8", errors="replace") as f:
+            lines = sum(1 for _ in f)
         if not lines:
             self.path.unlink(missing_ok=True)
             return
