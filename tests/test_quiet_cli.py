@@ -61,5 +61,5 @@ def test_quiet_prints_results_only_and_verbose_shows_the_libraries(exported):
 
 
 def test_errors_still_reach_the_terminal(tmp_path):
-    r = _edgeexit("verify", str(tmp_path / "missing"), log=tmp_path / "x.log")
-    assert r.returncode != 0 and r.stderr.startswith("Error: ") and len(r.stderr.splitlines()) == 1
+    r = _edgeexit("targets", "no-such-board", log=tmp_path / "x.log")
+    assert r.returncode == 1 and r.stderr.startswith("Error: ") and len(r.stderr.splitlines()) == 1

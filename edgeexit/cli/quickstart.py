@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from edgeexit.cli.app import echo_result, main, parse_exits
+from edgeexit.cli.app import echo_result, interactive, main, parse_exits
 from edgeexit.cli.formats import pct
 from edgeexit.cli.options import backend_option
 from edgeexit.config import EXIT_HEADS
@@ -155,8 +155,6 @@ def quickstart(out_dir, model, width, exit_heads, exits, epochs, prune, finetune
     level; `edgeexit evaluate` runs the full check), and writes OUT/summary.json,
     OUT/summary.md and the bench's report with plots (OUT/report/report.md).
     """
-    import sys
-
     from edgeexit.quickstart import QuickstartConfig, run_quickstart
 
     config = QuickstartConfig(model=model, width=width, exit_heads=exit_heads,
@@ -171,6 +169,6 @@ def quickstart(out_dir, model, width, exit_heads, exits, epochs, prune, finetune
         if name in STAGES:
             click.echo("\n".join(STAGES[name](r)), err=as_json)
 
-    summary = run_quickstart(out_dir, config, on_stage=show, progress=sys.stderr.isatty())
+    summary = run_quickstart(out_dir, config, on_stage=show, progress=interactive(True))
     echo_result(as_json, summary, lambda: f"wrote {summary['out']}/summary.json and summary.md "
                                           f"({summary['elapsed_s']} s)")

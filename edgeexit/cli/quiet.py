@@ -16,7 +16,8 @@ The noise comes three ways, and each is caught where it starts:
 
 edgeexit's own log messages (logger ``edgeexit``) still reach the terminal (warnings and errors
 only with ``-q``), and the root logger (pytest's ``caplog``), not the log file; an empty log file
-is removed. ``-v`` captures nothing. Errors are never
+is removed. ``-v`` captures nothing, nor does a command whose stderr is not the process's
+file descriptor 2 (click's test runner). Errors are never
 swallowed: the command's ``Error: ...`` line and any traceback are printed after everything is put
 back, a crash in native code prints its traceback to the terminal (:mod:`faulthandler`), and a
 command that fails names the log file.
@@ -41,6 +42,13 @@ def default_log_path(command: str | None) -> Path:
     """``$TMPDIR/edgeexit/<command>-<time>-<pid>.log``: never the working directory."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(tempfile.gettempdir()) / "edgeexit" / f"{command or 'edgeexit'}-{stamp}-{os.getpid()}.log"
+
+
+def _is_fd2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 class _Stderr(io.TextIOBase):
@@ -89,18 +97,24 @@ class LibraryOutput:
         self.command, self.verbose, self.quiet = command, verbose, quiet
         self.path = Path(log_file) if log_file else default_log_path(command)
         self._log = self._terminal = self._stderr = self._saved_fd = None
+        self._passive = False
         self._handlers: list[tuple[logging.Logger, logging.Handler]] = []
 
     def __enter__(self) -> LibraryOutput:
         own = logging.getLogger("edgeexit")
-        if self.verbose:
-            logging.basicConfig(level=logging.DEBUG, format=FORMAT, stream=sys.stderr)
-            own.setLevel(logging.DEBUG)
+        if self.verbose or not _is_fd2(sys.stderr):
+            # -v, or stderr is not the process's (click's test runner): log as the CLI always
+            # did, to stderr, and capture nothing
+            logging.basicConfig(level=logging.DEBUG if self.verbose else logging.WARNING,
+                                format=FORMAT, stream=sys.stderr)
+            own.setLevel(logging.DEBUG if self.verbose else
+                         logging.WARNING if self.quiet else logging.INFO)
+            self._passive = True  # nothing to undo
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.path, "a", encoding="utf-8", errors="backslashreplace", buffering=1)
         self._stderr = sys.stderr
-        self._terminal = self._redirect_fd2() or self._stderr
+        self._terminal = self._redirect_fd2()
         sys.stderr = _Stderr(self._terminal, self._log)
         to_file = logging.StreamHandler(self._log)
         to_file.setFormatter(logging.Formatter("%(asctime)s " + FORMAT))
@@ -119,13 +133,7 @@ class LibraryOutput:
         return self
 
     def _redirect_fd2(self):
-        """Point fd 2 at the log file; the terminal through a duplicate (None when stderr is not
-        fd 2, e.g. under click's test runner)."""
-        try:
-            if self._stderr.fileno() != 2:
-                return None
-        except (AttributeError, OSError, ValueError):
-            return None
+        """Point fd 2 at the log file; return the terminal, reached through a duplicate."""
         self._stderr.flush()
         self._saved_fd = os.dup(2)
         os.dup2(self._log.fileno(), 2)
@@ -136,7 +144,7 @@ class LibraryOutput:
         return terminal
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if self.verbose:
+        if self._passive:
             return False
         logging.captureWarnings(False)
         for logger, handler in self._handlers:
@@ -145,11 +153,10 @@ class LibraryOutput:
         root.setLevel(self._root_level)
         own.setLevel(logging.WARNING if self.quiet else logging.INFO)  # as -v leaves it at DEBUG
         sys.stderr.flush()
-        if self._saved_fd is not None:
-            faulthandler.enable(sys.__stderr__) if sys.__stderr__ else faulthandler.disable()
-            os.dup2(self._saved_fd, 2)
-            self._terminal.close()
-            os.close(self._saved_fd)
+        faulthandler.enable(sys.__stderr__) if sys.__stderr__ else faulthandler.disable()
+        os.dup2(self._saved_fd, 2)
+        self._terminal.close()
+        os.close(self._saved_fd)
         sys.stderr = self._stderr
         self._log.close()
         self._close_note(failed=exc_type is not None and not (
