@@ -24,7 +24,7 @@ def _edgeexit(*args: str, log: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "PYTHONWARNINGS": "default"}  # every warning the libraries raise is printed, if let through
     return subprocess.run([sys.executable, "-m", "edgeexit", "--log-file", str(log), *args],
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, env=env, timeout=1200)
 
 
 def _noise(r: subprocess.CompletedProcess) -> list[str]:
