@@ -16,8 +16,9 @@ can be resumed or split across shells and merged with ``--table-only``) -> the l
 ``OUT/table.md`` and ``OUT/table.json``. The rows are trials of an Optuna study
 (:func:`edgeexit.search.run_grid`): ``--workers`` processes take them side by side; the study
 lives in ``--storage`` (default the SQLite file OUT/search.db; a PostgreSQL or MySQL URL spreads
-them over every machine that runs this same command with OUT on a shared file system; the
-latency round then runs on the machine that finishes last, docs/guides/scale-out.md).
+them over every machine that runs this same command with OUT on a shared file system; each
+waits until every row is done, then times all bundles itself: compare latency tables of one
+machine only, docs/guides/scale-out.md).
 
     .venv/bin/python tools/compress_benchmark.py --mitdb ../shared/data/mitdb --out runs/compress --quick
     .venv/bin/python tools/compress_benchmark.py --mitdb ../shared/data/mitdb --out runs/compress \\
