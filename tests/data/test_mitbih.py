@@ -189,6 +189,8 @@ def test_synthetic_record_labels_windows_and_context(tmp_path):
     np.testing.assert_allclose(data.x[:, 1, :], RR / FS, rtol=1e-6)
     np.testing.assert_allclose(data.x[:, 4, :], 1.0, rtol=1e-6)
     assert beats.size == len(BEAT_SYMBOLS)
+    # every kept beat knows when it happened (seconds from the start of its record)
+    np.testing.assert_allclose(data.times, beats[1:-1] / FS)
 
 
 def test_morph_context_carries_the_templates_its_channels_were_computed_against(tmp_path):
