@@ -152,3 +152,22 @@ def test_cli_adapt_scores_the_later_beats(tiny_checkpoint, tmp_path):
     mine = CliRunner().invoke(main, ["adapt", str(tiny_checkpoint), "--data", str(npz), "--out",
                                      str(out)])
     assert mine.exit_code == 1 and "notes.txt" in mine.output
+
+
+@pytest.mark.parametrize("method, settings", [("rdi", {"eps": 0.05, "steps": 2}),
+                                              ("neokd", {"eps": 0.05, "steps": 2}),
+                                              ("ima", {"steps": 2})])
+def test_a_robust_parent_is_adapted_with_its_own_method(tiny_checkpoint, tmp_path, method, settings):
+    from edgeexit.checkpoint import save_checkpoint
+
+    ck = load_checkpoint(tiny_checkpoint)
+    meta = {**ck.meta, "train_config": {**ck.meta["train_config"], "method": method,
+                                        "method_config": settings}}
+    parent = save_checkpoint(tmp_path / "robust.pt", ck.model, classes=ck.classes,
+                             input_spec=ck.input_spec, meta=meta)
+    result = adapt(parent, _wearer(), CONFIG, replay=make_separable(n=100, seed=9),
+                   out_dir=tmp_path / "a")
+    adapted = load_checkpoint(tmp_path / "a" / "model.pt")
+    assert adapted.meta["adaptation"]["parent_method"] == method
+    assert adapted.meta["train_config"]["method"] == method
+    assert not _same(_weights(ck.model), _weights(result.model))
