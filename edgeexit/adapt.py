@@ -53,6 +53,7 @@ from edgeexit.training.evaluation import predict_exits
 log = logging.getLogger(__name__)
 
 TRAINABLE = ("heads", "all")
+LOSSES = ("parent", "clean")
 ADAPTED = "model.pt"
 ADAPTATION_BEATS = "adaptation.npz"
 ADAPTATION_RECORD = "adaptation.json"
@@ -68,6 +69,8 @@ class AdaptConfig:
             wearer; later beats are never used.
         trainable: ``heads`` (exit heads and their context-fusion terms; stages frozen with their
             BatchNorm statistics) or ``all`` (every weight).
+        loss: ``parent`` (the parent's own training method: a robust parent's adversarial loss,
+            several times the cost) or ``clean`` (plain cross-entropy, ``standard``).
         epochs: passes over the mix of the wearer's beats and the replay buffer.
         lr: peak learning rate (cosine-decayed); None = 1e-3 for ``heads``, 3e-4 for ``all``.
         replay: beats of the general training data mixed in (class-stratified sample of the
@@ -83,6 +86,7 @@ class AdaptConfig:
 
     minutes: float = 5.0
     trainable: str = "heads"
+    loss: str = "parent"
     epochs: int = 6
     lr: float | None = None
     replay: int = 1500
@@ -98,6 +102,8 @@ class AdaptConfig:
             raise ConfigError(f"minutes must be > 0, got {self.minutes}")
         if self.trainable not in TRAINABLE:
             raise ConfigError(f"unknown trainable {self.trainable!r}; choose {' or '.join(TRAINABLE)}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown loss {self.loss!r}; choose {' or '.join(LOSSES)}")
         if self.epochs < 1 or self.batch_size < 2 or self.replay < 0:
             raise ConfigError("epochs must be >= 1, batch size >= 2 and replay >= 0")
         if self.lr is not None and not self.lr > 0:
@@ -224,6 +230,8 @@ def _train_config(ckpt: Checkpoint, config: AdaptConfig) -> TrainConfig:
     """The parent's recorded training settings (method, augmentation, class weighting and the
     validation split export rebuilds), with the adaptation's schedule."""
     base = recorded_train_config(ckpt.meta)
+    if config.loss == "clean":
+        base = dataclasses.replace(base, method="standard", method_config=None)
     return dataclasses.replace(
         base, epochs=config.epochs, lr=config.learning_rate, batch_size=config.batch_size,
         patience=0, select="last", schedule_epochs=None, ema=0.0, bn_recalibrate=0,

@@ -171,3 +171,17 @@ def test_a_robust_parent_is_adapted_with_its_own_method(tiny_checkpoint, tmp_pat
     assert adapted.meta["adaptation"]["parent_method"] == method
     assert adapted.meta["train_config"]["method"] == method
     assert not _same(_weights(ck.model), _weights(result.model))
+
+
+def test_clean_loss_trains_a_robust_parent_with_cross_entropy(tiny_checkpoint, tmp_path):
+    from edgeexit.adapt import _train_config
+    from edgeexit.checkpoint import save_checkpoint
+
+    ck = load_checkpoint(tiny_checkpoint)
+    meta = {**ck.meta, "train_config": {**ck.meta["train_config"], "method": "rdi"}}
+    parent = load_checkpoint(save_checkpoint(tmp_path / "rdi.pt", ck.model, classes=ck.classes,
+                                             input_spec=ck.input_spec, meta=meta))
+    assert _train_config(parent, AdaptConfig()).method == "rdi"
+    assert _train_config(parent, AdaptConfig(loss="clean")).method == "standard"
+    with pytest.raises(ConfigError, match="loss"):
+        AdaptConfig(loss="kl")

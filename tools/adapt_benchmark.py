@@ -9,8 +9,7 @@ and writes, via :mod:`edgeexit.results`:
   and V sensitivity and PPV) per model and mode, the mean over seeds, the final exit's accuracy
   under PGD (Linf 0.1 mV, 10 steps, a class-stratified sample of scored beats per record) and the
   seconds per adaptation (wall clock, ``--threads`` torch threads);
-- ``results/adapt_benchmark_records.json``: the same per record (first seed of each method, N of
-  the first ``--minutes``).
+- ``results/adapt_benchmark_records.json``: the same per record, for every run.
 
 Each finished (method, seed, N) is kept in ``--cache`` (JSON), so an interrupted run resumes and
 the tables are written from whatever has finished. Full run (from the repository root)::
@@ -84,16 +83,13 @@ def _rows(done: dict) -> tuple[list[list], list[list]]:
             rows.append([method, f"mean of {len(rs)}", minutes, mode, rs[0][4],
                          *[float(v) for v in np.nanmean(cols, axis=0)]])
     per_record = []
-    firsts = {}
-    for key in sorted(done):
-        method = key.split("|")[0]
-        firsts.setdefault(method, key)
-    for method, key in firsts.items():
-        for record, entry in done[key]["records"].items():
-            for mode in done[key]["pooled"]:
+    for key, rep in sorted(done.items()):
+        method, seed, minutes = key.split("|")[:3]
+        for record, entry in rep["records"].items():
+            for mode in rep["pooled"]:
                 g = entry[mode]
-                per_record.append([method, key.split("|")[1], float(key.split("|")[2]), record, mode,
-                                   g["beats"], g.get("S_beats", 0), g.get("V_beats", 0),
+                per_record.append([method, seed, float(minutes), record, mode, g["beats"],
+                                   g.get("S_beats", 0), g.get("V_beats", 0),
                                    *[g.get(s, 0.0) for s in STATS], entry["seconds"][mode]])
     return rows, per_record
 
@@ -109,6 +105,8 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", default="5,2.5", help="N values; the later ones for seed 0 only")
     ap.add_argument("--records", default=None, help="DS2 records (default: all 22)")
     ap.add_argument("--trainable", default="heads", choices=("heads", "all"))
+    ap.add_argument("--loss", default=None, choices=("parent", "clean"),
+                    help="the adaptation's loss (default: the parent's method)")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--replay", type=int, default=None)
     ap.add_argument("--robust-limit", type=int, default=50, help="beats per record attacked")
@@ -116,6 +114,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default="runs/adapt_benchmark.json",
                     help="JSON of finished runs (resumed), beside it the cut data as .npz")
     ap.add_argument("--results", default="results", help="where the tables go")
+    ap.add_argument("--name", default=None,
+                    help="table name (default adapt_benchmark, adapt_benchmark_quick with --quick)")
     ap.add_argument("--quick", action="store_true", help="standard seed 0, N = 5, six records")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -124,11 +124,15 @@ def main(argv=None) -> int:
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     minutes = [5.0] if args.quick else [float(m) for m in args.minutes.split(",")]
     records = QUICK_RECORDS if args.quick else tuple(args.records.split(",")) if args.records else DS2
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("replay", args.replay)) if v is not None}
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("replay", args.replay),
+                                   ("loss", args.loss)) if v is not None}
     cache = Path(args.cache)
     cache.parent.mkdir(parents=True, exist_ok=True)
+    # settings other than the defaults are other runs too
+    variant = "".join(f"|{k}={v}" for k, v in (("trainable", args.trainable), *overrides.items())
+                      if not (k == "trainable" and v == "heads"))
     every = json.loads(cache.read_text()) if cache.is_file() else {}
-    done = {k: v for k, v in every.items() if k.endswith("|" + ",".join(records))}
+    done = {k: v for k, v in every.items() if k.endswith("|" + ",".join(records) + variant)}
     first = load_checkpoint(Path(args.models) / f"{methods[0]}-seed{seeds[0]}" / "model.pt")
     spec = first.data_spec(args.mitdb)
     test = _data(args.mitdb, DS2, cache, "ds2", spec)
@@ -136,7 +140,7 @@ def main(argv=None) -> int:
     train = _data(args.mitdb, DS1, cache, "ds1", spec)
     plan = [(m, s, n) for n in minutes for m in methods for s in seeds if n == minutes[0] or s == seeds[0]]
     for method, seed, n in plan:
-        key = f"{method}|{seed}|{n}|{','.join(records)}"  # --quick's records are other runs
+        key = f"{method}|{seed}|{n}|{','.join(records)}{variant}"  # other records: other runs
         path = Path(args.models) / f"{method}-seed{seed}" / "model.pt"
         if key in done or not path.is_file():
             logging.info("%s: %s", key, "done" if key in done else f"no {path}: skipped")
@@ -157,12 +161,15 @@ def _write(done: dict, args, records) -> None:
         return
     rows, per_record = _rows(done)
     note = ("QUICK (standard seed 0, N = 5, records " + ",".join(records) + "). " if args.quick else "")
-    note += (f"DS2 records {len(records)}; adaptation: trainable {args.trainable}, "
-             f"{args.threads} torch thread(s), general models in {args.models}; robust: final exit "
+    note += (f"DS2 records {len(records)}; adaptation: trainable {args.trainable}"
+             + "".join(f", {k} {v}" for k, v in (("epochs", args.epochs), ("replay", args.replay),
+                                                  ("loss", args.loss)) if v is not None) + ", "
+             + f"{args.threads} torch thread(s), general models in {args.models}; robust: final exit "
              f"under PGD Linf {ROBUST_EPS} mV, 10 steps, {args.robust_limit} stratified scored "
              "beats per record; seconds: wall clock per adaptation (labelled: training and "
              "threshold calibration, no data loading).")
-    base = Path(args.results) / ("adapt_benchmark_quick" if args.quick else "adapt_benchmark")
+    base = Path(args.results) / (args.name or ("adapt_benchmark_quick" if args.quick
+                                               else "adapt_benchmark"))
     write_table(base.with_suffix(".json"), title="Patient-specific protocol on MIT-BIH DS2",
                 columns=["method", "seed", "minutes", "mode", "scored_beats", *STATS,
                          "robust_acc_0.1mV", "seconds_mean", "seconds_max"],

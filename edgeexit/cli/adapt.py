@@ -9,7 +9,7 @@ from edgeexit.cli.options import json_option
 
 _ADAPT_GROUPS = (
     ("Wearer", ("data", "records", "minutes", "out_dir")),
-    ("Adaptation", ("unsupervised", "trainable", "epochs", "lr", "replay", "replay_data",
+    ("Adaptation", ("unsupervised", "trainable", "loss", "epochs", "lr", "replay", "replay_data",
                     "margin")),
     ("Run", ("seed", "threads", "as_json")),
 )
@@ -32,6 +32,9 @@ _ADAPT_GROUPS = (
 @click.option("--trainable", type=click.Choice(["heads", "all"]), default="heads", show_default=True,
               help="heads: the exit heads and their context-fusion terms (stages frozen); all: "
                    "every weight at a small learning rate.")
+@click.option("--loss", type=click.Choice(["parent", "clean"]), default="parent", show_default=True,
+              help="parent: the checkpoint's own training method (a robust model's adversarial "
+                   "loss, several times slower); clean: plain cross-entropy.")
 @click.option("--epochs", default=6, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=None, type=float,
               help="Peak learning rate (default 1e-3 for heads, 3e-4 for all).")
@@ -46,8 +49,8 @@ _ADAPT_GROUPS = (
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="Torch threads.")
 @json_option
-def adapt(checkpoint, data, records, minutes, out_dir, unsupervised, trainable, epochs, lr, replay,
-          replay_data, margin, seed, threads, as_json):
+def adapt(checkpoint, data, records, minutes, out_dir, unsupervised, trainable, loss, epochs, lr,
+          replay, replay_data, margin, seed, threads, as_json):
     """Adapt a model to one wearer on the first minutes of their recording.
 
     Writes OUT/model.pt, which records its parent's sha256 and the adaptation data and exports
@@ -56,8 +59,8 @@ def adapt(checkpoint, data, records, minutes, out_dir, unsupervised, trainable, 
     """
     from edgeexit.adapt import AdaptConfig, adapt_wearer, format_report
 
-    config = AdaptConfig(minutes=minutes, trainable=trainable, epochs=epochs, lr=lr, replay=replay,
-                         margin=margin, seed=seed, threads=threads)
+    config = AdaptConfig(minutes=minutes, trainable=trainable, loss=loss, epochs=epochs, lr=lr,
+                         replay=replay, margin=margin, seed=seed, threads=threads)
     report = adapt_wearer(checkpoint, data, out_dir, config,
                           records=list(names(records)) if records else None,
                           unsupervised=unsupervised, replay_data=replay_data)
