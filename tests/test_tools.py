@@ -33,6 +33,17 @@ def test_decision_overhead_separates_native_time_from_the_engine(bundle_dir, bac
     assert r["policies"]["budget"]["segments_run_per_window"] == 4  # a budget never reached
 
 
+def test_engine_benchmark_puts_the_policy_between_its_floor_and_the_monolithic_graph(bundle_dir):
+    # structure only (timings are the tool's side-by-side run): the fractions, the floor's parts
+    eb = _tool("engine_benchmark")
+    x = np.load(bundle_dir / "golden.npz")["inputs"][:12].astype(np.float32)
+    r = eb.policy_floor(str(bundle_dir), "litert", x, 2)
+    assert abs(sum(r["exit_fractions"]) - 1) < 1e-3 and 1 <= r["segments_run_per_window"] <= 4
+    u = r["us_per_window"]
+    assert min(u.values()) > 0 and r["floor"] == pytest.approx(u["native_chain"] / u["native_monolithic"], rel=1e-2)
+    assert r["ratio_over_floor"] == pytest.approx(r["ratio"] / r["floor"], rel=1e-2)
+
+
 def test_robust_benchmark_table_gives_mean_and_spread_over_seeds(bundle_dir, tmp_path):
     import dataclasses
     import json

@@ -128,7 +128,8 @@ def main() -> None:
         rows = [[b, r["run_wall_s"], r["run_max_rss_mb"],
                  *[s["added_mb"] for s in r["steps"]]] for b, r in rep["backends"].items()]
         names = [s["step"] for s in next(iter(rep["backends"].values()))["steps"]]
-        names[3] = "backend package"
+        names[4] = "backend package"  # the step named after each row's backend
+        names = [n.replace(".", "_").replace(" ", "_") for n in names]
         write_table(a.out, title="edgeexit run of one window: wall, peak RSS, RSS added per step",
                     columns=["backend", "run_wall_s", "run_max_rss_mb", *[f"{n}_mb" for n in names]],
                     rows=rows, command=sys.argv, extra=rep,
