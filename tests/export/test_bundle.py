@@ -149,4 +149,7 @@ def test_the_manifest_written_is_the_json_written_before_it_was_typed(bundle_dir
     for report in ("parity", "versions", "export_config"):  # free-form reports: their keys only
         assert set(d["provenance"][report]) == set(before["provenance"][report])
         del d["provenance"][report], before["provenance"][report]
+    # added since full.json (issue 32): the files' own outputs' tolerance, per format and segment
+    assert set(d["golden"].pop("own_tolerance")) == set(d["golden"]["tolerance"])
+    assert "quantization steps" in d["golden"].pop("own_tolerance_rule")
     assert json.dumps(_layout(d)) == json.dumps(_layout(before))
