@@ -16,6 +16,8 @@ them under results/plots/).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import re
 import shlex
 import sys
@@ -48,13 +50,21 @@ def store_quickstart_report(run: Path, results: Path = RESULTS) -> Path:
             for path, key, akey in (("early-exit policy", "policy", "policy"),
                                     ("monolithic", "monolithic", "monolithic"),
                                     ("all exits", "all_exits", "final_exit"))]
-    command = (f"edgeexit quickstart --out {run} && .venv/bin/python tools/results_plots.py "
-               f"--quickstart {shlex.quote(str(run))}")
+    summary = run / "summary.json"
+    ran = json.loads(summary.read_text()).get("command") if summary.is_file() else None
+    ran = ran if ran and "--out" in ran else f"{ran or 'edgeexit quickstart'} --out {run}"
+    command = (f"{ran} && .venv/bin/python "
+               f"tools/results_plots.py --quickstart {shlex.quote(str(run))}")
+    when = dt.datetime.fromtimestamp((run / "report" / "report.json").stat().st_mtime, dt.timezone.utc)
+    host = r.get("host") or {}
     return write_table(results / "quickstart-report.json",
-                       title="The quick start's bench on the test patients (seed 0)",
+                       title="The quick start's bench on the test patients",
                        columns=["path", "mean latency (us)", "accuracy", "energy (mJ, above idle)"],
                        rows=rows, command=command, extra={"bench": r},
-                       notes="extra.bench is the whole bench report; its plots are drawn from it.")
+                       measured={"date": when.date().isoformat(), "cpu": host.get("cpu"),
+                                 "cpus": host.get("cores")},
+                       notes="extra.bench is the whole bench report (its date: when it was "
+                             "written); the plots are drawn from it.")
 
 
 def robustness_curves(out: Path, results: Path = RESULTS) -> list[Path]:
