@@ -27,20 +27,16 @@ def shell_commands(text: str) -> list[list[str]]:
     """Every simple command of the ```bash blocks of ``text``, as argument lists."""
     out = []
     for block in _BLOCK.findall(text):
-        lex = shlex.shlex(block.replace("\\\n", " "), posix=True, punctuation_chars=";&|")
-        lex.whitespace_split, lex.commenters = True, "#"
-        lex.whitespace = " \t\r"  # newlines end a command
-        current: list[str] = []
-        for token in [*lex, "\n"]:
-            if token in _SEPARATORS or "\n" in token:
-                parts = token.split("\n")
-                if token not in _SEPARATORS and parts[0]:
-                    current.append(parts[0])
-                if current:
+        for line in block.replace("\\\n", " ").splitlines():
+            lex = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+            lex.whitespace_split, lex.commenters = True, "#"
+            current: list[str] = []
+            for token in [*lex, ";"]:
+                if token in _SEPARATORS:
                     out.append(current)
-                current = [parts[-1]] if token not in _SEPARATORS and parts[-1] else []
-            else:
-                current.append(token)
+                    current = []
+                else:
+                    current.append(token)
     return [c for c in out if c]
 
 
