@@ -144,6 +144,7 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
         raise click.UsageError("--cost energy needs --bench BENCH.json (from `edgeexit bench BUNDLE "
                                "--meter auto --json`)")
     manifest = load_manifest(bundle)  # checked before any data is read or model trained
+    _check_calibrate_outputs(bundle, pareto_plot, dry_run)
     ckpt = checkpoint or manifest.provenance.checkpoint
     if cross_fit is not None and not ckpt:
         raise click.UsageError("give --checkpoint (the bundle records none)")
@@ -158,3 +159,21 @@ def calibrate(bundle, source, cross_fit, checkpoint, threads, records, policy, m
                          bench=None if not bench_file else read_json_file(bench_file, "--bench"),
                          probs=d.probs, source=d.source, provenance=d.provenance)
     echo_result(as_json, r, lambda: calibrate_text(r, d.source, bundle, dry_run))
+
+
+def _check_calibrate_outputs(bundle, pareto_plot, dry_run) -> None:
+    """The output rule for calibrate, before any data is read: the bundle's manifest can be
+    rewritten, and --pareto-plot replaces only a plot that edgeexit drew (matplotlib's PNG)."""
+    from pathlib import Path
+
+    from edgeexit.fileio import check_output_file, check_writable
+
+    if not dry_run and Path(bundle).is_dir():
+        check_writable(Path(bundle) / "manifest.json",
+                       advice="copy the bundle somewhere writable and calibrate it there")
+    if pareto_plot:
+        def drawn_here(path: Path) -> bool:
+            head = path.read_bytes()[:512]
+            return head.startswith(b"\x89PNG") and b"matplotlib" in head.lower()
+
+        check_output_file(pareto_plot, "calibrate", "--pareto-plot", ours=drawn_here)

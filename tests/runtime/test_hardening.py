@@ -361,3 +361,11 @@ def test_an_install_directory_of_the_older_layout_is_converted_in_place(tmp_path
     install_bundle(pack_directory(_copy(tmp_path, 3), tmp_path / "v3.tar.gz"), into)
     assert _serving(into) == 3 and load_manifest(into / PREVIOUS).bundle_version == 1
     assert sorted(p.name for p in (into / BUNDLES).iterdir())[0] == "b-v1"  # v2 dropped: not in the pair
+
+
+def test_calibrate_checks_its_outputs_before_reading_data(tmp_path):
+    (tmp_path / "mine.png").write_bytes(b"\x89PNG my own figure")
+    r = CliRunner().invoke(main, ["calibrate", str(BUNDLE), "--data", str(tmp_path / "none.npz"),
+                                  "--pareto-plot", str(tmp_path / "mine.png")])
+    _one_error(r, "was not written by calibrate")
+    assert (tmp_path / "mine.png").read_bytes() == b"\x89PNG my own figure"
