@@ -86,7 +86,7 @@ class ExitResult:
             "label": self.class_name,
             "label_index": self.label,
             "exit": self.exit_index,
-            "probs": [round(float(p), 6) for p in self.probs],
+            "probs": [round(p, 6) for p in self.probs.tolist()],  # the float32 values
             "segment_us": [round(ns / 1e3, 1) for ns in self.segment_ns],
         }
 
