@@ -401,15 +401,16 @@ class IncrementalDetector:
     once, as it arrives, and a beat is final as soon as the decision phase accepts it.
 
     Each :meth:`feed` of new samples extends, by as many samples, the derivative of the band-pass
-    (one FIR of both, by FFT overlap-save, centred: ``KERNEL_HALF`` samples late), the
+    (one FIR of both, by FFT overlap-save, centred: half the FIR's length late), the
     moving-window integral (running sums), the QRS candidates (final once ``refractory`` samples
     follow them), their decision (:class:`_Thresholds`, shared with the batch detector) and the
     refinement of each accepted beat to its R peak. The levels are learned from the per-second
     maxima and means of the first :data:`LEARN_S` seconds, as in the batch detector; after
     ``relearn`` samples without a beat they are learned afresh from the last :data:`LEARN_S`
     seconds (an electrode pop set them above every QRS). The state is bounded: ``history`` samples
-    of signal (at least the refinement's reach), a second of the filtered signals, and the
-    decision's few numbers.
+    of signal (at least the refinement's reach), up to ``2 LEARN_S`` seconds of the integrated
+    signal (to learn the levels from) and a step of the derivative, and the decision's few
+    numbers.
 
     Results do not depend on how the samples are cut into :meth:`feed` calls when the caller
     feeds them on a fixed grid of the signal (:class:`edgeexit.runtime.stream.StreamDetector`

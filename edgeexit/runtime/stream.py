@@ -20,8 +20,8 @@ A live signal arrives in blocks of any size. :class:`StreamDetector` finds its R
 
 The detector's own delay is about 0.55 s (the filters' half-lengths and the refractory period
 after a candidate), so a peak is known ``lookahead_s`` to ``lookahead_s + hop_s`` seconds after
-it happened. The state is bounded: ``window_s`` seconds of signal (for the beats' windows), about
-a second of filtered signal and a few numbers.
+it happened. The state is bounded: ``window_s`` seconds of signal (for the beats' windows), 16 s
+of the integrated signal (to learn the levels from) and a few numbers.
 
 :class:`BeatStream` turns committed peaks into the model's inputs with the functions of
 :mod:`edgeexit.runtime.preprocess` (the ones that cut the training windows), so a beat's window
