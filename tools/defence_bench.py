@@ -79,8 +79,8 @@ _DATA: dict = {}
 def _inputs(ckpt, split: str, limit: int, seed: int):
     """The windows (a seeded uniform sample) and their morphology templates (loaded once per
     data spec and validation split)."""
-    key = (repr(ckpt.data_spec(None)), split, repr(ckpt.meta.get("train_config", {}).get("seed")),
-           limit, seed)
+    held_out = ckpt.meta.get("train_config", {}).get("seed") if split == "val" else None
+    key = (repr(ckpt.data_spec(None)), split, repr(held_out), limit, seed)
     if key not in _DATA:
         _DATA[key] = _load_inputs(ckpt, split, limit, seed)
     return _DATA[key]
@@ -155,7 +155,7 @@ def measure_one(path: Path, split: str, limit: int, seed: int, eps_list, timing_
     return rows
 
 
-def _table(results: dict[str, dict], args) -> None:
+def _table(results: dict[str, dict], args, commands: list[str] | None = None) -> None:
     from edgeexit.results import write_table
 
     inputs = list(next(iter(results.values())))
@@ -175,10 +175,33 @@ def _table(results: dict[str, dict], args) -> None:
                 f"({args.limit} windows)", columns=cols, rows=rows,
                 command=" ".join(sys.argv), extra={"per_model": results, "eps": args.eps,
                                                    "eval_timing_ms": args.eval_timing_ms,
-                                                   "steps": args.steps},
+                                                   "steps": args.steps,
+                                                   "measured_by": commands or [" ".join(sys.argv)]},
                 notes="pgd: waveform only, RR held; context: waveform plus R-peak timing moved "
                       f"within {args.eval_timing_ms:g} ms per detection, RR recomputed, window "
                       "re-cut; morphology recomputed from the attacked waveform in both.")
+
+
+def _merge(args) -> int:
+    """One table from several ``measure`` tables (models measured in separate runs)."""
+    from edgeexit.results import read_table
+
+    results, commands, first = {}, [], None
+    for path in args.inputs:
+        t = read_table(path)
+        extra = t.extra or {}
+        first = first or extra
+        if (extra.get("eps"), extra.get("eval_timing_ms"), extra.get("steps")) != (
+                first.get("eps"), first.get("eval_timing_ms"), first.get("steps")):
+            raise SystemExit(f"{path} was measured with other settings than {args.inputs[0]}")
+        results.update(extra["per_model"])
+        commands += extra.get("measured_by") or [t.provenance.get("command", "")]
+    split = "val" if "val" in t.title.split("final exit, ")[1] else "test"
+    limit = int(t.title.rsplit("(", 1)[1].split()[0])
+    ns = argparse.Namespace(out=args.out, split=split, limit=limit, eps=first["eps"],
+                            eval_timing_ms=first["eval_timing_ms"], steps=first["steps"])
+    _table(results, ns, commands)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -205,6 +228,9 @@ def main(argv=None) -> int:
     m.add_argument("--threads", type=int, default=1)
     m.add_argument("--quick", action="store_true")
     m.add_argument("--out", required=True, help="a results/*.json table")
+    j = sub.add_parser("table", help="merge measure tables (same split, eps, budgets) into one")
+    j.add_argument("inputs", nargs="+")
+    j.add_argument("--out", required=True)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.step == "finetune":
@@ -214,6 +240,8 @@ def main(argv=None) -> int:
                          args.epochs, args.steps, args.eps, Path(args.out) / f"{name}-seed{s}",
                          args.threads, args.train_limit or None)
         return 0
+    if args.step == "table":
+        return _merge(args)
     import torch
 
     torch.set_num_threads(args.threads)
