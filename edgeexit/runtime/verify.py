@@ -122,7 +122,7 @@ class _Checks:
 
     def __call__(self, name: str, ok: bool, **detail) -> bool:
         self.items.append({"check": name, "ok": bool(ok), **detail})
-        (log.info if ok else log.error)("%s: %s %s", name, "ok" if ok else "FAILED", detail or "")
+        (log.debug if ok else log.error)("%s: %s %s", name, "ok" if ok else "FAILED", detail or "")
         return ok
 
     def report(self, root: Path, replayed: bool = True) -> VerifyReport:
