@@ -63,3 +63,31 @@ def test_quiet_prints_results_only_and_verbose_shows_the_libraries(exported):
 def test_errors_still_reach_the_terminal(tmp_path):
     r = _edgeexit("targets", "no-such-board", log=tmp_path / "x.log")
     assert r.returncode == 1 and r.stderr.startswith("Error: ") and len(r.stderr.splitlines()) == 1
+
+
+_ROUTING = """
+import logging, os, sys, warnings
+from edgeexit.cli.quiet import LibraryOutput
+with LibraryOutput("t", log_file=sys.argv[1]) as out:
+    logging.getLogger("edgeexit.x").info("stage detail")
+    logging.getLogger("torch.x").warning("library noise")
+    warnings.warn("a library's FutureWarning", FutureWarning)
+    os.write(2, b"native noise\\n")
+    print("result")
+    out.details_to_log()
+    logging.getLogger("edgeexit.x").info("detail for the log")
+    logging.getLogger("edgeexit.x").warning("a warning")
+"""
+
+
+def test_each_kind_of_output_goes_where_it_belongs(tmp_path):
+    log = tmp_path / "t.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", _ROUTING, str(log)], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "result\n"
+    assert "stage detail" in r.stderr and "a warning" in r.stderr and str(log) in r.stderr
+    text = log.read_text()
+    for line in ("library noise", "FutureWarning", "native noise", "detail for the log"):
+        assert line not in r.stderr and line in text, line

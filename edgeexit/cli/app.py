@@ -169,8 +169,8 @@ def main(verbose: bool, quiet: bool, log_file: str | None) -> None:
     XNNPACK) to a log file.
     """
     ctx = click.get_current_context()
-    ctx.with_resource(LibraryOutput(ctx.invoked_subcommand, verbose=verbose, quiet=quiet,
-                                    log_file=log_file))
+    ctx.meta["edgeexit.output"] = ctx.with_resource(
+        LibraryOutput(ctx.invoked_subcommand, verbose=verbose, quiet=quiet, log_file=log_file))
 
 
 def quiet_mode() -> bool:

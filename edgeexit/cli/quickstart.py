@@ -169,6 +169,9 @@ def quickstart(out_dir, model, width, exit_heads, exits, epochs, prune, finetune
         if name in STAGES:
             click.echo("\n".join(STAGES[name](r)), err=as_json)
 
+    output = click.get_current_context().meta.get("edgeexit.output")
+    if output is not None:  # its stage tables are the progress; the stages' own logs go to the log
+        output.details_to_log()
     summary = run_quickstart(out_dir, config, on_stage=show, progress=interactive(True))
     echo_result(as_json, summary, lambda: f"wrote {summary['out']}/summary.json and summary.md "
                                           f"({summary['elapsed_s']} s)")

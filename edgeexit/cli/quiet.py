@@ -132,6 +132,21 @@ class LibraryOutput:
         logging.captureWarnings(True)
         return self
 
+    def details_to_log(self) -> None:
+        """edgeexit's own INFO messages to the log file, not the terminal (warnings and errors
+        still show): for a command that runs other commands' stages and prints its own summary
+        of each (``edgeexit quickstart``). Nothing under -v or click's test runner."""
+        if self._passive or self._log is None:
+            return
+        own = logging.getLogger("edgeexit")
+        for logger, handler in self._handlers:
+            if logger is own:
+                handler.setLevel(logging.WARNING)
+        to_file = logging.StreamHandler(self._log)
+        to_file.setFormatter(logging.Formatter("%(asctime)s " + FORMAT))
+        own.addHandler(to_file)
+        self._handlers.append((own, to_file))
+
     def _redirect_fd2(self):
         """Point fd 2 at the log file; return the terminal, reached through a duplicate."""
         self._stderr.flush()
