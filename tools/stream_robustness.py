@@ -128,7 +128,7 @@ def means(rows: list[list]) -> list[list]:
         for j in range(5, len(COLUMNS)):
             vals = [r[j] for r in rs if r[j] is not None]
             cells.append(float(np.mean(vals)) if vals else None)
-        out.append([f"{method} (mean of {len(rs)})", method, "mean", inp, eps, *cells])
+        out.append([f"mean of {len(rs)}", method, "mean", inp, eps, *cells])
     return out
 
 
@@ -160,8 +160,10 @@ def main(argv=None) -> int:
         bundle = export(d, work / "bundle")
         stream = stream_report(bundle, args.mitdb, work / "stream", s, args.threads)
         window = {} if args.no_window else window_report(bundle, work / "window", s, args.threads)
-        method = stream["target"]["method"]
-        seed = d.name.rsplit("seed", 1)[-1] if "seed" in d.name else None
+        # the model family is the directory's name without "-seedN" (rdift-seed0: rdi fine-tuned),
+        # the training method the checkpoint's (stream["target"]["method"])
+        family, _, seed = d.name.rpartition("-seed") if "-seed" in d.name else (d.name, "", None)
+        method = f"{family} ({stream['target']['method']})"
         rows += rows_of(d.name, method, seed, stream, window)
         log.info("%s done in %.0f s", d.name, time.perf_counter() - t0)
     if not rows:
