@@ -18,7 +18,7 @@ def test_quickstart_end_to_end(tmp_path):
     out = tmp_path / "qs"
     seen = []
     config = QuickstartConfig(model="test_resnet1d", epochs=1, threads=1, bench_backend="onnxruntime",
-                              exits=None, finetune_epochs=1, meter="estimate", stream_beats=120)
+                              exits=None, finetune_epochs=1, meter="estimate", stream_beats=60)
     s = run_quickstart(out, config, on_stage=lambda name, r: seen.append(name))
     assert seen == ["train", "compress", "export", "verify", "calibrate", "bench", "evaluate"]
     for name in ("model.pt", "metrics.json", "compressed/model.pt", "bundle/manifest.json",
