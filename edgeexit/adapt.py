@@ -8,9 +8,10 @@ Two ways, both on the wearer's *first* minutes only (never a later beat):
   the common classes are not forgotten. What is trained is :attr:`AdaptConfig.trainable`:
   ``heads`` (the exit heads, with their context-fusion terms; the stages frozen, BatchNorm
   statistics included) or ``all`` (every weight, at a small learning rate). The training is
-  :func:`edgeexit.train.train` with the parent's recorded settings and method, so a robust
-  parent (``rdi``, ``neokd``, ``ima``) is adapted with its own adversarial loss. The exits'
-  thresholds are recalibrated on the adaptation beats (recorded in the checkpoint).
+  :func:`edgeexit.train.train` with the parent's recorded settings, with plain cross-entropy or
+  (``loss="parent"``) the parent's own method, so that a robust parent (``rdi``, ``neokd``,
+  ``ima``) can be adapted with its adversarial loss. The exits' thresholds are recalibrated on
+  the adaptation beats (recorded in the checkpoint).
 - **unsupervised** (:func:`adapt_unsupervised`): no labels. BatchNorm statistics re-estimated on
   the wearer's first minutes (AdaBN, Li et al. 2016), and exit thresholds recalibrated from the
   wearer's unlabelled exit confidences (the final exit's answers standing in for labels, so the
@@ -69,8 +70,10 @@ class AdaptConfig:
             wearer; later beats are never used.
         trainable: ``heads`` (exit heads and their context-fusion terms; stages frozen with their
             BatchNorm statistics) or ``all`` (every weight).
-        loss: ``parent`` (the parent's own training method: a robust parent's adversarial loss,
-            several times the cost) or ``clean`` (plain cross-entropy, ``standard``).
+        loss: ``clean`` (plain cross-entropy, the ``standard`` method) or ``parent`` (the
+            parent's own training method: a robust parent's adversarial loss). With the stages
+            frozen, ``clean`` kept an RDI model's robustness as well and cost a ninth of the time
+            (docs/guides/adaptation.md).
         epochs: passes over the mix of the wearer's beats and the replay buffer.
         lr: peak learning rate (cosine-decayed); None = 1e-3 for ``heads``, 3e-4 for ``all``.
         replay: beats of the general training data mixed in (class-stratified sample of the
@@ -86,7 +89,7 @@ class AdaptConfig:
 
     minutes: float = 5.0
     trainable: str = "heads"
-    loss: str = "parent"
+    loss: str = "clean"
     epochs: int = 6
     lr: float | None = None
     replay: int = 1500

@@ -165,8 +165,8 @@ def test_a_robust_parent_is_adapted_with_its_own_method(tiny_checkpoint, tmp_pat
                                         "method_config": settings}}
     parent = save_checkpoint(tmp_path / "robust.pt", ck.model, classes=ck.classes,
                              input_spec=ck.input_spec, meta=meta)
-    result = adapt(parent, _wearer(), CONFIG, replay=make_separable(n=100, seed=9),
-                   out_dir=tmp_path / "a")
+    result = adapt(parent, _wearer(), dataclasses.replace(CONFIG, loss="parent"),
+                   replay=make_separable(n=100, seed=9), out_dir=tmp_path / "a")
     adapted = load_checkpoint(tmp_path / "a" / "model.pt")
     assert adapted.meta["adaptation"]["parent_method"] == method
     assert adapted.meta["train_config"]["method"] == method
@@ -181,7 +181,7 @@ def test_clean_loss_trains_a_robust_parent_with_cross_entropy(tiny_checkpoint, t
     meta = {**ck.meta, "train_config": {**ck.meta["train_config"], "method": "rdi"}}
     parent = load_checkpoint(save_checkpoint(tmp_path / "rdi.pt", ck.model, classes=ck.classes,
                                              input_spec=ck.input_spec, meta=meta))
-    assert _train_config(parent, AdaptConfig()).method == "rdi"
-    assert _train_config(parent, AdaptConfig(loss="clean")).method == "standard"
+    assert _train_config(parent, AdaptConfig(loss="parent")).method == "rdi"
+    assert _train_config(parent, AdaptConfig()).method == "standard"
     with pytest.raises(ConfigError, match="loss"):
         AdaptConfig(loss="kl")

@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     ap.add_argument("--records", default=None, help="DS2 records (default: all 22)")
     ap.add_argument("--trainable", default="heads", choices=("heads", "all"))
     ap.add_argument("--loss", default=None, choices=("parent", "clean"),
-                    help="the adaptation's loss (default: the parent's method)")
+                    help="the adaptation's loss (default: edgeexit.adapt's, clean)")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--replay", type=int, default=None)
     ap.add_argument("--robust-limit", type=int, default=50, help="beats per record attacked")

@@ -32,9 +32,9 @@ _ADAPT_GROUPS = (
 @click.option("--trainable", type=click.Choice(["heads", "all"]), default="heads", show_default=True,
               help="heads: the exit heads and their context-fusion terms (stages frozen); all: "
                    "every weight at a small learning rate.")
-@click.option("--loss", type=click.Choice(["parent", "clean"]), default="parent", show_default=True,
-              help="parent: the checkpoint's own training method (a robust model's adversarial "
-                   "loss, several times slower); clean: plain cross-entropy.")
+@click.option("--loss", type=click.Choice(["clean", "parent"]), default="clean", show_default=True,
+              help="clean: plain cross-entropy; parent: the checkpoint's own training method (a "
+                   "robust model's adversarial loss, several times slower).")
 @click.option("--epochs", default=6, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=None, type=float,
               help="Peak learning rate (default 1e-3 for heads, 3e-4 for all).")
