@@ -459,7 +459,10 @@ def test_csv_log_that_catches_up_after_stop_is_used(tmp_path):
     time.sleep(0.01)
     r = m.stop()
     writer.join()
-    assert r.joules == pytest.approx(3.0 * r.seconds, rel=1e-2)
+    # 3 W over the run; the run's seconds (monotonic clock) and the log's span (wall clock) are
+    # read at slightly different moments, so allow 5 ms of skew at 3 W (a loaded CI host showed
+    # 0.5 ms, 1.3% of this 35 ms run)
+    assert r.joules == pytest.approx(3.0 * r.seconds, abs=3.0 * 0.005)
 
 
 def test_csv_malformed_row_names_its_line(tmp_path):
