@@ -13,7 +13,8 @@ each window runs under that policy):
 * ``copy``: only the copies into the segments' input buffers (the window into the first; for
   LiteRT the features between interpreters; onnxruntime shares them);
 * ``output``: only reading each exit's logits as Python floats (``tolist``);
-* ``decision``: only :meth:`Policy.step` on logits recorded beforehand;
+* ``decision``: only :meth:`Policy.stop` on logits recorded beforehand (and
+  :meth:`Policy.answer` at the exit taken, for ``ensemble``: the others' answer is made on demand);
 * ``timing``: only the clock reads and the list of segment times;
 * ``result``: only the label and the :class:`~edgeexit.runtime.engine.ExitResult`.
 
@@ -102,7 +103,8 @@ def _links(engine: Engine, x: np.ndarray) -> list:
 def _variants(engine: Engine, x: np.ndarray, rows, exits: np.ndarray, links: list) -> dict:
     """Per step of :meth:`Engine.predict`, a function of the window index ``i`` that runs that
     step alone for window ``i`` (for the segments it runs)."""
-    step, clock, classes = engine.policy.step, time.perf_counter_ns, engine.classes
+    pol, clock, classes = engine.policy, time.perf_counter_ns, engine.classes
+    stop, answer, lazy = pol.stop, pol.answer, pol.answers_softmax
     limit = engine._energy_limit
     f32, shape = np.dtype(np.float32), engine.input_shape
     chains = [links[: k + 1] for k in range(len(links))]
@@ -134,10 +136,12 @@ def _variants(engine: Engine, x: np.ndarray, rows, exits: np.ndarray, links: lis
         for link in runs[i]:
             link[1].tolist()
 
-    def v_decision(i):
+    def v_decision(i):  # the decision at every exit run, and the answer where it is not lazy
         r = rows[i]
         for j in range(exits[i] + 1):
-            step(j, r[j].tolist()[0])
+            stop(j, r[j].tolist()[0])
+        if not lazy:
+            answer(exits[i], r[exits[i]].tolist()[0])
 
     def v_timing(i):
         times = []
@@ -147,9 +151,9 @@ def _variants(engine: Engine, x: np.ndarray, rows, exits: np.ndarray, links: lis
         tuple(times)
 
     def v_result(i):
-        p = probs[i]
-        label = p.index(max(p))
-        ExitResult(label, classes[label], p, exits[i], ())
+        z = probs[i]
+        label = z.index(max(z))
+        ExitResult(label, classes[label], None, exits[i], (), z)
 
     def v_empty(i):
         pass

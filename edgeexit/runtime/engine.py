@@ -25,7 +25,7 @@ from edgeexit.errors import EdgeExitError
 from edgeexit.runtime.backends import Session, backend_for_format, get_backend
 from edgeexit.runtime.backends.base import BACKENDS, BackendError
 from edgeexit.runtime.manifest import BudgetSpec, BundleError, Manifest, load_manifest
-from edgeexit.runtime.policy import Policy, make_policy
+from edgeexit.runtime.policy import Policy, make_policy, softmax_list
 
 log = logging.getLogger(__name__)
 # x . x of a window with huge values overflows float32 on the fast path; _explain looks at it
@@ -54,19 +54,23 @@ class ExitResult:
     Attributes:
         label: index of the predicted class; ``class_name`` its name.
         probs: answer distribution over the classes (softmax of the exit, or the ensemble mean),
-            float32; made into an array on first access (the batch-1 path hands over a list:
-            building the array costs 0.3 us that a caller who wants only the label never pays).
+            float32; made on first access (the batch-1 path hands over a list, or only the exit's
+            logits where the answer is their softmax: a caller who wants only the label never
+            pays for the distribution).
         exit_index: the exit that answered.
         segment_ns: wall time of every segment that ran, in nanoseconds.
     """
 
-    __slots__ = ("label", "class_name", "exit_index", "segment_ns", "_probs")
+    __slots__ = ("label", "class_name", "exit_index", "segment_ns", "_probs", "_logits")
 
     def __init__(self, label: int, class_name: str, probs, exit_index: int,
-                 segment_ns: tuple[int, ...]) -> None:
+                 segment_ns: tuple[int, ...], logits: list[float] | None = None) -> None:
+        """``probs``: the distribution (array or list of floats), or None with ``logits``: the
+        exit's logits, whose softmax (:func:`~edgeexit.runtime.policy.softmax_list`) it is."""
         self.label = label
         self.class_name = class_name
         self._probs = probs
+        self._logits = logits
         self.exit_index = exit_index
         self.segment_ns = segment_ns
 
@@ -74,6 +78,8 @@ class ExitResult:
     def probs(self) -> np.ndarray:
         p = self._probs
         if type(p) is not np.ndarray:
+            if p is None:
+                p = softmax_list(self._logits)
             p = self._probs = np.asarray(p, np.float32)
         return p
 
@@ -207,6 +213,7 @@ class Engine:
     ) -> None:
         self.manifest = manifest
         self.sessions = sessions
+        self._decide = None  # the policy's (stop, answer, begin, answers_softmax): predict's reads
         self.policy = policy
         self.backend = backend
         self.threads = threads
@@ -288,6 +295,16 @@ class Engine:
         engine._unpacked = tmp  # removed with the engine
         return engine
 
+    @property
+    def policy(self) -> Policy:
+        """The exit policy (may be replaced between calls)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        self._policy = policy
+        self._decide = (policy.stop, policy.answer, policy.begin, policy.answers_softmax)
+
     # -- input checks ---------------------------------------------------------------------------
 
     def check_input(self, x: np.ndarray, batch: bool) -> np.ndarray:
@@ -367,7 +384,8 @@ class Engine:
         The window is written once into the first segment's input buffer; each segment's
         features go to the next one without passing through Python (onnxruntime: shared by IO
         binding; LiteRT: one copy between the interpreters' buffers); the decision after each
-        segment is :meth:`Policy.step` on the exit's logits as Python floats. ``segment_ns``
+        segment is :meth:`Policy.stop` on the exit's logits as Python floats, and the answer
+        distribution is made only when :attr:`ExitResult.probs` is read. ``segment_ns``
         holds each segment's wall time when :attr:`timing` is on (the default), else is empty.
         ``tools/decision_overhead.py`` measures every step of this against the native inference.
         """
@@ -385,10 +403,9 @@ class Engine:
                 self.check_input(x, False)
         else:
             first[...] = self.check_input(x, batch=False)[0]
-        policy = self.policy
-        step = policy.step
-        if policy.begin is not None:  # the budget policy's clock starts with the input
-            policy.begin(_clock())
+        stop, answer, begin, lazy = self._decide
+        if begin is not None:  # the budget policy's clock starts with the input
+            begin(_clock())
         k = 0
         try:
             if self.timing:
@@ -400,22 +417,26 @@ class Engine:
                         inp[...] = src
                     run()
                     times.append(clock() - t0)
-                    probs = step(k, logits.tolist())
-                    if probs is not None:
-                        label = probs.index(max(probs))
-                        return ExitResult(label, self.classes[label], probs, k, tuple(times))
+                    z = logits.tolist()
+                    if stop(k, z):
+                        break
             else:
+                times = ()
                 for k, (inp, logits, run, src) in enumerate(links):
                     if src is not None:
                         inp[...] = src
                     run()
-                    probs = step(k, logits.tolist())
-                    if probs is not None:
-                        label = probs.index(max(probs))
-                        return ExitResult(label, self.classes[label], probs, k, ())
+                    z = logits.tolist()
+                    if stop(k, z):
+                        break
         except Exception as exc:  # the backend's own errors (RuntimeError, onnxruntime's Fail)
             raise BackendError(f"{self.backend} failed to run segment {k}: {exc}") from exc
-        raise AssertionError("the last exit always decides")  # pragma: no cover
+        if lazy:  # the answer is the softmax of z: its largest value is the largest logit's
+            label = z.index(max(z))
+            return ExitResult(label, self.classes[label], None, k, tuple(times), z)
+        probs = answer(k, z)
+        label = probs.index(max(probs))
+        return ExitResult(label, self.classes[label], probs, k, tuple(times))
 
     def _link(self) -> list | None:
         """Bind the segments' batch-1 buffers into a chain (``Session.link``): per segment
@@ -445,22 +466,25 @@ class Engine:
     def _predict_sessions(self, x: np.ndarray) -> ExitResult:
         """:meth:`predict` through ``Session.run`` (sessions without a batch-1 chain)."""
         h = self.check_input(x, batch=False)
-        step = self.policy.step
+        stop, answer, begin, lazy = self._decide
         times: list[int] = []
-        begin = self.policy.begin
         if begin is not None:
             begin(_clock())
         for k, sess in enumerate(self.sessions):
             t0 = _clock()
             out = sess.run(h, copy=False)  # views: used before this session runs again
             times.append(_clock() - t0)
-            probs = step(k, out[-1].tolist()[0])
-            if probs is not None:
-                label = probs.index(max(probs))
-                return ExitResult(label, self.classes[label], probs, k,
-                                  tuple(times) if self.timing else ())
+            z = out[-1].tolist()[0]
+            if stop(k, z):
+                break
             h = out[0]
-        raise AssertionError("the last exit always decides")  # pragma: no cover
+        times = tuple(times) if self.timing else ()
+        if lazy:
+            label = z.index(max(z))
+            return ExitResult(label, self.classes[label], None, k, times, z)
+        probs = answer(k, z)
+        label = probs.index(max(probs))
+        return ExitResult(label, self.classes[label], probs, k, times)
 
     def predict_batch(self, x: np.ndarray) -> BatchResult:
         """Classify ``x [N, ...]``; segment k runs only on the samples no earlier exit decided."""

@@ -2,12 +2,16 @@
 
 Each policy is one small class with two ways to decide:
 
-- ``step(k, z) -> probs | None``, the batch-1 path of :meth:`Engine.predict`: ``z`` is exit k's
-  logits as a list of Python floats; the result is the answer distribution (a list of floats) when
-  the sample stops at exit ``k``, else None. It is plain arithmetic on a handful of floats: at
-  batch 1 a chain of numpy calls on ``[1, K]`` arrays costs as much as a segment's inference
-  (``tools/decision_overhead.py`` measures it). Policies with state (``ensemble``'s running sum)
-  start afresh at ``k == 0``, so one policy object serves one stream of windows at a time.
+- ``step(k, z) -> probs | None``, the batch-1 path: ``z`` is exit k's logits as a list of Python
+  floats; the result is the answer distribution (a list of floats) when the sample stops at exit
+  ``k``, else None. It is ``stop(k, z)`` then ``answer(k, z)``, the two halves
+  :meth:`Engine.predict` calls apart: ``stop`` is the decision alone (a bool), ``answer`` the
+  distribution, which the engine computes only when asked for where it is the softmax of the
+  exit's logits (``answers_softmax``: every policy but ``ensemble``). It is plain arithmetic on a
+  handful of floats: at batch 1 a chain of numpy calls on ``[1, K]`` arrays costs as much as a
+  segment's inference (``tools/decision_overhead.py`` measures it). Policies with state
+  (``ensemble``'s running sum) start afresh at ``k == 0``, so one policy object serves one stream
+  of windows at a time.
 - ``decide(k, z, carry) -> (done, probs, carry)``, the batch path of :meth:`Engine.predict_batch`:
   ``z`` is exit k's logits ``[n, K]`` for the samples still running, ``done`` a boolean mask of those
   that stop at ``k``, ``probs`` their answer distribution, and ``carry`` the policy's per-sample
@@ -53,6 +57,16 @@ def entropy(probs: np.ndarray) -> np.ndarray:
     return -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(axis=-1)
 
 
+def _exp_sum(z: list[float]) -> float:
+    """``sum(exp(v - max z))`` (max softmax = its inverse), added left to right as ``sum`` of the
+    list does (CPython 3.11), in one loop: no list, no comprehension call."""
+    m = max(z)
+    s = 0.0
+    for v in z:
+        s += exp(v - m)
+    return s
+
+
 def softmax_list(z: list[float]) -> list[float]:
     """Softmax of one row of logits given as Python floats (the batch-1 path)."""
     m = max(z)
@@ -74,8 +88,19 @@ class Policy:
     def last(self, k: int) -> bool:
         return k >= self._last
 
-    def step(self, k: int, z: list[float]) -> list[float] | None:
+    answers_softmax = True  # answer(k, z) is softmax_list(z): a function of exit k's logits alone
+
+    def stop(self, k: int, z: list[float]) -> bool:
+        """Whether the sample stops at exit ``k`` (``z``: its logits as Python floats)."""
         raise NotImplementedError
+
+    def answer(self, k: int, z: list[float]) -> list[float]:
+        """The answer distribution at exit ``k``, after :meth:`stop` said the sample stops there."""
+        return softmax_list(z)
+
+    def step(self, k: int, z: list[float]) -> list[float] | None:
+        """:meth:`answer` where :meth:`stop` says the sample stops at exit ``k``, else None."""
+        return self.answer(k, z) if self.stop(k, z) else None
 
     def decide(self, k: int, z: np.ndarray, carry=None) -> tuple[np.ndarray, np.ndarray, object]:
         raise NotImplementedError
@@ -114,14 +139,10 @@ class MaxProb(_Thresholded):
         # max softmax = 1 / sum(exp(z - max z)), so "max prob >= t" is "that sum <= 1 / t"
         self._sum_limit = tuple(1.0 / t if t > 0 else float("inf") for t in self.thresholds)
 
-    def step(self, k, z):
-        m = max(z)
-        e = [exp(v - m) for v in z]
-        s = sum(e)
-        if k >= self._last or s <= self._sum_limit[k]:
-            inv = 1.0 / s
-            return [v * inv for v in e]
-        return None
+    def stop(self, k, z):
+        if k >= self._last:
+            return True
+        return _exp_sum(z) <= self._sum_limit[k]
 
     def decide(self, k, z, carry=None):
         probs = softmax(z.astype(np.float64))
@@ -140,17 +161,19 @@ class Entropy(_Thresholded):
             raise ConfigError("policy entropy needs thresholds (calibrated at export, or --thresholds)")
         super().__init__(num_exits, thresholds)
 
-    def step(self, k, z):
-        m = max(z)
-        d = [v - m for v in z]
-        e = [exp(v) for v in d]
-        s = sum(e)
-        inv = 1.0 / s
+    def stop(self, k, z):
         if k >= self._last:
-            return [v * inv for v in e]
-        # H = log s - sum(e_i * d_i) / s  (d_i = z_i - max z): no log of a tiny probability
-        h = log(s) - sum([a * b for a, b in zip(e, d)]) * inv
-        return [v * inv for v in e] if h <= self.thresholds[k] else None
+            return True
+        # H = log s - sum(e_i * d_i) / s  (d_i = z_i - max z, e_i = exp(d_i), s = sum e_i): no log
+        # of a tiny probability; one loop (a list comprehension is a call of its own in 3.11)
+        m = max(z)
+        s = t = 0.0
+        for v in z:
+            d = v - m
+            e = exp(d)
+            s += e
+            t += e * d
+        return log(s) - t * (1.0 / s) <= self.thresholds[k]
 
     def decide(self, k, z, carry=None):
         probs = softmax(z.astype(np.float64))
@@ -189,7 +212,9 @@ class Ensemble(_Thresholded):
         self._sum_limit = None if t is None else tuple(v * self._wsum[k] for k, v in enumerate(t))
         self._acc: list[float] = []
 
-    def step(self, k, z):
+    answers_softmax = False  # the answer is the running mean over the exits run
+
+    def stop(self, k, z):
         m = max(z)
         e = [exp(v - m) for v in z]
         inv = self._w[k] / sum(e)
@@ -197,10 +222,11 @@ class Ensemble(_Thresholded):
             acc = self._acc = [v * inv for v in e]
         else:
             acc = self._acc = [a + v * inv for a, v in zip(self._acc, e)]
-        if k >= self._last or (self._sum_limit is not None and max(acc) >= self._sum_limit[k]):
-            n = 1.0 / self._wsum[k]
-            return [a * n for a in acc]
-        return None
+        return k >= self._last or (self._sum_limit is not None and max(acc) >= self._sum_limit[k])
+
+    def answer(self, k, z):
+        n = 1.0 / self._wsum[k]
+        return [a * n for a in self._acc]
 
     def decide(self, k, z, carry=None):
         p = softmax(z.astype(np.float64)) * self._w[k]
@@ -232,8 +258,8 @@ class Fixed(Policy):
             raise ConfigError(f"fixed exit {exit_index} out of range 0..{num_exits - 1}")
         self.exit_index = int(exit_index)
 
-    def step(self, k, z):
-        return softmax_list(z) if k >= self.exit_index else None
+    def stop(self, k, z):
+        return k >= self.exit_index
 
     def decide(self, k, z, carry=None):
         probs = softmax(z.astype(np.float64))
@@ -289,26 +315,22 @@ class Budget(Policy):
         self._next_ns = tuple(c * 1e3 for c in costs[1:]) + (0.0,)
         self._limit_ns = limit * 1e3
         self._t0 = 0
-        if unit == "us":
+        self._clocked = unit == "us"
+        if self._clocked:
             self.begin = self._begin
 
     def _begin(self, t0_ns: int) -> None:
         self._t0 = t0_ns
 
-    def step(self, k, z):
-        m = max(z)
-        e = [exp(v - m) for v in z]
-        inv = 1.0 / sum(e)
-        if k < self._last:
-            t = self.thresholds
-            if not (t is not None and inv >= t[k]):  # max softmax = 1 / sum(exp(z - max z))
-                if self.unit == "us":
-                    spent = time.perf_counter_ns() - self._t0
-                    if spent + self._next_ns[k] <= self._limit_ns:
-                        return None
-                elif not self._over[k]:
-                    return None
-        return [v * inv for v in e]
+    def stop(self, k, z):
+        if k >= self._last:
+            return True
+        t = self.thresholds
+        if t is not None and 1.0 / _exp_sum(z) >= t[k]:  # max softmax = 1 / sum(exp(z - max z))
+            return True
+        if self._clocked:
+            return not (time.perf_counter_ns() - self._t0 + self._next_ns[k] <= self._limit_ns)
+        return self._over[k]
 
     def decide(self, k, z, carry=None):
         probs = softmax(z.astype(np.float64))
