@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
+import importlib
 import json
 import math
 import os
@@ -62,9 +62,32 @@ def own_key(file_format: str, segment: int) -> str:
     return f"{file_format}_logits_{segment}"
 
 
+_SHA256_NEW: list = []  # the sha256 constructor, found on first use
+
+
+def sha256(data: bytes = b""):
+    """A sha256 hash object (``hashlib.sha256``'s interface) over ``data``.
+
+    CPython's own implementation (module ``_sha2``, before 3.12 ``_sha256``) where the interpreter
+    has it: ``hashlib`` loads OpenSSL's libcrypto, 3.5 MB of resident memory on the device for the
+    few files a bundle hashes; ``hashlib``'s where it does not (or where it is loaded already).
+    """
+    if not _SHA256_NEW:
+        import sys
+
+        mods = ("hashlib",) if "_hashlib" in sys.modules else ("_sha2", "_sha256", "hashlib")
+        for name in mods:
+            try:
+                _SHA256_NEW.append(importlib.import_module(name).sha256)
+                break
+            except (ImportError, AttributeError):
+                continue
+    return _SHA256_NEW[0](data)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
+    h = sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)

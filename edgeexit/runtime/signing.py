@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from edgeexit.runtime.manifest import (  # noqa: F401 (SIGNATURE re-exported)
     BundleError,
     load_manifest,
     manifest_bytes,
+    sha256,
     with_sizes,
 )
 
@@ -66,7 +66,7 @@ def fingerprint(public_key) -> str:
     """Hex sha256 of an ed25519 public key's 32 raw bytes."""
     serialization, _ = _crypto()
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()
+    return sha256(raw).hexdigest()
 
 
 # -- keys ----------------------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def sign_bundle(bundle: str | os.PathLike, key: str | os.PathLike,
         "algorithm": "ed25519",
         "key_fingerprint": fp,
         "public_key": _b64(pub.public_bytes(*_raw_public())),
-        "manifest_sha256": hashlib.sha256(raw).hexdigest(),
+        "manifest_sha256": sha256(raw).hexdigest(),
         "bundle_version": manifest.bundle_version,
         "signature": _b64(priv.sign(raw)),
     }

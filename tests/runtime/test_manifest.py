@@ -150,3 +150,33 @@ def test_a_budget_policy_in_the_manifest_is_typed_and_runs(tmp_path):
     with np.load(bundle / "golden.npz") as z:
         r = engine.predict(z["inputs"][0].astype(np.float32))
     assert r.exit_index == 3  # a budget never reached: every segment runs
+
+
+def test_the_bundle_hash_is_sha256_without_loading_openssl():
+    # the device hashes bundle files with CPython's own sha256 where it has one (hashlib loads
+    # libcrypto, 3.5 MB resident); the digests are sha256's, whichever implementation
+    import hashlib
+    import subprocess
+    import sys
+
+    from edgeexit.runtime.manifest import sha256
+
+    data = bytes(range(256)) * 1000
+    assert sha256(data).hexdigest() == hashlib.sha256(data).hexdigest()
+    code = ("import sys; from edgeexit.runtime.manifest import sha256; "
+            "d = sha256(b'abc').hexdigest(); print(d, '_hashlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    digest, loaded = out.stdout.split()
+    assert digest == hashlib.sha256(b"abc").hexdigest()
+    has_builtin = any(_importable(m) for m in ("_sha2", "_sha256"))
+    assert loaded == str(not has_builtin)
+
+
+def _importable(name):
+    import importlib
+
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
