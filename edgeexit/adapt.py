@@ -413,8 +413,9 @@ def patient_specific(checkpoint: str | os.PathLike | Checkpoint, test: BeatDatas
     exactly the same scored beats.
 
     Returns:
-        ``{"records": {record: {mode: gross statistics, "seconds": {...}}}, "pooled": {mode:
-        gross statistics}, "config": ...}``; with ``robust_eps``, every mode's final exit under
+        ``{"records": {record: {mode: gross statistics, "seconds": {...}, "cpu_seconds":
+        {...}}}, "pooled": {mode: gross statistics}, "config": ...}`` (seconds: wall clock per
+        adaptation; cpu_seconds: this process's CPU time, all its threads); with ``robust_eps``, every mode's final exit under
         PGD on ``robust_limit`` scored beats of each record, pooled (``"robust"``).
     """
     unknown = sorted(set(modes) - set(MODES))
@@ -431,17 +432,18 @@ def patient_specific(checkpoint: str | os.PathLike | Checkpoint, test: BeatDatas
     for i, name in enumerate(names):
         wearer = test if test.groups is None else test.subset(np.flatnonzero(test.groups == name))
         _, scored = first_minutes(wearer, config.minutes)
-        entry, seconds = {"scored_beats": len(scored)}, {}
+        entry, seconds, cpu_seconds = {"scored_beats": len(scored)}, {}, {}
         for m in modes:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             model = _adapted(ckpt, wearer, config, replay, m)
             seconds[m] = round(time.perf_counter() - start, 2)
+            cpu_seconds[m] = round(time.process_time() - cpu, 2)
             pred = predict_exits(model, scored.x)[-1].argmax(axis=1)
             preds[m].append(pred)
             entry[m] = gross_statistics(classification_report(scored.y, pred, test.classes))
             if robust_eps is not None:
                 robust[m].append(robust_accuracy(model, scored, robust_eps, limit=robust_limit))
-        entry["seconds"] = seconds
+        entry["seconds"], entry["cpu_seconds"] = seconds, cpu_seconds
         records[name] = entry
         ys.append(scored.y)
         if progress is not None:

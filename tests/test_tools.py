@@ -160,23 +160,29 @@ def test_context_reliance_sees_a_model_that_reads_the_waveform(tiny_checkpoint, 
     assert r["accuracy_donor_swap"] < r["accuracy_clean"] - 0.3
 
 
-def test_compress_benchmark_runs_every_row_and_times_them_in_one_round(tiny_checkpoint, tmp_path):
+def test_compress_benchmark_runs_every_row_and_times_them_in_one_round(tiny_checkpoint, bundle_dir,
+                                                                      tmp_path):
     import json
+    import shutil
 
     cb = _tool("compress_benchmark")
     out = tmp_path / "cb"
+    # the original row's bundle is there already (the tool keeps a finished bundle): it is the
+    # tiny model's session bundle, so the test exports one bundle instead of three (~90 s less)
+    shutil.copytree(bundle_dir, out / "original" / "bundle")
     assert cb.main(["--checkpoint", str(tiny_checkpoint), "--out", str(out), "--quick",
-                    "--ratios", "0.5", "--finetunes", "standard,onmanifold", "--seeds", "0,1"]) == 0
+                    "--ratios", "0.5", "--finetunes", "standard", "--seeds", "0,1"]) == 0
     groups = cb.collect(out)
-    assert list(groups) == ["original", "r0.5-standard", "r0.5-onmanifold"]
+    assert list(groups) == ["original", "r0.5-standard"]
     assert [r["name"] for r in groups["r0.5-standard"]] == ["r0.5-standard-s0", "r0.5-standard-s1"]
     latency = json.loads((out / "latency.json").read_text())  # the first seed's bundles
-    assert set(latency) == {"original", "r0.5-standard-s0", "r0.5-onmanifold-s0"}
+    assert set(latency) == {"original", "r0.5-standard-s0"}
     assert all(v["monolithic_us"] > 0 and v["policy_us"] > 0 for v in latency.values())
+    assert (out / "r0.5-standard-s0" / "bundle" / "manifest.json").is_file()
     assert not (out / "r0.5-standard-s1" / "bundle").exists()
     assert cb._macs(out / "r0.5-standard-s0") < cb._macs(out / "original")
     table = (out / "table.md").read_text()
-    assert table.count("\n| r0.5-") == 2 and "QUICK" in table and " ± " in table
+    assert table.count("\n| r0.5-") == 1 and "QUICK" in table and " ± " in table
     for rows in json.loads((out / "table.json").read_text())["rows"].values():
         for row in rows:
             assert {a["attack"] for a in row["attacks"]} == {"max_avg", "onmanifold"}

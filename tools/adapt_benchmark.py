@@ -72,14 +72,16 @@ def _rows(done: dict) -> tuple[list[list], list[list]]:
         method, seed, minutes = key.split("|")[:3]
         for mode, g in rep["pooled"].items():
             secs = [e["seconds"][mode] for e in rep["records"].values()]
+            cpu = [e.get("cpu_seconds", {}).get(mode, np.nan) for e in rep["records"].values()]
             robust = rep.get("robust", {}).get(mode, {}).get("accuracy")
             row = [method, seed, float(minutes), mode, g["beats"], *[g.get(s, 0.0) for s in STATS],
-                   robust, float(np.mean(secs)), float(np.max(secs))]
+                   robust, float(np.mean(secs)), float(np.max(secs)), float(np.mean(cpu)),
+                   float(np.max(cpu))]
             rows.append(row)
             groups.setdefault((method, float(minutes), mode), []).append(row)
     for (method, minutes, mode), rs in sorted(groups.items()):
         if len(rs) > 1:
-            cols = np.array([[r[i] if r[i] is not None else np.nan for i in range(5, 14)] for r in rs])
+            cols = np.array([[r[i] if r[i] is not None else np.nan for i in range(5, 16)] for r in rs])
             rows.append([method, f"mean of {len(rs)}", minutes, mode, rs[0][4],
                          *[float(v) for v in np.nanmean(cols, axis=0)]])
     per_record = []
@@ -90,7 +92,8 @@ def _rows(done: dict) -> tuple[list[list], list[list]]:
                 g = entry[mode]
                 per_record.append([method, seed, float(minutes), record, mode, g["beats"],
                                    g.get("S_beats", 0), g.get("V_beats", 0),
-                                   *[g.get(s, 0.0) for s in STATS], entry["seconds"][mode]])
+                                   *[g.get(s, 0.0) for s in STATS], entry["seconds"][mode],
+                                   entry.get("cpu_seconds", {}).get(mode)])
     return rows, per_record
 
 
@@ -167,17 +170,20 @@ def _write(done: dict, args, records) -> None:
              + f"{args.threads} torch thread(s), general models in {args.models}; robust: final exit "
              f"under PGD Linf {ROBUST_EPS} mV, 10 steps, {args.robust_limit} stratified scored "
              "beats per record; seconds: wall clock per adaptation (labelled: training and "
-             "threshold calibration, no data loading).")
+             "threshold calibration, no data loading); cpu_seconds: the process's CPU time for it "
+             "(what it takes on an idle core at 1 thread; the wall clock grows with the host's "
+             "load).")
     base = Path(args.results) / (args.name or ("adapt_benchmark_quick" if args.quick
                                                else "adapt_benchmark"))
     write_table(base.with_suffix(".json"), title="Patient-specific protocol on MIT-BIH DS2",
                 columns=["method", "seed", "minutes", "mode", "scored_beats", *STATS,
-                         "robust_acc_0.1mV", "seconds_mean", "seconds_max"],
+                         "robust_acc_0.1mV", "seconds_mean", "seconds_max", "cpu_seconds_mean",
+                         "cpu_seconds_max"],
                 rows=rows, command=["python", "tools/adapt_benchmark.py", *sys.argv[1:]], notes=note)
     write_table(base.with_name(base.name + "_records.json"),
                 title="Patient-specific protocol on MIT-BIH DS2, per record",
                 columns=["method", "seed", "minutes", "record", "mode", "scored_beats", "S_beats",
-                         "V_beats", *STATS, "seconds"],
+                         "V_beats", *STATS, "seconds", "cpu_seconds"],
                 rows=per_record, command=["python", "tools/adapt_benchmark.py", *sys.argv[1:]],
                 notes=note)
 
