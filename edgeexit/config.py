@@ -36,6 +36,20 @@ def dataclass_from_dict(cls: type[T], d: Any, what: str) -> T:
     return cls(**d)
 
 
+class ConfigDict:
+    """``to_dict`` / ``from_dict`` of a frozen config dataclass (a mixin); ``KEYS`` says what its
+    keys are called in the error :func:`dataclass_from_dict` raises for unknown ones."""
+
+    KEYS = "config keys"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return dataclass_from_dict(cls, d, cls.KEYS)
+
+
 # the Python types a value read from TOML/JSON may have for a field annotated with each name
 _ALLOWED = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
             "None": (type(None),), "tuple": (list, tuple), "list": (list, tuple), "dict": (dict,)}

@@ -473,9 +473,11 @@ def _short_evaluate(bundle: Path, checkpoint: Path, out: Path, config: Quickstar
         # the standard bundle holds ONNX files only: its runtime is whichever runs them
         c = config if b == bundle else dataclasses.replace(config, bench_backend="auto")
         window = _window_rows(name, b, ck, where, c)
-        result["rows"] += window["rows"] + _stream_rows(name, b, ck, where / "stream", c)
+        stream = _stream_rows(name, b, ck, where / "stream", c)
+        result["rows"] += window["rows"] + stream["rows"]
         result.setdefault("windows", window["windows"])
         result.setdefault("policy", window["policy"])
+        result.setdefault("stream_patients", stream["patients"])
     result["stream_beats"] = config.stream_beats
     result["report"] = str(out / "evaluate" / "report.md")
     result["command"] = f"edgeexit evaluate {bundle} --out DIR"
@@ -506,9 +508,10 @@ def _window_rows(model: str, bundle: Path, checkpoint: Path, out: Path,
 
 
 def _stream_rows(model: str, bundle: Path, checkpoint: Path, out: Path,
-                 config: QuickstartConfig) -> list[dict]:
+                 config: QuickstartConfig) -> dict:
     """The test patients' continuous records through the device path (detector, context,
-    policy): clean, muscle noise, and white-box PGD on the signal end to end."""
+    policy): clean, muscle noise, and white-box PGD on the signal end to end (``rows``), and
+    how many simulated patients streamed them (``patients``)."""
     from edgeexit.robust.stream.evaluate import StreamEvalConfig, evaluate_stream
 
     sc = StreamEvalConfig(eps=(EVAL_EPS,), attacks=("pgd",), noise=("ma",),
@@ -522,9 +525,10 @@ def _stream_rows(model: str, bundle: Path, checkpoint: Path, out: Path,
                 "macro_f1": m["macro_f1"], "detection_ppv": m["detection"]["ppv"],
                 "detection_sensitivity": m["detection"]["sensitivity"]}
 
-    return ([row("stream: clean", r["clean"])]
+    return {"rows": [row("stream: clean", r["clean"])]
             + [row(f"stream: muscle noise {n['snr_db']:g} dB", n) for n in r["noise"]]
-            + [row(f"stream: PGD {a['eps']:g} mV end to end", a) for a in r["attacks"]])
+            + [row(f"stream: PGD {a['eps']:g} mV end to end", a) for a in r["attacks"]],
+            "patients": len(r["records"]["list"])}
 
 
 def _pct(v: float) -> str:
@@ -656,9 +660,9 @@ def _md_bench(b: dict) -> list[str]:
 def _md_evaluate(ev: dict) -> list[str]:
     lines = [
         f"## Evaluate ({ev['elapsed_s']} s): {ev['windows']} test windows through the runtime "
-        f"({ev['policy']}), and {ev.get('stream_beats', '-')} beats of the test patients' "
-        f"continuous signal through the device path (full report: `{ev['command']}`, "
-        "`--records synthetic` for the stream)",
+        f"({ev['policy']}), and {ev.get('stream_beats', '-')} beats of "
+        f"{ev.get('stream_patients', 'the')} test patients' continuous signal through the device "
+        f"path (full report: `{ev['command']}`, `--records synthetic` for the stream)",
         "",
         "| model | input | accuracy | macro-F1 | final exit accuracy | detection PPV |",
         "|---|---|---|---|---|---|",

@@ -76,6 +76,7 @@ def test_quickstart_end_to_end(tmp_path):
     stream = json.loads((out / "evaluate" / "stream" / "report.json").read_text())
     assert ev["rows"][11]["accuracy"] == stream["attacks"][0]["accuracy"]
     assert stream["config"]["attacks"] == ["pgd"] and stream["attacks"][0]["eps"] == 0.1
+    assert ev["stream_patients"] == len(stream["records"]["list"]) == 4  # several patients
     assert ev["rows"][1]["accuracy"] < ev["rows"][0]["accuracy"]  # the attack bites
     assert ev["rows"][5]["accuracy"] < ev["rows"][3]["accuracy"]  # end to end too
     assert all(0 < r["detection_ppv"] <= 1 for r in ev["rows"] if r["input"].startswith("stream"))

@@ -65,7 +65,8 @@ def _calibrate(r: dict) -> list[str]:
 
 def _evaluate(r: dict) -> list[str]:
     lines = [f"[evaluate] {r['windows']} test windows through the runtime, {r['policy']}; "
-             f"{r.get('stream_beats', '-')} streamed beats; {r['elapsed_s']} s "
+             f"{r.get('stream_beats', '-')} beats of {r.get('stream_patients', '-')} patients "
+             f"streamed; {r['elapsed_s']} s "
              f"(the full check: {r['command']})",
              f"  {'model':10} {'input':48} {'accuracy':>9} {'mF1':>6}"]
     for row in r["rows"]:

@@ -22,7 +22,7 @@ _STREAM_NAMES = tuple(str(a) for a in StreamAttack)
 _EVALUATE_GROUPS = (
     ("Inputs", ("source", "checkpoint", "limit", "seed", "out_dir")),
     ("Device path (--records: continuous records, end to end)",
-     ("records", "record_names", "minutes", "rounds")),
+     ("records", "record_names", "minutes", "rounds", "min_sqi")),
     ("Attacks", ("eps", "sanity_eps", "norm", "attacks", "steps", "vae", "eta", "square_queries",
                  "morph")),
     ("Noise", ("noise", "snr", "noise_dir")),
@@ -86,12 +86,17 @@ _EVALUATE_GROUPS = (
               help="--records: stream only each record's first minutes.")
 @click.option("--rounds", default=2, show_default=True, type=click.IntRange(min=1),
               help="--records: white-box PGD rounds (craft on the device's windows, re-detect).")
+@click.option("--min-sqi", default=None, metavar="Q", type=click.FloatRange(min=0, min_open=True),
+              help="--records: the device's signal-quality gate, as `run --stream --min-sqi`: "
+                   "beats whose quality index is below Q are flagged unreadable and reported apart "
+                   "(neither right nor wrong; 6 flags about half the beats under muscle noise at "
+                   "0 dB, none clean).")
 @device_option
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @json_option
 def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks, steps, vae, eta,
              noise, snr, noise_dir, limit, square_queries, backend, threads, seed, morph, records,
-             record_names, minutes, rounds, device, progress, as_json):
+             record_names, minutes, rounds, min_sqi, device, progress, as_json):
     """Attack a checkpoint or a deployed bundle and report robustness.
 
     For a checkpoint: white-box attacks (max-average PGD, policy-aware PGD on the ensemble of all
@@ -104,7 +109,9 @@ def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks
     if records is not None:
         return _evaluate_stream(target, records, checkpoint, out_dir, eps, attacks, steps, noise,
                                 snr, noise_dir, square_queries, backend, threads, seed,
-                                record_names, minutes, rounds, progress, as_json)
+                                record_names, minutes, rounds, min_sqi, progress, as_json)
+    if min_sqi is not None:
+        raise click.UsageError("--min-sqi needs --records (the device path's quality gate)")
     from edgeexit.robust.evaluate import EvalConfig, format_markdown
     from edgeexit.robust.evaluate import evaluate as run_evaluate
 
@@ -124,7 +131,7 @@ def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks
 
 def _evaluate_stream(target, records, checkpoint, out_dir, eps, attacks, steps, noise, snr,
                      noise_dir, square_queries, backend, threads, seed, record_names, minutes,
-                     rounds, progress, as_json):
+                     rounds, min_sqi, progress, as_json):
     """``evaluate --records``: the device path end to end (edgeexit.robust.stream)."""
     from edgeexit.robust.stream.evaluate import StreamEvalConfig, evaluate_stream, format_markdown
 
@@ -133,7 +140,8 @@ def _evaluate_stream(target, records, checkpoint, out_dir, eps, attacks, steps, 
         attacks=_STREAM_NAMES if names(attacks) == _ATTACK_NAMES else names(attacks), noise=names(noise),
         snr_db=floats(snr), noise_dir=noise_dir, steps=steps, rounds=rounds,
         records=names(record_names) if record_names else None, minutes=minutes,
-        square_queries=square_queries, backend=backend, threads=threads, seed=seed)
+        square_queries=square_queries, min_sqi=min_sqi, backend=backend, threads=threads,
+        seed=seed)
     with ProgressBars(interactive(progress)) as bars:
         result = evaluate_stream(target, records, checkpoint=checkpoint, config=config,
                                  out_dir=out_dir,

@@ -123,18 +123,21 @@ class MorphContext:
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` as the attacks see it: it takes windows with the template channel (its
         train/eval mode is ``model``'s)."""
-        return _WithMorph(model, self)
+        return InputMapped(model, self.recompute_torch)
 
     def with_template(self, x: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
         """``[N, C, L]`` windows and their ``[N, L]`` templates -> ``[N, C + 1, L]``."""
         return torch.cat([x, template.to(x.dtype).unsqueeze(1)], dim=1)
 
 
-class _WithMorph(nn.Module):
-    def __init__(self, model: nn.Module, ctx: MorphContext) -> None:
+class InputMapped(nn.Module):
+    """``model`` behind a differentiable map of its input (``inputs``: the attack's input ->
+    the model's), as the attacks see it; the mode (train/eval) is ``model``'s."""
+
+    def __init__(self, model: nn.Module, inputs) -> None:
         super().__init__()
         self.model = model
-        self.ctx = ctx
+        self.inputs = inputs
         self.config = getattr(model, "config", None)  # signal_channels, for the attacks
 
     @property
@@ -151,7 +154,7 @@ class _WithMorph(nn.Module):
         return self.model.num_exits
 
     def forward(self, xa: torch.Tensor):
-        return self.model(self.ctx.recompute_torch(xa))
+        return self.model(self.inputs(xa))
 
     def forward_until(self, xa: torch.Tensor, k: int):
-        return self.model.forward_until(self.ctx.recompute_torch(xa), k)
+        return self.model.forward_until(self.inputs(xa), k)

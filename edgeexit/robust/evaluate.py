@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from edgeexit.checkpoint import Checkpoint, load_checkpoint
-from edgeexit.config import dataclass_from_dict
+from edgeexit.config import ConfigDict
 from edgeexit.data import BeatDataset, load_split, stratified_index
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.fileio import atomic_write, check_output_directory
@@ -67,7 +67,7 @@ Progress = Callable[[str, int, int], None] | None
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(ConfigDict):
     """What ``edgeexit evaluate`` runs.
 
     Attributes:
@@ -107,6 +107,8 @@ class EvalConfig:
             values, like the RR channels (a threat model that gives them away: only to compare).
     """
 
+    KEYS = "evaluate config keys"
+
     eps: tuple[float, ...] = (0.05, 0.1, 0.2)
     sanity_eps: float | None = 2.0
     norm: str = "linf"
@@ -129,18 +131,10 @@ class EvalConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "eps", tuple(float(e) for e in self.eps))
-        object.__setattr__(self, "attacks", tuple(self.attacks))
-        object.__setattr__(self, "noise", tuple(self.noise))
-        object.__setattr__(self, "snr_db", tuple(float(s) for s in self.snr_db))
-        if not self.eps or any(not (e > 0 and math.isfinite(e)) for e in self.eps):
-            raise ConfigError(f"eps must be positive budgets in mV, got {list(self.eps)}")
+        check_budgets_and_noise(self)
         unknown = sorted(set(self.attacks) - set(ATTACKS))
         if unknown:
             raise ConfigError(f"unknown attack(s) {', '.join(unknown)}; known: {', '.join(ATTACKS)}")
-        bad = sorted(set(self.noise) - set(NOISE_KINDS))
-        if bad:
-            raise ConfigError(f"unknown noise kind(s) {', '.join(bad)}; known: bw, ma, em")
         if self.norm not in ("linf", "l2"):
             raise ConfigError(f"norm must be linf or l2, got {self.norm!r}")
         if EvalAttack.ONMANIFOLD in self.attacks and not self.vae and self.attacks != ATTACKS:
@@ -154,12 +148,19 @@ class EvalConfig:
         if self.steps < 1 or self.threads < 1 or (self.limit is not None and self.limit < 10):
             raise ConfigError("steps and threads must be >= 1 and limit >= 10 windows")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> EvalConfig:
-        return dataclass_from_dict(cls, d, "evaluate config keys")
+def check_budgets_and_noise(config) -> None:
+    """An evaluate config's ``eps``, ``attacks``, ``noise`` and ``snr_db`` made tuples (of
+    floats for the numbers) and checked: positive finite budgets, known noise kinds."""
+    object.__setattr__(config, "eps", tuple(float(e) for e in config.eps))
+    object.__setattr__(config, "attacks", tuple(config.attacks))
+    object.__setattr__(config, "noise", tuple(config.noise))
+    object.__setattr__(config, "snr_db", tuple(float(s) for s in config.snr_db))
+    if not config.eps or any(not (e > 0 and math.isfinite(e)) for e in config.eps):
+        raise ConfigError(f"eps must be positive budgets in mV, got {list(config.eps)}")
+    bad = sorted(set(config.noise) - set(NOISE_KINDS))
+    if bad:
+        raise ConfigError(f"unknown noise kind(s) {', '.join(bad)}; known: bw, ma, em")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -765,14 +766,17 @@ def _describe_target(t: _Target) -> dict:
 # -- writing -------------------------------------------------------------------------------------
 
 
-def _write(report: dict, out_dir: str | os.PathLike) -> tuple[Path, ...]:
+def _write(report: dict, out_dir: str | os.PathLike, markdown=None, plots=None) -> tuple[Path, ...]:
+    """``report.json``, ``report.md`` (``markdown(report)``, default :func:`format_markdown`) and
+    the plots (``plots(report, out)``, default this module's) into ``out_dir``."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file: give a directory")
     out.mkdir(parents=True, exist_ok=True)
+    md = (markdown or format_markdown)(report)
     files = [atomic_write(out / "report.json", lambda f: f.write(json.dumps(report, indent=2).encode())),
-             atomic_write(out / "report.md", lambda f: f.write(format_markdown(report).encode()))]
-    files += _plots(report, out)
+             atomic_write(out / "report.md", lambda f: f.write(md.encode()))]
+    files += (plots or _plots)(report, out)
     log.info("wrote %s", ", ".join(str(f) for f in files))
     return tuple(files)
 

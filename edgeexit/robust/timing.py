@@ -37,7 +37,7 @@ from torch import nn
 from edgeexit.data import BeatDataset
 from edgeexit.errors import ConfigError
 from edgeexit.robust.attacks.pgd import PGD
-from edgeexit.robust.context import MorphContext, record_templates
+from edgeexit.robust.context import InputMapped, MorphContext, record_templates
 from edgeexit.runtime.preprocess import RR_FEATURES
 
 SHIFTS = 3
@@ -130,34 +130,7 @@ class TimingContext:
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` as a timing attack sees it: it takes inputs with the timing channels (the
         mode is ``model``'s)."""
-        return _WithTiming(model, self)
-
-
-class _WithTiming(nn.Module):
-    def __init__(self, model: nn.Module, timing: TimingContext) -> None:
-        super().__init__()
-        self.model = model
-        self.timing = timing
-        self.config = getattr(model, "config", None)
-
-    @property
-    def training(self) -> bool:  # the wrapped model's mode is the mode
-        model = self.__dict__.get("_modules", {}).get("model")
-        return True if model is None else model.training
-
-    @training.setter
-    def training(self, mode: bool) -> None:
-        pass
-
-    @property
-    def num_exits(self) -> int:
-        return self.model.num_exits
-
-    def forward(self, xa: torch.Tensor):
-        return self.model(self.timing.apply(xa))
-
-    def forward_until(self, xa: torch.Tensor, k: int):
-        return self.model.forward_until(self.timing.apply(xa), k)
+        return InputMapped(model, self.apply)
 
 
 class ContextPGD(PGD):

@@ -31,10 +31,24 @@ def stream_bundle(int8_bundle):
 @pytest.fixture(scope="module")
 def record():
     """One simulated record (about 75 s, every AAMI class), annotated with its true R peaks."""
-    (rec,) = synthetic_stream_records(300, seed=11, window=128)
+    (rec,) = synthetic_stream_records(300, seed=11, window=128, patients=1)
     keep = rec.ann_samples < 75 * FS
     return StreamRecord(rec.name, rec.signal[: int(75 * FS)], FS, rec.ann_samples[keep],
                         rec.ann_labels[keep])
+
+
+def test_synthetic_records_stream_the_same_patients_whatever_the_beats():
+    """60 and 300 beats are the same simulated patients (prefixes), not other ones: attack
+    strength varies several-fold between patients, so a figure's change with the beats streamed
+    must not be a change of patients."""
+    short, long = (synthetic_stream_records(n, seed=5, window=128) for n in (60, 300))
+    assert len(short) == len(long) == 4
+    assert 60 <= sum(r.ann_samples.size for r in short) <= 64
+    for a, b in zip(short, long):
+        assert a.name == b.name and 0 < a.ann_samples.size < b.ann_samples.size
+        assert np.array_equal(a.signal, b.signal[: a.signal.size])
+        assert np.array_equal(a.ann_labels, b.ann_labels[: a.ann_labels.size])
+        assert a.ann_samples[-1] < a.signal.size
 
 
 @pytest.fixture(scope="module")
@@ -143,17 +157,30 @@ def test_evaluate_records_writes_the_report(stream_bundle, tmp_path):
     r = CliRunner().invoke(main, ["evaluate", str(stream_bundle), "--records", "synthetic",
                                   "--minutes", "0.4", "--record-names", "syn000,syn001",
                                   "--attacks", "timing", "--eps", "0.1", "--noise", "ma",
-                                  "--snr", "6", "--out", str(out), "--no-progress", "--json"],
-                           catch_exceptions=False)
+                                  "--snr", "0", "--min-sqi", "6", "--out", str(out),
+                                  "--no-progress", "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output)
     assert [a["attack"] for a in rep["attacks"]] == ["timing"] and len(rep["noise"]) == 1
     assert rep["clean"]["detection"]["sensitivity"] > 0.95 and len(rep["records"]["list"]) == 2
     assert all(f["ok"] for f in rep["sanity"] if "budget" in f["check"])
     assert {p.name for p in out.iterdir()} >= {"report.json", "report.md"}
-    bad = CliRunner().invoke(main, ["evaluate", str(stream_bundle), "--records", "synthetic",
-                                    "--attacks", "max_avg", "--out", str(tmp_path / "x")])
-    assert bad.exit_code == 1 and "unknown stream attack" in bad.output
+    # --min-sqi: the beats the device's quality gate flags under muscle noise at 0 dB are
+    # reported apart, neither right, wrong nor missed (the confusion and the missed beats hold
+    # the others); clean beats pass the gate
+    assert rep["config"]["min_sqi"] == 6.0 and rep["clean"]["flagged_unreadable"]["annotated"] == 0
+    noisy = rep["noise"][0]
+    flagged = noisy["flagged_unreadable"]["annotated"]
+    annotated = sum(x["beats"] for x in rep["records"]["list"])
+    scored = np.sum(noisy["confusion"]) + sum(c["missed"] for c in noisy["per_class"].values())
+    assert 0 < flagged < annotated and scored + flagged == annotated
+    assert noisy["flagged_unreadable"]["fraction"] == pytest.approx(flagged / annotated)
+    assert noisy["accuracy"] == pytest.approx(np.trace(noisy["confusion"]) / scored)
+    for args, msg in ((["--attacks", "max_avg"], "unknown stream attack"),
+                      (["--min-sqi", "0"], "--min-sqi")):
+        bad = CliRunner().invoke(main, ["evaluate", str(stream_bundle), "--records", "synthetic",
+                                        *args, "--out", str(tmp_path / "x")])
+        assert bad.exit_code in (1, 2) and msg in bad.output and "Traceback" not in bad.output
 
 
 def test_tally_counts_missed_false_and_flagged_beats_apart():

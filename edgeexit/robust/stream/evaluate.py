@@ -21,7 +21,6 @@ input set (clean, noise, attack x eps) stream every record and tally -> sanity -
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -31,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeexit.config import dataclass_from_dict
+from edgeexit.config import ConfigDict
 from edgeexit.errors import ConfigError
-from edgeexit.fileio import atomic_write, check_output_directory
+from edgeexit.fileio import check_output_directory
 from edgeexit.plots import pyplot, save_png
+from edgeexit.robust.evaluate import EvalResult, check_budgets_and_noise
 from edgeexit.robust.names import StreamAttack
-from edgeexit.robust.noise import KINDS
 from edgeexit.robust.stream.attacks import DevicePath, make_stream_attack
 from edgeexit.robust.stream.device import Tally, match
 from edgeexit.robust.stream.noise import mix_noise
@@ -51,7 +50,7 @@ Progress = Callable[[str, int, int], None] | None
 
 
 @dataclasses.dataclass(frozen=True)
-class StreamEvalConfig:
+class StreamEvalConfig(ConfigDict):
     """What the stream-level evaluation runs.
 
     Attributes:
@@ -69,6 +68,8 @@ class StreamEvalConfig:
         square_queries: queries per beat of the Square attack.
         backend, threads, seed: the runtime backend, torch/runtime threads, seeds.
     """
+
+    KEYS = "stream evaluate config keys"
 
     eps: tuple[float, ...] = (0.05, 0.1, 0.2)
     attacks: tuple[str, ...] = STREAM_ATTACKS
@@ -88,36 +89,21 @@ class StreamEvalConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "eps", tuple(float(e) for e in self.eps))
-        object.__setattr__(self, "attacks", tuple(self.attacks))
-        object.__setattr__(self, "noise", tuple(self.noise))
-        object.__setattr__(self, "snr_db", tuple(float(s) for s in self.snr_db))
+        check_budgets_and_noise(self)
         if self.records is not None:
             object.__setattr__(self, "records", tuple(self.records))
-        if any(not (e > 0 and math.isfinite(e)) for e in self.eps):
-            raise ConfigError(f"eps must be positive budgets in mV, got {list(self.eps)}")
         unknown = sorted(set(self.attacks) - set(STREAM_ATTACKS))
         if unknown:
             raise ConfigError(f"unknown stream attack(s) {', '.join(unknown)}; with --records the "
                               f"attacks are: {', '.join(STREAM_ATTACKS)}")
-        bad = sorted(set(self.noise) - set(KINDS))
-        if bad:
-            raise ConfigError(f"unknown noise kind(s) {', '.join(bad)}; known: bw, ma, em")
         if self.steps < 1 or self.rounds < 1 or self.square_queries < 1 or self.threads < 1:
             raise ConfigError("steps, rounds, square_queries and threads must be >= 1")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> StreamEvalConfig:
-        return dataclass_from_dict(cls, d, "stream evaluate config keys")
+        if self.min_sqi is not None and not (self.min_sqi > 0 and math.isfinite(self.min_sqi)):
+            raise ConfigError(f"min_sqi (the device's quality gate) must be a number > 0, got "
+                              f"{self.min_sqi!r}")
 
 
-@dataclasses.dataclass(frozen=True)
-class StreamEvalResult:
-    report: dict
-    files: tuple[Path, ...]
+StreamEvalResult = EvalResult  # the report (also report.json) and the files written
 
 
 def device_path(target: str | os.PathLike, checkpoint=None, *, backend: str = "auto",
@@ -335,14 +321,11 @@ def evaluate_stream(target: str | os.PathLike, records: str = SYNTHETIC, *,
 
 
 def write_report(report: dict, out_dir: str | os.PathLike) -> tuple[Path, ...]:
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file: give a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    files = [atomic_write(out / "report.json", lambda f: f.write(json.dumps(report, indent=2).encode())),
-             atomic_write(out / "report.md", lambda f: f.write(format_markdown(report).encode()))]
-    png = _plot(report, out)
-    return tuple(files + ([png] if png else []))
+    """``report.json``, ``report.md`` and ``robustness.png`` into ``out_dir``."""
+    from edgeexit.robust.evaluate import _write
+
+    return _write(report, out_dir, format_markdown,
+                  lambda rep, out: [p for p in (_plot(rep, out),) if p is not None])
 
 
 def _row(name: str, eps, m: dict, classes) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
 BEATS_PER_SYNTHETIC_RECORD = 300  # about four minutes of signal per simulated patient
+SYNTHETIC_PATIENTS = 4  # simulated patients streamed at the least (however few the beats)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,15 +87,40 @@ def _default_names(directory: Path) -> list[str]:
 
 
 def synthetic_stream_records(n_beats: int = 1200, *, seed: int = 1000, fs: float = 360.0,
-                             window: int = 256) -> list[StreamRecord]:
-    """Simulated continuous records (``n_beats`` in all, about
-    :data:`BEATS_PER_SYNTHETIC_RECORD` per record), annotated with their true R peaks."""
+                             window: int = 256, patients: int | None = None) -> list[StreamRecord]:
+    """Simulated continuous records, annotated with their true R peaks: ``patients`` simulated
+    patients (default: at least :data:`SYNTHETIC_PATIENTS`, one per
+    :data:`BEATS_PER_SYNTHETIC_RECORD` beats beyond that), each streaming its share of
+    ``n_beats`` from its start.
+
+    The patients do not depend on ``n_beats``: they are those of a pool of at least
+    ``patients x`` :data:`BEATS_PER_SYNTHETIC_RECORD` beats, each cut to the first
+    ``n_beats / pool`` of its beats. So 60 and 300 beats stream the same patients, shorter or
+    longer, and a figure's change with the beats streamed is not a change of patients (attack
+    strength varies several-fold between simulated patients)."""
     from edgeexit.data.synthetic import SyntheticECGConfig, synthetic_records
 
-    cfg = SyntheticECGConfig(n_beats=int(n_beats), seed=int(seed), fs=fs, window=int(window),
-                             n_records=max(1, int(n_beats) // BEATS_PER_SYNTHETIC_RECORD))
-    return [StreamRecord(r["name"], r["signal"], r["fs"], r["r_peaks"], r["labels"])
+    n_beats = int(n_beats)
+    if n_beats < 1 or (patients is not None and patients < 1):
+        raise ConfigError(f"synthetic records need n_beats >= 1 and patients >= 1, got {n_beats}, "
+                          f"{patients}")
+    if patients is None:
+        patients = max(SYNTHETIC_PATIENTS, n_beats // BEATS_PER_SYNTHETIC_RECORD)
+    pool = max(n_beats, int(patients) * BEATS_PER_SYNTHETIC_RECORD) if patients > 1 else n_beats
+    cfg = SyntheticECGConfig(n_beats=pool, seed=int(seed), fs=fs, window=int(window),
+                             n_records=int(patients))
+    recs = [StreamRecord(r["name"], r["signal"], r["fs"], r["r_peaks"], r["labels"])
             for r in synthetic_records(cfg)]
+    return [_first_beats(r, math.ceil(r.ann_samples.size * n_beats / pool)) for r in recs]
+
+
+def _first_beats(rec: StreamRecord, n: int) -> StreamRecord:
+    """``rec`` cut after its first ``n`` annotated beats (midway to the next one)."""
+    if n >= rec.ann_samples.size:
+        return rec
+    end = int((rec.ann_samples[n - 1] + rec.ann_samples[n]) // 2)
+    return dataclasses.replace(rec, signal=rec.signal[:end], ann_samples=rec.ann_samples[:n],
+                               ann_labels=rec.ann_labels[:n])
 
 
 def load_records(source: str, *, names: tuple[str, ...] | None = None, minutes: float | None = None,
