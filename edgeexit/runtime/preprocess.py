@@ -90,7 +90,9 @@ class BeatTemplate:
         half = max(2, int(round(QRS_HALF_S * float(fs))))
         self.qrs = slice(max(0, r_offset - half), min(window, r_offset + half))
         self.window = int(window)
-        self._past = np.zeros((TEMPLATE_BEATS, self.window), np.float32)
+        # a column per beat: the median runs along rows of TEMPLATE_BEATS contiguous values,
+        # about 30% faster than down the columns of [TEMPLATE_BEATS, window]
+        self._past = np.zeros((self.window, TEMPLATE_BEATS), np.float32)
         self._n = 0  # windows held (at most TEMPLATE_BEATS)
         self._next = 0  # the row the next window goes to (a ring: the oldest is overwritten)
 
@@ -111,14 +113,15 @@ class BeatTemplate:
         n = self._n
         if not n:
             return np.asarray(w, np.float32)
-        if n % 2:  # np.median(self._past[:n], axis=0), bit for bit, at a third of its cost
-            return np.partition(self._past[:n], n // 2, axis=0)[n // 2]
-        part = np.partition(self._past[:n], (n // 2 - 1, n // 2), axis=0)
-        return (part[n // 2 - 1] + part[n // 2]) / np.float32(2.0)
+        past = self._past if n == TEMPLATE_BEATS else self._past[:, :n]
+        if n % 2:  # np.median(past, axis=1), bit for bit, at a third of its cost
+            return np.partition(past, n // 2, axis=1)[:, n // 2]
+        part = np.partition(past, (n // 2 - 1, n // 2), axis=1)
+        return (part[:, n // 2 - 1] + part[:, n // 2]) / np.float32(2.0)
 
     def add(self, w: np.ndarray) -> None:
         """``w`` (finite, ``[window]``) joins the template's beats, the oldest leaving."""
-        self._past[self._next] = w
+        self._past[:, self._next] = w
         self._next = (self._next + 1) % TEMPLATE_BEATS
         self._n = min(self._n + 1, TEMPLATE_BEATS)
 

@@ -267,7 +267,7 @@ class BeatStream:
         d = {"peaks": len(self._peaks), "cut": len(self._cut), "pre": len(self._pre),
              "csum": len(self._csum)}
         if self._template is not None:
-            d["template"] = int(self._template._past.shape[0])
+            d["template"] = int(self._template._past.shape[1])
         return d
 
     def _cut_window(self, r: int, signal: np.ndarray, start: int) -> np.ndarray | None:
