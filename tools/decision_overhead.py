@@ -13,8 +13,8 @@ each window runs under that policy):
 * ``copy``: only the copies into the segments' input buffers (the window into the first; for
   LiteRT the features between interpreters; onnxruntime shares them);
 * ``output``: only reading each exit's logits as Python floats (``tolist``);
-* ``decision``: only :meth:`Policy.stop` on logits recorded beforehand (and
-  :meth:`Policy.answer` at the exit taken, for ``ensemble``: the others' answer is made on demand);
+* ``decision``: only :meth:`Policy.stop` on logits recorded beforehand (``ensemble``:
+  :meth:`Policy.step`, which also makes its answer; the others' answer is made on demand);
 * ``timing``: only the clock reads and the list of segment times;
 * ``result``: only the label and the :class:`~edgeexit.runtime.engine.ExitResult`.
 
@@ -104,7 +104,7 @@ def _variants(engine: Engine, x: np.ndarray, rows, exits: np.ndarray, links: lis
     """Per step of :meth:`Engine.predict`, a function of the window index ``i`` that runs that
     step alone for window ``i`` (for the segments it runs)."""
     pol, clock, classes = engine.policy, time.perf_counter_ns, engine.classes
-    stop, answer, lazy = pol.stop, pol.answer, pol.answers_softmax
+    decide = pol.stop if pol.answers_softmax else pol.step
     limit = engine._energy_limit
     f32, shape = np.dtype(np.float32), engine.input_shape
     chains = [links[: k + 1] for k in range(len(links))]
@@ -136,12 +136,10 @@ def _variants(engine: Engine, x: np.ndarray, rows, exits: np.ndarray, links: lis
         for link in runs[i]:
             link[1].tolist()
 
-    def v_decision(i):  # the decision at every exit run, and the answer where it is not lazy
+    def v_decision(i):  # what predict calls at every exit run: stop, or step (ensemble)
         r = rows[i]
         for j in range(exits[i] + 1):
-            stop(j, r[j].tolist()[0])
-        if not lazy:
-            answer(exits[i], r[exits[i]].tolist()[0])
+            decide(j, r[j].tolist()[0])
 
     def v_timing(i):
         times = []

@@ -213,7 +213,7 @@ class Engine:
     ) -> None:
         self.manifest = manifest
         self.sessions = sessions
-        self._decide = None  # the policy's (stop, answer, begin, answers_softmax): predict's reads
+        self._decide = None  # (stop or step, begin, answers_softmax) of the policy: predict's reads
         self.policy = policy
         self.backend = backend
         self.threads = threads
@@ -303,7 +303,10 @@ class Engine:
     @policy.setter
     def policy(self, policy: Policy) -> None:
         self._policy = policy
-        self._decide = (policy.stop, policy.answer, policy.begin, policy.answers_softmax)
+        # a policy whose answer is the exit's softmax decides with stop (the answer is made when
+        # read); another with step, which returns its answer where it stops (one call)
+        lazy = policy.answers_softmax
+        self._decide = (policy.stop if lazy else policy.step, policy.begin, lazy)
 
     # -- input checks ---------------------------------------------------------------------------
 
@@ -403,7 +406,7 @@ class Engine:
                 self.check_input(x, False)
         else:
             first[...] = self.check_input(x, batch=False)[0]
-        stop, answer, begin, lazy = self._decide
+        stop, begin, lazy = self._decide  # stop: True / an answer where the sample stops
         if begin is not None:  # the budget policy's clock starts with the input
             begin(_clock())
         k = 0
@@ -418,7 +421,8 @@ class Engine:
                     run()
                     times.append(clock() - t0)
                     z = logits.tolist()
-                    if stop(k, z):
+                    probs = stop(k, z)
+                    if probs:
                         break
             else:
                 times = ()
@@ -427,14 +431,14 @@ class Engine:
                         inp[...] = src
                     run()
                     z = logits.tolist()
-                    if stop(k, z):
+                    probs = stop(k, z)
+                    if probs:
                         break
         except Exception as exc:  # the backend's own errors (RuntimeError, onnxruntime's Fail)
             raise BackendError(f"{self.backend} failed to run segment {k}: {exc}") from exc
         if lazy:  # the answer is the softmax of z: its largest value is the largest logit's
             label = z.index(max(z))
             return ExitResult(label, self.classes[label], None, k, tuple(times), z)
-        probs = answer(k, z)
         label = probs.index(max(probs))
         return ExitResult(label, self.classes[label], probs, k, tuple(times))
 
@@ -466,7 +470,7 @@ class Engine:
     def _predict_sessions(self, x: np.ndarray) -> ExitResult:
         """:meth:`predict` through ``Session.run`` (sessions without a batch-1 chain)."""
         h = self.check_input(x, batch=False)
-        stop, answer, begin, lazy = self._decide
+        stop, begin, lazy = self._decide
         times: list[int] = []
         if begin is not None:
             begin(_clock())
@@ -475,14 +479,14 @@ class Engine:
             out = sess.run(h, copy=False)  # views: used before this session runs again
             times.append(_clock() - t0)
             z = out[-1].tolist()[0]
-            if stop(k, z):
+            probs = stop(k, z)
+            if probs:
                 break
             h = out[0]
         times = tuple(times) if self.timing else ()
         if lazy:
             label = z.index(max(z))
             return ExitResult(label, self.classes[label], None, k, times, z)
-        probs = answer(k, z)
         label = probs.index(max(probs))
         return ExitResult(label, self.classes[label], probs, k, times)
 

@@ -4,10 +4,11 @@ Each policy is one small class with two ways to decide:
 
 - ``step(k, z) -> probs | None``, the batch-1 path: ``z`` is exit k's logits as a list of Python
   floats; the result is the answer distribution (a list of floats) when the sample stops at exit
-  ``k``, else None. It is ``stop(k, z)`` then ``answer(k, z)``, the two halves
-  :meth:`Engine.predict` calls apart: ``stop`` is the decision alone (a bool), ``answer`` the
-  distribution, which the engine computes only when asked for where it is the softmax of the
-  exit's logits (``answers_softmax``: every policy but ``ensemble``). It is plain arithmetic on a
+  ``k``, else None. It is ``stop(k, z)`` then ``answer(k, z)``: ``stop`` is the decision alone
+  (a bool), ``answer`` the distribution. Where that is the softmax of the exit's logits
+  (``answers_softmax``: every policy but ``ensemble``) :meth:`Engine.predict` calls only
+  ``stop`` and makes the answer when it is read; ``ensemble`` answers with its running mean,
+  so the engine calls its ``step``. It is plain arithmetic on a
   handful of floats: at batch 1 a chain of numpy calls on ``[1, K]`` arrays costs as much as a
   segment's inference (``tools/decision_overhead.py`` measures it). Policies with state
   (``ensemble``'s running sum) start afresh at ``k == 0``, so one policy object serves one stream
@@ -212,9 +213,10 @@ class Ensemble(_Thresholded):
         self._sum_limit = None if t is None else tuple(v * self._wsum[k] for k, v in enumerate(t))
         self._acc: list[float] = []
 
-    answers_softmax = False  # the answer is the running mean over the exits run
+    answers_softmax = False  # the answer is the running mean over the exits run: the engine
+    # calls step (the decision and the answer in one call), not stop then answer
 
-    def stop(self, k, z):
+    def step(self, k, z):
         m = max(z)
         e = [exp(v - m) for v in z]
         inv = self._w[k] / sum(e)
@@ -222,7 +224,13 @@ class Ensemble(_Thresholded):
             acc = self._acc = [v * inv for v in e]
         else:
             acc = self._acc = [a + v * inv for a, v in zip(self._acc, e)]
-        return k >= self._last or (self._sum_limit is not None and max(acc) >= self._sum_limit[k])
+        if k >= self._last or (self._sum_limit is not None and max(acc) >= self._sum_limit[k]):
+            n = 1.0 / self._wsum[k]
+            return [a * n for a in acc]
+        return None
+
+    def stop(self, k, z):
+        return self.step(k, z) is not None
 
     def answer(self, k, z):
         n = 1.0 / self._wsum[k]
