@@ -39,6 +39,7 @@ from torch import nn
 
 from edgeexit.calibrate import CalibrationConfig, calibrate_thresholds
 from edgeexit.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from edgeexit.config import ConfigDict
 from edgeexit.data import BeatDataset, ValidationSplit, load_split, stratified_sample
 from edgeexit.data.dataset import concatenate
 from edgeexit.errors import ConfigError, DataError
@@ -62,7 +63,7 @@ OURS = frozenset({ADAPTED, ADAPTATION_BEATS, ADAPTATION_RECORD})
 
 
 @dataclasses.dataclass(frozen=True)
-class AdaptConfig:
+class AdaptConfig(ConfigDict):
     """How to adapt a model to one wearer.
 
     Attributes:
@@ -86,6 +87,8 @@ class AdaptConfig:
         seed: seeds the replay sample, the shuffling and the augmentation.
         threads: torch threads (None = torch's default).
     """
+
+    KEYS = "adapt config keys"
 
     minutes: float = 5.0
     trainable: str = "heads"
@@ -118,8 +121,6 @@ class AdaptConfig:
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else (1e-3 if self.trainable == "heads" else 3e-4)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,3 +33,11 @@ def save_png(fig, path: str | os.PathLike) -> Path:
     out = atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return out
+
+
+def fraction_axes(ax, xlabel: str, ylabel: str) -> None:
+    """An axis of fractions (0 to 1) against ``xlabel``, with a light grid."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)

@@ -128,7 +128,7 @@ STAGES = {"train": _train, "compress": _compress, "export": _export, "verify": _
                    "with --finetune standard, the trained model is deployed as is).")
 @click.option("--finetune", type=click.Choice(["ctxadv", "standard"]), default="ctxadv",
               show_default=True,
-              help="Fine-tuning of the pruned model: ctxadv (adversarial, PGD at 0.1 mV that also "
+              help="Fine-tuning of the pruned model: ctxadv (adversarial, PGD at 0.15 mV that also "
                    "moves the R-peak timing: the deployed model is robust) or standard.")
 @click.option("--finetune-epochs", type=int, default=None,
               help="Fine-tuning epochs (default: 3 for ctxadv, 8 for standard).")

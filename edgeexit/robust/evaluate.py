@@ -51,7 +51,7 @@ from edgeexit.data import BeatDataset, load_split, stratified_index
 from edgeexit.errors import ConfigError, DataError
 from edgeexit.fileio import atomic_write, check_output_directory
 from edgeexit.metrics import classification_report, headline_macro_f1
-from edgeexit.plots import pyplot, save_png
+from edgeexit.plots import fraction_axes, pyplot, save_png
 from edgeexit.robust.attacks import PGD, MaxAvgPGD, PolicyCE
 from edgeexit.robust.context import MorphContext, record_templates
 from edgeexit.robust.names import EVAL_ATTACKS, EvalAttack
@@ -881,10 +881,7 @@ def _plots(report: dict, out: Path) -> list[Path]:
                     ax.plot(eps, [clean["exits"][-1][key]] + [p[1]["exits"][-1][key] for p in pts],
                             marker="s", linestyle="--", label="max_avg (final exit)")
         for ax, key in zip(axes, ("accuracy", "macro-F1")):
-            ax.set_xlabel("eps (mV)")
-            ax.set_ylabel(key)
-            ax.set_ylim(0, 1)
-            ax.grid(alpha=0.3)
+            fraction_axes(ax, "eps (mV)", key)
         axes[0].legend(fontsize=7)
         fig.suptitle(f"{report['target']['path']}: {report['target']['policy']}")
         files.append(save_png(fig, out / "robustness.png"))

@@ -33,7 +33,7 @@ import numpy as np
 from edgeexit.config import ConfigDict
 from edgeexit.errors import ConfigError
 from edgeexit.fileio import check_output_directory
-from edgeexit.plots import pyplot, save_png
+from edgeexit.plots import fraction_axes, pyplot, save_png
 from edgeexit.robust.evaluate import EvalResult, check_budgets_and_noise
 from edgeexit.robust.names import StreamAttack
 from edgeexit.robust.stream.attacks import DevicePath, make_stream_attack
@@ -393,10 +393,7 @@ def _plot(report: dict, out: Path) -> Path | None:
         for ax, (label, get) in zip(axes, keys):
             ax.plot([0.0] + [p[0] for p in pts], [get(clean)] + [get(p[1]) for p in pts],
                     marker="o", label=name)
-            ax.set_xlabel("eps (mV, raw samples)")
-            ax.set_ylabel(label)
-            ax.set_ylim(0, 1)
-            ax.grid(alpha=0.3)
+            fraction_axes(ax, "eps (mV, raw samples)", label)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{report['target']['path']}: end to end on the device path")
     return save_png(fig, out / "robustness.png")
