@@ -511,14 +511,19 @@ def _window_rows(model: str, bundle: Path, checkpoint: Path, out: Path,
     return {"rows": rows, "windows": r["data"]["test"]["beats"], "policy": r["target"]["policy"]}
 
 
+_STREAM_LABEL = {"timing": "timing attack", "pgd": "PGD"}
+
+
 def _stream_rows(model: str, bundle: Path, checkpoint: Path, out: Path,
                  config: QuickstartConfig) -> dict:
     """The test patients' continuous records through the device path (detector, context,
-    policy): clean, muscle noise, and white-box PGD on the signal end to end (``rows``), and
+    policy): clean, muscle noise, the timing attack (detector-matched bursts that the detector
+    takes for beats, moving the RR context) and white-box PGD on the signal end to end
+    (``rows``), and
     how many simulated patients streamed them (``patients``)."""
     from edgeexit.robust.stream.evaluate import StreamEvalConfig, evaluate_stream
 
-    sc = StreamEvalConfig(eps=(EVAL_EPS,), attacks=("pgd",), noise=("ma",),
+    sc = StreamEvalConfig(eps=(EVAL_EPS,), attacks=("timing", "pgd"), noise=("ma",),
                           snr_db=(EVAL_SNR_DB,), synthetic_beats=config.stream_beats, steps=10, rounds=2,
                           backend=config.bench_backend, threads=config.bench_threads or 1,
                           seed=config.seed)
@@ -531,7 +536,8 @@ def _stream_rows(model: str, bundle: Path, checkpoint: Path, out: Path,
 
     return {"rows": [row("stream: clean", r["clean"])]
             + [row(f"stream: muscle noise {n['snr_db']:g} dB", n) for n in r["noise"]]
-            + [row(f"stream: PGD {a['eps']:g} mV end to end", a) for a in r["attacks"]],
+            + [row(f"stream: {_STREAM_LABEL[a['attack']]} {a['eps']:g} mV end to end", a)
+               for a in r["attacks"]],
             "patients": len(r["records"]["list"])}
 
 

@@ -61,24 +61,25 @@ def test_quickstart_end_to_end(tmp_path):
     assert json.loads((out / "report" / "report.json").read_text())["energy"] == en
     assert s["machine"]["cpu"] in md
     # the short robustness check: clean, policy-aware PGD at 0.1 mV, muscle noise at 6 dB on
-    # windows, and clean, noise and PGD end to end on the continuous signal, for the standard
-    # model training produced and the robust one deployed, side by side
+    # windows, and clean, noise, the timing attack and PGD end to end on the continuous signal,
+    # for the standard model training produced and the robust one deployed, side by side
     ev = st["evaluate"]
     inputs = ["windows: clean", "windows: policy-aware PGD 0.1 mV (RR held)",
               "windows: muscle noise 6 dB", "stream: clean", "stream: muscle noise 6 dB",
-              "stream: PGD 0.1 mV end to end"]
+              "stream: timing attack 0.1 mV end to end", "stream: PGD 0.1 mV end to end"]
     assert [r["input"] for r in ev["rows"]] == inputs * 2
-    assert [r["model"].split()[0] for r in ev["rows"]] == ["standard"] * 6 + ["robust"] * 6
+    assert [r["model"].split()[0] for r in ev["rows"]] == ["standard"] * 7 + ["robust"] * 7
     report = json.loads((out / "evaluate" / "report.json").read_text())
-    assert ev["rows"][6]["accuracy"] == report["clean"]["policy"]["accuracy"]
+    assert ev["rows"][7]["accuracy"] == report["clean"]["policy"]["accuracy"]
     standard = json.loads((out / "evaluate-standard" / "report.json").read_text())
     assert ev["rows"][0]["accuracy"] == standard["clean"]["policy"]["accuracy"]
     stream = json.loads((out / "evaluate" / "stream" / "report.json").read_text())
-    assert ev["rows"][11]["accuracy"] == stream["attacks"][0]["accuracy"]
-    assert stream["config"]["attacks"] == ["pgd"] and stream["attacks"][0]["eps"] == 0.1
+    assert [r["accuracy"] for r in ev["rows"][12:]] == [a["accuracy"] for a in stream["attacks"]]
+    assert stream["config"]["attacks"] == ["timing", "pgd"] and stream["attacks"][0]["eps"] == 0.1
     assert ev["stream_patients"] == len(stream["records"]["list"]) == 4  # several patients
     assert ev["rows"][1]["accuracy"] < ev["rows"][0]["accuracy"]  # the attack bites
-    assert ev["rows"][5]["accuracy"] < ev["rows"][3]["accuracy"]  # end to end too
+    assert ev["rows"][6]["accuracy"] < ev["rows"][3]["accuracy"]  # end to end too
+    assert ev["rows"][5]["detection_ppv"] < ev["rows"][3]["detection_ppv"]  # bursts taken for beats
     assert all(0 < r["detection_ppv"] <= 1 for r in ev["rows"] if r["input"].startswith("stream"))
     assert "| standard (trained model, fp32 ONNX) | windows: clean |" in md
     assert "| robust (deployed bundle) | stream: PGD 0.1 mV end to end |" in md
