@@ -225,15 +225,18 @@ def bench_markdown(r: dict, plots: list[Path] = ()) -> str:
 
 # what bench --report and report --out write (report with one result writes both sets)
 BENCH_FILES = frozenset({"report.json", "report.md", *PLOTS})
-COMPARE_FILES = frozenset({"compare.md", *COMPARE_PLOTS})
+COMPARE_FILES = frozenset({"compare.json", "compare.md", *COMPARE_PLOTS})
 REPORT_FILES = BENCH_FILES | COMPARE_FILES
+# a directory these wrote holds one of them: without it, a report.md or compare.md there is a
+# user's own and is not replaced
+REPORT_RECORDS = ("report.json", "compare.json")
 
 
 def _out_dir(out: str | os.PathLike, option: str) -> Path:
     """``out`` as a directory, created if needed, after the rule for outputs
     (:func:`edgeexit.fileio.check_output_directory`; naming ``option``)."""
     out = Path(out)
-    check_output_directory(out, REPORT_FILES, "bench/report", option)
+    check_output_directory(out, REPORT_FILES, "bench/report", option, record=REPORT_RECORDS)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -253,7 +256,8 @@ def write_bench_report(r: dict, out: str | os.PathLike) -> dict:
 
 
 def compare_results(results: list[tuple[str, dict]], out: str | os.PathLike | None = None) -> dict:
-    """One table (and, with ``out``, plots and ``compare.md``) for several bench results.
+    """One table (and, with ``out``, plots, ``compare.md`` and the rows as ``compare.json``) for
+    several bench results.
 
     ``results``: ``(name, result)`` pairs. Returns ``{"rows": [...], "markdown", "files"}``.
     """
@@ -292,8 +296,10 @@ def compare_results(results: list[tuple[str, dict]], out: str | os.PathLike | No
         body = ("# Bench comparison\n\nEnergy above idle; 'estimated' figures come from CPU time and "
                 "a target power model, not a meter.\n\n" + text
                 + "".join(f"\n![{Path(f).stem}]({Path(f).name})\n" for f in files)).encode()
+        data = (json.dumps({"rows": rows}, indent=2) + "\n").encode()
+        atomic_write(out / "compare.json", lambda f: f.write(data))
         atomic_write(out / "compare.md", lambda f: f.write(body))
-        files.insert(0, str(out / "compare.md"))
+        files[:0] = [str(out / "compare.md"), str(out / "compare.json")]
     return {"rows": rows, "markdown": text, "files": files}
 
 

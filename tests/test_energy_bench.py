@@ -167,6 +167,18 @@ def test_bench_report_compare_and_budget_policy_from_the_cli(bundle, tmp_path):
     assert "| fp32 a |" in r.output and "| fp32 b |" in r.output and "estimated" in r.output
     for f in ("compare_latency.png", "compare_energy.png", "compare_accuracy_vs_energy.png"):
         _png(tmp_path / "cmp" / f)
+    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]
+    assert [w["result"] for w in rows] == ["fp32 a", "fp32 b"]
+    r = run("report", bench_json, rep, "--out", tmp_path / "cmp")  # its own earlier report: reused
+    assert r.exit_code == 0, r.output
+    # a user's own compare.md (no compare.json beside it) is never replaced, for one result or two
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "compare.md").write_text("my notes\n")
+    for args in ((bench_json,), (bench_json, rep)):
+        r = run("report", *args, "--out", mine)
+        assert r.exit_code == 1 and "did not write (compare.md)" in r.output, r.output
+    assert (mine / "compare.md").read_text() == "my notes\n" and len(list(mine.iterdir())) == 1
     r = run("report", tmp_path / "missing.json")
     assert r.exit_code != 0 and "no such bench result" in r.output
     (tmp_path / "bad.json").write_text("{}")

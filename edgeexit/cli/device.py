@@ -255,13 +255,13 @@ def report(results, names, out_dir, as_json):
     from pathlib import Path
 
     from edgeexit.fileio import check_output_directory
-    from edgeexit.report import REPORT_FILES, compare_results, load_result, write_bench_report
+    from edgeexit.report import (REPORT_FILES, REPORT_RECORDS, compare_results, load_result,
+                                  write_bench_report)
 
     if names and len(names) != len(results):
         raise click.UsageError(f"{len(names)} --name for {len(results)} results: give one each")
-    if out_dir is not None:  # one result writes report.json beside its report.md: the record
-        check_output_directory(out_dir, REPORT_FILES, "report",
-                               record="report.json" if len(results) == 1 else None)
+    if out_dir is not None:  # report.json / compare.json: the records of an earlier report
+        check_output_directory(out_dir, REPORT_FILES, "report", record=REPORT_RECORDS)
     loaded = []
     for i, path in enumerate(results):
         p = Path(path)

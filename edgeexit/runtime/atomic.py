@@ -91,21 +91,22 @@ def check_writable(path: str | os.PathLike, option: str = "--out", advice: str |
 
 
 def check_output_directory(out: str | os.PathLike, ours: set[str] | frozenset[str], command: str,
-                           option: str = "--out", record: str | None = None) -> None:
+                           option: str = "--out", record: str | tuple[str, ...] | None = None) -> None:
     """The rule for an output directory, checked before any work starts: it can be written
     (:func:`check_writable`), it is not a file, and it holds no entries ``command`` does not
     write (names in ``ours``; hidden temporaries aside): a run would mix with, or replace,
     someone else's files. A directory of an earlier run of ``command`` is reused; with
-    ``record`` (a JSON file every run writes, e.g. ``metrics.json``), a directory holding some
-    of ``ours`` is one only if that record is there and is a JSON object (a user's own
-    ``model.pt`` or ``report.md`` is not replaced)."""
+    ``record`` (a JSON file every run writes, e.g. ``metrics.json``; or several names, any one
+    of which will do), a directory holding some of ``ours`` is one only if that record is there
+    and is a JSON object (a user's own ``model.pt`` or ``report.md`` is not replaced)."""
     out = Path(out)
     if (out.exists() or out.is_symlink()) and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a directory; choose another {option}")
     if out.is_dir():
         names = [p.name for p in out.iterdir() if not p.name.startswith(".")]
         foreign = [n for n in names if n not in ours]
-        if not foreign and names and record is not None and not _is_json_object(out / record):
+        records = (record,) if isinstance(record, str) else record
+        if not foreign and names and records and not any(_is_json_object(out / r) for r in records):
             foreign = names
         if foreign:
             raise ConfigError(
