@@ -99,6 +99,20 @@ def test_int8_bundle_runs_every_exit_and_the_policy(int8_bundle, tmp_path, backe
     assert [v["label"] for v in batch] == [v["label"] for v in lines]
 
 
+def test_thresholds_out_of_the_policys_range_are_refused(int8_bundle, tmp_path):
+    """95 for 0.95 would never exit early: a usage error naming the range, not a silent run."""
+    x = np.load(int8_bundle / "golden.npz")["inputs"][:2].astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    for args, words in ((("--thresholds", "95"), "did you mean 0.95"),  # the bundle's max_prob
+                        (("--policy", "ensemble", "--thresholds", "-0.1"), "from 0 to 1"),
+                        (("--policy", "entropy", "--thresholds", "-1"), "at least 0")):
+        r = cli("run", int8_bundle, "--input", tmp_path / "x.npy", "--backend", "onnxruntime", *args)
+        assert r.exit_code == 1 and words in r.output and "Traceback" not in r.output, r.output
+    r = cli("run", int8_bundle, "--input", tmp_path / "x.npy", "--backend", "onnxruntime",
+            "--policy", "entropy", "--thresholds", "0.5")
+    assert r.exit_code == 0, r.output
+
+
 def test_a_tampered_int8_file_fails_verify(int8_bundle, tmp_path):
     bad = tmp_path / "bundle"
     shutil.copytree(int8_bundle, bad)

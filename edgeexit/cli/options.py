@@ -38,7 +38,9 @@ POLICY_PARAMS = ("policy", "thresholds", "exit_index", "budget", "costs_file")
 policy_options = apply([
     click.option("--policy", type=click.Choice([str(p) for p in POLICY_NAMES]),
                  default=None, help="Exit policy (default: the bundle's calibrated one)."),
-    click.option("--thresholds", default=None, help="Override thresholds, e.g. 0.9,0.9,0.95."),
+    click.option("--thresholds", default=None,
+                 help="Override thresholds, one per early exit, e.g. 0.9,0.9,0.95 (max_prob, "
+                      "ensemble: probabilities from 0 to 1; entropy: nats, at least 0)."),
     click.option("--exit", "exit_index", type=int, default=None, help="The exit of --policy fixed."),
     click.option("--budget", "budget", default=None, metavar="LIMIT",
                  help="The limit of --policy budget per input: latency (40us, 0.1ms: the live "
@@ -103,6 +105,12 @@ def policy_args(bundle, policy=None, thresholds=None, exit_index=None, budget=No
             t = [float(v) for v in thresholds.split(",")]
         except ValueError:
             raise click.BadParameter("thresholds are comma-separated numbers", param_hint="--thresholds")
+        name = policy
+        if name is None:  # the bundle's own policy takes them
+            from edgeexit.runtime.manifest import load_manifest
+
+            name = load_manifest(bundle, check_hashes=False).policy.name
+        check_threshold_range(name, t)
     args = {"policy": policy, "thresholds": t, "exit_index": exit_index}
     if (budget is not None or costs_file is not None) and policy != "budget":
         raise click.UsageError("--budget and --costs go with --policy budget")
@@ -118,6 +126,24 @@ def policy_args(bundle, policy=None, thresholds=None, exit_index=None, budget=No
         args["budget"] = {"limit": limit, "unit": unit,
                           "segment_costs": budget_costs(unit, bench, manifest)}
     return args
+
+
+def check_threshold_range(policy: str | None, thresholds: list[float]) -> None:
+    """Thresholds the policy can meet: max_prob and ensemble compare a probability (0 to 1),
+    entropy an entropy in nats (at least 0). A value outside is a typo (95 for 0.95), not a
+    setting: it would silently never (or always) exit early."""
+    if policy in ("max_prob", "ensemble"):
+        bad = next((v for v in thresholds if not 0.0 <= v <= 1.0), None)
+        if bad is not None:
+            hint = f" (did you mean {bad / 100:g}?)" if 1.0 < bad <= 100.0 else ""
+            raise click.BadParameter(
+                f"{policy} thresholds are probabilities from 0 to 1, got {bad:g}{hint}; "
+                "--policy fixed --exit K answers at one exit", param_hint="--thresholds")
+    elif policy == "entropy":
+        bad = next((v for v in thresholds if v < 0.0 or v != v), None)
+        if bad is not None:
+            raise click.BadParameter(f"entropy thresholds are entropies in nats, at least 0, got "
+                                     f"{bad:g}", param_hint="--thresholds")
 
 
 def open_engine(bundle, backend, threads, trusted_keys, policy: dict, **kwargs):
