@@ -111,6 +111,12 @@ def test_thresholds_out_of_the_policys_range_are_refused(int8_bundle, tmp_path):
     r = cli("run", int8_bundle, "--input", tmp_path / "x.npy", "--backend", "onnxruntime",
             "--policy", "entropy", "--thresholds", "0.5")
     assert r.exit_code == 0, r.output
+    # a bundle given as its .tar.gz: checked against the policy inside it, and run
+    archive = int8_bundle.with_name(int8_bundle.name + ".tar.gz")
+    for t, code in (("95", 1), ("0.9", 0)):
+        r = cli("run", archive, "--input", tmp_path / "x.npy", "--backend", "onnxruntime",
+                "--thresholds", t)
+        assert r.exit_code == code and "Traceback" not in r.output, r.output
 
 
 def test_a_tampered_int8_file_fails_verify(int8_bundle, tmp_path):

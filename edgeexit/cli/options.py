@@ -105,12 +105,6 @@ def policy_args(bundle, policy=None, thresholds=None, exit_index=None, budget=No
             t = [float(v) for v in thresholds.split(",")]
         except ValueError:
             raise click.BadParameter("thresholds are comma-separated numbers", param_hint="--thresholds")
-        name = policy
-        if name is None:  # the bundle's own policy takes them
-            from edgeexit.runtime.manifest import load_manifest
-
-            name = load_manifest(bundle, check_hashes=False).policy.name
-        check_threshold_range(name, t)
     args = {"policy": policy, "thresholds": t, "exit_index": exit_index}
     if (budget is not None or costs_file is not None) and policy != "budget":
         raise click.UsageError("--budget and --costs go with --policy budget")
@@ -130,8 +124,9 @@ def policy_args(bundle, policy=None, thresholds=None, exit_index=None, budget=No
 
 def check_threshold_range(policy: str | None, thresholds: list[float]) -> None:
     """Thresholds the policy can meet: max_prob and ensemble compare a probability (0 to 1),
-    entropy an entropy in nats (at least 0). A value outside is a typo (95 for 0.95), not a
-    setting: it would silently never (or always) exit early."""
+    entropy an entropy in nats (at least 0). A value outside given on the command line is a typo
+    (95 for 0.95), not a setting: it would silently never (or always) exit early. (The library
+    keeps accepting them: calibration's "never exit early" is such a value.)"""
     if policy in ("max_prob", "ensemble"):
         bad = next((v for v in thresholds if not 0.0 <= v <= 1.0), None)
         if bad is not None:
@@ -150,5 +145,10 @@ def open_engine(bundle, backend, threads, trusted_keys, policy: dict, **kwargs):
     """:meth:`Engine.from_bundle` with the policy options (``policy``: their values by name)."""
     from edgeexit.runtime.engine import Engine
 
-    return Engine.from_bundle(bundle, backend=backend, threads=threads, trusted_keys=trusted_keys,
-                              **kwargs, **policy_args(bundle, **policy))
+    args = policy_args(bundle, **policy)
+    engine = Engine.from_bundle(bundle, backend=backend, threads=threads, trusted_keys=trusted_keys,
+                                **kwargs, **args)
+    if args["thresholds"] is not None:  # checked against the policy that took them: the engine
+        # knows it, a bundle given as its .tar.gz included
+        check_threshold_range(engine.policy.name, args["thresholds"])
+    return engine
