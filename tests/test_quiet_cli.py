@@ -91,3 +91,56 @@ def test_each_kind_of_output_goes_where_it_belongs(tmp_path):
     text = log.read_text()
     for line in ("library noise", "FutureWarning", "native noise", "detail for the log"):
         assert line not in r.stderr and line in text, line
+
+
+def _old_logs(directory, n):
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        p = directory / f"run-20260101-0000{i:02d}-{i}.log"
+        p.write_text("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        os.utime(p, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))  # log i is the i-th oldest
+
+
+def test_prune_logs_keeps_the_newest_and_only_touches_logs(tmp_path):
+    from edgeexit.cli.quiet import prune_logs
+
+    _old_logs(tmp_path, 12)
+    (tmp_path / "notes.txt").write_text("not a log")
+    assert prune_logs(tmp_path, keep=5) == 7
+    left = sorted(p.name for p in tmp_path.glob("*.log"))
+    assert left == [f"run-20260101-0000{i:02d}-{i}.log" for i in range(7, 12)]
+    assert (tmp_path / "notes.txt").exists()
+    assert prune_logs(tmp_path / "missing", keep=5) == 0
+
+
+_DEFAULT_LOG = """
+import os
+from edgeexit.cli.quiet import LibraryOutput
+with LibraryOutput("run") as out:
+    os.write(2, b"native noise\\n")
+print(out.path)
+"""
+
+
+def test_a_command_prunes_the_default_log_directory_but_not_a_chosen_log(tmp_path):
+    from edgeexit.cli.quiet import KEEP_LOGS
+
+    logs = tmp_path / "edgeexit"
+    _old_logs(logs, KEEP_LOGS + 10)
+    env = {**os.environ, "TMPDIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", _DEFAULT_LOG], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    new = Path(r.stdout.strip())
+    assert new.parent == logs and new.read_text() == "native noise\n"
+    names = {p.name for p in logs.glob("*.log")}
+    assert len(names) == KEEP_LOGS and new.name in names
+    assert "run-20260101-000010-10.log" not in names and "run-20260101-000011-11.log" in names
+    mine = tmp_path / "mine"  # --log-file elsewhere: that directory is the user's, left alone
+    _old_logs(mine, KEEP_LOGS + 5)
+    chosen = _DEFAULT_LOG.replace('("run")', f'("run", log_file={str(mine / "x.log")!r})')
+    r = subprocess.run([sys.executable, "-c", chosen], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(list(mine.glob("*.log"))) == KEEP_LOGS + 6

@@ -21,6 +21,10 @@ file descriptor 2 (click's test runner). Errors are never
 swallowed: the command's ``Error: ...`` line and any traceback are printed after everything is put
 back, a crash in native code prints its traceback to the terminal (:mod:`faulthandler`), and a
 command that fails names the log file.
+
+The default log files live in ``$TMPDIR/edgeexit``; each command that opens one there removes the
+oldest beyond :data:`KEEP_LOGS`, so a device that runs ``edgeexit run`` every minute does not fill
+its disk with them (a ``--log-file`` elsewhere is the user's own and never removed).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import time
 from pathlib import Path
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
+KEEP_LOGS = 50  # default log files kept in $TMPDIR/edgeexit, the newest
 _EMIT = logging.StreamHandler.emit.__code__
 
 
@@ -42,6 +47,25 @@ def default_log_path(command: str | None) -> Path:
     """``$TMPDIR/edgeexit/<command>-<time>-<pid>.log``: never the working directory."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(tempfile.gettempdir()) / "edgeexit" / f"{command or 'edgeexit'}-{stamp}-{os.getpid()}.log"
+
+
+def prune_logs(directory: Path, keep: int = KEEP_LOGS) -> int:
+    """Remove the oldest ``*.log`` files of ``directory`` beyond the newest ``keep`` (by
+    modification time); return how many went. Files that vanish meanwhile (another command
+    pruning at the same moment) or cannot be removed are skipped."""
+    try:
+        logs = [(e.stat().st_mtime_ns, e.path) for e in os.scandir(directory)
+                if e.name.endswith(".log") and e.is_file(follow_symlinks=False)]
+    except OSError:
+        return 0
+    removed = 0
+    for _, path in sorted(logs, reverse=True)[keep:]:
+        try:
+            os.unlink(path)
+            removed += 1
+        except OSError:
+            pass
+    return removed
 
 
 def _is_fd2(stream) -> bool:
@@ -96,6 +120,7 @@ class LibraryOutput:
                  log_file: str | os.PathLike | None = None) -> None:
         self.command, self.verbose, self.quiet = command, verbose, quiet
         self.path = Path(log_file) if log_file else default_log_path(command)
+        self._own_directory = not log_file  # $TMPDIR/edgeexit: old logs are pruned there
         self._log = self._terminal = self._stderr = self._saved_fd = None
         self._passive = False
         self._handlers: list[tuple[logging.Logger, logging.Handler]] = []
@@ -112,6 +137,8 @@ class LibraryOutput:
             self._passive = True  # nothing to undo
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._own_directory:
+            prune_logs(self.path.parent, KEEP_LOGS - 1)  # room for this command's own
         self._log = open(self.path, "a", encoding="utf-8", errors="backslashreplace", buffering=1)
         self._stderr = sys.stderr
         self._terminal = self._redirect_fd2()
