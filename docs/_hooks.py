@@ -8,6 +8,8 @@
 - Generated pages: ``results/tables.md`` (every table of ``results/``, superseded ones last) and
   ``reference/manifest.md`` (the bundle manifest's keys, from the dataclasses of
   ``edgeexit/runtime/manifest.py``); ``results/plots/*.png`` are served under the same path.
+- ``<!-- cli-reference -->`` is replaced by every command's ``--help``, as the terminal shows it
+  (option groups included), under one heading per command.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from mkdocs.structure.files import File
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
 MARK = re.compile(r"<!--\s*results-table:\s*([\w.-]+)\s*-->")
+CLI_MARK = "<!-- cli-reference -->"
+HELP_WIDTH = 100
 GUIDES_SECTION = "Guides"
 
 
@@ -74,7 +78,33 @@ def _table(name: str, *, heading: str | None = None) -> str:
     return f"{heading}\n\n{body}" if heading else body
 
 
+def _cli_reference() -> str:
+    """Each command's ``--help`` (``GroupedCommand`` formats the option groups), depth first in
+    the order ``edgeexit --help`` lists them."""
+    import click
+
+    from edgeexit.cli import main
+
+    out: list[str] = []
+
+    def walk(cmd: click.Command, ctx: click.Context, level: int) -> None:
+        out.append(f"{'#' * level} `{ctx.command_path}`\n\n```text\n{cmd.get_help(ctx)}\n```\n")
+        if isinstance(cmd, click.Group):
+            for name in cmd.list_commands(ctx):
+                sub = cmd.get_command(ctx, name)
+                if sub is not None and not sub.hidden:
+                    walk(sub, click.Context(sub, info_name=name, parent=ctx,
+                                            max_content_width=HELP_WIDTH, terminal_width=HELP_WIDTH),
+                         min(level + 1, 4))
+
+    walk(main, click.Context(main, info_name="edgeexit", max_content_width=HELP_WIDTH,
+                             terminal_width=HELP_WIDTH), 2)
+    return "\n".join(out)
+
+
 def on_page_markdown(markdown: str, page, **_) -> str:
+    if CLI_MARK in markdown:
+        markdown = markdown.replace(CLI_MARK, _cli_reference())
     return MARK.sub(lambda m: _table(m.group(1)), markdown)
 
 

@@ -141,6 +141,8 @@ def test_docs_build_with_warnings_as_errors(tmp_path):
     site = tmp_path / "site"
     cli = (site / "reference" / "cli" / "index.html").read_text()
     assert "edgeexit export" in cli and "--target" in cli  # generated from the click commands
+    assert "Exit thresholds:" in cli and "Device path" in cli  # with --help's option groups
+    assert "edgeexit data generate" in cli  # and the subcommands of a group
     manifest = (site / "reference" / "manifest" / "index.html").read_text()
     assert "bundle_version" in manifest and "abs_max" in manifest  # from runtime/manifest.py
     energy = (site / "results" / "energy" / "index.html").read_text()
