@@ -396,26 +396,65 @@ class _Thresholds:
             self.pending.append(c)
 
 
+class _Tail:
+    """The recent samples of a growing signal in one preallocated float64 array, so that a step
+    writes its new samples in place instead of concatenating buffers: absolute sample ``i`` is
+    ``buf[i - base]``; ``start`` is the first sample still read (older ones stay until their room
+    is needed), ``end`` one past the newest."""
+
+    __slots__ = ("base", "buf", "end", "start")
+
+    def __init__(self, capacity: int) -> None:
+        self.buf = np.empty(max(16, int(capacity)))
+        self.base = self.start = self.end = 0
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    def view(self, a: int | None = None, b: int | None = None) -> np.ndarray:
+        """Samples ``[a, b)`` (absolute; default ``[start, end)``), a view into the buffer."""
+        return self.buf[(self.start if a is None else a) - self.base:(self.end if b is None else b) - self.base]
+
+    def room(self, n: int) -> np.ndarray:
+        """A writable view for the next ``n`` samples ``[end, end + n)`` (``end`` moves on); the
+        samples held move to the front of the buffer when it is full (every few steps)."""
+        if self.end + n - self.base > self.buf.size:
+            held = self.buf[self.start - self.base:self.end - self.base]
+            if held.size + n > self.buf.size:  # more than was planned for: grow
+                buf = np.empty(2 * (held.size + n))
+                buf[:held.size] = held
+                self.buf = buf
+            else:
+                self.buf[:held.size] = held  # overlapping copy: numpy buffers it
+            self.base = self.start
+        out = self.buf[self.end - self.base:self.end + n - self.base]
+        self.end += n
+        return out
+
+
 class IncrementalDetector:
     """The detector of :func:`detect_r_peaks`, causal and incremental: every sample is filtered
     once, as it arrives, and a beat is final as soon as the decision phase accepts it.
 
-    Each :meth:`feed` of new samples extends, by as many samples, the derivative of the band-pass
-    (one FIR of both, by FFT overlap-save, centred: half the FIR's length late), the
-    moving-window integral (running sums), the QRS candidates (final once ``refractory`` samples
-    follow them), their decision (:class:`_Thresholds`, shared with the batch detector) and the
-    refinement of each accepted beat to its R peak. The levels are learned from the per-second
-    maxima and means of the first :data:`LEARN_S` seconds, as in the batch detector; after
-    ``relearn`` samples without a beat they are learned afresh from the last :data:`LEARN_S`
-    seconds (an electrode pop set them above every QRS). The state is bounded: ``history`` samples
-    of signal (at least the refinement's reach), up to ``2 LEARN_S`` seconds of the integrated
-    signal (to learn the levels from) and a step of the derivative, and the decision's few
-    numbers.
+    Each :meth:`process` of the samples :meth:`write` added extends, by as many samples, the
+    absolute derivative of the band-pass (one FIR of both, by FFT overlap-save, centred: half the
+    FIR's length late), the moving-window integral (running sums), the QRS candidates (final once
+    ``refractory`` samples follow them; the largest within the refractory period, by one windowed
+    maximum over the local maxima), their decision (:class:`_Thresholds`, shared with the batch
+    detector) and the refinement of the beats it accepted to their R peaks (all of the step's at
+    once). The levels are learned from the per-second maxima and means of the first
+    :data:`LEARN_S` seconds, as in the batch detector; after ``relearn`` samples without a beat
+    they are learned afresh from the last :data:`LEARN_S` seconds (an electrode pop set them
+    above every QRS). The state is bounded: ``history`` samples of signal (at least the
+    refinement's reach), up to ``2 LEARN_S`` seconds of the integrated signal (to learn the
+    levels from) and a step of the derivative, each in a preallocated buffer, and the decision's
+    few numbers.
 
-    Results do not depend on how the samples are cut into :meth:`feed` calls when the caller
-    feeds them on a fixed grid of the signal (:class:`edgeexit.runtime.stream.StreamDetector`
-    does); with the batch detector they agree but for the edges of the signal and the float
-    rounding of the filters (FFT against direct convolution).
+    Results do not depend on how the samples are cut into steps when the caller processes them on
+    a fixed grid of the signal (:class:`edgeexit.runtime.stream.StreamDetector` does); with the
+    batch detector they agree but for the edges of the signal and the float rounding of the
+    filters (FFT against direct convolution).
 
     Args:
         fs: sampling rate in Hz (checked by the caller: at least 45 Hz).
@@ -435,47 +474,67 @@ class IncrementalDetector:
         self.bhalf = max(self.shalf, int(round(BASELINE_S * fs)))
         self._ref_off = np.arange(-self.refractory, self.refractory + 1)[None, :]
         self._slope_off = np.arange(-self.shalf, self.shalf + 1)[None, :]
+        self._base_rng = np.arange(-self.bhalf, self.bhalf + 1)
+        # [start, stop) of a window around each index, relative: for np.maximum.reduceat
+        self._ref_ends = np.array([-self.refractory, self.refractory + 1])
+        self._slope_ends = np.array([-self.shalf, self.shalf + 1])
         self.sec = int(fs)  # the learning phase's one-second blocks
-        self.raw = np.zeros(0)  # the last ``history`` samples; absolute index of [0]: raw_start
         self.history = max(int(history), 4 * self.bhalf + 2 * self.khalf)
-        self.raw_start = self.end = 0
-        self._deriv = np.zeros(0)  # derivative [deriv_start, deriv_end)
-        self.deriv_start = self.deriv_end = 0
-        self._mwi = np.zeros(0)  # integrated signal [mwi_start, mwi_end)
-        self.mwi_start = self.mwi_end = 0
+        self._raw = _Tail(2 * self.history)  # the signal; read from raw_start (the last history)
+        self.end = 0  # one past the last sample processed
+        self._absd = _Tail(8 * self.sec)  # absolute derivative
+        self._mwi = _Tail(4 * int(LEARN_S) * self.sec)  # integrated signal
+        self._cums = np.empty(0)  # the integration's running sum (reused)
         self._cand_end = 1  # candidates before this sample are decided or queued
         self._queue: list[tuple[int, float, float]] = []  # candidates waiting for the levels
         self.decide: _Thresholds | None = None
         self._last_relearn = 0
+        self._centres: list[int] = []  # beats accepted in this step, to refine
         self.peaks: list[int] = []  # refined R peaks not yet taken by the caller
         self.last_peak = -(1 << 62)
 
+    @property
+    def raw(self) -> np.ndarray:
+        """The signal processed, its last ``history`` samples (a view; absolute ``raw_start``..)."""
+        return self._raw.view(self._raw.start, self.end)
+
+    @property
+    def raw_start(self) -> int:
+        return self._raw.start
+
+    def write(self, x: np.ndarray) -> None:
+        """Append the samples ``x`` (float64 mV, finite) without processing them yet."""
+        self._raw.room(x.size)[:] = x
+
     def feed(self, x: np.ndarray, final: bool = False) -> None:
-        """Append the samples ``x`` (float64 mV, finite) and detect what they make final; ``final``:
-        the signal ends here (its edge is reflected, everything left is decided)."""
-        self.raw = np.concatenate([self.raw, x])
-        self.end += x.size
+        """Append the samples ``x`` and process them (:meth:`write`, then :meth:`process`)."""
+        self.write(x)
+        self.process(final)
+
+    def process(self, final: bool = False) -> None:
+        """Detect what the samples written so far make final; ``final``: the signal ends here
+        (its edge is reflected, everything left is decided)."""
+        self.end = self._raw.end
         self._derivative(final)
         self._integrate(final)
         self._candidates(final)
         if final and self.decide is None:
             self._learn(0, int(LEARN_S) * self.sec)
+        if self._centres:
+            self._refine()
         self._trim()
 
     def _trim(self) -> None:
         """Forget what no later step reads (bounded state)."""
-        if self.raw.size > self.history:
-            self.raw = self.raw[-self.history:]
-            self.raw_start = self.end - self.history
+        raw, mwi, absd = self._raw, self._mwi, self._absd
+        raw.start = max(raw.start, self.end - self.history)
         # the candidates' neighbourhoods, and LEARN_S seconds (and a margin) to learn from
-        keep = min(self._cand_end - self.refractory - 2, self.mwi_end - 2 * int(LEARN_S) * self.sec)
-        if self.decide is not None and keep > self.mwi_start:
-            self._mwi = self._mwi[keep - self.mwi_start:]
-            self.mwi_start = keep
-        keep = min(self.mwi_end - self.mhalf, self._cand_end - self.shalf) - 1  # integral, slopes
-        if keep > self.deriv_start:
-            self._deriv = self._deriv[keep - self.deriv_start:]
-            self.deriv_start = keep
+        keep = min(self._cand_end - self.refractory - 2, mwi.end - 2 * int(LEARN_S) * self.sec)
+        if self.decide is not None and keep > mwi.start:
+            mwi.start = keep
+        keep = min(mwi.end - self.mhalf, self._cand_end - self.shalf) - 1  # integral, slopes
+        if keep > absd.start:
+            absd.start = keep
 
     # -- filters ---------------------------------------------------------------------------------
     def _conv(self, x: np.ndarray) -> np.ndarray:
@@ -487,56 +546,54 @@ class IncrementalDetector:
         return np.fft.irfft(np.fft.rfft(x, n) * spec, n)[self._kernel.size - 1:x.size]
 
     def _derivative(self, final: bool) -> None:
-        k, raw, r0 = self.khalf, self.raw, self.raw_start
+        k, absd = self.khalf, self._absd
         upto = self.end if final else self.end - k
-        if upto <= self.deriv_end or self.end < 2 * k + 2:
+        if upto <= absd.end or self.end < 2 * k + 2:
             return
-        lo = self.deriv_end - k  # first input sample needed
-        pre = raw[-lo:0:-1] if lo < 0 else raw[:0]  # reflect the start of the signal
-        x = raw[max(lo, 0) - r0:]
-        if final:
-            x = np.concatenate([pre, x, raw[-2:-2 - k:-1]])
-        elif pre.size:
-            x = np.concatenate([pre, x])
+        lo = absd.end - k  # first input sample needed
+        x = self._raw.view(max(lo, 0), self.end)
+        if lo < 0 or final:
+            raw = self.raw
+            pre = raw[-lo:0:-1] if lo < 0 else raw[:0]  # reflect the start of the signal
+            post = raw[-2:-2 - k:-1] if final else raw[:0]  # and its end
+            x = np.concatenate([pre, x, post])
         d = self._conv(x)
-        self._deriv = np.concatenate([self._deriv, d])
-        self.deriv_end += d.size
-        self.deriv_start = self.deriv_end - self._deriv.size
+        np.abs(d, out=absd.room(d.size))
 
     def _integrate(self, final: bool) -> None:
-        h = self.mhalf
-        upto = self.deriv_end if final else self.deriv_end - h
-        if upto <= self.mwi_end:
+        h, absd, mwi = self.mhalf, self._absd, self._mwi
+        upto = absd.end if final else absd.end - h
+        if upto <= mwi.end:
             return
-        lo = self.mwi_end - h
-        d = self._deriv[max(lo, self.deriv_start) - self.deriv_start:]
-        sq = d * d
+        lo = mwi.end - h
+        d = absd.view(max(lo, absd.start))
+        sq = d * d  # |d|^2 == d^2 exactly
         if lo < 0:
             sq = np.concatenate([sq[-lo:0:-1], sq])
         if final:
             sq = np.concatenate([sq, sq[-2:-2 - h:-1]])
-        c = np.empty(sq.size + 1)
+        if self._cums.size < sq.size + 1:
+            self._cums = np.empty(2 * sq.size + 2)
+        c = self._cums[:sq.size + 1]
         c[0] = 0.0
         np.cumsum(sq, out=c[1:])
         w = 2 * h + 1
-        m = c[w:] - c[:-w]
+        m = mwi.room(sq.size + 1 - w)
+        np.subtract(c[w:], c[:-w], out=m)
         m /= w
-        self._mwi = np.concatenate([self._mwi, m])
-        self.mwi_end += m.size
-        self.mwi_start = self.mwi_end - self._mwi.size
-        if self.decide is None and self.mwi_end >= LEARN_S * self.sec:
+        if self.decide is None and mwi.end >= LEARN_S * self.sec:
             self._learn(0, int(LEARN_S) * self.sec)
 
     def _learn(self, start: int, stop: int) -> None:
         """Levels from the whole seconds of integrated signal in ``[start, stop)`` (absolute; as
         :func:`_learned_levels`: half the medians of the per-second maxima and means of its
         amplitude); the first time, decide the queued candidates."""
-        start = max(start, -(-self.mwi_start // self.sec) * self.sec)  # whole seconds held
-        n = (min(stop, self.mwi_end) - start) // self.sec
+        mwi = self._mwi
+        start = max(start, -(-mwi.start // self.sec) * self.sec)  # whole seconds held
+        n = (min(stop, mwi.end) - start) // self.sec
         if n < 1:
             return
-        blocks = np.sqrt(self._mwi[start - self.mwi_start:start - self.mwi_start + n * self.sec])
-        blocks = blocks.reshape(n, self.sec)
+        blocks = np.sqrt(mwi.view(start, start + n * self.sec)).reshape(n, self.sec)
         levels = Levels(0.5 * small_median(blocks.max(axis=1).tolist()),
                         0.5 * small_median(blocks.mean(axis=1).tolist()), ())
         if self.decide is None:
@@ -552,29 +609,29 @@ class IncrementalDetector:
         """The local maxima of the integrated signal that are the largest within the refractory
         period (as :func:`_candidates`), once the period after them is known; each with its QRS
         slope (the largest absolute derivative within ``REFINE_S``)."""
-        ref, m, m0 = self.refractory, self._mwi, self.mwi_start
-        upto = self.mwi_end - 1 if final else self.mwi_end - ref
+        ref, mwi = self.refractory, self._mwi
+        m0 = mwi.start
+        upto = mwi.end - 1 if final else mwi.end - ref
         lo = self._cand_end
         if upto <= lo:
             return
         self._cand_end = upto
+        m = mwi.view()
         v = m[lo - 1 - m0:upto + 1 - m0]
         mid = v[1:-1]
-        idx = np.flatnonzero((mid > v[:-2]) & (mid >= v[2:])) + (lo - m0)  # rows of ``m``
+        idx = np.flatnonzero((mid > v[:-2]) & (mid >= v[2:]))
         if not idx.size:
             return
-        nb = idx[:, None] + self._ref_off
-        if idx[0] < ref or idx[-1] + ref >= m.size:  # the signal's edges: clip
-            nb = np.clip(nb, 0, m.size - 1)
-        idx = idx[m[idx] >= m[nb].max(axis=1)]
+        idx += lo - m0  # rows of ``m``
+        h = m[idx]
+        idx = idx[h >= _window_max(m, idx, ref, self._ref_ends, self._ref_off)]
         if not idx.size:
             return
+        h = m[idx]
         cand = idx + m0
-        sb = cand[:, None] + (self._slope_off - self.deriv_start)
-        if sb[0, 0] < 0 or sb[-1, -1] >= self._deriv.size:
-            sb = np.clip(sb, 0, self._deriv.size - 1)
-        slopes = np.abs(self._deriv[sb]).max(axis=1)
-        for c in zip(cand.tolist(), np.sqrt(m[idx]).tolist(), slopes.tolist()):
+        absd = self._absd
+        slopes = _window_max(absd.view(), cand - absd.start, self.shalf, self._slope_ends, self._slope_off)
+        for c in zip(cand.tolist(), np.sqrt(h).tolist(), slopes.tolist()):
             if self.decide is None:
                 self._queue.append(c)
             else:
@@ -593,26 +650,41 @@ class IncrementalDetector:
         n = len(d.accepted)
         d.step(*c)
         if len(d.accepted) > n:
-            for centre in d.accepted[n:]:
-                self._refine(centre)
+            self._centres.extend(d.accepted[n:])
             del d.accepted[:]
 
-    def _refine(self, centre: int) -> None:
-        """The accepted beat at ``centre`` moved to its R peak (as :func:`_refine`); a peak closer
+    def _refine(self) -> None:
+        """The step's accepted beats moved to their R peaks (as :func:`_refine`); a peak closer
         than the refractory period to the previous one is dropped (as :func:`_refined_peaks`)."""
-        raw, r0, bh, sh = self.raw, self.raw_start, self.bhalf, self.shalf
-        if centre - bh >= r0 and centre + bh < self.end:
-            base = np.partition(raw[centre - bh - r0:centre + bh + 1 - r0], bh)[bh]
-            w = raw[centre - sh - r0:centre + sh + 1 - r0]
-            peak = centre - sh + int(np.argmax(np.abs(w - base)))
+        raw, r0, bh, sh = self.raw, self._raw.start, self.bhalf, self.shalf
+        centres, self._centres = self._centres, []
+        if centres[0] - bh >= r0 and centres[-1] + bh < self.end:  # all inside: one gather
+            c = np.array(centres)
+            g = raw[np.add.outer(c - r0, self._base_rng)]  # [B, 2 bh + 1], the beats' surroundings
+            base = np.partition(g, bh, axis=1)[:, bh:bh + 1]  # the medians (an odd count)
+            dev = np.abs(g[:, bh - sh:bh + sh + 1] - base)  # the refinement's reach, within it
+            peaks = (dev.argmax(axis=1) + (c - sh)).tolist()
         else:  # the signal's edges: clip, as the batch detector does
-            b = np.clip(np.arange(centre - bh, centre + bh + 1), r0, self.end - 1) - r0
-            base = np.partition(raw[b], bh)[bh]  # the median (an odd count)
-            r = np.clip(np.arange(centre - sh, centre + sh + 1), r0, self.end - 1)
-            peak = int(r[np.argmax(np.abs(raw[r - r0] - base))])
-        if peak - self.last_peak >= self.refractory:
-            self.peaks.append(peak)
-            self.last_peak = peak
+            peaks = []
+            for centre in centres:
+                b = np.clip(np.arange(centre - bh, centre + bh + 1), r0, self.end - 1) - r0
+                base = np.partition(raw[b], bh)[bh]  # the median (an odd count)
+                r = np.clip(np.arange(centre - sh, centre + sh + 1), r0, self.end - 1)
+                peaks.append(int(r[np.argmax(np.abs(raw[r - r0] - base))]))
+        for peak in peaks:
+            if peak - self.last_peak >= self.refractory:
+                self.peaks.append(peak)
+                self.last_peak = peak
+
+
+def _window_max(v: np.ndarray, idx: np.ndarray, half: int, ends: np.ndarray,
+                offsets: np.ndarray) -> np.ndarray:
+    """``max(v[i - half .. i + half])`` for every ``i`` of ``idx`` (increasing), the windows
+    clipped to ``v``: one ``np.maximum.reduceat`` over ``[i + ends[0], i + ends[1])`` pairs when
+    they all lie inside, else a clipped gather (``offsets``: ``-half .. half`` as ``[1, W]``)."""
+    if idx[0] >= half and idx[-1] + half + 1 < v.size:
+        return np.maximum.reduceat(v, np.add.outer(idx, ends).ravel())[::2]
+    return v[np.clip(idx[:, None] + offsets, 0, v.size - 1)].max(axis=1)
 
 
 def _refined_peaks(x: np.ndarray, beats: np.ndarray, fs: float, refractory: int) -> np.ndarray:

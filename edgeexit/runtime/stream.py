@@ -126,7 +126,6 @@ class StreamDetector:
                 f"+ {MIN_SECONDS:g} s ({hop_s:g} + {lookahead_s:g})"
             )
         self._core = IncrementalDetector(fs, self.refractory, self.relearn, history=self.size)
-        self._waiting: list[np.ndarray] = []  # samples since the last step (less than a hop)
         self.end = 0  # absolute index one past the newest sample
         self._next_t = self.hop  # the next step, on a grid of the signal
         self._accepted: deque[int] = deque()  # found, not yet committed (younger than lookahead)
@@ -148,9 +147,12 @@ class StreamDetector:
         return self._core.raw_start
 
     def _clean(self, x: np.ndarray) -> np.ndarray:
-        ok = np.isfinite(x)
-        if ok.all():
+        if math.isfinite(np.add.reduce(x)):  # a NaN or Inf makes the sum NaN or Inf
             self._hold = float(x[-1]) if x.size else self._hold
+            return x
+        ok = np.isfinite(x)
+        if ok.all():  # finite samples whose sum overflowed
+            self._hold = float(x[-1])
             return x
         x = x.copy()
         bad = np.flatnonzero(~ok)
@@ -179,12 +181,12 @@ class StreamDetector:
             self._held.popleft()
 
     # -- detection -----------------------------------------------------------------------------
-    def _step(self, x: np.ndarray, final: bool, on_commit) -> list[int]:
-        """The detector takes ``x`` (the samples up to a grid point, or the last ones) and commits
-        the peaks that ``lookahead`` samples follow (all of them when ``final``)."""
+    def _step(self, final: bool, on_commit) -> list[int]:
+        """The detector processes the samples written up to a grid point (or the last ones) and
+        commits the peaks that ``lookahead`` samples follow (all of them when ``final``)."""
         self.analyses += 1
         core = self._core
-        core.feed(x, final=final)
+        core.process(final=final)
         self._accepted.extend(core.peaks)
         core.peaks.clear()
         until = core.end if final else core.end - self.lookahead
@@ -201,19 +203,16 @@ class StreamDetector:
         ``on_commit(peaks)`` is called right after each step that committed peaks, while
         :attr:`signal` still holds the samples around them.
         """
-        x = np.asarray(samples, dtype=np.float64).reshape(-1)
-        x = self._clean(x)
+        x = self._clean(np.asarray(samples, dtype=np.float64).reshape(-1))
         out: list[int] = []
-        i = 0
-        while i < x.size:
-            take = min(x.size - i, self._next_t - self.end)
-            self._waiting.append(x[i:i + take])
+        i, n, write = 0, x.size, self._core.write
+        while i < n:
+            take = min(n - i, self._next_t - self.end)
+            write(x[i:i + take])  # into the detector's buffer; processed at the grid point
             self.end += take
             i += take
             if self.end == self._next_t:
-                chunk = self._waiting[0] if len(self._waiting) == 1 else np.concatenate(self._waiting)
-                self._waiting = []
-                out += self._step(chunk, False, on_commit)
+                out += self._step(False, on_commit)
                 self._next_t += self.hop
         return out
 
@@ -221,14 +220,12 @@ class StreamDetector:
         """End of the stream: commit every peak after the last commit."""
         if self.end < MIN_SECONDS * self.fs:
             return []
-        chunk = np.concatenate(self._waiting) if self._waiting else np.zeros(0)
-        self._waiting = []
-        return self._step(chunk, True, on_commit)
+        return self._step(True, on_commit)
 
     def state_sizes(self) -> dict[str, int]:
         """Sizes of everything the detector keeps (for the bounded-state test)."""
         core = self._core
-        return {"buffer": int(core.raw.size), "filtered": int(core._deriv.size + core._mwi.size),
+        return {"buffer": int(core.raw.size), "filtered": int(core._absd.size + core._mwi.size),
                 "levels_rr": 0 if core.decide is None else len(core.decide.rr_recent),
                 "uncommitted": len(self._accepted), "held_runs": len(self._held)}
 

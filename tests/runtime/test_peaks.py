@@ -211,6 +211,30 @@ def test_module_imports_without_torch_or_scipy():
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
+
+def test_incremental_detector_buffers_and_window_maxima():
+    from edgeexit.runtime.peaks import _Tail, _window_max
+
+    # the stream's buffer: samples written in steps, older ones forgotten, room made by moving
+    # what is held to the front or (a step larger than planned for) by growing
+    tail, x = _Tail(16), np.arange(200.0)
+    bases = set()
+    for a, b in [(a, a + 5) for a in range(0, 100, 5)] + [(100, 200)]:
+        tail.room(b - a)[:] = x[a:b]
+        tail.start = max(tail.start, tail.end - 8)
+        bases.add(tail.base)
+        assert np.array_equal(tail.view(), x[tail.start:tail.end]) and tail.end == b
+    assert len(bases) > 5 and tail.buf.size > 100  # moved several times, then grown
+    # the windowed maximum (np.maximum.reduceat over overlapping windows) equals the clipped
+    # gather it replaces, inside the signal and at its edges
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal(300)
+    for idx in (np.array([20, 21, 50, 200, 279]), np.array([0, 3, 150, 299]), np.array([100])):
+        half = 20
+        ref = np.array([v[max(0, i - half):i + half + 1].max() for i in idx])
+        got = _window_max(v, idx, half, np.array([-half, half + 1]), np.arange(-half, half + 1)[None, :])
+        assert np.array_equal(got, ref)
+
 # Measured with this detector on the first 5 minutes (MLII), 150 ms tolerance: 100 (normal sinus
 # rhythm, 371 beats), 119 (ventricular bigeminy / trigeminy, 326), 200 (frequent multiform V beats,
 # 433): Se = +P = 100 %, median |offset| to the annotated R 0, 2.8, 2.8 ms (0-1 sample at 360 Hz).
