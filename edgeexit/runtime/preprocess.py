@@ -90,9 +90,18 @@ class BeatTemplate:
         half = max(2, int(round(QRS_HALF_S * float(fs))))
         self.qrs = slice(max(0, r_offset - half), min(window, r_offset + half))
         self.window = int(window)
-        # a column per beat: the median runs along rows of TEMPLATE_BEATS contiguous values,
-        # about 30% faster than down the columns of [TEMPLATE_BEATS, window]
-        self._past = np.zeros((self.window, TEMPLATE_BEATS), np.float32)
+        self._past = np.zeros((TEMPLATE_BEATS, self.window), np.float32)  # a ring, a row per beat
+        # the same values sorted down every sample's column (rows 1..TEMPLATE_BEATS; +inf where
+        # no beat is held yet), between a row of -inf and one of +inf: the median is read off
+        # the middle rows, and a beat leaves and joins by a few whole-row comparisons (add)
+        # instead of a partition per sample
+        self._sorted = np.full((TEMPLATE_BEATS + 2, self.window), np.inf, np.float32)
+        self._sorted[0] = -np.inf
+        self._work = self._sorted[:-1].copy()  # -inf, the rows left after one leaves, +inf
+        self._low = np.empty((TEMPLATE_BEATS, self.window), np.float32)
+        self._lt = np.empty((TEMPLATE_BEATS - 1, self.window), bool)
+        self._inf = self._sorted[-1]  # what leaves while fewer than TEMPLATE_BEATS are held
+        self._m = np.empty((2, self.window))  # _morph's float64 rows
         self._n = 0  # windows held (at most TEMPLATE_BEATS)
         self._next = 0  # the row the next window goes to (a ring: the oldest is overwritten)
 
@@ -100,56 +109,82 @@ class BeatTemplate:
         """This beat's :data:`MORPH_FEATURES` (float32 ``[3]``) against the template of the
         previous beats; then ``w`` (float32 ``[window]``) joins the template's beats. A window that
         is not finite is answered (1, 1, 0) and does not join."""
+        return np.array(self.values(w), np.float32)
+
+    def values(self, w: np.ndarray) -> tuple[float, float, float]:
+        """:meth:`features` before their float32 rounding (Python floats)."""
         w = np.asarray(w, dtype=np.float32)
-        if not math.isfinite(w.sum(dtype=np.float64)):  # NaN or Inf somewhere
-            return np.array([1.0, 1.0, 0.0], np.float32)
-        out = _morph(w, self.template(w), self.qrs)
+        out = _morph_values(w, self.template(w), self.qrs, self._m, finite=True)
+        if out is None:  # NaN or Inf somewhere in w
+            return (1.0, 1.0, 0.0)
         self.add(w)
         return out
 
     def template(self, w: np.ndarray) -> np.ndarray:
         """What beat ``w`` is compared with: the median of the previous beats' windows (``w``
-        itself for the first beat)."""
+        itself for the first beat); ``np.median`` of them, bit for bit."""
         n = self._n
         if not n:
             return np.asarray(w, np.float32)
-        past = self._past if n == TEMPLATE_BEATS else self._past[:, :n]
-        if n % 2:  # np.median(past, axis=1), bit for bit, at a third of its cost
-            return np.partition(past, n // 2, axis=1)[:, n // 2]
-        part = np.partition(past, (n // 2 - 1, n // 2), axis=1)
-        return (part[:, n // 2 - 1] + part[:, n // 2]) / np.float32(2.0)
+        s = self._sorted
+        if n % 2:
+            return s[1 + n // 2].copy()
+        return (s[n // 2] + s[n // 2 + 1]) / np.float32(2.0)
 
     def add(self, w: np.ndarray) -> None:
-        """``w`` (finite, ``[window]``) joins the template's beats, the oldest leaving."""
-        self._past[:, self._next] = w
+        """``w`` (finite, ``[window]``) joins the template's beats, the oldest leaving. Every
+        column of :attr:`_sorted` stays sorted: the leaving value is dropped (the rows below it
+        move up one), then ``w`` is inserted: row ``k`` becomes ``max(t[k - 1], min(t[k], w))``
+        of the seven rows ``t`` left (``-inf`` above them, ``+inf`` below)."""
+        s, t, lt, low = self._sorted, self._work, self._lt, self._low
+        old = self._past[self._next] if self._n == TEMPLATE_BEATS else self._inf
+        np.less(s[1:-2], old, out=lt)  # rows above the leaving value's (its first copy) stay
+        t[1:-1] = s[2:-1]
+        np.copyto(t[1:-1], s[1:-2], where=lt)
+        np.minimum(t[1:], w, out=low)
+        np.maximum(t[:-1], low, out=s[1:-1])
+        self._past[self._next] = w
         self._next = (self._next + 1) % TEMPLATE_BEATS
         self._n = min(self._n + 1, TEMPLATE_BEATS)
 
     def compare(self, w: np.ndarray, template: np.ndarray) -> np.ndarray:
         """The :data:`MORPH_FEATURES` of ``w`` against a given ``template`` (no state change)."""
-        return _morph(np.asarray(w, np.float32), np.asarray(template, np.float32), self.qrs)
+        return _morph(np.asarray(w, np.float32), np.asarray(template, np.float32), self.qrs, self._m)
 
 
-def _morph(w: np.ndarray, t: np.ndarray, qrs: slice) -> np.ndarray:
-    """:data:`MORPH_FEATURES` of window ``w`` against template ``t``, in float64 from the 2 x 2
+def _morph(w: np.ndarray, t: np.ndarray, qrs: slice, m: np.ndarray | None = None) -> np.ndarray:
+    """:data:`MORPH_FEATURES` of window ``w`` against template ``t`` (float32 ``[3]``)."""
+    return np.array(_morph_values(w, t, qrs, m), np.float32)
+
+
+def _morph_values(w: np.ndarray, t: np.ndarray, qrs: slice, m: np.ndarray | None = None,
+                  finite: bool = False) -> tuple[float, float, float] | None:
+    """:data:`MORPH_FEATURES` of ``w`` against ``t`` as Python floats, in float64 from the 2 x 2
     Gram matrices of the two (centred) windows and of their QRS parts: a stream pays this per
-    beat, so it is a dozen numpy calls, not one per sum."""
-    m = np.array((w, t), np.float64)  # [2, L]
-    m -= m.mean(axis=1)[:, None]
+    beat, so it is a dozen numpy calls, not one per sum. ``m``: a float64 ``[2, L]`` buffer;
+    ``finite``: return None when ``w`` holds a NaN or Inf (its sum is then not finite)."""
+    if m is None:
+        m = np.empty((2, w.shape[-1]))
+    m[0] = w
+    m[1] = t
     n = m.shape[1]
+    sums = np.add.reduce(m, axis=1, keepdims=True)
+    if finite and not math.isfinite(sums[0, 0]):
+        return None
+    m -= sums / n  # minus the means (as m.mean(axis=1))
     (ww, wt), (_, tt) = (m @ m.T).tolist()
     q = m[:, qrs]
     nq = q.shape[1]
     (qa, qab), (_, qb) = (q @ q.T).tolist()
-    sa, sb = q.sum(axis=1).tolist()
-    amp_a, amp_t = (q.max(axis=1) - q.min(axis=1)).tolist()
+    sa, sb = np.add.reduce(q, axis=1).tolist()
+    amp_a, amp_t = (np.maximum.reduce(q, axis=1) - np.minimum.reduce(q, axis=1)).tolist()
     aa, bb = max(0.0, qa - sa * sa / nq), max(0.0, qb - sb * sb / nq)  # QRS parts centred
     den = math.sqrt(aa * bb)
     corr = (qab - sa * sb / nq) / den if den > 1e-12 else 1.0
     amp = amp_a / amp_t if amp_t > 1e-6 else 1.0
     rms_t = math.sqrt(max(0.0, tt) / n)
     dev = math.sqrt(max(0.0, ww + tt - 2.0 * wt) / n) / rms_t if rms_t > 1e-6 else 0.0
-    return np.array([corr, min(amp, MORPH_CLIP), min(dev, MORPH_CLIP)], np.float32)
+    return corr, min(amp, MORPH_CLIP), min(dev, MORPH_CLIP)
 
 
 def morph_features(signal_windows: np.ndarray, r_offset: int, fs: float) -> np.ndarray:

@@ -69,8 +69,6 @@ log = logging.getLogger(__name__)
 MATCH_S = 0.150
 """Tolerance (seconds) for matching a detected R peak to an annotated beat (AAMI EC57)."""
 
-_MORPH = 1 + len(RR_FEATURES)  # the first channel after the signal and RR channels
-
 
 def resident_kb() -> int:
     """This process's resident memory in kB (VmRSS of /proc/self/status; -1 where there is none)."""
@@ -264,7 +262,7 @@ class BeatStream:
         d = {"peaks": len(self._peaks), "cut": len(self._cut), "pre": len(self._pre),
              "csum": len(self._csum)}
         if self._template is not None:
-            d["template"] = int(self._template._past.shape[1])
+            d["template"] = int(self._template._past.shape[0])
         return d
 
     def _cut_window(self, r: int, signal: np.ndarray, start: int) -> np.ndarray | None:
@@ -320,14 +318,16 @@ class BeatStream:
             return None
         x = np.empty((self._channels, self.window), np.float32)
         x[0] = cut
+        ctx: tuple[float, ...] = ()
         if self.rr_context:
             local = small_median(self._pre)
             n = min(i + 1, LONG_RR_BEATS)
             avg = (csum - self._csum[-1 - n]) / n
-            x[1:_MORPH] = np.array([pre, post, local, pre / local, post / local, avg, pre / avg],
-                                   np.float32)[:, None]
+            ctx = (pre, post, local, pre / local, post / local, avg, pre / avg)
         if self._template is not None:  # the morphology channels come last, as in beat_windows
-            x[-len(MORPH_FEATURES):] = self._template.features(cut)[:, None]
+            ctx += self._template.values(cut)
+        if ctx:  # each value rounded to float32 on its own, as offline
+            x[1:] = np.array(ctx, np.float32)[:, None]
         return beat, x
 
 

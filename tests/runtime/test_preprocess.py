@@ -101,3 +101,18 @@ def test_morphology_context_compares_each_beat_with_the_same_patients_previous_b
     x, kept = beat_windows(sig, peaks, fs, window=length, rr_context=True, morph_context=True)
     assert x.shape == (6, 1 + len(RR_FEATURES) + 3, length)
     assert np.allclose(x[:, -3, 0], 1.0, atol=1e-5)
+
+
+def test_template_is_the_median_of_the_previous_beats_bit_for_bit():
+    # the template is kept sorted incrementally (one beat leaves, one joins): it must equal
+    # np.median of the previous TEMPLATE_BEATS windows, while filling up and with many ties
+    from edgeexit.runtime.preprocess import TEMPLATE_BEATS, BeatTemplate
+
+    rng = np.random.default_rng(7)
+    beats = np.round(rng.standard_normal((40, 64)) * 4).astype(np.float32) / np.float32(8)
+    beats[5] = beats[4]  # a repeated beat
+    tmpl = BeatTemplate(64, 24, 360.0)
+    for i, w in enumerate(beats):
+        expect = w if i == 0 else np.median(beats[max(0, i - TEMPLATE_BEATS):i], axis=0)
+        assert np.array_equal(tmpl.template(w), expect.astype(np.float32)), i
+        tmpl.features(w)
