@@ -68,7 +68,7 @@ class StreamAttack(StrEnum):
     the device finds the R peaks in the attacked signal and computes the context from them
     (:mod:`edgeexit.robust.stream.attacks`)."""
 
-    TIMING = "timing"  # detector-matched bursts in diastole: extra R peaks, shifted RR context
+    TIMING = "timing"  # detector-matched bursts in diastole (mid or amplitude-aware, the strongest): extra R peaks
     TIMING_SHIFT = "timing_shift"  # every R peak's fiducial point moved within a timing budget
     PGD = "pgd"  # white-box PGD through the device path (craft, re-detect, repeat)
     SQUARE = "square"  # black-box Square attack through the runtime, on the stream

@@ -74,6 +74,26 @@ the beats themselves, not the running signal level, so that an artefact that inf
 does not stop the search-back from recovering real beats (issue 27: measured on DS2,
 ``tools/defence_detector.py``)."""
 
+MIN_AMPLITUDE = 0.3
+"""Every beat must reach this fraction of the lower median of the peak-to-peak amplitudes of the
+last 8 accepted beats (once 3 are known), all measured on the raw signal within
++-:data:`AMPLITUDE_S` of the candidate; 0 turns the rule off. The thresholds act on the integrated
+energy of the band-passed signal, which a burst of small pulses tuned to the QRS filter's pass
+band fills as well as a QRS does: at 0.1 mV (+-eps) such a burst passed for a beat. Its
+peak-to-peak amplitude is at most 2 eps above what the signal already has there, a fifth to a
+tenth of a typical MIT-BIH QRS's. The lower median, not the median: in ventricular bigeminy the
+median of the last 8 falls between the small normal and the large ventricular beats. Chosen on
+MIT-BIH DS1 (streamed, ``tools/peaks_benchmark.py``): 0.3 costs 6 of its 50,875 beats (and drops
+24 false detections); 0.45, which refuses the amplitude-aware burst on the 1 mV QRS of the quick
+start's simulated patients too, costs 59 (issue 27). After :data:`LOST_S` without a beat the
+reference halves with the levels (a gain drop)."""
+
+SEARCH_BACK_MIN_AMPLITUDE = 0.3
+"""The amplitude rule's fraction for a beat the search-back finds (a beat was missed)."""
+
+AMPLITUDE_S = 0.05
+"""Half-width (seconds) of the raw-signal window of :data:`MIN_AMPLITUDE` (about a narrow QRS)."""
+
 LEARN_S = 8.0
 """At most this many seconds at the start set the initial signal and noise levels."""
 
@@ -263,7 +283,8 @@ def detect_r_peaks_with_levels(
     shalf = max(1, int(round(REFINE_S * fs)))
     slopes = slope[_neighbourhood(cand, shalf, x.size)].max(axis=1)
     decide = _Thresholds(fs, refractory, levels if levels is not None else _learned_levels(mwi, x.size, fs))
-    qrs, snap = decide.run(cand, np.sqrt(mwi[cand]), slopes, levels_at)
+    amps = _amplitudes(x, cand, _amplitude_half(fs))
+    qrs, snap = decide.run(cand, np.sqrt(mwi[cand]), slopes, amps, levels_at)
     if not qrs:
         return np.zeros(0, dtype=np.int64), snap
     peaks = _refined_peaks(x, np.asarray(qrs, dtype=np.int64), fs, refractory)
@@ -282,6 +303,27 @@ def _integrated_energy(x: np.ndarray, fs: float) -> tuple[np.ndarray, np.ndarray
     return mwi, np.abs(deriv)
 
 
+def _amplitude_half(fs: float) -> int:
+    return max(1, int(round(AMPLITUDE_S * fs)))
+
+
+def _amplitudes(x: np.ndarray, centres: np.ndarray, half: int, start: int = 0) -> np.ndarray:
+    """Peak-to-peak amplitude of ``x`` within ``+-half`` samples of every centre (absolute sample
+    indices; ``x[0]`` is sample ``start``), clipped to ``x``: what :data:`MIN_AMPLITUDE` compares.
+
+    Shape:
+        ``[B] -> [B]``
+    """
+    w = x[_neighbourhood(centres - start, half, x.size)]
+    return w.max(axis=1) - w.min(axis=1)
+
+
+def _amplitude_reference(amplitudes: list[float]) -> float:
+    """What :data:`MIN_AMPLITUDE` is a fraction of: the lower median of the last beats' amplitudes
+    (0 before 3 beats: an electrode pop taken for the first beat must not set it)."""
+    return sorted(amplitudes)[(len(amplitudes) - 1) // 2] if len(amplitudes) >= 3 else 0.0
+
+
 def _learned_levels(mwi: np.ndarray, size: int, fs: float) -> Levels:
     """The learning phase (Pan & Tompkins: two seconds): the signal level is the typical largest
     lump per second, the noise level the typical lump; the median over the first seconds (up to
@@ -295,8 +337,8 @@ def _learned_levels(mwi: np.ndarray, size: int, fs: float) -> Levels:
 class _Thresholds:
     """The decision phase of Pan & Tompkins over the QRS candidates, one after another
     (:meth:`step`): adaptive signal and noise levels, the T-wave test, the search-back for a
-    missed beat, and the decay of both levels after seconds without a beat. A candidate is a tuple
-    ``(sample, height, slope)``; accepted beats are appended to :attr:`accepted` in increasing
+    missed beat, the amplitude rule (:data:`MIN_AMPLITUDE`), and the decay of both levels after
+    seconds without a beat. A candidate is a tuple ``(sample, height, slope, amplitude)``; accepted beats are appended to :attr:`accepted` in increasing
     order and never revoked (the search-back only looks after the last accepted beat), so the
     batch detector and the incremental one (:class:`IncrementalDetector`) share this class."""
 
@@ -304,10 +346,12 @@ class _Thresholds:
         self.fs, self.refractory = fs, refractory
         self.t_wave_gap = int(round(T_WAVE_S * fs))
         self.accepted: list[int] = []  # samples of the accepted candidates, in order
-        self.last: tuple[int, float, float] | None = None  # the last accepted candidate
-        self.pending: list[tuple[int, float, float]] = []  # rejected since the last beat
+        self.last: tuple[int, float, float, float] | None = None  # the last accepted candidate
+        self.pending: list[tuple[int, float, float, float]] = []  # rejected since the last beat
         self.last_event = 0  # sample of the last beat or threshold decay
         self.heights: list[float] = []  # integrated heights of the last 8 accepted beats
+        self.amplitudes: list[float] = []  # raw peak-to-peak amplitudes of the last 8 accepted beats
+        self.amp_ref = 0.0  # their lower median (0 before 3 beats)
         self.set_levels(levels)
 
     def set_levels(self, levels: Levels) -> None:
@@ -318,22 +362,23 @@ class _Thresholds:
         # average goes stale, and the median resists the odd missed or extra beat just as well.
         self.rr_typical = small_median(self.rr_recent) if self.rr_recent else self.fs
 
-    def run(self, cand: np.ndarray, heights: np.ndarray, slopes: np.ndarray,
+    def run(self, cand: np.ndarray, heights: np.ndarray, slopes: np.ndarray, amps: np.ndarray,
             levels_at: int | None) -> tuple[list[int], Levels]:
         """The accepted candidates' samples, and the levels at sample ``levels_at`` (None: at the
         end)."""
         snap: Levels | None = None
-        for p, h, s in zip(cand.tolist(), heights.tolist(), slopes.tolist()):
+        for p, h, s, a in zip(cand.tolist(), heights.tolist(), slopes.tolist(), amps.tolist()):
             if snap is None and levels_at is not None and p >= levels_at:
                 snap = self.levels()
-            self.step(p, h, s)
+            self.step(p, h, s, a)
         return self.accepted, snap if snap is not None else self.levels()
 
-    def step(self, p: int, h: float, s: float) -> None:
-        """Decide the candidate at sample ``p`` (integrated height ``h``, QRS slope ``s``)."""
+    def step(self, p: int, h: float, s: float, a: float) -> None:
+        """Decide the candidate at sample ``p`` (integrated height ``h``, QRS slope ``s``, raw
+        peak-to-peak amplitude ``a``)."""
         self._search_back(p)
         self._decay_if_lost(p)
-        self._decide((p, h, s))
+        self._decide((p, h, s, a))
 
     def levels(self) -> Levels:
         return Levels(self.spk, self.npk, tuple(self.rr_recent))
@@ -344,10 +389,17 @@ class _Thresholds:
             return 0.0
         return SEARCH_BACK_MIN_SIGNAL * small_median(self.heights)
 
-    def _accept(self, c: tuple[int, float, float], searched_back: bool) -> None:
+    def _tall_enough(self, c: tuple[int, float, float, float], fraction: float) -> bool:
+        """The amplitude rule (:data:`MIN_AMPLITUDE`, :data:`SEARCH_BACK_MIN_AMPLITUDE`)."""
+        return c[3] >= fraction * self.amp_ref
+
+    def _accept(self, c: tuple[int, float, float, float], searched_back: bool) -> None:
         h = c[1]
         self.heights.append(float(h))
         del self.heights[:-8]
+        self.amplitudes.append(float(c[3]))
+        del self.amplitudes[:-8]
+        self.amp_ref = _amplitude_reference(self.amplitudes)
         self.spk = 0.25 * h + 0.75 * self.spk if searched_back else 0.125 * h + 0.875 * self.spk
         if self.last is not None:
             self.rr_recent.append(float(c[0] - self.last[0]))
@@ -356,7 +408,7 @@ class _Thresholds:
         self.last = c
         self.accepted.append(c[0])
 
-    def _t_wave(self, c: tuple[int, float, float]) -> bool:
+    def _t_wave(self, c: tuple[int, float, float, float]) -> bool:
         """Candidate ``c`` is too close to the last beat, or close with a T wave's gentle slope."""
         last = self.last
         gap = c[0] - last[0]
@@ -368,7 +420,9 @@ class _Thresholds:
         while self.last is not None and self.pending and p - self.last[0] > SEARCH_BACK_RR * self.rr_typical:
             thr2 = max(SEARCH_BACK_FRACTION * (self.npk + THRESHOLD_FRACTION * (self.spk - self.npk)),
                        self._floor())
-            ok = [c for c in self.pending if p - c[0] >= self.refractory and not self._t_wave(c)]
+            ok = [c for c in self.pending
+                  if p - c[0] >= self.refractory and not self._t_wave(c)
+                  and self._tall_enough(c, SEARCH_BACK_MIN_AMPLITUDE)]
             best = max(ok, key=lambda c: c[1], default=None)
             if best is None or best[1] <= thr2:
                 break
@@ -381,14 +435,17 @@ class _Thresholds:
         if p - max(self.last_event, self.last[0] if self.last is not None else 0) > LOST_S * self.fs:
             self.spk *= 0.5
             self.npk *= 0.5
+            self.amp_ref *= 0.5
+            self.amplitudes = [0.5 * a for a in self.amplitudes]
             self.last_event = p
             logger.debug("no beat for %.1f s at %.1f s: halving the peak levels", LOST_S,
                          p / self.fs)
 
-    def _decide(self, c: tuple[int, float, float]) -> None:
-        """Candidate ``c`` above the upper threshold and no T wave is a beat; else noise."""
+    def _decide(self, c: tuple[int, float, float, float]) -> None:
+        """Candidate ``c`` above the upper threshold, tall enough and no T wave is a beat; else
+        noise."""
         thr1 = self.npk + THRESHOLD_FRACTION * (self.spk - self.npk)
-        if c[1] > thr1 and not (self.last is not None and self._t_wave(c)):
+        if c[1] > thr1 and self._tall_enough(c, MIN_AMPLITUDE) and not (self.last is not None and self._t_wave(c)):
             self._accept(c, searched_back=False)
             self.pending = []
         else:
@@ -478,6 +535,7 @@ class IncrementalDetector:
         # [start, stop) of a window around each index, relative: for np.maximum.reduceat
         self._ref_ends = np.array([-self.refractory, self.refractory + 1])
         self._slope_ends = np.array([-self.shalf, self.shalf + 1])
+        self.ahalf = _amplitude_half(fs)
         self.sec = int(fs)  # the learning phase's one-second blocks
         self.history = max(int(history), 4 * self.bhalf + 2 * self.khalf)
         self._raw = _Tail(2 * self.history)  # the signal; read from raw_start (the last history)
@@ -486,7 +544,7 @@ class IncrementalDetector:
         self._mwi = _Tail(4 * int(LEARN_S) * self.sec)  # integrated signal
         self._cums = np.empty(0)  # the integration's running sum (reused)
         self._cand_end = 1  # candidates before this sample are decided or queued
-        self._queue: list[tuple[int, float, float]] = []  # candidates waiting for the levels
+        self._queue: list[tuple[int, float, float, float]] = []  # candidates waiting for the levels
         self.decide: _Thresholds | None = None
         self._last_relearn = 0
         self._centres: list[int] = []  # beats accepted in this step, to refine
@@ -631,13 +689,14 @@ class IncrementalDetector:
         cand = idx + m0
         absd = self._absd
         slopes = _window_max(absd.view(), cand - absd.start, self.shalf, self._slope_ends, self._slope_off)
-        for c in zip(cand.tolist(), np.sqrt(h).tolist(), slopes.tolist()):
+        amps = _amplitudes(self.raw, cand, self.ahalf, self.raw_start)
+        for c in zip(cand.tolist(), np.sqrt(h).tolist(), slopes.tolist(), amps.tolist()):
             if self.decide is None:
                 self._queue.append(c)
             else:
                 self._step(c)
 
-    def _step(self, c: tuple[int, float, float]) -> None:
+    def _step(self, c: tuple[int, float, float, float]) -> None:
         d = self.decide
         last = d.last[0] if d.last is not None else 0
         if c[0] - max(last, self._last_relearn) > self.relearn:

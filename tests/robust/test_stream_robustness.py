@@ -17,6 +17,7 @@ from edgeexit.robust.stream.attacks import TimingAttack, make_stream_attack
 from edgeexit.robust.stream.device import Tally, run_device
 from edgeexit.robust.stream.noise import mix_noise
 from edgeexit.robust.stream.records import StreamRecord, synthetic_stream_records
+from edgeexit.runtime.peaks import detect_r_peaks
 
 FS = 360.0
 
@@ -123,6 +124,16 @@ def test_timing_attack_adds_detections_within_its_budget(engine, record):
     assert not np.array_equal(attacked.r_samples, clean.r_samples)
     weak = run_device(engine, TimingAttack(0.01)(record, clean), FS)  # far below any QRS
     assert abs(weak.peaks.size - clean.peaks.size) <= 1
+    # knowing the detector's amplitude rule: the bursts where the signal is tallest, the beats
+    # shrunk; "best" keeps the variant with the most detections (no device given)
+    found = {}
+    for place, shrink in (("mid", False), ("amplitude", True), ("best", False)):
+        a = TimingAttack(0.1, place=place, shrink=shrink)
+        x = a(record, clean)
+        assert np.abs(x - record.signal).max() <= 0.1 + 1e-12
+        found[place] = detect_r_peaks(x, FS).size
+    assert found["best"] >= max(found["mid"], found["amplitude"]) > clean.peaks.size, found
+    assert found["amplitude"] > found["mid"], found
     # shift: the same beats, most fiducial points moved, none by more than the timing budget
     shift = TimingAttack(0.2, mode="shift", shift_ms=20.0)
     x = shift(record, clean)

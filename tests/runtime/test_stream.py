@@ -215,11 +215,33 @@ def test_levels_are_carried_through_long_pauses(monkeypatch):
     assert np.all(np.abs(s - truth) <= round(0.05 * FS))
     # the regression this guards against: levels re-learned whenever a second passes without a
     # beat (as a detector re-learning them in every analysis window did) count P / T waves (the
-    # search-back's floor, issue 27, rejects them too: without it, the levels alone are tested)
+    # search-back's floor and the amplitude rule, issue 27, reject them too: without them, the
+    # levels alone are tested)
     assert stream_peaks(x, 360, relearn_s=0.9).size == truth.size
     monkeypatch.setattr("edgeexit.runtime.peaks.SEARCH_BACK_MIN_SIGNAL", 0.0)
+    for rule in ("MIN_AMPLITUDE", "SEARCH_BACK_MIN_AMPLITUDE"):
+        monkeypatch.setattr(f"edgeexit.runtime.peaks.{rule}", 0.0)
     assert stream_peaks(x, 360, relearn_s=0.9).size > 1.1 * truth.size
 
+
+
+def test_a_burst_within_a_small_budget_is_no_beat(monkeypatch):
+    # the timing attack's burst (issue 27): +-0.1 mV at the QRS filter's peak gain (12.5 Hz) for
+    # 150 ms in the diastole of every other beat fills the integrated energy like a QRS; the
+    # amplitude rule (raw peak-to-peak vs the last beats') refuses it, batch and stream alike
+    x, truth, _ = synthetic_ecg(FS, seconds=40.0, seed=1)
+    t = np.arange(int(0.16 * FS)) / FS
+    burst = 0.1 * np.sign(np.sin(2 * np.pi * 12.5 * t + 1e-9))
+    attacked = x.copy()
+    for a, b in zip(truth[4:-1:2], truth[5::2]):  # from the 4th beat on: 3 beats set the reference
+        attacked[(a + b) // 2:(a + b) // 2 + burst.size] += burst
+    found = detect_r_peaks(attacked, FS)
+    assert np.array_equal(found, detect_r_peaks(x, FS)) and found.size == truth.size
+    assert np.array_equal(stream_peaks(attacked, 360), found)
+    for rule in ("MIN_AMPLITUDE", "SEARCH_BACK_MIN_AMPLITUDE"):  # the detector without it
+        monkeypatch.setattr(f"edgeexit.runtime.peaks.{rule}", 0.0)
+    assert detect_r_peaks(attacked, FS).size >= truth.size + 5
+    assert np.array_equal(stream_peaks(attacked, 360), detect_r_peaks(attacked, FS))
 
 @pytest.mark.mitdb
 @pytest.mark.skipif(not (MITDB / "231.hea").is_file(), reason=f"MIT-BIH not found at {MITDB}")

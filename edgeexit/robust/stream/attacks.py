@@ -75,6 +75,12 @@ def detector_burst(eps: float, fs: float, seconds: float = INTEGRATION_S) -> np.
     return eps * np.sign(np.sin(2 * np.pi * f * t + 1e-9))
 
 
+TIMING_VARIANTS = (("mid", False, 2), ("amplitude", False, 2), ("amplitude", True, 2),
+                   ("amplitude", True, 1))
+"""What ``TimingAttack(place="best")`` tries, per record: (where each burst goes, whether the
+real beats are shrunk, a burst in every how many RR intervals); the strongest is kept."""
+
+
 @dataclasses.dataclass
 class TimingAttack:
     """The device's R peaks moved or added, the waveform moved by at most ``eps`` (module
@@ -93,6 +99,16 @@ class TimingAttack:
         min_after_s: ``add``: earliest burst centre after the previous R peak (beyond the
             detector's T-wave test, :data:`~edgeexit.runtime.peaks.T_WAVE_S`).
         min_before_s: ``add``: the burst ends at least this long before the next R peak.
+        place: ``add``: ``mid``: each burst in the middle of its diastole; ``amplitude``: knowing
+            the detector's amplitude rule (:data:`~edgeexit.runtime.peaks.MIN_AMPLITUDE`: a beat's
+            raw peak-to-peak amplitude against the recent beats'), where the signal's own
+            peak-to-peak amplitude within the rule's window is largest (T-wave end, P wave), with
+            +eps on its maximum and -eps on its minimum, so the burst adds 2 eps to what is there;
+            ``best``: every variant of :data:`TIMING_VARIANTS`, the strongest kept (with a
+            ``device``: the lowest end-to-end accuracy; without: the most detections).
+        shrink: ``add`` with ``amplitude``: every real beat's peak-to-peak amplitude lowered by
+            2 eps as well (its extremes moved towards each other), which lowers the rule's
+            reference.
     """
 
     eps: float
@@ -101,33 +117,61 @@ class TimingAttack:
     shift_ms: float = 20.0
     min_after_s: float = T_WAVE_S + 0.1
     min_before_s: float = 0.25
+    place: str = "mid"
+    shrink: bool = False
     name: str = "timing"
 
     def __post_init__(self) -> None:
         self.eps = _check_eps(self.eps)
         if self.mode not in ("add", "shift"):
             raise ConfigError(f"timing attack mode must be add or shift, got {self.mode!r}")
+        if self.place not in ("mid", "amplitude", "best"):
+            raise ConfigError(f"timing attack place must be mid, amplitude or best, got {self.place!r}")
         if self.every < 1 or not self.shift_ms > 0:
             raise ConfigError(f"every must be >= 1 and shift_ms > 0, got {self.every}, {self.shift_ms}")
         self.stats: dict = {}
 
     def __call__(self, record: StreamRecord, clean: DeviceRun, device=None) -> np.ndarray:
         """The attacked signal; ``clean``: the device's run on the clean signal (its peaks)."""
+        if self.mode == "add" and self.place == "best":
+            return self._best(record, clean, device)
         delta = (self._bursts if self.mode == "add" else self._shifts)(record.signal, record.fs,
                                                                        clean.peaks)
         return within_budget(record.signal, record.signal + delta, self.eps)
+
+    def _best(self, record: StreamRecord, clean: DeviceRun, device) -> np.ndarray:
+        """Every variant of :data:`TIMING_VARIANTS`; the strongest attacked signal."""
+        from edgeexit.runtime.peaks import detect_r_peaks
+
+        best = None
+        for i, (place, shrink, every) in enumerate(TIMING_VARIANTS):
+            atk = dataclasses.replace(self, place=place, shrink=shrink, every=every)
+            x = atk(record, clean)
+            score = (_end_to_end_accuracy(record, device.run(x, capture=False)) if device is not None
+                     else -float(detect_r_peaks(x, record.fs).size))
+            if best is None or score < best[0]:
+                best = (score, x, {**atk.stats, "variant": i})
+        self.stats = best[2]
+        return best[1]
 
     def _bursts(self, x: np.ndarray, fs: float, peaks: np.ndarray) -> np.ndarray:
         burst = detector_burst(self.eps, fs)
         half = burst.size // 2
         delta = np.zeros_like(x)
         placed = 0
+        if self.shrink:
+            _shrink(delta, x, peaks, fs, self.eps)
         for i in range(0, max(0, peaks.size - 1), self.every):
             a, b = int(peaks[i]), int(peaks[i + 1])
-            c = max(a + int(self.min_after_s * fs), (a + b) // 2)
-            if c + half + int(self.min_before_s * fs) > b or c - half < 0 or c + half >= x.size:
+            lo, hi = a + int(self.min_after_s * fs), b - int(self.min_before_s * fs) - half
+            c = max(lo, (a + b) // 2)
+            if self.place == "amplitude" and hi > lo:
+                c = _tallest(x, lo, hi, fs)
+            if c > hi or c - half < 0 or c + half >= x.size:
                 continue
             delta[c - half:c - half + burst.size] = burst
+            if self.place == "amplitude":
+                _add_to_extremes(delta, x, c, fs, self.eps)
             placed += 1
         self.stats = {"bursts": placed, "burst_hz": round(detector_frequency(fs), 2),
                       "burst_ms": round(1e3 * burst.size / fs, 1)}
@@ -156,6 +200,37 @@ class TimingAttack:
             shifts.append(max(ks) / fs * 1e3)
         self.stats = {"moved": moved, "mean_shift_ms": float(np.mean(shifts)) if shifts else 0.0}
         return delta
+
+
+def _tallest(x: np.ndarray, lo: int, hi: int, fs: float) -> int:
+    """The centre in ``[lo, hi]`` (every 10 ms) where ``x``'s peak-to-peak amplitude within the
+    detector's amplitude window is largest."""
+    from edgeexit.runtime.peaks import _amplitude_half, _amplitudes
+
+    centres = np.arange(lo, hi + 1, max(1, int(0.01 * fs)))
+    return int(centres[np.argmax(_amplitudes(x, centres, _amplitude_half(fs)))])
+
+
+def _add_to_extremes(delta: np.ndarray, x: np.ndarray, c: int, fs: float, eps: float) -> None:
+    """+eps on the maximum and -eps on the minimum of ``x`` within the amplitude window at ``c``."""
+    from edgeexit.runtime.peaks import _amplitude_half
+
+    h = _amplitude_half(fs)
+    a, b = max(0, c - h), min(x.size, c + h + 1)
+    delta[a + int(np.argmax(x[a:b]))] = eps
+    delta[a + int(np.argmin(x[a:b]))] = -eps
+
+
+def _shrink(delta: np.ndarray, x: np.ndarray, peaks: np.ndarray, fs: float, eps: float) -> None:
+    """Every beat's peak-to-peak amplitude (the detector's amplitude window, with the refinement's
+    reach) lowered by 2 eps: the samples above the midrange lowered by eps, those below raised."""
+    from edgeexit.runtime.peaks import REFINE_S
+
+    h = max(1, int(round(REFINE_S * fs)))
+    for r in peaks.tolist():
+        a, b = max(0, r - h), min(x.size, r + h + 1)
+        w = x[a:b]
+        delta[a:b] = -eps * np.sign(w - 0.5 * (w.max() + w.min()))
 
 
 # ------------------------------------------------------------------------------ the device
@@ -480,7 +555,7 @@ def make_stream_attack(name: str, eps: float, *, steps: int = 10, rounds: int = 
 
     name = StreamAttack(name)
     if name == StreamAttack.TIMING:
-        return TimingAttack(eps)
+        return TimingAttack(eps, place="best")
     if name == StreamAttack.TIMING_SHIFT:
         return TimingAttack(eps, mode="shift", shift_ms=shift_ms)
     if name == StreamAttack.PGD:
