@@ -95,11 +95,12 @@ def policy_floor(bundle: str, backend: str, x: np.ndarray, rounds: int) -> dict:
 
 
 def stream_per_beat(bundle: str, backend: str, mitdb: str, records: list[str],
-                    seconds: float | None) -> dict:
+                    seconds: float | None, detector: dict | None = None) -> dict:
     """Compute time per beat of ``stream_classify`` on whole (or the first ``seconds`` of)
-    records, split by step."""
+    records, split by step; and the answers' delay (signal seconds after their R peak).
+    ``detector``: :class:`~edgeexit.runtime.stream.StreamDetector` settings (e.g. ``hop_s``)."""
     engine = Engine.from_bundle(bundle, backend=backend, threads=1)
-    rows = []
+    rows, delays = [], []
     for rec in records:
         src = open_source(os.path.join(mitdb, rec), block_seconds=1.0)
         if seconds is not None:
@@ -107,9 +108,11 @@ def stream_per_beat(bundle: str, backend: str, mitdb: str, records: list[str],
             src.annotations = None
         summary = None
         # CPU time of this process: a shared machine's preemptions do not count as work
-        for ev in stream_classify(engine, src, clock=time.process_time):
+        for ev in stream_classify(engine, src, clock=time.process_time, detector=detector):
             if ev.get("summary"):
                 summary = ev
+            elif "delay_s" in ev:
+                delays.append(ev["delay_s"])
         split = summary["compute_split_s"]
         beats = max(1, summary["beats"])
         rows.append({"record": rec, "beats": summary["beats"], "signal_s": summary["signal_s"],
@@ -123,11 +126,26 @@ def stream_per_beat(bundle: str, backend: str, mitdb: str, records: list[str],
     total["other"] = sum(r["other_us_per_beat"] * r["beats"] for r in rows) / beats
     signal = sum(r["signal_s"] for r in rows)
     compute = sum(r["compute_s"] for r in rows)
+    pre = total["detection"] + total["context"]
+    watts = _active_watts(engine)
     return {"records": rows, "beats": beats,
             "us_per_beat": {k: round(v, 2) for k, v in total.items()},
-            "preprocessing_over_inference": round((total["detection"] + total["context"])
-                                                  / total["inference"], 3),
-            "compute_realtime_factor": round(signal / compute, 1)}
+            "preprocessing_over_inference": round(pre / total["inference"], 3),
+            # an ESTIMATE: this host's CPU microseconds x the bundle's target preset's active watts
+            # per core (uJ); the split between the two is what carries over to a device
+            "energy_uj_per_beat_estimated": None if watts is None else {
+                "preprocessing": round(pre * watts, 2),
+                "inference": round(total["inference"] * watts, 2), "active_w_per_core": watts},
+            "compute_realtime_factor": round(signal / compute, 1),
+            "delay_s": {"mean": round(float(np.mean(delays)), 3) if delays else None,
+                        "p90": round(float(np.percentile(delays, 90)), 3) if delays else None}}
+
+
+def _active_watts(engine) -> float | None:
+    """The bundle's target preset's active watts per core, or None (no power model)."""
+    power = getattr(getattr(engine.manifest, "target", None), "power", None)
+    w = getattr(power, "active_w_per_core", None)
+    return None if w is None else float(w)
 
 
 def _first(blocks, n: int):
@@ -159,15 +177,20 @@ def _write(out_dir: str, name: str, engine_rep: dict, floor: dict, stream: dict)
                        u["monolithic"], u["native_chain"], u["native_monolithic"],
                        floor["ratio"], floor["floor"], floor["ratio_over_floor"]]],
                 command=sys.argv, notes=note)
-    s = stream["us_per_beat"]
+    s, e = stream["us_per_beat"], stream["energy_uj_per_beat_estimated"] or {}
     write_table(Path(out_dir) / f"stream-per-beat-{name}.json",
-                title="run --stream: compute per beat by step (us) and real-time factor",
+                title="run --stream: compute per beat by step (us), energy ESTIMATE and real-time factor",
                 columns=["records", "beats", "detection_us", "context_us", "inference_us",
-                         "other_us", "preprocessing_over_inference", "compute_realtime_factor"],
+                         "other_us", "preprocessing_over_inference", "preprocessing_uj_est",
+                         "inference_uj_est", "compute_realtime_factor", "delay_mean_s"],
                 rows=[[",".join(r["record"] for r in stream["records"]), stream["beats"],
                        s["detection"], s["context"], s["inference"], s["other"],
-                       stream["preprocessing_over_inference"], stream["compute_realtime_factor"]]],
-                command=sys.argv, notes=note)
+                       stream["preprocessing_over_inference"], e.get("preprocessing"),
+                       e.get("inference"), stream["compute_realtime_factor"],
+                       stream["delay_s"]["mean"]]],
+                command=sys.argv,
+                notes=note + (f"; energy per beat is an ESTIMATE: this host's CPU time x the target "
+                              f"preset's {e['active_w_per_core']} W per active core" if e else ""))
 
 
 def main() -> None:
@@ -180,6 +203,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--mitdb", default="../shared/data/mitdb")
     ap.add_argument("--records", default="100,103,105,113,212,231")
+    ap.add_argument("--hop-s", type=float, default=None,
+                    help="the stream detector's step in seconds (default: StreamDetector's, 2 s)")
     ap.add_argument("--quick", action="store_true",
                     help="200 windows, 7 rounds, the first 5 minutes of 2 records")
     ap.add_argument("--out-dir", default=None, help="write the tables here (e.g. results)")
@@ -195,7 +220,8 @@ def main() -> None:
         x, _ = decision_overhead._windows(Engine.from_bundle(a.bundle, backend=a.backend, threads=1),
                                           a.bundle, a.data, a.limit)
         floor = policy_floor(a.bundle, a.backend, x, a.rounds)
-        stream = stream_per_beat(a.bundle, a.backend, a.mitdb, records, seconds)
+        stream = stream_per_beat(a.bundle, a.backend, a.mitdb, records, seconds,
+                                 None if a.hop_s is None else {"hop_s": a.hop_s})
     except EdgeExitError as e:
         raise SystemExit(f"Error: {e}") from None
     rep = {"engine": eng, "policy_floor": floor, "stream": stream,
@@ -221,7 +247,11 @@ def _print(rep: dict) -> None:
           f"detection {s['detection']:.1f} + context {s['context']:.1f} + inference "
           f"{s['inference']:.1f} + other {s['other']:.1f} us per beat; preprocessing / inference "
           f"{stream['preprocessing_over_inference']:.2f}; {stream['compute_realtime_factor']:.0f}x "
-          f"real time (compute)")
+          f"real time (compute); answers {stream['delay_s']['mean']} s after their R peak (mean)")
+    e = stream["energy_uj_per_beat_estimated"]
+    if e:
+        print(f"energy per beat, ESTIMATE ({e['active_w_per_core']} W per active core x CPU time): "
+              f"preprocessing {e['preprocessing']:.1f} uJ + inference {e['inference']:.1f} uJ")
 
 
 if __name__ == "__main__":
