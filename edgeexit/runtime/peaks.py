@@ -529,13 +529,12 @@ class IncrementalDetector:
         self.mhalf = max(1, int(round(INTEGRATION_S * fs))) // 2  # integration: 2 mhalf + 1 samples
         self.shalf = max(1, int(round(REFINE_S * fs)))
         self.bhalf = max(self.shalf, int(round(BASELINE_S * fs)))
-        self._ref_off = np.arange(-self.refractory, self.refractory + 1)[None, :]
-        self._slope_off = np.arange(-self.shalf, self.shalf + 1)[None, :]
         self._base_rng = np.arange(-self.bhalf, self.bhalf + 1)
         # [start, stop) of a window around each index, relative: for np.maximum.reduceat
         self._ref_ends = np.array([-self.refractory, self.refractory + 1])
         self._slope_ends = np.array([-self.shalf, self.shalf + 1])
         self.ahalf = _amplitude_half(fs)
+        self._amp_ends = np.array([-self.ahalf, self.ahalf + 1])
         self.sec = int(fs)  # the learning phase's one-second blocks
         self.history = max(int(history), 4 * self.bhalf + 2 * self.khalf)
         self._raw = _Tail(2 * self.history)  # the signal; read from raw_start (the last history)
@@ -682,14 +681,19 @@ class IncrementalDetector:
             return
         idx += lo - m0  # rows of ``m``
         h = m[idx]
-        idx = idx[h >= _window_max(m, idx, ref, self._ref_ends, self._ref_off)]
+        idx = idx[h >= _window_max(m, idx, ref, self._ref_ends)]
         if not idx.size:
             return
         h = m[idx]
         cand = idx + m0
         absd = self._absd
-        slopes = _window_max(absd.view(), cand - absd.start, self.shalf, self._slope_ends, self._slope_off)
-        amps = _amplitudes(self.raw, cand, self.ahalf, self.raw_start)
+        slopes = _window_max(absd.view(), cand - absd.start, self.shalf, self._slope_ends)
+        raw = self.raw  # the candidates' raw peak-to-peak amplitudes (as :func:`_amplitudes`)
+        pairs = _window_pairs(raw, cand - self._raw.start, self.ahalf, self._amp_ends)
+        if pairs is None:
+            amps = _amplitudes(raw, cand, self.ahalf, self._raw.start)
+        else:
+            amps = np.maximum.reduceat(raw, pairs)[::2] - np.minimum.reduceat(raw, pairs)[::2]
         for c in zip(cand.tolist(), np.sqrt(h).tolist(), slopes.tolist(), amps.tolist()):
             if self.decide is None:
                 self._queue.append(c)
@@ -736,14 +740,23 @@ class IncrementalDetector:
                 self.last_peak = peak
 
 
-def _window_max(v: np.ndarray, idx: np.ndarray, half: int, ends: np.ndarray,
-                offsets: np.ndarray) -> np.ndarray:
-    """``max(v[i - half .. i + half])`` for every ``i`` of ``idx`` (increasing), the windows
-    clipped to ``v``: one ``np.maximum.reduceat`` over ``[i + ends[0], i + ends[1])`` pairs when
-    they all lie inside, else a clipped gather (``offsets``: ``-half .. half`` as ``[1, W]``)."""
+def _window_pairs(v: np.ndarray, idx: np.ndarray, half: int, ends: np.ndarray) -> np.ndarray | None:
+    """The ``[i + ends[0], i + ends[1])`` pairs of the windows ``i - half .. i + half`` of every
+    ``i`` of ``idx`` (increasing), flat, for ``np.ufunc.reduceat`` (the reduction of every even
+    slot is a window's); None when a window does not lie inside ``v``."""
     if idx[0] >= half and idx[-1] + half + 1 < v.size:
-        return np.maximum.reduceat(v, np.add.outer(idx, ends).ravel())[::2]
-    return v[np.clip(idx[:, None] + offsets, 0, v.size - 1)].max(axis=1)
+        return np.add.outer(idx, ends).ravel()
+    return None
+
+
+def _window_max(v: np.ndarray, idx: np.ndarray, half: int, ends: np.ndarray) -> np.ndarray:
+    """``max(v[i - half .. i + half])`` for every ``i`` of ``idx`` (increasing), the windows
+    clipped to ``v``: one ``np.maximum.reduceat`` when they all lie inside (:func:`_window_pairs`),
+    else a clipped gather."""
+    pairs = _window_pairs(v, idx, half, ends)
+    if pairs is not None:
+        return np.maximum.reduceat(v, pairs)[::2]
+    return v[_neighbourhood(idx, half, v.size)].max(axis=1)
 
 
 def _refined_peaks(x: np.ndarray, beats: np.ndarray, fs: float, refractory: int) -> np.ndarray:
