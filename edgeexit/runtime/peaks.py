@@ -676,7 +676,7 @@ class IncrementalDetector:
         m = mwi.view()
         v = m[lo - 1 - m0:upto + 1 - m0]
         mid = v[1:-1]
-        idx = np.flatnonzero((mid > v[:-2]) & (mid >= v[2:]))
+        idx = ((mid > v[:-2]) & (mid >= v[2:])).nonzero()[0]
         if not idx.size:
             return
         idx += lo - m0  # rows of ``m``
@@ -710,11 +710,10 @@ class IncrementalDetector:
             end = c[0] // self.sec * self.sec  # the last LEARN_S whole seconds before it
             self._learn(end - int(LEARN_S) * self.sec, end)
             d.last_event = c[0]
-        n = len(d.accepted)
         d.step(*c)
-        if len(d.accepted) > n:
-            self._centres.extend(d.accepted[n:])
-            del d.accepted[:]
+        if d.accepted:  # emptied after every step
+            self._centres += d.accepted
+            d.accepted.clear()
 
     def _refine(self) -> None:
         """The step's accepted beats moved to their R peaks (as :func:`_refine`); a peak closer
@@ -723,7 +722,7 @@ class IncrementalDetector:
         centres, self._centres = self._centres, []
         if centres[0] - bh >= r0 and centres[-1] + bh < self.end:  # all inside: one gather
             c = np.array(centres)
-            g = raw[np.add.outer(c - r0, self._base_rng)]  # [B, 2 bh + 1], the beats' surroundings
+            g = raw[(c - r0)[:, None] + self._base_rng]  # [B, 2 bh + 1], the beats' surroundings
             base = np.partition(g, bh, axis=1)[:, bh:bh + 1]  # the medians (an odd count)
             dev = np.abs(g[:, bh - sh:bh + sh + 1] - base)  # the refinement's reach, within it
             peaks = (dev.argmax(axis=1) + (c - sh)).tolist()
@@ -745,7 +744,7 @@ def _window_pairs(v: np.ndarray, idx: np.ndarray, half: int, ends: np.ndarray) -
     ``i`` of ``idx`` (increasing), flat, for ``np.ufunc.reduceat`` (the reduction of every even
     slot is a window's); None when a window does not lie inside ``v``."""
     if idx[0] >= half and idx[-1] + half + 1 < v.size:
-        return np.add.outer(idx, ends).ravel()
+        return (idx[:, None] + ends).ravel()
     return None
 
 
