@@ -10,7 +10,8 @@ against the monolithic model and its floor, and the stream per beat.
    monolithic graph's native time (what early exit could give if the engine cost nothing).
 3. **Stream** (:func:`edgeexit.runtime.stream.stream_classify` on MIT-BIH records read from their
    signal files): compute time per beat split into R-peak detection, context (windows, RR and
-   morphology channels) and inference, and the compute real-time factor. Labels of a bundle not
+   morphology channels) and inference, and the compute real-time factor (the records'
+   annotations are not read: a device has none to match). Labels of a bundle not
    trained on MIT-BIH mean nothing; the times do. Timed in CPU seconds of the process
    (``time.process_time``: what a shared machine's other jobs take is not counted; one thread).
 
@@ -103,9 +104,9 @@ def stream_per_beat(bundle: str, backend: str, mitdb: str, records: list[str],
     rows, delays = [], []
     for rec in records:
         src = open_source(os.path.join(mitdb, rec), block_seconds=1.0)
+        src.annotations = None  # a device has none: matching them is not its work
         if seconds is not None:
             src.blocks = _first(src.blocks, round(seconds * src.fs))
-            src.annotations = None
         summary = None
         # CPU time of this process: a shared machine's preemptions do not count as work
         for ev in stream_classify(engine, src, clock=time.process_time, detector=detector):

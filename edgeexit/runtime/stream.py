@@ -170,6 +170,8 @@ class StreamDetector:
 
     def held_in(self, start: int, stop: int) -> int:
         """How many samples in ``[start, stop)`` (absolute) were held non-finite input."""
+        if not self._held:
+            return 0
         return sum(max(0, min(b, stop) - max(a, start)) for a, b in self._held
                    if a < stop and b > start)
 
@@ -577,16 +579,16 @@ def stream_classify(
         now = clock()
         run.arrivals.append((det.end + block.size, now))
         run.collected.clear()
-        context = run.split["context"]
+        context, aside = run.split["context"], run.aside_s
         det.push(block, on_commit=run.on_commit)
-        run.split["detection"] += clock() - now - (run.split["context"] - context)
+        run.split["detection"] += clock() - now - (run.split["context"] - context) - (run.aside_s - aside)
         yield from run.answer(list(run.collected), det.end, last=False)
         run.compute_s += clock() - now
     now = clock()
     run.collected.clear()
-    context = run.split["context"]
+    context, aside = run.split["context"], run.aside_s
     det.flush(on_commit=run.on_commit)
-    run.split["detection"] += clock() - now - (run.split["context"] - context)
+    run.split["detection"] += clock() - now - (run.split["context"] - context) - (run.aside_s - aside)
     yield from run.answer(list(run.collected), det.end, last=False)
     yield from run.answer(run.beats.finish(), det.end, last=True)
     run.compute_s += clock() - now
@@ -613,8 +615,8 @@ class _StreamRun:
             self.scorer = _Scorer(*source.annotations, round(MATCH_S * fs), len(self.classes))
         self.arrivals: deque[tuple[int, float]] = deque(maxlen=4096)  # (end sample, wall time)
         self.pending_ann: deque[tuple[int, int | None]] = deque(maxlen=4)
-        self.exits = np.zeros(engine.manifest.num_exits, np.int64)
-        self.seg_ns = np.zeros(engine.manifest.num_exits, np.int64)
+        self.exits = [0] * engine.manifest.num_exits
+        self.seg_ns = [0] * engine.manifest.num_exits
         self.kept_r: list[int] = []
         self.all_peaks: list[int] = []
         self.kept_y: list[int] = []
@@ -624,6 +626,7 @@ class _StreamRun:
         # compute seconds by step: detection (R peaks), context (windows, RR and morphology
         # channels), inference (Engine.predict); the rest (answers, scoring) is compute_s less these
         self.split = {"detection": 0.0, "context": 0.0, "inference": 0.0}
+        self.aside_s = 0.0  # inside the detector's commits but not detection: annotation matching
         if self.det.lookahead < window - self.beats.r_offset:
             raise ConfigError(f"stream detector: lookahead_s must cover the "
                               f"{window - self.beats.r_offset} samples of a window after its R peak")
@@ -638,12 +641,14 @@ class _StreamRun:
 
     def on_commit(self, peaks: list[int]) -> None:
         """The detector committed ``peaks``: match them to annotations, cut their windows."""
+        t0 = self.clock()
         if self.scorer is not None:
             for p in peaks:
                 self.pending_ann.append((p, self.scorer.match(p)))
         if self.keep_beats:
             self.all_peaks.extend(peaks)
         t = self.clock()
+        self.aside_s += t - t0
         self.collected.extend(self.beats.add(peaks, self.det.signal, self.det.signal_start))
         self.split["context"] += self.clock() - t
 
@@ -729,8 +734,8 @@ class _StreamRun:
             "answered": "one beat late: each beat after the next R peak (its RR context needs post_rr)",
             "detector": {"window_s": det.size / fs, "hop_s": det.hop / fs,
                          "lookahead_s": det.lookahead / fs},
-            "exit_counts": exits.tolist(),
-            "mean_segment_us": [round(float(s) / max(1, int(exits[k:].sum())) / 1e3, 1)
+            "exit_counts": list(exits),
+            "mean_segment_us": [round(s / max(1, sum(exits[k:])) / 1e3, 1)
                                 for k, s in enumerate(self.seg_ns)],
         }
         if self.min_sqi is not None:
