@@ -83,7 +83,7 @@ def run(bundle, input_path, backend, threads, batch, fail_fast, trusted_keys, **
 
 
 def _run_stream(bundle, input_path, backend, threads, trusted_keys, policy, stream, fs, units,
-                adc_gain, adc_zero, dtype, n_channels, channel, block_seconds, realtime,
+                adc_gain, adc_zero, dtype, n_channels, channel, block_seconds, hop_s, realtime,
                 min_sqi, summary_only, as_json):
     """``run --stream``: one JSON line per beat (one beat late), then the summary."""
     from edgeexit.runtime.stream import open_source, stream_classify
@@ -96,7 +96,7 @@ def _run_stream(bundle, input_path, backend, threads, trusted_keys, policy, stre
     src = open_source(stream, fs=fs, units=units, dtype=dtype, channel=channel, channels=n_channels,
                       adc_gain=adc_gain, adc_zero=adc_zero, block_seconds=block_seconds)
     summary = None
-    for ev in stream_classify(engine, src, realtime=realtime, min_sqi=min_sqi):
+    for ev in stream_classify(engine, src, realtime=realtime, min_sqi=min_sqi, detector={"hop_s": hop_s}):
         if not ev.get("summary"):
             if not summary_only:
                 click.echo(json.dumps(ev))

@@ -145,7 +145,9 @@ def test_cli_stream_csv_and_stdin(rr_bundle, ecg, tmp_path):
     lines = [json.loads(ln) for ln in r.output.splitlines() if ln.startswith("{")]
     assert lines[-1]["summary"] and lines[-1]["beats"] == len(lines) - 1 > 30
     assert {"r_time_s", "r_sample", "label", "exit", "probs", "segment_us", "delay_s", "delay_wall_s"} <= set(lines[0])
-    r2 = run_cli("run", rr_bundle, "--stream", "-", "--fs", FS, "--block-seconds", 0.3, input=csv.read_text())
+    # stdin in other blocks, the detector stepping every 4 s instead of 2: the same beats
+    r2 = run_cli("run", rr_bundle, "--stream", "-", "--fs", FS, "--block-seconds", 0.3, "--hop-s", 4,
+                 input=csv.read_text())
     assert r2.exit_code == 0, r2.output
     lines2 = [json.loads(ln) for ln in r2.output.splitlines() if ln.startswith("{")]
     assert [b["r_sample"] for b in lines2] == [b["r_sample"] for b in lines[:-1]]
@@ -173,6 +175,8 @@ def test_cli_stream_errors(rr_bundle, tmp_path):
         open_source(str(tmp_path / "none.csv"), fs=FS)
     r = run_cli("run", rr_bundle, "--stream", tmp_path / "none")  # not found first, not --fs
     assert r.exit_code == 1 and "signal file not found" in r.output
+    r = run_cli("run", rr_bundle, "--stream", csv, "--fs", FS, "--hop-s", 10)
+    assert r.exit_code == 1 and "hop_s" in r.output and "Traceback" not in r.output
 
 
 @pytest.mark.mitdb
