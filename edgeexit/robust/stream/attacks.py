@@ -9,8 +9,12 @@ from what it found, so the timing is in the attacker's reach (DESIGN.md section 
   filter's band-pass-and-derivative gain peaks, as long as the moving-window integration, which
   is what maximises the detector's integrated energy under an Linf budget. Where the detector
   takes it for a beat, the RR context of the beats around it changes (a premature-looking beat
-  after it, a false beat that is classified too). ``mode="shift"`` moves every detected R peak
-  instead, within a timing budget in ms (alternately later and earlier).
+  after it, a false beat that is classified too). Knowing the detector's amplitude rule
+  (:data:`~edgeexit.runtime.peaks.MIN_AMPLITUDE`), ``place="amplitude"`` puts each burst where the
+  signal's own peak-to-peak amplitude is largest and ``shrink`` lowers every real beat's by 2 eps;
+  ``place="best"`` (the ``timing`` attack) keeps the strongest of :data:`TIMING_VARIANTS` per
+  record. ``mode="shift"`` moves every detected R peak instead, within a timing budget in ms
+  (alternately later and earlier).
 - :class:`StreamPGD`: white-box PGD through the device path, alternating: craft on the windows
   the device cut with the context it computed (RR held within a round, morphology recomputed
   differentiably from the attacked waveform against the device's template), write every beat's
