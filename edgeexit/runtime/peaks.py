@@ -83,7 +83,7 @@ band fills as well as a QRS does: at 0.1 mV (+-eps) such a burst passed for a be
 peak-to-peak amplitude is at most 2 eps above what the signal already has there, a fifth to a
 tenth of a typical MIT-BIH QRS's. The lower median, not the median: in ventricular bigeminy the
 median of the last 8 falls between the small normal and the large ventricular beats. Chosen on
-MIT-BIH DS1 (streamed, ``tools/peaks_benchmark.py``): 0.3 costs 6 of its 50,875 beats (and drops
+MIT-BIH DS1 (streamed, ``tools/peaks_benchmark.py``): 0.3 costs 6 of its 51,021 beats (and drops
 24 false detections); 0.45, which refuses the amplitude-aware burst on the 1 mV QRS of the quick
 start's simulated patients too, costs 59 (issue 27). After :data:`LOST_S` without a beat the
 reference halves with the levels (a gain drop)."""
