@@ -148,13 +148,14 @@ class TimingAttack:
         from edgeexit.runtime.peaks import detect_r_peaks
 
         best = None
-        for i, (place, shrink, every) in enumerate(TIMING_VARIANTS):
+        for place, shrink, every in TIMING_VARIANTS:
             atk = dataclasses.replace(self, place=place, shrink=shrink, every=every)
             x = atk(record, clean)
             score = (_end_to_end_accuracy(record, device.run(x, capture=False)) if device is not None
                      else -float(detect_r_peaks(x, record.fs).size))
             if best is None or score < best[0]:
-                best = (score, x, {**atk.stats, "variant": i})
+                name = f"{place}{'+shrink' if shrink else ''}/{every}"  # per record in the report
+                best = (score, x, {**atk.stats, "variant": name})
         self.stats = best[2]
         return best[1]
 
