@@ -17,6 +17,7 @@ import logging
 import os
 import time
 import warnings
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -87,14 +88,33 @@ class ExitResult:
         return (f"ExitResult(label={self.label}, class_name={self.class_name!r}, "
                 f"exit_index={self.exit_index}, probs={self.probs!r}, segment_ns={self.segment_ns})")
 
-    def to_dict(self) -> dict:
-        return {
-            "label": self.class_name,
-            "label_index": self.label,
-            "exit": self.exit_index,
-            "probs": [round(p, 6) for p in self.probs.tolist()],  # the float32 values
-            "segment_us": [round(ns / 1e3, 1) for ns in self.segment_ns],
-        }
+    def to_dict(self, into: dict | None = None) -> dict:
+        """``label``, ``label_index``, ``exit``, ``probs`` (the float32 values rounded to 6
+        decimals) and ``segment_us``, in this order; ``into``: add them to that dict (after its
+        keys) and return it."""
+        d = {} if into is None else into
+        d["label"] = self.class_name
+        d["label_index"] = self.label
+        d["exit"] = self.exit_index
+        d["probs"] = self._rounded_probs()
+        d["segment_us"] = [round(ns / 1e3, 1) for ns in self.segment_ns]
+        return d
+
+    def _rounded_probs(self) -> list[float]:
+        """``[round(p, 6) for p in self.probs.tolist()]``, without the array where the answer
+        is still a list: ``array("f")`` rounds to float32 as numpy's cast does, and for a float32
+        value ``v``, ``round(v * 1e6) / 1e6`` is ``round(v, 6)``: ``v * 1e6`` is exact in float64
+        (24 + 14 significant bits), ``round`` takes it to the nearest integer (ties to even, as
+        ``round(v, 6)`` rounds the exact value), and the division is correctly rounded."""
+        p = self._probs
+        if type(p) is np.ndarray:
+            vals = self.probs.tolist()
+        else:
+            vals = array("f", softmax_list(self._logits) if p is None else p).tolist()
+        try:
+            return [round(v * 1e6) / 1e6 for v in vals]
+        except (ValueError, OverflowError):  # NaN / Inf: round() of them is not an integer
+            return [round(v, 6) for v in vals]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -582,14 +582,15 @@ def stream_classify(
         context, aside = run.split["context"], run.aside_s
         det.push(block, on_commit=run.on_commit)
         run.split["detection"] += clock() - now - (run.split["context"] - context) - (run.aside_s - aside)
-        yield from run.answer(list(run.collected), det.end, last=False)
+        if run.collected:
+            yield from run.answer(run.collected, det.end, last=False)
         run.compute_s += clock() - now
     now = clock()
     run.collected.clear()
     context, aside = run.split["context"], run.aside_s
     det.flush(on_commit=run.on_commit)
     run.split["detection"] += clock() - now - (run.split["context"] - context) - (run.aside_s - aside)
-    yield from run.answer(list(run.collected), det.end, last=False)
+    yield from run.answer(run.collected, det.end, last=False)
     yield from run.answer(run.beats.finish(), det.end, last=True)
     run.compute_s += clock() - now
     yield run.summary(clock() - t0)
@@ -641,50 +642,74 @@ class _StreamRun:
 
     def on_commit(self, peaks: list[int]) -> None:
         """The detector committed ``peaks``: match them to annotations, cut their windows."""
-        t0 = self.clock()
-        if self.scorer is not None:
-            for p in peaks:
-                self.pending_ann.append((p, self.scorer.match(p)))
-        if self.keep_beats:
-            self.all_peaks.extend(peaks)
         t = self.clock()
-        self.aside_s += t - t0
+        if self.scorer is not None or self.keep_beats:
+            if self.scorer is not None:
+                for p in peaks:
+                    self.pending_ann.append((p, self.scorer.match(p)))
+            if self.keep_beats:
+                self.all_peaks.extend(peaks)
+            t0, t = t, self.clock()
+            self.aside_s += t - t0
         self.collected.extend(self.beats.add(peaks, self.det.signal, self.det.signal_start))
         self.split["context"] += self.clock() - t
 
     def answer(self, done: list[tuple[int, np.ndarray]], now_end: int, last: bool) -> Iterator[dict]:
-        """Classify the cut beats ``done`` in order; one dict per beat."""
-        fs, window = self.fs, self.window
+        """Classify the cut beats ``done`` (those of one detector step) in order; one dict per
+        beat. The network runs for all of them first, then their dicts are built, in one loop
+        each: a loop that alternates the two runs its Python code with cold caches (the native
+        inference evicts it), which cost more than twice the time here."""
+        det, predict, clock = self.det, self.engine.predict, self.clock
+        window, off = self.window, self.beats.r_offset
+        answers, failed = [], None
         for r, x in done:
-            a = r - self.beats.r_offset  # the beat's window: samples a .. a + window - 1
-            held = self.det.held_in(a, a + window)
-            self.det.forget_held_before(a)  # beats are answered in order
-            t0 = self.clock()
+            a = r - off  # the beat's window: samples a .. a + window - 1
+            held = det.held_in(a, a + window)
+            det.forget_held_before(a)  # beats are answered in order
+            t0 = clock()
             try:
-                res = self.engine.predict(x)
+                res = predict(x)
             except InputError as e:  # e.g. an electrode pop far beyond the trained range
-                yield self._refused(r, e)
-                continue
-            t = self.clock()
+                res = e
+            except Exception as e:  # the backend failed: the beats before it are still answered
+                failed = e
+                break
+            t = clock()
             self.split["inference"] += t - t0
-            self.exits[res.exit_index] += 1
-            for k, ns in enumerate(res.segment_ns):
-                self.seg_ns[k] += ns
-            d = {"beat": self.n, "r_sample": r, "r_time_s": round(r / fs, 4), **res.to_dict(),
-                 "answered_after": "end of stream" if last else "next R peak",
-                 "delay_s": round((now_end - r) / fs, 3),
-                 "delay_wall_s": round(t - self.arrived(r), 6)}
-            if held:
-                d["held_samples"] = held  # its window holds samples that arrived as NaN / Inf
-                self.held_beats += 1
-            if self.min_sqi is not None:
-                self._quality(d, x)
+            answers.append((r, x, res, held, t))
+        for r, x, res, held, t in answers:
+            if isinstance(res, InputError):
+                yield self._refused(r, res)
+            else:
+                yield self._beat(r, x, res, held, t, now_end, last)
+        if failed is not None:
+            raise failed
+
+    def _beat(self, r: int, x: np.ndarray, res, held: int, t: float, now_end: int,
+              last: bool) -> dict:
+        """The dict of an answered beat (built in place: the beat's keys, then
+        :meth:`ExitResult.to_dict`'s, then the stream's); counts it."""
+        fs = self.fs
+        self.exits[res.exit_index] += 1
+        seg_ns = self.seg_ns
+        for k, ns in enumerate(res.segment_ns):
+            seg_ns[k] += ns
+        d = res.to_dict({"beat": self.n, "r_sample": r, "r_time_s": round(r / fs, 4)})
+        d["answered_after"] = "end of stream" if last else "next R peak"
+        d["delay_s"] = round((now_end - r) / fs, 3)
+        d["delay_wall_s"] = round(t - self.arrived(r), 6)
+        if held:
+            d["held_samples"] = held  # its window holds samples that arrived as NaN / Inf
+            self.held_beats += 1
+        if self.min_sqi is not None:
+            self._quality(d, x)
+        if self.scorer is not None:  # (without annotations there is nothing pending to match)
             self._annotate(d, r, res.label, d.get("unreadable", False))
-            if self.keep_beats:
-                self.kept_r.append(r)
-                self.kept_y.append(res.label)
-            self.n += 1
-            yield d
+        if self.keep_beats:
+            self.kept_r.append(r)
+            self.kept_y.append(res.label)
+        self.n += 1
+        return d
 
     def _refused(self, r: int, e: InputError) -> dict:
         self.refused += 1

@@ -13,9 +13,9 @@ import torch
 
 from edgeexit.checkpoint import load_checkpoint
 from edgeexit.errors import ConfigError
-from edgeexit.runtime.engine import Engine, InputError
+from edgeexit.runtime.engine import Engine, ExitResult, InputError
 from edgeexit.runtime.manifest import BundleError, load_manifest
-from edgeexit.runtime.policy import make_policy, softmax
+from edgeexit.runtime.policy import make_policy, softmax, softmax_list
 
 BACKENDS = ["onnxruntime", "litert"]
 
@@ -293,3 +293,27 @@ def test_answers_are_those_of_the_policy_arithmetic_before_the_split(bundle_dir,
             assert (r.exit_index, r.label) == (k, want.index(max(want))), name
             assert r.probs.tolist() == np.asarray(want, np.float32).tolist(), name
         assert name == "fixed" or len(seen) >= 2, (name, seen)  # windows leave at several exits
+
+
+def test_result_dict_probs_are_the_float32_answer_rounded_bit_for_bit():
+    """``to_dict``'s probs skip the array and ``round(p, 6)`` (see ``_rounded_probs``): they equal
+    ``[round(p, 6) for p in probs.tolist()]`` of the float32 answer, for the lazy softmax, a list
+    and an array answer, on values next to every kind of tie of the sixth decimal, NaN and Inf."""
+    rng = np.random.default_rng(0)
+    ties = ((rng.integers(0, 10**6, 4000) + 0.5) / 1e6).astype(np.float32)
+    near = np.concatenate([np.nextafter(ties, np.float32(0)), ties, np.nextafter(ties, np.float32(1))])
+    rows = np.concatenate([near, rng.random(3000).astype(np.float32),
+                           np.float32([0, 1, 5e-7, 1.5e-6, 2.5e-6, 1e-7, 0.5, 3.5e-6, np.nan, np.inf])]).reshape(-1, 5)
+    for row in rows:
+        want = [round(p, 6) for p in np.asarray(row, np.float32).tolist()]
+        got = [ExitResult(0, "N", answer, 0, ()).to_dict()["probs"]
+               for answer in (row.astype(np.float64).tolist(), row, row.astype(np.float64))]
+        assert all(g == want or (np.isnan(want).any() and np.array_equal(g, want, equal_nan=True))
+                   for g in got)
+    for z in rng.normal(0, 8, (2000, 5)).tolist():  # the engine's lazy answer: exit logits
+        lazy = ExitResult(0, "N", None, 0, (1234,), z)
+        assert lazy.to_dict()["probs"] == [round(p, 6) for p in
+                                           np.asarray(softmax_list(z), np.float32).tolist()]
+    d = ExitResult(2, "V", None, 1, (1000, 2051), [0.0, 1.0, 3.0]).to_dict({"beat": 7})
+    assert list(d) == ["beat", "label", "label_index", "exit", "probs", "segment_us"]
+    assert d["segment_us"] == [1.0, 2.1] and d["label"] == "V" and d["exit"] == 1

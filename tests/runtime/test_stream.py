@@ -130,6 +130,11 @@ def test_stream_classify_answers_every_beat_one_late(rr_bundle, ecg):
     ref, _ = beat_windows(x[:60 * 360].astype(np.float32), np.asarray(summary["all_peaks"]), FS,
                              rr_context=True)
     assert [engine.predict(w).label for w in ref] == summary["labels"]
+    # the beat's dict: its keys in this order, the probs those of the engine's answer rounded
+    assert list(beats[0]) == ["beat", "r_sample", "r_time_s", "label", "label_index", "exit",
+                              "probs", "segment_us", "answered_after", "delay_s", "delay_wall_s"]
+    assert [b["probs"] for b in beats] == [
+        [round(p, 6) for p in engine.predict(w).probs.tolist()] for w in ref]
 
 
 def run_cli(*args, input=None):
