@@ -2,6 +2,7 @@
 when malformed."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,3 +32,13 @@ def test_refuses_ragged_rows_and_foreign_files(tmp_path):
     (tmp_path / "junk.json").write_text("[1, 2")
     with pytest.raises(ConfigError, match="not a readable"):
         read_table(tmp_path / "junk.json")
+
+
+def test_every_committed_table_loads_under_its_own_name():
+    """A table is looked up by name (docs' results-table marks, superseded_by): a file copied in
+    from a run's --out keeps the name of that run's file unless it is set."""
+    tables = sorted((Path(__file__).resolve().parents[1] / "results").glob("*.json"))
+    assert tables
+    for path in tables:
+        table = read_table(path)
+        assert table.name == path.stem, f"{path.name}: name {table.name!r}"
