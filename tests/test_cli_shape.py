@@ -2,14 +2,20 @@
 and its exit codes come from ExitStatus."""
 
 import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
 
-from edgeexit.cli import main
+from edgeexit.cli import load_all, main
 from edgeexit.cli.app import Failure, GroupedCommand
 from edgeexit.errors import ExitStatus
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _commands(group=main, prefix=()):
@@ -20,6 +26,7 @@ def _commands(group=main, prefix=()):
             yield (*prefix, name), cmd
 
 
+load_all()
 COMMANDS = dict(_commands())
 
 
@@ -52,3 +59,28 @@ def test_exit_codes_come_from_exit_status(tmp_path):
     r = CliRunner().invoke(main, ["info", str(tmp_path / "missing.pt")])
     assert r.exit_code == ExitStatus.ERROR and r.output.startswith("Error: ")
     assert CliRunner().invoke(main, ["train"]).exit_code == ExitStatus.USAGE  # --out is required
+
+
+def test_the_lazy_command_map_names_every_command_and_its_module():
+    from edgeexit.cli import COMMAND_MODULES
+
+    assert set(main.commands) == set(COMMAND_MODULES)  # load_all above imported every module
+    for name, module in COMMAND_MODULES.items():
+        cmd = main.commands[name]
+        callback = cmd.callback if cmd.callback is not None else next(
+            c.callback for c in cmd.commands.values())
+        assert inspect.unwrap(callback).__module__ == module, name
+
+
+def test_a_command_imports_only_its_own_module(tmp_path):
+    code = ("import sys\nfrom edgeexit.cli import main\n"
+            "try:\n    main(['run', '--help'], prog_name='edgeexit')\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('edgeexit.cli.')))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    loaded = r.stdout.strip().splitlines()[-1]
+    assert "'edgeexit.cli.device'" in loaded and "--stream" in r.stdout
+    for other in ("robust", "train", "adapt", "quickstart", "export", "keys", "inspect"):
+        assert f"'edgeexit.cli.{other}'" not in loaded, loaded

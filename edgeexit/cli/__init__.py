@@ -1,7 +1,9 @@
 """The ``edgeexit`` command line: each command parses, makes one library call, and prints.
 
-One module per group of commands; importing this package registers them all on :data:`main`
-(the entry point, ``edgeexit.cli:main``):
+One module per group of commands, imported when one of its commands is asked for
+(:data:`COMMAND_MODULES`; ``edgeexit --help`` imports them all, ``edgeexit run`` only
+:mod:`~edgeexit.cli.device`); :func:`load_all` registers every command on :data:`main` (the entry
+point, ``edgeexit.cli:main``):
 
 - :mod:`~edgeexit.cli.app`: the group, errors and exit codes (:class:`~edgeexit.errors.ExitStatus`),
   option groups in ``--help``, shared helpers; :mod:`~edgeexit.cli.options`: shared options;
@@ -21,7 +23,32 @@ only numpy and an inference engine, and ``edgeexit --help`` must work there.
 
 from __future__ import annotations
 
-from edgeexit.cli import adapt, device, export, inspect, keys, quickstart, robust, train  # noqa: F401
+import importlib
+
 from edgeexit.cli.app import main
 
-__all__ = ["main"]
+COMMAND_MODULES = {
+    "adapt": "edgeexit.cli.adapt",
+    "bench": "edgeexit.cli.device", "report": "edgeexit.cli.device",
+    "run": "edgeexit.cli.device", "verify": "edgeexit.cli.device",
+    "calibrate": "edgeexit.cli.export", "export": "edgeexit.cli.export",
+    "data": "edgeexit.cli.inspect", "info": "edgeexit.cli.inspect", "targets": "edgeexit.cli.inspect",
+    "install": "edgeexit.cli.keys", "keygen": "edgeexit.cli.keys", "rollback": "edgeexit.cli.keys",
+    "sign": "edgeexit.cli.keys", "status": "edgeexit.cli.keys",
+    "quickstart": "edgeexit.cli.quickstart",
+    "compress": "edgeexit.cli.robust", "evaluate": "edgeexit.cli.robust",
+    "train": "edgeexit.cli.train",
+}
+"""Every top-level command and the module that registers it when imported (a test checks that
+the modules register exactly these)."""
+
+main.lazy_commands = COMMAND_MODULES
+
+
+def load_all() -> None:
+    """Import every command module, so that :data:`main`'s ``commands`` holds them all."""
+    for module in sorted(set(COMMAND_MODULES.values())):
+        importlib.import_module(module)
+
+
+__all__ = ["COMMAND_MODULES", "load_all", "main"]

@@ -7,6 +7,7 @@ Imports neither torch nor onnx (a test checks it): the device installs only the 
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -109,6 +110,17 @@ class EdgeExitGroup(click.Group):
     in one line (its traceback with ``-v``) with exit 1."""
 
     command_class = GroupedCommand
+    lazy_commands: dict[str, str] = {}  # name -> the module whose import registers it
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(self.lazy_commands))
+
+    def get_command(self, ctx: click.Context | None, cmd_name: str) -> click.Command | None:
+        """A command, its module imported on first use: ``edgeexit run`` loads the device
+        commands' module only, not every command's (the start-up a device pays per call)."""
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            importlib.import_module(self.lazy_commands[cmd_name])
+        return self.commands.get(cmd_name)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:

@@ -20,11 +20,11 @@ def test_evaluate_and_the_cli_take_the_registry():
     from edgeexit.robust.evaluate import ATTACKS, EvalConfig
 
     assert ATTACKS == tuple(a.value for a in EvalAttack)
-    option = next(o for o in main.commands["evaluate"].params if o.name == "attacks")
+    option = next(o for o in main.get_command(None, "evaluate").params if o.name == "attacks")
     assert option.default == ",".join(EvalAttack)
     with pytest.raises(ConfigError, match="unknown attack"):
         EvalConfig(attacks=("max_avg", "fgsm"))
-    train_option = next(o for o in main.commands["train"].params if o.name == "attack_kind")
+    train_option = next(o for o in main.get_command(None, "train").params if o.name == "attack_kind")
     assert list(train_option.type.choices) == [str(a) for a in TRAIN_ATTACKS]
 
 

@@ -60,7 +60,7 @@ def test_calibrated_policies_are_what_export_calibrate_and_the_cli_take():
     assert calibrate.CALIBRATED_POLICIES is CALIBRATED_POLICIES  # what calibration refuses others by
     assert [p.calibrated for p in PolicyName] == [p in CALIBRATED_POLICIES for p in PolicyName]
     for name in ("export", "calibrate"):
-        option = next(o for o in main.commands[name].params if o.name == "policy")
+        option = next(o for o in main.get_command(None, name).params if o.name == "policy")
         assert isinstance(option.type, click.Choice)
         assert list(option.type.choices) == [str(p) for p in CALIBRATED_POLICIES]
     for p in PolicyName:
