@@ -3,8 +3,10 @@
 Two steps, each resumable (a run whose output exists is skipped):
 
 ``finetune``: fine-tunes DS1-trained checkpoints (e.g. the shared /work/models/standard-seedN)
-with ``ctxadv`` (or ``rdi``, ``--timing-ms 0``) on DS1 (the records the checkpoint's training
-held out for validation stay held out: same seed, same split), into OUT/<name>-seedN/.
+with ``ctxadv`` (or ``rdi``, ``--timing-ms 0``; or ``neokd``, ``--method neokd``: NEO-KD's loss
+with the same training attack) on DS1 (the records the checkpoint's training held out for
+validation stay held out: same seed, same split), into OUT/<name>-seedN/ (``ctxadv<ms>``,
+``rdift``, ``neokdft``).
 
 ``measure``: the final exit of every model, on DS1's held-out validation records (``--split
 val``: what chooses the defence, never DS2) or on DS2 (``--split test``), clean and under
@@ -43,7 +45,10 @@ log = logging.getLogger("defence_bench")
 
 
 def finetune_one(base: Path, seed: int, timing_ms: float, epochs: int, steps: int, eps: float,
-                 out: Path, threads: int, train_limit: int | None) -> Path:
+                 out: Path, threads: int, train_limit: int | None, method: str = "auto") -> Path:
+    """``method``: ``auto`` (``ctxadv`` with a timing budget, else ``rdi``) or ``neokd``."""
+    import dataclasses
+
     import torch
 
     from edgeexit.checkpoint import load_checkpoint
@@ -65,8 +70,14 @@ def finetune_one(base: Path, seed: int, timing_ms: float, epochs: int, steps: in
     kind = "ctxadv" if timing_ms > 0 else "adv"
     conf = FinetuneConfig(kind, epochs=epochs, eps=eps, attack_steps=steps,
                           timing_ms=timing_ms if timing_ms > 0 else 25.0, seed=seed, threads=threads)
+    tc = train_config(conf, ck.meta)
+    if method == "neokd":  # NEO-KD's loss, the rdi fine-tune's attack (eps, steps)
+        from edgeexit.robust.methods import make_method_config
+
+        tc = dataclasses.replace(tc, method="neokd", method_config=make_method_config(
+            "neokd", {"eps": float(eps), "steps": int(steps)}))
     t0 = time.perf_counter()
-    train(fit_part, train_config(conf, ck.meta), val=val_part, model=ck.model, out_dir=out,
+    train(fit_part, tc, val=val_part, model=ck.model, out_dir=out,
           data_spec=spec, meta={"finetuned_from": str(base), "finetune": conf.to_dict(),
                                 "train_limit": train_limit})
     log.info("%s: %.0f s", out, time.perf_counter() - t0)
@@ -211,6 +222,8 @@ def main(argv=None) -> int:
     f.add_argument("--base", default="/work/models", help="directory of standard-seedN/model.pt")
     f.add_argument("--seeds", default="0")
     f.add_argument("--timing-ms", type=float, default=25.0, help="0: rdi (waveform only)")
+    f.add_argument("--method", choices=("auto", "neokd"), default="auto",
+                   help="auto: ctxadv (--timing-ms > 0) or rdi; neokd: NEO-KD (timing ignored)")
     f.add_argument("--epochs", type=int, default=1)
     f.add_argument("--steps", type=int, default=3)
     f.add_argument("--eps", type=float, default=0.1)
@@ -235,10 +248,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.step == "finetune":
         for s in (int(v) for v in args.seeds.split(",")):
-            name = f"ctxadv{args.timing_ms:g}" if args.timing_ms > 0 else "rdift"
+            name = ("neokdft" if args.method == "neokd" else
+                    f"ctxadv{args.timing_ms:g}" if args.timing_ms > 0 else "rdift")
             finetune_one(Path(args.base) / f"standard-seed{s}" / "model.pt", s, args.timing_ms,
                          args.epochs, args.steps, args.eps, Path(args.out) / f"{name}-seed{s}",
-                         args.threads, args.train_limit or None)
+                         args.threads, args.train_limit or None, args.method)
         return 0
     if args.step == "table":
         return _merge(args)
