@@ -67,9 +67,9 @@ def finetune_one(base: Path, seed: int, timing_ms: float, epochs: int, steps: in
     fit_part, val_part = split_validation(load_split(spec, "train"), recorded_train_config(ck.meta))
     if train_limit:
         fit_part = fit_part.subset(stratified_index(fit_part, train_limit, seed))
-    kind = "ctxadv" if timing_ms > 0 else "adv"
+    kind = "ctxadv" if timing_ms > 0 and method != "neokd" else "adv"
     conf = FinetuneConfig(kind, epochs=epochs, eps=eps, attack_steps=steps,
-                          timing_ms=timing_ms if timing_ms > 0 else 25.0, seed=seed, threads=threads)
+                          timing_ms=timing_ms if kind == "ctxadv" else 25.0, seed=seed, threads=threads)
     tc = train_config(conf, ck.meta)
     if method == "neokd":  # NEO-KD's loss, the rdi fine-tune's attack (eps, steps)
         from edgeexit.robust.methods import make_method_config
@@ -79,7 +79,7 @@ def finetune_one(base: Path, seed: int, timing_ms: float, epochs: int, steps: in
     t0 = time.perf_counter()
     train(fit_part, tc, val=val_part, model=ck.model, out_dir=out,
           data_spec=spec, meta={"finetuned_from": str(base), "finetune": conf.to_dict(),
-                                "train_limit": train_limit})
+                                "method": tc.method, "train_limit": train_limit})
     log.info("%s: %.0f s", out, time.perf_counter() - t0)
     return out / "model.pt"
 
