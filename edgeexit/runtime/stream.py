@@ -578,18 +578,12 @@ def stream_classify(
                 sleep(ahead)
         now = clock()
         run.arrivals.append((det.end + block.size, now))
-        run.collected.clear()
-        context, aside = run.split["context"], run.aside_s
-        det.push(block, on_commit=run.on_commit)
-        run.split["detection"] += clock() - now - (run.split["context"] - context) - (run.aside_s - aside)
+        run.detect(now, det.push, block)
         if run.collected:
             yield from run.answer(run.collected, det.end, last=False)
         run.compute_s += clock() - now
     now = clock()
-    run.collected.clear()
-    context, aside = run.split["context"], run.aside_s
-    det.flush(on_commit=run.on_commit)
-    run.split["detection"] += clock() - now - (run.split["context"] - context) - (run.aside_s - aside)
+    run.detect(now, det.flush)
     yield from run.answer(run.collected, det.end, last=False)
     yield from run.answer(run.beats.finish(), det.end, last=True)
     run.compute_s += clock() - now
@@ -639,6 +633,16 @@ class _StreamRun:
         while len(arrivals) > 1 and arrivals[0][0] <= r:
             arrivals.popleft()
         return arrivals[0][1] if arrivals else self.clock()
+
+    def detect(self, now: float, step, *args) -> None:
+        """The detector's ``step`` (``push`` of a block, or ``flush``), started at clock ``now``:
+        the beats it commits go to :attr:`collected`; its time, less the context and the
+        annotation matching done inside its commits, counts as detection."""
+        self.collected.clear()
+        context, aside = self.split["context"], self.aside_s
+        step(*args, on_commit=self.on_commit)
+        self.split["detection"] += (self.clock() - now - (self.split["context"] - context)
+                                    - (self.aside_s - aside))
 
     def on_commit(self, peaks: list[int]) -> None:
         """The detector committed ``peaks``: match them to annotations, cut their windows."""
