@@ -43,7 +43,8 @@ import numpy as np
 
 from edgeexit.runtime.preprocess import beat_windows, small_median
 
-__all__ = ["MIN_SECONDS", "IncrementalDetector", "Levels", "detect_r_peaks", "detect_r_peaks_with_levels", "windows_from_signal"]
+__all__ = ["MIN_SECONDS", "IncrementalDetector", "Levels", "detect_beats", "detect_r_peaks",
+           "detect_r_peaks_with_levels", "windows_from_signal"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,23 @@ reference halves with the levels (a gain drop)."""
 
 SEARCH_BACK_MIN_AMPLITUDE = 0.3
 """The amplitude rule's fraction for a beat the search-back finds (a beat was missed)."""
+
+MINOR_AMPLITUDE = 0.5
+"""A beat below this fraction of the lower median of the peak-to-peak amplitudes of the last 8
+full-size beats (once 3 are known) is a *minor* beat: the detector reports it (flagged) and the
+device answers it, but its neighbours' RR intervals and the morphology template leave it out
+(:func:`edgeexit.runtime.preprocess.rr_features`): a small pulse that passed for a beat then no
+longer makes the next real beat look premature. An attacker who shrinks every beat by 2 eps to let
+a small burst pass the :data:`MIN_AMPLITUDE` rule (issue 27's amplitude-aware timing attack) still
+leaves the burst well under half of the beats it sits between. Minor beats do not join this
+reference (an accepted burst would otherwise lower it); :data:`MINOR_RESET` minor beats in a row
+make the reference theirs (the gain really dropped). 0 turns the flag off."""
+
+MINOR_RESET = 4
+"""This many minor beats in a row become the reference of :data:`MINOR_AMPLITUDE` (the gain
+dropped: the small beats are the beats). An attacker's burst between two beats is never followed
+by three more: the refractory period and the T-wave test leave room for at most two in a normal
+RR interval."""
 
 AMPLITUDE_S = 0.05
 """Half-width (seconds) of the raw-signal window of :data:`MIN_AMPLITUDE` (about a narrow QRS)."""
@@ -270,6 +288,21 @@ def detect_r_peaks_with_levels(
     Raises:
         ValueError: as :func:`detect_r_peaks`.
     """
+    peaks, _, snap = _detect(signal, fs, refractory_s, levels, levels_at)
+    return peaks, snap
+
+
+def detect_beats(signal: np.ndarray, fs: float, *, refractory_s: float = 0.2
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`detect_r_peaks` with every peak's :data:`MINOR_AMPLITUDE` flag: ``(peaks, minor)``,
+    int64 ``[B]`` and bool ``[B]``, what :func:`edgeexit.runtime.preprocess.beat_windows` takes
+    to leave the minor beats out of their neighbours' context (as the device stream does)."""
+    peaks, minor, _ = _detect(signal, fs, refractory_s, None, None)
+    return peaks, minor
+
+
+def _detect(signal, fs, refractory_s, levels: Levels | None, levels_at: int | None):
+    """``(peaks, minor, levels_out)`` (see :func:`detect_r_peaks_with_levels`)."""
     x, fs = _check_signal(signal, fs)
     if not np.isfinite(refractory_s) or refractory_s <= 0:
         raise ValueError(f"refractory_s must be a positive number of seconds, got {refractory_s}")
@@ -278,7 +311,7 @@ def detect_r_peaks_with_levels(
     cand = _candidates(mwi, refractory)
     if cand.size == 0:
         logger.info("no QRS candidates in %.1f s of signal", x.size / fs)
-        return np.zeros(0, dtype=np.int64), levels  # nothing learned: pass the input on
+        return np.zeros(0, dtype=np.int64), np.zeros(0, bool), levels  # nothing learned
     # QRS slope near each candidate, for the T-wave test (a T wave has a gentler slope)
     shalf = max(1, int(round(REFINE_S * fs)))
     slopes = slope[_neighbourhood(cand, shalf, x.size)].max(axis=1)
@@ -286,10 +319,10 @@ def detect_r_peaks_with_levels(
     amps = _amplitudes(x, cand, _amplitude_half(fs))
     qrs, snap = decide.run(cand, np.sqrt(mwi[cand]), slopes, amps, levels_at)
     if not qrs:
-        return np.zeros(0, dtype=np.int64), snap
-    peaks = _refined_peaks(x, np.asarray(qrs, dtype=np.int64), fs, refractory)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, bool), snap
+    peaks, kept = _refined_peaks(x, np.asarray(qrs, dtype=np.int64), fs, refractory)
     logger.debug("detected %d R peaks in %.1f s", peaks.size, x.size / fs)
-    return peaks, snap
+    return peaks, np.asarray(decide.minor, bool)[kept], snap
 
 
 def _integrated_energy(x: np.ndarray, fs: float) -> tuple[np.ndarray, np.ndarray]:
@@ -338,9 +371,11 @@ class _Thresholds:
     """The decision phase of Pan & Tompkins over the QRS candidates, one after another
     (:meth:`step`): adaptive signal and noise levels, the T-wave test, the search-back for a
     missed beat, the amplitude rule (:data:`MIN_AMPLITUDE`), and the decay of both levels after
-    seconds without a beat. A candidate is a tuple ``(sample, height, slope, amplitude)``; accepted beats are appended to :attr:`accepted` in increasing
-    order and never revoked (the search-back only looks after the last accepted beat), so the
-    batch detector and the incremental one (:class:`IncrementalDetector`) share this class."""
+    seconds without a beat. A candidate is a tuple ``(sample, height, slope, amplitude)``;
+    accepted beats are appended to :attr:`accepted` in increasing order, with their
+    :data:`MINOR_AMPLITUDE` flag in :attr:`minor`, and never revoked (the search-back only looks
+    after the last accepted beat), so the batch detector and the incremental one
+    (:class:`IncrementalDetector`) share this class."""
 
     def __init__(self, fs: float, refractory: int, levels: Levels) -> None:
         self.fs, self.refractory = fs, refractory
@@ -352,6 +387,10 @@ class _Thresholds:
         self.heights: list[float] = []  # integrated heights of the last 8 accepted beats
         self.amplitudes: list[float] = []  # raw peak-to-peak amplitudes of the last 8 accepted beats
         self.amp_ref = 0.0  # their lower median (0 before 3 beats)
+        self.minor: list[bool] = []  # the accepted beats' MINOR_AMPLITUDE flags, in order
+        self.major_amps: list[float] = []  # amplitudes of the last 8 full-size (not minor) beats
+        self.major_ref = 0.0  # their lower median (0 before 3 beats)
+        self.minor_run: list[float] = []  # amplitudes of the minor beats since the last full one
         self.set_levels(levels)
 
     def set_levels(self, levels: Levels) -> None:
@@ -407,6 +446,22 @@ class _Thresholds:
             self.rr_typical = small_median(self.rr_recent)
         self.last = c
         self.accepted.append(c[0])
+        self.minor.append(self._minor(float(c[3])))
+
+    def _minor(self, a: float) -> bool:
+        """Whether a beat of amplitude ``a`` is minor (:data:`MINOR_AMPLITUDE`); a full-size one
+        joins the reference, and :data:`MINOR_RESET` minor ones in a row become it."""
+        if a < MINOR_AMPLITUDE * self.major_ref:
+            self.minor_run.append(a)
+            if len(self.minor_run) < MINOR_RESET:
+                return True
+            self.major_amps = self.minor_run  # the gain dropped: the small beats are the beats
+        else:
+            self.major_amps.append(a)
+            del self.major_amps[:-8]
+        self.minor_run = []
+        self.major_ref = _amplitude_reference(self.major_amps)
+        return False
 
     def _t_wave(self, c: tuple[int, float, float, float]) -> bool:
         """Candidate ``c`` is too close to the last beat, or close with a T wave's gentle slope."""
@@ -437,6 +492,8 @@ class _Thresholds:
             self.npk *= 0.5
             self.amp_ref *= 0.5
             self.amplitudes = [0.5 * a for a in self.amplitudes]
+            self.major_ref *= 0.5
+            self.major_amps = [0.5 * a for a in self.major_amps]
             self.last_event = p
             logger.debug("no beat for %.1f s at %.1f s: halving the peak levels", LOST_S,
                          p / self.fs)
@@ -547,7 +604,9 @@ class IncrementalDetector:
         self.decide: _Thresholds | None = None
         self._last_relearn = 0
         self._centres: list[int] = []  # beats accepted in this step, to refine
+        self._centre_minor: list[bool] = []  # their MINOR_AMPLITUDE flags
         self.peaks: list[int] = []  # refined R peaks not yet taken by the caller
+        self.minor: list[bool] = []  # their MINOR_AMPLITUDE flags (taken with them)
         self.last_peak = -(1 << 62)
 
     @property
@@ -713,13 +772,16 @@ class IncrementalDetector:
         d.step(*c)
         if d.accepted:  # emptied after every step
             self._centres += d.accepted
+            self._centre_minor += d.minor
             d.accepted.clear()
+            d.minor.clear()
 
     def _refine(self) -> None:
         """The step's accepted beats moved to their R peaks (as :func:`_refine`); a peak closer
         than the refractory period to the previous one is dropped (as :func:`_refined_peaks`)."""
         raw, r0, bh, sh = self.raw, self._raw.start, self.bhalf, self.shalf
         centres, self._centres = self._centres, []
+        minor, self._centre_minor = self._centre_minor, []
         if centres[0] - bh >= r0 and centres[-1] + bh < self.end:  # all inside: one gather
             c = np.array(centres)
             g = raw[(c - r0)[:, None] + self._base_rng]  # [B, 2 bh + 1], the beats' surroundings
@@ -733,9 +795,10 @@ class IncrementalDetector:
                 base = np.partition(raw[b], bh)[bh]  # the median (an odd count)
                 r = np.clip(np.arange(centre - sh, centre + sh + 1), r0, self.end - 1)
                 peaks.append(int(r[np.argmax(np.abs(raw[r - r0] - base))]))
-        for peak in peaks:
+        for peak, m in zip(peaks, minor):
             if peak - self.last_peak >= self.refractory:
                 self.peaks.append(peak)
+                self.minor.append(m)
                 self.last_peak = peak
 
 
@@ -758,15 +821,18 @@ def _window_max(v: np.ndarray, idx: np.ndarray, half: int, ends: np.ndarray) -> 
     return v[_neighbourhood(idx, half, v.size)].max(axis=1)
 
 
-def _refined_peaks(x: np.ndarray, beats: np.ndarray, fs: float, refractory: int) -> np.ndarray:
-    """The beats moved to their R peaks (:func:`_refine`); refinement moves each by up to
-    REFINE_S, so two may end up closer than the refractory period (or on one peak): the first of
-    such pairs is kept."""
+def _refined_peaks(x: np.ndarray, beats: np.ndarray, fs: float, refractory: int
+                   ) -> tuple[np.ndarray, list[int]]:
+    """The beats moved to their R peaks (:func:`_refine`), and the indices into ``beats`` of
+    those kept: refinement moves each by up to REFINE_S, so two may end up closer than the
+    refractory period (or on one peak): the first of such pairs is kept."""
+    peaks: list[int] = []
     kept: list[int] = []
-    for r in _refine(x, beats, fs).tolist():
-        if not kept or r - kept[-1] >= refractory:
-            kept.append(r)
-    return np.asarray(kept, dtype=np.int64)
+    for i, r in enumerate(_refine(x, beats, fs).tolist()):
+        if not peaks or r - peaks[-1] >= refractory:
+            peaks.append(r)
+            kept.append(i)
+    return np.asarray(peaks, dtype=np.int64), kept
 
 
 def windows_from_signal(
@@ -787,7 +853,8 @@ def windows_from_signal(
         r_offset: samples before the R peak; defaults to
             :func:`edgeexit.runtime.preprocess.default_r_offset`.
         rr_context: append the RR-interval context channels
-            (:data:`edgeexit.runtime.preprocess.RR_FEATURES`), computed from all detected peaks.
+            (:data:`edgeexit.runtime.preprocess.RR_FEATURES`), computed from the detected peaks,
+            the minor ones left out of their neighbours' intervals (:data:`MINOR_AMPLITUDE`).
         morph_context: append the morphology context channels
             (:data:`edgeexit.runtime.preprocess.MORPH_FEATURES`).
 
@@ -800,13 +867,13 @@ def windows_from_signal(
         ValueError: invalid signal (see :func:`detect_r_peaks`), or fewer than two R peaks found
             when ``rr_context`` is set.
     """
-    peaks = detect_r_peaks(signal, fs)
+    peaks, minor = detect_beats(signal, fs)
     if rr_context and peaks.size < 2:
         raise ValueError(
             f"found {peaks.size} R peak(s); RR context needs at least 2 (is this an ECG in mV?)"
         )
     x, kept = beat_windows(
         np.asarray(signal, dtype=np.float32), peaks, fs, window=window, r_offset=r_offset,
-        rr_context=rr_context, morph_context=morph_context,
+        rr_context=rr_context, morph_context=morph_context, minor=minor,
     )
     return x, peaks[kept]

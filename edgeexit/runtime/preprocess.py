@@ -111,13 +111,15 @@ class BeatTemplate:
         is not finite is answered (1, 1, 0) and does not join."""
         return np.array(self.values(w), np.float32)
 
-    def values(self, w: np.ndarray) -> tuple[float, float, float]:
-        """:meth:`features` before their float32 rounding (Python floats)."""
+    def values(self, w: np.ndarray, join: bool = True) -> tuple[float, float, float]:
+        """:meth:`features` before their float32 rounding (Python floats); ``join=False``: ``w``
+        does not join the template (a minor beat, :data:`edgeexit.runtime.peaks.MINOR_AMPLITUDE`)."""
         w = np.asarray(w, dtype=np.float32)
         out = _morph_values(w, self.template(w), self.qrs, self._m, finite=True)
         if out is None:  # NaN or Inf somewhere in w
             return (1.0, 1.0, 0.0)
-        self.add(w)
+        if join:
+            self.add(w)
         return out
 
     def template(self, w: np.ndarray) -> np.ndarray:
@@ -187,13 +189,17 @@ def _morph_values(w: np.ndarray, t: np.ndarray, qrs: slice, m: np.ndarray | None
     return corr, min(amp, MORPH_CLIP), min(dev, MORPH_CLIP)
 
 
-def morph_features(signal_windows: np.ndarray, r_offset: int, fs: float) -> np.ndarray:
-    """:data:`MORPH_FEATURES` of consecutive beats of one recording: ``[B, L] -> [B, 3]``."""
+def morph_features(signal_windows: np.ndarray, r_offset: int, fs: float,
+                   join: np.ndarray | None = None) -> np.ndarray:
+    """:data:`MORPH_FEATURES` of consecutive beats of one recording: ``[B, L] -> [B, 3]``;
+    ``join`` (bool ``[B]``, default all): which beats join the template after theirs."""
     sw = np.asarray(signal_windows, dtype=np.float32)
     tmpl = BeatTemplate(sw.shape[-1], r_offset, fs)
     if not len(sw):
         return np.zeros((0, len(MORPH_FEATURES)), np.float32)
-    return np.stack([tmpl.features(w) for w in sw])
+    if join is None:
+        return np.stack([tmpl.features(w) for w in sw])
+    return np.array([tmpl.values(w, bool(j)) for w, j in zip(sw, join)], np.float32)
 
 
 def morph_templates(signal_windows: np.ndarray, r_offset: int, fs: float) -> np.ndarray:
@@ -223,19 +229,25 @@ def default_r_offset(window: int) -> int:
     return (window * 3) // 8
 
 
-def rr_features(r_peaks: np.ndarray, fs: float) -> np.ndarray:
+def rr_features(r_peaks: np.ndarray, fs: float, minor: np.ndarray | None = None) -> np.ndarray:
     """RR-interval context for every beat of one continuous recording.
 
     Args:
         r_peaks: increasing sample indices of the R peaks of one recording, shape ``[B]``, B >= 2.
         fs: sampling rate in Hz.
+        minor: bool ``[B]``, the detector's minor beats
+            (:data:`edgeexit.runtime.peaks.MINOR_AMPLITUDE`; None: none). The other beats' RR
+            intervals run from full-size beat to full-size beat, and their local and long rhythm
+            is theirs alone; a minor beat gets its intervals to the peaks either side of it and
+            the rhythm of the full-size beat before it. Minor beats before the first full-size
+            one count as full-size.
 
     Returns:
         float32 array ``[B, len(RR_FEATURES)]`` in the order of :data:`RR_FEATURES`. The first beat
         uses its next interval as ``pre_rr`` and the last beat its previous one as ``post_rr``.
 
     Raises:
-        ValueError: fewer than two peaks, or peaks not strictly increasing.
+        ValueError: fewer than two peaks (or full-size peaks), or peaks not strictly increasing.
     """
     peaks = np.asarray(r_peaks, dtype=np.float64)
     if peaks.ndim != 1 or peaks.size < 2:
@@ -243,6 +255,37 @@ def rr_features(r_peaks: np.ndarray, fs: float) -> np.ndarray:
     rr = np.diff(peaks) / float(fs)  # [B-1] seconds between consecutive peaks
     if np.any(rr <= 0):
         raise ValueError("R peaks must be strictly increasing sample indices")
+    flags = minor_flags(minor, peaks.size)
+    if flags is None:
+        return np.stack(_rr_columns(rr), axis=1).astype(np.float32)
+    major = np.flatnonzero(~flags)
+    if major.size < 2:
+        raise ValueError(f"RR context needs at least 2 full-size R peaks, got {major.size}")
+    out = np.empty((peaks.size, len(RR_FEATURES)))
+    out[major] = np.stack(_rr_columns(np.diff(peaks[major]) / float(fs)), axis=1)
+    m = np.flatnonzero(flags)
+    pre = rr[m - 1]  # a minor beat is never the first
+    post = np.where(m < rr.size, rr[np.minimum(m, rr.size - 1)], pre)  # the last: its pre
+    ref = out[major[np.searchsorted(major, m) - 1]]  # the full-size beat before it
+    local, avg = ref[:, 2], ref[:, 5]
+    out[m] = np.stack([pre, post, local, pre / local, post / local, avg, pre / avg], axis=1)
+    return out.astype(np.float32)
+
+
+def minor_flags(minor: np.ndarray | None, n: int) -> np.ndarray | None:
+    """``minor`` (bool ``[n]``) as the context reads it: minor beats before the first full-size
+    one count as full-size; None when no beat is minor."""
+    if minor is None:
+        return None
+    flags = np.asarray(minor, bool)
+    if flags.shape != (n,):
+        raise ValueError(f"minor must hold one flag per R peak ({n}), got shape {flags.shape}")
+    flags = flags & (np.cumsum(~flags) > 0)
+    return flags if flags.any() else None
+
+
+def _rr_columns(rr: np.ndarray) -> list[np.ndarray]:
+    """The :data:`RR_FEATURES` columns (float64) of consecutive beats with intervals ``rr``."""
     pre = np.concatenate([rr[:1], rr])  # [B]
     post = np.concatenate([rr, rr[-1:]])  # [B]
     pre_l = pre.tolist()  # causal: only intervals that ended at or before this beat
@@ -252,8 +295,7 @@ def rr_features(r_peaks: np.ndarray, fs: float) -> np.ndarray:
     idx = np.arange(pre.size)
     lo = np.maximum(0, idx - LONG_RR_BEATS + 1)
     avg = (csum[idx + 1] - csum[lo]) / (idx + 1 - lo)
-    feats = np.stack([pre, post, local, pre / local, post / local, avg, pre / avg], axis=1)
-    return feats.astype(np.float32)
+    return [pre, post, local, pre / local, post / local, avg, pre / avg]
 
 
 def beat_windows(
@@ -264,6 +306,7 @@ def beat_windows(
     r_offset: int | None = None,
     rr_context: bool = False,
     morph_context: bool = False,
+    minor: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut one window per R peak from a continuous signal, optionally with RR context channels.
 
@@ -276,6 +319,9 @@ def beat_windows(
         rr_context: append the :data:`RR_FEATURES` channels (constant over the window).
         morph_context: append the :data:`MORPH_FEATURES` channels (after the RR channels), from
             the first signal channel of the kept beats, in order (:class:`BeatTemplate`).
+        minor: bool ``[B]``, the detector's minor beats (:func:`edgeexit.runtime.peaks.detect_beats`):
+            left out of their neighbours' RR intervals (:func:`rr_features`) and of the
+            morphology template; None: every beat is full-size (annotated peaks).
 
     Returns:
         ``(x, kept)``: float32 windows ``[B', C (+5), window]`` and the indices into ``r_peaks``
@@ -294,11 +340,13 @@ def beat_windows(
     idx = starts[kept, None] + np.arange(window)[None, :]  # [B', window]
     x = np.transpose(sig[:, idx], (1, 0, 2))  # [B', C, window]
     if rr_context:
-        feats = rr_features(peaks, fs)[kept]  # [B', F]
+        feats = rr_features(peaks, fs, minor)[kept]  # [B', F]
         ctx = np.broadcast_to(feats[:, :, None], (kept.size, feats.shape[1], window))
         x = np.concatenate([x, ctx], axis=1)
     if morph_context:
-        feats = morph_features(x[:, 0], off, fs)  # [B', 3]
+        flags = minor_flags(minor, peaks.size)
+        join = None if flags is None else ~flags[kept]
+        feats = morph_features(x[:, 0], off, fs, join)  # [B', 3]
         ctx = np.broadcast_to(feats[:, :, None], (kept.size, feats.shape[1], window))
         x = np.concatenate([x, ctx], axis=1)
     return np.ascontiguousarray(x, dtype=np.float32), kept

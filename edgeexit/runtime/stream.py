@@ -27,7 +27,11 @@ of the integrated signal (to learn the levels from) and a few numbers.
 :mod:`edgeexit.runtime.preprocess` (the ones that cut the training windows), so a beat's window
 and RR context equal, bit for bit, those of the offline path for the same peaks. The RR context
 holds ``post_rr``, the interval to the *next* R peak: a beat is answered once the next peak is
-known, one beat late (every beat line says so: ``"answered_after": "next R peak"``).
+known, one beat late (every beat line says so: ``"answered_after": "next R peak"``). A *minor*
+beat (:data:`~edgeexit.runtime.peaks.MINOR_AMPLITUDE`: under half the size of the recent beats,
+e.g. a small pulse an attacker or an electrode added) is answered too, but its neighbours' RR
+intervals skip it and it does not join the morphology template; the full-size beat before it
+waits for the next full-size peak (the summary counts them: ``minor_beats``).
 
 :func:`stream_classify` drives both from an iterator of signal blocks (see
 :func:`open_source` for WFDB records (:mod:`edgeexit.runtime.wfdb`), CSV and raw binary files and stdin) and yields one dict per
@@ -127,6 +131,8 @@ class StreamDetector:
         self.end = 0  # absolute index one past the newest sample
         self._next_t = self.hop  # the next step, on a grid of the signal
         self._accepted: deque[int] = deque()  # found, not yet committed (younger than lookahead)
+        self._minor: deque[bool] = deque()  # their MINOR_AMPLITUDE flags
+        self.minor = 0  # minor beats committed so far
         self._hold = 0.0  # last finite sample (replaces NaN / Inf)
         self.filled = 0  # non-finite samples replaced so far
         # [start, end) runs of held samples, absolute, until the beats over them are answered
@@ -188,20 +194,26 @@ class StreamDetector:
         core = self._core
         core.process(final=final)
         self._accepted.extend(core.peaks)
+        self._minor.extend(core.minor)
         core.peaks.clear()
+        core.minor.clear()
         until = core.end if final else core.end - self.lookahead
         out: list[int] = []
-        while self._accepted and self._accepted[0] < until:
-            out.append(self._accepted.popleft())
+        accepted = self._accepted
+        while accepted and accepted[0] < until:
+            out.append(accepted.popleft())
+        minor = [self._minor.popleft() for _ in out]
+        self.minor += sum(minor)
         if on_commit is not None and out:
-            on_commit(out)
+            on_commit(out, minor)
         return out
 
     def push(self, samples, on_commit=None) -> list[int]:
         """Feed a block of samples (mV); return the R peaks committed meanwhile (absolute indices).
 
-        ``on_commit(peaks)`` is called right after each step that committed peaks, while
-        :attr:`signal` still holds the samples around them.
+        ``on_commit(peaks, minor)`` is called right after each step that committed peaks (with
+        their :data:`~edgeexit.runtime.peaks.MINOR_AMPLITUDE` flags), while :attr:`signal` still
+        holds the samples around them.
         """
         x = self._clean(np.asarray(samples, dtype=np.float64).reshape(-1))
         out: list[int] = []
@@ -239,9 +251,12 @@ class BeatStream:
         window: samples per window; r_offset: samples before the R peak (default 3/8 window).
         rr_context: append the :data:`~edgeexit.runtime.preprocess.RR_FEATURES` channels.
 
-    ``add(peaks, signal, signal_start)`` takes the newly committed peaks with a signal buffer that
-    holds their windows and returns the beats now complete as ``(r_peak, window)`` pairs;
-    ``finish()`` returns the last one (its ``post_rr`` is its ``pre_rr``, as offline).
+    ``add(peaks, signal, signal_start, minor)`` takes the newly committed peaks (and their
+    :data:`~edgeexit.runtime.peaks.MINOR_AMPLITUDE` flags) with a signal buffer that holds their
+    windows and returns the beats now complete as ``(r_peak, window)`` pairs, in order; ``finish()``
+    returns the last ones (the last full-size beat's ``post_rr`` is its ``pre_rr``, as offline).
+    A full-size beat is complete at the next full-size peak (its RR intervals skip the minor beats
+    between), a minor beat with it (:func:`~edgeexit.runtime.preprocess.rr_features`).
     """
 
     def __init__(self, fs: float, window: int, r_offset: int | None = None,
@@ -253,16 +268,19 @@ class BeatStream:
         self._channels = 1 + (len(RR_FEATURES) if rr_context else 0) + (len(MORPH_FEATURES) if morph_context else 0)
         # the morphology template: the previous kept beats' windows (bounded), as offline
         self._template = BeatTemplate(self.window, self.r_offset, self.fs) if morph_context else None
-        self._peaks: deque[int] = deque(maxlen=3)  # [previous, beat, next]
-        self._cut: deque[np.ndarray | None] = deque(maxlen=2)  # windows of the last two peaks
-        self._pre: deque[float] = deque(maxlen=LOCAL_RR_BEATS)  # pre_rr of the last beats
+        # the last full-size peak and the minor ones after it, with their windows, waiting for
+        # the next full-size peak (bounded: MINOR_RESET minor beats in a row become full-size)
+        self._pending: list[tuple[int, np.ndarray | None]] = []
+        self._prev = -1  # the full-size peak before the pending one (-1: none yet)
+        self._pre: deque[float] = deque(maxlen=LOCAL_RR_BEATS)  # pre_rr of the last full-size beats
         self._csum: deque[float] = deque([0.0], maxlen=LONG_RR_BEATS + 1)  # running sum of pre_rr
+        self._majors = 0  # full-size beats completed
         self.beats = 0  # beats seen (index of the next one)
+        self.minor = 0  # minor beats among them
         self.dropped = 0  # beats too close to the start of the stream for a window
 
     def state_sizes(self) -> dict[str, int]:
-        d = {"peaks": len(self._peaks), "cut": len(self._cut), "pre": len(self._pre),
-             "csum": len(self._csum)}
+        d = {"pending": len(self._pending), "pre": len(self._pre), "csum": len(self._csum)}
         if self._template is not None:
             d["template"] = int(self._template._past.shape[0])
         return d
@@ -276,61 +294,79 @@ class BeatStream:
             return None
         return np.asarray(signal[a:a + self.window], dtype=np.float32)
 
-    def add(self, peaks: Iterable[int], signal: np.ndarray, start: int) -> list[tuple[int, np.ndarray]]:
-        done = []
+    def add(self, peaks: Iterable[int], signal: np.ndarray, start: int,
+            minor: Iterable[bool] | None = None) -> list[tuple[int, np.ndarray]]:
+        done: list[tuple[int, np.ndarray]] = []
+        flags = iter(minor) if minor is not None else None
+        pending = self._pending
         for p in peaks:
-            self._peaks.append(int(p))
-            self._cut.append(self._cut_window(int(p), signal, start))
-            if len(self._peaks) >= 2:
-                out = self._complete(last=False)
-                if out is not None:
-                    done.append(out)
+            p = int(p)
+            cut = self._cut_window(p, signal, start)
+            if flags is not None and next(flags) and pending:  # minor: waits with the pending one
+                pending.append((p, cut))
+                continue
+            if pending:
+                self._complete(p, done)
+            self._pending = pending = [(p, cut)]
         return done
 
     def finish(self) -> list[tuple[int, np.ndarray]]:
-        """The last beat (answered at the end of the stream), if it has a full window."""
-        if len(self._peaks) < 2:
+        """The last beats (answered at the end of the stream), those with a full window."""
+        if self._prev < 0 and len(self._pending) < 2:
             return []  # a single beat has no RR interval (offline refuses it too)
-        out = self._complete(last=True)
-        return [] if out is None else [out]
+        done: list[tuple[int, np.ndarray]] = []
+        self._complete(None, done)
+        self._pending = []
+        return done
 
-    def _complete(self, last: bool) -> tuple[int, np.ndarray] | None:
-        """Build the window of the beat before the newest peak (``last``: of the newest peak).
+    def _complete(self, nxt: int | None, done: list) -> None:
+        """Build the windows of the pending beats, now that the next full-size peak ``nxt`` is
+        known (None: the stream ended), into ``done``.
 
         The RR context is updated beat by beat with the arithmetic of
         :func:`~edgeexit.runtime.preprocess.rr_features` over the whole stream (so the channels
         equal the offline ones bit for bit): ``local_rr`` the median of the last
         :data:`LOCAL_RR_BEATS` ``pre_rr``, ``avg_rr`` a running sum over :data:`LONG_RR_BEATS`."""
-        peaks, fs = self._peaks, self.fs
-        i = self.beats  # the beat's index in the whole stream
-        if last:
-            beat = peaks[-1]
-            pre = post = (beat - peaks[-2]) / fs
-        else:
-            beat, nxt = peaks[-2], peaks[-1]
+        fs, pending = self.fs, self._pending
+        beat = pending[0][0]
+        if nxt is not None:
             post = (nxt - beat) / fs
-            pre = post if i == 0 else (beat - peaks[-3]) / fs
+            pre = post if self._prev < 0 else (beat - self._prev) / fs
+        else:
+            pre = post = (beat - self._prev) / fs if self._prev >= 0 else (pending[1][0] - beat) / fs
         csum = self._csum[-1] + pre  # the running sum of pre_rr, as np.cumsum over the stream
         self._csum.append(csum)
         self._pre.append(pre)
+        self._majors += 1
+        self._prev = beat
+        local = small_median(self._pre)
+        n = min(self._majors, LONG_RR_BEATS)
+        avg = (csum - self._csum[-1 - n]) / n
+        self._emit(beat, pending[0][1], pre, post, local, avg, True, done)
+        for k in range(1, len(pending)):  # minor beats: their intervals to the peaks either side
+            r = pending[k][0]
+            pre = (r - pending[k - 1][0]) / fs
+            after = pending[k + 1][0] if k + 1 < len(pending) else nxt
+            post = pre if after is None else (after - r) / fs
+            self.minor += 1
+            self._emit(r, pending[k][1], pre, post, local, avg, False, done)
+
+    def _emit(self, beat: int, cut: np.ndarray | None, pre: float, post: float, local: float,
+              avg: float, join: bool, done: list) -> None:
         self.beats += 1
-        cut = self._cut[-1] if last else self._cut[-2]
         if cut is None:
             self.dropped += 1
-            return None
+            return
         x = np.empty((self._channels, self.window), np.float32)
         x[0] = cut
         ctx: tuple[float, ...] = ()
         if self.rr_context:
-            local = small_median(self._pre)
-            n = min(i + 1, LONG_RR_BEATS)
-            avg = (csum - self._csum[-1 - n]) / n
             ctx = (pre, post, local, pre / local, post / local, avg, pre / avg)
         if self._template is not None:  # the morphology channels come last, as in beat_windows
-            ctx += self._template.values(cut)
+            ctx += self._template.values(cut, join)
         if ctx:  # each value rounded to float32 on its own, as offline
             x[1:] = np.array(ctx, np.float32)[:, None]
-        return beat, x
+        done.append((beat, x))
 
 
 # ---------------------------------------------------------------------------------- sources
@@ -644,8 +680,9 @@ class _StreamRun:
         self.split["detection"] += (self.clock() - now - (self.split["context"] - context)
                                     - (self.aside_s - aside))
 
-    def on_commit(self, peaks: list[int]) -> None:
-        """The detector committed ``peaks``: match them to annotations, cut their windows."""
+    def on_commit(self, peaks: list[int], minor: list[bool]) -> None:
+        """The detector committed ``peaks`` (``minor``: their flags): match them to annotations,
+        cut their windows."""
         t = self.clock()
         if self.scorer is not None or self.keep_beats:
             if self.scorer is not None:
@@ -655,7 +692,7 @@ class _StreamRun:
                 self.all_peaks.extend(peaks)
             t0, t = t, self.clock()
             self.aside_s += t - t0
-        self.collected.extend(self.beats.add(peaks, self.det.signal, self.det.signal_start))
+        self.collected.extend(self.beats.add(peaks, self.det.signal, self.det.signal_start, minor))
         self.split["context"] += self.clock() - t
 
     def answer(self, done: list[tuple[int, np.ndarray]], now_end: int, last: bool) -> Iterator[dict]:
@@ -758,6 +795,7 @@ class _StreamRun:
             # compute seconds by step (the rest of compute_s: answers and scoring)
             "compute_split_s": {k: round(v, 4) for k, v in self.split.items()},
             "beats": self.n, "refused": self.refused, "peaks": beats.beats,
+            "minor_beats": beats.minor,  # small beats left out of their neighbours' context
             "dropped_at_start": beats.dropped,
             "filled_samples": det.filled, "beats_over_held_samples": self.held_beats,
             "answered": "one beat late: each beat after the next R peak (its RR context needs post_rr)",

@@ -13,7 +13,7 @@ from test_peaks import _bump, synthetic_ecg
 
 from edgeexit.cli import main
 from edgeexit.errors import ConfigError, DataError
-from edgeexit.runtime.peaks import detect_r_peaks
+from edgeexit.runtime.peaks import detect_beats, detect_r_peaks
 from edgeexit.runtime.preprocess import beat_windows
 from edgeexit.runtime.stream import BeatStream, Source, StreamDetector, open_source, stream_classify
 
@@ -69,30 +69,75 @@ def test_state_stays_bounded():
         d = sizes[t][0]
         assert d.pop("uncommitted") <= 2 and d.pop("filtered") <= 20 * 360  # found, not yet final
         assert d == {"buffer": 12 * 360, "levels_rr": 8, "held_runs": 0} and sizes[t][1] == 12 * 360
-    assert sizes[300][2] == sizes[600][2] == {"peaks": 3, "cut": 2, "pre": 16, "csum": 257}
+    assert sizes[300][2] == sizes[600][2] == {"pending": 1, "pre": 16, "csum": 257}
 
 
-@pytest.mark.parametrize("morph", [False, True])
-def test_windows_and_rr_context_equal_the_offline_ones(morph):
-    # > LONG_RR_BEATS beats so the long mean runs over a sliding window
-    x, _, _ = synthetic_ecg(FS, seconds=420.0, seed=3)
+def _with_bursts(x: np.ndarray, truth: np.ndarray, every: int, amp: float = 0.2) -> np.ndarray:
+    """``x`` with a +-``amp`` mV burst at the QRS filter's peak gain (12.5 Hz, 160 ms) midway
+    between beats ``4 + every k`` and the next: a third of the QRS (1.26 mV peak to peak here),
+    so the detector takes it for a beat, a minor one (MINOR_AMPLITUDE)."""
+    t = np.arange(int(0.16 * FS)) / FS
+    burst = amp * np.sign(np.sin(2 * np.pi * 12.5 * t + 1e-9))
+    out = x.copy()
+    for a, b in zip(truth[4:-1:every], truth[5::every]):
+        out[(a + b) // 2:(a + b) // 2 + burst.size] += burst
+    return out
+
+
+@pytest.mark.parametrize("morph,bursts", [(False, False), (True, False), (False, True), (True, True)])
+def test_windows_and_rr_context_equal_the_offline_ones(morph, bursts):
+    # > LONG_RR_BEATS beats so the long mean runs over a sliding window; with bursts, minor beats
+    # (runs of one and two between full-size beats) whose neighbours' RR intervals skip them
+    x, truth, _ = synthetic_ecg(FS, seconds=420.0, seed=3)
+    if bursts:
+        x = _with_bursts(_with_bursts(x, truth, 3), truth + int(0.2 * FS), 7)
     det, beats = StreamDetector(FS), BeatStream(FS, 256, morph_context=morph)
-    got, peaks = [], []
+    got, peaks, minor = [], [], []
 
-    def on_commit(p):
+    def on_commit(p, m):
         peaks.extend(p)
-        got.extend(beats.add(p, det.signal, det.signal_start))
+        minor.extend(m)
+        got.extend(beats.add(p, det.signal, det.signal_start, m))
 
     for i in range(0, x.size, 500):
         det.push(x[i:i + 500], on_commit=on_commit)
     det.flush(on_commit=on_commit)
     got += beats.finish()
+    assert sum(minor) == det.minor == beats.minor
+    assert sum(minor) > 100 if bursts else not any(minor)
     ref, kept = beat_windows(x.astype(np.float32), np.asarray(peaks), FS, window=256, rr_context=True,
-                             morph_context=morph)
+                             morph_context=morph, minor=np.asarray(minor))
     assert ref.shape[1] == 8 + 3 * morph
     assert len(peaks) > 300 and len(got) == kept.size
     assert [r for r, _ in got] == np.asarray(peaks)[kept].tolist()
     assert np.array_equal(np.stack([w for _, w in got]), ref)  # bit for bit
+    if bursts:  # the batch detector flags the same beats
+        b, bm = detect_beats(x, FS)
+        common, ib, i_s = np.intersect1d(b, peaks, return_indices=True)
+        assert common.size >= len(peaks) - 2 and np.array_equal(bm[ib], np.asarray(minor)[i_s])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_minor_beats_in_any_pattern_get_the_offline_context(seed):
+    # the beat cutter alone, fed flags the detector would not produce: runs of 1-3 minor beats,
+    # a minor first beat (counts as full-size), a minor last beat
+    rng = np.random.default_rng(seed)
+    x, peaks, _ = synthetic_ecg(FS, seconds=120.0, seed=4)
+    extra = (peaks[:-1] + peaks[1:]) // 2  # one more peak between every two beats
+    peaks = np.sort(np.concatenate([peaks, extra[rng.random(extra.size) < 0.4]]))
+    minor = rng.random(peaks.size) < 0.35
+    minor[[0, -1]] = True
+    beats = BeatStream(FS, 256, morph_context=True)
+    got = []
+    for i in range(0, peaks.size, 5):  # peaks arrive a few at a time, the whole signal buffered
+        got += beats.add(peaks[i:i + 5].tolist(), x, 0, minor[i:i + 5].tolist())
+    got += beats.finish()
+    ref, kept = beat_windows(x, peaks, FS, window=256, rr_context=True, morph_context=True,
+                             minor=minor)
+    assert [r for r, _ in got] == peaks[kept].tolist()
+    assert np.array_equal(np.stack([w for _, w in got]), ref)  # bit for bit
+    plain, _ = beat_windows(x, peaks, FS, window=256, rr_context=True, morph_context=True)
+    assert not np.array_equal(plain, ref)
 
 
 @pytest.fixture(scope="module")
