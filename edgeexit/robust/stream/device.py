@@ -130,6 +130,7 @@ class Tally:
     false: np.ndarray = None  # false detections by the class the device answered
     flagged: np.ndarray = None  # annotated beats whose detection the device flagged unreadable
     flagged_false: int = 0  # false detections flagged unreadable
+    minor: int = 0  # detections the device flagged minor (out of their neighbours' context)
     tp: int = 0
     fp: int = 0
     fn: int = 0
@@ -179,6 +180,7 @@ class Tally:
         self.inference_us += float(run.inference_us.sum())
         self.answered += int(run.r_samples.size)
         self.signal_s += float(run.summary.get("signal_s", 0.0))
+        self.minor += int(run.summary.get("minor_beats", 0))
         return answer
 
     def report(self, classes: tuple[str, ...], active_w: float | None = None) -> dict:
@@ -209,7 +211,8 @@ def score_report(t: Tally, classes: tuple[str, ...], active_w: float | None = No
     us = _div(t.inference_us, t.answered)
     out = {
         "detection": {"tolerance_s": MATCH_S, "tp": t.tp, "fp": t.fp, "fn": t.fn,
-                      "sensitivity": _div(t.tp, t.tp + t.fn), "ppv": _div(t.tp, t.tp + t.fp)},
+                      "sensitivity": _div(t.tp, t.tp + t.fn), "ppv": _div(t.tp, t.tp + t.fp),
+                      "minor": t.minor},
         "accuracy": _div(np.trace(c), total),
         "matched_accuracy": _div(np.trace(c), c.sum()),
         "macro_f1": float(np.mean([f1s[n] for n in headline])) if headline else 0.0,
