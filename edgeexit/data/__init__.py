@@ -40,6 +40,14 @@ SYNTHETIC = "synthetic"
 TEST_SEED_OFFSET = 1000  # the synthetic test set uses other simulated patients than training
 CALIBRATION_SEED_OFFSET = 2000  # and threshold calibration others again (neither train nor test)
 SIDES = ("train", "test", "calibration")
+SYNTHETIC_BEATS_PER_PATIENT = 125
+"""Beats per simulated patient of a synthetic data set of more than 24 x 125 beats (smaller ones
+keep the generator's 24 patients): the patients grow with the beats, about two minutes each. At
+250 beats per patient the default 6000 training beats held six paced patients (a paced record is
+~40% paced, paced beats 10%), too few to span the paced morphologies (pacing-spike height, QRS
+polarity and width): the models trained on them answered F or V for every beat of some unseen
+paced patients (0% Q sensitivity on two of six test patients for seed 1); with twice the patients
+at the same beats they recognise them (``results/synthetic-patients.json``)."""
 
 __all__ = [
     "AAMI_CLASSES",
@@ -55,6 +63,7 @@ __all__ = [
     "stratified_index",
     "stratified_sample",
     "stratified_split",
+    "synthetic_patients",
 ]
 
 
@@ -67,7 +76,8 @@ class DataSpec:
         test_source: a separate test set (file or directory), or None for the source's default.
         split: for WFDB directories: ``inter-patient`` (DS1 train / DS2 test, the default) or
             ``random`` (beat-level; leaks patients, inflates accuracy).
-        n_beats: synthetic only: beats to generate for training (the test set gets a third).
+        n_beats: synthetic only: beats to generate for training (the test set gets a third),
+            from :func:`synthetic_patients` simulated patients.
         seed: seed of the synthetic generator and of random splits.
         window: samples per beat window.
         rr_context: append RR-interval context channels (synthetic and WFDB sources).
@@ -100,12 +110,20 @@ class DataSpec:
         return dataclass_from_dict(cls, d, "data spec keys")
 
 
+def synthetic_patients(n_beats: int) -> int:
+    """How many simulated patients a synthetic data set of ``n_beats`` beats is drawn from: the
+    generator's default (24), or one per :data:`SYNTHETIC_BEATS_PER_PATIENT` beats if more."""
+    from edgeexit.data.synthetic import SyntheticECGConfig
+
+    return max(SyntheticECGConfig.n_records, int(n_beats) // SYNTHETIC_BEATS_PER_PATIENT)
+
+
 def _synthetic(spec: DataSpec, n_beats: int, seed: int) -> BeatDataset:
     from edgeexit.data.synthetic import SyntheticECGConfig, generate_synthetic
 
     cfg = SyntheticECGConfig(
         n_beats=n_beats, seed=seed, window=spec.window, rr_context=spec.rr_context,
-        morph_context=spec.morph_context,
+        morph_context=spec.morph_context, n_records=synthetic_patients(n_beats),
     )
     return generate_synthetic(cfg)
 
