@@ -277,6 +277,7 @@ class BeatStream:
         self._majors = 0  # full-size beats completed
         self.beats = 0  # beats seen (index of the next one)
         self.minor = 0  # minor beats among them
+        self.minor_out: set[int] = set()  # R peaks of the minor beats returned, until answered
         self.dropped = 0  # beats too close to the start of the stream for a window
 
     def state_sizes(self) -> dict[str, int]:
@@ -349,14 +350,16 @@ class BeatStream:
             after = pending[k + 1][0] if k + 1 < len(pending) else nxt
             post = pre if after is None else (after - r) / fs
             self.minor += 1
-            self._emit(r, pending[k][1], pre, post, local, avg, False, done)
+            if self._emit(r, pending[k][1], pre, post, local, avg, False, done):
+                self.minor_out.add(r)
 
     def _emit(self, beat: int, cut: np.ndarray | None, pre: float, post: float, local: float,
-              avg: float, join: bool, done: list) -> None:
+              avg: float, join: bool, done: list) -> bool:
+        """The beat's window with its context into ``done``; False: it has no window."""
         self.beats += 1
         if cut is None:
             self.dropped += 1
-            return
+            return False
         x = np.empty((self._channels, self.window), np.float32)
         x[0] = cut
         ctx: tuple[float, ...] = ()
@@ -367,6 +370,7 @@ class BeatStream:
         if ctx:  # each value rounded to float32 on its own, as offline
             x[1:] = np.array(ctx, np.float32)[:, None]
         done.append((beat, x))
+        return True
 
 
 # ---------------------------------------------------------------------------------- sources
@@ -590,7 +594,9 @@ def stream_classify(
     """Classify the beats of ``source`` as they arrive; yield one dict per beat, then the summary.
 
     Beat dicts: ``beat`` (index), ``r_sample``, ``r_time_s``, ``label``, ``label_index``, ``exit``,
-    ``probs``, ``segment_us``, ``answered_after`` ("next R peak"), ``delay_s`` (signal seconds
+    ``probs``, ``segment_us``, ``minor: true`` for a minor beat (under
+    :data:`~edgeexit.runtime.peaks.MINOR_AMPLITUDE` of the recent beats: answered, but out of its
+    neighbours' context), ``answered_after`` ("next R peak"), ``delay_s`` (signal seconds
     between the R peak and the answer: the detector's look-ahead plus the wait for the next
     peak), ``delay_wall_s`` (wall seconds since the block holding the R peak arrived) and, with
     annotations, ``annotation`` (the matched annotated class, or null for a false detection).
@@ -742,6 +748,10 @@ class _StreamRun:
         if held:
             d["held_samples"] = held  # its window holds samples that arrived as NaN / Inf
             self.held_beats += 1
+        minor = self.beats.minor_out
+        if minor and r in minor:
+            d["minor"] = True  # small: left out of its neighbours' RR and morphology context
+            minor.discard(r)
         if self.min_sqi is not None:
             self._quality(d, x)
         if self.scorer is not None:  # (without annotations there is nothing pending to match)
@@ -754,6 +764,7 @@ class _StreamRun:
 
     def _refused(self, r: int, e: InputError) -> dict:
         self.refused += 1
+        self.beats.minor_out.discard(r)
         while self.pending_ann and self.pending_ann[0][0] <= r:
             self.pending_ann.popleft()
         d = {"beat": self.n, "r_sample": r, "r_time_s": round(r / self.fs, 4), "error": str(e)}

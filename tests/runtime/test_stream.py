@@ -182,6 +182,25 @@ def test_stream_classify_answers_every_beat_one_late(rr_bundle, ecg):
         [round(p, 6) for p in engine.predict(w).probs.tolist()] for w in ref]
 
 
+def test_stream_marks_minor_beats_and_labels_them_as_offline(rr_bundle):
+    from edgeexit.runtime.engine import Engine
+
+    x, truth, _ = synthetic_ecg(FS, seconds=60.0, seed=3)
+    x = _with_bursts(x, truth, 2)
+    engine = Engine.from_bundle(rr_bundle, threads=1)
+    src = Source("memory", FS, iter([x[i:i + 360] for i in range(0, x.size, 360)]))
+    events = list(stream_classify(engine, src, keep_beats=True))
+    beats, summary = events[:-1], events[-1]
+    minor = [b["r_sample"] for b in beats if b.get("minor")]
+    assert summary["minor_beats"] == len(minor) > 10
+    peaks, flags = detect_beats(x, FS)
+    common = np.intersect1d(peaks, summary["all_peaks"])
+    assert set(minor) & set(common.tolist()) == set(peaks[flags].tolist()) & set(common.tolist())
+    ref, _ = beat_windows(x.astype(np.float32), np.asarray(summary["all_peaks"]), FS,
+                          rr_context=True, minor=np.isin(summary["all_peaks"], minor))
+    assert [engine.predict(w).label for w in ref] == summary["labels"]
+
+
 def run_cli(*args, input=None):
     return CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
 
