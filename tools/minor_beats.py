@@ -6,6 +6,8 @@ but left out of its neighbours' RR intervals and morphology template. For each f
 - ``mitdb``: the real beats of MIT-BIH records (DS1 by default, where the fraction is chosen) that
   the batch detector flags minor, per annotated class, and how many of its false detections it
   flags (the cost: a flagged real beat's neighbours lose it from their context);
+- ``parts OUT``: the robust bundle under the strongest timing variant taken apart (shrinking
+  alone, bursts alone, both; both with a perfect flag or a perfect detector);
 - ``quickstart OUT``: the quick start's two bundles (``OUT/bundle``, the deployed robust one, and
   ``OUT/bundle-standard``) on its four simulated test patients (300 streamed beats): clean accuracy
   and accuracy under the amplitude-aware timing attack at 0.1 mV, its strongest variant per
@@ -14,6 +16,7 @@ but left out of its neighbours' RR intervals and morphology template. For each f
 
     .venv/bin/python tools/minor_beats.py mitdb --fractions 0,0.4,0.5,0.6
     .venv/bin/python tools/minor_beats.py quickstart runs/quickstart --fractions 0,0.4,0.5,0.6
+    .venv/bin/python tools/minor_beats.py parts runs/quickstart
 
 Each writes a table to ``results/`` (``--out``).
 """
@@ -112,6 +115,50 @@ def quickstart(args) -> tuple[list[list], list[list]]:
     return rows, variants
 
 
+def parts(args) -> list[list]:
+    """The quick start's robust bundle under the strongest timing variant (bursts where the
+    signal is tallest in every interval, beats shrunk by 2 eps), taken apart: the shrinking
+    alone, the bursts alone, both; and both scored with a perfect flag (every false detection
+    minor) or a perfect detector (only the real beats' detections), from the windows cut offline
+    at those peaks."""
+    from edgeexit.robust.stream.attacks import TimingAttack, _shrink
+    from edgeexit.robust.stream.device import Tally, match
+    from edgeexit.robust.stream.evaluate import StreamEvalConfig, _records_for, device_path
+    from edgeexit.runtime.peaks import detect_beats
+    from edgeexit.runtime.preprocess import beat_windows
+
+    out = args.out_dir
+    device, t = device_path(out / "bundle", out / "compressed" / "model.pt", threads=1)
+    recs = _records_for("synthetic", t, StreamEvalConfig(synthetic_beats=args.beats))
+    classes, eng, eps = tuple(device.engine.classes), device.engine, args.eps
+    streamed = {k: Tally(len(classes)) for k in ("shrink", "bursts", "both")}
+    offline = {"perfect flag": [0, 0], "perfect detector": [0, 0]}
+    for r in recs:
+        clean = device.run(r.signal)
+        shrink = np.zeros_like(r.signal)
+        _shrink(shrink, r.signal, clean.peaks, r.fs, eps)
+        bursts = TimingAttack(eps, place="amplitude", shrink=False, every=1)(r, clean) - r.signal
+        both = TimingAttack(eps, place="amplitude", shrink=True, every=1)(r, clean)
+        for name, x in (("shrink", r.signal + shrink), ("bursts", r.signal + bursts), ("both", both)):
+            streamed[name].add(r.ann_samples, r.ann_labels, device.run(x), r.fs)
+        peaks, minor = detect_beats(both, r.fs)
+        m = match(r.ann_samples, peaks, round(0.15 * r.fs))
+        real = m >= 0
+        for name, p, flags, ann in (("perfect flag", peaks, minor | ~real, m),
+                                    ("perfect detector", peaks[real], None, m[real])):
+            w, kept = beat_windows(both.astype(np.float32), p, r.fs, eng.input_shape[-1],
+                                   r_offset=device.r_offset, rr_context=True, minor=flags)
+            a = ann[kept]
+            got = np.array([eng.predict(v).label for v in w[a >= 0]])
+            offline[name][0] += int((got == r.ann_labels[a[a >= 0]]).sum())
+            offline[name][1] += int(r.ann_samples.size)
+    rows = [["shrink only (no burst)", round(100 * streamed["shrink"].report(classes)["accuracy"], 1)],
+            ["bursts only", round(100 * streamed["bursts"].report(classes)["accuracy"], 1)],
+            ["both (the attack), streamed", round(100 * streamed["both"].report(classes)["accuracy"], 1)]]
+    rows += [[f"both, {k} (offline windows)", round(100 * c / n, 1)] for k, (c, n) in offline.items()]
+    return rows
+
+
 QUICKSTART_COLUMNS = ["model", "fraction", "input", "accuracy_pct", "false_detections",
                       "per_patient_pct"]
 
@@ -124,12 +171,15 @@ def main(argv=None) -> int:
     m.add_argument("--mitdb", type=Path, default=REPO.parent / "shared" / "data" / "mitdb")
     m.add_argument("--records", default="ds1", help="ds1, ds2 or comma-separated record names")
     q = sub.add_parser("quickstart", help="the quick start's bundles under the timing attack")
-    q.add_argument("out_dir", type=Path, help="an `edgeexit quickstart --out` directory")
-    q.add_argument("--beats", type=int, default=300, help="streamed beats (the quick start's check)")
-    q.add_argument("--eps", type=float, default=0.1, help="attack budget in mV")
+    t = sub.add_parser("parts", help="the strongest timing variant on the quick start, taken apart")
+    for p in (q, t):
+        p.add_argument("out_dir", type=Path, help="an `edgeexit quickstart --out` directory")
+        p.add_argument("--beats", type=int, default=300, help="streamed beats (the quick start's check)")
+        p.add_argument("--eps", type=float, default=0.1, help="attack budget in mV")
     for p in (m, q):
         p.add_argument("--fractions", type=_fractions, default=[0.0, 0.4, 0.5, 0.6],
                        help="MINOR_AMPLITUDE values, comma-separated (0: no flag)")
+    for p in (m, q, t):
         p.add_argument("--out", type=Path, default=None, help="the results table (.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -139,6 +189,10 @@ def main(argv=None) -> int:
     if args.what == "mitdb":
         rows, cols = mitdb(args), MITDB_COLUMNS
         title = f"Real MIT-BIH beats ({args.records}) the detector flags minor, per MINOR_AMPLITUDE"
+    elif args.what == "parts":
+        rows, cols = parts(args), ["input", "accuracy_pct"]
+        title = (f"The quick start's robust bundle under the strongest timing variant at {args.eps:g} mV, "
+                 "taken apart")
     else:
         (rows, variants), cols = quickstart(args), QUICKSTART_COLUMNS
         extra = {"variants": {"columns": cols, "rows": variants}}
