@@ -322,7 +322,7 @@ def _detect(signal, fs, refractory_s, levels: Levels | None, levels_at: int | No
         return np.zeros(0, dtype=np.int64), np.zeros(0, bool), snap
     peaks, kept = _refined_peaks(x, np.asarray(qrs, dtype=np.int64), fs, refractory)
     logger.debug("detected %d R peaks in %.1f s", peaks.size, x.size / fs)
-    return peaks, np.asarray(decide.minor, bool)[kept], snap
+    return peaks, np.isin(np.asarray(qrs)[kept], decide.minor_at), snap
 
 
 def _integrated_energy(x: np.ndarray, fs: float) -> tuple[np.ndarray, np.ndarray]:
@@ -372,8 +372,8 @@ class _Thresholds:
     (:meth:`step`): adaptive signal and noise levels, the T-wave test, the search-back for a
     missed beat, the amplitude rule (:data:`MIN_AMPLITUDE`), and the decay of both levels after
     seconds without a beat. A candidate is a tuple ``(sample, height, slope, amplitude)``;
-    accepted beats are appended to :attr:`accepted` in increasing order, with their
-    :data:`MINOR_AMPLITUDE` flag in :attr:`minor`, and never revoked (the search-back only looks
+    accepted beats are appended to :attr:`accepted` in increasing order (the minor ones,
+    :data:`MINOR_AMPLITUDE`, to :attr:`minor_at` as well) and never revoked (the search-back only looks
     after the last accepted beat), so the batch detector and the incremental one
     (:class:`IncrementalDetector`) share this class."""
 
@@ -387,10 +387,13 @@ class _Thresholds:
         self.heights: list[float] = []  # integrated heights of the last 8 accepted beats
         self.amplitudes: list[float] = []  # raw peak-to-peak amplitudes of the last 8 accepted beats
         self.amp_ref = 0.0  # their lower median (0 before 3 beats)
-        self.minor: list[bool] = []  # the accepted beats' MINOR_AMPLITUDE flags, in order
-        self.major_amps: list[float] = []  # amplitudes of the last 8 full-size (not minor) beats
-        self.major_ref = 0.0  # their lower median (0 before 3 beats)
+        self.minor_at: list[int] = []  # samples of the accepted minor beats (MINOR_AMPLITUDE)
+        # amplitudes of the last 8 full-size beats and their lower median; None while none of the
+        # last 8 accepted beats was minor (then they are :attr:`amplitudes` and :attr:`amp_ref`)
+        self.major_amps: list[float] | None = None
+        self.major_ref = 0.0
         self.minor_run: list[float] = []  # amplitudes of the minor beats since the last full one
+        self.full_run = 0  # full-size beats since the last minor one
         self.set_levels(levels)
 
     def set_levels(self, levels: Levels) -> None:
@@ -433,7 +436,15 @@ class _Thresholds:
         return c[3] >= fraction * self.amp_ref
 
     def _accept(self, c: tuple[int, float, float, float], searched_back: bool) -> None:
-        h = c[1]
+        h, a = c[1], c[3]
+        if self.major_amps is None:  # no minor beat among the last 8: the reference is amp_ref
+            if a < MINOR_AMPLITUDE * self.amp_ref:
+                self.major_amps, self.major_ref = self.amplitudes[:], self.amp_ref
+                self._minor_beat(c[0], a)
+        elif a < MINOR_AMPLITUDE * self.major_ref:
+            self._minor_beat(c[0], a)
+        else:
+            self._full_size(a)
         self.heights.append(float(h))
         del self.heights[:-8]
         self.amplitudes.append(float(c[3]))
@@ -446,22 +457,31 @@ class _Thresholds:
             self.rr_typical = small_median(self.rr_recent)
         self.last = c
         self.accepted.append(c[0])
-        self.minor.append(self._minor(float(c[3])))
 
-    def _minor(self, a: float) -> bool:
-        """Whether a beat of amplitude ``a`` is minor (:data:`MINOR_AMPLITUDE`); a full-size one
-        joins the reference, and :data:`MINOR_RESET` minor ones in a row become it."""
-        if a < MINOR_AMPLITUDE * self.major_ref:
-            self.minor_run.append(a)
-            if len(self.minor_run) < MINOR_RESET:
-                return True
-            self.major_amps = self.minor_run  # the gain dropped: the small beats are the beats
-        else:
-            self.major_amps.append(a)
-            del self.major_amps[:-8]
-        self.minor_run = []
-        self.major_ref = _amplitude_reference(self.major_amps)
-        return False
+    def _minor_beat(self, p: int, a: float) -> None:
+        """The beat at ``p`` (amplitude ``a``) is under :data:`MINOR_AMPLITUDE` of the full-size
+        reference: minor, unless it is the :data:`MINOR_RESET`-th in a row (then the run becomes
+        the reference: the gain dropped, the small beats are the beats)."""
+        self.full_run = 0
+        run = self.minor_run
+        run.append(a)
+        if len(run) < MINOR_RESET:
+            self.minor_at.append(p)
+            return
+        self.major_amps, self.minor_run = run, []
+        self.major_ref = _amplitude_reference(run)
+
+    def _full_size(self, a: float) -> None:
+        """A full-size beat joins the reference (kept apart since a minor beat)."""
+        major = self.major_amps
+        major.append(a)
+        del major[:-8]
+        if self.minor_run:
+            self.minor_run = []
+        self.major_ref = _amplitude_reference(major)
+        self.full_run += 1
+        if self.full_run >= 8:  # the last 8 accepted beats are all full-size: amplitudes again
+            self.major_amps = None
 
     def _t_wave(self, c: tuple[int, float, float, float]) -> bool:
         """Candidate ``c`` is too close to the last beat, or close with a T wave's gentle slope."""
@@ -492,8 +512,9 @@ class _Thresholds:
             self.npk *= 0.5
             self.amp_ref *= 0.5
             self.amplitudes = [0.5 * a for a in self.amplitudes]
-            self.major_ref *= 0.5
-            self.major_amps = [0.5 * a for a in self.major_amps]
+            if self.major_amps is not None:
+                self.major_ref *= 0.5
+                self.major_amps = [0.5 * a for a in self.major_amps]
             self.last_event = p
             logger.debug("no beat for %.1f s at %.1f s: halving the peak levels", LOST_S,
                          p / self.fs)
@@ -604,9 +625,9 @@ class IncrementalDetector:
         self.decide: _Thresholds | None = None
         self._last_relearn = 0
         self._centres: list[int] = []  # beats accepted in this step, to refine
-        self._centre_minor: list[bool] = []  # their MINOR_AMPLITUDE flags
+        self._minor_centres: set[int] = set()  # those of them that are minor beats
         self.peaks: list[int] = []  # refined R peaks not yet taken by the caller
-        self.minor: list[bool] = []  # their MINOR_AMPLITUDE flags (taken with them)
+        self.minor_peaks: set[int] = set()  # those of them that are minor (MINOR_AMPLITUDE)
         self.last_peak = -(1 << 62)
 
     @property
@@ -772,16 +793,16 @@ class IncrementalDetector:
         d.step(*c)
         if d.accepted:  # emptied after every step
             self._centres += d.accepted
-            self._centre_minor += d.minor
             d.accepted.clear()
-            d.minor.clear()
+            if d.minor_at:
+                self._minor_centres.update(d.minor_at)
+                d.minor_at.clear()
 
     def _refine(self) -> None:
         """The step's accepted beats moved to their R peaks (as :func:`_refine`); a peak closer
         than the refractory period to the previous one is dropped (as :func:`_refined_peaks`)."""
         raw, r0, bh, sh = self.raw, self._raw.start, self.bhalf, self.shalf
         centres, self._centres = self._centres, []
-        minor, self._centre_minor = self._centre_minor, []
         if centres[0] - bh >= r0 and centres[-1] + bh < self.end:  # all inside: one gather
             c = np.array(centres)
             g = raw[(c - r0)[:, None] + self._base_rng]  # [B, 2 bh + 1], the beats' surroundings
@@ -795,11 +816,15 @@ class IncrementalDetector:
                 base = np.partition(raw[b], bh)[bh]  # the median (an odd count)
                 r = np.clip(np.arange(centre - sh, centre + sh + 1), r0, self.end - 1)
                 peaks.append(int(r[np.argmax(np.abs(raw[r - r0] - base))]))
-        for peak, m in zip(peaks, minor):
+        mc = self._minor_centres
+        for i, peak in enumerate(peaks):
             if peak - self.last_peak >= self.refractory:
                 self.peaks.append(peak)
-                self.minor.append(m)
                 self.last_peak = peak
+                if mc and centres[i] in mc:
+                    self.minor_peaks.add(peak)
+        if mc:
+            mc.difference_update(centres)
 
 
 def _window_pairs(v: np.ndarray, idx: np.ndarray, half: int, ends: np.ndarray) -> np.ndarray | None:

@@ -46,7 +46,7 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +131,6 @@ class StreamDetector:
         self.end = 0  # absolute index one past the newest sample
         self._next_t = self.hop  # the next step, on a grid of the signal
         self._accepted: deque[int] = deque()  # found, not yet committed (younger than lookahead)
-        self._minor: deque[bool] = deque()  # their MINOR_AMPLITUDE flags
         self.minor = 0  # minor beats committed so far
         self._hold = 0.0  # last finite sample (replaces NaN / Inf)
         self.filled = 0  # non-finite samples replaced so far
@@ -194,16 +193,17 @@ class StreamDetector:
         core = self._core
         core.process(final=final)
         self._accepted.extend(core.peaks)
-        self._minor.extend(core.minor)
         core.peaks.clear()
-        core.minor.clear()
         until = core.end if final else core.end - self.lookahead
         out: list[int] = []
         accepted = self._accepted
         while accepted and accepted[0] < until:
             out.append(accepted.popleft())
-        minor = [self._minor.popleft() for _ in out]
-        self.minor += sum(minor)
+        flagged = core.minor_peaks
+        minor = [p for p in out if p in flagged] if flagged else []
+        if minor:
+            flagged.difference_update(minor)
+            self.minor += len(minor)
         if on_commit is not None and out:
             on_commit(out, minor)
         return out
@@ -211,9 +211,9 @@ class StreamDetector:
     def push(self, samples, on_commit=None) -> list[int]:
         """Feed a block of samples (mV); return the R peaks committed meanwhile (absolute indices).
 
-        ``on_commit(peaks, minor)`` is called right after each step that committed peaks (with
-        their :data:`~edgeexit.runtime.peaks.MINOR_AMPLITUDE` flags), while :attr:`signal` still
-        holds the samples around them.
+        ``on_commit(peaks, minor)`` is called right after each step that committed peaks (``minor``:
+        those of them that are minor beats, :data:`~edgeexit.runtime.peaks.MINOR_AMPLITUDE`), while
+        :attr:`signal` still holds the samples around them.
         """
         x = self._clean(np.asarray(samples, dtype=np.float64).reshape(-1))
         out: list[int] = []
@@ -251,8 +251,8 @@ class BeatStream:
         window: samples per window; r_offset: samples before the R peak (default 3/8 window).
         rr_context: append the :data:`~edgeexit.runtime.preprocess.RR_FEATURES` channels.
 
-    ``add(peaks, signal, signal_start, minor)`` takes the newly committed peaks (and their
-    :data:`~edgeexit.runtime.peaks.MINOR_AMPLITUDE` flags) with a signal buffer that holds their
+    ``add(peaks, signal, signal_start, minor)`` takes the newly committed peaks (and those of them
+    that are minor, :data:`~edgeexit.runtime.peaks.MINOR_AMPLITUDE`) with a signal buffer that holds their
     windows and returns the beats now complete as ``(r_peak, window)`` pairs, in order; ``finish()``
     returns the last ones (the last full-size beat's ``post_rr`` is its ``pre_rr``, as offline).
     A full-size beat is complete at the next full-size peak (its RR intervals skip the minor beats
@@ -296,14 +296,14 @@ class BeatStream:
         return np.asarray(signal[a:a + self.window], dtype=np.float32)
 
     def add(self, peaks: Iterable[int], signal: np.ndarray, start: int,
-            minor: Iterable[bool] | None = None) -> list[tuple[int, np.ndarray]]:
+            minor: Collection[int] = ()) -> list[tuple[int, np.ndarray]]:
+        """The beats complete once ``peaks`` (``minor``: those of them that are minor) join."""
         done: list[tuple[int, np.ndarray]] = []
-        flags = iter(minor) if minor is not None else None
         pending = self._pending
         for p in peaks:
             p = int(p)
             cut = self._cut_window(p, signal, start)
-            if flags is not None and next(flags) and pending:  # minor: waits with the pending one
+            if minor and p in minor and pending:  # minor: waits with the pending one
                 pending.append((p, cut))
                 continue
             if pending:
