@@ -182,6 +182,11 @@ def main(argv=None) -> int:
     for p in (m, q, t):
         p.add_argument("--out", type=Path, default=None, help="the results table (.json)")
     args = ap.parse_args(argv)
+    if args.what != "mitdb" and not (args.out_dir / "bundle" / "manifest.json").is_file():
+        ap.error(f"{args.out_dir}: no quick start output here (no bundle/manifest.json); "
+                 "give the directory of `edgeexit quickstart --out DIR`")
+    if args.what == "mitdb" and not args.mitdb.is_dir():
+        ap.error(f"--mitdb {args.mitdb}: not a directory of MIT-BIH records")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from edgeexit.results import to_markdown, write_table
 
