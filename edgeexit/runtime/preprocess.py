@@ -197,9 +197,8 @@ def morph_features(signal_windows: np.ndarray, r_offset: int, fs: float,
     tmpl = BeatTemplate(sw.shape[-1], r_offset, fs)
     if not len(sw):
         return np.zeros((0, len(MORPH_FEATURES)), np.float32)
-    if join is None:
-        return np.stack([tmpl.features(w) for w in sw])
-    return np.array([tmpl.values(w, bool(j)) for w, j in zip(sw, join)], np.float32)
+    joins = [True] * len(sw) if join is None else [bool(j) for j in join]
+    return np.array([tmpl.values(w, j) for w, j in zip(sw, joins)], np.float32)
 
 
 def morph_templates(signal_windows: np.ndarray, r_offset: int, fs: float) -> np.ndarray:

@@ -686,9 +686,9 @@ class _StreamRun:
         self.split["detection"] += (self.clock() - now - (self.split["context"] - context)
                                     - (self.aside_s - aside))
 
-    def on_commit(self, peaks: list[int], minor: list[bool]) -> None:
-        """The detector committed ``peaks`` (``minor``: their flags): match them to annotations,
-        cut their windows."""
+    def on_commit(self, peaks: list[int], minor: list[int]) -> None:
+        """The detector committed ``peaks`` (``minor``: those of them that are minor beats): match
+        them to annotations, cut their windows."""
         t = self.clock()
         if self.scorer is not None or self.keep_beats:
             if self.scorer is not None:
