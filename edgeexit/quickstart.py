@@ -9,7 +9,8 @@ per stage), all written under one output directory:
    accuracy, and the batch-1 latency of both as one graph in the target's format, timed
    alternately; everything after uses the compressed model. The fine-tuning is adversarial by
    default (``finetune="ctxadv"``, :mod:`edgeexit.robust.methods.ctxadv`: PGD at 0.15 mV that
-   also moves the R-peak timing by up to 25 ms, the RR context recomputed as the device does),
+   also moves the R-peak timing by up to 25 ms and the long rhythm by up to 15%, the RR context
+   recomputed as the device does),
    so the deployed model is the robust one; ``finetune="standard"`` restores the plain
    cross-entropy (``--prune 0`` with ``standard`` skips the stage);
 3. ``export``: per-exit segments for the target, checked against PyTorch (``OUT/bundle``, and
@@ -59,6 +60,11 @@ FINETUNES = ("ctxadv", "standard")
 ROBUST_EPOCHS = 3  # robust fine-tuning epochs (each costs about ROBUST_STEPS + 1 standard ones)
 ROBUST_STEPS = 3  # PGD steps per batch of the robust fine-tuning (cost: ~4x a standard epoch)
 ROBUST_TIMING_MS = 25.0  # the timing budget of the robust fine-tuning's attack
+# the long-rhythm budget of the robust fine-tuning's attack (ContextAdvConfig.rhythm): the stream
+# timing attack's extra detections lower the mean RR interval the model reads (avg_rr), and the
+# model fine-tuned with it held turned the paced test patient's beats to F. Measured on the
+# quick start (seeds 0, 4, 5; tools/quickstart_variants.py, results/quickstart-rhythm.json)
+ROBUST_RHYTHM = 0.15
 # the robust fine-tuning's PGD budget (mV): above the 0.1 mV the check attacks with. Measured on
 # the quick start's pruned model (fp32 ONNX, 4 synthetic test patients x 300 beats, stream PGD
 # 0.1 mV end to end): 0.1 -> 66.6%, 0.15 -> 75.3%, 0.2 -> 73.8% (clean 86.6 / 83.1 / 82.9%)
@@ -423,7 +429,8 @@ def _compress(checkpoint: Path, spec, out: Path, config: QuickstartConfig, progr
                                                     torch.from_numpy(train_set.x[:2]))
     epochs = finetune_epochs(config)
     fconf = FinetuneConfig(config.finetune, epochs=epochs, seed=config.seed, threads=config.threads,
-                           eps=ROBUST_EPS, attack_steps=ROBUST_STEPS, timing_ms=ROBUST_TIMING_MS)
+                           eps=ROBUST_EPS, attack_steps=ROBUST_STEPS, timing_ms=ROBUST_TIMING_MS,
+                           rhythm=ROBUST_RHYTHM)
     ft = finetune(ck.model, train_set, fconf, meta=ck.meta, test=test_set, out_dir=out,
                   data_spec=spec, progress=progress,
                   extra_meta={"compression": {
@@ -444,7 +451,8 @@ def _compress(checkpoint: Path, spec, out: Path, config: QuickstartConfig, progr
         "checkpoint": str(ft.checkpoint), "prune": config.prune, "finetune": config.finetune,
         "finetune_epochs": epochs,
         "finetune_attack": None if config.finetune == "standard" else {
-            "eps_mV": ROBUST_EPS, "timing_ms": ROBUST_TIMING_MS, "steps": ROBUST_STEPS},
+            "eps_mV": ROBUST_EPS, "timing_ms": ROBUST_TIMING_MS, "steps": ROBUST_STEPS,
+            "rhythm": ROBUST_RHYTHM},
         "params": params if pruned is None else [pruned.params_before, pruned.params_after],
         "macs": [ft.metrics["exits"][-1]["cumulative_macs"]] * 2 if pruned is None
         else [pruned.macs_before[-1], pruned.macs_after[-1]],
@@ -601,8 +609,9 @@ def _finetune_kind(cs: dict) -> str:
     a = cs.get("finetune_attack")
     if not a:
         return "standard"
-    return (f"robust: ctxadv, PGD {a['eps_mV']:g} mV and R-peak timing +-{a['timing_ms']:g} ms, "
-            f"{a['steps']} steps")
+    rhythm = f", long rhythm +-{100 * a['rhythm']:g}%" if a.get("rhythm") else ""
+    return (f"robust: ctxadv, PGD {a['eps_mV']:g} mV and R-peak timing +-{a['timing_ms']:g} ms"
+            f"{rhythm}, {a['steps']} steps")
 
 
 def _md_export(e: dict) -> list[str]:

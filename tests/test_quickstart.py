@@ -41,6 +41,9 @@ def test_quickstart_end_to_end(tmp_path):
     meta = load_checkpoint(out / "compressed" / "model.pt").meta
     assert meta["train_config"]["method"] == "ctxadv"
     assert meta["train_config"]["method_config"]["timing_ms"] == cs["finetune_attack"]["timing_ms"]
+    # ... and the long rhythm (the stream's extra detections lower avg_rr), in the summary too
+    assert meta["train_config"]["method_config"]["rhythm"] == cs["finetune_attack"]["rhythm"] > 0
+    assert "long rhythm +-" in (out / "summary.md").read_text()
     assert cs["latency_us"][1] > 0 and cs["latency_ratio"] == pytest.approx(
         cs["latency_us"][1] / cs["latency_us"][0])
     prov = json.loads((out / "bundle" / "manifest.json").read_text())["provenance"]

@@ -153,8 +153,8 @@ def _evaluate_stream(target, records, checkpoint, out_dir, eps, attacks, steps, 
 
 _COMPRESS_GROUPS = (
     ("Pruning", ("ratio", "stage_ratios", "scope", "importance", "prune_steps", "step_epochs")),
-    ("Fine-tuning", ("kind", "epochs", "lr", "eps", "attack_steps", "timing_ms", "eta", "vae",
-                     "vae_epochs", "source", "train_limit")),
+    ("Fine-tuning", ("kind", "epochs", "lr", "eps", "attack_steps", "timing_ms", "rhythm", "eta",
+                     "vae", "vae_epochs", "source", "train_limit")),
     ("Report", ("out_dir", "eval_eps", "eval_limit", "formats", "no_onmanifold_eval", "as_json")),
     ("Run", ("threads", "device", "amp", "seed", "progress")),
 )
@@ -191,6 +191,9 @@ _COMPRESS_GROUPS = (
 @click.option("--attack-steps", default=5, show_default=True, help="PGD steps per training batch.")
 @click.option("--timing-ms", default=25.0, show_default=True,
               help="ctxadv: largest move of one R-peak detection by the training attack, ms.")
+@click.option("--rhythm", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="ctxadv: how far the training attack may move the long rhythm (mean of the "
+                   "last 256 RR intervals), as a fraction: extra or missed detections; 0: held.")
 @click.option("--eta", default=None, type=float,
               help="onmanifold: latent budget (default: the method's).")
 @click.option("--vae", default=None, type=click.Path(exists=True, dir_okay=False),
@@ -218,7 +221,7 @@ _COMPRESS_GROUPS = (
               help="Stage lines and progress bars on stderr.")
 @json_option
 def compress(checkpoint, out_dir, ratio, stage_ratios, scope, importance, prune_steps, step_epochs,
-             kind, epochs, lr, eps, attack_steps, timing_ms, eta, vae, source, train_limit,
+             kind, epochs, lr, eps, attack_steps, timing_ms, rhythm, eta, vae, source, train_limit,
              eval_eps, eval_limit, vae_epochs, formats, no_onmanifold_eval, threads, seed, device,
              amp, progress, as_json):
     """Prune a checkpoint (channels really removed), fine-tune it, and report before vs after.
@@ -237,8 +240,8 @@ def compress(checkpoint, out_dir, ratio, stage_ratios, scope, importance, prune_
         prune=PruneConfig(ratio=ratio, scope=scope, importance=importance, steps=prune_steps,
                           stage_ratios=floats(stage_ratios) if stage_ratios else None),
         finetune=FinetuneConfig(kind, epochs=epochs, lr=lr, eps=eps, attack_steps=attack_steps,
-                                timing_ms=timing_ms, eta=eta, seed=seed, threads=threads,
-                                device=device, amp=amp),
+                                timing_ms=timing_ms, rhythm=rhythm, eta=eta, seed=seed,
+                                threads=threads, device=device, amp=amp),
         step_epochs=step_epochs, train_limit=train_limit or None, eval_eps=floats(eval_eps),
         eval_limit=eval_limit or None, onmanifold=not no_onmanifold_eval, seed=seed,
         threads=threads, vae_epochs=vae_epochs, formats=names(formats))

@@ -32,7 +32,7 @@ _METHOD_OPTIONS = {
     "ima_bisection_steps": ("bisection_steps", "ima"), "ima_criterion": ("criterion", "ima"),
     "vae": ("vae", "onmanifold"), "eta": ("eta", "onmanifold"),
     "latent_steps": ("latent_steps", "onmanifold"),
-    "timing_ms": ("timing_ms", "ctxadv"),
+    "timing_ms": ("timing_ms", "ctxadv"), "rhythm": ("rhythm", "ctxadv"),
 }
 
 _GROUPS = (
@@ -174,6 +174,10 @@ def _recipe(config_file: str | None, ctx: click.Context, options: dict):
 @click.option("--timing-ms", type=float, default=None,
               help="ctxadv: largest move of one R-peak detection by the training attack, ms "
                    "[default 25].")
+@click.option("--rhythm", type=float, default=None,
+              help="ctxadv: how far the training attack may move the long rhythm (the mean of "
+                   "the last 256 RR intervals), as a fraction: extra or missed detections on "
+                   "the device [default 0: held].")
 @click.option("--attack-morph", type=click.Choice(["follows", "held"]), default="follows",
               show_default=True,
               help="rdi, neokd, ima, onmanifold on data with --morph-context: the training "

@@ -52,6 +52,8 @@ class FinetuneConfig:
             channels.
         attack_steps: PGD steps per batch.
         timing_ms: ``ctxadv``: the largest move of one R-peak detection, ms.
+        rhythm: ``ctxadv``: how far the attack may move the long rhythm (``avg_rr``), as a
+            fraction (:class:`~edgeexit.robust.methods.ctxadv.ContextAdvConfig`); 0: held.
         eta: ``onmanifold``: the latent budget (Linf on z); None = the method's default.
         latent_steps: ``onmanifold``: latent PGD steps; None = the method's default.
         seed: seeds the shuffling and the attacks' random starts.
@@ -67,6 +69,7 @@ class FinetuneConfig:
     eps: float = 0.1
     attack_steps: int = 5
     timing_ms: float = 25.0
+    rhythm: float = 0.0
     eta: float | None = None
     latent_steps: int | None = None
     seed: int = 0
@@ -103,6 +106,8 @@ def method_options(config: FinetuneConfig, vae: str | os.PathLike | None) -> dic
     options = {"eps": float(config.eps), "steps": int(config.attack_steps)}
     if config.kind == "ctxadv":
         options["timing_ms"] = float(config.timing_ms)
+        if config.rhythm:
+            options["rhythm"] = float(config.rhythm)
     if config.kind == "onmanifold":
         if vae is None:
             raise ConfigError("on-manifold fine-tuning needs a VAE file (train one, or --vae FILE)")

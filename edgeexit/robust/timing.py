@@ -10,15 +10,22 @@ the RR context as well as the waveform. :class:`TimingContext` models that per b
 - the beat's RR channels are recomputed from the moved detections with the device's formulas:
   ``pre_rr += d_cur - d_prev``, ``post_rr += d_next - d_cur`` (at least one sample each), and the
   ratios ``pre_rr / local_rr``, ``post_rr / local_rr``, ``pre_rr / avg_rr`` from them. The local
-  median (16 intervals) and the long mean (256) are held: moving three detections changes the
-  median by at most ``2 * budget`` and the mean by ``2 * budget / 256`` (the test checks the
-  recomputation against ``rr_features`` on moved peaks within those bounds);
+  median (16 intervals) is held: moving three detections changes it by at most ``2 * budget``
+  (the test checks the recomputation against ``rr_features`` on moved peaks within those bounds);
+- the long mean (256 intervals) is held too, unless ``rhythm`` > 0: then it is scaled by a factor
+  within ``[1 / (1 + rhythm), 1 + rhythm]`` (and ``pre_rr / avg_rr`` with it). Moving detections
+  barely moves a mean of 256 intervals, but *adding* detections does: every extra detection that
+  passes for a full-size beat adds one interval to the same span, so ``k`` bursts among ``n``
+  beats lower it by ``n / (n + k)``, for the rest of the record (issue 27: the quick start's paced
+  test patient, 3 unflagged bursts in its first 43 beats took ``avg_rr`` 7% down and its paced
+  beats from Q to F);
 - the window is cut again around the moved detection: the signal channels move by
   ``round(d_cur * fs)`` samples (the samples that leave one end come back at the other, as in
   :func:`edgeexit.training.augment.augment_signal`).
 
 The attacks see the shifts as three trailing input channels (constant over the window: value
-``v`` in ``[-eps, eps]`` is a shift of ``v / eps * budget``), so one Linf PGD
+``v`` in ``[-eps, eps]`` is a shift of ``v / eps * budget``; with ``rhythm`` a fourth, ``v``
+scaling the long mean by ``(1 + rhythm) ** (v / eps)``), so one Linf PGD
 (:class:`ContextPGD`) searches the waveform and the timing together, and the model an attack
 differentiates (:meth:`TimingContext.wrap`) recomputes the context from both. The gradient reaches
 the shifts through the RR channels (the re-cut is a whole number of samples and has none).
@@ -29,6 +36,8 @@ Example:
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -42,7 +51,7 @@ from edgeexit.runtime.preprocess import RR_FEATURES
 
 SHIFTS = 3
 """Trailing timing channels of an attack's input: the moves of the previous, this and the next
-detection."""
+detection (then the long-rhythm channel, where :attr:`TimingContext.rhythm` > 0)."""
 
 _NEEDED = ("pre_rr", "post_rr", "local_rr", "pre_rr_ratio", "post_rr_ratio", "avg_rr")
 
@@ -59,13 +68,15 @@ class TimingContext:
         eps: the attack's budget the timing channels are scaled to (a channel value ``eps`` is
             a move of ``budget_ms``).
         signal_channels: leading channels that are signal (re-cut with the detection).
+        rhythm: how far the long mean ``avg_rr`` may move, as a fraction (extra or missed
+            detections; module docstring); 0: held, and no fourth channel.
 
     Raises:
-        ConfigError: the data has no RR channels, or a budget is not > 0.
+        ConfigError: the data has no RR channels, or a budget is not > 0 (``rhythm`` >= 0).
     """
 
     def __init__(self, channels, fs: float, budget_ms: float, eps: float,
-                 signal_channels: int = 1) -> None:
+                 signal_channels: int = 1, rhythm: float = 0.0) -> None:
         names = list(channels)
         if not set(_NEEDED) <= set(names):
             raise ConfigError("a timing attack moves the RR context, and the data has no RR "
@@ -73,24 +84,39 @@ class TimingContext:
         if not (budget_ms > 0 and eps > 0):
             raise ConfigError(f"the timing budget (ms) and eps must be > 0, got {budget_ms!r}, "
                               f"{eps!r}")
+        if not (isinstance(rhythm, (int, float)) and 0 <= rhythm < float("inf")):
+            raise ConfigError(f"the long-rhythm budget must be a fraction >= 0, got {rhythm!r}")
         self.rr = {n: names.index(n) for n in RR_FEATURES if n in names}
         self.fs = float(fs)
         self.budget_s = float(budget_ms) / 1000.0
         self.eps = float(eps)
         self.signal_channels = int(signal_channels)
+        self.rhythm = float(rhythm)
+        self.channels = SHIFTS + (self.rhythm > 0)  # an attack input's trailing channels
 
     @classmethod
-    def of(cls, data: BeatDataset, budget_ms: float, eps: float) -> TimingContext:
-        return cls(data.channels or (), data.fs, budget_ms, eps, data.signal_channels)
+    def of(cls, data: BeatDataset, budget_ms: float, eps: float,
+           rhythm: float = 0.0) -> TimingContext:
+        return cls(data.channels or (), data.fs, budget_ms, eps, data.signal_channels, rhythm)
 
     def shifts(self, xa: torch.Tensor) -> torch.Tensor:
         """The detection moves in seconds ``[N, 3]`` read from an attack input's trailing
         channels (clamped to the budget)."""
-        v = xa[:, -SHIFTS:, 0].clamp(-self.eps, self.eps)
+        v = xa[:, -self.channels:, 0][:, :SHIFTS].clamp(-self.eps, self.eps)
         return v * (self.budget_s / self.eps)
 
-    def recompute_rr(self, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        """``x [N, C, L]`` with the RR channels of detections moved by ``d [N, 3]`` seconds."""
+    def rhythm_factor(self, xa: torch.Tensor) -> torch.Tensor | None:
+        """What the long mean ``avg_rr`` is multiplied by, ``[N]``, from an attack input's last
+        channel (within ``[1 / (1 + rhythm), 1 + rhythm]``); None when ``rhythm`` is 0."""
+        if self.rhythm <= 0:
+            return None
+        v = xa[:, -1, 0].clamp(-self.eps, self.eps)
+        return torch.exp(v * (math.log1p(self.rhythm) / self.eps))
+
+    def recompute_rr(self, x: torch.Tensor, d: torch.Tensor,
+                     k: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [N, C, L]`` with the RR channels of detections moved by ``d [N, 3]`` seconds (and
+        the long mean multiplied by ``k [N]``, where given)."""
         r = self.rr
         one = 1.0 / self.fs
         pre = (x[:, r["pre_rr"], 0] + d[:, 1] - d[:, 0]).clamp_min(one)
@@ -98,6 +124,9 @@ class TimingContext:
         local, avg = x[:, r["local_rr"], 0], x[:, r["avg_rr"], 0]
         new = {"pre_rr": pre, "post_rr": post, "pre_rr_ratio": pre / local,
                "post_rr_ratio": post / local}
+        if k is not None:
+            avg = avg * k
+            new["avg_rr"] = avg
         if "pre_rr_avg_ratio" in r:
             new["pre_rr_avg_ratio"] = pre / avg
         out = x.clone()
@@ -117,15 +146,15 @@ class TimingContext:
         return torch.cat([sig, x[:, s:]], dim=1)
 
     def apply(self, xa: torch.Tensor) -> torch.Tensor:
-        """An attack input ``[N, C', L]`` (timing channels last) -> ``[N, C' - 3, L]``: the
-        detections moved, the RR channels recomputed, the signal re-cut."""
+        """An attack input ``[N, C', L]`` (timing channels last) -> ``[N, C' -`` :attr:`channels`
+        ``, L]``: the detections moved, the RR channels recomputed, the signal re-cut."""
         d = self.shifts(xa)
-        x = xa[:, :-SHIFTS]
-        return self.recut(self.recompute_rr(x, d), d[:, 1])
+        x = xa[:, :-self.channels]
+        return self.recut(self.recompute_rr(x, d, self.rhythm_factor(xa)), d[:, 1])
 
     def with_timing(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` with three zero timing channels appended (no move)."""
-        return torch.cat([x, x.new_zeros(x.shape[0], SHIFTS, x.shape[-1])], dim=1)
+        """``x`` with :attr:`channels` zero timing channels appended (no move)."""
+        return torch.cat([x, x.new_zeros(x.shape[0], self.channels, x.shape[-1])], dim=1)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` as a timing attack sees it: it takes inputs with the timing channels (the
@@ -139,24 +168,26 @@ class ContextPGD(PGD):
 
     name = "context_pgd"
 
-    def __init__(self, model, eps, *, budget_ms: float, **kwargs) -> None:
+    def __init__(self, model, eps, *, budget_ms: float, rhythm: float = 0.0, **kwargs) -> None:
         if kwargs.get("norm", "linf") != "linf":
             raise ConfigError("the context attack is Linf (a timing budget per detection)")
         super().__init__(model, eps, **kwargs)
         self.budget_ms = float(budget_ms)
+        self.rhythm = float(rhythm)
 
     def mask(self, like: torch.Tensor) -> torch.Tensor:
         m = super().mask(like)
-        m[:, -SHIFTS:] = 1.0
+        m[:, -(SHIFTS + (self.rhythm > 0)):] = 1.0
         return m
 
     def describe(self) -> dict:
-        return {**super().describe(), "timing_ms": self.budget_ms}
+        extra = {"rhythm": self.rhythm} if self.rhythm > 0 else {}
+        return {**super().describe(), "timing_ms": self.budget_ms, **extra}
 
 
 def context_attack(model: nn.Module, data: BeatDataset, *, eps: float, budget_ms: float,
                    steps: int = 10, objective="mean", seed: int = 0, batch: int = 256,
-                   templates: np.ndarray | None = None) -> np.ndarray:
+                   templates: np.ndarray | None = None, rhythm: float = 0.0) -> np.ndarray:
     """Windows of ``data`` attacked on the waveform (``eps`` mV) and on the timing of their
     detections (``budget_ms``), with the context recomputed as the device would: the RR channels
     from the moved detections, the morphology channels (when the data has them) from the
@@ -166,15 +197,16 @@ def context_attack(model: nn.Module, data: BeatDataset, *, eps: float, budget_ms
         model: the multi-exit model (eval mode is used while crafting).
         data: the windows (with RR channels).
         templates: every window's morphology template ``[N, L]``; None: rebuilt from ``data``.
+        rhythm: the long-rhythm budget (:class:`TimingContext`); 0: the long mean held.
     """
-    timing = TimingContext.of(data, budget_ms, eps)
+    timing = TimingContext.of(data, budget_ms, eps, rhythm)
     morph = MorphContext.of(data)
     inner = model if morph is None else morph.wrap(model)
     x = torch.from_numpy(np.asarray(data.x, np.float32))
     if morph is not None:
         t = templates if templates is not None else record_templates(data, morph.r_offset)
         x = morph.with_template(x, torch.from_numpy(np.asarray(t, np.float32)))
-    attack = ContextPGD(timing.wrap(inner), eps, budget_ms=budget_ms, steps=steps,
+    attack = ContextPGD(timing.wrap(inner), eps, budget_ms=budget_ms, rhythm=rhythm, steps=steps,
                         objective=objective, seed=seed,
                         signal_channels=data.signal_channels)
     y = torch.from_numpy(np.asarray(data.y))

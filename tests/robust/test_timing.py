@@ -79,6 +79,36 @@ def test_timing_channels_scale_to_the_budget_and_recut_the_window(data):
     np.testing.assert_allclose(out[:, pre].numpy(), data.x[:4, pre] + 0.025, rtol=1e-5)
 
 
+def test_the_long_rhythm_channel_scales_the_long_mean_as_extra_detections_do(data):
+    # the device: k detections added among beat n's first n + 1 lower its long mean (the same
+    # span of time over more intervals) by (n + 1) / (n + 1 + k)
+    rng = np.random.default_rng(1)
+    peaks = np.cumsum(rng.integers(250, 330, size=61)).astype(np.int64)
+    n, k = 60, 6
+    extra = (peaks[11:11 + k] + peaks[10:10 + k]) // 2  # mid-diastole in k intervals
+    moved = np.sort(np.concatenate([peaks, extra]))
+    clean_avg = rr_features(peaks, FS)[n][5]
+    got = rr_features(moved, FS)[n + k][5]
+    np.testing.assert_allclose(got, clean_avg * (n + 1) / (n + 1 + k), rtol=1e-5)
+    # ... which a 15% budget covers: the fourth channel at -eps is a factor 1 / 1.15
+    timing = TimingContext.of(data, budget_ms=25.0, eps=0.1, rhythm=0.15)
+    assert clean_avg / got <= 1.15 and timing.channels == SHIFTS + 1
+    x = torch.from_numpy(data.x[:4])
+    xa = timing.with_timing(x)
+    assert xa.shape[1] == x.shape[1] + SHIFTS + 1
+    np.testing.assert_allclose(timing.apply(xa).numpy(), x.numpy(), rtol=1e-6)  # no move
+    xa[:, -1] = -0.5  # beyond eps: clamped to the budget
+    out = timing.apply(xa).numpy()
+    r = rr_index(data.channels)
+    avg = data.x[:4, r["avg_rr"]]
+    np.testing.assert_allclose(out[:, r["avg_rr"]], avg / 1.15, rtol=1e-5)
+    np.testing.assert_allclose(out[:, r["pre_rr_avg_ratio"]],
+                               data.x[:4, r["pre_rr"]] / (avg / 1.15), rtol=1e-5)
+    rest = [i for i in range(x.shape[1]) if i not in (r["avg_rr"], r["pre_rr_avg_ratio"])]
+    np.testing.assert_allclose(out[:, rest], data.x[:4, rest], rtol=1e-6)  # ratios recomputed
+    assert TimingContext.of(data, budget_ms=25.0, eps=0.1).channels == SHIFTS  # 0: held
+
+
 def test_context_attack_stays_in_its_budgets_and_moves_the_context(data, model):
     eps, ms = 0.1, 25.0
     sub = data.subset(np.arange(40, 56))
@@ -122,9 +152,33 @@ def test_ctxadv_training_step_perturbs_the_context_within_its_budget(data, model
     assert np.abs(adv[:, m] - data.x[sub][:, m]).max() > 1e-4
 
 
+def test_ctxadv_with_a_rhythm_budget_moves_the_long_mean_within_it(data, model):
+    config = make_method_config("ctxadv", {"eps": 0.05, "steps": 1, "timing_ms": 20.0,
+                                           "rhythm": 0.2})
+    method = create_method("ctxadv", config)
+    method.setup(TrainContext(model=model, exit_weights=torch.ones(model.num_exits),
+                              class_weights=None, num_samples=len(data),
+                              signal_channels=data.signal_channels, morph=None,
+                              channels=tuple(data.channels), fs=data.fs))
+    sub = slice(40, 72)
+    torch.manual_seed(0)
+    adv = method.attack(torch.from_numpy(data.x[sub]), torch.from_numpy(data.y[sub])).numpy()
+    r = rr_index(data.channels)
+    log_k = np.log(adv[:, r["avg_rr"], 0] / data.x[sub][:, r["avg_rr"], 0])
+    assert np.abs(log_k).max() <= np.log1p(0.2) + 1e-5 and np.abs(log_k).max() > 1e-3
+    np.testing.assert_allclose(adv[:, r["pre_rr_avg_ratio"], 0],
+                               adv[:, r["pre_rr"], 0] / adv[:, r["avg_rr"], 0], rtol=1e-5)
+
+
 def test_ctxadv_refuses_bad_settings():
     with pytest.raises(ConfigError, match="timing_ms"):
         make_method_config("ctxadv", {"timing_ms": 0})
+    with pytest.raises(ConfigError, match="rhythm"):
+        make_method_config("ctxadv", {"rhythm": -0.1})
+    with pytest.raises(ConfigError, match="long-rhythm"):
+        TimingContext(("ecg", *rr_index(("pre_rr", "post_rr", "local_rr", "pre_rr_ratio",
+                                        "post_rr_ratio", "avg_rr", "pre_rr_avg_ratio"))),
+                      FS, 25.0, 0.1, rhythm=-1)
     with pytest.raises(ConfigError, match="linf"):
         make_method_config("ctxadv", {"norm": "l2", "eps": 1.0})
     with pytest.raises(ConfigError, match="RR"):

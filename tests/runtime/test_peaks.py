@@ -17,7 +17,9 @@ from conftest import MITDB, REPO
 from edgeexit.data.mitbih import AAMI_MAP
 from edgeexit.runtime.peaks import (
     MIN_SECONDS,
+    MINOR_AMPLITUDE,
     Levels,
+    _Thresholds,
     detect_r_peaks,
     detect_r_peaks_with_levels,
     windows_from_signal,
@@ -258,3 +260,19 @@ def test_mitdb_first_five_minutes(record):
     assert se >= 0.99 and ppv >= 0.99, f"{record}: Se {se:.4f}, +P {ppv:.4f}"
     median_ms = float(np.median(np.abs(off))) / fs * 1000.0
     assert median_ms <= 8.5, f"{record}: median |offset| {median_ms:.1f} ms"  # measured <= 2.8
+
+
+def test_bursts_that_passed_for_beats_do_not_become_the_minor_reference():
+    # the amplitude rule alone, fed accepted detections: a burst after every beat from the first
+    # on; while the beats are small (0.6 mV) the bursts (0.4) pass for full-size beats, so half
+    # the last 8 are bursts: their lower median would stay a burst's once the beats grow (1.25 mV,
+    # issue 27: a patient's small sinus beats, then paced ones), the upper median does not
+    decide = _Thresholds(360.0, 72, Levels(1.0, 0.1, ()))
+    beats = [0.6] * 6 + [1.25] * 20
+    for i, a in enumerate(beats):
+        decide._accept((400 * i, 1.0, 1.0, a), searched_back=False)
+        decide._accept((400 * i + 200, 0.5, 1.0, 0.4), searched_back=False)
+    minor = set(decide.minor_at)
+    bursts = [400 * i + 200 for i in range(len(beats))]
+    assert 0.4 >= MINOR_AMPLITUDE * 0.6 and not minor & set(bursts[:6])  # passed, full-size
+    assert set(bursts[10:]) <= minor and not minor & {400 * i for i in range(len(beats))}
