@@ -335,3 +335,31 @@ def test_stream_robustness_table_rows_and_seed_means():
     assert len(means) == 4
     assert means[("clean", None)][col["accuracy"]] == pytest.approx(0.85)
     assert means[("clean", None)][col["window_accuracy"]] == pytest.approx(0.9)  # seeds present only
+
+
+def test_quickstart_variants_tabulates_finished_variants_and_refuses_missing_runs(tmp_path):
+    import json
+
+    qv = _tool("quickstart_variants")
+    runs = tmp_path / "runs"
+    (runs / "qs-s0").mkdir(parents=True)
+    (runs / "qs-s0" / "model.pt").write_bytes(b"")  # only its presence is checked
+    for rhythm, timing in ((0.0, 0.5), (0.15, 0.75)):
+        work = runs / "variants" / f"s0-rhythm{rhythm:g}"
+        work.mkdir(parents=True)
+        rows = [{"input": f"stream: {name}", "accuracy": acc} for name, acc in (
+            ("clean", 0.9), ("muscle noise 6 dB", 0.6), ("timing attack 0.1 mV end to end", timing),
+            ("PGD 0.1 mV end to end", 0.7))] + [{"input": "windows: clean", "accuracy": 0.95}]
+        (work / "variant.json").write_text(json.dumps({
+            "accuracy": 0.95, "rows": rows, "seconds": 1.0,
+            "test_sensitivity": {"N": 1.0, "S": 0.9, "V": 0.9, "F": 0.8, "Q": 0.7},
+            "timing_sensitivity": {"N": 0.9, "S": 0.5, "V": 0.8, "F": 0.3}}))
+    out = tmp_path / "t.json"
+    assert qv.main([str(runs), "--seeds", "0", "--rhythm", "0,0.15", "--out", str(out)]) == 0
+    table = json.loads(out.read_text())
+    got = {(r[0], r[1]): r for r in table["rows"]}
+    col = table["columns"].index("stream timing 0.1 mV")
+    assert got[(0, 0.15)][col] == 75.0 and got[("mean", 0.0)][col] == 50.0
+    assert got[(0, 0.0)][table["columns"].index("timing: stream Se % (N S V F Q)")] == "90 50 80 30 -"
+    with pytest.raises(SystemExit, match="seeds \\[4\\]"):
+        qv.main([str(runs), "--seeds", "0,4", "--out", str(out)])
