@@ -72,7 +72,7 @@ def stream_report(bundle: Path, mitdb: Path, out: Path, s: dict, threads: int) -
     from edgeexit.robust.stream.evaluate import StreamEvalConfig, evaluate_stream
 
     if not (out / "report.json").is_file():
-        cfg = StreamEvalConfig(eps=EPS, attacks=s["attacks"], noise=("ma",), snr_db=SNR,
+        cfg = StreamEvalConfig(eps=s["eps"], attacks=s["attacks"], noise=("ma",), snr_db=SNR,
                                minutes=s["minutes"], steps=s["steps"], rounds=s["rounds"],
                                square_queries=s["queries"], threads=threads)
         evaluate_stream(bundle, str(mitdb), config=cfg, out_dir=out,
@@ -84,7 +84,7 @@ def window_report(bundle: Path, out: Path, s: dict, threads: int) -> dict:
     from edgeexit.robust.evaluate import EvalConfig, evaluate
 
     if not (out / "report.json").is_file():
-        cfg = EvalConfig(eps=EPS, attacks=("policy",), sanity_eps=None, noise=("ma",), snr_db=SNR,
+        cfg = EvalConfig(eps=s["eps"], attacks=("policy",), sanity_eps=None, noise=("ma",), snr_db=SNR,
                          limit=s["limit"], steps=2 * s["steps"], threads=threads)
         evaluate(bundle, config=cfg, out_dir=out,
                  progress=lambda what, d, n: log.info("window %s: %s (%d/%d)", bundle, what, d, n))
@@ -142,12 +142,20 @@ def main(argv=None) -> int:
     ap.add_argument("--no-window", action="store_true", help="skip the window-level evaluation")
     ap.add_argument("--table-only", action="store_true", help="only (re)write the table")
     ap.add_argument("--minutes", type=float, default=None, help="override the minutes per record")
+    ap.add_argument("--eps", default=",".join(f"{e:g}" for e in EPS),
+                    help="attack budgets in mV, comma-separated (a subset: a shorter run)")
+    ap.add_argument("--attacks", default=None,
+                    help="stream attacks, comma-separated (default: the mode's; e.g. pgd,timing "
+                         "for a shorter full run)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     s = settings(args.quick)
     if args.minutes:
         s["minutes"] = args.minutes
+    s["eps"] = tuple(float(e) for e in args.eps.split(",") if e.strip())
+    if args.attacks:
+        s["attacks"] = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
     rows = []
     for d in [Path(m) for m in args.models.split(",") if m]:
         if not (d / "model.pt").is_file():
@@ -186,7 +194,7 @@ def main(argv=None) -> int:
                f"{s['limit']} class-stratified windows). same_beats_*: on the beats the PGD "
                "attacked, the window attack with the context held vs the end-to-end attack. "
                "Budgets: Linf mV on the raw samples."),
-        extra={"settings": s, "eps": EPS, "snr_db": SNR})
+        extra={"settings": s, "eps": s["eps"], "snr_db": SNR})
     print(to_markdown(read_table(path)))
     return 0
 
