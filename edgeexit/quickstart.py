@@ -63,7 +63,7 @@ ROBUST_TIMING_MS = 25.0  # the timing budget of the robust fine-tuning's attack
 # the long-rhythm budget of the robust fine-tuning's attack (ContextAdvConfig.rhythm): the stream
 # timing attack's extra detections lower the mean RR interval the model reads (avg_rr), and the
 # model fine-tuned with it held turned the paced test patient's beats to F. Measured on the
-# quick start (seeds 0, 4, 5; tools/quickstart_variants.py, results/quickstart-rhythm.json)
+# quick start (seeds 0, 1, 2, 4, 5; tools/quickstart_variants.py, results/quickstart-rhythm.json)
 ROBUST_RHYTHM = 0.15
 # the robust fine-tuning's PGD budget (mV): above the 0.1 mV the check attacks with. Measured on
 # the quick start's pruned model (fp32 ONNX, 4 synthetic test patients x 300 beats, stream PGD

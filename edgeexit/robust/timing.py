@@ -53,6 +53,12 @@ SHIFTS = 3
 """Trailing timing channels of an attack's input: the moves of the previous, this and the next
 detection (then the long-rhythm channel, where :attr:`TimingContext.rhythm` > 0)."""
 
+def timing_channels(rhythm: float) -> int:
+    """Trailing channels of an attack's input: :data:`SHIFTS`, and the long rhythm's where the
+    budget ``rhythm`` is > 0."""
+    return SHIFTS + (rhythm > 0)
+
+
 _NEEDED = ("pre_rr", "post_rr", "local_rr", "pre_rr_ratio", "post_rr_ratio", "avg_rr")
 
 
@@ -92,7 +98,7 @@ class TimingContext:
         self.eps = float(eps)
         self.signal_channels = int(signal_channels)
         self.rhythm = float(rhythm)
-        self.channels = SHIFTS + (self.rhythm > 0)  # an attack input's trailing channels
+        self.channels = timing_channels(self.rhythm)
 
     @classmethod
     def of(cls, data: BeatDataset, budget_ms: float, eps: float,
@@ -177,7 +183,7 @@ class ContextPGD(PGD):
 
     def mask(self, like: torch.Tensor) -> torch.Tensor:
         m = super().mask(like)
-        m[:, -(SHIFTS + (self.rhythm > 0)):] = 1.0
+        m[:, -timing_channels(self.rhythm):] = 1.0
         return m
 
     def describe(self) -> dict:
