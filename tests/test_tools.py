@@ -363,3 +363,17 @@ def test_quickstart_variants_tabulates_finished_variants_and_refuses_missing_run
     assert got[(0, 0.0)][table["columns"].index("timing: stream Se % (N S V F Q)")] == "90 50 80 30 -"
     with pytest.raises(SystemExit, match="seeds \\[4\\]"):
         qv.main([str(runs), "--seeds", "0,4", "--out", str(out)])
+
+
+def test_exit_stat_study_graph_statistic_decides_like_the_engine(bundle_dir, tiny_checkpoint):
+    # structure and answers only: which variant is faster is the tool's side-by-side run
+    tool = _tool("exit_stat_study")
+    r = tool.measure(str(bundle_dir), str(tiny_checkpoint), "golden", 16, 1, ("full",))
+    (run,) = r["runs"]
+    v = run["variants"]
+    assert set(v) == {"predict", "lean", "full"}
+    assert v["full"]["answers_differ"] == 0  # the in-graph max softmax stops where stop() does
+    assert v["full"]["native_us"] > 0 and v["full"]["engine_own_us_per_segment"] is not None
+    assert v["predict"]["over_floor"] == pytest.approx(
+        v["predict"]["window_us"] / v["predict"]["native_us"], rel=1e-3)
+    assert len(tool.rows_of(r)) == 3
