@@ -89,6 +89,12 @@ class TrainConfig:
             ``max_class_weight`` relative to the most frequent class.
         max_class_weight: cap on any class weight (rare classes would otherwise dominate).
         exit_weights: loss weight of every exit; None = SDN-style ``(k+1)/K`` ramp.
+        keep_sensitivity: class names; after fine-tuning a given model, every exit's logits are
+            offset per class (the head's last bias, :mod:`edgeexit.training.offsets`) so that
+            these classes' validation sensitivity is at least the reference model's at the same
+            exit (the model as given, before training, or :func:`train`'s ``reference``).
+            Adversarial fine-tuning gives up rare classes (MIT-BIH S beats); this gives them
+            back. Empty: off.
         patience: stop after this many epochs without a better validation score (0 = never).
         schedule_epochs: the epochs the learning-rate schedule is laid out over (None =
             ``epochs``); ``train --cv`` sets it to the cross-validated length, so that a model
@@ -148,6 +154,7 @@ class TrainConfig:
     class_weighting: str = "sqrt"
     max_class_weight: float = 3.0
     exit_weights: tuple[float, ...] | None = None
+    keep_sensitivity: tuple[str, ...] = ()
     patience: int = 4
     select: str = "best"
     schedule_epochs: int | None = None
@@ -211,6 +218,10 @@ class TrainConfig:
             raise ConfigError(f"unknown amp {self.amp!r}; choose {' or '.join(AMP_MODES)}")
         if self.loader_workers < 0:
             raise ConfigError(f"loader_workers is a number of processes, got {self.loader_workers}")
+        keep = self.keep_sensitivity
+        if isinstance(keep, str) or not all(isinstance(c, str) and c for c in keep):
+            raise ConfigError(f"keep_sensitivity takes class names (e.g. ['S', 'V']), got {keep!r}")
+        object.__setattr__(self, "keep_sensitivity", tuple(keep))
         self.validation_split()  # raises on an unknown val_split or a val_fraction outside (0, 1)
 
     def validation_split(self) -> ValidationSplit:
@@ -221,6 +232,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["exit_weights"] = None if self.exit_weights is None else list(self.exit_weights)
+        d["keep_sensitivity"] = list(self.keep_sensitivity)
         d["method_config"] = self.method_config.to_dict()
         return d
 
@@ -260,6 +272,7 @@ def train(
     meta: dict | None = None,
     val: BeatDataset | None = None,
     on_epoch: Callable[[int, np.ndarray], None] | None = None,
+    reference: MultiExitNet | None = None,
 ) -> TrainResult:
     """Train a multi-exit model on ``data`` and evaluate every exit.
 
@@ -275,6 +288,9 @@ def train(
         meta: extra entries for the checkpoint's and the metrics' records (e.g. compression).
         val: the validation beats (e.g. a cross-validation fold's held-out records); None = hold
             out a part of ``data`` (``config.val_*``).
+        reference: the model whose per-class validation sensitivity ``config.keep_sensitivity``
+            keeps (None: ``model`` as given, before training; e.g. the unpruned model when
+            ``model`` is its pruned copy).
         on_epoch: called after every epoch's validation as ``on_epoch(epoch, logits)`` (epoch
             from 1; ``logits``: every exit's on the validation beats, ``[exits, N, classes]``).
 
@@ -286,6 +302,6 @@ def train(
     try:
         return fit(data, config, test=test, out_dir=out_dir, progress=progress,
                    data_spec=data_spec, dist=dist, model=model, meta=meta or {}, val=val,
-                   on_epoch=on_epoch)
+                   on_epoch=on_epoch, reference=reference)
     finally:
         dist.close()

@@ -45,8 +45,10 @@ log = logging.getLogger("defence_bench")
 
 
 def finetune_one(base: Path, seed: int, timing_ms: float, epochs: int, steps: int, eps: float,
-                 out: Path, threads: int, train_limit: int | None, method: str = "auto") -> Path:
-    """``method``: ``auto`` (``ctxadv`` with a timing budget, else ``rdi``) or ``neokd``."""
+                 out: Path, threads: int, train_limit: int | None, method: str = "auto",
+                 keep: tuple[str, ...] = ()) -> Path:
+    """``method``: ``auto`` (``ctxadv`` with a timing budget, else ``rdi``) or ``neokd``;
+    ``keep``: classes whose validation sensitivity the fine-tune keeps at the base model's."""
     import dataclasses
 
     import torch
@@ -69,7 +71,8 @@ def finetune_one(base: Path, seed: int, timing_ms: float, epochs: int, steps: in
         fit_part = fit_part.subset(stratified_index(fit_part, train_limit, seed))
     kind = "ctxadv" if timing_ms > 0 and method != "neokd" else "adv"
     conf = FinetuneConfig(kind, epochs=epochs, eps=eps, attack_steps=steps,
-                          timing_ms=timing_ms if kind == "ctxadv" else 25.0, seed=seed, threads=threads)
+                          timing_ms=timing_ms if kind == "ctxadv" else 25.0, seed=seed,
+                          threads=threads, keep_sensitivity=keep)
     tc = train_config(conf, ck.meta)
     if method == "neokd":  # NEO-KD's loss, the rdi fine-tune's attack (eps, steps)
         from edgeexit.robust.methods import make_method_config
@@ -228,6 +231,9 @@ def main(argv=None) -> int:
     f.add_argument("--steps", type=int, default=3)
     f.add_argument("--eps", type=float, default=0.1)
     f.add_argument("--train-limit", type=int, default=0, help="DS1 beats used (0: all)")
+    f.add_argument("--keep-sensitivity", default="",
+                   help="classes (e.g. S,V) whose validation sensitivity the fine-tune keeps at "
+                        "the base model's, by logit offsets")
     f.add_argument("--threads", type=int, default=1)
     f.add_argument("--out", required=True)
     m = sub.add_parser("measure")
@@ -250,9 +256,11 @@ def main(argv=None) -> int:
         for s in (int(v) for v in args.seeds.split(",")):
             name = ("neokdft" if args.method == "neokd" else
                     f"ctxadv{args.timing_ms:g}" if args.timing_ms > 0 else "rdift")
+            name += "keep" if args.keep_sensitivity else ""
             finetune_one(Path(args.base) / f"standard-seed{s}" / "model.pt", s, args.timing_ms,
                          args.epochs, args.steps, args.eps, Path(args.out) / f"{name}-seed{s}",
-                         args.threads, args.train_limit or None, args.method)
+                         args.threads, args.train_limit or None, args.method,
+                         tuple(c.strip() for c in args.keep_sensitivity.split(",") if c.strip()))
         return 0
     if args.step == "table":
         return _merge(args)

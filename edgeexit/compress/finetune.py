@@ -54,6 +54,9 @@ class FinetuneConfig:
         timing_ms: ``ctxadv``: the largest move of one R-peak detection, ms.
         rhythm: ``ctxadv``: how far the attack may move the long rhythm (``avg_rr``), as a
             fraction (:class:`~edgeexit.robust.methods.ctxadv.ContextAdvConfig`); 0: held.
+        keep_sensitivity: class names whose validation sensitivity the fine-tuned model keeps at
+            the reference's (the model before compression) by per-class logit offsets
+            (:attr:`edgeexit.train.TrainConfig.keep_sensitivity`); empty: off.
         eta: ``onmanifold``: the latent budget (Linf on z); None = the method's default.
         latent_steps: ``onmanifold``: latent PGD steps; None = the method's default.
         seed: seeds the shuffling and the attacks' random starts.
@@ -70,6 +73,7 @@ class FinetuneConfig:
     attack_steps: int = 5
     timing_ms: float = 25.0
     rhythm: float = 0.0
+    keep_sensitivity: tuple[str, ...] = ()
     eta: float | None = None
     latent_steps: int | None = None
     seed: int = 0
@@ -90,6 +94,13 @@ class FinetuneConfig:
                 continue
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ConfigError(f"fine-tuning {name} must be a number > 0, got {v!r}")
+        keep = self.keep_sensitivity
+        if isinstance(keep, str) or not all(isinstance(c, str) and c for c in keep):
+            raise ConfigError(f"keep_sensitivity takes class names (e.g. ['S', 'V']), got {keep!r}")
+        object.__setattr__(self, "keep_sensitivity", tuple(keep))
+        if keep and self.kind == "none":
+            raise ConfigError("keep_sensitivity offsets a fine-tuned model: choose a fine-tuning "
+                              "(e.g. ctxadv), or leave keep_sensitivity out")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -135,6 +146,7 @@ def train_config(config: FinetuneConfig, meta: dict | None, vae: str | os.PathLi
         epochs=epochs or config.epochs,
         lr=base.lr if config.lr is None else config.lr,
         patience=0,
+        keep_sensitivity=config.keep_sensitivity,
         seed=config.seed,
         threads=config.threads,
         device=config.device,
@@ -155,6 +167,7 @@ def finetune(
     extra_meta: dict | None = None,
     epochs: int | None = None,
     progress: bool = False,
+    reference: MultiExitNet | None = None,
 ):
     """Fine-tune ``model`` in place on ``data`` (see the module docstring).
 
@@ -170,6 +183,8 @@ def finetune(
         extra_meta: extra records for the checkpoint (the compression provenance).
         epochs: override ``config.epochs`` (short fine-tuning between pruning steps).
         progress: progress bars over the batches.
+        reference: the model whose validation sensitivities ``config.keep_sensitivity`` keeps
+            (None: ``model`` as given).
 
     Returns:
         The :class:`~edgeexit.train.TrainResult`.
@@ -179,4 +194,5 @@ def finetune(
     if config.kind == "none":
         raise ConfigError("finetune() with kind 'none': nothing to do")
     return train(data, train_config(config, meta, vae, epochs), test=test, out_dir=out_dir,
-                 progress=progress, data_spec=data_spec, model=model, meta=extra_meta)
+                 progress=progress, data_spec=data_spec, model=model, meta=extra_meta,
+                 reference=reference)

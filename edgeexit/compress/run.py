@@ -284,7 +284,7 @@ def compress(
         vae_path = _vae(vae, job.train_set, job.ckpt, out, config, bars)
     original = copy.deepcopy(job.ckpt.model)  # the model before pruning (pruning works in place)
     pruned = _prune(job, config, vae_path, say)  # step 3
-    new_ckpt = _finetune(job, config, vae_path, pruned, out, say, bars)  # step 4
+    new_ckpt = _finetune(job, config, vae_path, pruned, out, say, bars, original)  # step 4
     measure_vae = vae_path if config.onmanifold else None  # step 5
     say("measuring the original model")
     ev_before = _measure(job.ckpt_path, job.spec, config, measure_vae, out / "evaluate-original")
@@ -360,8 +360,9 @@ def _prune(job: _Job, config: CompressConfig, vae_path: Path | None, say):
     if ft.kind != "none" and config.prune.steps > 1:
         def between(step: int) -> None:
             say(f"fine-tuning after pruning step {step + 1}/{config.prune.steps}")
-            finetune(model, train_set, ft, meta=job.ckpt.meta, vae=vae_path,
-                     epochs=config.step_epochs)
+            # the offsets of keep_sensitivity are fitted once, after the last step's fine-tuning
+            finetune(model, train_set, dataclasses.replace(ft, keep_sensitivity=()),
+                     meta=job.ckpt.meta, vae=vae_path, epochs=config.step_epochs)
 
     say(f"pruning {config.prune.ratio:g} ({config.prune.importance}, {config.prune.scope})")
     example = torch.from_numpy(train_set.x[:2])
@@ -371,9 +372,10 @@ def _prune(job: _Job, config: CompressConfig, vae_path: Path | None, say):
 
 
 def _finetune(job: _Job, config: CompressConfig, vae_path: Path | None, pruned, out: Path, say,
-              bars: bool) -> Path:
+              bars: bool, original) -> Path:
     """Step 4: fine-tune the pruned model into ``OUT/model.pt`` (saved as is with ``--finetune
-    none``), its provenance recorded; returns the checkpoint."""
+    none``), its provenance recorded; returns the checkpoint. ``original``: the model before
+    pruning, whose validation sensitivities ``keep_sensitivity`` keeps."""
     ckpt, ft = job.ckpt, config.finetune
     meta = {"compression": {**job.provenance,
                             "vae": None if vae_path is None else str(vae_path),
@@ -382,7 +384,7 @@ def _finetune(job: _Job, config: CompressConfig, vae_path: Path | None, pruned, 
         say(f"fine-tuning ({ft.kind}, {ft.epochs} epochs)")
         result = finetune(ckpt.model, job.train_set, ft, meta=ckpt.meta, vae=vae_path,
                           test=job.test, out_dir=out, data_spec=job.spec, extra_meta=meta,
-                          progress=bars)
+                          progress=bars, reference=original)
         return result.checkpoint
     from edgeexit.checkpoint import save_checkpoint
 

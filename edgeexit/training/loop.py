@@ -109,12 +109,16 @@ class _Optimiser:
 def fit(data: BeatDataset, config: TrainConfig, *, test: BeatDataset | None,
         out_dir, progress: bool, data_spec: DataSpec | None, dist: Distributed,
         model: MultiExitNet | None, meta: dict, val: BeatDataset | None,
-        on_epoch: Callable[[int, np.ndarray], None] | None) -> TrainResult:
+        on_epoch: Callable[[int, np.ndarray], None] | None,
+        reference: MultiExitNet | None = None) -> TrainResult:
     """Train under ``config`` and evaluate every exit (:func:`edgeexit.train.train`'s body)."""
     t_start = time.perf_counter()
     s = _setup(data, config, dist, model, val)
+    kept = _reference_logits(s, config, model, reference)
     o = _optimiser(s, data, config, dist)
     history, best_epoch = _run_epochs(s, o, config, dist, progress, on_epoch)
+    if kept is not None:
+        meta = {**meta, "class_offsets": _keep_sensitivity(s, config, kept)}
     digests = dist.weight_digests(s.model)  # every rank's: equal when DDP kept them in step
     metrics, exits = _report(s, data, config, test, data_spec, dist, history, best_epoch, meta)
     metrics["elapsed_s"] = round(time.perf_counter() - t_start, 1)
@@ -222,6 +226,43 @@ def _attack_morph(method: TrainingMethod, train_set: BeatDataset, config: TrainC
     log.info("training attacks recompute the morphology channels (templates of %d windows)",
              len(templates))
     return morph, templates
+
+
+def _reference_logits(s: _Setup, config: TrainConfig, model: MultiExitNet | None,
+                      reference: MultiExitNet | None) -> np.ndarray | None:
+    """The reference's logits on the validation beats when ``config.keep_sensitivity`` asks
+    for them (before any training step), else None."""
+    if not config.keep_sensitivity:
+        return None
+    classes = s.val_set.classes
+    bad = [c for c in config.keep_sensitivity if c not in classes]
+    if bad:
+        raise ConfigError(f"keep_sensitivity names {', '.join(bad)}, not classes of the data "
+                          f"({', '.join(classes)})")
+    if reference is None and model is None:
+        raise ConfigError("keep_sensitivity keeps a reference model's sensitivity: fine-tune a "
+                          "given model (or give the reference)")
+    ref = s.model if reference is None else reference
+    was = next(ref.parameters()).device
+    logits = predict_exits(ref.to(s.model_device), s.val_set.x)
+    ref.to(was)
+    if logits.shape[0] != s.model.num_exits:
+        raise ConfigError(f"the reference model has {logits.shape[0]} exits, the model "
+                          f"{s.model.num_exits}: keep_sensitivity compares exit by exit")
+    return logits
+
+
+def _keep_sensitivity(s: _Setup, config: TrainConfig, reference: np.ndarray) -> dict:
+    """Offset the trained model's logits (:mod:`edgeexit.training.offsets`); the record."""
+    from edgeexit.training.offsets import keep_sensitivity
+
+    names = list(s.val_set.classes)
+    classes = [names.index(c) for c in config.keep_sensitivity]
+    exits = keep_sensitivity(s.model, s.val_set.x, s.val_set.y, reference, classes, names)
+    for e in exits:
+        log.info("exit %d: logit offsets %s; validation sensitivity %s -> %s (reference %s)",
+                 e["exit"], e["offsets"], e["before"], e["after"], e["reference"])
+    return {"classes": list(config.keep_sensitivity), "split": "validation", "exits": exits}
 
 
 # -- 2. optimiser ------------------------------------------------------------------------------
