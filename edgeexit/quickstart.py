@@ -65,6 +65,9 @@ ROBUST_TIMING_MS = 25.0  # the timing budget of the robust fine-tuning's attack
 # model fine-tuned with it held turned the paced test patient's beats to F. Measured on the
 # quick start (seeds 0, 1, 2, 4, 5; tools/quickstart_variants.py, results/quickstart-rhythm.json)
 ROBUST_RHYTHM = 0.15
+# classes whose validation sensitivity the robust fine-tune keeps at the unpruned model's, by
+# per-class logit offsets (FinetuneConfig.keep_sensitivity; tools/quickstart_variants.py --keep)
+ROBUST_KEEP: tuple[str, ...] = ()
 # the robust fine-tuning's PGD budget (mV): above the 0.1 mV the check attacks with. Measured on
 # the quick start's pruned model (fp32 ONNX, 4 synthetic test patients x 300 beats, stream PGD
 # 0.1 mV end to end): 0.1 -> 66.6%, 0.15 -> 75.3%, 0.2 -> 73.8% (clean 86.6 / 83.1 / 82.9%)
@@ -430,9 +433,10 @@ def _compress(checkpoint: Path, spec, out: Path, config: QuickstartConfig, progr
     epochs = finetune_epochs(config)
     fconf = FinetuneConfig(config.finetune, epochs=epochs, seed=config.seed, threads=config.threads,
                            eps=ROBUST_EPS, attack_steps=ROBUST_STEPS, timing_ms=ROBUST_TIMING_MS,
-                           rhythm=ROBUST_RHYTHM)
+                           rhythm=ROBUST_RHYTHM,
+                           keep_sensitivity=ROBUST_KEEP if config.finetune == "ctxadv" else ())
     ft = finetune(ck.model, train_set, fconf, meta=ck.meta, test=test_set, out_dir=out,
-                  data_spec=spec, progress=progress,
+                  data_spec=spec, progress=progress, reference=original,
                   extra_meta={"compression": {
                       "source_checkpoint": str(checkpoint), "finetune": fconf.to_dict(),
                       "prune": None if pconf is None else pconf.to_dict(),

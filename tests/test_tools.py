@@ -358,6 +358,7 @@ def test_quickstart_variants_tabulates_finished_variants_and_refuses_missing_run
     assert qv.main([str(runs), "--seeds", "0", "--rhythm", "0,0.15", "--out", str(out)]) == 0
     table = json.loads(out.read_text())
     got = {(r[0], r[1]): r for r in table["rows"]}
+    assert {r[2] for r in table["rows"]} == {"-"}  # kept classes: none
     col = table["columns"].index("stream timing 0.1 mV")
     assert got[(0, 0.15)][col] == 75.0 and got[("mean", 0.0)][col] == 50.0
     assert got[(0, 0.0)][table["columns"].index("timing: stream Se % (N S V F Q)")] == "90 50 80 30 -"

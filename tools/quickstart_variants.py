@@ -33,7 +33,7 @@ from pathlib import Path
 
 from edgeexit.results import write_table
 
-COLUMNS = ["seed", "rhythm budget", "deployed test accuracy", "deployed test Se % (N S V F Q)",
+COLUMNS = ["seed", "rhythm budget", "kept classes", "deployed test accuracy", "deployed test Se % (N S V F Q)",
            "stream clean", "stream noise 6 dB",
            "stream timing 0.1 mV", "stream PGD 0.1 mV", "timing: stream Se % (N S V F Q)",
            "seconds"]
@@ -43,9 +43,10 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
-def _variant(run: Path, work: Path, seed: int, rhythm: float) -> dict:
+def _variant(run: Path, work: Path, seed: int, rhythm: float, keep: tuple[str, ...] = ()) -> dict:
     """Compress, deploy and evaluate the trained model of quick start ``run`` with the given
-    long-rhythm budget, in ``work`` (read back when it finished before)."""
+    long-rhythm budget and kept classes (``FinetuneConfig.keep_sensitivity``), in ``work``
+    (read back when it finished before)."""
     done = work / "variant.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -59,11 +60,12 @@ def _variant(run: Path, work: Path, seed: int, rhythm: float) -> dict:
     spec = DataSpec(seed=seed)
     stages = qs._Stages(lambda name, result: None)
     t0 = time.perf_counter()
-    saved, qs.ROBUST_RHYTHM = qs.ROBUST_RHYTHM, rhythm
+    saved = qs.ROBUST_RHYTHM, qs.ROBUST_KEEP
+    qs.ROBUST_RHYTHM, qs.ROBUST_KEEP = rhythm, keep
     try:
         compressed = qs._compress(work / "model.pt", spec, work / "compressed", config, False)
     finally:
-        qs.ROBUST_RHYTHM = saved
+        qs.ROBUST_RHYTHM, qs.ROBUST_KEEP = saved
     deployed = Path(compressed["checkpoint"])
     qs._deploy(stages, deployed, work / "bundle", spec, config)
     evaluated = qs._short_evaluate(work / "bundle", deployed, work, config, None)
@@ -88,12 +90,13 @@ def _se(sensitivity: dict) -> str:
     return " ".join(f"{100 * sensitivity[c]:.0f}" if c in sensitivity else "-" for c in "NSVFQ")
 
 
-def _row(seed: int, rhythm: float, v: dict) -> list:
+def _row(seed: int, rhythm: float, keep: tuple[str, ...], v: dict) -> list:
     stream = {r["input"].split(" ", 1)[1].split(" 0.1")[0]: r["accuracy"]
               for r in v["rows"] if r["input"].startswith("stream")}
     pct = [round(100 * stream[k], 1) for k in ("clean", "muscle noise 6 dB", "timing attack",
                                                 "PGD")]
-    return [seed, rhythm, round(100 * v["accuracy"], 1), _se(v["test_sensitivity"]), *pct,
+    return [seed, rhythm, ",".join(keep) or "-", round(100 * v["accuracy"], 1),
+            _se(v["test_sensitivity"]), *pct,
             _se(v["timing_sensitivity"]), v["seconds"]]
 
 
@@ -101,6 +104,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", type=Path, help="directory of quick starts qs-sN (their model.pt)")
     ap.add_argument("--rhythm", default="0,0.15", help="long-rhythm budgets, comma-separated")
+    ap.add_argument("--keep", default="-",
+                    help="classes the robust fine-tune keeps at the unpruned model's validation "
+                         "sensitivity, one setting per '/': e.g. '-/S,V,F,Q' (-: none)")
     ap.add_argument("--seeds", default="0,4,5")
     ap.add_argument("--work", type=Path, default=None,
                     help="where the variants go (default: RUNS/variants)")
@@ -112,23 +118,28 @@ def main(argv=None) -> int:
     if missing:
         raise SystemExit(f"no trained quick start for seeds {missing} under {args.runs}: run "
                          f"`edgeexit quickstart --out {args.runs}/qs-sN --seed N` first")
+    keeps = [() if k.strip() in ("", "-") else tuple(c.strip() for c in k.split(",") if c.strip())
+             for k in args.keep.split("/")]
+    settings = [(rhythm, keep) for keep in keeps for rhythm in _floats(args.rhythm)]
     rows = []
-    for rhythm in _floats(args.rhythm):
+    for rhythm, keep in settings:
         for seed in seeds:
-            where = work / f"s{seed}-rhythm{rhythm:g}"
-            v = _variant(args.runs / f"qs-s{seed}", where, seed, rhythm)
-            rows.append(_row(seed, rhythm, v))
+            where = work / (f"s{seed}-rhythm{rhythm:g}" + ("-keep" + "".join(keep) if keep else ""))
+            v = _variant(args.runs / f"qs-s{seed}", where, seed, rhythm, keep)
+            rows.append(_row(seed, rhythm, keep, v))
             print(*rows[-1], sep=" | ", flush=True)
-    for rhythm in _floats(args.rhythm):
-        mine = [r for r in rows if r[1] == rhythm]
-        means = [round(statistics.fmean(r[i] for r in mine), 1) for i in (2, 4, 5, 6, 7)]
-        rows.append(["mean", rhythm, means[0], "", *means[1:], "", ""])
+    for rhythm, keep in settings:
+        mine = [r for r in rows if r[1] == rhythm and r[2] == (",".join(keep) or "-")]
+        means = [round(statistics.fmean(r[i] for r in mine), 1) for i in (3, 5, 6, 7, 8)]
+        rows.append(["mean", rhythm, mine[0][2], means[0], "", *means[1:], "", ""])
     write_table(args.out,
                 title="The quick start's robust bundle fine-tuned with the long rhythm held or "
                       "moved (stream check: 300 beats of 4 test patients, accuracy %)",
                 columns=COLUMNS, rows=rows,
                 notes="rhythm budget: ContextAdvConfig.rhythm of the quick start's ctxadv "
-                      "fine-tuning (0: avg_rr held, as before). Same trained model per seed.")
+                      "fine-tuning (0: avg_rr held, as before); kept classes: its "
+                      "keep_sensitivity (per-class logit offsets, reference the unpruned model). "
+                      "Same trained model per seed.")
     print(f"wrote {args.out}")
     return 0
 
