@@ -95,6 +95,8 @@ class TrainConfig:
             exit (the model as given, before training, or :func:`train`'s ``reference``).
             Adversarial fine-tuning gives up rare classes (MIT-BIH S beats); this gives them
             back. Empty: off.
+        keep_max_loss: points of validation accuracy the offsets of one exit may cost (the
+            other classes pay for the named ones); beyond it the targets are scaled back.
         patience: stop after this many epochs without a better validation score (0 = never).
         schedule_epochs: the epochs the learning-rate schedule is laid out over (None =
             ``epochs``); ``train --cv`` sets it to the cross-validated length, so that a model
@@ -155,6 +157,7 @@ class TrainConfig:
     max_class_weight: float = 3.0
     exit_weights: tuple[float, ...] | None = None
     keep_sensitivity: tuple[str, ...] = ()
+    keep_max_loss: float = 2.0
     patience: int = 4
     select: str = "best"
     schedule_epochs: int | None = None
@@ -222,6 +225,9 @@ class TrainConfig:
         if isinstance(keep, str) or not all(isinstance(c, str) and c for c in keep):
             raise ConfigError(f"keep_sensitivity takes class names (e.g. ['S', 'V']), got {keep!r}")
         object.__setattr__(self, "keep_sensitivity", tuple(keep))
+        if not (isinstance(self.keep_max_loss, (int, float)) and 0 <= self.keep_max_loss <= 100):
+            raise ConfigError(f"keep_max_loss is in points of accuracy, 0-100, got "
+                              f"{self.keep_max_loss!r}")
         self.validation_split()  # raises on an unknown val_split or a val_fraction outside (0, 1)
 
     def validation_split(self) -> ValidationSplit:

@@ -48,6 +48,26 @@ def test_offsets_skip_absent_classes_and_report_the_unreachable():
     assert fit_offsets(z, y, {})[0].tolist() == [0.0] * 4
 
 
+def test_the_offsets_cost_at_most_the_accuracy_allowed():
+    from edgeexit.training.offsets import _accuracy, _guarded
+
+    rng = np.random.default_rng(1)
+    y = np.where(rng.random(3000) < 0.7, 0, rng.integers(1, 4, 3000))  # 70% class 0
+    z = rng.normal(0.0, 1.0, (3000, 4))
+    z[np.arange(3000), y] += 1.0
+    z[:, 1:] -= 0.8  # the fine-tuned model answers class 0 more often
+    have = {c: sensitivity(z, y, c) for c in (1, 2, 3)}
+    want = {c: 0.99 for c in (1, 2, 3)}  # a reference that found nearly every rare beat
+    full, _ = fit_offsets(z, y, want)
+    zero = np.zeros(4)
+    assert _accuracy(z, y, full) < _accuracy(z, y, zero) - 0.1  # unguarded: class 0 pays
+    b, short, share = _guarded(z, y, have, want, 2.0)
+    assert 0 < share < 1 and short == [1, 2, 3]
+    assert _accuracy(z, y, b) >= _accuracy(z, y, zero) - 0.02
+    assert all(sensitivity(z, y, c, b) >= have[c] for c in (1, 2, 3))  # still towards want
+    assert _guarded(z, y, have, want, 100.0)[2] == 1.0  # no guard: the full way
+
+
 def test_classes_already_found_get_no_offset():
     z, truth, y = _biased(by=0.0)
     b, short = fit_offsets(z, y, {c: sensitivity(truth, y, c) for c in range(4)})
@@ -101,6 +121,8 @@ def test_keep_sensitivity_settings_are_checked():
         FinetuneConfig("ctxadv", keep_sensitivity=("S", ""))
     with pytest.raises(ConfigError, match="choose a fine-tuning"):
         FinetuneConfig("none", keep_sensitivity=("S",))
+    with pytest.raises(ConfigError, match="points of accuracy"):
+        FinetuneConfig("ctxadv", keep_sensitivity=("S",), keep_max_loss=-1)
     cfg = TrainConfig(keep_sensitivity=["S", "V"])
     assert cfg.keep_sensitivity == ("S", "V")
     assert TrainConfig.from_dict(cfg.to_dict()).keep_sensitivity == ("S", "V")

@@ -46,7 +46,7 @@ log = logging.getLogger("defence_bench")
 
 def finetune_one(base: Path, seed: int, timing_ms: float, epochs: int, steps: int, eps: float,
                  out: Path, threads: int, train_limit: int | None, method: str = "auto",
-                 keep: tuple[str, ...] = ()) -> Path:
+                 keep: tuple[str, ...] = (), keep_max_loss: float = 2.0) -> Path:
     """``method``: ``auto`` (``ctxadv`` with a timing budget, else ``rdi``) or ``neokd``;
     ``keep``: classes whose validation sensitivity the fine-tune keeps at the base model's."""
     import dataclasses
@@ -72,7 +72,7 @@ def finetune_one(base: Path, seed: int, timing_ms: float, epochs: int, steps: in
     kind = "ctxadv" if timing_ms > 0 and method != "neokd" else "adv"
     conf = FinetuneConfig(kind, epochs=epochs, eps=eps, attack_steps=steps,
                           timing_ms=timing_ms if kind == "ctxadv" else 25.0, seed=seed,
-                          threads=threads, keep_sensitivity=keep)
+                          threads=threads, keep_sensitivity=keep, keep_max_loss=keep_max_loss)
     tc = train_config(conf, ck.meta)
     if method == "neokd":  # NEO-KD's loss, the rdi fine-tune's attack (eps, steps)
         from edgeexit.robust.methods import make_method_config
@@ -234,6 +234,8 @@ def main(argv=None) -> int:
     f.add_argument("--keep-sensitivity", default="",
                    help="classes (e.g. S,V) whose validation sensitivity the fine-tune keeps at "
                         "the base model's, by logit offsets")
+    f.add_argument("--keep-max-loss", type=float, default=2.0,
+                   help="points of validation accuracy those offsets may cost per exit")
     f.add_argument("--threads", type=int, default=1)
     f.add_argument("--out", required=True)
     m = sub.add_parser("measure")
@@ -260,7 +262,8 @@ def main(argv=None) -> int:
             finetune_one(Path(args.base) / f"standard-seed{s}" / "model.pt", s, args.timing_ms,
                          args.epochs, args.steps, args.eps, Path(args.out) / f"{name}-seed{s}",
                          args.threads, args.train_limit or None, args.method,
-                         tuple(c.strip() for c in args.keep_sensitivity.split(",") if c.strip()))
+                         tuple(c.strip() for c in args.keep_sensitivity.split(",") if c.strip()),
+                         args.keep_max_loss)
         return 0
     if args.step == "table":
         return _merge(args)

@@ -154,7 +154,8 @@ def _evaluate_stream(target, records, checkpoint, out_dir, eps, attacks, steps, 
 _COMPRESS_GROUPS = (
     ("Pruning", ("ratio", "stage_ratios", "scope", "importance", "prune_steps", "step_epochs")),
     ("Fine-tuning", ("kind", "epochs", "lr", "eps", "attack_steps", "timing_ms", "rhythm",
-                     "keep_sensitivity", "eta", "vae", "vae_epochs", "source", "train_limit")),
+                     "keep_sensitivity", "keep_max_loss", "eta", "vae", "vae_epochs", "source",
+                     "train_limit")),
     ("Report", ("out_dir", "eval_eps", "eval_limit", "formats", "no_onmanifold_eval", "as_json")),
     ("Run", ("threads", "device", "amp", "seed", "progress")),
 )
@@ -198,6 +199,10 @@ _COMPRESS_GROUPS = (
               help="Classes (e.g. S,V) whose validation sensitivity the fine-tuned model keeps at "
                    "the original model's, exit by exit, by per-class logit offsets folded into the "
                    "exit heads (adversarial fine-tuning gives up rare classes); default: off.")
+@click.option("--keep-max-loss", default=2.0, show_default=True, type=click.FloatRange(0, 100),
+              help="--keep-sensitivity: points of validation accuracy the offsets may cost per "
+                   "exit (the other classes pay for the kept ones); beyond it they are scaled "
+                   "back.")
 @click.option("--eta", default=None, type=float,
               help="onmanifold: latent budget (default: the method's).")
 @click.option("--vae", default=None, type=click.Path(exists=True, dir_okay=False),
@@ -225,9 +230,9 @@ _COMPRESS_GROUPS = (
               help="Stage lines and progress bars on stderr.")
 @json_option
 def compress(checkpoint, out_dir, ratio, stage_ratios, scope, importance, prune_steps, step_epochs,
-             kind, epochs, lr, eps, attack_steps, timing_ms, rhythm, keep_sensitivity, eta, vae,
-             source, train_limit, eval_eps, eval_limit, vae_epochs, formats, no_onmanifold_eval,
-             threads, seed, device, amp, progress, as_json):
+             kind, epochs, lr, eps, attack_steps, timing_ms, rhythm, keep_sensitivity,
+             keep_max_loss, eta, vae, source, train_limit, eval_eps, eval_limit, vae_epochs,
+             formats, no_onmanifold_eval, threads, seed, device, amp, progress, as_json):
     """Prune a checkpoint (channels really removed), fine-tune it, and report before vs after.
 
     Writes OUT/model.pt (it loads from the file alone and exports like any checkpoint),
@@ -246,6 +251,7 @@ def compress(checkpoint, out_dir, ratio, stage_ratios, scope, importance, prune_
         finetune=FinetuneConfig(kind, epochs=epochs, lr=lr, eps=eps, attack_steps=attack_steps,
                                 timing_ms=timing_ms, rhythm=rhythm, eta=eta, seed=seed,
                                 keep_sensitivity=names(keep_sensitivity),
+                                keep_max_loss=keep_max_loss,
                                 threads=threads, device=device, amp=amp),
         step_epochs=step_epochs, train_limit=train_limit or None, eval_eps=floats(eval_eps),
         eval_limit=eval_limit or None, onmanifold=not no_onmanifold_eval, seed=seed,

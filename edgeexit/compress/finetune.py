@@ -57,6 +57,7 @@ class FinetuneConfig:
         keep_sensitivity: class names whose validation sensitivity the fine-tuned model keeps at
             the reference's (the model before compression) by per-class logit offsets
             (:attr:`edgeexit.train.TrainConfig.keep_sensitivity`); empty: off.
+        keep_max_loss: points of validation accuracy those offsets may cost per exit.
         eta: ``onmanifold``: the latent budget (Linf on z); None = the method's default.
         latent_steps: ``onmanifold``: latent PGD steps; None = the method's default.
         seed: seeds the shuffling and the attacks' random starts.
@@ -74,6 +75,7 @@ class FinetuneConfig:
     timing_ms: float = 25.0
     rhythm: float = 0.0
     keep_sensitivity: tuple[str, ...] = ()
+    keep_max_loss: float = 2.0
     eta: float | None = None
     latent_steps: int | None = None
     seed: int = 0
@@ -98,6 +100,9 @@ class FinetuneConfig:
         if isinstance(keep, str) or not all(isinstance(c, str) and c for c in keep):
             raise ConfigError(f"keep_sensitivity takes class names (e.g. ['S', 'V']), got {keep!r}")
         object.__setattr__(self, "keep_sensitivity", tuple(keep))
+        if not (isinstance(self.keep_max_loss, (int, float)) and 0 <= self.keep_max_loss <= 100):
+            raise ConfigError(f"keep_max_loss is in points of accuracy, 0-100, got "
+                              f"{self.keep_max_loss!r}")
         if keep and self.kind == "none":
             raise ConfigError("keep_sensitivity offsets a fine-tuned model: choose a fine-tuning "
                               "(e.g. ctxadv), or leave keep_sensitivity out")
@@ -147,6 +152,7 @@ def train_config(config: FinetuneConfig, meta: dict | None, vae: str | os.PathLi
         lr=base.lr if config.lr is None else config.lr,
         patience=0,
         keep_sensitivity=config.keep_sensitivity,
+        keep_max_loss=config.keep_max_loss,
         seed=config.seed,
         threads=config.threads,
         device=config.device,

@@ -258,11 +258,13 @@ def _keep_sensitivity(s: _Setup, config: TrainConfig, reference: np.ndarray) -> 
 
     names = list(s.val_set.classes)
     classes = [names.index(c) for c in config.keep_sensitivity]
-    exits = keep_sensitivity(s.model, s.val_set.x, s.val_set.y, reference, classes, names)
+    exits = keep_sensitivity(s.model, s.val_set.x, s.val_set.y, reference, classes, names,
+                             config.keep_max_loss)
     for e in exits:
         log.info("exit %d: logit offsets %s; validation sensitivity %s -> %s (reference %s)",
                  e["exit"], e["offsets"], e["before"], e["after"], e["reference"])
-    return {"classes": list(config.keep_sensitivity), "split": "validation", "exits": exits}
+    return {"classes": list(config.keep_sensitivity), "max_loss": config.keep_max_loss,
+            "split": "validation", "exits": exits}
 
 
 # -- 2. optimiser ------------------------------------------------------------------------------
