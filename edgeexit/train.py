@@ -44,6 +44,7 @@ from edgeexit.training.data import class_weights, split_validation
 from edgeexit.training.distributed import Distributed
 from edgeexit.training.evaluation import evaluate_exits, predict_exits
 from edgeexit.training.loop import TrainResult, default_exit_weights, fit
+from edgeexit.training.offsets import check_keep
 
 __all__ = [
     "TrainConfig", "TrainResult", "train", "recorded_train_config",
@@ -221,13 +222,8 @@ class TrainConfig:
             raise ConfigError(f"unknown amp {self.amp!r}; choose {' or '.join(AMP_MODES)}")
         if self.loader_workers < 0:
             raise ConfigError(f"loader_workers is a number of processes, got {self.loader_workers}")
-        keep = self.keep_sensitivity
-        if isinstance(keep, str) or not all(isinstance(c, str) and c for c in keep):
-            raise ConfigError(f"keep_sensitivity takes class names (e.g. ['S', 'V']), got {keep!r}")
-        object.__setattr__(self, "keep_sensitivity", tuple(keep))
-        if not (isinstance(self.keep_max_loss, (int, float)) and 0 <= self.keep_max_loss <= 100):
-            raise ConfigError(f"keep_max_loss is in points of accuracy, 0-100, got "
-                              f"{self.keep_max_loss!r}")
+        keep = check_keep(self.keep_sensitivity, self.keep_max_loss)
+        object.__setattr__(self, "keep_sensitivity", keep)
         self.validation_split()  # raises on an unknown val_split or a val_fraction outside (0, 1)
 
     def validation_split(self) -> ValidationSplit:

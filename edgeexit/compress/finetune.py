@@ -31,6 +31,7 @@ from edgeexit.config import dataclass_from_dict
 from edgeexit.data import BeatDataset, DataSpec
 from edgeexit.errors import ConfigError
 from edgeexit.models import MultiExitNet
+from edgeexit.training.offsets import check_keep
 
 FINETUNES = ("none", "standard", "adv", "ctxadv", "onmanifold")
 METHOD_OF = {"standard": "standard", "adv": "rdi", "ctxadv": "ctxadv", "onmanifold": "onmanifold"}
@@ -96,13 +97,8 @@ class FinetuneConfig:
                 continue
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ConfigError(f"fine-tuning {name} must be a number > 0, got {v!r}")
-        keep = self.keep_sensitivity
-        if isinstance(keep, str) or not all(isinstance(c, str) and c for c in keep):
-            raise ConfigError(f"keep_sensitivity takes class names (e.g. ['S', 'V']), got {keep!r}")
-        object.__setattr__(self, "keep_sensitivity", tuple(keep))
-        if not (isinstance(self.keep_max_loss, (int, float)) and 0 <= self.keep_max_loss <= 100):
-            raise ConfigError(f"keep_max_loss is in points of accuracy, 0-100, got "
-                              f"{self.keep_max_loss!r}")
+        keep = check_keep(self.keep_sensitivity, self.keep_max_loss)
+        object.__setattr__(self, "keep_sensitivity", keep)
         if keep and self.kind == "none":
             raise ConfigError("keep_sensitivity offsets a fine-tuned model: choose a fine-tuning "
                               "(e.g. ctxadv), or leave keep_sensitivity out")

@@ -20,8 +20,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import torch
-from torch import nn
 
 from edgeexit.errors import ConfigError
 
@@ -39,6 +37,16 @@ the named ones): beyond it the targets are scaled back towards the sensitivities
 has. Naming every class but N on the quick start's synthetic patients, whose unpruned model
 finds 95-100% of every class, took N sensitivity to 0-36% without it; on MIT-BIH (S, V) the
 offsets changed validation accuracy by -0.9 to +5 points."""
+
+
+def check_keep(keep, max_loss) -> tuple[str, ...]:
+    """``keep`` (class names) as a tuple, after checking it and ``max_loss`` (points of
+    accuracy, 0-100): the settings of :attr:`edgeexit.train.TrainConfig.keep_sensitivity`."""
+    if isinstance(keep, str) or not all(isinstance(c, str) and c for c in keep):
+        raise ConfigError(f"keep_sensitivity takes class names (e.g. ['S', 'V']), got {keep!r}")
+    if not (isinstance(max_loss, (int, float)) and 0 <= max_loss <= 100):
+        raise ConfigError(f"keep_max_loss is in points of accuracy, 0-100, got {max_loss!r}")
+    return tuple(keep)
 
 
 def sensitivity(logits: np.ndarray, y: np.ndarray, c: int,
@@ -80,13 +88,15 @@ def fit_offsets(logits: np.ndarray, y: np.ndarray, want: dict[int, float], step:
     return b, short
 
 
-def logit_bias(head: nn.Module, num_classes: int) -> torch.Tensor:
+def logit_bias(head, num_classes: int):
     """The bias added last to the logits ``head`` returns: its last ``Linear`` of
     ``num_classes`` outputs (an exit head's classifier, or a context head's linear term).
 
     Raises:
         ConfigError: no such layer with a bias (a head this module cannot shift).
     """
+    from torch import nn
+
     last = None
     for m in head.modules():
         if isinstance(m, nn.Linear) and m.out_features == num_classes and m.bias is not None:
@@ -143,6 +153,8 @@ def keep_sensitivity(model, x: np.ndarray, y: np.ndarray, reference: np.ndarray,
     ``"short"``: the classes not reached (scaled back, at :data:`LIMIT`, or taken back by another
     class's offset in the last of the :data:`PASSES` rounds). The model's logits are
     checked to move by exactly the offsets (a head whose bias is not added last raises)."""
+    import torch
+
     from edgeexit.training.evaluation import predict_exits
 
     before = predict_exits(model, x)
