@@ -49,7 +49,10 @@ def _variant(run: Path, work: Path, seed: int, rhythm: float, keep: tuple[str, .
     (read back when it finished before)."""
     done = work / "variant.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        result = json.loads(done.read_text())
+        if "test_sensitivity" not in result:  # a variant written before it was recorded
+            result["test_sensitivity"] = _test_sensitivity(work)
+        return result
     import edgeexit.quickstart as qs
     from edgeexit.data import DataSpec
 
@@ -104,9 +107,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", type=Path, help="directory of quick starts qs-sN (their model.pt)")
     ap.add_argument("--rhythm", default="0,0.15", help="long-rhythm budgets, comma-separated")
-    ap.add_argument("--keep", default="-",
+    ap.add_argument("--keep", default="none",
                     help="classes the robust fine-tune keeps at the unpruned model's validation "
-                         "sensitivity, one setting per '/': e.g. '-/S,V,F,Q' (-: none)")
+                         "sensitivity, one setting per '/': e.g. 'none/S,V,F,Q'")
     ap.add_argument("--seeds", default="0,4,5")
     ap.add_argument("--work", type=Path, default=None,
                     help="where the variants go (default: RUNS/variants)")
@@ -118,7 +121,7 @@ def main(argv=None) -> int:
     if missing:
         raise SystemExit(f"no trained quick start for seeds {missing} under {args.runs}: run "
                          f"`edgeexit quickstart --out {args.runs}/qs-sN --seed N` first")
-    keeps = [() if k.strip() in ("", "-") else tuple(c.strip() for c in k.split(",") if c.strip())
+    keeps = [() if k.strip() in ("", "-", "none") else tuple(c.strip() for c in k.split(",") if c.strip())
              for k in args.keep.split("/")]
     settings = [(rhythm, keep) for keep in keeps for rhythm in _floats(args.rhythm)]
     rows = []
