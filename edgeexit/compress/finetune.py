@@ -104,7 +104,9 @@ class FinetuneConfig:
                               "(e.g. ctxadv), or leave keep_sensitivity out")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["keep_sensitivity"] = list(self.keep_sensitivity)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> FinetuneConfig:

@@ -334,6 +334,10 @@ def _load(ckpt_path: Path, out: Path, config: CompressConfig, data, vae, say) ->
     torch.set_num_threads(config.threads)
     ckpt = load_checkpoint(ckpt_path)
     spec = ckpt.data_spec(data, "; give the data with --data")
+    unknown = [c for c in config.finetune.keep_sensitivity if c not in ckpt.classes]
+    if unknown:  # refused now, not after the data, the VAE and the pruning
+        raise ConfigError(f"--keep-sensitivity names {', '.join(unknown)}, not classes of the "
+                          f"model ({', '.join(ckpt.classes)})")
     if vae is not None:
         from edgeexit.compress import manifold
 

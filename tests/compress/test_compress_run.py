@@ -21,6 +21,7 @@ def compressed(tiny_checkpoint, tmp_path_factory):
         "compress", str(tiny_checkpoint), "--out", str(out), "--prune", "0.5",
         "--finetune", "onmanifold", "--epochs", "1", "--attack-steps", "2", "--eval-limit", "60",
         "--eval-eps", "0.2", "--vae-epochs", "2", "--formats", "onnx", "--no-progress", "--json",
+        "--keep-sensitivity", "S,V",
     ])
     assert r.exit_code == 0, r.output
     return out, json.loads(r.output)
@@ -61,6 +62,10 @@ def test_compressed_checkpoint_records_its_provenance_and_exports(compressed, ti
     assert comp["source_checkpoint"] == str(tiny_checkpoint)
     assert comp["finetune"]["kind"] == "onmanifold" and comp["prune"]["ratio"] == 0.5
     assert ck.meta["train_config"]["method"] == "onmanifold"
+    kept = ck.meta["class_offsets"]  # against the unpruned model, after the fine-tuning
+    assert comp["finetune"]["keep_sensitivity"] == ["S", "V"] and kept["classes"] == ["S", "V"]
+    assert len(kept["exits"]) == ck.model.num_exits
+    assert all(min(e["offsets"]) >= 0 and e["offsets"][0] == 0 for e in kept["exits"])
     assert sum(p.numel() for p in ck.model.parameters()) == report["compressed_model"]["params"]
     r = CliRunner().invoke(main, ["info", str(out / "model.pt")])
     assert r.exit_code == 0 and f"compressed from {tiny_checkpoint}: pruned 0.5" in r.output
@@ -101,6 +106,11 @@ def test_bad_settings_are_refused(tiny_checkpoint, tmp_path):
                                   "--vae", str(junk), "--no-progress"])
     assert r.exit_code == 1 and "Error:" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "y").exists()  # refused before the data was read or OUT made
+    r = CliRunner().invoke(main, ["compress", str(tiny_checkpoint), "--out", str(tmp_path / "z"),
+                                  "--finetune", "ctxadv", "--keep-sensitivity", "S,X",
+                                  "--no-progress"])
+    assert r.exit_code == 1 and "names X, not classes of the model" in r.output
+    assert not (tmp_path / "z").exists()
     with pytest.raises(ConfigError, match="formats must be onnx and/or tflite"):
         CompressConfig(formats=("pb",))
 
