@@ -107,6 +107,10 @@ def evaluate(target, source, checkpoint, out_dir, eps, sanity_eps, norm, attacks
     attacked. Writes OUT/report.json, OUT/report.md, OUT/robustness.png and OUT/exits.png.
     """
     if records is not None:
+        if device not in ("auto", "cpu"):  # not silently ignored
+            raise click.UsageError(
+                f"--records runs the device path on the CPU (its PGD's gradients too): --device "
+                f"{device} is not supported there; leave --device out")
         return _evaluate_stream(target, records, checkpoint, out_dir, eps, attacks, steps, noise,
                                 snr, noise_dir, square_queries, backend, threads, seed,
                                 record_names, minutes, rounds, min_sqi, progress, as_json)

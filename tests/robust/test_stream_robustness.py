@@ -192,7 +192,8 @@ def test_evaluate_records_writes_the_report(stream_bundle, tmp_path):
     assert noisy["flagged_unreadable"]["fraction"] == pytest.approx(flagged / annotated)
     assert noisy["accuracy"] == pytest.approx(np.trace(noisy["confusion"]) / scored)
     for args, msg in ((["--attacks", "max_avg"], "unknown stream attack"),
-                      (["--min-sqi", "0"], "--min-sqi")):
+                      (["--min-sqi", "0"], "--min-sqi"),
+                      (["--device", "cuda"], "--device cuda is not supported there")):
         bad = CliRunner().invoke(main, ["evaluate", str(stream_bundle), "--records", "synthetic",
                                         *args, "--out", str(tmp_path / "x")])
         assert bad.exit_code in (1, 2) and msg in bad.output and "Traceback" not in bad.output
