@@ -373,7 +373,9 @@ def test_exit_stat_study_graph_statistic_decides_like_the_engine(bundle_dir, tin
     (run,) = r["runs"]
     v = run["variants"]
     assert set(v) == {"predict", "lean", "full"}
-    assert v["full"]["answers_differ"] == 0  # the in-graph max softmax stops where stop() does
+    # the in-graph max softmax (float32) stops where stop() (float64) does; a window whose score
+    # lies within float32 rounding of a threshold may go the other way on another CPU's kernels
+    assert v["full"]["answers_differ"] <= 1
     assert v["full"]["native_us"] > 0 and v["full"]["engine_own_us_per_segment"] is not None
     assert v["predict"]["over_floor"] == pytest.approx(
         v["predict"]["window_us"] / v["predict"]["native_us"], rel=1e-3)
