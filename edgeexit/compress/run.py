@@ -291,6 +291,10 @@ def compress(
     say("measuring the compressed model")
     ev_after = _measure(new_ckpt, job.spec, config, measure_vae, out / "evaluate-compressed")
     sizes, latency = _sizes_and_latency(original, new_ckpt, job, config, out, say)
+    from edgeexit.checkpoint import load_checkpoint
+
+    kept = load_checkpoint(new_ckpt).meta.get("class_offsets") if config.finetune.keep_sensitivity \
+        else None
     report = {
         "checkpoint": str(job.ckpt_path),
         "compressed": str(new_ckpt),
@@ -304,6 +308,7 @@ def compress(
         "compressed_model": _side(ev_after, pruned.params_after, list(pruned.macs_after),
                                   sizes["compressed"]),
         "latency": latency,
+        "class_offsets": kept,  # --keep-sensitivity: the offsets and sensitivities per exit
         "host": {**machine_info(), "threads": config.threads},
         "elapsed_s": round(time.perf_counter() - t_start, 1),
     }
@@ -482,4 +487,19 @@ def format_markdown(report: dict) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {w} | {a} | {b} |" for w, a, b in report_rows(report)]
+    kept = report.get("class_offsets")
+    if kept:
+        e = kept["exits"][-1]
+        names = kept["classes"]
+        lines += ["", (f"Kept {', '.join(names)} at the original model's validation sensitivity "
+                       f"(final exit: logit offsets "
+                       + ", ".join(f"{c} +{v:g}" for c, v in e["kept_offsets"].items())
+                       + "; sensitivity " + ", ".join(
+                           f"{c} {_pct(e['before'][c])} -> {_pct(e['after'][c])} "
+                           f"(original {_pct(e['reference'][c])})" for c in names)
+                       + (f"; short: {', '.join(e['short'])}" if e["short"] else "") + ").")]
     return "\n".join(lines) + "\n"
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.0f}%"

@@ -148,11 +148,12 @@ def keep_sensitivity(model, x: np.ndarray, y: np.ndarray, reference: np.ndarray,
     beyond it each target is scaled back towards the sensitivity the model has: the record's
     ``share`` of the way).
 
-    Returns per exit ``{"offsets", "reference", "before", "after"}`` (sensitivities by class
-    name), ``"accuracy"`` (before and after the offsets), ``"share"`` (1: the full way) and
-    ``"short"``: the classes not reached (scaled back, at :data:`LIMIT`, or taken back by another
-    class's offset in the last of the :data:`PASSES` rounds). The model's logits are
-    checked to move by exactly the offsets (a head whose bias is not added last raises)."""
+    Returns per exit ``"offsets"`` (every class's, in class order), ``"kept_offsets"``,
+    ``"reference"``, ``"before"``, ``"after"`` (by kept class name), ``"accuracy"`` (before and
+    after the offsets), ``"share"`` (1: the full way) and ``"short"``: the classes not reached
+    (scaled back, at :data:`LIMIT`, or taken back by another class's offset in the last of the
+    :data:`PASSES` rounds). The model's logits are checked to move by exactly the offsets (a
+    head whose bias is not added last raises)."""
     import torch
 
     from edgeexit.training.evaluation import predict_exits
@@ -184,6 +185,7 @@ def keep_sensitivity(model, x: np.ndarray, y: np.ndarray, reference: np.ndarray,
         shifts.append(b)
         record.append({
             "exit": e, "offsets": [round(float(v), 4) for v in b],
+            "kept_offsets": {names[c]: round(float(b[c]), 4) for c in classes},
             "reference": {names[c]: _r(want[c]) for c in classes},
             "before": {names[c]: _r(sensitivity(z, y, c)) for c in classes},
             "after": {names[c]: _r(sensitivity(z, y, c, b)) for c in classes},

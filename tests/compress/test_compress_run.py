@@ -66,6 +66,9 @@ def test_compressed_checkpoint_records_its_provenance_and_exports(compressed, ti
     assert comp["finetune"]["keep_sensitivity"] == ["S", "V"] and kept["classes"] == ["S", "V"]
     assert len(kept["exits"]) == ck.model.num_exits
     assert all(min(e["offsets"]) >= 0 and e["offsets"][0] == 0 for e in kept["exits"])
+    assert report["class_offsets"] == kept
+    md = (out / "report.md").read_text()
+    assert "Kept S, V at the original model's validation sensitivity" in md
     assert sum(p.numel() for p in ck.model.parameters()) == report["compressed_model"]["params"]
     r = CliRunner().invoke(main, ["info", str(out / "model.pt")])
     assert r.exit_code == 0 and f"compressed from {tiny_checkpoint}: pruned 0.5" in r.output
