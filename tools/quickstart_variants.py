@@ -33,8 +33,8 @@ from pathlib import Path
 
 from edgeexit.results import write_table
 
-COLUMNS = ["seed", "rhythm budget", "kept classes", "deployed test accuracy", "deployed test Se % (N S V F Q)",
-           "stream clean", "stream noise 6 dB",
+COLUMNS = ["seed", "rhythm budget", "kept classes", "deployed test accuracy",
+           "deployed test Se % (N S V F Q)", "stream clean", "stream noise 6 dB",
            "stream timing 0.1 mV", "stream PGD 0.1 mV", "timing: stream Se % (N S V F Q)",
            "seconds"]
 
@@ -121,8 +121,8 @@ def main(argv=None) -> int:
     if missing:
         raise SystemExit(f"no trained quick start for seeds {missing} under {args.runs}: run "
                          f"`edgeexit quickstart --out {args.runs}/qs-sN --seed N` first")
-    keeps = [() if k.strip() in ("", "-", "none") else tuple(c.strip() for c in k.split(",") if c.strip())
-             for k in args.keep.split("/")]
+    keeps = [() if k.strip() in ("", "-", "none") else
+             tuple(c.strip() for c in k.split(",") if c.strip()) for k in args.keep.split("/")]
     settings = [(rhythm, keep) for keep in keeps for rhythm in _floats(args.rhythm)]
     rows = []
     for rhythm, keep in settings:

@@ -284,17 +284,13 @@ def compress(
         vae_path = _vae(vae, job.train_set, job.ckpt, out, config, bars)
     original = copy.deepcopy(job.ckpt.model)  # the model before pruning (pruning works in place)
     pruned = _prune(job, config, vae_path, say)  # step 3
-    new_ckpt = _finetune(job, config, vae_path, pruned, out, say, bars, original)  # step 4
+    new_ckpt, kept = _finetune(job, config, vae_path, pruned, out, say, bars, original)  # step 4
     measure_vae = vae_path if config.onmanifold else None  # step 5
     say("measuring the original model")
     ev_before = _measure(job.ckpt_path, job.spec, config, measure_vae, out / "evaluate-original")
     say("measuring the compressed model")
     ev_after = _measure(new_ckpt, job.spec, config, measure_vae, out / "evaluate-compressed")
     sizes, latency = _sizes_and_latency(original, new_ckpt, job, config, out, say)
-    from edgeexit.checkpoint import load_checkpoint
-
-    kept = load_checkpoint(new_ckpt).meta.get("class_offsets") if config.finetune.keep_sensitivity \
-        else None
     report = {
         "checkpoint": str(job.ckpt_path),
         "compressed": str(new_ckpt),
@@ -381,10 +377,11 @@ def _prune(job: _Job, config: CompressConfig, vae_path: Path | None, say):
 
 
 def _finetune(job: _Job, config: CompressConfig, vae_path: Path | None, pruned, out: Path, say,
-              bars: bool, original) -> Path:
+              bars: bool, original) -> tuple[Path, dict | None]:
     """Step 4: fine-tune the pruned model into ``OUT/model.pt`` (saved as is with ``--finetune
-    none``), its provenance recorded; returns the checkpoint. ``original``: the model before
-    pruning, whose validation sensitivities ``keep_sensitivity`` keeps."""
+    none``), its provenance recorded; returns the checkpoint and, with ``keep_sensitivity``, its
+    ``class_offsets`` record. ``original``: the model before pruning, whose validation
+    sensitivities ``keep_sensitivity`` keeps."""
     ckpt, ft = job.ckpt, config.finetune
     meta = {"compression": {**job.provenance,
                             "vae": None if vae_path is None else str(vae_path),
@@ -394,11 +391,11 @@ def _finetune(job: _Job, config: CompressConfig, vae_path: Path | None, pruned, 
         result = finetune(ckpt.model, job.train_set, ft, meta=ckpt.meta, vae=vae_path,
                           test=job.test, out_dir=out, data_spec=job.spec, extra_meta=meta,
                           progress=bars, reference=original)
-        return result.checkpoint
+        return result.checkpoint, result.metrics.get("class_offsets")
     from edgeexit.checkpoint import save_checkpoint
 
     return save_checkpoint(out / "model.pt", ckpt.model, classes=ckpt.classes,
-                           input_spec=ckpt.input_spec, meta={**ckpt.meta, **meta})
+                           input_spec=ckpt.input_spec, meta={**ckpt.meta, **meta}), None
 
 
 def _sizes_and_latency(original, new_ckpt: Path, job: _Job, config: CompressConfig, out: Path,
